@@ -1,0 +1,60 @@
+"""Section 4 of the seed: the preprocessing pipeline, and a picture of what the network sees."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .errors import XrayError
+from .image import Preprocessing, load_image
+
+
+@dataclass
+class PreprocessOptions:
+    output: str | Path | None = None  # PNG of the de-normalised crop
+    weights: str | None = None  # whose declared transforms to use; None: the seed pipeline
+    arch: str | None = None  # arch for weights aliases (default resnet50)
+
+
+def resolve_preprocessing(weights: str | None, arch: str | None = None) -> Preprocessing:
+    """The pipeline for ``weights`` without loading them (aliases read torchvision's enum)."""
+    from .model import DEFAULT_ARCH, WEIGHT_ALIASES, load_model, weights_enum
+
+    if weights is None or weights == "random":
+        return Preprocessing.seed()
+    if weights in WEIGHT_ALIASES:
+        enum = weights_enum(arch or DEFAULT_ARCH)
+        member = WEIGHT_ALIASES[weights]
+        if member != "DEFAULT" and member not in enum.__members__:
+            raise XrayError(f"--weights {weights}: torchvision has no {member} weights for {arch}")
+        return Preprocessing.from_weights(enum.DEFAULT if member == "DEFAULT" else enum[member])
+    return load_model(arch, weights)[1].preprocessing
+
+
+def preprocess_image(image: str | Path, options: PreprocessOptions | None = None) -> dict[str, Any]:
+    """Run the pipeline on one image; optionally save the crop the network sees as a PNG."""
+    opts = options or PreprocessOptions()
+    pre = resolve_preprocessing(opts.weights, opts.arch)
+    img = load_image(image)
+    x = pre(img)
+    info: dict[str, Any] = {
+        "image": str(image),
+        "original_size": list(img.size),
+        "transforms": pre.source,
+        "shape": list(x.shape),
+        "dtype": str(x.dtype).replace("torch.", ""),
+        "channel_mean": [float(v) for v in x.mean(dim=(1, 2))],
+        "channel_std": [float(v) for v in x.std(dim=(1, 2))],
+    }
+    if opts.output:
+        out = Path(opts.output)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pre.denormalize(x)).save(out)
+        except (OSError, ValueError) as e:
+            raise XrayError(f"-o {out}: cannot write ({getattr(e, 'strerror', None) or e})") from None
+        info["output"] = str(out)
+    return info
