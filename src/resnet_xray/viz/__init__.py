@@ -1,0 +1,1 @@
+"""Matplotlib figures: feature-map grids, kernels, CAM overlays, stage sheets and charts."""
