@@ -1,0 +1,360 @@
+"""Export a ResNet-like model to ONNX and check it against eager PyTorch in ONNX Runtime.
+
+The exporter is ``torch.onnx.export``: by default its dynamo-based route (the one
+torch 2.14 maintains, via ``torch.export`` and onnxscript); ``exporter="torchscript"``
+selects the older ``dynamo=False`` route. Both were checked against eager PyTorch.
+Beside ``model.onnx`` a sidecar ``model.onnx.json`` records the preprocessing and
+class names, so ``quantize`` and ``bench`` feed the model exactly as it was trained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import XrayError
+from ..image import ImageStream, Preprocessing, bundled_cat
+from .fuse import logits_of
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+@dataclass
+class ExportOptions:
+    opset: int | None = None  # None: the exporter's default (18 for dynamo, 17 for torchscript)
+    dynamic_batch: bool = False  # a symbolic batch dimension; a fixed batch of 1 lets runtimes specialise
+    exporter: str = "dynamo"  # "dynamo" (torch.export + onnxscript) or "torchscript" (dynamo=False)
+    input_size: int | None = None  # square side; None: the crop size of the model's preprocessing
+    batch: int = 1  # the example batch size (and the fixed one without dynamic_batch)
+
+
+def sidecar_path(onnx_path: str | os.PathLike) -> Path:
+    """Where the JSON beside an ONNX file lives: ``model.onnx`` -> ``model.onnx.json``."""
+    p = Path(onnx_path)
+    return p.with_name(p.name + ".json")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise XrayError(f"cannot write {path}: {e.strerror or e}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def check_writable(path: str | os.PathLike, flag: str = "-o") -> Path:
+    """Fail early, before minutes of work, when ``path`` cannot be written."""
+    p = Path(path)
+    if p.is_dir():
+        raise XrayError(f"{flag} {p}: is a directory; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise XrayError(f"{flag} {p}: cannot create directory {parent} ({e.strerror})") from None
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise XrayError(f"{flag} {p}: not writable")
+    return p
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    options: ExportOptions | None = None,
+    meta: Any = None,
+) -> Path:
+    """Write ``model`` as a single-file ONNX model, atomically, plus its JSON sidecar.
+
+    Args:
+        model: any module taking a float ``Nx3xHxW`` tensor and returning logits
+            (or a dict whose ``class`` entry is the logits); class count and widths are read
+            from the model, not assumed.
+        path: the ``.onnx`` file to write.
+        options: opset, dynamic batch, exporter route, input size.
+        meta: the model's :class:`~resnet_xray.model.ModelMeta`; its preprocessing and class
+            names go into the sidecar.
+
+    Returns:
+        The path written.
+    """
+    opts = options or ExportOptions()
+    out = check_writable(path)
+    pre: Preprocessing = meta.preprocessing if meta is not None else Preprocessing.seed()
+    size = opts.input_size or pre.crop
+    model = model.eval()
+    example = torch.zeros(opts.batch, 3, size, size)
+    with torch.inference_mode():
+        probe = model(example)
+    if isinstance(probe, dict):
+        model = _LogitsOnly(model)
+        probe = logits_of(probe)
+    num_classes = int(probe.shape[1])
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        _run_exporter(model, example, tmp, opts)
+        import onnx
+
+        proto = onnx.load(str(tmp))
+        onnx.checker.check_model(proto, full_check=True)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise XrayError(f"cannot write {out}: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+        # the dynamo exporter may write external data next to tmp for huge models; ours are single-file
+        Path(str(tmp) + ".data").unlink(missing_ok=True)
+
+    side = {
+        "format": "resnet-xray onnx sidecar",
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "input_shape": ["batch" if opts.dynamic_batch else opts.batch, 3, size, size],
+        "num_classes": num_classes,
+        "export_options": asdict(opts),
+        "opset": int(next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)),
+        "torch": torch.__version__,
+    }
+    if meta is not None:
+        side.update(arch=meta.arch, weights=meta.weights, class_names=list(meta.class_names), preprocessing=pre.to_dict())
+    else:
+        side["preprocessing"] = pre.to_dict()
+    atomic_write_json(sidecar_path(out), side)
+    return out
+
+
+class _LogitsOnly(nn.Module):
+    """Export only the classification output of a multi-task model."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.model(x))
+
+
+def _run_exporter(model: nn.Module, example: torch.Tensor, path: Path, opts: ExportOptions) -> None:
+    if opts.exporter not in ("dynamo", "torchscript"):
+        raise XrayError(f"--exporter {opts.exporter!r}: choose dynamo or torchscript")
+    kwargs: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+    if opts.opset is not None:
+        kwargs["opset_version"] = opts.opset
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            if opts.exporter == "dynamo":
+                if opts.dynamic_batch:
+                    kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+                torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, verbose=False, **kwargs)
+            else:
+                if opts.dynamic_batch:
+                    kwargs["dynamic_axes"] = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+                torch.onnx.export(model, (example,), str(path), dynamo=False, **kwargs)
+        except (ValueError, TypeError) as e:
+            if opts.opset is not None and "opset" in str(e).lower():
+                raise XrayError(f"--opset {opts.opset}: not supported by the {opts.exporter} exporter ({str(e).splitlines()[0][:150]})") from None
+            raise
+
+
+# --- reading an ONNX file back ---
+
+
+@dataclass
+class OnnxInfo:
+    path: Path
+    input_name: str
+    input_shape: list[int | str]  # symbolic dims are strings
+    output_name: str
+    sidecar: dict[str, Any]
+
+    @property
+    def image_size(self) -> int:
+        h, w = self.input_shape[2], self.input_shape[3]
+        if isinstance(h, int) and isinstance(w, int):
+            if h != w:
+                return h  # non-square: the preprocessing below still gives crop x crop; caught at run time
+            return h
+        return int(self.sidecar.get("input_shape", [0, 0, 224, 224])[2])
+
+    @property
+    def fixed_batch(self) -> int | None:
+        b = self.input_shape[0]
+        return b if isinstance(b, int) and b > 0 else None
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        pre = self.sidecar.get("preprocessing")
+        if pre:
+            return Preprocessing.from_dict(pre)
+        # No sidecar: the seed pipeline, cropped to whatever the model takes.
+        size = self.image_size
+        return Preprocessing(resize=round(size * 256 / 224), crop=size, source=f"seed pipeline scaled to {size} px (no sidecar found)")
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.sidecar.get("class_names")
+
+
+def inspect_onnx(path: str | os.PathLike, flag: str = "") -> OnnxInfo:
+    """Validate that ``path`` is an ONNX image classifier with one NCHW float32 input.
+
+    Raises:
+        XrayError: not a file, not ONNX, or an input that is not ``Nx3xHxW`` float32.
+    """
+    import onnx
+
+    p = Path(path)
+    where = f"{flag} {p}".strip()
+    if not p.exists():
+        raise XrayError(f"{where}: no such file")
+    if p.is_dir():
+        raise XrayError(f"{where}: is a directory, not an ONNX file")
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+        if not proto.graph.node:
+            raise ValueError("no graph nodes")
+    except Exception as e:  # noqa: BLE001 - any parse failure means "not ONNX"
+        raise XrayError(f"{where}: not an ONNX model ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise XrayError(f"{where}: expected one image input, found {len(inputs)}")
+    inp = inputs[0]
+    tt = inp.type.tensor_type
+    dims: list[int | str] = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in tt.shape.dim]
+    if tt.elem_type != onnx.TensorProto.FLOAT:
+        raise XrayError(f"{where}: input {inp.name!r} is {onnx.TensorProto.DataType.Name(tt.elem_type)}, expected FLOAT (float32)")
+    if len(dims) != 4 or dims[1] != 3 or not all(isinstance(d, int) and d >= 8 for d in dims[2:]):
+        raise XrayError(f"{where}: input {inp.name!r} has shape {dims}, expected an NCHW image [N, 3, H, W]")
+    if len(proto.graph.output) < 1:
+        raise XrayError(f"{where}: the graph has no output")
+    side_p = sidecar_path(p)
+    sidecar: dict[str, Any] = {}
+    if side_p.exists():
+        try:
+            sidecar = json.loads(side_p.read_text())
+        except (OSError, ValueError) as e:
+            raise XrayError(f"{side_p}: unreadable sidecar ({e}); delete it or re-export") from None
+    return OnnxInfo(p, inp.name, dims, proto.graph.output[0].name, sidecar)
+
+
+def ort_session(path: str | os.PathLike, threads: int | None = None, optimize: bool = True):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads (None: ORT's default)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ORT's own errors name the problem
+        raise XrayError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:160]})") from None
+
+
+def load_batch(images: Iterable[str | os.PathLike], pre: Preprocessing) -> tuple[list[str], torch.Tensor, list]:
+    """Preprocess every readable image into one batch; returns (names, batch, skipped)."""
+    stream = ImageStream(images)
+    t = pre.transform()
+    names, xs = [], []
+    for p, img in stream:
+        names.append(str(p))
+        xs.append(t(img))
+    if not xs:
+        raise XrayError("no readable images to check with")
+    return names, torch.stack(xs), stream.skipped
+
+
+def topk_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 5) -> float:
+    """Mean share of the top-k classes two batches of scores have in common."""
+    k = min(k, a.shape[1])
+    ta, tb = a.topk(k, 1).indices, b.topk(k, 1).indices
+    common = [len(set(x.tolist()) & set(y.tolist())) / k for x, y in zip(ta, tb)]
+    return float(np.mean(common))
+
+
+def run_ort(session, x: np.ndarray, fixed_batch: int | None = None) -> np.ndarray:
+    """Run a session on a batch, one image at a time when the model's batch is fixed."""
+    name = session.get_inputs()[0].name
+    if fixed_batch is None or fixed_batch == x.shape[0]:
+        return session.run(None, {name: x})[0]
+    if fixed_batch != 1:
+        raise XrayError(f"the ONNX model has a fixed batch of {fixed_batch}; export with --dynamic-batch or batch 1")
+    return np.concatenate([session.run(None, {name: x[i : i + 1]})[0] for i in range(x.shape[0])])
+
+
+@torch.inference_mode()
+def check_onnx(
+    path: str | os.PathLike,
+    model: nn.Module,
+    images: Iterable[str | os.PathLike] | torch.Tensor | None = None,
+    *,
+    atol: float = 1e-3,
+    rtol: float = 1e-4,
+) -> dict[str, Any]:
+    """Compare ONNX Runtime against eager PyTorch on real images.
+
+    Args:
+        path: the ONNX file.
+        model: the eager model it was exported from.
+        images: image files/folders (preprocessed with the sidecar's pipeline) or a ready
+            ``Nx3xHxW`` batch; None means the bundled cat photo.
+        atol, rtol: ``passed`` is False when ``max_abs_diff > atol + rtol * max|logit|``
+            or any top-1 label differs.
+
+    Returns:
+        ``max_abs_diff``, ``mean_abs_diff``, ``top1_agreement``, ``top5_agreement`` (mean
+        overlap of the top-5 sets), ``images``, ``passed``, ``tolerance``.
+    """
+    info = inspect_onnx(path)
+    skipped: list = []
+    if isinstance(images, torch.Tensor):
+        x, names = images.float(), [f"tensor[{i}]" for i in range(images.shape[0])]
+    else:
+        names, x, skipped = load_batch([bundled_cat(), *(images or [])], info.preprocessing)
+    sess = ort_session(path)
+    got = torch.from_numpy(run_ort(sess, x.numpy(), info.fixed_batch))
+    ref = logits_of(model.eval()(x)).float()
+    if got.shape != ref.shape:
+        raise XrayError(f"{path}: output shape {tuple(got.shape)} differs from the model's {tuple(ref.shape)}; wrong model?")
+    diff = (got.double() - ref.double()).abs()
+    tol = atol + rtol * float(ref.abs().max())
+    top1 = float((got.argmax(1) == ref.argmax(1)).double().mean())
+    report = {
+        "images": len(names),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "top1_agreement": top1,
+        "top5_agreement": topk_overlap(ref, got, 5),
+        "tolerance": tol,
+        "skipped": [{"image": s.path, "reason": s.reason} for s in skipped],
+    }
+    report["passed"] = bool(report["max_abs_diff"] <= tol and top1 == 1.0)
+    return report

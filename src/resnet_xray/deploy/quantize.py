@@ -1,0 +1,398 @@
+"""Static INT8 post-training quantisation with ONNX Runtime (QDQ), calibrated on real images.
+
+The known traps are handled here rather than left to the user:
+ORT's ``quant_pre_process`` (shape inference + graph optimisation) runs first;
+the format is QDQ, which every modern runtime (ORT, OpenVINO, TensorRT) reads;
+and on x86 CPUs without VNNI, U8S8 matrix products go through ``vpmaddubsw``,
+whose 16-bit intermediate sums can saturate, so weights are then quantised to
+7 bits (``reduce_range``). Calibration images are streamed one batch at a time
+through the model's own preprocessing (from the export sidecar).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import XrayError
+from ..image import IMAGE_EXTENSIONS, ImageStream, Preprocessing, Skipped, expand_inputs
+from .onnx import OnnxInfo, atomic_write_json, check_writable, inspect_onnx, ort_session, sidecar_path, topk_overlap
+
+METHODS = ("minmax", "entropy", "percentile")
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+@dataclass
+class QuantizeOptions:
+    method: str = "minmax"  # calibration: minmax | entropy | percentile (ORT CalibrationMethod)
+    per_channel: bool = False  # one scale per output channel of each weight; usually more faithful
+    reduce_range: bool | None = None  # 7-bit weights; None: on exactly when the CPU lacks VNNI
+    activation_type: str = "uint8"  # U8S8 (uint8 activations, int8 weights): ORT's fast x86 pairing
+    max_calib_images: int | None = None  # cap on calibration images (None: all but the held-out share)
+    holdout_every: int = 5  # every k-th image of --calib is held out for the agreement check
+    eval_dir: str | None = None  # a separate held-out folder; overrides holdout_every
+    batch_size: int = 8  # images per calibration/evaluation forward (only with a dynamic batch)
+    progress: bool = True  # progress bars on stderr
+
+
+@dataclass
+class CpuInt8Support:
+    vnni: bool  # VNNI (or AMX-INT8) present: U8S8 products are exact, no reduce_range needed
+    flags: list[str]  # the VNNI-related flags found
+    source: str  # where this came from
+
+    def note(self) -> str:
+        if self.vnni:
+            return f"CPU has VNNI ({', '.join(self.flags)}): U8S8 products cannot saturate, full 8-bit weights"
+        return (
+            f"CPU lacks VNNI ({self.source}): U8S8 products can saturate in 16 bits, so weights are "
+            "quantised with reduce_range (7 bits)"
+        )
+
+
+def detect_cpu_int8() -> CpuInt8Support:
+    """Read VNNI support from /proc/cpuinfo (Linux); elsewhere assume none, the safe choice."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return CpuInt8Support(False, [], f"no /proc/cpuinfo on {platform.system()}; assumed absent")
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    found = [f for f in VNNI_FLAGS if f in flags]
+    return CpuInt8Support(bool(found), found, "/proc/cpuinfo flags")
+
+
+def list_images(folder: str | os.PathLike, flag: str) -> list[Path]:
+    p = Path(folder)
+    if not p.exists():
+        raise XrayError(f"{flag} {p}: no such folder")
+    if not p.is_dir():
+        raise XrayError(f"{flag} {p}: not a folder of images")
+    files = expand_inputs([p])
+    if not files:
+        raise XrayError(f"{flag} {p}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
+    return files
+
+
+def split_holdout(files: list[Path], every: int) -> tuple[list[Path], list[Path]]:
+    """(calibration, held-out): every ``every``-th file is held out, deterministically."""
+    if every < 2 or len(files) < every:
+        return files, []
+    held = [f for i, f in enumerate(files) if i % every == every - 1]
+    calib = [f for i, f in enumerate(files) if i % every != every - 1]
+    return calib, held
+
+
+def image_batches(
+    files: list[Path], pre: Preprocessing, batch: int, skipped: list[Skipped], desc: str, progress: bool
+) -> Iterator[tuple[list[Path], np.ndarray]]:
+    """Stream preprocessed NCHW float32 batches; unreadable files go to ``skipped``."""
+    stream = ImageStream(files)
+    t = pre.transform()
+    names: list[Path] = []
+    xs: list[torch.Tensor] = []
+    bar = tqdm(total=len(files), unit="img", desc=desc, disable=not progress, leave=False)
+    for p, img in stream:
+        names.append(p)
+        xs.append(t(img))
+        bar.update(1)
+        if len(xs) == batch:
+            yield names, torch.stack(xs).numpy()
+            names, xs = [], []
+    bar.update(len(files) - bar.n)
+    bar.close()
+    skipped.extend(stream.skipped)
+    if xs:
+        yield names, torch.stack(xs).numpy()
+
+
+class ImageCalibrationReader:
+    """ORT ``CalibrationDataReader`` over a list of image files, streamed, never loaded at once."""
+
+    def __init__(self, files: list[Path], info: OnnxInfo, batch: int, progress: bool):
+        self.files, self.info, self.batch, self.progress = files, info, batch, progress
+        self.skipped: list[Skipped] = []
+        self.used = 0
+        self._it: Iterator[tuple[list[Path], np.ndarray]] | None = None
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._it is None:
+            self._it = image_batches(self.files, self.info.preprocessing, self.batch, self.skipped, "calibrate", self.progress)
+        nxt = next(self._it, None)
+        if nxt is None:
+            return None
+        self.used += len(nxt[0])
+        return {self.info.input_name: nxt[1]}
+
+    def rewind(self) -> None:
+        self._it = None
+        self.skipped = []
+        self.used = 0
+
+
+def _calibration_reader_class():
+    from onnxruntime.quantization import CalibrationDataReader
+
+    # ORT type-checks the reader, so subclass its ABC at run time (keeps the import lazy).
+    return type("ImageCalibrationDataReader", (ImageCalibrationReader, CalibrationDataReader), {})
+
+
+def folder_labels(files: list[Path], root: Path, class_names: list[str] | None, num_classes: int) -> tuple[list[int] | None, str]:
+    """Labels from an ImageFolder layout (root/<class>/<image>), or None and why not."""
+    rels = [f.relative_to(root) for f in files]
+    if not rels or any(len(r.parts) != 2 for r in rels):
+        return None, "not an ImageFolder layout (root/<class>/<image>)"
+    dirs = sorted({r.parts[0] for r in rels})
+    if len(dirs) < 2:
+        return None, "only one class folder"
+    if class_names and all(d in class_names for d in dirs):
+        index = {d: class_names.index(d) for d in dirs}
+        how = "folder names matched to the model's class names"
+    elif len(dirs) == num_classes:
+        index = {d: i for i, d in enumerate(dirs)}
+        how = "sorted folder order (ImageFolder convention)"
+    else:
+        return None, f"{len(dirs)} class folders do not match the model's {num_classes} classes"
+    return [index[r.parts[0]] for r in rels], how
+
+
+def log_softmax_np(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def agreement(
+    runners: dict[str, Any], files: list[Path], info: OnnxInfo, batch: int, progress: bool, labels: dict[Path, int] | None = None
+) -> dict[str, Any]:
+    """Run the FP32 reference (first runner) and each other runner on the same images.
+
+    Each runner maps an NCHW float32 array to logits. Returns per-runner top-1 agreement,
+    top-5 overlap and mean KL(FP32 || runner) of the softmax, plus accuracy when labelled.
+    """
+    names = list(runners)
+    logits: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    seen: list[Path] = []
+    skipped: list[Skipped] = []
+    for paths, x in image_batches(files, info.preprocessing, batch, skipped, "evaluate", progress):
+        seen.extend(paths)
+        for n in names:
+            logits[n].append(np.asarray(runners[n](x), dtype=np.float32))
+    if not seen:
+        raise XrayError("no readable images left for the agreement check")
+    cat = {n: np.concatenate(v) for n, v in logits.items()}
+    ref_name = names[0]
+    ref = cat[ref_name]
+    lp = log_softmax_np(ref)
+    out: dict[str, Any] = {"images": len(seen), "reference": ref_name, "skipped": [asdict(s) for s in skipped], "paths": {}}
+    y = np.array([labels[p] for p in seen]) if labels is not None else None
+    for n in names:
+        z = cat[n]
+        lq = log_softmax_np(z)
+        row = {
+            "top1_agreement": float((z.argmax(1) == ref.argmax(1)).mean()),
+            "top5_overlap": topk_overlap(torch.from_numpy(ref), torch.from_numpy(z), 5),
+            "mean_kl": float((np.exp(lp) * (lp - lq)).sum(1).mean()),
+        }
+        if y is not None:
+            row["accuracy"] = float((z.argmax(1) == y).mean())
+        out["paths"][n] = row
+    return out
+
+
+def ort_runner(path: Path, info: OnnxInfo, threads: int | None = None):
+    sess = ort_session(path, threads)
+    name = sess.get_inputs()[0].name
+    fixed = info.fixed_batch
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if fixed is None or fixed == x.shape[0]:
+            return sess.run(None, {name: x})[0]
+        return np.concatenate([sess.run(None, {name: x[i : i + 1]})[0] for i in range(x.shape[0])])
+
+    return run
+
+
+def quantize_onnx(
+    fp32_path: str | os.PathLike,
+    calib_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    options: QuantizeOptions | None = None,
+    *,
+    torch_model: torch.nn.Module | None = None,
+) -> dict[str, Any]:
+    """Quantise an FP32 ONNX classifier to INT8 (QDQ) and measure how faithful it is.
+
+    Args:
+        fp32_path: the FP32 ONNX model (its ``.json`` sidecar supplies the preprocessing).
+        calib_dir: folder of calibration images (ImageFolder-labelled folders also give accuracy).
+        out_path: where the INT8 model goes; written atomically, with a ``.json`` sidecar
+            recording every choice made and this report.
+        options: method, per-channel, reduce_range, held-out share.
+        torch_model: when given, the PyTorch FX INT8 route is built from the same calibration
+            images and reported beside ORT's, for comparison.
+
+    Returns:
+        The report: sizes, choices (with the CPU's VNNI support), calibration images used and
+        skipped, agreement with FP32 on held-out images, accuracy when labelled.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    opts = options or QuantizeOptions()
+    if opts.method not in METHODS:
+        raise XrayError(f"--method {opts.method!r}: choose one of {', '.join(METHODS)}")
+    if opts.activation_type not in ("uint8", "int8"):
+        raise XrayError(f"activation type {opts.activation_type!r}: choose uint8 or int8")
+    info = inspect_onnx(fp32_path)
+    calib_root = Path(calib_dir)
+    files = list_images(calib_root, "--calib")
+    out = check_writable(out_path)
+    if out.resolve() == info.path.resolve():
+        raise XrayError(f"-o {out}: would overwrite the FP32 input; choose another name")
+
+    if opts.eval_dir:
+        eval_root = Path(opts.eval_dir)
+        held = list_images(eval_root, "--eval")
+        calib = files
+    else:
+        eval_root = calib_root
+        calib, held = split_holdout(files, opts.holdout_every)
+    if opts.max_calib_images:
+        calib = calib[: opts.max_calib_images]
+    cpu = detect_cpu_int8()
+    reduce_range = (not cpu.vnni) if opts.reduce_range is None else bool(opts.reduce_range)
+    batch = opts.batch_size if info.fixed_batch is None else info.fixed_batch
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[opts.method]
+
+    reader = _calibration_reader_class()(calib, info, batch, opts.progress)
+    workdir = Path(tempfile.mkdtemp(prefix=".quantize-", dir=out.parent))
+    try:
+        prep = workdir / "preprocessed.onnx"
+        try:
+            quant_pre_process(str(info.path), str(prep), skip_symbolic_shape=False)
+        except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs; ONNX's own still runs
+            quant_pre_process(str(info.path), str(prep), skip_symbolic_shape=True)
+        tmp_out = workdir / "int8.onnx"
+        try:
+            quantize_static(
+                str(prep),
+                str(tmp_out),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=opts.per_channel,
+                reduce_range=reduce_range,
+                activation_type=QuantType.QUInt8 if opts.activation_type == "uint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=method,
+                extra_options={"ActivationSymmetric": opts.activation_type == "int8"},
+            )
+        except Exception:  # noqa: BLE001 - re-raised unless it was our empty reader
+            if reader.used == 0:
+                raise XrayError(f"--calib {calib_root}: none of the {len(calib)} calibration images could be read") from None
+            raise
+        if reader.used == 0:
+            raise XrayError(f"--calib {calib_root}: none of the {len(calib)} calibration images could be read")
+        calib_used, calib_skipped = reader.used, list(reader.skipped)
+
+        int8_info = OnnxInfo(tmp_out, info.input_name, info.input_shape, info.output_name, info.sidecar)
+        runners: dict[str, Any] = {"ort_fp32": ort_runner(info.path, info), "ort_int8": ort_runner(tmp_out, int8_info)}
+        torch_report = None
+        if torch_model is not None:
+            from .torch_int8 import quantize_torch_fx
+
+            tq = quantize_torch_fx(torch_model, calib, info.preprocessing, progress=opts.progress)
+            runners["torch_int8_fx"] = lambda x: tq.model(torch.from_numpy(x)).numpy()
+            torch_report = tq.describe()
+        eval_files = held or calib
+        labels_list, label_note = folder_labels(eval_files, eval_root, info.class_names, _num_classes(info))
+        labels = dict(zip(eval_files, labels_list)) if labels_list else None
+        agree = agreement(runners, eval_files, info, batch, opts.progress, labels)
+
+        size_fp32 = info.path.stat().st_size
+        size_int8 = tmp_out.stat().st_size
+        report: dict[str, Any] = {
+            "fp32_model": str(info.path),
+            "int8_model": str(out),
+            "size_fp32_bytes": size_fp32,
+            "size_int8_bytes": size_int8,
+            "compression": size_fp32 / size_int8,
+            "choices": {
+                "runtime": "onnxruntime " + _ort_version(),
+                "format": "QDQ",
+                "pre_process": "onnxruntime.quantization.shape_inference.quant_pre_process",
+                "method": opts.method,
+                "per_channel": opts.per_channel,
+                "reduce_range": reduce_range,
+                "reduce_range_reason": "set by the user" if opts.reduce_range is not None else cpu.note(),
+                "activation_type": opts.activation_type,
+                "weight_type": "int8",
+                "cpu_vnni": cpu.vnni,
+                "cpu_vnni_flags": cpu.flags,
+            },
+            "options": asdict(opts),
+            "preprocessing": info.preprocessing.to_dict(),
+            "calibration": {
+                "folder": str(calib_root),
+                "images_used": calib_used,
+                "skipped": [asdict(s) for s in calib_skipped],
+            },
+            "held_out": {
+                "folder": str(eval_root),
+                "separate_from_calibration": bool(held),
+                "labels": label_note if labels is None else f"ImageFolder: {label_note}",
+            },
+            "agreement": agree,
+        }
+        if torch_report:
+            report["torch_int8"] = torch_report
+        side = {**info.sidecar, "quantization": report}
+        side.setdefault("preprocessing", info.preprocessing.to_dict())
+        # model first, then its sidecar: a reader never sees a sidecar describing a missing file
+        os.replace(tmp_out, out)
+        atomic_write_json(sidecar_path(out), side)
+    except OSError as e:
+        raise XrayError(f"cannot write {out}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return report
+
+
+def _num_classes(info: OnnxInfo) -> int:
+    n = info.sidecar.get("num_classes")
+    if n:
+        return int(n)
+    import onnx
+
+    proto = onnx.load(str(info.path), load_external_data=False)
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    return int(dims[-1].dim_value) if dims and dims[-1].dim_value else 0
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+__all__ = [
+    "METHODS",
+    "CpuInt8Support",
+    "QuantizeOptions",
+    "agreement",
+    "detect_cpu_int8",
+    "quantize_onnx",
+]
