@@ -1,0 +1,15 @@
+"""Follow an image through the network: every operation's output, residual block numbers, gradient flow."""
+
+from __future__ import annotations
+
+from .capture import BlockStats, LayerStats, Trace, TraceOptions, layer_names, tensor_stats, trace_model
+
+__all__ = [
+    "BlockStats",
+    "LayerStats",
+    "Trace",
+    "TraceOptions",
+    "layer_names",
+    "tensor_stats",
+    "trace_model",
+]

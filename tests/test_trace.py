@@ -1,0 +1,119 @@
+"""The trace against the model's own forward, and block residual numbers computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from resnet_xray.anatomy.layers import layer_table
+from resnet_xray.model import build_model
+from resnet_xray.trace import TraceOptions, trace_model
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    torch.manual_seed(0)
+    return build_model("resnet18").eval()
+
+
+@pytest.fixture(scope="module")
+def image():
+    torch.manual_seed(1)
+    return torch.randn(1, 3, 64, 64)
+
+
+def test_traced_logits_equal_plain_forward(resnet18, image):
+    with torch.no_grad():
+        expected = resnet18(image)
+    tr = trace_model(resnet18, image)
+    assert_close(tr.logits, expected, rtol=0, atol=0)
+
+
+def test_traced_logits_equal_forward_resnet50_batch():
+    torch.manual_seed(0)
+    model = build_model("resnet50").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    tr = trace_model(model, x)
+    assert_close(tr.logits, expected, rtol=0, atol=0)
+    assert [b.name for b in tr.blocks] == [f"layer{s}.{i}" for s, n in zip(range(1, 5), (3, 4, 6, 3)) for i in range(n)]
+    assert [b.projection for b in tr.blocks if b.name.endswith(".0")] == [True] * 4
+    assert not any(b.projection for b in tr.blocks if not b.name.endswith(".0"))
+    assert tr.blocks[0].residual_from == "layer1.0.bn3" and tr.blocks[0].shortcut_from == "layer1.0.downsample.1"
+    # The bottleneck's three ReLUs appear separately, as in the anatomy table.
+    names = [r.name for r in tr.layers]
+    assert names == [r.name for r in layer_table(model, 32)]
+    assert {"layer1.0.relu", "layer1.0.relu_1", "layer1.0.relu_2", "layer1.0.add"} <= set(names)
+    assert tr.layer("layer4.2.relu_2").shape == (2, 2048, 1, 1)
+
+
+def test_layer_stats_match_torch(resnet18, image):
+    keep = {"layer1.0.bn2", "layer1.0.relu_1", "fc", "maxpool"}
+    tr = trace_model(resnet18, image, TraceOptions(keep_maps=keep))
+    assert set(tr.maps) == keep  # only what was asked for is held
+    for name in keep:
+        m, s = tr.maps[name].double(), tr.layer(name)
+        assert s.shape == tuple(m.shape)
+        assert_close(s.mean, m.mean().item(), rtol=1e-5, atol=1e-6)
+        assert_close(s.std, m.std(correction=0).item(), rtol=1e-4, atol=1e-6)
+        assert s.min == pytest.approx(m.min().item()) and s.max == pytest.approx(m.max().item())
+        assert s.zero_frac == pytest.approx((m == 0).double().mean().item())
+        assert_close(s.l2, torch.linalg.vector_norm(m).item(), rtol=1e-5, atol=0)
+    assert 0.2 < tr.layer("layer1.0.relu_1").zero_frac < 0.8  # a ReLU switches units off
+
+
+def test_block_numbers_computed_by_hand(resnet18, image):
+    m = resnet18
+    tr = trace_model(m, image, TraceOptions(keep_maps={"layer1.0.bn2"}))
+    with torch.no_grad():
+        x = m.maxpool(m.relu(m.bn1(m.conv1(image))))
+        b = m.layer1[0]
+        f = b.bn2(b.conv2(b.relu(b.bn1(b.conv1(x)))))
+        y = torch.relu(f + x)
+    # The kept map is F(x) as it was before torchvision's in-place add.
+    assert_close(tr.maps["layer1.0.bn2"], f)
+    blk = tr.blocks[0]
+    assert blk.name == "layer1.0" and not blk.projection
+    fn, xn = f.norm().item(), x.norm().item()
+    assert_close(blk.residual_norm, fn, rtol=1e-5, atol=0)
+    assert_close(blk.shortcut_norm, xn, rtol=1e-5, atol=0)
+    assert_close(blk.ratio, fn / xn, rtol=1e-5, atol=0)
+    assert_close(blk.cosine, (f * x).sum().item() / (fn * xn), rtol=1e-4, atol=1e-6)
+    assert_close(blk.active_frac, (y > 0).double().mean().item(), rtol=0, atol=1e-12)
+    assert_close(blk.output_norm, (f + x).norm().item(), rtol=1e-5, atol=0)
+
+
+def test_constant_residual_block_by_hand(image):
+    """With bn2's scale 0 and shift 0.5, F(x) is 0.5 everywhere: every number follows on paper."""
+    torch.manual_seed(0)
+    m = build_model("resnet18").eval()
+    with torch.no_grad():
+        m.layer2[1].bn2.weight.zero_()
+        m.layer2[1].bn2.bias.fill_(0.5)
+        m.layer3[1].bn2.weight.zero_()  # zero-init residual: the block passes its input through
+        m.layer3[1].bn2.bias.zero_()
+    tr = trace_model(m, image, TraceOptions(keep_maps={"layer2.0.relu_1", "layer3.0.relu_1"}))
+    x = tr.maps["layer2.0.relu_1"].double()  # the input of layer2.1
+    n = x.numel()
+    blk = next(b for b in tr.blocks if b.name == "layer2.1")
+    assert blk.shortcut_from == "layer2.1 input (layer2.0.relu_1)"
+    assert_close(blk.residual_norm, 0.5 * math.sqrt(n), rtol=1e-6, atol=0)
+    assert_close(blk.shortcut_norm, x.norm().item(), rtol=1e-5, atol=0)
+    assert_close(blk.cosine, x.sum().item() / (math.sqrt(n) * x.norm().item()), rtol=1e-5, atol=0)
+    assert blk.active_frac == 1.0  # x >= 0 after a ReLU, so x + 0.5 > 0 everywhere
+    zero = next(b for b in tr.blocks if b.name == "layer3.1")
+    assert zero.residual_norm == 0.0 and zero.ratio == 0.0 and math.isnan(zero.cosine)
+    assert_close(zero.output_norm, zero.shortcut_norm, rtol=1e-6, atol=0)
+
+
+def test_chw_input_and_dict(resnet18, image):
+    tr = trace_model(resnet18, image[0])
+    d = tr.to_dict()
+    assert set(d) == {"layers", "blocks"} and len(d["blocks"]) == 8
+    assert {"name", "residual_norm", "shortcut_norm", "ratio", "cosine", "active_frac"} <= set(d["blocks"][0])
+    assert {"name", "type", "shape", "mean", "std", "min", "max", "zero_frac", "l2"} <= set(d["layers"][0])
+    assert d["layers"][-1]["name"] == "fc" and d["layers"][-1]["shape"] == [1, 1000]
