@@ -17,7 +17,7 @@ from . import __version__
 from .errors import XrayError
 
 # Capability packages that contribute subcommands, in the order of the seed.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("resnet_xray.viz.commands",)
 
 
 def add_model_args(p: argparse.ArgumentParser, default_weights: str = "imagenet") -> None:
@@ -63,6 +63,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
     result = classify(args.images, model, meta, ClassifyOptions(topk=args.topk, batch_size=args.batch_size))
     if not result.predictions and not result.skipped:
         raise XrayError(f"no image files found in: {' '.join(map(str, args.images))}")
+    if not result.predictions and len(result.skipped) == 1:
+        s = result.skipped[0]
+        raise XrayError(f"{s.path}: {s.reason}")
     if args.json:
         print_json(result.to_dict())
     else:

@@ -1,0 +1,59 @@
+"""Writing figures: PNG files replaced atomically, or PNG bytes for embedding in the report."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from ..errors import XrayError
+
+DPI = 110
+
+
+def new_figure(width_in: float, height_in: float) -> Figure:
+    """A figure that belongs to no pyplot state, so nothing leaks between calls or threads."""
+    return Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
+
+
+def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def writable_dir(path: str | os.PathLike, flag: str = "-o") -> Path:
+    """Create ``path`` (and parents) and check that a file can be written in it, or raise XrayError."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise XrayError(f"{flag} {path}: cannot create directory ({e.strerror or e})") from None
+    if not path.is_dir():
+        raise XrayError(f"{flag} {path}: not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise XrayError(f"{flag} {path}: directory is not writable")
+    return path
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike, flag: str = "-o") -> Path:
+    """Write ``data`` to a temp file beside ``path`` and rename it into place."""
+    path = Path(path)
+    writable_dir(path.parent if str(path.parent) else Path("."), flag)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise XrayError(f"{flag} {path}: cannot write ({e.strerror or e})") from None
+    return path
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, flag: str = "-o", dpi: int = DPI) -> Path:
+    """Render ``fig`` as PNG to ``path`` atomically; an unwritable path is the user's error."""
+    if Path(path).suffix.lower() not in (".png", ""):
+        raise XrayError(f"{flag} {path}: figures are written as PNG; use a .png name")
+    return write_bytes_atomic(figure_png(fig, dpi), path, flag)

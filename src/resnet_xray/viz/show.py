@@ -1,0 +1,61 @@
+"""The ``show`` pictures as library calls: image in, PNG out, one options dataclass each."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..image import load_image
+from ..model import ModelMeta
+from .cam import CamOptions, CamResult, cam_figure, compute_cams
+from .canvas import save_figure
+from .features import FeatureGrid, FeaturesOptions, feature_figure, feature_grid
+from .kernels import KernelsOptions, check_count, kernel_figure
+from .maps import capture, check_feature_layer, layer_rows
+from .stages import StagesOptions, stage_outputs, stages_figure
+
+
+def image_tensor(image: str | os.PathLike, meta: ModelMeta) -> torch.Tensor:
+    """The image as the network sees it, a batch of one."""
+    return meta.preprocessing(load_image(image)).unsqueeze(0)
+
+
+def show_features(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, output: str | os.PathLike,
+                  options: FeaturesOptions | None = None) -> tuple[Path, FeatureGrid]:
+    """Write the 8 x 8 feature grid of one layer for ``image`` to ``output`` (PNG)."""
+    opts = options or FeaturesOptions()
+    x = image_tensor(image, meta)
+    check_feature_layer(opts.layer, layer_rows(model, x.shape[-1]))
+    cap = capture(model, x, [opts.layer])
+    grid = feature_grid(opts.layer, cap.maps[opts.layer], opts.channels, opts.count)
+    return save_figure(feature_figure(grid), output), grid
+
+
+def show_kernels(model: nn.Module, output: str | os.PathLike, options: KernelsOptions | None = None) -> tuple[Path, str]:
+    """Write a conv layer's kernels to ``output``; returns the path and the caption."""
+    opts = options or KernelsOptions()
+    check_count(opts.count)
+    fig, caption = kernel_figure(model, opts)
+    return save_figure(fig, output), caption
+
+
+def show_cam(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, output: str | os.PathLike,
+             options: CamOptions | None = None) -> tuple[Path, CamResult]:
+    """Write CAM overlays (Grad-CAM first) for the predicted or given class to ``output``."""
+    x = image_tensor(image, meta)
+    result = compute_cams(model, x, meta.class_names, options)
+    rgb = meta.preprocessing.denormalize(x[0])
+    return save_figure(cam_figure(rgb, result), output), result
+
+
+def show_stages(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, output: str | os.PathLike,
+                options: StagesOptions | None = None) -> Path:
+    """Write one row per stage (stem, layer1 ... layer4) of the most active channels to ``output``."""
+    x = image_tensor(image, meta)
+    stages = stage_outputs(layer_rows(model, x.shape[-1]))
+    cap = capture(model, x, [s.layer for s in stages])
+    rgb = meta.preprocessing.denormalize(x[0])
+    return save_figure(stages_figure(rgb, stages, cap.maps, options), output)
