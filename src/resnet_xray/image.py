@@ -131,7 +131,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        img = Image.fromarray((np.clip(arr / hi, 0, 1) * 255).round().astype(np.uint8), mode="L")
+        img = Image.fromarray((np.clip(arr / hi, 0, 1) * 255).round().astype(np.uint8))
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

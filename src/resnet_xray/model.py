@@ -259,7 +259,7 @@ def _load_file(path: Path, arch: str | None) -> tuple[nn.Module, ModelMeta]:
         from .train.heads import attach_heads  # only multi-task checkpoints need it
 
         model = attach_heads(model, ckpt["heads"])
-    _load_strict(model, state, path)
+    _load_strict(model, state, path, arch)
 
     pre = ckpt.get("preprocessing")
     meta = ModelMeta(
@@ -273,7 +273,7 @@ def _load_file(path: Path, arch: str | None) -> tuple[nn.Module, ModelMeta]:
     return model.eval(), meta
 
 
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -287,7 +287,7 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
             parts.append(f"{len(missing)} missing keys (first: {missing[0]})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
-        raise XrayError(f"--weights {path}: does not fit {type(model).__name__}: {'; '.join(parts)}")
+        raise XrayError(f"--weights {path}: does not fit {arch}: {'; '.join(parts)}")
     model.load_state_dict(state)
 
 
