@@ -15,6 +15,7 @@ from torch import nn
 
 from ..anatomy import LayerRow, layer_table
 from ..errors import XrayError
+from ..trace import Trace
 from .names import resolve_layer
 
 CHANNEL_ORDERS = ("first", "top")
@@ -24,7 +25,7 @@ CHANNEL_ORDERS = ("first", "top")
 class Capture:
     logits: torch.Tensor  # (N, classes) from the same forward pass that produced the maps
     maps: dict[str, torch.Tensor]  # layer name -> output of the first image, without the batch axis
-    stats: list  # per-layer statistics from the trace (every layer), when the trace provides them
+    trace: Trace  # statistics of every layer and block from the same pass
 
 
 def layer_rows(model: nn.Module, input_size: int) -> list[LayerRow]:
@@ -49,18 +50,11 @@ def check_feature_layer(name: str, rows: list[LayerRow]) -> str:
 
 def capture(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> Capture:
     """Run one forward pass of ``x`` through ``model`` and keep the outputs of ``names``."""
-    keep = set(names)
-    try:
-        from ..trace import TraceOptions, trace_model
-    except ImportError:  # TEMPORARY until the trace package lands
-        from torchvision.models.feature_extraction import create_feature_extractor
+    from ..trace import TraceOptions, trace_model
 
-        fx = create_feature_extractor(model, return_nodes={n: n for n in keep | {"fc"}})
-        with torch.no_grad():
-            out = fx(x)
-        return Capture(out["fc"], {n: out[n][0] for n in keep}, [])
+    keep = set(names)
     tr = trace_model(model, x, TraceOptions(keep_maps=keep))
-    return Capture(tr.logits, {n: tr.maps[n][0] for n in keep}, list(tr.layers))
+    return Capture(tr.logits, {n: tr.maps[n][0] for n in keep}, tr)
 
 
 def pick_channels(fmap: torch.Tensor, order: str = "first", count: int = 64) -> list[int]:
