@@ -117,3 +117,41 @@ def test_chw_input_and_dict(resnet18, image):
     assert {"name", "residual_norm", "shortcut_norm", "ratio", "cosine", "active_frac"} <= set(d["blocks"][0])
     assert {"name", "type", "shape", "mean", "std", "min", "max", "zero_frac", "l2"} <= set(d["layers"][0])
     assert d["layers"][-1]["name"] == "fc" and d["layers"][-1]["shape"] == [1, 1000]
+
+
+def test_walkthrough_stage1_block_resnet50():
+    from resnet_xray.trace import walkthrough
+
+    torch.manual_seed(0)
+    model = build_model("resnet50").eval()
+    x = torch.randn(1, 3, 64, 64)
+    wt = walkthrough(model, x)
+    names = [s.name.split(".", 2)[2] for s in wt.steps]
+    assert names == ["conv1", "bn1", "relu", "conv2", "bn2", "relu_1", "conv3", "bn3", "downsample.0", "downsample.1", "add", "relu_2"]
+    steps = {n: s for n, s in zip(names, wt.steps)}
+    assert steps["conv1"].in_shape == (1, 64, 16, 16) and steps["conv1"].out_shape == (1, 64, 16, 16)
+    assert steps["conv3"].out_shape == (1, 256, 16, 16) and steps["downsample.0"].params == 64 * 256
+    assert steps["conv2"].macs == 16 * 16 * 64 * 64 * 9
+    assert (wt.in_channels, wt.out_channels, wt.stride, wt.shortcut) == (64, 256, 1, "projection")
+    assert wt.later_reduce == (256, 64)
+    assert wt.shortcut_params == 64 * 256 + 2 * 256
+    # The walkthrough's numbers agree with the one-pass trace of the same input.
+    tr = trace_model(model, x)
+    blk = tr.blocks[0]
+    assert_close(wt.residual_norm, blk.residual_norm, rtol=1e-5, atol=0)
+    assert_close(wt.shortcut_norm, blk.shortcut_norm, rtol=1e-5, atol=0)
+    assert_close(steps["add"].l2, tr.layer("layer1.0.add").l2, rtol=1e-5, atol=0)
+    assert steps["relu_2"].zero_frac == pytest.approx(tr.layer("layer1.0.relu_2").zero_frac)
+    text = wt.text()
+    assert "option B" in text and "192 zero channels" in text and "16,896 parameters" in text
+    assert "256->64" in text
+    assert wt.to_dict()["steps"][0]["out_shape"] == [1, 64, 16, 16]
+
+
+def test_walkthrough_identity_block_resnet18(resnet18, image):
+    from resnet_xray.trace import walkthrough
+
+    wt = walkthrough(resnet18, image)
+    assert wt.shortcut == "identity" and wt.shortcut_params == 0
+    assert [s.name for s in wt.steps][-2:] == ["layer1.0.add", "layer1.0.relu_1"]
+    assert "identity" in wt.text() and "option B" not in wt.text()

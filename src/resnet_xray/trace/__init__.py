@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from .capture import BlockStats, LayerStats, Trace, TraceOptions, layer_names, tensor_stats, trace_model
+from .walkthrough import Step, Walkthrough, walkthrough
 
 __all__ = [
     "BlockStats",
     "LayerStats",
+    "Step",
     "Trace",
     "TraceOptions",
+    "Walkthrough",
     "layer_names",
     "tensor_stats",
     "trace_model",
+    "walkthrough",
 ]
