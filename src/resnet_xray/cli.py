@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from . import __version__
 from .errors import XrayError
 
 # Capability packages that contribute subcommands, in the order of the seed.
-COMMAND_MODULES: tuple[str, ...] = ("resnet_xray.viz.commands",)
+COMMAND_MODULES: tuple[str, ...] = ("resnet_xray.viz.commands", "resnet_xray.train.commands")
 
 
 def add_model_args(p: argparse.ArgumentParser, default_weights: str = "imagenet") -> None:
@@ -175,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("resnet-xray: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `resnet-xray anatomy | head` closed the pipe early; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
