@@ -259,6 +259,10 @@ def _load_file(path: Path, arch: str | None) -> tuple[nn.Module, ModelMeta]:
         from .train.heads import attach_heads  # only multi-task checkpoints need it
 
         model = attach_heads(model, ckpt["heads"])
+    if ckpt.get("fused_pairs") is not None:
+        from .deploy.fuse import fused_structure  # only fused checkpoints need it (BN folded into convs)
+
+        model = fused_structure(model, [tuple(p) for p in ckpt["fused_pairs"]])
     _load_strict(model, state, path, arch)
 
     pre = ckpt.get("preprocessing")
@@ -268,7 +272,7 @@ def _load_file(path: Path, arch: str | None) -> tuple[nn.Module, ModelMeta]:
         class_names=list(class_names),
         preprocessing=Preprocessing.from_dict(pre) if pre else Preprocessing.seed(),
         pretrained=True,
-        extras={k: ckpt[k] for k in ("heads", "pruned_spec", "options", "format_version") if k in ckpt},
+        extras={k: ckpt[k] for k in ("heads", "pruned_spec", "options", "format_version", "fused_pairs") if k in ckpt},
     )
     return model.eval(), meta
 

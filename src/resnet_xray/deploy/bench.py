@@ -1,0 +1,587 @@
+"""Every inference path side by side, in one process, on the same input.
+
+Each path is warmed up and timed over many repeats; the table gives the median and
+the interquartile range (IQR) of the latency, throughput, speed-up over eager FP32,
+and the achieved GFLOP/s (2 x the model's MACs from ``anatomy``, per second) against
+this CPU's FP32 peak measured with a large matmul.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import XrayError
+from ..image import bundled_cat, load_image
+from ..units import table
+from .fuse import fuse_model, logits_of
+
+
+@dataclass
+class TimingStats:
+    """Latency statistics in seconds over ``repeats`` timed calls."""
+
+    median: float
+    iqr: float  # p75 - p25: the spread that one slow outlier cannot inflate
+    p25: float
+    p75: float
+    mean: float
+    min: float
+    max: float
+    repeats: int
+
+    @property
+    def median_ms(self) -> float:
+        return self.median * 1e3
+
+    @property
+    def iqr_ms(self) -> float:
+        return self.iqr * 1e3
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def time_callable(fn: Callable[[], Any], warmup: int = 5, repeats: int = 30, min_time_s: float = 0.0) -> TimingStats:
+    """Call ``fn`` ``warmup`` times untimed, then time at least ``repeats`` calls.
+
+    Args:
+        fn: a zero-argument callable that runs one inference (and synchronises, on a GPU).
+        warmup: untimed calls first (allocator, caches, lazy initialisation, autotuning).
+        repeats: timed calls.
+        min_time_s: keep timing past ``repeats`` until this much time is spent.
+
+    Returns:
+        median, IQR, quartiles, mean, min, max (seconds) and the number of timed calls.
+    """
+    for _ in range(max(0, warmup)):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max(1, repeats) or (time.perf_counter() - start) < min_time_s:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    q = np.percentile(times, [25, 50, 75])
+    return TimingStats(
+        median=float(q[1]),
+        iqr=float(q[2] - q[0]),
+        p25=float(q[0]),
+        p75=float(q[2]),
+        mean=float(statistics.fmean(times)),
+        min=float(min(times)),
+        max=float(max(times)),
+        repeats=len(times),
+    )
+
+
+def measure_fp32_peak(n: int = 2048, repeats: int = 10) -> float:
+    """This CPU's FP32 matmul rate in GFLOP/s, at torch's current thread count (best of ``repeats``)."""
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    c = torch.empty(n, n)
+    stats = time_callable(lambda: torch.mm(a, b, out=c), warmup=2, repeats=repeats)
+    return 2 * n**3 / stats.min / 1e9
+
+
+@dataclass
+class BenchOptions:
+    batches: tuple[int, ...] = (1,)  # batch sizes to time
+    threads: int | None = None  # intra-op threads for torch, ORT and OpenVINO (None: their defaults)
+    warmup: int = 5
+    repeats: int = 30
+    min_time_s: float = 1.0  # per row: fast paths get more repeats
+    compile: bool = True  # include torch.compile
+    compile_timeout_s: int = 300  # give up on torch.compile if compiling takes longer
+    calib_dir: str | None = None  # calibration images for the INT8 rows (None: crops of the bundled photo)
+    calib_images: int = 32  # crops of the bundled photo to calibrate on when no calib_dir
+    input_size: int | None = None  # None: the preprocessing's crop size
+    work_dir: str | None = None  # where the ONNX files go (None: a temporary folder, removed after)
+    paths: tuple[str, ...] | None = None  # only these rows (names as in the table)
+    progress: bool = True
+
+
+@dataclass
+class BenchRow:
+    path: str
+    batch: int
+    device: str
+    status: str  # ok | skipped | failed
+    note: str = ""
+    stats: TimingStats | None = None
+    throughput: float | None = None  # images/s
+    speedup: float | None = None  # vs eager FP32 at the same batch
+    gflops: float | None = None  # achieved, 2 x MACs x batch / median
+    peak_share: float | None = None  # gflops / measured CPU FP32 peak (CPU rows only)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stats"] = self.stats.to_dict() if self.stats else None
+        if self.stats:
+            d["median_ms"], d["iqr_ms"] = self.stats.median_ms, self.stats.iqr_ms
+        return d
+
+
+@dataclass
+class BenchResult:
+    rows: list[BenchRow]
+    macs: int  # per image, from anatomy
+    peak_gflops: float  # measured CPU FP32 matmul rate
+    machine: dict[str, Any]
+    options: BenchOptions
+    notes: list[str] = field(default_factory=list)
+    agreement: dict[str, Any] | None = None  # INT8 vs FP32 on the calibration hold-out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": [r.to_dict() for r in self.rows],
+            "macs_per_image": self.macs,
+            "cpu_fp32_peak_gflops": self.peak_gflops,
+            "machine": self.machine,
+            "options": asdict(self.options),
+            "notes": self.notes,
+            "int8_agreement": self.agreement,
+        }
+
+    def table(self) -> str:
+        header = ["path", "batch", "device", "median ms", "IQR ms", "img/s", "speed-up", "GFLOP/s", "% peak"]
+        rows = []
+        for r in self.rows:
+            if r.status != "ok":
+                rows.append([r.path, r.batch, r.device, r.status, "", "", "", "", r.note[:60]])
+                continue
+            rows.append([
+                r.path,
+                r.batch,
+                r.device,
+                f"{r.stats.median_ms:.1f}",
+                f"{r.stats.iqr_ms:.1f}",
+                f"{r.throughput:.1f}",
+                f"{r.speedup:.2f}x",
+                f"{r.gflops:.0f}",
+                f"{r.peak_share:.0%}" if r.peak_share is not None else "",
+            ])
+        return table(header, rows, "llllrrrrr")
+
+
+def machine_info(threads: int | None) -> dict[str, Any]:
+    from .quantize import detect_cpu_int8
+
+    cpu = detect_cpu_int8()
+    model_name = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model_name = line.split(":", 1)[1].strip()
+                break
+    info = {
+        "cpu": model_name or platform.processor(),
+        "logical_cores": os.cpu_count(),
+        "threads": threads or torch.get_num_threads(),
+        "vnni": cpu.vnni,
+        "vnni_flags": cpu.flags,
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    with contextlib.suppress(ImportError):
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    with contextlib.suppress(ImportError):
+        import openvino
+
+        info["openvino"] = openvino.__version__
+    return info
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Set torch's intra-op threads for the duration, then restore them."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int, what: str) -> Iterator[None]:
+    """Raise TimeoutError if the block runs longer than ``seconds`` (main thread, POSIX only)."""
+    if seconds <= 0 or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def on_alarm(signum, frame):  # noqa: ARG001
+        raise TimeoutError(f"{what} took more than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def calibration_crops(out_dir: Path, n: int, size: int, seed: int = 0) -> Path:
+    """Write ``n`` random crops/flips/colour shifts of the bundled photo as a calibration folder."""
+    from PIL import Image, ImageEnhance, ImageOps
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    img = load_image(bundled_cat())
+    rng = np.random.default_rng(seed)
+    w, h = img.size
+    for i in range(n):
+        s = rng.uniform(0.5, 1.0)
+        cw, ch = int(w * s), int(h * s)
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        crop = img.crop((x0, y0, x0 + cw, y0 + ch)).resize((max(size, 64), max(size, 64)))
+        if rng.random() < 0.5:
+            crop = ImageOps.mirror(crop)
+        crop = ImageEnhance.Brightness(crop).enhance(rng.uniform(0.7, 1.3))
+        crop.save(out_dir / f"crop_{i:03d}.png")
+    return out_dir
+
+
+class _Logits(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.model(x))
+
+
+def run_bench(model: nn.Module, meta: Any, options: BenchOptions | None = None) -> BenchResult:
+    """Time every available inference path of ``model`` side by side.
+
+    Args:
+        model: the eager FP32 model (any ResNet-like module, fine-tuned or pruned).
+        meta: its :class:`~resnet_xray.model.ModelMeta` (preprocessing, arch).
+        options: batches, threads, repeats, compile time box, calibration images.
+
+    Returns:
+        The rows (each ``ok``, ``skipped`` with the reason, or ``failed`` with the error),
+        the MACs, the measured CPU FP32 peak and the machine description.
+    """
+    from ..anatomy import AnatomyOptions, analyze
+
+    opts = options or BenchOptions()
+    if not opts.batches or any(b < 1 for b in opts.batches):
+        raise XrayError(f"--batch {','.join(map(str, opts.batches))}: batch sizes must be positive integers")
+    if opts.threads is not None and opts.threads < 1:
+        raise XrayError(f"--threads {opts.threads}: must be at least 1")
+    size = opts.input_size or meta.preprocessing.crop
+    model = model.eval()
+    if isinstance(model(torch.zeros(1, 3, size, size)), dict):
+        model = _Logits(model).eval()
+    macs = analyze(model.model if isinstance(model, _Logits) else model, meta.arch, AnatomyOptions(input_size=size)).totals.macs
+
+    with torch_threads(opts.threads), contextlib.ExitStack() as stack:
+        if opts.work_dir:
+            work = Path(opts.work_dir)
+            work.mkdir(parents=True, exist_ok=True)
+        else:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="resnet-xray-bench-")))
+        peak = measure_fp32_peak()
+        bench = _Bench(model, meta, opts, size, macs, peak, work)
+        bench.run()
+    return BenchResult(bench.rows, macs, peak, machine_info(opts.threads), opts, bench.notes, bench.agreement)
+
+
+class _Bench:
+    """The state one benchmark run shares between its rows."""
+
+    def __init__(self, model: nn.Module, meta: Any, opts: BenchOptions, size: int, macs: int, peak: float, work: Path):
+        self.model, self.meta, self.opts, self.size, self.macs, self.peak, self.work = model, meta, opts, size, macs, peak, work
+        self.rows: list[BenchRow] = []
+        self.notes: list[str] = []
+        self.agreement: dict[str, Any] | None = None
+        self.onnx_fp32: Path | None = None
+        self.onnx_int8: Path | None = None
+
+    def wanted(self, name: str) -> bool:
+        return self.opts.paths is None or name in self.opts.paths
+
+    def log(self, msg: str) -> None:
+        if self.opts.progress:
+            import sys
+
+            print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+    def add(self, name: str, batch: int, device: str, make: Callable[[], Callable[[], Any]], cpu: bool = True) -> None:
+        """Build the path with ``make()`` (untimed), then time the callable it returns."""
+        if not self.wanted(name):
+            return
+        self.log(f"{name}, batch {batch}")
+        try:
+            fn = make()
+            stats = time_callable(fn, self.opts.warmup, self.opts.repeats, self.opts.min_time_s)
+        except _Skip as e:
+            self.rows.append(BenchRow(name, batch, device, "skipped", str(e)))
+            return
+        except XrayError:
+            raise
+        except Exception as e:  # noqa: BLE001 - one failing path must not hide the others
+            self.rows.append(BenchRow(name, batch, device, "failed", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"))
+            return
+        gflops = 2 * self.macs * batch / stats.median / 1e9
+        self.rows.append(BenchRow(
+            name, batch, device, "ok", "", stats, batch / stats.median, None, gflops, gflops / self.peak if cpu else None
+        ))
+
+    def run(self) -> None:
+        self._prepare_onnx()
+        for b in self.opts.batches:
+            self._cpu_rows(b)
+            self._cuda_rows(b)
+        for b in self.opts.batches:
+            base = next((r for r in self.rows if r.path == "eager fp32" and r.batch == b and r.status == "ok"), None)
+            for r in self.rows:
+                if r.batch == b and r.status == "ok" and base is not None:
+                    r.speedup = base.stats.median / r.stats.median
+
+    # --- artefacts shared by several rows ---
+
+    def _prepare_onnx(self) -> None:
+        need_fp32 = any(self.wanted(n) for n in ("ort fp32", "ort int8", "openvino fp32", "openvino int8", "tensorrt fp16", "tensorrt int8"))
+        need_int8 = any(self.wanted(n) for n in ("ort int8", "openvino int8"))
+        if not need_fp32:
+            return
+        from .onnx import ExportOptions, export_onnx
+        from .quantize import QuantizeOptions, quantize_onnx
+
+        self.log("exporting ONNX (fused model, dynamo exporter)")
+        dynamic = len(self.opts.batches) > 1 or self.opts.batches[0] != 1
+        self.onnx_fp32 = export_onnx(
+            fuse_model(self.model), self.work / "model.onnx", ExportOptions(dynamic_batch=dynamic, input_size=self.size), self.meta
+        )
+        if not need_int8:
+            return
+        calib = self.opts.calib_dir
+        if calib is None:
+            calib = str(calibration_crops(self.work / "calib", self.opts.calib_images, self.size))
+            self.notes.append(f"INT8 calibrated on {self.opts.calib_images} crops of the bundled photo (no --calib given)")
+        self.log(f"quantising to INT8 (QDQ, per-channel, calibration from {calib})")
+        report = quantize_onnx(
+            self.onnx_fp32, calib, self.work / "model.int8.onnx", QuantizeOptions(per_channel=True, progress=self.opts.progress)
+        )
+        self.onnx_int8 = Path(report["int8_model"])
+        self.agreement = report["agreement"]
+        self.notes.append(f"ORT INT8: {report['choices']['reduce_range_reason']}")
+
+    # --- rows ---
+
+    def _cpu_rows(self, b: int) -> None:
+        x = torch.randn(b, 3, self.size, self.size)
+        model = self.model
+
+        def eager(m: nn.Module, inp: torch.Tensor) -> Callable[[], Any]:
+            def fn() -> Any:
+                with torch.inference_mode():
+                    return m(inp)
+
+            return fn
+
+        self.add("eager fp32", b, "cpu", lambda: eager(model, x))
+
+        def channels_last() -> Callable[[], Any]:
+            import copy
+
+            m = copy.deepcopy(model).to(memory_format=torch.channels_last)
+            return eager(m, x.contiguous(memory_format=torch.channels_last))
+
+        self.add("eager channels_last", b, "cpu", channels_last)
+        self.add("fused", b, "cpu", lambda: eager(fuse_model(model), x))
+        if self.opts.compile:
+            self.add("torch.compile", b, "cpu", lambda: self._compiled(x))
+        self.add("ort fp32", b, "cpu", lambda: self._ort(self.onnx_fp32, x))
+        self.add("ort int8", b, "cpu", lambda: self._ort(self.onnx_int8, x))
+        self.add("pytorch int8 (fx x86)", b, "cpu", lambda: self._torch_int8(x))
+        self.add("openvino fp32", b, "cpu", lambda: self._openvino(self.onnx_fp32, x, "f32"))
+        self.add("openvino int8", b, "cpu", lambda: self._openvino(self.onnx_int8, x, "f32"))
+
+    def _compiled(self, x: torch.Tensor) -> Callable[[], Any]:
+        import torch._inductor.config as inductor_config
+
+        torch._dynamo.reset()
+        # freezing folds weights into the graph and lets inductor prepack them: the CPU inference setting
+        with inductor_config.patch(freezing=True):
+            compiled = torch.compile(self.model)
+            t0 = time.perf_counter()
+            try:
+                with time_limit(self.opts.compile_timeout_s, "torch.compile"), torch.inference_mode():
+                    compiled(x)
+            except TimeoutError as e:
+                torch._dynamo.reset()
+                raise _Skip(f"{e} (--compile-timeout)") from None
+        self.notes.append(f"torch.compile (inductor, freezing) compiled batch {x.shape[0]} in {time.perf_counter() - t0:.0f} s")
+
+        def fn() -> Any:
+            with torch.inference_mode():
+                return compiled(x)
+
+        return fn
+
+    def _ort(self, path: Path | None, x: torch.Tensor) -> Callable[[], Any]:
+        if path is None:
+            raise _Skip("no model (an earlier step failed or was not requested)")
+        from .onnx import ort_session
+
+        sess = ort_session(path, self.opts.threads)
+        name = sess.get_inputs()[0].name
+        arr = x.numpy()
+        return lambda: sess.run(None, {name: arr})
+
+    def _torch_int8(self, x: torch.Tensor) -> Callable[[], Any]:
+        from .torch_int8 import quantize_torch_fx
+
+        g = torch.Generator().manual_seed(0)
+        calib = [torch.randn(4, 3, self.size, self.size, generator=g) for _ in range(4)]
+        if self.opts.calib_dir or (self.work / "calib").exists():
+            from .quantize import image_batches, list_images
+
+            files = list_images(self.opts.calib_dir or self.work / "calib", "--calib")
+            calib = [torch.from_numpy(a) for _, a in image_batches(files, self.meta.preprocessing, 8, [], "calibrate torch", False)]
+        q = quantize_torch_fx(self.model, None, self.meta.preprocessing, calib_batches=calib).model
+
+        def fn() -> Any:
+            with torch.inference_mode():
+                return q(x)
+
+        return fn
+
+    def _openvino(self, path: Path | None, x: torch.Tensor, precision: str) -> Callable[[], Any]:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise _Skip("openvino not installed (pip install 'resnet-xray[openvino]')") from None
+        if path is None:
+            raise _Skip("no model (an earlier step failed or was not requested)")
+        core = ov.Core()
+        m = core.read_model(str(path))
+        m.reshape({m.inputs[0].get_any_name(): list(x.shape)})
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+        if self.opts.threads:
+            config["INFERENCE_NUM_THREADS"] = self.opts.threads
+        compiled = core.compile_model(m, "CPU", config)
+        request = compiled.create_infer_request()
+        arr = x.numpy()
+        return lambda: request.infer({0: arr})
+
+    def _cuda_rows(self, b: int) -> None:
+        if not torch.cuda.is_available():
+            return
+        torch.backends.cudnn.benchmark = True  # pick the fastest conv algorithms for this shape
+        import copy
+
+        x = torch.randn(b, 3, self.size, self.size, device="cuda")
+        m = copy.deepcopy(self.model).cuda().eval()
+
+        def timed(fn: Callable[[], Any]) -> Callable[[], Any]:
+            def run() -> Any:
+                out = fn()
+                torch.cuda.synchronize()
+                return out
+
+            return run
+
+        def eager_cuda() -> Callable[[], Any]:
+            def fn() -> Any:
+                with torch.inference_mode():
+                    return m(x)
+
+            return timed(fn)
+
+        def amp_fp16() -> Callable[[], Any]:
+            mc = copy.deepcopy(m).to(memory_format=torch.channels_last)
+            xc = x.contiguous(memory_format=torch.channels_last)
+
+            def fn() -> Any:
+                with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+                    return mc(xc)
+
+            return timed(fn)
+
+        self.add("cuda fp32", b, "cuda", eager_cuda, cpu=False)
+        self.add("cuda amp fp16", b, "cuda", amp_fp16, cpu=False)
+        for precision in ("fp16", "int8"):
+            self.add(f"tensorrt {precision}", b, "cuda", lambda p=precision: self._tensorrt(p, b, x), cpu=False)
+
+    def _tensorrt(self, precision: str, b: int, x: torch.Tensor) -> Callable[[], Any]:
+        from .tensorrt import TensorRTOptions, TensorRTRunner, build_engine, tensorrt_available
+
+        ok, why = tensorrt_available()
+        if not ok:
+            raise _Skip(why)
+        if self.onnx_fp32 is None:
+            raise _Skip("no ONNX model")
+        calib = self.opts.calib_dir or (str(self.work / "calib") if (self.work / "calib").exists() else None)
+        if precision == "int8" and calib is None:
+            raise _Skip("int8 needs calibration images")
+        engine = build_engine(
+            self.onnx_fp32, self.work / f"model.b{b}.{precision}.engine", TensorRTOptions(precision, calib, batch=b)
+        )
+        runner = TensorRTRunner(engine)
+
+        def fn() -> Any:
+            out = runner(x)
+            torch.cuda.synchronize()
+            return out
+
+        return fn
+
+
+class _Skip(Exception):
+    """A path that cannot run here (missing package or hardware); shown as skipped, not failed."""
+
+
+def save_chart(result: BenchResult, path: str | os.PathLike) -> Path:
+    """A horizontal bar chart of median latency with IQR whiskers, one group per batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .onnx import atomic_write_bytes, check_writable
+
+    out = check_writable(path)
+    ok = [r for r in result.rows if r.status == "ok"]
+    if not ok:
+        raise XrayError("no path ran, nothing to chart")
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(ok) + 1.5))
+    labels = [f"{r.path} (b{r.batch})" for r in ok]
+    med = [r.stats.median_ms for r in ok]
+    err = np.array([[r.stats.median_ms - r.stats.p25 * 1e3 for r in ok], [r.stats.p75 * 1e3 - r.stats.median_ms for r in ok]])
+    colors = ["tab:gray" if r.path.startswith("eager") else "tab:orange" if "int8" in r.path else "tab:blue" for r in ok]
+    y = np.arange(len(ok))[::-1]
+    ax.barh(y, med, xerr=err, color=colors, capsize=3)
+    ax.set_yticks(y, labels)
+    for yi, r in zip(y, ok):
+        ax.text(r.stats.median_ms, yi, f"  {r.stats.median_ms:.1f} ms ({r.speedup:.2f}x)" if r.speedup else "", va="center", fontsize=8)
+    ax.set_xlabel("latency, ms (median; whiskers: interquartile range)")
+    m = result.machine
+    ax.set_title(f"{m.get('cpu', '')[:50]}, {m.get('threads')} threads", fontsize=9)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(out, buf.getvalue())
+    return out

@@ -1,0 +1,215 @@
+"""The deploy subcommands: ``fuse``, ``export``, ``quantize`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import XrayError
+from ..units import pct, si
+
+
+def _cli():
+    from .. import cli
+
+    return cli
+
+
+def _images_batch(paths: list[str], meta):
+    from .onnx import load_batch
+    from ..image import bundled_cat
+
+    names, x, skipped = load_batch([bundled_cat(), *paths], meta.preprocessing)
+    for s in skipped:
+        print(f"resnet-xray: skipped {s.path}: {s.reason}", file=sys.stderr)
+    return names, x
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    from ..model import save_checkpoint
+    from .fuse import fuse_model, fusion_report
+    from .onnx import check_writable
+
+    out = check_writable(args.output)
+    model, meta = _cli().model_from_args(args)
+    fused = fuse_model(model)
+    names, x = _images_batch(args.check or [], meta)
+    rep = fusion_report(model, fused, x)
+    extras = {k: v for k, v in meta.extras.items() if k in ("heads", "pruned_spec")}
+    save_checkpoint(out, fused, meta, fused_pairs=[list(p) for p in fused.fused_pairs], **extras)
+    if args.json:
+        _cli().print_json({**rep, "output": str(out)})
+        return 0
+    print(f"folded {rep['folded']} BatchNorm layers into the convolutions before them "
+          f"({rep['batchnorm_before']} before, {rep['batchnorm_after']} left)")
+    print(f"check on {rep['images']} image(s): logits max abs diff {rep['max_abs_diff']:.3g}, "
+          f"mean abs diff {rep['mean_abs_diff']:.3g} (max |logit| {rep['max_abs_logit']:.3g}); "
+          f"top-1 agreement {pct(rep['top1_agreement'])}")
+    print(f"saved {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .onnx import ExportOptions, check_onnx, export_onnx
+
+    if args.tensorrt:
+        from .tensorrt import require_tensorrt
+
+        require_tensorrt()  # fail in one line before the export, not after
+    model, meta = _cli().model_from_args(args)
+    path = export_onnx(model, args.output, ExportOptions(opset=args.opset, dynamic_batch=args.dynamic_batch, exporter=args.exporter), meta)
+    rep = check_onnx(path, model, args.check or [])
+    for s in rep["skipped"]:
+        print(f"resnet-xray: skipped {s['image']}: {s['reason']}", file=sys.stderr)
+    engine = None
+    if args.tensorrt:
+        from .tensorrt import TensorRTOptions, build_engine
+
+        engine = build_engine(path, path.with_suffix(f".{args.tensorrt}.engine"), TensorRTOptions(args.tensorrt, args.calib))
+    if args.json:
+        _cli().print_json({"output": str(path), "engine": str(engine) if engine else None, "check": rep})
+    else:
+        print(f"wrote {path} ({si(path.stat().st_size)}B, {args.exporter} exporter) and {path.name}.json; onnx.checker passed")
+        print(f"ONNX Runtime vs eager on {rep['images']} image(s): max abs diff {rep['max_abs_diff']:.3g} "
+              f"(tolerance {rep['tolerance']:.3g}), top-1 agreement {pct(rep['top1_agreement'])}, "
+              f"top-5 agreement {pct(rep['top5_agreement'])}")
+        if engine:
+            print(f"wrote TensorRT {args.tensorrt} engine {engine}")
+    if not rep["passed"]:
+        print(f"resnet-xray: error: ONNX Runtime output DIVERGES from eager PyTorch for {path}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantize import QuantizeOptions, quantize_onnx
+
+    torch_model = None
+    if args.compare_torch:
+        if args.weights == "sidecar":
+            from .onnx import inspect_onnx
+
+            args.weights = inspect_onnx(args.model).sidecar.get("weights")
+            if not args.weights:
+                raise XrayError(f"--compare-torch: {args.model} has no sidecar naming its weights; pass --weights")
+        torch_model, _ = _cli().model_from_args(args)
+    rr = {"auto": None, "on": True, "off": False}[args.reduce_range]
+    opts = QuantizeOptions(method=args.method, per_channel=args.per_channel, reduce_range=rr, eval_dir=args.eval,
+                           max_calib_images=args.max_images, progress=not args.json)
+    rep = quantize_onnx(args.model, args.calib, args.output, opts, torch_model=torch_model)
+    skipped = rep["calibration"]["skipped"] + rep["agreement"]["skipped"]
+    for s in skipped:
+        print(f"resnet-xray: skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    if args.json:
+        _cli().print_json(rep)
+        return 0
+    c = rep["choices"]
+    print(c["reduce_range_reason"])
+    print(f"QDQ, {c['method']} calibration, {'per-channel' if c['per_channel'] else 'per-tensor'} weights, "
+          f"U8S8 reduce_range={c['reduce_range']}; calibrated on {rep['calibration']['images_used']} image(s), "
+          f"{len(rep['calibration']['skipped'])} skipped")
+    print(f"size: {si(rep['size_fp32_bytes'])}B -> {si(rep['size_int8_bytes'])}B ({rep['compression']:.2f}x smaller)")
+    a = rep["agreement"]
+    held = "held-out" if rep["held_out"]["separate_from_calibration"] else "calibration (too few to hold any out)"
+    print(f"agreement with FP32 on {a['images']} {held} image(s); labels: {rep['held_out']['labels']}")
+    for name, row in a["paths"].items():
+        if name == a["reference"]:
+            if "accuracy" in row:
+                print(f"  {name:14s} accuracy {pct(row['accuracy'])}")
+            continue
+        acc = f", accuracy {pct(row['accuracy'])}" if "accuracy" in row else ""
+        print(f"  {name:14s} top-1 agreement {pct(row['top1_agreement'])}, top-5 overlap {pct(row['top5_overlap'])}, "
+              f"mean KL {row['mean_kl']:.2e}{acc}")
+    print(f"wrote {rep['int8_model']} and {Path(rep['int8_model']).name}.json (choices and this report)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchOptions, run_bench, save_chart
+
+    try:
+        batches = tuple(int(b) for b in args.batch.split(","))
+    except ValueError:
+        raise XrayError(f"--batch {args.batch}: expected comma-separated integers such as 1,8") from None
+    if args.output:
+        from .onnx import check_writable
+
+        check_writable(args.output)
+    model, meta = _cli().model_from_args(args)
+    opts = BenchOptions(batches=batches, threads=args.threads, repeats=args.repeats, compile=not args.no_compile,
+                        compile_timeout_s=args.compile_timeout, calib_dir=args.calib, progress=not args.json)
+    res = run_bench(model, meta, opts)
+    if args.output:
+        save_chart(res, args.output)
+    if args.json:
+        _cli().print_json(res.to_dict())
+        return 0
+    m = res.machine
+    print(f"{meta.arch} ({meta.weights}), {si(res.macs)} MACs per image at {opts.input_size or meta.preprocessing.crop} px")
+    print(f"CPU: {m['cpu']}, {m['threads']} thread(s) of {m['logical_cores']}, VNNI: {'yes' if m['vnni'] else 'no'}"
+          + (f"; GPU: {m['cuda']}" if m.get("cuda") else ""))
+    print(f"measured CPU FP32 peak (2048^3 matmul): {res.peak_gflops:.0f} GFLOP/s")
+    print(res.table())
+    for n in res.notes:
+        print(f"note: {n}")
+    if res.agreement:
+        for name, row in res.agreement["paths"].items():
+            if name != res.agreement["reference"]:
+                print(f"note: {name} vs FP32 on {res.agreement['images']} held-out image(s): top-1 agreement "
+                      f"{pct(row['top1_agreement'])}, mean KL {row['mean_kl']:.2e}")
+    if args.output:
+        print(f"chart: {args.output}")
+    return 0
+
+
+def register(sub) -> None:
+    cli = _cli()
+
+    p = sub.add_parser("fuse", help="fold every BatchNorm into the conv before it, and check against the unfused model")
+    cli.add_model_args(p)
+    p.add_argument("-o", "--output", required=True, help="fused checkpoint (.pt) to write")
+    p.add_argument("--check", nargs="*", metavar="IMAGES", help="images/folders to check on, besides the bundled photo")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fuse)
+
+    p = sub.add_parser("export", help="export to ONNX (onnx.checker + ONNX Runtime vs eager check); TensorRT engines")
+    cli.add_model_args(p)
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write (plus a .onnx.json sidecar)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 18 for dynamo)")
+    p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension (default: fixed batch 1)")
+    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                   help="torch.onnx route: dynamo (torch.export, default) or torchscript (dynamo=False)")
+    p.add_argument("--check", nargs="*", metavar="IMAGES", help="more images/folders to compare on (the bundled photo is always used)")
+    p.add_argument("--tensorrt", choices=("fp16", "int8"), help="also build a TensorRT engine (needs tensorrt and a CUDA GPU)")
+    p.add_argument("--calib", help="calibration images for --tensorrt int8")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quantize", help="static INT8 (ONNX Runtime QDQ) calibrated on an image folder, with an agreement report")
+    p.add_argument("model", help="FP32 .onnx file (from resnet-xray export)")
+    p.add_argument("--calib", required=True, help="folder of calibration images (ImageFolder layout also gives accuracy)")
+    p.add_argument("-o", "--output", required=True, help="INT8 .onnx to write (plus a .onnx.json with every choice)")
+    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax", help="calibration (default: minmax)")
+    p.add_argument("--per-channel", action="store_true", help="one weight scale per output channel")
+    p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
+                   help="7-bit weights against U8S8 saturation; auto: on exactly when the CPU lacks VNNI")
+    p.add_argument("--eval", help="separate held-out folder for the agreement check (default: every 5th --calib image)")
+    p.add_argument("--max-images", type=int, default=None, help="use at most this many calibration images")
+    p.add_argument("--compare-torch", action="store_true",
+                   help="also build PyTorch's FX INT8 (x86) from --weights (default: those the sidecar names)")
+    cli.add_model_args(p, default_weights="sidecar")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("bench", help="every inference path side by side: latency, throughput, GFLOP/s vs measured peak")
+    cli.add_model_args(p, default_weights="random")
+    p.add_argument("--batch", default="1", help="comma-separated batch sizes (default: 1)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads for torch, ORT and OpenVINO")
+    p.add_argument("--repeats", type=int, default=30, help="timed calls per path (at least; default: 30)")
+    p.add_argument("--calib", help="calibration images for the INT8 rows (default: crops of the bundled photo)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    p.add_argument("--compile-timeout", type=int, default=300, help="seconds to allow torch.compile (default: 300)")
+    p.add_argument("-o", "--output", help="bar chart PNG")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
