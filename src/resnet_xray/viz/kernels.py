@@ -134,3 +134,43 @@ def check_count(count: int) -> int:
     if count < 1:
         raise XrayError(f"--count {count}: must be at least 1")
     return count
+
+
+def _tile_rgb(patches: np.ndarray, gap: int = 1) -> np.ndarray:
+    n, k = patches.shape[0], patches.shape[1]
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    out = np.ones((rows * (k + gap) - gap, cols * (k + gap) - gap, 3), dtype=np.float32)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        out[r * (k + gap):r * (k + gap) + k, c * (k + gap):c * (k + gap) + k] = patches[i]
+    return (out * 255).round().astype(np.uint8)
+
+
+def kernel_image(conv: nn.Conv2d, name: str, count: int = 64, max_side: int = 256) -> tuple[np.ndarray, str]:
+    """The same three pictures as :func:`kernel_figure`, as a small RGB array (no matplotlib), with a caption."""
+    from .features import colourize
+    from .maps import mosaic
+
+    w = conv.weight.detach().float().cpu()
+    out_c, in_c, kh, kw = w.shape
+    shape = f"{out_c}x{in_c}x{kh}x{kw}"
+    if in_c == 3 and conv.groups == 1:
+        patches, m = rgb_patches(w[:count])
+        return _tile_rgb(patches), f"{name} ({shape}): {len(patches)} filters as RGB patches; grey = 0, full colour = ±{m:.3g}"
+    if kh * kw > 1:
+        slices, _ = strongest_slices(w, count)
+        m = float(np.abs(slices).max()) or 1.0
+        img = colourize(mosaic(torch.from_numpy(slices), list(range(len(slices)))), -m, m, KERNEL_CMAP)
+        return img, (f"{name} ({shape}): not whole filters; each tile is one filter's {kh}x{kw} slice on its strongest "
+                     f"input channel; red > 0 > blue, ±{m:.3g}")
+    mat = w.flatten(1)
+    if max(mat.shape) > max_side:  # average blocks of weights so the picture stays small
+        step = int(np.ceil(max(mat.shape) / max_side))
+        mat = torch.nn.functional.avg_pool2d(mat[None, None], step, ceil_mode=True)[0, 0]
+        note = f" (each pixel averages {step}x{step} weights)"
+    else:
+        note = ""
+    m = float(mat.abs().max()) or 1.0
+    img = colourize(mat.numpy(), -m, m, KERNEL_CMAP)
+    return img, f"{name} ({shape}): 1x1 conv = channel-mixing matrix, rows = output, columns = input{note}; red > 0 > blue, ±{m:.3g}"

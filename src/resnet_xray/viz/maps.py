@@ -76,14 +76,12 @@ def grid_shape(n: int) -> tuple[int, int]:
     return rows, cols
 
 
-def resize_tile(tile: np.ndarray, side: int) -> np.ndarray:
-    """Area-average down or nearest-neighbour up to ``side`` x ``side`` (the maps are square)."""
-    h, w = tile.shape
-    if h == side and w == side:
-        return tile
-    t = torch.from_numpy(np.ascontiguousarray(tile, dtype=np.float32))[None, None]
-    mode = "area" if h > side else "nearest"
-    return torch.nn.functional.interpolate(t, size=(side, side), mode=mode)[0, 0].numpy()
+def resize_tiles(tiles: torch.Tensor, side: int) -> torch.Tensor:
+    """Area-average down or nearest-neighbour up an (n, h, w) stack to ``side`` x ``side`` in one call."""
+    if tiles.shape[-1] == side and tiles.shape[-2] == side:
+        return tiles
+    mode = "area" if tiles.shape[-1] > side else "nearest"
+    return torch.nn.functional.interpolate(tiles[:, None], size=(side, side), mode=mode)[:, 0]
 
 
 def mosaic(fmap: torch.Tensor, channels: list[int], tile: int | None = None, gap: int = 1) -> np.ndarray:
@@ -91,13 +89,12 @@ def mosaic(fmap: torch.Tensor, channels: list[int], tile: int | None = None, gap
 
     Values are kept as they are (no per-tile rescaling), so one colour scale reads the whole grid.
     """
-    arr = fmap.detach().float().cpu().numpy()
-    h = arr.shape[1]
-    side = tile or h
+    side = tile or fmap.shape[1]
+    tiles = resize_tiles(fmap.detach()[channels].float().cpu(), side).numpy()
     rows, cols = grid_shape(len(channels))
     out = np.full((rows * side + (rows - 1) * gap, cols * side + (cols - 1) * gap), np.nan, dtype=np.float32)
-    for k, ch in enumerate(channels):
+    for k in range(len(channels)):
         r, c = divmod(k, cols)
         y, x = r * (side + gap), c * (side + gap)
-        out[y:y + side, x:x + side] = resize_tile(arr[ch], side)
+        out[y:y + side, x:x + side] = tiles[k]
     return out
