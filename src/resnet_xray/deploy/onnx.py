@@ -76,8 +76,15 @@ def check_writable(path: str | os.PathLike, flag: str = "-o") -> Path:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise XrayError(f"{flag} {p}: cannot create directory {parent} ({e.strerror})") from None
-    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+    if p.exists() and not os.access(p, os.W_OK):
         raise XrayError(f"{flag} {p}: not writable")
+    # os.access says yes to root everywhere; only creating a file tells the truth (read-only mounts, /proc).
+    probe = parent / f".{p.name}.probe-{os.getpid()}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise XrayError(f"{flag} {p}: cannot write in {parent} ({e.strerror})") from None
     return p
 
 
