@@ -1,0 +1,120 @@
+"""``bench-data``: is training input-bound? Loader speed alone, model step alone, and the loop's data wait."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..model import build_model
+from .data import make_loaders
+from .finetune import FinetuneOptions, make_optimizer, resolve_precision
+
+DEFAULT_WORKERS = FinetuneOptions.workers
+
+
+@dataclass
+class DataBenchOptions:
+    arch: str = "resnet50"
+    batch_size: int = 32
+    workers: int = DEFAULT_WORKERS  # the finetune default, so the answer describes a default run
+    image_size: int | None = None
+    steps: int = 20  # timed steps per measurement (after one warm-up step)
+    amp: bool = False
+    channels_last: bool = False
+    seed: int = 0
+
+
+def _train_step(model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor, precision, device: torch.device) -> None:
+    with precision.autocast(device):
+        loss = nn.functional.cross_entropy(model(x).float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def bench_data(data_dir: str | Path, options: DataBenchOptions | None = None) -> dict[str, Any]:
+    """Measure the three rates on this machine.
+
+    Returns:
+        ``loader_images_per_s``, ``step_images_per_s``, ``loop_images_per_s`` and
+        ``data_wait_fraction`` (time blocked on the loader / loop time), plus the settings.
+    """
+    o = options or DataBenchOptions()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(o.amp, device)
+    data = make_loaders(data_dir, image_size=o.image_size, batch_size=o.batch_size, workers=o.workers, seed=o.seed)
+    torch.manual_seed(o.seed)
+    model = build_model(o.arch, num_classes=len(data.class_names)).to(device).train()
+    if o.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(model, FinetuneOptions(arch=o.arch), 0.01)
+
+    def to_dev(x):
+        x = x.to(device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if o.channels_last else x
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    # 1. the loader alone (workers started and warmed by the first batch)
+    it = iter(data.train)
+    next(it)
+    n = 0
+    t0 = time.perf_counter()
+    for _ in range(o.steps):
+        try:
+            x, *_ = next(it)
+        except StopIteration:
+            it = iter(data.train)
+            x, *_ = next(it)
+        n += len(x)
+    loader_ips = n / (time.perf_counter() - t0)
+
+    # 2. the model step alone, on one resident batch
+    x0, y0, *_ = next(iter(data.val))
+    x0, y0 = to_dev(x0), y0.to(device)
+    _train_step(model, opt, x0, y0, precision, device)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(o.steps):
+        _train_step(model, opt, x0, y0, precision, device)
+    sync()
+    step_ips = o.steps * len(x0) / (time.perf_counter() - t0)
+
+    # 3. the real loop: how much of each step is spent blocked on the loader
+    it = iter(data.train)
+    wait = 0.0
+    n = 0
+    t0 = time.perf_counter()
+    for _ in range(o.steps):
+        tw = time.perf_counter()
+        try:
+            x, y, *_ = next(it)
+        except StopIteration:
+            it = iter(data.train)
+            x, y, *_ = next(it)
+        x, y = to_dev(x), y.to(device)
+        wait += time.perf_counter() - tw
+        _train_step(model, opt, x, y, precision, device)
+        n += len(x)
+    sync()
+    total = time.perf_counter() - t0
+    return {
+        "arch": o.arch,
+        "batch_size": o.batch_size,
+        "workers": o.workers,
+        "image_size": data.preprocessing.crop,
+        "precision": precision.name,
+        "device": str(device),
+        "loader_images_per_s": loader_ips,
+        "step_images_per_s": step_ips,
+        "loop_images_per_s": n / total,
+        "data_wait_fraction": wait / total,
+        "skipped_files": len(data.skipped),
+    }

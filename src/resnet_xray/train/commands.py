@@ -1,0 +1,134 @@
+"""CLI for training: ``make-dataset``, ``finetune`` (also under torchrun), ``finetune-multitask``, ``bench-data``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..cli import add_model_args
+    from ..datasets.reference import SHAPES
+    from .finetune import FREEZE_MODES, OPTIMIZERS
+
+    p = sub.add_parser("make-dataset", help="write the offline reference task (shapes on clutter, with boxes)")
+    p.add_argument("out", help="output folder (gets train/, val/, boxes.csv, dataset.json)")
+    p.add_argument("--classes", type=int, default=10, help=f"number of shape classes, 2..{len(SHAPES)} (default: 10)")
+    p.add_argument("--per-class", type=int, default=200, help="training images per class (default: 200)")
+    p.add_argument("--val-per-class", type=int, default=None, help="validation images per class (default: a quarter of --per-class, at least 10)")
+    p.add_argument("--size", type=int, default=96, help="image side in pixels (default: 96)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
+    p.set_defaults(func=cmd_make_dataset)
+
+    for name, multitask in (("finetune", False), ("finetune-multitask", True)):
+        help_ = ("fine-tune on an image folder (new classifier; works under torchrun)" if not multitask
+                 else "shared backbone + classification and box heads (needs boxes.csv); same as finetune --multitask")
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("data", help="dataset folder: train/ and val/ class folders, or class folders only")
+        p.add_argument("--out", required=True, help="output folder: best.pt, last.pt, metrics.csv, confusion.png, summary.json")
+        add_model_args(p, default_weights="imagenet")  # --arch, --weights, --seed (init, shuffling, augmentation)
+        p.add_argument("--epochs", type=int, default=10)
+        p.add_argument("--batch-size", type=int, default=32, help="per process (default: 32)")
+        p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: scaled by batch size)")
+        p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+        p.add_argument("--weight-decay", type=float, default=None)
+        p.add_argument("--warmup-epochs", type=float, default=1.0)
+        p.add_argument("--freeze", choices=FREEZE_MODES, default="none", help="backbone: head only; gradual: one more stage per epoch")
+        p.add_argument("--label-smoothing", type=float, default=0.1)
+        p.add_argument("--amp", action="store_true", help="mixed precision: fp16+GradScaler on CUDA, bf16 on CPU")
+        p.add_argument("--channels-last", action="store_true", help="NHWC memory layout")
+        p.add_argument("--workers", type=int, default=2, help="DataLoader processes (default: 2)")
+        p.add_argument("--image-size", type=int, default=None, help="input side (default: the dataset's, else 224)")
+        p.add_argument("--min-crop-scale", type=float, default=0.35, help="RandomResizedCrop's smallest area share")
+        if not multitask:
+            p.add_argument("--multitask", action="store_true", help="classification + box heads on one backbone")
+        p.add_argument("--class-weight", type=float, default=1.0, help="multi-task: weight of the classification loss")
+        p.add_argument("--box-weight", type=float, default=1.0, help="multi-task: weight of the box loss")
+        p.add_argument("--checkpoint-every", type=int, default=0, help="also write last.pt every N steps (default: epoch ends)")
+        p.add_argument("--stop-after-steps", type=int, default=None, help="stop (after checkpointing) at this global step")
+        p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+        p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+        p.add_argument("--no-progress", action="store_true")
+        p.add_argument("--json", action="store_true", help="print the summary as JSON")
+        p.set_defaults(func=cmd_finetune, multitask_default=multitask)
+
+    p = sub.add_parser("bench-data", help="loader images/s vs model step images/s, and the data-wait fraction")
+    p.add_argument("data", help="dataset folder")
+    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None, help="default: the finetune default (2)")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--steps", type=int, default=20, help="training steps to time (default: 20)")
+    p.add_argument("--amp", action="store_true")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_data)
+
+
+def cmd_make_dataset(args: argparse.Namespace) -> int:
+    from ..datasets.reference import ReferenceOptions, make_reference_dataset
+
+    opts = ReferenceOptions(classes=args.classes, per_class=args.per_class, val_per_class=args.val_per_class,
+                            size=args.size, seed=args.seed, overwrite=args.overwrite)
+    info = make_reference_dataset(args.out, opts)
+    n_train, n_val = info["train_per_class"] * len(info["classes"]), info["val_per_class"] * len(info["classes"])
+    print(f"wrote {args.out}: {n_train} train + {n_val} val images, {len(info['classes'])} classes "
+          f"({', '.join(info['classes'])}), {info['size']}x{info['size']} px, boxes in boxes.csv")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune import FinetuneOptions, finetune
+
+    opts = FinetuneOptions(
+        arch=args.arch, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        freeze=args.freeze, label_smoothing=args.label_smoothing, amp=args.amp, channels_last=args.channels_last,
+        workers=args.workers, seed=args.seed, image_size=args.image_size, min_crop_scale=args.min_crop_scale,
+        multitask=args.multitask_default or getattr(args, "multitask", False),
+        loss_weights={"class": args.class_weight, "box": args.box_weight},
+        checkpoint_every=args.checkpoint_every, stop_after_steps=args.stop_after_steps, device=args.device,
+        progress=not args.no_progress,
+    )
+    r = finetune(args.data, opts, args.out, resume=args.resume)
+    if not r["is_main"]:
+        return 0
+    final = r["final"]
+    if args.json:
+        json.dump({"final_accuracy": final["accuracy"], "best": r["best"], "history": r["history"],
+                   "skipped": [{"path": s.path, "reason": s.reason} for s in r["skipped"]]}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(f"validation accuracy: {final['accuracy']:.1%} of {final['images']} images (best {r['best']['accuracy']:.1%} "
+          f"at epoch {r['best']['epoch']}); loss {final['loss']:.3f}"
+          + (f"; box IoU {final['box_iou']:.3f}, L1 {final['box_l1']:.3f}" if "box_iou" in final else ""))
+    print("per-class accuracy: " + ", ".join(f"{c} {a:.0%}" for c, a in zip(r["class_names"], final["per_class_accuracy"])))
+    print(f"{r['global_step']} steps in {r['seconds']:.0f} s ({r['precision']}, {r['device']}"
+          + (f", {r['world_size']} processes, max weight difference between ranks {r['rank_weight_max_diff']:.3g}" if r["world_size"] > 1 else "")
+          + ")" + (" - stopped early (--stop-after-steps); --resume continues" if r["stopped_early"] else ""))
+    print(f"skipped files: {len(r['skipped'])}")
+    for s in r["skipped"]:
+        print(f"  {s.path}: {s.reason}")
+    print(f"wrote {r['out_dir']}/best.pt, last.pt, metrics.csv, confusion.png, summary.json")
+    return 0
+
+
+def cmd_bench_data(args: argparse.Namespace) -> int:
+    from .bench import DataBenchOptions, bench_data
+
+    opts = DataBenchOptions(arch=args.arch, batch_size=args.batch_size, image_size=args.image_size, steps=args.steps,
+                            amp=args.amp, channels_last=args.channels_last,
+                            **({"workers": args.workers} if args.workers is not None else {}))
+    r = bench_data(args.data, opts)
+    if args.json:
+        json.dump(r, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(f"loader alone:      {r['loader_images_per_s']:8.1f} images/s ({r['workers']} workers, batch {r['batch_size']}, {r['image_size']} px)")
+    print(f"model step alone:  {r['step_images_per_s']:8.1f} images/s ({r['arch']}, forward+backward+update, {r['precision']})")
+    print(f"training loop:     {r['loop_images_per_s']:8.1f} images/s, {r['data_wait_fraction']:.1%} of step time waiting for data")
+    verdict = "the loader keeps up" if r["data_wait_fraction"] < 0.10 else "input-bound: add --workers or shrink images"
+    print(f"verdict: {verdict}")
+    return 0

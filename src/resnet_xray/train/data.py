@@ -1,0 +1,376 @@
+"""Image-folder datasets and the loaders that feed training: augmentation, bad-file skipping, sharding.
+
+Augmentation randomness is a function of ``(seed, epoch, index)`` rather than of a
+worker's RNG, so the same seed gives the same batches whatever the worker count, and
+a resumed run sees exactly the images an uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision import transforms as T
+from torchvision.transforms import functional as TF
+
+from ..errors import XrayError
+from ..image import IMAGE_EXTENSIONS, Preprocessing, Skipped, load_image
+
+log = logging.getLogger(__name__)
+
+VAL_FRACTION = 0.2  # share of each class held out when a folder has no train/val split
+DATASET_INFO = "dataset.json"  # written by make-dataset; gives the native image size
+BOXES_CSV = "boxes.csv"
+
+
+# --- finding the images ---
+
+
+def _class_folders(root: Path) -> list[str]:
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def scan_split(root: Path, class_names: list[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
+    """``(path, label)`` pairs of an ImageFolder tree, and its sorted class names."""
+    names = class_names or _class_folders(root)
+    samples = [(f, i) for i, c in enumerate(names) if (root / c).is_dir() for f in _files(root / c)]
+    return samples, names
+
+
+def find_splits(data_dir: str | Path, *, seed: int = 0) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]], list[str]]:
+    """Train and val samples: from ``train/`` and ``val/`` if present, else a stratified split.
+
+    Raises:
+        XrayError: the folder is missing, has no class folders, or no images.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise XrayError(f"{root}: no such dataset folder (expected train/ and val/ class folders, or class folders)")
+    if (root / "train").is_dir():
+        train, names = scan_split(root / "train")
+        val_root = root / "val" if (root / "val").is_dir() else root / "valid"
+        if not val_root.is_dir():
+            raise XrayError(f"{root}: has train/ but no val/ folder")
+        extra = [c for c in _class_folders(val_root) if c not in names]
+        if extra:
+            raise XrayError(f"{val_root}: class folder {extra[0]!r} is not in {root / 'train'}")
+        val, _ = scan_split(val_root, names)
+    else:
+        samples, names = scan_split(root)
+        rng = random.Random(seed)
+        train, val = [], []
+        for label in range(len(names)):
+            group = [s for s in samples if s[1] == label]
+            rng.shuffle(group)
+            n_val = max(1, round(len(group) * VAL_FRACTION)) if len(group) > 1 else 0
+            val += group[:n_val]
+            train += group[n_val:]
+    if len(names) < 2:
+        raise XrayError(f"{root}: found {len(names)} class folder(s); need at least 2 to train a classifier")
+    if not train:
+        raise XrayError(f"{root}: no training images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    if not val:
+        raise XrayError(f"{root}: no validation images found")
+    return train, val, names
+
+
+def read_boxes(data_dir: str | Path) -> dict[str, tuple[float, float, float, float]]:
+    """``boxes.csv``: relative image path -> box (x0, y0, x1, y1) as fractions of width/height."""
+    path = Path(data_dir) / BOXES_CSV
+    if not path.exists():
+        raise XrayError(f"{path}: not found; --multitask needs a box per image (make-dataset writes one)")
+    boxes = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                boxes[row["path"]] = (float(row["x0"]), float(row["y0"]), float(row["x1"]), float(row["y1"]))
+            except (KeyError, ValueError):
+                raise XrayError(f"{path}: expected columns path,x0,y0,x1,y1 with numbers; bad row {row}") from None
+    return boxes
+
+
+def native_size(data_dir: str | Path) -> int | None:
+    """The image side ``make-dataset`` wrote, if this folder came from it."""
+    info = Path(data_dir) / DATASET_INFO
+    try:
+        return int(json.loads(info.read_text())["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# --- datasets ---
+
+
+@dataclass(frozen=True)
+class BadSample:
+    """What a dataset returns in place of an image it cannot read; the collate drops it."""
+
+    path: str
+    reason: str
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    # Large odd multipliers keep (epoch, index) pairs from colliding.
+    return (seed * 1_000_003 + epoch * 7_919 * 1_000_033 + index * 2_654_435_761) % (2**63 - 1)
+
+
+class FolderDataset(Dataset):
+    """Labelled images (and optionally boxes); items are addressed as ``(index, epoch)``.
+
+    Args:
+        samples: ``(path, label)`` pairs.
+        transform: PIL -> tensor, randomised through torch's global RNG (torchvision style).
+        seed: base seed of the augmentation randomness.
+        boxes: optional ``path -> (x0, y0, x1, y1)`` fractions; items then carry a box and
+            random flips move it with the image.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, int]],
+        transform,
+        *,
+        seed: int = 0,
+        boxes: Sequence[tuple[float, float, float, float]] | None = None,
+        flip: bool = False,
+    ) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.seed = seed
+        self.boxes = list(boxes) if boxes is not None else None
+        self.flip = flip  # box-aware horizontal flip, for the multi-task pipeline
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        path, label = self.samples[index]
+        try:
+            img = load_image(path)
+        except XrayError as e:
+            return BadSample(str(path), str(e).split(": ", 1)[-1])
+        # A private RNG stream per (seed, epoch, index): resumable and worker-count independent.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            flipped = self.flip and bool(torch.rand(()) < 0.5)
+            if flipped:
+                img = TF.hflip(img)
+            x = self.transform(img)
+        if self.boxes is None:
+            return x, label
+        x0, y0, x1, y1 = self.boxes[index]
+        if flipped:
+            x0, x1 = 1.0 - x1, 1.0 - x0
+        return x, label, torch.tensor([x0, y0, x1, y1], dtype=torch.float32)
+
+
+def collate_skipping(items: list) -> tuple:
+    """Stack good items; bad ones travel along as a list so the main process can report them."""
+    bad = [(b.path, b.reason) for b in items if isinstance(b, BadSample)]
+    good = [b for b in items if not isinstance(b, BadSample)]
+    if not good:
+        return (None, bad)
+    cols = list(zip(*good))
+    out = [torch.stack(cols[0]), torch.tensor(cols[1], dtype=torch.long)]
+    if len(cols) == 3:
+        out.append(torch.stack(cols[2]))
+    return (*out, bad)
+
+
+# --- samplers ---
+
+
+class EpochSampler(DistributedSampler):
+    """DistributedSampler (seeded shuffle, ``set_epoch``) that yields ``(index, epoch)`` keys.
+
+    With one replica it is an ordinary seeded shuffle. It advances its own epoch after
+    each pass, so plain ``for x, y in loader`` loops also see fresh augmentation;
+    ``set_epoch`` pins it, and ``skip`` resumes part-way through an epoch.
+    """
+
+    def __init__(self, dataset, *, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.skip = 0  # samples (of this rank) to leave out at the start of the next pass
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        keys = [(i, epoch) for i in super().__iter__()][self.skip :]
+        self.skip = 0
+        self.epoch += 1
+        return iter(keys)
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Every ``num_replicas``-th sample in order, with no padding: exact distributed evaluation."""
+
+    def __init__(self, n: int, *, num_replicas: int = 1, rank: int = 0) -> None:
+        self.indices = list(range(rank, n, num_replicas))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
+# --- loaders ---
+
+
+class SkippingLoader(DataLoader):
+    """A DataLoader whose batches are ``(x, y)`` (or ``(x, y, box)``) with unreadable files dropped.
+
+    Each file that fails is logged once (name and reason) and appended to ``skipped``.
+    """
+
+    def __init__(self, *args, skipped: list[Skipped], **kwargs) -> None:
+        super().__init__(*args, collate_fn=collate_skipping, **kwargs)
+        self.skipped = skipped
+
+    def __iter__(self):
+        seen = {s.path for s in self.skipped}
+        for batch in super().__iter__():
+            *tensors, bad = batch
+            for path, reason in bad:
+                if path not in seen:
+                    seen.add(path)
+                    self.skipped.append(Skipped(path, reason))
+                    log.warning("skipped %s: %s", path, reason)
+            if tensors[0] is not None:
+                yield tuple(tensors)
+
+
+@dataclass
+class DataBundle:
+    """Everything training needs from a dataset folder."""
+
+    train: DataLoader | None
+    val: DataLoader
+    class_names: list[str]
+    skipped: list[Skipped]  # shared with the loaders: grows as bad files are met
+    preprocessing: Preprocessing  # the eval pipeline; saved in checkpoints so classify matches
+    multitask: bool = False  # batches carry a third tensor, the box
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def train_transform(pre: Preprocessing, *, min_crop_scale: float, crop: bool = True) -> T.Compose:
+    """RandomResizedCrop + flip (the recipe's train pipeline), normalised like ``pre``."""
+    if not crop:  # boxes cannot survive a random crop; the dataset flips them itself
+        return T.Compose([T.Resize((pre.crop, pre.crop), antialias=True), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
+    return T.Compose([
+        T.RandomResizedCrop(pre.crop, scale=(min_crop_scale, 1.0), antialias=True),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(pre.mean, pre.std),
+    ])
+
+
+def preprocessing_for(data_dir: str | Path, image_size: int | None) -> Preprocessing:
+    """The eval pipeline: images of the dataset's native size are used whole, else Resize + CenterCrop."""
+    native = native_size(data_dir)
+    size = image_size or native or 224
+    if native is not None and size == native:
+        return Preprocessing(resize=size, crop=size, source=f"dataset pipeline (Resize {size}, CenterCrop {size}, ImageNet mean/std)")
+    if size == 224:
+        return Preprocessing.seed()
+    resize = round(size * 256 / 224)
+    return Preprocessing(resize=resize, crop=size, source=f"seed pipeline scaled (Resize {resize}, CenterCrop {size}, ImageNet mean/std)")
+
+
+def make_loaders(
+    data_dir: str | Path,
+    *,
+    image_size: int | None = None,
+    batch_size: int = 32,
+    workers: int = 2,
+    seed: int = 0,
+    distributed: bool = False,
+    multitask: bool = False,
+    min_crop_scale: float = 0.35,
+    pin_memory: bool | None = None,
+) -> DataBundle:
+    """Train and val loaders for an image folder.
+
+    Args:
+        data_dir: has ``train/`` and ``val/`` ImageFolder subfolders, or just class
+            folders (then 20% of each class is held out, seeded).
+        image_size: network input side; default the dataset's native size, else 224.
+        batch_size: images per step per process.
+        workers: loader processes (0 loads in the main process).
+        seed: shuffle and augmentation seed.
+        distributed: shard both splits over the initialised process group.
+        multitask: batches are ``(x, y, box)`` with boxes from ``boxes.csv``.
+        min_crop_scale: smallest RandomResizedCrop area; the recipe's 0.08 would often
+            cut small objects out of the frame.
+        pin_memory: default: when CUDA is available.
+
+    Returns:
+        A :class:`DataBundle`.
+    """
+    if batch_size < 1:
+        raise XrayError(f"--batch-size {batch_size}: must be at least 1")
+    if workers < 0:
+        raise XrayError(f"--workers {workers}: must be 0 or more")
+    if image_size is not None and image_size < 32:
+        raise XrayError(f"--image-size {image_size}: must be at least 32")
+    train_s, val_s, names = find_splits(data_dir, seed=seed)
+    pre = preprocessing_for(data_dir, image_size)
+    root = Path(data_dir)
+    train_boxes = val_boxes = None
+    if multitask:
+        boxes = read_boxes(root)
+
+        def lookup(samples):
+            out = []
+            for p, _ in samples:
+                key = p.relative_to(root).as_posix()
+                if key not in boxes:
+                    raise XrayError(f"{root / BOXES_CSV}: no box for {key}")
+                out.append(boxes[key])
+            return out
+
+        train_boxes, val_boxes = lookup(train_s), lookup(val_s)
+
+    world, rank = 1, 0
+    if distributed:
+        import torch.distributed as dist
+
+        world, rank = dist.get_world_size(), dist.get_rank()
+    skipped: list[Skipped] = []
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    common: dict[str, Any] = dict(num_workers=workers, pin_memory=pin, skipped=skipped)
+    if workers > 0:
+        common.update(persistent_workers=True, prefetch_factor=4)
+
+    train_ds = FolderDataset(train_s, train_transform(pre, min_crop_scale=min_crop_scale, crop=not multitask), seed=seed, boxes=train_boxes, flip=multitask)
+    sampler = EpochSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    # BatchNorm cannot train on a batch of one, so a ragged last batch is dropped when there is a full one.
+    drop_last = len(sampler) > batch_size
+    train = SkippingLoader(train_ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **common)
+
+    val_ds = FolderDataset(val_s, pre.transform(), seed=seed, boxes=val_boxes)
+    val = SkippingLoader(val_ds, batch_size=batch_size, sampler=ShardSampler(len(val_ds), num_replicas=world, rank=rank), **common)
+    info = {"train_images": len(train_s), "val_images": len(val_s), "image_size": pre.crop, "world_size": world}
+    return DataBundle(train, val, names, skipped, pre, multitask, info)
+
+
+def steps_per_epoch(loader: DataLoader) -> int:
+    n = len(loader.sampler)
+    return n // loader.batch_size if loader.drop_last else math.ceil(n / loader.batch_size)

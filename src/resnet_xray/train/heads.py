@@ -1,0 +1,146 @@
+"""A shared ResNet backbone with any number of named heads (the seed's ``MultiTaskResNet``).
+
+The backbone is the torchvision model with ``fc`` replaced by identity, so its output is
+the pooled feature vector (2048-d for ResNet-50). Each head is a small module on that
+vector; ``forward`` returns ``{name: output}``. A head spec is plain data (str/int), so it
+travels inside checkpoints that load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.ops import box_iou, generalized_box_iou_loss
+
+from ..errors import XrayError
+
+HEAD_KINDS = ("linear", "box")
+
+
+def normalize_spec(heads_spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"class": 10, "box": {"kind": "box"}}`` -> ``{name: {"kind", "out", "hidden"}}``.
+
+    An int means a linear head with that many outputs. A ``box`` head predicts
+    ``(x0, y0, x1, y1)`` as fractions of the image through a hidden layer and a sigmoid.
+    """
+    if not heads_spec:
+        raise XrayError("a multi-task model needs at least one head")
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in heads_spec.items():
+        if isinstance(spec, int):
+            spec = {"kind": "linear", "out": spec}
+        spec = dict(spec)
+        kind = spec.get("kind", "linear")
+        if kind not in HEAD_KINDS:
+            raise XrayError(f"head {name!r}: kind {kind!r} is not one of {', '.join(HEAD_KINDS)}")
+        default_out = 4 if kind == "box" else None
+        n_out = int(spec.get("out", default_out or 0))
+        if n_out < 1:
+            raise XrayError(f"head {name!r}: needs 'out' (number of outputs) >= 1")
+        hidden = int(spec.get("hidden", 256 if kind == "box" else 0))
+        out[str(name)] = {"kind": kind, "out": n_out, "hidden": hidden}
+    return out
+
+
+class BoxHead(nn.Module):
+    """Pooled features -> hidden -> ReLU -> 4 values -> sigmoid, reordered into a valid box."""
+
+    def __init__(self, in_features: int, hidden: int, out: int = 4) -> None:
+        super().__init__()
+        if out != 4:
+            raise XrayError(f"a box head has 4 outputs (x0, y0, x1, y1), not {out}")
+        self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 4))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        # Predict centre and size so every output is a well-formed box inside the image.
+        c = self.mlp(feats).float().sigmoid()
+        cx, cy, w, h = c.unbind(-1)
+        x0, x1 = (cx - w / 2).clamp(0, 1), (cx + w / 2).clamp(0, 1)
+        y0, y1 = (cy - h / 2).clamp(0, 1), (cy + h / 2).clamp(0, 1)
+        return torch.stack([x0, y0, x1, y1], dim=-1)
+
+
+def _make_head(spec: dict[str, Any], in_features: int) -> nn.Module:
+    if spec["kind"] == "box":
+        return BoxHead(in_features, spec["hidden"] or 256, spec["out"])
+    if spec["hidden"]:
+        return nn.Sequential(nn.Linear(in_features, spec["hidden"]), nn.ReLU(inplace=True), nn.Linear(spec["hidden"], spec["out"]))
+    return nn.Linear(in_features, spec["out"])
+
+
+class MultiTaskResNet(nn.Module):
+    """One backbone, several heads; ``forward(x) -> {head name: output}``."""
+
+    def __init__(self, backbone: nn.Module, heads: Mapping[str, nn.Module], spec: dict[str, dict[str, Any]]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleDict(dict(heads))
+        self.heads_spec = spec
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.backbone(x)
+        return {name: head(feats) for name, head in self.heads.items()}
+
+
+def feature_dim(model: nn.Module) -> int:
+    fc = getattr(model, "fc", None)
+    if isinstance(fc, nn.Linear):
+        return fc.in_features
+    raise XrayError(f"{type(model).__name__} has no Linear 'fc' to put heads in place of")
+
+
+def attach_heads(model: nn.Module, heads_spec: Mapping[str, Any]) -> MultiTaskResNet:
+    """Put named heads on ``model``'s pooled features in place of its ``fc``.
+
+    A ``class`` linear head whose size matches the existing ``fc`` reuses it, so a
+    fine-tuned classifier keeps its weights when it gains a box head.
+
+    Args:
+        model: a torchvision ResNet (possibly pruned): anything with ``fc: nn.Linear``.
+        heads_spec: ``{name: int | {"kind": "linear"|"box", "out": int, "hidden": int}}``.
+
+    Returns:
+        A :class:`MultiTaskResNet` whose ``heads_spec`` is the normalised spec.
+    """
+    if isinstance(model, MultiTaskResNet):
+        raise XrayError("model already has heads; attach them to the plain backbone")
+    spec = normalize_spec(heads_spec)
+    in_features = feature_dim(model)
+    fc = model.fc
+    heads: dict[str, nn.Module] = {}
+    for name, s in spec.items():
+        if name == "class" and s["kind"] == "linear" and not s["hidden"] and fc.out_features == s["out"]:
+            heads[name] = fc
+        else:
+            heads[name] = _make_head(s, in_features)
+    model.fc = nn.Identity()
+    return MultiTaskResNet(model, heads, spec)
+
+
+def multitask_spec(num_classes: int, *, box_hidden: int = 256) -> dict[str, dict[str, Any]]:
+    """The seed's two heads: classification and a 4-value box."""
+    return normalize_spec({"class": num_classes, "box": {"kind": "box", "hidden": box_hidden}})
+
+
+# --- losses and metrics of the box head ---
+
+
+def box_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Smooth-L1 on the coordinates plus generalised-IoU loss: both in image fractions."""
+    pred, target = pred.float(), target.float()
+    l1 = nn.functional.smooth_l1_loss(pred, target, beta=0.05)
+    giou = generalized_box_iou_loss(pred, target, reduction="mean")
+    return l1 + giou
+
+
+def box_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image IoU and mean absolute coordinate error (sums, for averaging over batches)."""
+    pred, target = pred.float(), target.float()
+    iou = box_iou(pred, target).diagonal()
+    return {"iou_sum": iou.sum(), "l1_sum": (pred - target).abs().mean(dim=1).sum()}
