@@ -1,0 +1,457 @@
+"""Gradient flow through residual blocks, measured: the seed's dL/dx = dL/dF * dF/dx + dL/dx, checked.
+
+At every block y = relu(F(x) + s(x)) the gradient at the block input splits into
+a shortcut term (the gradient at the add's output, passed through the identity
+or back through the projection) and a residual term (the same gradient passed
+back through F). Both are computed with autograd and checked to add up to the
+gradient autograd itself delivers at x. Plain-50 is the same network with every
+shortcut add removed; both are measured with BatchNorm on batch statistics
+(train mode) and on running statistics (eval mode).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from ..errors import XrayError
+
+REGIMES = {
+    "batch": "BatchNorm on batch statistics (train mode)",
+    "running": "BatchNorm on running statistics (eval mode)",
+}
+NETWORKS = ("resnet", "plain")
+
+
+@dataclass
+class GradFlowOptions:
+    arch: str = "resnet50"  # any torchvision ResNet; plain-N is derived from it
+    weights: str = "random"  # random measures at initialisation, as the seed's argument is about
+    batch_size: int = 8  # batch statistics need more than one image
+    input_size: int = 224  # square side of the synthetic images
+    steps: int = 0  # SGD steps before a second measurement (0: initialisation only)
+    lr: float = 0.01  # SGD learning rate for --steps (momentum 0.9)
+    seed: int = 0  # model init, synthetic batch and labels
+    data: str | None = None  # image folder (class per subfolder) to train on instead of the synthetic batch
+    regimes: tuple[str, ...] = ("batch", "running")  # see REGIMES
+    device: str = "cpu"
+    num_classes: int = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["regimes"] = list(self.regimes)
+        return d
+
+
+@dataclass
+class BlockGrad:
+    """The split of dL/dx at one block's input."""
+
+    name: str  # layer1.0 ...
+    shortcut: str  # identity | projection
+    grad_norm: float  # ||dL/dx|| as autograd delivers it
+    shortcut_term_norm: float  # identity: ||dL/d(add output)||; projection: ||P^T dL/d(add output)||
+    residual_term_norm: float  # ||J_F^T dL/d(add output)||
+    shortcut_share: float  # shortcut term's share of the two norms: s / (s + r)
+    cosine: float  # between the two terms: negative means they partly cancel
+    rel_error: float  # ||shortcut + residual - autograd|| / ||autograd||
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class NetGrad:
+    """One network in one BatchNorm regime: gradients from one backward pass."""
+
+    network: str  # resnet | plain
+    regime: str  # batch | running
+    loss: float
+    boundaries: list[dict[str, Any]]  # {"name", "shape", "rms"}: stage boundaries, input side first
+    convs: list[dict[str, Any]]  # {"name", "norm", "rms"} per conv weight, in forward order
+    blocks: list[BlockGrad] = field(default_factory=list)  # resnet only
+
+    def rms(self, boundary: str) -> float:
+        return next(b["rms"] for b in self.boundaries if b["name"] == boundary)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["blocks"] = [b.to_dict() for b in self.blocks]
+        return d
+
+
+@dataclass
+class GradFlowResult:
+    options: GradFlowOptions
+    init: dict[str, dict[str, NetGrad]]  # regime -> network -> gradients at initialisation (or the given weights)
+    trained: dict[str, dict[str, NetGrad]] | None = None  # the same after options.steps SGD steps
+    train_losses: dict[str, list[float]] | None = None  # network -> loss per step
+
+    def phase(self, phase: str = "init") -> dict[str, dict[str, NetGrad]]:
+        if phase == "init":
+            return self.init
+        if phase == "trained" and self.trained is not None:
+            return self.trained
+        raise KeyError(phase)
+
+    def to_dict(self) -> dict[str, Any]:
+        def ph(p: dict[str, dict[str, NetGrad]]) -> dict[str, Any]:
+            return {r: {n: g.to_dict() for n, g in nets.items()} for r, nets in p.items()}
+
+        d: dict[str, Any] = {"options": self.options.to_dict(), "init": ph(self.init)}
+        d["explanations"] = {"init": {r: self.explanation(r) for r in self.init}}
+        if self.trained is not None:
+            d["trained"] = ph(self.trained)
+            d["train_losses"] = self.train_losses
+            d["explanations"]["trained"] = {r: self.explanation(r, "trained") for r in self.trained}
+        return d
+
+    def explanation(self, regime: str, phase: str = "init") -> str:
+        """What the numbers of one regime say, in words chosen by the numbers themselves."""
+        nets = self.phase(phase)[regime]
+        res, plain = nets["resnet"], nets["plain"]
+        arch = self.options.arch
+        when = "at initialisation" if phase == "init" and self.options.weights == "random" else (
+            f"after {self.options.steps} SGD steps" if phase == "trained" else f"with weights {self.options.weights}"
+        )
+        first, last = res.boundaries[1]["name"], res.boundaries[-1]["name"]  # stem->layer1, layer4->pool
+        r_in, p_in = res.rms(first), plain.rms(first)
+        r_out, p_out = res.rms(last), plain.rms(last)
+        lines = [f"{REGIMES[regime]}, {when}:"]
+        ratio = p_in / r_in if r_in > 0 else math.inf
+        lines.append(
+            f"- At the stem boundary ({first}) the gradient RMS is {r_in:.3g} for {arch} and {p_in:.3g} for plain: "
+            f"plain's is {_times(ratio)} {arch}'s."
+        )
+        for name, g, a, b in (("ResNet", res, r_out, r_in), ("plain", plain, p_out, p_in)):
+            f = b / a if a > 0 else math.inf
+            lines.append(
+                f"- {name}: from the last stage ({last}, RMS {a:.3g}) back to the stem ({b:.3g}) the gradient "
+                f"{'grows' if f > 1 else 'shrinks'} {f if f >= 1 else 1 / f:.3g}x."
+            )
+        cr = [c["norm"] for c in res.convs if "downsample" not in c["name"]]
+        cp = [c["norm"] for c in plain.convs if "downsample" not in c["name"]]
+        if cr and cp and cr[0] > 0:
+            lines.append(
+                f"- First conv weight gradient: {arch} {cr[0]:.3g}, plain {cp[0]:.3g} ({_times(cp[0] / cr[0])}); "
+                f"last conv: {arch} {cr[-1]:.3g}, plain {cp[-1]:.3g}."
+            )
+        ident = [b for b in res.blocks if b.shortcut == "identity"]
+        if ident:
+            shares = [b.shortcut_share for b in ident]
+            worst = max(b.rel_error for b in res.blocks)
+            lines.append(
+                f"- At the {len(ident)} identity blocks the identity term's share of |identity|+|residual| is "
+                f"{min(shares):.2f}-{max(shares):.2f} (median {statistics.median(shares):.2f}); the two terms add up "
+                f"to autograd's gradient within a relative error of {worst:.1e}."
+            )
+            dominant = "the identity term is the larger one" if statistics.median(shares) > 0.5 else (
+                "the residual term is the larger one"
+            )
+            lines.append(
+                f"  So in this regime {dominant} at most blocks, and the identity path hands every block's output "
+                "gradient to its input unchanged, whatever F does to it."
+            )
+        if ratio > 1:
+            lines.append(
+                "- Here the shortcut-free network gets the larger gradient at the input side: without the identity "
+                "path nothing holds the per-layer gain near 1, and in this regime the product of the layers' gains "
+                "exceeds ResNet's. A larger gradient is not a better one: it is less stable for SGD."
+            )
+        else:
+            lines.append(
+                "- Here the shortcut-free network gets the smaller gradient at the input side: the product of its "
+                "layers' gains shrinks the signal, while ResNet's identity terms carry it past every block."
+            )
+        return "\n".join(lines)
+
+
+def _times(r: float) -> str:
+    if not math.isfinite(r) or r <= 0:
+        return f"{r:.3g}x"
+    return f"{r:.3g}x" if r >= 1 else f"1/{1 / r:.3g} of"
+
+
+# --- the blocks, re-run with their intermediate tensors kept ---
+
+
+def _residual_branch(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """F(x) of a torchvision block, with out-of-place ReLUs so autograd keeps every value."""
+    if isinstance(blk, Bottleneck):
+        o = F.relu(blk.bn1(blk.conv1(x)))
+        o = F.relu(blk.bn2(blk.conv2(o)))
+        return blk.bn3(blk.conv3(o))
+    o = F.relu(blk.bn1(blk.conv1(x)))
+    return blk.bn2(blk.conv2(o))
+
+
+def residual_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (Bottleneck, BasicBlock))]
+
+
+@dataclass
+class _Record:
+    x: torch.Tensor
+    f: torch.Tensor
+    shortcut: torch.Tensor | None
+    s: torch.Tensor
+    out: torch.Tensor
+
+
+class BlockProbe:
+    """Replaces each block's forward while active, keeping x, F(x), the shortcut and the sum.
+
+    With ``plain=True`` the blocks drop the shortcut: y = relu(F(x)). That is plain-N,
+    the same network and weights with every shortcut add removed. Used as a context
+    manager; leaving it restores torchvision's own forward.
+    """
+
+    def __init__(self, model: nn.Module, plain: bool = False, record: bool = True):
+        self.model, self.plain, self.record = model, plain, record
+        self.records: dict[str, _Record] = {}
+        self._blocks = residual_blocks(model)
+        if not self._blocks:
+            raise XrayError(f"{type(model).__name__} has no torchvision residual blocks to measure")
+
+    def _forward_for(self, name: str, blk: nn.Module):
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            f = _residual_branch(blk, x)
+            if self.plain:
+                sc, s = None, f
+            else:
+                sc = blk.downsample(x) if blk.downsample is not None else x
+                s = f + sc
+            out = F.relu(s)
+            if self.record and torch.is_grad_enabled() and x.requires_grad:
+                self.records[name] = _Record(x, f, sc, s, out)
+            return out
+
+        return forward
+
+    def __enter__(self) -> BlockProbe:
+        for name, blk in self._blocks:
+            blk.forward = self._forward_for(name, blk)  # an instance attribute shadows the class's forward
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for _, blk in self._blocks:
+            blk.__dict__.pop("forward", None)
+        self.records.clear()
+
+
+@contextmanager
+def plain_network(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` as plain-N while the context is active: every shortcut add removed."""
+    with BlockProbe(model, plain=True, record=False):
+        yield model
+
+
+def _rms(t: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(t.detach())) / math.sqrt(t.numel())
+
+
+def measure_network(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, plain: bool, regime: str) -> NetGrad:
+    """One forward and backward of ``model`` (as plain-N if ``plain``) in ``regime``.
+
+    Gradients come from ``torch.autograd.grad``, never ``.grad`` fields: a retained
+    ``.grad`` of an intermediate tensor would also collect the extra backward passes
+    of the decomposition. The batch regime moves the BatchNorm running statistics.
+    """
+    model.train(regime == "batch")
+    xi = x.detach().clone().requires_grad_(True)
+    convs = [(n, m.weight) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    with BlockProbe(model, plain=plain) as probe:
+        loss = F.cross_entropy(model(xi), y)
+        names = [n for n, _ in probe._blocks]
+        recs = [probe.records[n] for n in names]
+        wanted = [xi, *(r.x for r in recs), *(r.s for r in recs), recs[-1].out, *(w for _, w in convs)]
+        grads = torch.autograd.grad(loss, wanted, retain_graph=not plain, allow_unused=True)
+        k = len(recs)
+        g_img, g_x, g_s, g_last, g_w = grads[0], grads[1 : 1 + k], grads[1 + k : 1 + 2 * k], grads[1 + 2 * k], grads[2 + 2 * k :]
+        boundaries = [{"name": "image", "shape": list(xi.shape), "rms": _rms(g_img)}]
+        for name, r, g in zip(names, recs, g_x):
+            if name.endswith(".0"):
+                stage = name.split(".")[0]
+                prev = f"layer{int(stage[5:]) - 1}" if stage != "layer1" else "stem"
+                boundaries.append({"name": f"{prev}->{stage}", "shape": list(r.x.shape), "rms": _rms(g)})
+        boundaries.append({"name": f"{names[-1].split('.')[0]}->pool", "shape": list(recs[-1].out.shape), "rms": _rms(g_last)})
+        conv_rows = []
+        for (name, _), g in zip(convs, g_w):
+            if g is not None:  # plain-N never uses the projection convs
+                norm = float(torch.linalg.vector_norm(g.detach()))
+                conv_rows.append({"name": name, "norm": norm, "rms": norm / math.sqrt(g.numel())})
+        blocks = [] if plain else [decompose(n, r, gs, gx) for n, r, gs, gx in zip(names, recs, g_s, g_x)]
+    return NetGrad("plain" if plain else "resnet", regime, float(loss.detach()), boundaries, conv_rows, blocks)
+
+
+def decompose(name: str, r: _Record, g: torch.Tensor, total: torch.Tensor) -> BlockGrad:
+    """Split ``total`` (dL/dx at the block input) given ``g`` = dL/d(F(x) + shortcut)."""
+    (res,) = torch.autograd.grad(r.f, r.x, g, retain_graph=True)
+    if r.shortcut is r.x:
+        sc, kind = g, "identity"
+    else:
+        (sc,) = torch.autograd.grad(r.shortcut, r.x, g, retain_graph=True)
+        kind = "projection"
+    sc_d, res_d, tot_d = sc.double(), res.double(), total.double()
+    sn, rn, tn = float(sc_d.norm()), float(res_d.norm()), float(tot_d.norm())
+    err = float((sc_d + res_d - tot_d).norm())
+    return BlockGrad(
+        name=name,
+        shortcut=kind,
+        grad_norm=tn,
+        shortcut_term_norm=sn,
+        residual_term_norm=rn,
+        shortcut_share=sn / (sn + rn) if sn + rn > 0 else math.nan,
+        cosine=float((sc_d * res_d).sum()) / (sn * rn) if sn > 0 and rn > 0 else math.nan,
+        rel_error=err / tn if tn > 0 else (0.0 if err == 0 else math.inf),
+    )
+
+
+# --- data and training ---
+
+
+def synthetic_batch(opts: GradFlowOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised-image-like Gaussian noise with random labels, both from ``opts.seed``."""
+    g = torch.Generator().manual_seed(opts.seed + 1)
+    x = torch.randn(opts.batch_size, 3, opts.input_size, opts.input_size, generator=g)
+    y = torch.randint(0, opts.num_classes, (opts.batch_size,), generator=g)
+    return x, y
+
+
+def folder_batch(opts: GradFlowOptions, preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``batch_size`` readable images of a class-per-subfolder folder, labelled by subfolder."""
+    from ..image import ImageStream
+
+    root = Path(opts.data)  # type: ignore[arg-type]
+    if not root.is_dir():
+        raise XrayError(f"--data {root}: not a folder of class subfolders")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise XrayError(f"--data {root}: no class subfolders")
+    if len(classes) > opts.num_classes:
+        raise XrayError(f"--data {root}: {len(classes)} classes but the model has {opts.num_classes} outputs")
+    tf = preprocessing.transform()
+    xs, ys = [], []
+    # Round-robin over classes, so a small batch still sees several labels.
+    streams = [iter(ImageStream([root / c])) for c in classes]
+    while len(xs) < opts.batch_size and streams:
+        for i, s in list(enumerate(streams)):
+            item = next(s, None)
+            if item is None:
+                streams[i] = None  # type: ignore[call-overload]
+                continue
+            xs.append(tf(item[1]))
+            ys.append(classes.index(Path(item[0]).relative_to(root).parts[0]))
+            if len(xs) == opts.batch_size:
+                break
+        streams = [s for s in streams if s is not None]
+    if len(xs) < 2:
+        raise XrayError(f"--data {root}: fewer than 2 readable images")
+    x = torch.stack(xs)
+    x = F.interpolate(x, size=(opts.input_size, opts.input_size), mode="bilinear", align_corners=False, antialias=True)
+    return x, torch.tensor(ys)
+
+
+def train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, *, plain: bool) -> list[float]:
+    """``steps`` SGD steps (momentum 0.9, BatchNorm on batch statistics) on one batch."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model.train()
+    losses = []
+    with BlockProbe(model, plain=plain, record=False):
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+    model.zero_grad(set_to_none=True)
+    return losses
+
+
+def _measure_all(base: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, regimes: tuple[str, ...]) -> dict[str, dict[str, NetGrad]]:
+    out: dict[str, dict[str, NetGrad]] = {}
+    for regime in regimes:
+        out[regime] = {}
+        for net in NETWORKS:
+            m = base[net]
+            # The batch regime moves BatchNorm running statistics; put them back so every
+            # measurement starts from the same state.
+            saved = {k: v.clone() for k, v in m.named_buffers()}
+            try:
+                out[regime][net] = measure_network(m, x, y, plain=net == "plain", regime=regime)
+            finally:
+                with torch.no_grad():
+                    for k, v in m.named_buffers():
+                        v.copy_(saved[k])
+    return out
+
+
+def measure_gradflow(options: GradFlowOptions | None = None, model: nn.Module | None = None) -> GradFlowResult:
+    """Measure gradient flow in ResNet-N and plain-N, in both BatchNorm regimes.
+
+    Args:
+        options: architecture, batch, regimes and training steps.
+        model: measure this model instead of building ``options.arch`` with ``options.weights``.
+
+    Returns:
+        A :class:`GradFlowResult` with per-block decompositions, stage-boundary RMS and
+        per-conv weight gradient norms; ``.explanation(regime)`` puts them in words.
+    """
+    from ..model import load_model
+
+    opts = options or GradFlowOptions()
+    for r in opts.regimes:
+        if r not in REGIMES:
+            raise XrayError(f"regime {r!r}: choose from {', '.join(REGIMES)}")
+    if opts.batch_size < 2 and "batch" in opts.regimes:
+        raise XrayError(f"--batch-size {opts.batch_size}: batch statistics need at least 2 images")
+    if opts.input_size < 32:
+        raise XrayError(f"--input-size {opts.input_size}: must be at least 32 (five stride-2 steps)")
+    if opts.steps < 0:
+        raise XrayError(f"--steps {opts.steps}: must be 0 or more")
+    try:
+        device = torch.device(opts.device)
+    except RuntimeError:
+        raise XrayError(f"--device {opts.device}: not a torch device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise XrayError(f"--device {opts.device}: CUDA is not available here")
+    meta = None
+    if model is None:
+        model, meta = load_model(opts.arch, opts.weights, seed=opts.seed)
+    model = copy.deepcopy(model).to(device)
+    opts.num_classes = _num_classes(model)
+    if opts.data:
+        from ..image import Preprocessing
+
+        x, y = folder_batch(opts, meta.preprocessing if meta else Preprocessing.seed())
+    else:
+        x, y = synthetic_batch(opts)
+    x, y = x.to(device), y.to(device)
+    torch.manual_seed(opts.seed)
+    # At the start plain-N and ResNet-N share one set of weights; only training parts them.
+    base = {"resnet": model, "plain": model}
+    result = GradFlowResult(options=opts, init=_measure_all(base, x, y, opts.regimes))
+    if opts.steps > 0:
+        base["plain"] = copy.deepcopy(model)
+        losses = {}
+        for net in NETWORKS:
+            losses[net] = train_steps(base[net], x, y, opts.steps, opts.lr, plain=net == "plain")
+        result.trained = _measure_all(base, x, y, opts.regimes)
+        result.train_losses = losses
+    return result
+
+
+def _num_classes(model: nn.Module) -> int:
+    fc = getattr(model, "fc", None)
+    return int(fc.out_features) if isinstance(fc, nn.Linear) else 1000
