@@ -1,0 +1,363 @@
+"""The seed's pruning loop: importance -> prune -> fine-tune -> evaluate, repeated until the MACs target.
+
+Every completed round is saved (checkpoint + state file) before the next begins, so
+an interrupted run picks up after its last completed round with nothing lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import XrayError
+from ..model import ModelMeta, load_model, save_checkpoint
+from ..units import pct, si, table
+from .importance import accumulate_gradients, check_criterion
+from .measure import Latency, measure_cost, measure_latency
+from .spec import pruned_spec, stage_channels
+from .structured import prune_to_macs
+
+STATE_FILE = "prune_state.json"
+OPTIONS_FILE = "prune_options.json"
+FINAL_CHECKPOINT = "pruned.pt"
+PLOT_FILE = "accuracy_vs_cost.png"
+SUMMARY_FILE = "prune_summary.txt"
+
+
+@dataclass
+class PruneOptions:
+    """How to prune; every field maps onto a ``resnet-xray prune`` flag."""
+
+    target_macs: float = 0.5  # share of the unpruned model's MACs to KEEP: 0.5 removes half of them
+    steps: int = 5  # rounds of importance -> prune -> fine-tune -> evaluate to reach the target
+    importance: str = "l1"  # l1 | l2 | bn-scale | taylor (taylor needs data for gradients)
+    finetune_epochs: int = 1  # fine-tuning epochs after each round's pruning (0: none)
+    global_pruning: bool = False  # rank channels across layers, so some layers thin more than others
+    round_to: int = 8  # pruned widths stay multiples of this (SIMD-friendly); 1 = no rounding
+    input_size: int | None = None  # MACs/latency at this square side; None: the data's (or model's) crop
+    lr: float | None = None  # fine-tuning learning rate; None: the trainer's default
+    batch_size: int = 32  # images per fine-tuning / evaluation step
+    workers: int = 2  # data-loading processes
+    taylor_batches: int = 8  # batches whose gradients feed the taylor criterion
+    latency_repeats: int = 20  # timed batch-1 runs per measurement (median reported)
+    measure_ort: bool = True  # also export each round to ONNX and time it in ONNX Runtime
+    seed: int = 0
+    out: str = "out/prune"
+
+    def check(self) -> None:
+        if not 0.0 < self.target_macs < 1.0:
+            raise XrayError(
+                f"--target-macs {self.target_macs}: must lie strictly between 0 and 1 "
+                "(the share of MACs to keep; 0.5 removes half)"
+            )
+        if self.steps < 1:
+            raise XrayError(f"--steps {self.steps}: must be at least 1")
+        if self.finetune_epochs < 0:
+            raise XrayError(f"--finetune-epochs {self.finetune_epochs}: must be 0 or more")
+        if self.round_to < 1:
+            raise XrayError(f"--round-to {self.round_to}: must be at least 1")
+        if self.input_size is not None and self.input_size < 32:
+            raise XrayError(f"--input-size {self.input_size}: must be at least 32")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Options that change what a round produces: a resumed run must agree on all of them.
+RESULT_OPTIONS = ("target_macs", "steps", "importance", "finetune_epochs", "global_pruning", "round_to", "input_size", "lr", "batch_size", "taylor_batches", "seed")
+
+
+@dataclass
+class Trainer:
+    """The two things the loop needs from training; the train package supplies the default."""
+
+    finetune: Callable[[nn.Module, Any, int], None]  # (model, data, epochs): trains in place
+    evaluate: Callable[[nn.Module, Any], dict[str, float]]  # (model, data) -> {"accuracy", "loss"} on data.val
+
+
+def default_trainer(options: PruneOptions, arch: str) -> Trainer:
+    """Fine-tune and evaluate with :mod:`resnet_xray.train.finetune`."""
+    from ..train.finetune import FinetuneOptions, evaluate, fit
+
+    def finetune(model: nn.Module, data: Any, epochs: int) -> None:
+        kw: dict[str, Any] = dict(
+            arch=arch,
+            epochs=epochs,
+            batch_size=options.batch_size,
+            # The features are trained already: a short warm-up is enough to settle the pruned BatchNorms.
+            warmup_epochs=min(0.2, float(epochs)),
+            workers=options.workers,
+            seed=options.seed,
+            progress=False,
+        )
+        if options.lr is not None:
+            kw["lr"] = options.lr
+        fit(model, data, FinetuneOptions(**kw), pretrained=True)
+
+    return Trainer(finetune=finetune, evaluate=lambda model, data: evaluate(model, data.val))
+
+
+@dataclass
+class PruneResult:
+    out: Path
+    baseline: dict[str, Any]
+    rounds: list[dict[str, Any]]
+    final_checkpoint: Path
+    stage_table: str
+    rounds_table: str
+    plot: Path | None
+    skipped: list[Any] = field(default_factory=list)
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise XrayError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def round_targets(options: PruneOptions) -> list[float]:
+    """Share of the baseline MACs kept after each round: the removal is spread evenly over the rounds."""
+    removed = 1.0 - options.target_macs
+    return [1.0 - removed * (k + 1) / options.steps for k in range(options.steps)]
+
+
+def prune(
+    model: nn.Module,
+    meta: ModelMeta,
+    options: PruneOptions,
+    data: Any = None,
+    *,
+    trainer: Trainer | None = None,
+    log: Callable[[str], None] = print,
+) -> PruneResult:
+    """Run (or resume) the iterative pruning loop on ``model``.
+
+    Args:
+        model: the trained, unpruned model (a pruned one works too: targets are relative to it).
+        meta: its :class:`~resnet_xray.model.ModelMeta`; class names and preprocessing are saved
+            with every round.
+        options: targets, criterion, schedule and where to write.
+        data: a :class:`resnet_xray.train.data.DataBundle` (anything with ``train``, ``val``,
+            ``class_names``, ``skipped``); ``None`` prunes without fine-tuning or accuracy.
+        trainer: fine-tune and evaluate functions (default: the train package's).
+        log: where progress lines go.
+
+    Returns:
+        the baseline and per-round measurements, tables and file paths.
+    """
+    options.check()
+    check_criterion(options.importance, data is not None)
+    if meta.extras.get("heads"):
+        raise XrayError(f"--weights {meta.weights}: pruning multi-task checkpoints is not supported; prune a single-head classifier")
+    if data is not None:
+        n_out = int(model.fc.out_features)
+        if n_out != len(data.class_names):
+            raise XrayError(
+                f"--weights {meta.weights} has {n_out} outputs but --data has {len(data.class_names)} classes; "
+                "fine-tune the model on this data first (resnet-xray finetune), then prune it"
+            )
+        if trainer is None:
+            trainer = default_trainer(options, meta.arch)
+    out = Path(options.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise XrayError(f"--out {out}: cannot create ({e.strerror})") from None
+    input_size = options.input_size or (data.preprocessing.crop if data is not None else meta.preprocessing.crop)
+    session = uuid.uuid4().hex[:12]
+    save_meta = ModelMeta(
+        arch=meta.arch,
+        weights=meta.weights,
+        class_names=list(data.class_names) if data is not None else list(meta.class_names),
+        preprocessing=data.preprocessing if data is not None else meta.preprocessing,
+        pretrained=meta.pretrained,
+    )
+    state = _load_state(out, options, meta)
+    _atomic_json(out / OPTIONS_FILE, {"options": options.to_dict(), "source": {"arch": meta.arch, "weights": meta.weights}, "input_size": input_size})
+
+    model = model.eval()
+    base_cost = measure_cost(model, input_size)
+    base_lat = measure_latency(model, input_size, repeats=options.latency_repeats, ort=options.measure_ort)
+    if state is None:
+        baseline: dict[str, Any] = {"round": 0, **base_cost.to_dict(), "macs_rel": 1.0, "params_rel": 1.0}
+        if data is not None:
+            baseline.update(_accuracy(trainer.evaluate(model, data)))
+        state = {"source": {"arch": meta.arch, "weights": meta.weights}, "options": options.to_dict(), "input_size": input_size, "baseline": baseline, "rounds": []}
+    baseline = state["baseline"]
+    baseline.update(base_lat.to_dict(), session=session)
+    log(f"baseline: {_describe(baseline, baseline)}")
+
+    rounds: list[dict[str, Any]] = state["rounds"]
+    current = model
+    if rounds:
+        last = out / rounds[-1]["checkpoint"]
+        current, _ = load_model(None, last)
+        log(f"resuming after round {len(rounds)}/{options.steps} from {last}")
+    targets = round_targets(options)
+    for k in range(len(rounds), options.steps):
+        t0 = time.perf_counter()
+        torch.manual_seed(options.seed + k + 1)
+        if options.importance == "taylor":
+            accumulate_gradients(current, data.train, options.taylor_batches)
+        shrink = prune_to_macs(
+            current,
+            round(targets[k] * baseline["macs"]),
+            criterion=options.importance,
+            input_size=input_size,
+            global_pruning=options.global_pruning,
+            round_to=options.round_to,
+        )
+        current.zero_grad(set_to_none=True)
+        current = shrink.model.eval()
+        record: dict[str, Any] = {"round": k + 1, "target_macs_rel": targets[k], "channel_ratio": shrink.channel_ratio}
+        if data is not None:
+            record["accuracy_pruned"] = _accuracy(trainer.evaluate(current, data))["accuracy"]
+            if options.finetune_epochs > 0:
+                trainer.finetune(current, data, options.finetune_epochs)
+                current.eval()
+            record.update(_accuracy(trainer.evaluate(current, data)))
+        cost = measure_cost(current, input_size)
+        record.update(cost.to_dict(), macs_rel=cost.macs / baseline["macs"], params_rel=cost.params / baseline["params"])
+        record.update(measure_latency(current, input_size, repeats=options.latency_repeats, ort=options.measure_ort).to_dict())
+        record["session"] = session
+        record["seconds"] = round(time.perf_counter() - t0, 1)
+        name = f"round_{k + 1:02d}.pt"
+        spec = pruned_spec(current, round=k + 1, criterion=options.importance, macs=cost.macs, baseline_macs=baseline["macs"], input_size=input_size)
+        save_checkpoint(out / name, current, save_meta, pruned_spec=spec, options=options.to_dict())
+        record["checkpoint"] = name
+        rounds.append(record)
+        _atomic_json(out / STATE_FILE, state)  # the round counts as completed from here on
+        log(f"round {k + 1}/{options.steps}: {_describe(record, baseline)} ({record['seconds']} s)")
+
+    if not rounds:
+        raise XrayError("no rounds to report")  # unreachable: steps >= 1
+    _remeasure_other_sessions(out, rounds, session, input_size, options)
+    final = out / FINAL_CHECKPOINT
+    if rounds[-1]["session"] == session or not final.exists():
+        spec = pruned_spec(current, round=len(rounds), criterion=options.importance, macs=rounds[-1]["macs"], baseline_macs=baseline["macs"], input_size=input_size)
+        save_checkpoint(final, current, save_meta, pruned_spec=spec, options=options.to_dict())
+    _atomic_json(out / STATE_FILE, state)
+
+    stages = stage_table(model, current)
+    rounds_txt = rounds_table(baseline, rounds)
+    from .figures import plot_rounds
+
+    plot = plot_rounds(baseline, rounds, out / PLOT_FILE, title=f"{meta.arch}, {options.importance}, {'global' if options.global_pruning else 'per-layer'} ranking")
+    (out / SUMMARY_FILE).write_text(rounds_txt + "\n\nchannels per stage (before -> after)\n" + stages + "\n")
+    return PruneResult(out, baseline, rounds, final, stages, rounds_txt, plot, list(getattr(data, "skipped", []) or []))
+
+
+def _accuracy(metrics: dict[str, float]) -> dict[str, float]:
+    return {"accuracy": float(metrics["accuracy"]), "val_loss": float(metrics.get("loss", float("nan")))}
+
+
+def _load_state(out: Path, options: PruneOptions, meta: ModelMeta) -> dict[str, Any] | None:
+    path = out / STATE_FILE
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text())
+        saved = state["options"]
+        source = state["source"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise XrayError(f"{path}: unreadable state of an earlier run ({e}); delete it or choose another --out") from None
+    mine = options.to_dict()
+    diff = [k for k in RESULT_OPTIONS if saved.get(k) != mine.get(k)]
+    if source.get("weights") != meta.weights:
+        diff.append("weights")
+    if diff:
+        k = diff[0]
+        was = source.get("weights") if k == "weights" else saved.get(k)
+        now = meta.weights if k == "weights" else mine.get(k)
+        raise XrayError(
+            f"--out {out}: holds a run with different options ({k}: {was!r} there, {now!r} now); "
+            "rerun with the same options to resume, or choose another --out"
+        )
+    for r in state["rounds"]:
+        if not (out / r["checkpoint"]).exists():
+            raise XrayError(f"{out / r['checkpoint']}: listed as completed in {path} but missing; delete {path} to start over")
+    return state
+
+
+def _remeasure_other_sessions(out: Path, rounds: list[dict[str, Any]], session: str, input_size: int, options: PruneOptions) -> None:
+    """Latencies compare only within one process: re-time rounds an earlier (interrupted) process measured."""
+    for r in rounds:
+        if r.get("session") != session:
+            m, _ = load_model(None, out / r["checkpoint"])
+            r.update(measure_latency(m, input_size, repeats=options.latency_repeats, ort=options.measure_ort).to_dict(), session=session)
+
+
+def _speedup(base: float | None, now: float | None) -> str:
+    return f"{base / now:.2f}x" if base and now else "-"
+
+
+def _describe(r: dict[str, Any], base: dict[str, Any]) -> str:
+    parts = [
+        f"MACs {si(r['macs'])} ({pct(r['macs'] / base['macs'])})",
+        f"params {si(r['params'])} ({pct(r['params'] / base['params'])})",
+        f"eager {r['eager_ms']:.2f} ms ({_speedup(base['eager_ms'], r['eager_ms'])})",
+    ]
+    if r.get("ort_ms") is not None:
+        parts.append(f"ORT {r['ort_ms']:.2f} ms ({_speedup(base.get('ort_ms'), r['ort_ms'])}, max |ORT-eager| {r['ort_max_abs_diff']:.1e})")
+    if r.get("accuracy") is not None:
+        acc = f"val acc {pct(r['accuracy'])}"
+        if r.get("accuracy_pruned") is not None:
+            acc += f" (just after pruning {pct(r['accuracy_pruned'])})"
+        parts.append(acc)
+    return ", ".join(parts)
+
+
+def rounds_table(baseline: dict[str, Any], rounds: list[dict[str, Any]]) -> str:
+    """All rounds side by side, with the baseline as round 0."""
+    header = ["round", "MACs", "MACs %", "params", "params %", "eager ms", "eager x", "ORT ms", "ORT x", "val acc", "acc before FT"]
+    rows = []
+    for r in [baseline, *rounds]:
+        rows.append([
+            r["round"],
+            si(r["macs"]),
+            pct(r["macs"] / baseline["macs"]),
+            si(r["params"]),
+            pct(r["params"] / baseline["params"]),
+            f"{r['eager_ms']:.2f}",
+            _speedup(baseline["eager_ms"], r["eager_ms"]),
+            f"{r['ort_ms']:.2f}" if r.get("ort_ms") is not None else "-",
+            _speedup(baseline.get("ort_ms"), r.get("ort_ms")),
+            pct(r["accuracy"]) if r.get("accuracy") is not None else "-",
+            pct(r["accuracy_pruned"]) if r.get("accuracy_pruned") is not None else "-",
+        ])
+    return table(header, rows)
+
+
+def stage_table(before: nn.Module, after: nn.Module) -> str:
+    """Per-stage conv widths before and after: where the network was thinned."""
+    b, a = stage_channels(before), stage_channels(after)
+    rows = []
+    for stage in b:
+        bw, aw = b[stage], a.get(stage, [])
+        rows.append([
+            stage,
+            _widths(bw),
+            _widths(aw),
+            pct(sum(map(sum, aw)) / max(sum(map(sum, bw)), 1)),
+        ])
+    return table(["stage", "before (convs per block)", "after", "channels kept"], rows, align="lllr")
+
+
+def _widths(blocks: list[list[int]]) -> str:
+    shown = ["-".join(map(str, w)) for w in blocks]
+    if len(set(shown)) == 1:
+        return shown[0] + (f" x{len(shown)}" if len(shown) > 1 else "")
+    return " | ".join(shown)

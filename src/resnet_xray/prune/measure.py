@@ -1,0 +1,92 @@
+"""What a pruning round buys, measured: MACs and params from anatomy, batch-1 latency eager and in ORT.
+
+Latencies only compare within one process (the CPU is shared and its clocks move),
+so every run measures the unpruned baseline itself and reports ratios against it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .structured import count_macs, count_params
+
+# The TorchScript route exports a ResNet about 3x faster than dynamo here, and the loop exports every round.
+EXPORTER = "torchscript"
+
+
+@dataclass
+class Cost:
+    macs: int  # conv + fc multiply-accumulates at 1x3xSxS (resnet_xray.anatomy's convention)
+    params: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure_cost(model: nn.Module, input_size: int) -> Cost:
+    return Cost(count_macs(model, input_size), count_params(model))
+
+
+@dataclass
+class Latency:
+    eager_ms: float  # median batch-1 forward in PyTorch eager (inference mode)
+    ort_ms: float | None  # median batch-1 run of the exported FP32 model in ONNX Runtime
+    ort_max_abs_diff: float | None  # ORT vs eager logits on the timing input: the export check
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def time_callable(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
+    """Median wall time of ``fn()`` in milliseconds (the deploy package's timer when present)."""
+    try:
+        from ..deploy.bench import time_callable as deploy_timer
+    except ImportError:
+        deploy_timer = None
+    if deploy_timer is not None:
+        t = deploy_timer(fn, warmup, repeats)
+        return float(getattr(t, "median_ms", t))
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: nn.Module, input_size: int, *, warmup: int = 3, repeats: int = 20, ort: bool = True
+) -> Latency:
+    """Batch-1 latency of ``model`` in eager PyTorch and (``ort=True``) ONNX Runtime FP32.
+
+    The ONNX file goes to a temporary folder; its outputs are compared with eager's on
+    the same input, so a pruned model that does not export faithfully shows up here.
+    """
+    model = model.eval()
+    x = torch.randn(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    eager_ms = time_callable(lambda: model(x), warmup, repeats)
+    if not ort:
+        return Latency(eager_ms, None, None)
+    from ..deploy.onnx import ExportOptions, export_onnx, ort_session
+
+    with tempfile.TemporaryDirectory(prefix="resnet-xray-prune-") as tmp:
+        path = export_onnx(model, Path(tmp) / "model.onnx", ExportOptions(input_size=input_size, batch=1, exporter=EXPORTER))
+        sess = ort_session(path)
+        name = sess.get_inputs()[0].name
+        feed = {name: x.numpy()}
+        ort_ms = time_callable(lambda: sess.run(None, feed), warmup, repeats)
+        diff = float(np.abs(sess.run(None, feed)[0] - model(x).numpy()).max())
+    return Latency(eager_ms, ort_ms, diff)
