@@ -1,0 +1,65 @@
+"""The report in a real headless Chromium: no JavaScript errors, the navigator responds to a click, screenshots."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from PIL import Image
+
+from resnet_xray.image import Preprocessing, bundled_cat
+from resnet_xray.model import load_model
+from resnet_xray.report import ReportOptions, build_report
+from resnet_xray.report.browser import Browser, find_chromium
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed: `make browser-deps` (apt-get install chromium)"),
+]
+
+DETAIL = "(() => ({name: document.querySelector('#layer-detail h3').textContent,"\
+         " grid: (document.getElementById('detail-grid') || {}).src || null,"\
+         " selected: [...document.querySelectorAll('#layer-list button[aria-selected=true]')].map(b => b.dataset.layer)}))()"
+
+
+@pytest.fixture(scope="module")
+def report_html(tmp_path_factory):
+    model, meta = load_model("resnet18", "random")
+    meta = dataclasses.replace(meta, preprocessing=Preprocessing(resize=64, crop=64))
+    out = tmp_path_factory.mktemp("browser_report")
+    return build_report(bundled_cat(), model, meta, ReportOptions(out_dir=out, gradflow_batch=2, gradflow_size=64)).html
+
+
+def test_report_renders_and_navigator_clicks(report_html, tmp_path):
+    with Browser(width=1280, height=900) as b:
+        b.open(report_html)
+        assert b.evaluate("window.__xray.ready") is True
+        assert b.evaluate("window.__xray.errors") == []
+        broken = b.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt)")
+        assert broken == []
+        assert b.evaluate("document.querySelectorAll('#layer-list button').length") == 69
+
+        before = b.evaluate(DETAIL)
+        assert before["name"] == "conv1" and before["selected"] == ["conv1"]
+        b.click('#layer-list button[data-layer="layer3.0.add"]')
+        after = b.evaluate(DETAIL)
+        assert after["name"] == "layer3.0.add" and after["selected"] == ["layer3.0.add"]
+        assert after["grid"] and after["grid"] != before["grid"]
+        assert "256×4×4" in b.evaluate("document.getElementById('layer-detail').textContent")
+
+        # A layer with no spatial maps says so instead of showing a grid.
+        b.click('#layer-list button[data-layer="fc"]')
+        assert b.evaluate(DETAIL)["grid"] is None
+
+        laptop = b.screenshot(tmp_path / "laptop.png")
+        b.set_viewport(390, 844, mobile=True)
+        b.open(report_html)
+        overflow = b.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"page is {overflow}px wider than a phone"
+        phone = b.screenshot(tmp_path / "phone.png")
+        assert b.errors == [], b.errors
+    with Image.open(laptop) as im:
+        assert im.format == "PNG" and im.size == (1280, 900)
+    with Image.open(phone) as im:
+        assert im.size == (390, 844)
