@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .capture import BlockStats, LayerStats, Trace, TraceOptions, layer_names, tensor_stats, trace_model
+from .capture import BlockStats, LayerStats, Trace, TraceOptions, layer_names, tensor_stats, trace_image, trace_model
 from .walkthrough import Step, Walkthrough, walkthrough
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Walkthrough",
     "layer_names",
     "tensor_stats",
+    "trace_image",
     "trace_model",
     "walkthrough",
 ]

@@ -10,6 +10,7 @@ so only the maps asked for in :class:`TraceOptions` outlive the pass.
 from __future__ import annotations
 
 import math
+import os
 import operator
 import weakref
 from dataclasses import asdict, dataclass, field
@@ -263,3 +264,18 @@ def layer_names(model: nn.Module) -> list[str]:
             if _node_type(n, mod) is not None:
                 names.append(_node_name(n))
     return names
+
+
+def trace_image(image: str | os.PathLike, model: nn.Module, preprocessing, options: TraceOptions | None = None) -> Trace:
+    """Load ``image`` (validated, as every command does), preprocess it and trace ``model`` on it.
+
+    Args:
+        image: path to an image file.
+        model: the model to trace.
+        preprocessing: a :class:`resnet_xray.image.Preprocessing` (``meta.preprocessing``).
+        options: which layers' full output maps to keep.
+    """
+    from ..image import load_image
+
+    x = preprocessing(load_image(image)).unsqueeze(0)
+    return trace_model(model, x, options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +41,8 @@ def plot_residual_contributions(blocks: Sequence[BlockStats], path: str | os.Pat
     bottom.bar(list(xs), [b.ratio for b in blocks], 0.6, color=["tab:purple" if b.projection else "tab:gray" for b in blocks],
                label="||F(x)|| / ||shortcut||")
     bottom.axhline(1.0, color="black", linewidth=0.6)
-    bottom.set_ylim(0, max(b.ratio for b in blocks if b.ratio == b.ratio) * 1.4)  # room for the legend
+    finite = [b.ratio for b in blocks if math.isfinite(b.ratio)] or [1.0]
+    bottom.set_ylim(0, max(max(finite), 1.0) * 1.4)  # room for the legend
     bottom.set_ylabel("ratio")
     second = bottom.twinx()
     second.plot(list(xs), [b.cosine for b in blocks], "o-", color="tab:green", label="cosine(F(x), shortcut)")

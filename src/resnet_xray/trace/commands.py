@@ -1,0 +1,155 @@
+"""``resnet-xray trace`` and ``resnet-xray gradflow``: parse, call the trace API, print."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import XrayError
+
+
+def _precheck_output(path: str | None) -> None:
+    """Refuse an unwritable -o before minutes of measurement are spent."""
+    if not path:
+        return
+    from ..viz.canvas import writable_dir
+
+    if Path(path).suffix.lower() not in (".png", ""):
+        raise XrayError(f"-o {path}: the chart is written as PNG; use a .png name")
+    if Path(path).is_dir():
+        raise XrayError(f"-o {path}: is a directory; give a file name such as {Path(path) / 'gradflow.png'}")
+    parent = writable_dir(Path(path).parent if str(Path(path).parent) else Path("."))
+    # os.access can say yes where a write still fails (root, /proc, read-only mounts): try one.
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".gradflow-probe-"):
+            pass
+    except OSError as e:
+        raise XrayError(f"-o {path}: cannot write in {parent} ({e.strerror or e})") from None
+
+
+def _fmt(v: float) -> str:
+    return f"{v:10.4g}"
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..cli import model_from_args, print_json
+    from ..image import load_image
+    from ..model import random_weights_warning
+    from . import TraceOptions, trace_model, walkthrough
+
+    img = load_image(args.image)  # a bad image fails here, before the model is built
+    model, meta = model_from_args(args)
+    x = meta.preprocessing(img).unsqueeze(0)
+    tr = trace_model(model, x, TraceOptions())
+    probs = torch.softmax(tr.logits[0].float(), 0)
+    p, idx = probs.max(0)
+    top = {"index": int(idx), "label": meta.class_names[int(idx)], "prob": float(p)}
+    wt = walkthrough(model, x) if args.walkthrough else None
+    if args.json:
+        doc = {"image": str(args.image), "arch": meta.arch, "weights": meta.weights, "input_shape": list(x.shape), "top1": top,
+               **tr.to_dict()}
+        if wt is not None:
+            doc["walkthrough"] = wt.to_dict()
+        print_json(doc)
+        return 0
+    warn = random_weights_warning(meta)
+    if warn:
+        print(warn, file=sys.stderr)
+    print(f"{args.image}: {meta.arch}, weights {meta.weights}, input {'x'.join(map(str, x.shape))}; "
+          f"top-1 #{top['index']} {top['label']} ({top['prob']:.2%})")
+    print(f"{'layer':<24} {'type':<8} {'shape':<16} {'mean':>10} {'std':>10} {'min':>10} {'max':>10} {'zeros':>6} {'L2':>10}")
+    for s in tr.layers:
+        shape = "x".join(map(str, s.shape[1:]))
+        print(f"{s.name:<24} {s.type:<8} {shape:<16} {_fmt(s.mean)} {_fmt(s.std)} {_fmt(s.min)} {_fmt(s.max)} "
+              f"{s.zero_frac:6.1%} {_fmt(s.l2)}")
+    print()
+    print(f"{'block':<10} {'shortcut':<11} {'||F(x)||':>10} {'||shortcut||':>12} {'ratio':>7} {'cosine':>7} {'active':>7}")
+    for b in tr.blocks:
+        print(f"{b.name:<10} {'projection' if b.projection else 'identity':<11} {b.residual_norm:10.4g} {b.shortcut_norm:12.4g} "
+              f"{b.ratio:7.3f} {b.cosine:+7.3f} {b.active_frac:7.1%}")
+    if wt is not None:
+        print()
+        print(wt.text())
+    return 0
+
+
+def cmd_gradflow(args: argparse.Namespace) -> int:
+    from ..cli import print_json
+    from .gradflow import GradFlowOptions, measure_gradflow
+
+    _precheck_output(args.output)
+    regimes = ("batch", "running") if args.regime == "both" else (args.regime,)
+    opts = GradFlowOptions(
+        arch=args.arch or "resnet50",
+        weights=args.weights,
+        batch_size=args.batch_size,
+        input_size=args.input_size,
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
+        data=args.data,
+        regimes=regimes,
+        device=args.device,
+    )
+    res = measure_gradflow(opts)
+    if args.output:
+        from ..viz.gradflow import plot_gradflow
+
+        plot_gradflow(res, args.output)
+    if args.json:
+        doc = res.to_dict()
+        if args.output:
+            doc["plot"] = str(args.output)
+        print_json(doc)
+        return 0
+    phases = [("init", "at the start")] + ([("trained", f"after {opts.steps} SGD steps")] if res.trained else [])
+    for phase, title in phases:
+        for regime, nets in res.phase(phase).items():
+            r, p = nets["resnet"], nets["plain"]
+            print(f"== {regime} regime, {title} ==")
+            print(f"{'stage boundary':<16} {opts.arch + ' RMS':>16} {'plain RMS':>12} {'plain/resnet':>13}")
+            for a, b in zip(r.boundaries, p.boundaries):
+                print(f"{a['name']:<16} {a['rms']:16.4g} {b['rms']:12.4g} {b['rms'] / a['rms']:13.4g}")
+            if r.blocks:
+                print(f"{'block':<10} {'shortcut':<11} {'|dL/dx|':>10} {'|shortcut|':>11} {'|residual|':>11} {'share':>6} {'rel.err':>9}")
+                for b in r.blocks:
+                    print(f"{b.name:<10} {b.shortcut:<11} {b.grad_norm:10.4g} {b.shortcut_term_norm:11.4g} "
+                          f"{b.residual_term_norm:11.4g} {b.shortcut_share:6.2f} {b.rel_error:9.1e}")
+            print(res.explanation(regime, phase))
+            print()
+    if res.train_losses:
+        for net, losses in res.train_losses.items():
+            print(f"{net} training loss: {' '.join(f'{v:.3f}' for v in losses)}")
+    if args.output:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..cli import add_model_args
+
+    p = sub.add_parser("trace", help="every operation's output statistics and each block's residual numbers, one forward pass")
+    p.add_argument("image", help="image file")
+    add_model_args(p)
+    p.add_argument("--json", action="store_true", help="layers and blocks as one JSON document")
+    p.add_argument("--walkthrough", action="store_true", help="also walk through the first block of stage 1 step by step")
+    p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("gradflow", help="measure gradient flow in ResNet vs plain (shortcuts removed), both BatchNorm regimes")
+    add_model_args(p, default_weights="random")
+    p.add_argument("--batch-size", type=int, default=8, help="synthetic batch size (default: 8)")
+    p.add_argument("--input-size", type=int, default=224, help="square input side (default: 224)")
+    p.add_argument("--steps", type=int, default=0, help="repeat the measurement after N SGD steps (default: 0)")
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate for --steps (default: 0.01)")
+    p.add_argument("--data", default=None, help="class-per-subfolder image folder to train on instead of a synthetic batch")
+    p.add_argument("--regime", choices=("both", "batch", "running"), default="both",
+                   help="BatchNorm on batch statistics (train mode), running statistics (eval mode), or both")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("-o", "--output", default=None, help="write the log-scale chart to this PNG")
+    p.add_argument("--json", action="store_true", help="all numbers and the explanations as JSON")
+    p.set_defaults(func=cmd_gradflow)
