@@ -13,6 +13,15 @@ from resnet_xray.image import Preprocessing
 from resnet_xray.model import ModelMeta, build_model, build_model_on_meta, load_model, save_checkpoint
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads run 20x slower."""
+    from resnet_xray.deploy.bench import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BN statistics and affine parameters; with the defaults folding is a no-op."""
     g = torch.Generator().manual_seed(seed)

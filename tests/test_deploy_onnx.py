@@ -23,6 +23,15 @@ from resnet_xray.model import ModelMeta
 PRE = Preprocessing(resize=72, crop=64, source="test 64 px")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads run 20x slower."""
+    from resnet_xray.deploy.bench import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 def odd_model(num_classes: int = 3, seed: int = 1) -> nn.Module:
     torch.manual_seed(seed)
     m = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=num_classes, width_per_group=24).eval()
