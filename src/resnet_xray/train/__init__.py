@@ -1,7 +1,10 @@
-"""Training: fine-tuning, multi-task heads, mixed precision, resumable checkpoints and torchrun/DDP."""
+"""Training: fine-tuning, multi-task heads, mixed precision, resumable checkpoints and torchrun/DDP.
+
+The whole job is ``resnet_xray.train.finetune.finetune``; the loop alone is :func:`fit`.
+"""
 
 from .data import DataBundle, make_loaders
-from .finetune import FinetuneOptions, evaluate, finetune, fit, replace_classifier
+from .finetune import FinetuneOptions, evaluate, fit, replace_classifier
 from .heads import MultiTaskResNet, attach_heads
 
-__all__ = ["DataBundle", "FinetuneOptions", "MultiTaskResNet", "attach_heads", "evaluate", "finetune", "fit", "make_loaders", "replace_classifier"]
+__all__ = ["DataBundle", "FinetuneOptions", "MultiTaskResNet", "attach_heads", "evaluate", "fit", "make_loaders", "replace_classifier"]

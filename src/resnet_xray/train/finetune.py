@@ -6,10 +6,10 @@ training loop alone, usable on any already-built model (for example a pruned one
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -471,8 +471,11 @@ def fit(
                 stats.correct += int((_logits(out_).argmax(1) == y).sum())
                 stats.seen += len(y)
                 if "box" in parts:
-                    stats.box_loss += float(parts["box"]) * len(y)
-            scheduler.step()
+                    stats.box_loss += float(parts["box"].detach()) * len(y)
+            with warnings.catch_warnings():
+                # After a skipped step the scheduler still advances, so the schedule stays aligned.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                scheduler.step()
             global_step += 1
             step_in_epoch += 1
             if talk:
