@@ -1,0 +1,74 @@
+"""The benchmark's statistics and its rows, on a small model (no timing is asserted)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from resnet_xray.cli import main
+from resnet_xray.deploy import bench as bench_mod
+from resnet_xray.deploy.bench import BenchOptions, run_bench, save_chart, time_callable
+from resnet_xray.image import Preprocessing
+from resnet_xray.model import ModelMeta, build_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    with bench_mod.torch_threads(1):
+        yield
+
+
+def test_time_callable_statistics_with_a_fake_clock(monkeypatch) -> None:
+    # each call lasts 1, 2, ..., 9 ms; perf_counter is read before/after each call and at the start
+    durations = [0.001 * k for k in range(1, 10)]
+    clock = itertools.count()
+    ticks: list[float] = []
+    t = 0.0
+    ticks.append(t)  # start
+    for d in durations:
+        ticks += [t, t + d]
+        t += d
+    it = iter(ticks + [t] * 100)
+    monkeypatch.setattr(bench_mod.time, "perf_counter", lambda: next(it))
+    calls = []
+    stats = time_callable(lambda: calls.append(next(clock)), warmup=2, repeats=9, min_time_s=0.0)
+    assert len(calls) == 11 and stats.repeats == 9
+    assert stats.median == pytest.approx(0.005) and stats.min == pytest.approx(0.001) and stats.max == pytest.approx(0.009)
+    assert stats.p25 == pytest.approx(0.003) and stats.p75 == pytest.approx(0.007) and stats.iqr == pytest.approx(0.004)
+    assert stats.median_ms == pytest.approx(5.0)
+
+
+@pytest.mark.slow
+def test_run_bench_rows_and_chart(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=6).eval()
+    meta = ModelMeta("resnet18", "random", [str(i) for i in range(6)], Preprocessing(resize=72, crop=64), False)
+    paths = ("eager fp32", "fused", "ort fp32", "ort int8", "pytorch int8 (fx x86)")
+    opts = BenchOptions(threads=1, warmup=1, repeats=3, min_time_s=0.0, compile=False, calib_images=6, paths=paths, progress=False)
+    res = run_bench(model, meta, opts)
+    assert [r.path for r in res.rows] == list(paths)
+    assert all(r.status == "ok" for r in res.rows), [(r.path, r.note) for r in res.rows]
+    from resnet_xray.anatomy import AnatomyOptions, analyze
+
+    assert res.macs == analyze(model, "resnet18", AnatomyOptions(input_size=64)).totals.macs
+    eager = res.rows[0]
+    assert eager.speedup == pytest.approx(1.0)
+    for r in res.rows:
+        assert r.gflops == pytest.approx(2 * res.macs / r.stats.median / 1e9)
+        assert r.peak_share == pytest.approx(r.gflops / res.peak_gflops)
+        assert r.speedup == pytest.approx(eager.stats.median / r.stats.median)
+    assert res.peak_gflops > 0 and res.agreement["paths"]["ort_int8"]["top1_agreement"] >= 0.0
+    assert "eager fp32" in res.table()
+    png = save_chart(res, tmp_path / "chart.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_bad_flags_exit_2(tmp_path, capsys) -> None:
+    assert main(["bench", "--arch", "resnet18", "--batch", "1,x"]) == 2
+    blocker = tmp_path / "f"
+    blocker.write_text("x")
+    assert main(["bench", "--arch", "resnet18", "-o", str(blocker / "c.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--batch" in err[0]
