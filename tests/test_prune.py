@@ -18,6 +18,15 @@ from resnet_xray.prune.structured import prune_channels
 SIZE = 32  # input side for MACs and forward passes: small enough for a 2-core CPU
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Five engineers share two cores: two spinning OpenMP threads per process slow every forward ~20x.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def resnet18_pair():
     """A random resnet18 (10 classes) and a copy pruned to about half its MACs."""
