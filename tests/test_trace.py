@@ -155,3 +155,16 @@ def test_walkthrough_identity_block_resnet18(resnet18, image):
     assert wt.shortcut == "identity" and wt.shortcut_params == 0
     assert [s.name for s in wt.steps][-2:] == ["layer1.0.add", "layer1.0.relu_1"]
     assert "identity" in wt.text() and "option B" not in wt.text()
+
+
+def test_residual_chart_written_and_unwritable_refused(resnet18, image, tmp_path):
+    from resnet_xray.errors import XrayError
+    from resnet_xray.viz.residual import plot_residual_contributions
+
+    blocks = trace_model(resnet18, image).blocks
+    out = plot_residual_contributions(blocks, tmp_path / "res.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(XrayError):
+        plot_residual_contributions(blocks, blocker / "res.png")

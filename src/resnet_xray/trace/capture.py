@@ -89,7 +89,7 @@ def _block_of(node_name: str) -> str:
     return node_name.rsplit(".", 1)[0]
 
 
-def _stat_vector(t: torch.Tensor) -> torch.Tensor:
+def _stat_vector(t: torch.Tensor, nonnegative: bool = False) -> torch.Tensor:
     """sum, sum of squares, max, min and non-zero count of ``t`` as one small tensor.
 
     Plain reductions run near memory speed on the CPU, where ``torch.var_mean`` is
@@ -101,7 +101,9 @@ def _stat_vector(t: torch.Tensor) -> torch.Tensor:
         f = f.float()
     if f.numel() == 0:
         return torch.zeros(5, dtype=torch.float32, device=f.device)
-    return torch.stack([f.sum(), torch.dot(f, f), torch.amax(f), torch.amin(f), torch.sign(f).abs_().sum()])
+    # A ReLU's output is >= 0, so its sign already counts the non-zeros; elsewhere take |sign|.
+    nonzero = torch.sign(f).sum() if nonnegative else torch.sign(f).abs_().sum()
+    return torch.stack([f.sum(), torch.dot(f, f), torch.amax(f), torch.amin(f), nonzero])
 
 
 def _finish(name: str, ltype: str, shape: tuple[int, ...], v: list[float]) -> LayerStats:
@@ -161,7 +163,7 @@ class _StatsInterpreter(fx.Interpreter):
         name = _node_name(n)
         self.order.append(n)
         self.names[n], self.types[n], self.shapes[n] = name, ltype, tuple(out.shape)
-        self.vectors[n] = _stat_vector(out)
+        self.vectors[n] = _stat_vector(out, nonnegative=ltype == "relu")
         if name in self.keep_maps:
             self.maps[name] = out.detach().clone()  # a clone: a later in-place op would change it
         if ltype == "relu":
