@@ -73,8 +73,10 @@ def test_report_covers_every_layer_and_block(report, small):
     assert len(layers) == 69 and all(layer["stats"] is not None for layer in layers)  # resnet18's 69 traced operations
     assert len(doc["blocks"]) == 8
     assert [s["stage"] for s in doc["stages"]] == ["stem", "layer1", "layer2", "layer3", "layer4"]
-    spatial = [layer for layer in layers if len(layer["output_shape"]) == 3]
-    assert all("grid" in layer for layer in spatial) and not any("grid" in layer for layer in layers if layer not in spatial)
+    drawn = [layer for layer in layers if layer["type"] in ("conv", "relu", "add", "maxpool")]
+    assert len(drawn) == 20 + 17 + 8 + 1 and all("grid" in layer for layer in drawn)
+    assert not any("grid" in layer for layer in layers if layer not in drawn)
+    assert all("grid_note" in layer for layer in layers if layer["type"] == "bn")
     assert sum("kernel_picture" in layer for layer in layers) == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     data = json.loads(re.search(r'<script type="application/json" id="xray-data">(.*?)</script>', html, re.S).group(1))
     grid = data["grids"]["layer1.0.relu"]

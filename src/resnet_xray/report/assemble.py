@@ -35,6 +35,11 @@ from ..viz.maps import capture
 from ..viz.stages import StagesOptions, stage_outputs, stages_figure
 
 
+# Layers that get a feature grid (and so keep full maps during the trace). A BatchNorm output is, per
+# channel, an affine rescaling of the conv output just above it, so its grid would repeat that one.
+GRID_TYPES = ("conv", "relu", "add", "maxpool")
+
+
 @dataclass
 class ReportOptions:
     out_dir: Path = Path("out/report")  # report.html and report.json go here
@@ -128,7 +133,7 @@ def build_report(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, op
         rgb = meta.preprocessing.denormalize(x[0])
     with clock.section("anatomy"):
         anatomy = analyze(model, meta.arch, AnatomyOptions(input_size=x.shape[-1]))
-    drawn = [r.name for r in anatomy.layers if len(r.output_shape) == 3]
+    drawn = [r.name for r in anatomy.layers if r.type in GRID_TYPES and len(r.output_shape) == 3]
     with clock.section("trace"):
         cap = capture(model, x, drawn)
         trace = cap.trace
@@ -155,6 +160,8 @@ def build_report(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, op
         layers = []
         for r in anatomy.layers:
             entry: dict[str, Any] = {**r.to_dict(), "stats": stats.get(r.name)}
+            if r.type == "bn":
+                entry["grid_note"] = "no grid: per channel, a BatchNorm output is an affine rescaling of the conv output above it"
             if r.name in cap.maps:
                 g = feature_grid(r.name, cap.maps[r.name], opts.grid_order, 64, opts.grid_tile)
                 entry["grid"] = {"channels": g.channels, "order": g.order, "vmin": g.vmin, "vmax": g.vmax, "caption": g.caption()}
@@ -182,7 +189,8 @@ def build_report(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, op
             pics.setdefault("stage_grids", {})[st.stage] = png_uri(feature_figure(g))
             sheets.append({"stage": st.stage, "layer": st.layer, "shape": list(st.shape), "channels": g.channels, "vmin": g.vmin, "vmax": g.vmax})
         data["stages"] = sheets
-    del cap  # the kept maps are not needed past this point
+    trace.maps.clear()  # the kept maps are not needed past this point: free them before the backward passes
+    del cap
 
     with clock.section("residual"):
         from ..viz.residual import plot_residual_contributions

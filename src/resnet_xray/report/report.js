@@ -48,6 +48,8 @@
       pics += '<figure><img class="grid-img" id="detail-grid" src="' + data.grids[name] + '" alt="feature maps of ' + esc(name) + '">' +
         '<figcaption>' + esc(g.caption) + '</figcaption><div class="scale">' + esc(num(g.vmin, 3)) +
         '<span class="ramp"></span>' + esc(num(g.vmax, 3)) + "</div></figure>";
+    } else if (layer.grid_note) {
+      pics += "<p>" + esc(layer.grid_note) + ".</p>";
     } else {
       pics += "<p>No feature grid: this output has no spatial maps (" + esc(shape(layer.output_shape)) + ").</p>";
     }

@@ -86,7 +86,7 @@ def colourize(img: np.ndarray, vmin: float, vmax: float, cmap: str = FEATURE_CMA
     return rgb
 
 
-def grid_jpeg(grid: FeatureGrid, quality: int = 82) -> bytes:
+def grid_jpeg(grid: FeatureGrid, quality: int = 75) -> bytes:
     """The mosaic as a small JPEG (no matplotlib): fast enough to draw every layer of the report."""
     buf = io.BytesIO()
     Image.fromarray(colourize(grid.image, grid.vmin, grid.vmax)).save(buf, format="JPEG", quality=quality)
