@@ -69,12 +69,21 @@ def time_callable(fn: Callable[[], Any], warmup: int = 5, repeats: int = 30, min
     """
     for _ in range(max(0, warmup)):
         fn()
+    return stats_of(sample_times(fn, repeats, min_time_s))
+
+
+def sample_times(fn: Callable[[], Any], repeats: int, min_time_s: float = 0.0) -> list[float]:
+    """Wall-clock seconds of at least ``repeats`` calls (more until ``min_time_s`` is spent)."""
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < max(1, repeats) or (time.perf_counter() - start) < min_time_s:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+    return times
+
+
+def stats_of(times: list[float]) -> TimingStats:
     q = np.percentile(times, [25, 50, 75])
     return TimingStats(
         median=float(q[1]),
@@ -104,6 +113,8 @@ class BenchOptions:
     warmup: int = 5
     repeats: int = 30
     min_time_s: float = 1.0  # per row: fast paths get more repeats
+    rounds: int = 5  # repeats are spread over this many round-robin passes over the paths, so a
+    # burst of load from other processes hits every path alike instead of whichever ran then
     compile: bool = True  # include torch.compile
     compile_timeout_s: int = 300  # give up on torch.compile if compiling takes longer
     calib_dir: str | None = None  # calibration images for the INT8 rows (None: crops of the bundled photo)
@@ -314,6 +325,7 @@ class _Bench:
         self.agreement: dict[str, Any] | None = None
         self.onnx_fp32: Path | None = None
         self.onnx_int8: Path | None = None
+        self.pending: list[tuple[BenchRow, Callable[[], Any], bool]] = []
 
     def wanted(self, name: str) -> bool:
         return self.opts.paths is None or name in self.opts.paths
@@ -325,13 +337,14 @@ class _Bench:
             print(f"bench: {msg}", file=sys.stderr, flush=True)
 
     def add(self, name: str, batch: int, device: str, make: Callable[[], Callable[[], Any]], cpu: bool = True) -> None:
-        """Build the path with ``make()`` (untimed), then time the callable it returns."""
+        """Build the path with ``make()`` and warm it up (untimed); timing happens later, interleaved."""
         if not self.wanted(name):
             return
-        self.log(f"{name}, batch {batch}")
+        self.log(f"preparing {name}, batch {batch}")
         try:
             fn = make()
-            stats = time_callable(fn, self.opts.warmup, self.opts.repeats, self.opts.min_time_s)
+            for _ in range(max(0, self.opts.warmup)):
+                fn()
         except _Skip as e:
             self.rows.append(BenchRow(name, batch, device, "skipped", str(e)))
             return
@@ -340,21 +353,27 @@ class _Bench:
         except Exception as e:  # noqa: BLE001 - one failing path must not hide the others
             self.rows.append(BenchRow(name, batch, device, "failed", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"))
             return
-        gflops = 2 * self.macs * batch / stats.median / 1e9
-        self.rows.append(BenchRow(
-            name, batch, device, "ok", "", stats, batch / stats.median, None, gflops, gflops / self.peak if cpu else None
-        ))
+        row = BenchRow(name, batch, device, "ok")
+        self.rows.append(row)
+        self.pending.append((row, fn, cpu))
 
-    def run(self) -> None:
-        self._prepare_onnx()
-        for b in self.opts.batches:
-            self._cpu_rows(b)
-            self._cuda_rows(b)
-        for b in self.opts.batches:
-            base = next((r for r in self.rows if r.path == "eager fp32" and r.batch == b and r.status == "ok"), None)
-            for r in self.rows:
-                if r.batch == b and r.status == "ok" and base is not None:
-                    r.speedup = base.stats.median / r.stats.median
+    def time_pending(self) -> None:
+        """Time every prepared path round-robin, then fill in the statistics."""
+        if not self.pending:
+            return
+        rounds = max(1, self.opts.rounds)
+        per_round = max(1, -(-self.opts.repeats // rounds))
+        samples: dict[int, list[float]] = {id(r): [] for r, _, _ in self.pending}
+        for k in range(rounds):
+            self.log(f"timing round {k + 1}/{rounds} over {len(self.pending)} paths")
+            for row, fn, _ in self.pending:
+                samples[id(row)] += sample_times(fn, per_round, self.opts.min_time_s / rounds)
+        for row, _, cpu in self.pending:
+            row.stats = stats_of(samples[id(row)])
+            row.throughput = row.batch / row.stats.median
+            row.gflops = 2 * self.macs * row.batch / row.stats.median / 1e9
+            row.peak_share = row.gflops / self.peak if cpu else None
+        self.pending = []
 
     # --- artefacts shared by several rows ---
 
