@@ -375,6 +375,18 @@ class _Bench:
             row.peak_share = row.gflops / self.peak if cpu else None
         self.pending = []
 
+    def run(self) -> None:
+        self._prepare_onnx()
+        for b in self.opts.batches:
+            self._cpu_rows(b)
+            self._cuda_rows(b)
+            self.time_pending()  # per batch, so only one batch's models and inputs are held at once
+        for b in self.opts.batches:
+            base = next((r for r in self.rows if r.path == "eager fp32" and r.batch == b and r.status == "ok"), None)
+            for r in self.rows:
+                if r.batch == b and r.status == "ok" and base is not None:
+                    r.speedup = base.stats.median / r.stats.median
+
     # --- artefacts shared by several rows ---
 
     def _prepare_onnx(self) -> None:
