@@ -151,28 +151,30 @@ class GradFlowResult:
         if ident:
             shares = [b.shortcut_share for b in ident]
             worst = max(b.rel_error for b in res.blocks)
+            larger = sum(s > 0.5 for s in shares)
             lines.append(
                 f"- At the {len(ident)} identity blocks the identity term's share of |identity|+|residual| is "
                 f"{min(shares):.2f}-{max(shares):.2f} (median {statistics.median(shares):.2f}); the two terms add up "
                 f"to autograd's gradient within a relative error of {worst:.1e}."
             )
-            dominant = "the identity term is the larger one" if statistics.median(shares) > 0.5 else (
-                "the residual term is the larger one"
-            )
             lines.append(
-                f"  So in this regime {dominant} at most blocks, and the identity path hands every block's output "
-                "gradient to its input unchanged, whatever F does to it."
+                f"  The identity term is the larger of the two at {larger} of {len(ident)} identity blocks; either way "
+                "it hands each block's output gradient to the block's input unchanged, whatever F does to it."
             )
+        r_gain, p_gain = r_in / r_out if r_out > 0 else math.inf, p_in / p_out if p_out > 0 else math.inf
         if ratio > 1:
             lines.append(
-                "- Here the shortcut-free network gets the larger gradient at the input side: without the identity "
-                "path nothing holds the per-layer gain near 1, and in this regime the product of the layers' gains "
-                "exceeds ResNet's. A larger gradient is not a better one: it is less stable for SGD."
+                "- Here the shortcut-free network gets the larger gradient at the input side: its stage-by-stage gains "
+                f"multiply to {p_gain:.3g}x from the last stage to the stem, against {r_gain:.3g}x for {arch}. Without "
+                "the identity path nothing holds a block's gain near 1. A larger gradient is not a better one: "
+                "it is a less stable step for SGD."
             )
         else:
+            trend = "shrink the signal" if p_gain < 1 else "grow it, but less than ResNet's"
             lines.append(
-                "- Here the shortcut-free network gets the smaller gradient at the input side: the product of its "
-                "layers' gains shrinks the signal, while ResNet's identity terms carry it past every block."
+                "- Here the shortcut-free network gets the smaller gradient at the input side: its stage-by-stage gains "
+                f"multiply to {p_gain:.3g}x from the last stage to the stem ({trend}), against {r_gain:.3g}x for "
+                f"{arch}, whose identity terms carry the gradient past every block."
             )
         return "\n".join(lines)
 
