@@ -9,6 +9,7 @@ this CPU's FP32 peak measured with a large matmul.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 import signal
@@ -325,6 +326,8 @@ class _Bench:
         self.agreement: dict[str, Any] | None = None
         self.onnx_fp32: Path | None = None
         self.onnx_int8: Path | None = None
+        pre = meta.preprocessing
+        self.pre = pre if pre.crop == size else dataclasses.replace(pre, resize=round(pre.resize * size / pre.crop), crop=size)
         self.pending: list[tuple[BenchRow, Callable[[], Any], bool]] = []
 
     def wanted(self, name: str) -> bool:
@@ -488,8 +491,8 @@ class _Bench:
             from .quantize import image_batches, list_images
 
             files = list_images(self.opts.calib_dir or self.work / "calib", "--calib")
-            calib = [torch.from_numpy(a) for _, a in image_batches(files, self.meta.preprocessing, 8, [], "calibrate torch", False)]
-        q = quantize_torch_fx(self.model, None, self.meta.preprocessing, calib_batches=calib).model
+            calib = [torch.from_numpy(a) for _, a in image_batches(files[:64], self.pre, 8, [], "calibrate torch", False)]
+        q = quantize_torch_fx(self.model, None, self.pre, calib_batches=calib).model
 
         def fn() -> Any:
             with torch.inference_mode():

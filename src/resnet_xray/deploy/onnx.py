@@ -10,6 +10,7 @@ class names, so ``quantize`` and ``bench`` feed the model exactly as it was trai
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -112,6 +113,11 @@ def export_onnx(
     out = check_writable(path)
     pre: Preprocessing = meta.preprocessing if meta is not None else Preprocessing.seed()
     size = opts.input_size or pre.crop
+    if size != pre.crop:
+        # the file takes size x size, so that is what its sidecar must promise to feed it
+        pre = dataclasses.replace(
+            pre, resize=round(pre.resize * size / pre.crop), crop=size, source=f"{pre.source}, scaled to {size} px for export"
+        )
     model = model.eval()
     example = torch.zeros(opts.batch, 3, size, size)
     with torch.inference_mode():
