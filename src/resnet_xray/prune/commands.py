@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per fine-tuning/evaluation step (default: 32)")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes (default: 2)")
     p.add_argument("--latency-repeats", type=int, default=20, help="timed batch-1 runs per latency (median; default: 20)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads for the latency runs (default: torch's and ORT's own)")
     p.add_argument("--no-ort", dest="measure_ort", action="store_false", help="skip the ONNX Runtime latency column")
     p.add_argument("--out", default="out/prune", help="output folder; rerunning with the same options resumes (default: out/prune)")
     g = p.add_argument_group("--analyze-only")
@@ -89,6 +90,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             workers=args.workers,
             latency_repeats=args.latency_repeats,
             measure_ort=args.measure_ort,
+            threads=args.threads,
             seed=args.seed,
             out=args.out,
         )

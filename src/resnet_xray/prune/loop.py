@@ -50,6 +50,7 @@ class PruneOptions:
     taylor_batches: int = 8  # batches whose gradients feed the taylor criterion
     latency_repeats: int = 20  # timed batch-1 runs per measurement (median reported)
     measure_ort: bool = True  # also export each round to ONNX and time it in ONNX Runtime
+    threads: int | None = None  # intra-op threads for the latency runs (None: torch's and ORT's defaults)
     seed: int = 0
     out: str = "out/prune"
 
@@ -190,7 +191,7 @@ def prune(
 
     model = model.eval()
     base_cost = measure_cost(model, input_size)
-    base_lat = measure_latency(model, input_size, repeats=options.latency_repeats, ort=options.measure_ort)
+    base_lat = measure_latency(model, input_size, repeats=options.latency_repeats, ort=options.measure_ort, threads=options.threads)
     if state is None:
         baseline: dict[str, Any] = {"round": 0, **base_cost.to_dict(), "macs_rel": 1.0, "params_rel": 1.0}
         if data is not None:
@@ -231,7 +232,7 @@ def prune(
             record.update(_accuracy(trainer.evaluate(current, data)))
         cost = measure_cost(current, input_size)
         record.update(cost.to_dict(), macs_rel=cost.macs / baseline["macs"], params_rel=cost.params / baseline["params"])
-        record.update(measure_latency(current, input_size, repeats=options.latency_repeats, ort=options.measure_ort).to_dict())
+        record.update(measure_latency(current, input_size, repeats=options.latency_repeats, ort=options.measure_ort, threads=options.threads).to_dict())
         record["session"] = session
         record["seconds"] = round(time.perf_counter() - t0, 1)
         name = f"round_{k + 1:02d}.pt"
@@ -297,7 +298,7 @@ def _remeasure_other_sessions(out: Path, rounds: list[dict[str, Any]], session: 
     for r in rounds:
         if r.get("session") != session:
             m, _ = load_model(None, out / r["checkpoint"])
-            r.update(measure_latency(m, input_size, repeats=options.latency_repeats, ort=options.measure_ort).to_dict(), session=session)
+            r.update(measure_latency(m, input_size, repeats=options.latency_repeats, ort=options.measure_ort, threads=options.threads).to_dict(), session=session)
 
 
 def _speedup(base: float | None, now: float | None) -> str:

@@ -6,10 +6,9 @@ so every run measures the unpruned baseline itself and reports ratios against it
 
 from __future__ import annotations
 
-import statistics
+import contextlib
 import tempfile
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,43 +47,45 @@ class Latency:
 
 
 def time_callable(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds (the deploy package's timer when present)."""
+    """Median wall time of ``fn()`` in milliseconds, timed by the deploy package's benchmark timer."""
+    from ..deploy.bench import time_callable as bench_timer
+
+    return bench_timer(fn, warmup, repeats).median_ms
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` intra-op threads (None: leave torch's setting), restoring it afterwards."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
     try:
-        from ..deploy.bench import time_callable as deploy_timer
-    except ImportError:
-        deploy_timer = None
-    if deploy_timer is not None:
-        t = deploy_timer(fn, warmup, repeats)
-        return float(getattr(t, "median_ms", t))
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @torch.inference_mode()
 def measure_latency(
-    model: nn.Module, input_size: int, *, warmup: int = 3, repeats: int = 20, ort: bool = True
+    model: nn.Module, input_size: int, *, warmup: int = 3, repeats: int = 20, ort: bool = True, threads: int | None = None
 ) -> Latency:
     """Batch-1 latency of ``model`` in eager PyTorch and (``ort=True``) ONNX Runtime FP32.
 
     The ONNX file goes to a temporary folder; its outputs are compared with eager's on
     the same input, so a pruned model that does not export faithfully shows up here.
+    ``threads`` sets the intra-op threads of both runtimes (None: their defaults).
     """
     model = model.eval()
     x = torch.randn(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
-    eager_ms = time_callable(lambda: model(x), warmup, repeats)
+    with torch_threads(threads):
+        eager_ms = time_callable(lambda: model(x), warmup, repeats)
     if not ort:
         return Latency(eager_ms, None, None)
     from ..deploy.onnx import ExportOptions, export_onnx, ort_session
 
     with tempfile.TemporaryDirectory(prefix="resnet-xray-prune-") as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx", ExportOptions(input_size=input_size, batch=1, exporter=EXPORTER))
-        sess = ort_session(path)
+        sess = ort_session(path, threads=threads)
         name = sess.get_inputs()[0].name
         feed = {name: x.numpy()}
         ort_ms = time_callable(lambda: sess.run(None, feed), warmup, repeats)
