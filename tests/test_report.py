@@ -84,7 +84,7 @@ def test_report_covers_every_layer_and_block(report, small):
         assert im.format == "JPEG" and im.size == (8 * 28 + 7, 8 * 28 + 7)
     for sid in ("overview", "architecture", "navigator", "kernels", "stages", "residual", "cam", "gradflow", "breakdown", "walkthrough"):
         assert f'<section id="{sid}">' in html
-    assert doc["walkthrough"]["block"] == "layer1.0" and doc["gradflow"]["explanations"]
+    assert doc["walkthrough"]["block"] == "layer1.0" and set(doc["gradflow"]["explanations"]["init"]) == {"batch", "running"}
     assert doc["anatomy"]["totals"]["params"] == sum(p.numel() for p in model.parameters())
 
 

@@ -14,6 +14,7 @@ from .classify import ClassifyOptions, classify
 from .errors import XrayError
 from .image import bundled_cat
 from .model import ModelMeta, load_model, random_weights_warning
+from .report import ReportOptions, build_report
 
 BANNER = "!" * 78
 
@@ -23,7 +24,7 @@ class DemoOptions:
     arch: str = "resnet50"
     weights: str = "imagenet"  # falls back to random (loudly) when these cannot be had
     image: Path | None = None  # default: the bundled cat photo
-    out_dir: Path = Path("out/demo")  # where later steps write the report
+    out_dir: Path = Path("out/demo")  # where the report (report.html, report.json) is written
 
 
 def load_demo_model(opts: DemoOptions) -> tuple[nn.Module, ModelMeta]:
@@ -48,6 +49,11 @@ def run_demo(opts: DemoOptions | None = None) -> int:
     for p in result.predictions:
         for t in p.topk:
             print(f"  {t['prob']:7.2%}  {t['label']} (#{t['index']})")
+    print()
+    print(f"Writing the report (every layer, kernels, Grad-CAM, residuals, gradient flow) to {opts.out_dir} ...", flush=True)
+    res = build_report(image, model, meta, ReportOptions(out_dir=opts.out_dir))
+    print(f"wrote {res.json} and {res.html} ({res.html_bytes / 1e6:.1f} MB, self-contained) in {sum(res.seconds.values()):.0f} s")
+    print(f"open it: file://{res.html.resolve()}")
     if not meta.pretrained:
         print(random_weights_warning(meta), file=sys.stderr)
     return 0

@@ -68,6 +68,13 @@ def png_uri(fig) -> str:
     return data_uri(figure_png(fig), "image/png")
 
 
+def jpeg_uri(fig, quality: int = 85) -> str:
+    """Figures that are mostly pictures (feature maps, overlays) are far smaller as JPEG than PNG."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="jpeg", dpi=100, pil_kwargs={"quality": quality})
+    return data_uri(buf.getvalue(), "image/jpeg")
+
+
 def array_uri(rgb: np.ndarray, fmt: str = "PNG", quality: int = 85) -> str:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
@@ -167,7 +174,7 @@ def build_report(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, op
                 entry["grid"] = {"channels": g.channels, "order": g.order, "vmin": g.vmin, "vmax": g.vmax, "caption": g.caption()}
                 pics.setdefault("grids", {})[r.name] = data_uri(grid_jpeg(g), "image/jpeg")
             if r.type == "conv" and r.name in convs:
-                kimg, kcap = kernel_image(convs[r.name], r.name)
+                kimg, kcap = kernel_image(convs[r.name], r.name, max_side=128)
                 entry["kernel_picture"] = kcap
                 pics.setdefault("kernels", {})[r.name] = array_uri(kimg)
             layers.append(entry)
@@ -182,11 +189,11 @@ def build_report(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, op
 
     with clock.section("stages"):
         stages = stage_outputs(anatomy.layers)
-        pics["stages"] = png_uri(stages_figure(rgb, stages, cap.maps, StagesOptions(channels=8)))
+        pics["stages"] = jpeg_uri(stages_figure(rgb, stages, cap.maps, StagesOptions(channels=8)))
         sheets = []
         for st in stages:
             g = feature_grid(st.layer, cap.maps[st.layer], "top", 64)
-            pics.setdefault("stage_grids", {})[st.stage] = png_uri(feature_figure(g))
+            pics.setdefault("stage_grids", {})[st.stage] = jpeg_uri(feature_figure(g))
             sheets.append({"stage": st.stage, "layer": st.layer, "shape": list(st.shape), "channels": g.channels, "vmin": g.vmin, "vmax": g.vmax})
         data["stages"] = sheets
     trace.maps.clear()  # the kept maps are not needed past this point: free them before the backward passes
@@ -199,7 +206,7 @@ def build_report(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, op
 
     with clock.section("cam"):
         res = compute_cams(model, x, meta.class_names, CamOptions(class_index=opts.cam_class, methods=opts.cam_methods))
-        pics["cam"] = png_uri(cam_figure(rgb, res))
+        pics["cam"] = jpeg_uri(cam_figure(rgb, res))
         data["cam"] = res.to_dict()
 
     if opts.gradflow:
@@ -241,9 +248,7 @@ def _gradflow(meta: ModelMeta, opts: ReportOptions) -> tuple[dict[str, Any], str
     # At initialisation (random weights), as the seed's argument is about; the report's model is not changed.
     gopts = GradFlowOptions(arch=meta.arch, weights="random", batch_size=opts.gradflow_batch, input_size=opts.gradflow_size)
     res = measure_gradflow(gopts)
-    d = res.to_dict()
-    d["explanations"] = {regime: res.explanation(regime) for regime in gopts.regimes}
-    return d, _plot_to_uri(plot_gradflow, res)
+    return res.to_dict(), _plot_to_uri(plot_gradflow, res)
 
 
 def check_out_dir(path: str | os.PathLike) -> Path:

@@ -172,13 +172,30 @@ def _cam(doc: dict[str, Any], pics: dict[str, Any]) -> str:
     return section("cam", "Grad-CAM", _img(pics["cam"], "Grad-CAM", "fig"), lead)
 
 
+def _explanation(text: str) -> str:
+    """The trace package's explanation: a heading line, then "- " bullets (indented lines continue one)."""
+    lines = text.splitlines()
+    items: list[str] = []
+    for line in lines[1:]:
+        if line.startswith("- "):
+            items.append(line[2:])
+        elif items and line.strip():
+            items[-1] += " " + line.strip()
+    lis = "".join(f"<li>{escape(i)}</li>" for i in items)
+    return f"<p><b>{escape(lines[0] if lines else '')}</b></p><ul>{lis}</ul>"
+
+
 def _gradflow(doc: dict[str, Any], pics: dict[str, Any]) -> str:
     if "gradflow" not in doc:
         return ""
     g = doc["gradflow"]
-    expl = "".join(f"<p><b>{escape(k)}:</b> {escape(v)}</p>" for k, v in g.get("explanations", {}).items())
-    return section("gradflow", "Gradient flow: ResNet-50 against plain-50", _img(pics["gradflow"], "gradient flow", "fig") + expl,
-                   "The seed's residual argument, measured: the gradient at each stage boundary with and without the shortcut adds.")
+    o = g["options"]
+    expl = "".join(_explanation(t) for phase in ("init", "trained") for t in g.get("explanations", {}).get(phase, {}).values())
+    lead = (f"The seed's residual argument, measured rather than asserted: {escape(o['arch'])} against the same network with every "
+            f"shortcut add removed (plain), at initialisation ({escape(o['weights'])} weights, seed {o['seed']}), on a batch of "
+            f"{o['batch_size']} synthetic {o['input_size']}×{o['input_size']} images, in both BatchNorm regimes. "
+            "<code>resnet-xray gradflow</code> runs the full-size measurement.")
+    return section("gradflow", "Gradient flow: ResNet against plain", _img(pics["gradflow"], "gradient flow", "fig") + expl, lead)
 
 
 def _breakdown(doc: dict[str, Any]) -> str:
