@@ -148,3 +148,19 @@ def test_class_count_mismatch_is_refused(tmp_path):
     meta = ModelMeta("resnet18", "w", [str(i) for i in range(5)], Preprocessing(resize=SIZE, crop=SIZE), True)
     with pytest.raises(XrayError, match="5 outputs but --data has 2 classes"):
         prune(model, meta, PruneOptions(out=str(tmp_path)), _data(), trainer=TinyTrainer().as_trainer())
+
+
+def test_taylor_importance_comes_from_the_data_gradients():
+    from resnet_xray.prune import AnalyzeOptions, analyze_importance
+
+    model, _ = _model_and_meta()
+    opts = AnalyzeOptions(importance="taylor", ratio=0.5, round_to=1, taylor_batches=2)
+    groups = analyze_importance(model, opts, _data())
+    assert all(p.grad is None for p in model.parameters())  # the caller's model is left clean
+    first = next(g for g in groups if g.name == "layer1.0.conv1")
+    assert len(first.dropped) == 32 and len(set(first.scores)) > 1
+    # Different data, different gradients, different ranking: the scores are not weight norms.
+    flipped = _data()
+    flipped.train = DataLoader(TensorDataset(*[t[:16] for t in flipped.train.dataset.tensors[:1]], 1 - flipped.train.dataset.tensors[1][:16]), batch_size=16)
+    other = next(g for g in analyze_importance(model, opts, flipped) if g.name == "layer1.0.conv1")
+    assert other.scores != first.scores
