@@ -67,8 +67,10 @@ def plot_importance(groups: list[Any], path: Path, title: str = "") -> Path:
         ax.scatter([i] * len(keep_y), keep_y, s=4, color="tab:blue", alpha=0.5, linewidths=0)
         ax.scatter([i] * len(drop_y), drop_y, s=5, color="tab:red", alpha=0.8, linewidths=0)
     ax.set_xticks(range(n))
-    ax.set_xticklabels([g.name for g in groups], rotation=90, fontsize=6)
-    ax.set_yscale("symlog", linthresh=1e-2)
+    # A residual group ties many layers together: say so in its label.
+    ax.set_xticklabels([g.name + (f" (+{len(g.members) - 3} coupled)" if len(g.members) > 3 else "") for g in groups], rotation=90, fontsize=6)
+    if all(s > 0 for g in groups for s in g.scores):
+        ax.set_yscale("log")
     ax.set_ylabel("channel importance (group-normalised)")
     ax.scatter([], [], color="tab:blue", s=10, label="kept")
     ax.scatter([], [], color="tab:red", s=10, label="would be dropped")

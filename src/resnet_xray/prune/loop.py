@@ -120,9 +120,13 @@ class PruneResult:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
+    _atomic_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -256,8 +260,8 @@ def prune(
     rounds_txt = rounds_table(baseline, rounds)
     from .figures import plot_rounds
 
-    plot = plot_rounds(baseline, rounds, out / PLOT_FILE, title=f"{meta.arch}, {options.importance}, {'global' if options.global_pruning else 'per-layer'} ranking")
-    (out / SUMMARY_FILE).write_text(rounds_txt + "\n\nchannels per stage (before -> after)\n" + stages + "\n")
+    plot = plot_rounds(baseline, rounds, out / PLOT_FILE, title=f"{meta.arch}, {options.importance}, {'global' if options.global_pruning else 'per-group'} ranking")
+    _atomic_text(out / SUMMARY_FILE, rounds_txt + "\n\nchannels per stage (before -> after)\n" + stages + "\n")
     return PruneResult(out, baseline, rounds, final, stages, rounds_txt, plot, list(getattr(data, "skipped", []) or []))
 
 
