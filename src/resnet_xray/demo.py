@@ -52,7 +52,7 @@ def run_demo(opts: DemoOptions | None = None) -> int:
     print()
     print(f"Writing the report (every layer, kernels, Grad-CAM, residuals, gradient flow) to {opts.out_dir} ...", flush=True)
     res = build_report(image, model, meta, ReportOptions(out_dir=opts.out_dir))
-    print(f"wrote {res.json} and {res.html} ({res.html_bytes / 1e6:.1f} MB, self-contained) in {sum(res.seconds.values()):.0f} s")
+    print(f"wrote {res.json} and {res.html} ({res.html_bytes / 1e6:.1f} MB, self-contained) in {res.total_s:.0f} s")
     print(f"open it: file://{res.html.resolve()}")
     if not meta.pretrained:
         print(random_weights_warning(meta), file=sys.stderr)

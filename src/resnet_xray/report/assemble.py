@@ -58,6 +58,7 @@ class ReportResult:
     json: Path
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per section
     html_bytes: int = 0
+    total_s: float = 0.0  # wall time of the whole build
 
 
 def data_uri(data: bytes, mime: str) -> str:
@@ -228,7 +229,7 @@ def build_report(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, op
         html = render_html(doc, pics)
         json_path = write_bytes_atomic(json.dumps(doc, indent=1).encode(), out_dir / "report.json")
         html_path = write_bytes_atomic(html.encode("utf-8"), out_dir / "report.html")
-    return ReportResult(html_path, json_path, clock.seconds, len(html.encode("utf-8")))
+    return ReportResult(html_path, json_path, clock.seconds, len(html.encode("utf-8")), round(time.perf_counter() - t0, 3))
 
 
 def _plot_to_uri(plot, *args) -> str:

@@ -22,7 +22,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     res = build_report(args.image, model, meta, opts)
     slowest = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(res.seconds.items(), key=lambda kv: -kv[1])[:4] if k != "total_before_write")
     print(f"wrote {res.html} ({res.html_bytes / 1e6:.1f} MB, self-contained) and {res.json}")
-    print(f"time: {sum(v for k, v in res.seconds.items() if k != 'total_before_write'):.1f} s ({slowest})")
+    print(f"time: {res.total_s:.1f} s (slowest: {slowest})")
     print(f"open it: file://{Path(res.html).resolve()}")
     return 0
 

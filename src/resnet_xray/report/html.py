@@ -25,9 +25,14 @@ def _img(src: str, alt: str, cls: str = "") -> str:
     return f'<img src="{src}" alt="{escape(alt)}"{cls_attr}>'
 
 
-def _table(head: list[str], rows: list[list[Any]], cls: str = "") -> str:
-    th = "".join(f"<th>{escape(str(h))}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+def _table(head: list[str], rows: list[list[Any]], cls: str = "", left: tuple[int, ...] = (0,)) -> str:
+    """Numbers align right; the columns in ``left`` hold words and align left."""
+
+    def cell(tag: str, i: int, c: Any) -> str:
+        return f'<{tag} class="l">{c}</{tag}>' if i in left else f"<{tag}>{c}</{tag}>"
+
+    th = "".join(cell("th", i, escape(str(h))) for i, h in enumerate(head))
+    body = "".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(r)) + "</tr>" for r in rows)
     return f'<div class="scroll"><table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
@@ -57,7 +62,7 @@ def render_html(doc: dict[str, Any], pics: dict[str, Any]) -> str:
         _architecture(doc),
         _navigator(doc),
         section("kernels", "conv1 kernels: local perception", _img(pics["conv1"], "conv1 kernels", "fig"),
-                escape(doc["conv1_kernels"]) + ". Each 7×7 filter looks at a small patch of the RGB image."),
+                escape(doc["conv1_kernels"]) + ". Each filter looks at one small patch of the RGB image: local perception."),
         _stages(doc, pics),
         _residual(doc, pics),
         _cam(doc, pics),
@@ -121,10 +126,10 @@ def _architecture(doc: dict[str, Any]) -> str:
              "" if r["kernel"] is None else f"{r['kernel'][0]}×{r['kernel'][1]}", "" if r["stride"] is None else r["stride"][0],
              r["in_channels"] or "", r["out_channels"] or "", _shape(r["output_shape"]), f"{r['params']:,}", f"{r['macs']:,}", r["receptive_field"]]
             for r in doc["layers"]]
-    full = _table(["layer", "type", "kernel", "stride", "in", "out", "output", "params", "macs*", "RF"], rows, "layers")
+    full = _table(["layer", "type", "kernel", "stride", "in", "out", "output", "params", "macs*", "RF"], rows, "layers", left=(0, 1))
     body = (
         "<h3>Stages (He et al. 2015, Table 1, measured on this model)</h3>"
-        + _table(["stage", "output", "layers", "blocks", "params", "macs*"], stages)
+        + _table(["stage", "output", "layers", "blocks", "params", "macs*"], stages, left=(0, 2))
         + totals
         + f"<details><summary>The full layer table: {len(rows)} operations (click a name to open it in the navigator)</summary>{full}</details>"
         + f'<p class="note">* {escape(a["conventions"]["macs"])}. RF: {escape(a["conventions"]["receptive_field"])}.</p>'
@@ -150,8 +155,10 @@ def _stages(doc: dict[str, Any], pics: dict[str, Any]) -> str:
         for s in doc["stages"]
     )
     body = f'{_img(pics["stages"], "stage sheet", "fig")}<div class="cols2">{grids}</div>'
-    lead = ("Hierarchical abstraction: from edges and colour blobs near the input to coarse, part-like responses in layer4, "
-            "while the maps shrink from 56×56 to 7×7 and the channels grow from 64 to 2048.")
+    first, last = doc["stages"][0]["shape"], doc["stages"][-1]["shape"]
+    lead = ("Hierarchical abstraction: local, edge- and colour-like responses near the input, coarser and more spatially "
+            f"pooled ones in the last stage, while the maps shrink from {first[1]}×{first[2]} to {last[1]}×{last[2]} and the "
+            f"channels grow from {first[0]} to {last[0]}.")
     return section("stages", "Per-stage feature sheets", body, lead)
 
 
@@ -167,8 +174,10 @@ def _residual(doc: dict[str, Any], pics: dict[str, Any]) -> str:
 
 def _cam(doc: dict[str, Any], pics: dict[str, Any]) -> str:
     c = doc["cam"]
+    grid = next((f"{r['output_shape'][1]}×{r['output_shape'][2]} " for r in reversed(doc["layers"])
+                 if r["name"].startswith(c["layer"] + ".") and len(r["output_shape"]) == 3), "")
     lead = (f"Where the evidence for class #{c['class_index']} “{escape(c['label'])}” (p = {c['prob']:.2%}, "
-            f"{'the prediction' if c['predicted'] else 'requested'}) lies on {escape(c['layer'])}'s 7×7 grid, upsampled to the input.")
+            f"{'the prediction' if c['predicted'] else 'requested'}) lies on {escape(c['layer'])}'s {grid}grid, upsampled to the input.")
     return section("cam", "Grad-CAM", _img(pics["cam"], "Grad-CAM", "fig"), lead)
 
 
@@ -219,7 +228,7 @@ def _walkthrough(doc: dict[str, Any]) -> str:
     rows = [[escape(s["name"]), escape(s["what"]), _shape(s["in_shape"]), _shape(s["out_shape"]), f"{s['params']:,}", f"{s['macs']:,}",
              _num(s["l2"], ".2f"), pct(s["zero_frac"]), escape(s["role"])] for s in w["steps"]]
     why = "".join(f"<p>{escape(p)}</p>" for part in w["text"].split("\n\n")[2:] for p in part.split("\n") if p.strip())
-    body = _table(["step", "operation", "input", "output", "params", "MACs", "‖out‖", "zeros", "why"], rows) + f'<div class="why">{why}</div>'
+    body = _table(["step", "operation", "input", "output", "params", "MACs", "‖out‖", "zeros", "why"], rows, left=(0, 1, 8)) + f'<div class="why">{why}</div>'
     lead = escape(f"{w['block']} ({w['kind']}): {w['in_channels']} channels in, {w['out_channels']} out, stride {w['stride']}, "
                   f"{w['shortcut']} shortcut; every shape and number below is from this image.")
     return section("walkthrough", "Stage-1, first block, step by step", body, lead)
