@@ -140,3 +140,26 @@ def test_steps_repeat_after_training():
     assert res.train_losses["resnet"][-1] < res.train_losses["resnet"][0]
     assert res.trained["batch"]["resnet"].loss < res.init["batch"]["resnet"].loss
     assert "after 2 SGD steps" in res.explanation("batch", "trained")
+
+
+def test_data_folder_batch_is_labelled_by_subfolder(tmp_path):
+    from PIL import Image
+
+    from resnet_xray.errors import XrayError
+    from resnet_xray.image import Preprocessing
+    from resnet_xray.trace.gradflow import folder_batch
+
+    for c, colour in (("cats", (200, 40, 40)), ("dogs", (40, 40, 200))):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.new("RGB", (40, 30), colour).save(tmp_path / c / f"{i}.png")
+    (tmp_path / "dogs" / "broken.png").write_bytes(b"no image")  # skipped, as everywhere else
+    opts = GradFlowOptions(arch="resnet18", batch_size=4, input_size=32, data=str(tmp_path))
+    x, y = folder_batch(opts, Preprocessing(resize=32, crop=32))
+    assert x.shape == (4, 3, 32, 32)
+    assert sorted(y.tolist()) == [0, 0, 1, 1]  # round-robin over the two class folders
+    # Red images are labelled 0 (cats), blue ones 1 (dogs).
+    red = x[:, 0].mean((1, 2)) > x[:, 2].mean((1, 2))
+    assert red.tolist() == (y == 0).tolist()
+    with pytest.raises(XrayError):
+        folder_batch(GradFlowOptions(data=str(tmp_path / "missing")), Preprocessing())
