@@ -210,3 +210,29 @@ class Browser:
         path = Path(path)
         path.write_bytes(data)
         return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m resnet_xray.report.browser PAGE OUT.png``: a screenshot, optionally after clicking a layer."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m resnet_xray.report.browser", description=main.__doc__)
+    ap.add_argument("page")
+    ap.add_argument("output")
+    ap.add_argument("--width", type=int, default=1280)
+    ap.add_argument("--height", type=int, default=900)
+    ap.add_argument("--layer", help="click this layer in the navigator first and scroll to it")
+    args = ap.parse_args(argv)
+    with Browser(width=args.width, height=args.height) as b:
+        b.open(args.page)
+        if args.layer:
+            b.click(f'#layer-list button[data-layer="{args.layer}"]')
+            b.evaluate("document.getElementById('navigator').scrollIntoView()")
+        b.screenshot(args.output)
+        for e in b.errors:
+            print(f"page error: {e}")
+        return 1 if b.errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

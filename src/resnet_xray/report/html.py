@@ -13,7 +13,9 @@ from typing import Any
 
 from ..units import pct, si
 
-STAGE_LABELS = {"conv1": "stem", "conv2_x": "layer1", "conv3_x": "layer2", "conv4_x": "layer3", "conv5_x": "layer4", "pool_fc": "head"}
+# He et al.'s stage names beside torchvision's module names (Table 1 counts the max pool into conv2_x).
+STAGE_LABELS = {"conv1": "stem (conv1)", "conv2_x": "conv2_x: max pool + layer1", "conv3_x": "conv3_x: layer2",
+                "conv4_x": "conv4_x: layer3", "conv5_x": "conv5_x: layer4", "pool_fc": "pool + fc"}
 
 
 def _asset(name: str) -> str:
@@ -116,7 +118,7 @@ def _overview(doc: dict[str, Any], pics: dict[str, Any]) -> str:
 
 def _architecture(doc: dict[str, Any]) -> str:
     a = doc["anatomy"]
-    stages = [[escape(STAGE_LABELS.get(s["name"], s["name"]) + f" ({s['name']})"), f"{s['output_size']}×{s['output_size']}", escape(s["layers"]),
+    stages = [[escape(STAGE_LABELS.get(s["name"], s["name"])), f"{s['output_size']}×{s['output_size']}", escape(s["layers"]),
                s["blocks"] or "", f"{s['params']:,}", si(s["macs"])] for s in a["stages"]]
     t = a["totals"]
     totals = (f"<p>{t['params']:,} parameters · {si(t['macs'])} multiply-adds (conv + fc at {a['input_size']}×{a['input_size']}; "
@@ -210,7 +212,7 @@ def _gradflow(doc: dict[str, Any], pics: dict[str, Any]) -> str:
 def _breakdown(doc: dict[str, Any]) -> str:
     b = doc["anatomy"]["breakdown"]
     by_type = [[escape(k), f"{v['params']:,}", _bar(v["params_share"]), f"{v['macs']:,}", _bar(v["macs_share"])] for k, v in b["by_type"].items()]
-    by_stage = [[escape(f"{STAGE_LABELS.get(k, k)} ({k})"), f"{v['params']:,}", _bar(v["params_share"]), f"{v['macs']:,}", _bar(v["macs_share"])]
+    by_stage = [[escape(STAGE_LABELS.get(k, k)), f"{v['params']:,}", _bar(v["params_share"]), f"{v['macs']:,}", _bar(v["macs_share"])]
                 for k, v in b["by_stage"].items()]
     head = ["", "params", "share", "macs*", "share of all ops"]
     body = "<h3>By layer type</h3>" + _table(head, by_type, "bars") + "<h3>By stage</h3>" + _table(head, by_stage, "bars")
