@@ -365,4 +365,6 @@ def _widths(blocks: list[list[int]]) -> str:
     shown = ["-".join(map(str, w)) for w in blocks]
     if len(set(shown)) == 1:
         return shown[0] + (f" x{len(shown)}" if len(shown) > 1 else "")
+    if len(shown) > 2 and len(set(shown[1:])) == 1:
+        return f"{shown[0]}, {shown[1]} x{len(shown) - 1}"  # the first block carries the projection shortcut
     return " | ".join(shown)
