@@ -168,3 +168,16 @@ def test_residual_chart_written_and_unwritable_refused(resnet18, image, tmp_path
     blocker.write_text("x")
     with pytest.raises(XrayError):
         plot_residual_contributions(blocks, blocker / "res.png")
+
+
+def test_fused_model_still_has_block_numbers(resnet18, image):
+    """Conv-BN folding leaves nn.Identity where bn2 was; the block numbers must survive it."""
+    from resnet_xray.deploy.fuse import fuse_model
+
+    plain = trace_model(resnet18, image)
+    fused = trace_model(fuse_model(resnet18), image)
+    assert [b.name for b in fused.blocks] == [b.name for b in plain.blocks]
+    assert fused.blocks[0].residual_from == "layer1.0.conv2"
+    for a, b in zip(fused.blocks, plain.blocks):
+        assert a.projection == b.projection
+        assert_close(a.ratio, b.ratio, rtol=1e-3, atol=0)

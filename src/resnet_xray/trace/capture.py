@@ -176,16 +176,29 @@ class _StatsInterpreter(fx.Interpreter):
 
     def _block_terms(self, n: fx.Node) -> None:
         args = [a for a in n.args[:2] if isinstance(a, fx.Node)]
-        if len(args) != 2 or not all(a in self.names for a in args):
+        if len(args) != 2 or not all(a in self.env for a in args):
             return
         block = _block_of(_node_name(n))
-        # The main path ends in the block's last BatchNorm; the other term is the shortcut.
-        is_res = [self.names[a].startswith(block + ".bn") for a in args]
+        # Look through pass-through modules (the nn.Identity left where a BatchNorm was fused away).
+        terms = [self._tabulated(a) for a in args]
+        if not all(t in self.names for t in terms):
+            return
+        names = [self.names[t] for t in terms]
+        # F(x) comes from inside the block's main path; the other term is x or its projection.
+        # (A fused model has no bn3, so the test is on the path, not on the layer type.)
+        is_res = [nm.startswith(block + ".") and not nm.startswith(block + ".downsample") for nm in names]
         if is_res.count(True) != 1:
             return
-        res, sc = (args[0], args[1]) if is_res[0] else (args[1], args[0])
-        f, s = self.env[res].detach().reshape(-1), self.env[sc].detach().reshape(-1)
-        self.pending[n] = _PendingBlock(block, res, sc, torch.dot(f.float(), s.float()), n)
+        (ri, si) = (0, 1) if is_res[0] else (1, 0)
+        f, s = self.env[args[ri]].detach().reshape(-1), self.env[args[si]].detach().reshape(-1)
+        self.pending[n] = _PendingBlock(block, terms[ri], terms[si], torch.dot(f.float(), s.float()), n)
+
+    def _tabulated(self, a: fx.Node) -> fx.Node:
+        while a not in self.names and a.op == "call_module" and len(a.all_input_nodes) == 1:
+            if not isinstance(self.modules_by_name.get(a.target), nn.Identity):
+                break
+            a = a.all_input_nodes[0]
+        return a
 
     def results(self) -> tuple[list[LayerStats], list[BlockStats]]:
         if not self.order:
