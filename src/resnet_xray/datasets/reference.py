@@ -26,7 +26,7 @@ from ..image import bundled_cat
 
 GENERATOR_VERSION = 1
 SHAPES = ("circle", "triangle", "square", "pentagon", "star", "cross", "ring", "crescent", "arrow", "heart")
-SUPERSAMPLE = 3  # draw large, then downsample: anti-aliased edges like a photo's
+SUPERSAMPLE = 2  # draw large, then downsample: anti-aliased edges like a photo's
 SPLITS = {"train": 0, "val": 1}
 
 
@@ -37,9 +37,9 @@ class ReferenceOptions:
     val_per_class: int | None = None  # None: a quarter of per_class, at least 10
     size: int = 96  # image side in pixels
     seed: int = 0
-    min_scale: float = 0.28  # object size as a fraction of the image side
-    max_scale: float = 0.6
-    clutter: int = 6  # distractor strokes per image (mean)
+    min_scale: float = 0.45  # object size as a fraction of the image side
+    max_scale: float = 0.8
+    clutter: int = 3  # distractor strokes per image (mean)
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -115,6 +115,23 @@ def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(v) for v in rgb)
 
 
+def _luma(rgb) -> float:
+    return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+
+
+def _contrasting(bg_mean, rng: np.random.Generator, min_gap: float = 60.0) -> tuple[int, int, int]:
+    """A random colour whose brightness differs from the background's; a few tries, then the best."""
+    best, gap = None, -1.0
+    for _ in range(12):
+        c = _colour(rng)
+        g = abs(_luma(c) - _luma(bg_mean))
+        if g > gap:
+            best, gap = c, g
+        if g >= min_gap:
+            break
+    return best
+
+
 def _background(cat: Image.Image, side: int, rng: np.random.Generator) -> Image.Image:
     w, h = cat.size
     crop = int(min(w, h) * rng.uniform(0.25, 0.9))
@@ -122,15 +139,15 @@ def _background(cat: Image.Image, side: int, rng: np.random.Generator) -> Image.
     bg = cat.crop((x0, y0, x0 + crop, y0 + crop)).resize((side, side), Image.BILINEAR)
     arr = np.asarray(bg, dtype=np.float32)
     arr = arr[..., rng.permutation(3)]  # swap colour channels: the cat is not always orange
-    arr = arr * rng.uniform(0.5, 1.3) + rng.uniform(-50, 50, size=3)
+    # Lower contrast than the object: cluttered, but the object stays the most salient thing.
+    mean = arr.mean(axis=(0, 1), keepdims=True)
+    arr = mean + (arr - mean) * rng.uniform(0.2, 0.5) + rng.uniform(-40, 40, size=3)
     if rng.random() < 0.5:  # a colour gradient across the image
         g = np.linspace(0, 1, side, dtype=np.float32)
         ramp = g[None, :, None] if rng.random() < 0.5 else g[:, None, None]
         arr = arr * (1 - 0.5 * ramp) + 0.5 * ramp * np.array(_colour(rng), dtype=np.float32)
-    if rng.random() < 0.5:
-        bg = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-        return bg.filter(ImageFilter.GaussianBlur(rng.uniform(0, 2) * SUPERSAMPLE))
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    bg = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    return bg.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2) * SUPERSAMPLE))
 
 
 def _clutter(draw: ImageDraw.ImageDraw, side: int, n: int, rng: np.random.Generator) -> None:
@@ -154,7 +171,7 @@ def _clutter(draw: ImageDraw.ImageDraw, side: int, n: int, rng: np.random.Genera
 
 def _fill_pattern(side: int, colour, rng: np.random.Generator) -> Image.Image:
     """Solid, striped or two-tone texture for the object."""
-    style = rng.integers(0, 3)
+    style = rng.choice(3, p=[0.6, 0.2, 0.2])
     base = Image.new("RGB", (side, side), colour)
     if style == 0:
         return base
@@ -188,7 +205,7 @@ def render(shape: str, size: int, rng: np.random.Generator, opts: ReferenceOptio
         mdraw.polygon(_place(p, cx, cy, r, angle, stretch), fill=255)
     for p in holes:
         mdraw.polygon(_place(p, cx, cy, r, angle, stretch), fill=0)
-    fill = _fill_pattern(side, _colour(rng), rng)
+    fill = _fill_pattern(side, _contrasting(np.asarray(img).reshape(-1, 3).mean(0), rng), rng)
     if rng.random() < 0.5:  # an outline in another colour
         edge = mask.filter(ImageFilter.MaxFilter(2 * SUPERSAMPLE + 1))
         img.paste(Image.new("RGB", (side, side), _colour(rng)), (0, 0), edge)

@@ -76,6 +76,21 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
+def average_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
+    """Average BatchNorm running statistics over ranks.
+
+    DDP broadcasts buffers from rank 0 *before* each forward, but every rank's last
+    forward then updates its own copy; averaging makes the replicas identical again
+    (and uses every rank's data) before evaluating or saving.
+    """
+    if not ctx.enabled:
+        return
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(ctx.world_size)
+
+
 def max_weight_difference(model: torch.nn.Module, ctx: DistContext, device: torch.device) -> float:
     """Largest absolute difference of any parameter or buffer between this rank and rank 0."""
     if not ctx.enabled:

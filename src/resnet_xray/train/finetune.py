@@ -405,9 +405,10 @@ def fit(
         set_rng_state(ck["rng"])
         start_epoch, start_step, global_step = int(ck["epoch"]), int(ck["step_in_epoch"]), int(ck["global_step"])
         history, best = list(ck["history"]), dict(ck["best"])
-        _say(f"resuming from {last_path}: epoch {start_epoch + 1}, step {start_step}/{steps}", talk)
+        # Said even without progress output: a resumed run should never look like a fresh one.
+        _say(f"resuming from {last_path}: epoch {start_epoch + 1}, step {start_step}/{steps}", main)
     elif resume:
-        _say(f"--resume: no checkpoint in {out} yet; starting from the beginning", talk)
+        _say(f"--resume: no checkpoint in {out} yet; starting from the beginning", main)
 
     def save_last(epoch: int, step_in_epoch: int) -> None:
         if last_path is not None and main:
@@ -494,6 +495,7 @@ def fit(
         if stopped_early and step_in_epoch < steps:
             break
         seconds = time.perf_counter() - t_epoch
+        D.average_buffers(_bare(model), ctx)
         val = evaluate(_bare(model), data.val, device=device, channels_last=options.channels_last, ctx=ctx)
         tr_loss, tr_correct, tr_seen, tr_box, wait = D.all_reduce_sum(
             [stats.loss, stats.correct, stats.seen, stats.box_loss, stats.wait_s], ctx, device)
