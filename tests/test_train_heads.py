@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -112,3 +113,44 @@ def test_flip_moves_the_box_with_the_image(tiny):
             flips += 1
             torch.testing.assert_close(box, torch.stack([1 - raw[2], raw[1], 1 - raw[0], raw[3]]))
     assert 0 < flips < len(ds)
+
+
+def test_box_back_on_the_original_image():
+    from resnet_xray.image import Preprocessing
+    from resnet_xray.train.boxes import box_to_image
+
+    # 400x300 photo, Resize(256) -> 341.33x256, CenterCrop(224): offsets 58.67, 16; scale 256/300.
+    pre = Preprocessing()
+    s = 256 / 300
+    got = box_to_image((0.0, 0.0, 1.0, 1.0), (400, 300), pre)
+    want = ((400 * s - 224) / 2 / s, 16 / s, ((400 * s - 224) / 2 + 224) / s, 240 / s)
+    assert got == pytest.approx(want)
+    same = Preprocessing(resize=32, crop=32)
+    assert box_to_image((0.25, 0.5, 0.75, 1.0), (32, 32), same) == pytest.approx((8, 16, 24, 32))
+
+
+def test_classify_prints_label_and_box_and_draws(tiny, tmp_path, capsys):
+    from PIL import Image
+
+    from resnet_xray.cli import main
+    from resnet_xray.model import ModelMeta, save_checkpoint
+    from resnet_xray.image import Preprocessing
+
+    torch.manual_seed(0)
+    model = attach_heads(build_model("resnet18", 3), multitask_spec(3))
+    meta = ModelMeta("resnet18", "test", ["circle", "square", "triangle"], Preprocessing(resize=SIZE, crop=SIZE), True)
+    save_checkpoint(tmp_path / "mt.pt", model, meta, heads=model.heads_spec)
+    img = next((tiny / "val" / "square").glob("*.png"))
+    assert main(["classify", str(img), "--weights", str(tmp_path / "mt.pt"), "--topk", "1", "--draw", str(tmp_path / "drawn")]) == 0
+    out = capsys.readouterr().out
+    assert any(label in out for label in ("circle", "square", "triangle"))
+    assert "box: (" in out and "px [x0 y0 x1 y1]" in out
+    drawn = tmp_path / "drawn" / f"{img.stem}_box.png"
+    with Image.open(drawn) as im, Image.open(img) as orig:
+        assert im.size == orig.size
+        assert np.abs(np.asarray(im, dtype=int) - np.asarray(orig.convert("RGB"), dtype=int)).max() > 100  # red box drawn
+    # A plain classifier has no box to draw: one-line error, exit 2.
+    plain = build_model("resnet18", 3)
+    save_checkpoint(tmp_path / "plain.pt", plain, meta)
+    assert main(["classify", str(img), "--weights", str(tmp_path / "plain.pt"), "--draw", str(tmp_path / "d2")]) == 2
+    assert "no box head" in capsys.readouterr().err

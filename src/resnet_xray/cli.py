@@ -79,7 +79,17 @@ def cmd_classify(args: argparse.Namespace) -> int:
             for t in p.topk:
                 print(f"  {t['prob']:7.2%}  {t['label']} (#{t['index']})")
             for h, v in p.heads.items():
-                print(f"  {h}: {', '.join(f'{x:.3f}' for x in v)}")
+                if h == "box":
+                    from .train.boxes import describe_box
+
+                    print(f"  box: {describe_box(v, p.image, meta.preprocessing)}")
+                else:
+                    print(f"  {h}: {', '.join(f'{x:.3f}' for x in v)}")
+    if args.draw:
+        from .train.boxes import draw_predictions
+
+        for path in draw_predictions(result.predictions, meta.preprocessing, args.draw):
+            print(f"drew {path}", file=sys.stderr)
     return report_skipped(result.skipped)
 
 
@@ -136,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5, help="labels per image (default: 5)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.add_argument("--draw", metavar="DIR", help="multi-task models: save each image with its predicted box drawn")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("preprocess", help="save what the network sees and print the tensor's statistics")
