@@ -422,6 +422,8 @@ def fit(
     wrapped_for: tuple[str, ...] | None = None
     stopped_early = False
     t_start = time.perf_counter()
+    t_first: float | None = None  # end of the first step: startup (workers, first batch) excluded from rates
+    first_step = global_step
     _say(f"training {options.arch} on {data.info.get('train_images')} images ({len(data.class_names)} classes) "
          f"x {options.epochs} epochs: {steps} steps/epoch of {global_batch}, {options.optimizer} lr {lr:.3g}, "
          f"{precision.name}, {device}{f', {ctx.world_size} processes' if ctx.enabled else ''}", talk)
@@ -479,6 +481,8 @@ def fit(
                 scheduler.step()
             global_step += 1
             step_in_epoch += 1
+            if t_first is None:
+                t_first = time.perf_counter()
             if talk:
                 el = time.perf_counter() - t_epoch
                 bar.set_postfix(loss=f"{stats.loss / max(1, stats.seen):.3f}", acc=f"{stats.correct / max(1, stats.seen):.1%}",
@@ -530,6 +534,7 @@ def fit(
         save_last(epoch + 1, 0)
 
     tb.close()
+    t_loop_end = time.perf_counter()
     final = evaluate(_bare(model), data.val, device=device, channels_last=options.channels_last, ctx=ctx)
     weight_diff = D.max_weight_difference(_bare(model), ctx, device)
     if out is not None and main:
@@ -544,6 +549,9 @@ def fit(
         "stopped_early": stopped_early,
         "global_step": global_step,
         "seconds": time.perf_counter() - t_start,
+        # Steady-state rate of this call: steps after the first, per second (includes epoch-end evaluation).
+        "steps_after_first": global_step - first_step - 1,
+        "seconds_after_first": (t_loop_end - t_first) if t_first is not None else 0.0,
         "precision": precision.name,
         "device": str(device),
         "world_size": ctx.world_size,
