@@ -276,11 +276,17 @@ def inspect_onnx(path: str | os.PathLike, flag: str = "") -> OnnxInfo:
     return OnnxInfo(p, inp.name, dims, proto.graph.output[0].name, sidecar)
 
 
-def ort_session(path: str | os.PathLike, threads: int | None = None, optimize: bool = True):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads (None: ORT's default)."""
+def ort_session(path: str | os.PathLike, threads: int | None = None, optimize: bool = True, spin: bool = True):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads (None: ORT's default).
+
+    ``spin=False`` stops idle worker threads from busy-waiting: slower on a quiet machine,
+    but on a loaded one spinning threads starve each other (checks and calibration use it).
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -352,7 +358,7 @@ def check_onnx(
         x, names = images.float(), [f"tensor[{i}]" for i in range(images.shape[0])]
     else:
         names, x, skipped = load_batch([bundled_cat(), *(images or [])], info.preprocessing)
-    sess = ort_session(path)
+    sess = ort_session(path, spin=False)
     got = torch.from_numpy(run_ort(sess, x.numpy(), info.fixed_batch))
     ref = logits_of(model.eval()(x)).float()
     if got.shape != ref.shape:

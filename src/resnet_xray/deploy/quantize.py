@@ -214,7 +214,7 @@ def agreement(
 
 
 def ort_runner(path: Path, info: OnnxInfo, threads: int | None = None):
-    sess = ort_session(path, threads)
+    sess = ort_session(path, threads, spin=False)
     name = sess.get_inputs()[0].name
     fixed = info.fixed_batch
 
