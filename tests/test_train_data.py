@@ -102,3 +102,16 @@ def test_sampler_skip_resumes_mid_epoch(tiny):
     shard0 = EpochSampler(ds, num_replicas=2, rank=0, seed=4)
     shard0.set_epoch(0)
     assert sorted(i for i, _ in list(shard0) + list(s2)) == sorted(i for i, _ in list(s))
+
+
+def test_bench_data_cli_reports_rates_and_wait(tiny, capsys):
+    import json
+
+    from resnet_xray.cli import main
+
+    assert main(["bench-data", str(tiny), "--arch", "resnet18", "--batch-size", "4", "--workers", "0", "--steps", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["workers"] == 0 and r["image_size"] == SIZE
+    for k in ("loader_images_per_s", "step_images_per_s", "loop_images_per_s"):
+        assert r[k] > 0
+    assert 0 <= r["data_wait_fraction"] < 1
