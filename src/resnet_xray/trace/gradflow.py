@@ -16,7 +16,7 @@ import math
 import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -274,7 +274,7 @@ def measure_network(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, plain
     xi = x.detach().clone().requires_grad_(True)
     convs = [(n, m.weight) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     with BlockProbe(model, plain=plain) as probe:
-        loss = F.cross_entropy(model(xi), y)
+        loss = F.cross_entropy(_logits(model(xi)), y)
         names = [n for n, _ in probe._blocks]
         recs = [probe.records[n] for n in names]
         wanted = [xi, *(r.x for r in recs), *(r.s for r in recs), recs[-1].out, *(w for _, w in convs)]
@@ -373,7 +373,7 @@ def train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, 
     with BlockProbe(model, plain=plain, record=False):
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(_logits(model(x)), y)
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
@@ -432,7 +432,7 @@ def measure_gradflow(options: GradFlowOptions | None = None, model: nn.Module | 
     if model is None:
         model, meta = load_model(opts.arch, opts.weights, seed=opts.seed)
     model = copy.deepcopy(model).to(device)
-    opts.num_classes = _num_classes(model)
+    opts = replace(opts, num_classes=_num_classes(model))  # the caller's options stay as given
     if opts.data:
         from ..image import Preprocessing
 
@@ -452,6 +452,12 @@ def measure_gradflow(options: GradFlowOptions | None = None, model: nn.Module | 
         result.trained = _measure_all(base, x, y, opts.regimes)
         result.train_losses = losses
     return result
+
+
+def _logits(out: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+    from ..classify import split_outputs
+
+    return split_outputs(out)[0]  # a multi-task model's class head
 
 
 def _num_classes(model: nn.Module) -> int:
