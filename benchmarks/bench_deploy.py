@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -53,6 +54,7 @@ def main() -> int:
     ap.add_argument("--input-size", type=int, default=224, help="bench input side (default 224, as in the issue's goals)")
     ap.add_argument("--compile-timeout", type=int, default=420)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-agreement", action="store_true", help="skip the INT8 agreement run on --eval")
     ap.add_argument("--out", default="out/bench_deploy")
     args = ap.parse_args()
 
@@ -66,6 +68,9 @@ def main() -> int:
     weights = args.weights or (str(ref_ckpt) if ref_ckpt.exists() else "random")
     calib_src = args.calib or (str(REFERENCE / "data" / "train") if (REFERENCE / "data" / "train").exists() else None)
     eval_dir = args.eval or (str(REFERENCE / "data" / "val") if (REFERENCE / "data" / "val").exists() else None)
+    if args.no_agreement:
+        eval_dir = None
+    load_before = os.getloadavg()
     model, meta = load_model(args.arch if weights == "random" else None, weights)
     calib = str(calib_subset(Path(calib_src), out / "calib", args.calib_per_class)) if calib_src else None
 
@@ -88,6 +93,8 @@ def main() -> int:
           f"{m['vnni_flags']}; torch {m['torch']}, onnxruntime {m.get('onnxruntime')}, openvino {m.get('openvino', 'not installed')}")
     print(f"measured CPU FP32 peak (2048^3 matmul, {m['threads']} threads): {res.peak_gflops:.0f} GFLOP/s")
     print(res.table())
+    print(f"load average (1, 5, 15 min) before: {', '.join(f'{v:.1f}' for v in load_before)}; "
+          f"after: {', '.join(f'{v:.1f}' for v in os.getloadavg())} (other processes share these cores)")
     for n in res.notes:
         print(f"note: {n}")
 
