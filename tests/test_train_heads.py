@@ -154,3 +154,17 @@ def test_classify_prints_label_and_box_and_draws(tiny, tmp_path, capsys):
     save_checkpoint(tmp_path / "plain.pt", plain, meta)
     assert main(["classify", str(img), "--weights", str(tmp_path / "plain.pt"), "--draw", str(tmp_path / "d2")]) == 2
     assert "no box head" in capsys.readouterr().err
+
+
+def test_box_to_crop_inverts_box_to_image_on_a_wide_photo():
+    from resnet_xray.image import Preprocessing
+    from resnet_xray.train.boxes import box_to_crop, box_to_image
+
+    pre = Preprocessing(resize=64, crop=64)
+    size = (400, 300)
+    in_crop = (0.3, 0.2, 0.6, 0.9)  # fractions of the original; inside the centre square
+    crop = box_to_crop(in_crop, size, pre)
+    px = box_to_image(crop, size, pre)
+    assert px == pytest.approx((0.3 * 400, 0.2 * 300, 0.6 * 400, 0.9 * 300))
+    # Parts outside the centre crop are clipped to its edge.
+    assert box_to_crop((0.0, 0.0, 1.0, 1.0), size, pre) == pytest.approx((0.0, 0.0, 1.0, 1.0))

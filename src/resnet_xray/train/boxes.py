@@ -26,6 +26,16 @@ def box_to_image(box: Sequence[float], image_size: tuple[int, int], pre: Preproc
     return ((x0 + ox) / s, (y0 + oy) / s, (x1 + ox) / s, (y1 + oy) / s)
 
 
+def box_to_crop(box: Sequence[float], image_size: tuple[int, int], pre: Preprocessing) -> tuple[float, float, float, float]:
+    """The inverse of :func:`box_to_image`: a box in fractions of the original image -> fractions of the crop."""
+    w, h = image_size
+    s = pre.resize / min(w, h)
+    ox, oy = (w * s - pre.crop) / 2, (h * s - pre.crop) / 2
+    x0, y0, x1, y1 = box[0] * w, box[1] * h, box[2] * w, box[3] * h
+    out = [(x0 * s - ox) / pre.crop, (y0 * s - oy) / pre.crop, (x1 * s - ox) / pre.crop, (y1 * s - oy) / pre.crop]
+    return tuple(min(1.0, max(0.0, v)) for v in out)
+
+
 def describe_box(box: Sequence[float], image_path: str | Path, pre: Preprocessing) -> str:
     with Image.open(image_path) as im:
         size = im.size

@@ -134,8 +134,11 @@ class FolderDataset(Dataset):
         samples: ``(path, label)`` pairs.
         transform: PIL -> tensor, randomised through torch's global RNG (torchvision style).
         seed: base seed of the augmentation randomness.
-        boxes: optional ``path -> (x0, y0, x1, y1)`` fractions; items then carry a box and
-            random flips move it with the image.
+        boxes: optional ``(x0, y0, x1, y1)`` fractions of each original image; items then
+            carry the box in fractions of the network's crop, and random flips move it
+            with the image.
+        box_geometry: the Preprocessing whose Resize + CenterCrop ``transform`` applies,
+            to carry boxes into crop coordinates.
     """
 
     def __init__(
@@ -146,8 +149,10 @@ class FolderDataset(Dataset):
         seed: int = 0,
         boxes: Sequence[tuple[float, float, float, float]] | None = None,
         flip: bool = False,
+        box_geometry: Preprocessing | None = None,
     ) -> None:
         self.samples = list(samples)
+        self.box_geometry = box_geometry
         self.transform = transform
         self.seed = seed
         self.boxes = list(boxes) if boxes is not None else None
@@ -173,6 +178,10 @@ class FolderDataset(Dataset):
         if self.boxes is None:
             return x, label
         x0, y0, x1, y1 = self.boxes[index]
+        if self.box_geometry is not None:
+            from .boxes import box_to_crop
+
+            x0, y0, x1, y1 = box_to_crop((x0, y0, x1, y1), img.size, self.box_geometry)
         if flipped:
             x0, x1 = 1.0 - x1, 1.0 - x0
         return x, label, torch.tensor([x0, y0, x1, y1], dtype=torch.float32)
@@ -272,8 +281,8 @@ class DataBundle:
 
 def train_transform(pre: Preprocessing, *, min_crop_scale: float, crop: bool = True) -> T.Compose:
     """RandomResizedCrop + flip (the recipe's train pipeline), normalised like ``pre``."""
-    if not crop:  # boxes cannot survive a random crop; the dataset flips them itself
-        return T.Compose([T.Resize((pre.crop, pre.crop), antialias=True), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
+    if not crop:  # boxes cannot survive a random crop: eval geometry, and the dataset flips them itself
+        return pre.transform()
     return T.Compose([
         T.RandomResizedCrop(pre.crop, scale=(min_crop_scale, 1.0), antialias=True),
         T.RandomHorizontalFlip(),
@@ -282,11 +291,15 @@ def train_transform(pre: Preprocessing, *, min_crop_scale: float, crop: bool = T
     ])
 
 
-def preprocessing_for(data_dir: str | Path, image_size: int | None) -> Preprocessing:
-    """The eval pipeline: images of the dataset's native size are used whole, else Resize + CenterCrop."""
+def preprocessing_for(data_dir: str | Path, image_size: int | None, *, whole: bool = False) -> Preprocessing:
+    """The eval pipeline: images of the dataset's native size are used whole, else Resize + CenterCrop.
+
+    ``whole`` (multi-task) resizes the shorter side straight to the input size, so a square
+    image keeps its whole frame and every box stays inside the crop.
+    """
     native = native_size(data_dir)
     size = image_size or native or 224
-    if native is not None and size == native:
+    if whole or (native is not None and size == native):
         return Preprocessing(resize=size, crop=size, source=f"dataset pipeline (Resize {size}, CenterCrop {size}, ImageNet mean/std)")
     if size == 224:
         return Preprocessing.seed()
@@ -331,7 +344,7 @@ def make_loaders(
     if image_size is not None and image_size < 32:
         raise XrayError(f"--image-size {image_size}: must be at least 32")
     train_s, val_s, names = find_splits(data_dir, seed=seed)
-    pre = preprocessing_for(data_dir, image_size)
+    pre = preprocessing_for(data_dir, image_size, whole=multitask)
     root = Path(data_dir)
     train_boxes = val_boxes = None
     if multitask:
@@ -359,13 +372,14 @@ def make_loaders(
     if workers > 0:
         common.update(persistent_workers=True, prefetch_factor=4)
 
-    train_ds = FolderDataset(train_s, train_transform(pre, min_crop_scale=min_crop_scale, crop=not multitask), seed=seed, boxes=train_boxes, flip=multitask)
+    train_ds = FolderDataset(train_s, train_transform(pre, min_crop_scale=min_crop_scale, crop=not multitask), seed=seed, boxes=train_boxes, flip=multitask,
+                           box_geometry=pre if multitask else None)
     sampler = EpochSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=seed)
     # BatchNorm cannot train on a batch of one, so a ragged last batch is dropped when there is a full one.
     drop_last = len(sampler) > batch_size
     train = SkippingLoader(train_ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **common)
 
-    val_ds = FolderDataset(val_s, pre.transform(), seed=seed, boxes=val_boxes)
+    val_ds = FolderDataset(val_s, pre.transform(), seed=seed, boxes=val_boxes, box_geometry=pre if multitask else None)
     val = SkippingLoader(val_ds, batch_size=batch_size, sampler=ShardSampler(len(val_ds), num_replicas=world, rank=rank), **common)
     info = {"train_images": len(train_s), "val_images": len(val_s), "image_size": pre.crop, "world_size": world}
     return DataBundle(train, val, names, skipped, pre, multitask, info)
