@@ -150,7 +150,7 @@ def walkthrough(model: nn.Module, x: torch.Tensor, block: str = "layer1.0") -> W
         x = x.unsqueeze(0)
     blk = model.get_submodule(block)
     if not isinstance(blk, (Bottleneck, BasicBlock)):
-        raise TypeError(f"{block} is a {type(blk).__name__}, not a torchvision residual block")
+        raise ValueError(f"{block} is a {type(blk).__name__}, not a torchvision residual block")
     # Run the model up to the block's input, so the walkthrough sees what the block sees.
     stage_name, idx = block.split(".")
     h = _stem(model, x)
