@@ -178,7 +178,7 @@ def _cam(doc: dict[str, Any], pics: dict[str, Any]) -> str:
     c = doc["cam"]
     grid = next((f"{r['output_shape'][1]}×{r['output_shape'][2]} " for r in reversed(doc["layers"])
                  if r["name"].startswith(c["layer"] + ".") and len(r["output_shape"]) == 3), "")
-    lead = (f"Where the evidence for class #{c['class_index']} “{escape(c['label'])}” (p = {c['prob']:.2%}, "
+    lead = (f"Where the evidence for class #{c['class_index']} “{escape(c['label'])}” (p = {pct(c['prob'], 2)}, "
             f"{'the prediction' if c['predicted'] else 'requested'}) lies on {escape(c['layer'])}'s {grid}grid, upsampled to the input.")
     return section("cam", "Grad-CAM", _img(pics["cam"], "Grad-CAM", "fig"), lead)
 

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from ..errors import XrayError
+from ..units import pct
 from .canvas import new_figure
 from .names import resolve_layer
 
@@ -129,5 +130,5 @@ def cam_figure(rgb: np.ndarray, result: CamResult) -> Figure:
         ax.set_xticks([])
         ax.set_yticks([])
     which = "predicted" if result.predicted else "requested"
-    fig.suptitle(f"class #{result.class_index} {result.label!r} ({which}; p = {result.prob:.2%})  |  red = more evidence for the class", fontsize=9)
+    fig.suptitle(f"class #{result.class_index} {result.label!r} ({which}; p = {pct(result.prob, 2)})  |  red = more evidence for the class", fontsize=9)
     return fig

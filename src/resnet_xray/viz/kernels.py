@@ -108,7 +108,7 @@ def _matrix_figure(name: str, w: torch.Tensor, shape: str) -> tuple[Figure, str]
     m = float(np.abs(mat).max()) or 1.0
     norms = np.linalg.norm(mat, axis=1)
     caption = (f"{name} weights ({shape}): a 1x1 conv has one weight per (output, input) channel pair, so this is "
-               f"the whole layer as an {mat.shape[0]} x {mat.shape[1]} channel-mixing matrix (red > 0 > blue, +-{m:.3g}); "
+               f"the whole layer as one {mat.shape[0]} x {mat.shape[1]} channel-mixing matrix (red > 0 > blue, +-{m:.3g}); "
                f"right: each filter's L2 norm")
     fig = new_figure(7.4, 6.4)
     ax, axn = fig.subplots(1, 2, width_ratios=[5, 1], sharey=True)
