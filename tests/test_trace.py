@@ -181,3 +181,22 @@ def test_fused_model_still_has_block_numbers(resnet18, image):
     for a, b in zip(fused.blocks, plain.blocks):
         assert a.projection == b.projection
         assert_close(a.ratio, b.ratio, rtol=1e-3, atol=0)
+
+
+def test_trace_follows_plain_network_and_back(resnet18, image):
+    """The cached graph must not outlive a swapped forward: plain-18 traces as plain-18, then ResNet-18 again."""
+    from resnet_xray.trace.gradflow import plain_network
+
+    model = resnet18
+    with torch.no_grad():
+        normal = model(image)
+        first = trace_model(model, image)  # fills the graph cache
+        with plain_network(model):
+            plain = model(image)
+            traced_plain = trace_model(model, image)
+        again = trace_model(model, image)
+    assert_close(first.logits, normal, rtol=0, atol=0)
+    assert_close(traced_plain.logits, plain, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(plain, normal, rtol=1e-3, atol=1e-3)
+    assert traced_plain.blocks == []  # no add, no block numbers
+    assert_close(again.logits, normal, rtol=0, atol=0)

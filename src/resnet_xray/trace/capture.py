@@ -237,12 +237,13 @@ class _StatsInterpreter(fx.Interpreter):
 
 # Tracing costs about a third of a CPU forward pass, so a model's graph is kept while
 # its module tree is unchanged (a pruned or re-headed model is traced again).
-_GRAPHS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[tuple[str, int], ...], fx.GraphModule]] = weakref.WeakKeyDictionary()
+_GRAPHS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[tuple[str, int, int], ...], fx.GraphModule]] = weakref.WeakKeyDictionary()
 
 
 def traced_graph(model: nn.Module) -> fx.GraphModule:
     """``torch.fx`` graph of ``model``, cached per model while its module tree is the same."""
-    key = tuple((name, id(m)) for name, m in model.named_modules())
+    # A forward swapped on an instance (plain_network, a probe) changes the graph too.
+    key = tuple((name, id(m), id(m.__dict__.get("forward"))) for name, m in model.named_modules())
     hit = _GRAPHS.get(model)
     if hit is not None and hit[0] == key:
         return hit[1]
