@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import operator
 import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,8 +19,6 @@ import torch
 from torch import fx, nn
 
 from ..anatomy.layers import _node_name, _node_type, trace_graph
-
-ADD_TARGETS = (operator.add, operator.iadd, torch.add)
 
 
 @dataclass
