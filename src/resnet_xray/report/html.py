@@ -12,6 +12,7 @@ from importlib import resources
 from typing import Any
 
 from ..units import pct, si
+from ..viz.cam import format_prob
 
 # He et al.'s stage names beside torchvision's module names (Table 1 counts the max pool into conv2_x).
 STAGE_LABELS = {"conv1": "stem (conv1)", "conv2_x": "conv2_x: max pool + layer1", "conv3_x": "conv3_x: layer2",
@@ -178,7 +179,7 @@ def _cam(doc: dict[str, Any], pics: dict[str, Any]) -> str:
     c = doc["cam"]
     grid = next((f"{r['output_shape'][1]}×{r['output_shape'][2]} " for r in reversed(doc["layers"])
                  if r["name"].startswith(c["layer"] + ".") and len(r["output_shape"]) == 3), "")
-    lead = (f"Where the evidence for class #{c['class_index']} “{escape(c['label'])}” (p = {pct(c['prob'], 2)}, "
+    lead = (f"Where the evidence for class #{c['class_index']} “{escape(c['label'])}” (p = {format_prob(c['prob'])}, "
             f"{'the prediction' if c['predicted'] else 'requested'}) lies on {escape(c['layer'])}'s {grid}grid, upsampled to the input.")
     return section("cam", "Grad-CAM", _img(pics["cam"], "Grad-CAM", "fig"), lead)
 

@@ -68,6 +68,11 @@ def cam_session(method: str, model: nn.Module, layer: nn.Module) -> Iterator[obj
         cam.activations_and_grads.release()
 
 
+def format_prob(p: float) -> str:
+    """A probability as a percentage, or in scientific notation when a percentage would round to zero."""
+    return pct(p, 2) if p >= 1e-4 else f"{p:.2e}"
+
+
 def check_class_index(index: int, num_classes: int) -> int:
     if not 0 <= index < num_classes:
         raise XrayError(f"--class {index}: out of range; this model has classes 0..{num_classes - 1}")
@@ -130,5 +135,5 @@ def cam_figure(rgb: np.ndarray, result: CamResult) -> Figure:
         ax.set_xticks([])
         ax.set_yticks([])
     which = "predicted" if result.predicted else "requested"
-    fig.suptitle(f"class #{result.class_index} {result.label!r} ({which}; p = {pct(result.prob, 2)})  |  red = more evidence for the class", fontsize=9)
+    fig.suptitle(f"class #{result.class_index} {result.label!r} ({which}; p = {format_prob(result.prob)})  |  red = more evidence for the class", fontsize=9)
     return fig

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from ..errors import XrayError
-from ..units import pct
 
 
 def _output(p: argparse.ArgumentParser, default: str) -> None:
@@ -50,14 +49,14 @@ def cmd_kernels(args: argparse.Namespace) -> int:
 
 def cmd_cam(args: argparse.Namespace) -> int:
     from ..cli import model_from_args
-    from .cam import METHOD_TITLES, CamOptions
+    from .cam import METHOD_TITLES, CamOptions, format_prob
     from .show import show_cam
 
     _precheck(args.output)
     model, meta = model_from_args(args)
     methods = tuple(dict.fromkeys(["gradcam", *(args.method or ["gradcam++"])]))
     path, r = show_cam(args.image, model, meta, args.output, CamOptions(class_index=args.class_index, methods=methods))
-    print(f"class #{r.class_index} {r.label} (p = {pct(r.prob, 2)}, {'predicted' if r.predicted else 'requested'}); "
+    print(f"class #{r.class_index} {r.label} (p = {format_prob(r.prob)}, {'predicted' if r.predicted else 'requested'}); "
           f"{', '.join(METHOD_TITLES[m] for m in r.maps)} on {r.layer}\nwrote {path}")
     return 0
 
