@@ -426,7 +426,7 @@ def fit(
     first_step = global_step
     _say(f"training {options.arch} on {data.info.get('train_images')} images ({len(data.class_names)} classes) "
          f"x {options.epochs} epochs: {steps} steps/epoch of {global_batch}, {options.optimizer} lr {lr:.3g}, "
-         f"{precision.name}, {device}{f', {ctx.world_size} processes' if ctx.enabled else ''}", talk)
+         f"{precision.name}, {device}{f', {ctx.world_size} processes' if ctx.enabled else ''}", main and out is not None)
 
     for epoch in range(start_epoch, options.epochs):
         if stopped_early:
@@ -525,7 +525,8 @@ def fit(
         _say(f"epoch {epoch + 1}/{options.epochs}: train loss {row['train_loss']:.3f} acc {row['train_accuracy']:.1%} | "
              f"val loss {val['loss']:.3f} acc {val['accuracy']:.1%}"
              + (f" box IoU {val['box_iou']:.3f}" if "box_iou" in val else "")
-             + f" | {row['images_per_s']:.1f} img/s, data wait {row['data_wait_fraction']:.0%}, {seconds:.0f}s", talk)
+             + f" | {row['images_per_s']:.1f} img/s, data wait {row['data_wait_fraction']:.0%}, {seconds:.0f}s",
+             main and (options.progress or out is not None))  # a run that writes files also logs its epochs
         if out is not None and main:
             write_history_csv(out / "metrics.csv", history)
             tb.epoch(row)
