@@ -166,3 +166,17 @@ def test_cam_class_out_of_range(r18, x64):
         compute_cams(r18, x64, ["c"] * 1000, CamOptions(class_index=1000))
     with pytest.raises(XrayError, match="--class -1"):
         compute_cams(r18, x64, ["c"] * 1000, CamOptions(class_index=-1))
+
+
+def test_cam_on_multitask_model_uses_class_head_and_backbone_layer4(x64):
+    from resnet_xray.model import build_model
+    from resnet_xray.train.heads import attach_heads
+
+    torch.manual_seed(0)
+    mt = attach_heads(build_model("resnet18", 10), {"class": 10, "box": {"kind": "box", "out": 4}}).eval()
+    res = compute_cams(mt, x64, [f"c{i}" for i in range(10)])
+    with torch.no_grad():
+        probs = mt(x64)["class"].softmax(1)[0]
+    assert res.layer == "backbone.layer4" and res.class_index == int(probs.argmax())
+    assert res.prob == pytest.approx(float(probs.max()), rel=1e-5)
+    assert res.maps["gradcam"].shape == (64, 64)

@@ -59,6 +59,19 @@ class CamResult:
         }
 
 
+class ClassLogits(nn.Module):
+    """The classification logits of any of our models; a multi-task model returns a dict, which CAM cannot use."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from ..classify import split_outputs
+
+        return split_outputs(self.model(x))[0]
+
+
 @contextmanager
 def cam_session(method: str, model: nn.Module, layer: nn.Module) -> Iterator[object]:
     cam = _methods()[method](model=model, target_layers=[layer])
@@ -71,6 +84,16 @@ def cam_session(method: str, model: nn.Module, layer: nn.Module) -> Iterator[obj
 def format_prob(p: float) -> str:
     """A probability as a percentage, or in scientific notation when a percentage would round to zero."""
     return pct(p, 2) if p >= 1e-4 else f"{p:.2e}"
+
+
+def target_module_name(modules: dict[str, nn.Module], name: str) -> str:
+    """``name`` itself, or the one module ending in ``.name`` (a multi-task model keeps layer4 at backbone.layer4)."""
+    if name in modules:
+        return name
+    ends = [n for n in modules if n.endswith("." + name)]
+    if len(ends) == 1:
+        return ends[0]
+    return resolve_layer(name, [n for n in modules if n], what="module")
 
 
 def check_class_index(index: int, num_classes: int) -> int:
@@ -98,19 +121,20 @@ def compute_cams(model: nn.Module, x: torch.Tensor, class_names: list[str], opti
         if m not in CAM_METHODS:
             raise XrayError(f"--method {m!r}: choose from {', '.join(CAM_METHODS)}")
     modules = dict(model.named_modules())
-    resolve_layer(opts.layer, [n for n in modules if n], what="module")
+    layer = target_module_name(modules, opts.layer)
     model.eval()
+    classifier = ClassLogits(model).eval()
     with torch.no_grad():
-        probs = model(x).float().softmax(dim=1)[0]
+        probs = classifier(x).float().softmax(dim=1)[0]
     top = int(probs.argmax())
     idx = top if opts.class_index is None else check_class_index(opts.class_index, probs.numel())
     maps: dict[str, np.ndarray] = {}
     with torch.enable_grad():
         for m in opts.methods:
-            with cam_session(m, model, modules[opts.layer]) as cam:
+            with cam_session(m, classifier, modules[layer]) as cam:
                 maps[m] = np.asarray(cam(input_tensor=x, targets=[ClassifierOutputTarget(idx)])[0], dtype=np.float32)
     label = class_names[idx] if idx < len(class_names) else f"class_{idx}"
-    return CamResult(opts.layer, idx, label, float(probs[idx]), idx == top, maps)
+    return CamResult(layer, idx, label, float(probs[idx]), idx == top, maps)
 
 
 def overlay(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
