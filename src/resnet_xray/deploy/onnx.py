@@ -207,12 +207,8 @@ class OnnxInfo:
 
     @property
     def image_size(self) -> int:
-        h, w = self.input_shape[2], self.input_shape[3]
-        if isinstance(h, int) and isinstance(w, int):
-            if h != w:
-                return h  # non-square: the preprocessing below still gives crop x crop; caught at run time
-            return h
-        return int(self.sidecar.get("input_shape", [0, 0, 224, 224])[2])
+        """The square side the model takes (inspect_onnx has checked H and W are fixed)."""
+        return int(self.input_shape[2])
 
     @property
     def fixed_batch(self) -> int | None:
@@ -264,6 +260,8 @@ def inspect_onnx(path: str | os.PathLike, flag: str = "") -> OnnxInfo:
         raise XrayError(f"{where}: input {inp.name!r} is {onnx.TensorProto.DataType.Name(tt.elem_type)}, expected FLOAT (float32)")
     if len(dims) != 4 or dims[1] != 3 or not all(isinstance(d, int) and d >= 8 for d in dims[2:]):
         raise XrayError(f"{where}: input {inp.name!r} has shape {dims}, expected an NCHW image [N, 3, H, W]")
+    if dims[2] != dims[3]:
+        raise XrayError(f"{where}: input {inp.name!r} is {dims[2]}x{dims[3]}; only square inputs (a centre crop) are supported")
     if len(proto.graph.output) < 1:
         raise XrayError(f"{where}: the graph has no output")
     side_p = sidecar_path(p)
