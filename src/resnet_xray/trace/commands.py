@@ -66,7 +66,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     for s in tr.layers:
         shape = "x".join(map(str, s.shape[1:]))
         print(f"{s.name:<24} {s.type:<8} {shape:<16} {_fmt(s.mean)} {_fmt(s.std)} {_fmt(s.min)} {_fmt(s.max)} "
-              f"{s.zero_frac:6.1%} {_fmt(s.l2)}")
+              f"{'' if s.zero_frac is None else format(s.zero_frac, '6.1%'):>6} {_fmt(s.l2)}")
     print()
     print(f"{'block':<10} {'shortcut':<11} {'||F(x)||':>10} {'||shortcut||':>12} {'ratio':>7} {'cosine':>7} {'active':>7}")
     for b in tr.blocks:
