@@ -6,7 +6,9 @@ training loop alone, usable on any already-built model (for example a pruned one
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -20,13 +22,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import XrayError
-from ..image import Preprocessing
 from ..model import ModelMeta, check_arch, load_model, save_checkpoint
 from . import distributed as D
 from .checkpoint import load_training_state, remove_stale_temporaries, save_training_state, set_rng_state
 from .data import DataBundle, make_loaders, steps_per_epoch
 from .heads import MultiTaskResNet, attach_heads, box_loss, box_metrics, multitask_spec
-from .metrics import TensorBoardLog, per_class_accuracy, save_confusion_png, write_history_csv
+from .metrics import TensorBoardLog, per_class_accuracy, save_confusion_png, write_history_csv, write_text_atomic
 
 FREEZE_MODES = ("none", "backbone", "gradual")
 OPTIMIZERS = ("sgd", "adamw")
@@ -568,8 +569,6 @@ def _bare(model: nn.Module) -> nn.Module:
 def _dist_env() -> tuple[int, int, int, str | None]:
     import torch.distributed as dist
 
-    import os
-
     return dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_backend()
 
 
@@ -618,9 +617,6 @@ def finetune(data_dir: str | Path, options: FinetuneOptions, out_dir: str | Path
         result["class_names"] = data.class_names
         result["is_main"] = ctx.is_main
         if ctx.is_main:
-            from .metrics import write_text_atomic
-            import json
-
             summary = {k: v for k, v in result.items() if k not in ("final", "skipped")}
             summary["final"] = {k: v for k, v in result["final"].items() if k != "confusion"}
             summary["final"]["confusion"] = result["final"]["confusion"].tolist()
