@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 import torchvision
 from torch import nn
 
+from .atomic import atomic_path
 from .errors import XrayError
 from .image import Preprocessing
 
@@ -260,7 +260,9 @@ def _load_file(path: Path, arch: str | None) -> tuple[nn.Module, ModelMeta]:
 
         model = attach_heads(model, ckpt["heads"])
     if ckpt.get("fused_pairs") is not None:
-        from .deploy.fuse import fused_structure  # only fused checkpoints need it (BN folded into convs)
+        from .deploy.fuse import (
+            fused_structure,  # only fused checkpoints need it (BN folded into convs)
+        )
 
         model = fused_structure(model, [tuple(p) for p in ckpt["fused_pairs"]])
     _load_strict(model, state, path, arch)
@@ -320,18 +322,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise XrayError(f"cannot create directory {path.parent}: {e.strerror}") from None
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path, fsync=True) as tmp:
         torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise XrayError(f"cannot write {path}: {e.strerror or e}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -343,8 +335,3 @@ def random_weights_warning(meta: ModelMeta) -> str | None:
         "Pass --weights imagenet with network access, or --weights PATH to a saved file."
     )
 
-
-def warn_if_random(meta: ModelMeta) -> None:
-    msg = random_weights_warning(meta)
-    if msg:
-        warnings.warn(msg, stacklevel=2)

@@ -252,7 +252,7 @@ def time_limit(seconds: int, what: str) -> Iterator[None]:
 
 def calibration_crops(out_dir: Path, n: int, size: int, seed: int = 0) -> Path:
     """Write ``n`` random crops/flips/colour shifts of the bundled photo as a calibration folder."""
-    from PIL import Image, ImageEnhance, ImageOps
+    from PIL import ImageEnhance, ImageOps
 
     out_dir.mkdir(parents=True, exist_ok=True)
     img = load_image(bundled_cat())
@@ -558,7 +558,12 @@ class _Bench:
             self.add(f"tensorrt {precision}", b, "cuda", lambda p=precision: self._tensorrt(p, b, x), cpu=False)
 
     def _tensorrt(self, precision: str, b: int, x: torch.Tensor) -> Callable[[], Any]:
-        from .tensorrt import TensorRTOptions, TensorRTRunner, build_engine, tensorrt_available
+        from .tensorrt import (
+            TensorRTOptions,
+            TensorRTRunner,
+            build_engine,
+            tensorrt_available,
+        )
 
         ok, why = tensorrt_available()
         if not ok:
@@ -592,7 +597,8 @@ def save_chart(result: BenchResult, path: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .onnx import atomic_write_bytes, check_writable
+    from ..atomic import write_bytes
+    from .onnx import check_writable
 
     out = check_writable(path)
     ok = [r for r in result.rows if r.status == "ok"]
@@ -621,5 +627,5 @@ def save_chart(result: BenchResult, path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    atomic_write_bytes(out, buf.getvalue())
+    write_bytes(out, buf.getvalue(), fsync=True)
     return out

@@ -17,8 +17,8 @@ def _cli():
 
 
 def _images_batch(paths: list[str], meta):
-    from .onnx import load_batch
     from ..image import bundled_cat
+    from .onnx import load_batch
 
     names, x, skipped = load_batch([bundled_cat(), *paths], meta.preprocessing)
     for s in skipped:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_path, write_json
 from ..errors import XrayError
 from ..image import ImageStream, Preprocessing, bundled_cat
 from .fuse import logits_of
@@ -45,26 +46,6 @@ def sidecar_path(onnx_path: str | os.PathLike) -> Path:
     """Where the JSON beside an ONNX file lives: ``model.onnx`` -> ``model.onnx.json``."""
     p = Path(onnx_path)
     return p.with_name(p.name + ".json")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise XrayError(f"cannot write {path}: {e.strerror or e}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def check_writable(path: str | os.PathLike, flag: str = "-o") -> Path:
@@ -127,20 +108,16 @@ def export_onnx(
         probe = logits_of(probe)
     num_classes = int(probe.shape[1])
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        _run_exporter(model, example, tmp, opts)
-        import onnx
+    with atomic_path(out) as tmp:
+        try:
+            _run_exporter(model, example, tmp, opts)
+            import onnx
 
-        proto = onnx.load(str(tmp))
-        onnx.checker.check_model(proto, full_check=True)
-        os.replace(tmp, out)
-    except OSError as e:
-        raise XrayError(f"cannot write {out}: {e.strerror or e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-        # the dynamo exporter may write external data next to tmp for huge models; ours are single-file
-        Path(str(tmp) + ".data").unlink(missing_ok=True)
+            proto = onnx.load(str(tmp))
+            onnx.checker.check_model(proto, full_check=True)
+        finally:
+            # the dynamo exporter may write external data next to tmp for huge models; ours are single-file
+            Path(str(tmp) + ".data").unlink(missing_ok=True)
 
     side = {
         "format": "resnet-xray onnx sidecar",
@@ -156,7 +133,7 @@ def export_onnx(
         side.update(arch=meta.arch, weights=meta.weights, class_names=list(meta.class_names), preprocessing=pre.to_dict())
     else:
         side["preprocessing"] = pre.to_dict()
-    atomic_write_json(sidecar_path(out), side)
+    write_json(sidecar_path(out), side)
     return out
 
 

@@ -24,9 +24,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import write_json
 from ..errors import XrayError
 from ..image import IMAGE_EXTENSIONS, ImageStream, Preprocessing, Skipped, expand_inputs
-from .onnx import OnnxInfo, atomic_write_json, check_writable, inspect_onnx, ort_session, sidecar_path, topk_overlap
+from .onnx import (
+    OnnxInfo,
+    check_writable,
+    inspect_onnx,
+    ort_session,
+    sidecar_path,
+    topk_overlap,
+)
 
 METHODS = ("minmax", "entropy", "percentile")
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -249,7 +257,12 @@ def quantize_onnx(
         The report: sizes, choices (with the CPU's VNNI support), calibration images used and
         skipped, agreement with FP32 on held-out images, accuracy when labelled.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     opts = options or QuantizeOptions()
@@ -363,7 +376,7 @@ def quantize_onnx(
         side.setdefault("preprocessing", info.preprocessing.to_dict())
         # model first, then its sidecar: a reader never sees a sidecar describing a missing file
         os.replace(tmp_out, out)
-        atomic_write_json(sidecar_path(out), side)
+        write_json(sidecar_path(out), side)
     except OSError as e:
         raise XrayError(f"cannot write {out}: {e.strerror or e}") from None
     finally:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import write_bytes
 from ..errors import XrayError
 from .onnx import OnnxInfo, check_writable, inspect_onnx
 
@@ -120,13 +121,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, o
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise XrayError(f"{onnx_path}: TensorRT could not build a {opts.precision} engine (see the log above)")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(bytes(serialized))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return write_bytes(out, bytes(serialized), "--tensorrt")
 
 
 class TensorRTRunner:

@@ -14,9 +14,15 @@ from typing import Any
 
 from torch import nn
 
+from ..atomic import write_json
 from ..errors import XrayError
 from ..units import table
-from .importance import DESCRIPTIONS, accumulate_gradients, check_criterion, copy_gradients
+from .importance import (
+    DESCRIPTIONS,
+    accumulate_gradients,
+    check_criterion,
+    copy_gradients,
+)
 from .structured import make_pruner
 
 
@@ -118,8 +124,6 @@ def importance_text(groups: list[GroupImportance], options: AnalyzeOptions, max_
 
 def write_importance(groups: list[GroupImportance], options: AnalyzeOptions, arch: str) -> tuple[Path, Path]:
     """``importance.json`` and ``importance.png`` in ``options.out``."""
-    import json
-    import os
 
     from .figures import plot_importance
 
@@ -129,9 +133,7 @@ def write_importance(groups: list[GroupImportance], options: AnalyzeOptions, arc
     except OSError as e:
         raise XrayError(f"--out {out}: cannot create ({e.strerror})") from None
     js = out / "importance.json"
-    tmp = js.with_name(f".{js.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"arch": arch, "options": asdict(options), "groups": [g.to_dict() for g in groups]}, indent=1) + "\n")
-    os.replace(tmp, js)
+    write_json(js, {"arch": arch, "options": asdict(options), "groups": [g.to_dict() for g in groups]}, indent=1)
     scope = "global" if options.global_pruning else "per group"
     png = plot_importance(groups, out / "importance.png", title=f"{arch}: {options.importance} importance, ratio {options.ratio} ({scope})")
     return js, png

@@ -67,7 +67,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     model, meta = model_from_args(args)
     data = _data(args)
     if args.analyze_only:
-        from .analyze import AnalyzeOptions, analyze_importance, importance_text, write_importance
+        from .analyze import (
+            AnalyzeOptions,
+            analyze_importance,
+            importance_text,
+            write_importance,
+        )
 
         opts = AnalyzeOptions(importance=args.importance, ratio=args.ratio, global_pruning=args.global_pruning, round_to=args.round_to, out=args.out)
         groups = analyze_importance(model, opts, data)

@@ -7,22 +7,22 @@ an interrupted run picks up after its last completed round with nothing lost.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..atomic import write_json, write_text
 from ..errors import XrayError
 from ..model import ModelMeta, load_model, save_checkpoint
 from ..units import pct, si, table
 from .importance import accumulate_gradients, check_criterion
-from .measure import Latency, measure_cost, measure_latency
+from .measure import measure_cost, measure_latency
 from .spec import pruned_spec, stage_channels
 from .structured import prune_to_macs
 
@@ -119,20 +119,6 @@ class PruneResult:
     skipped: list[Any] = field(default_factory=list)
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    _atomic_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise XrayError(f"cannot write {path}: {e.strerror or e}") from None
-
-
 def round_targets(options: PruneOptions) -> list[float]:
     """Share of the baseline MACs kept after each round: the removal is spread evenly over the rounds."""
     removed = 1.0 - options.target_macs
@@ -191,7 +177,7 @@ def prune(
         pretrained=meta.pretrained,
     )
     state = _load_state(out, options, meta)
-    _atomic_json(out / OPTIONS_FILE, {"options": options.to_dict(), "source": {"arch": meta.arch, "weights": meta.weights}, "input_size": input_size})
+    write_json(out / OPTIONS_FILE, {"options": options.to_dict(), "source": {"arch": meta.arch, "weights": meta.weights}, "input_size": input_size})
 
     model = model.eval()
     base_cost = measure_cost(model, input_size)
@@ -244,7 +230,7 @@ def prune(
         save_checkpoint(out / name, current, save_meta, pruned_spec=spec, options=options.to_dict())
         record["checkpoint"] = name
         rounds.append(record)
-        _atomic_json(out / STATE_FILE, state)  # the round counts as completed from here on
+        write_json(out / STATE_FILE, state)  # the round counts as completed from here on
         log(f"round {k + 1}/{options.steps}: {_describe(record, baseline)} ({record['seconds']} s)")
 
     if not rounds:
@@ -254,14 +240,14 @@ def prune(
     if rounds[-1]["session"] == session or not final.exists():
         spec = pruned_spec(current, round=len(rounds), criterion=options.importance, macs=rounds[-1]["macs"], baseline_macs=baseline["macs"], input_size=input_size)
         save_checkpoint(final, current, save_meta, pruned_spec=spec, options=options.to_dict())
-    _atomic_json(out / STATE_FILE, state)
+    write_json(out / STATE_FILE, state)
 
     stages = stage_table(model, current)
     rounds_txt = rounds_table(baseline, rounds)
     from .figures import plot_rounds
 
     plot = plot_rounds(baseline, rounds, out / PLOT_FILE, title=f"{meta.arch}, {options.importance}, {'global' if options.global_pruning else 'per-group'} ranking")
-    _atomic_text(out / SUMMARY_FILE, rounds_txt + "\n\nchannels per stage (before -> after)\n" + stages + "\n")
+    write_text(out / SUMMARY_FILE, rounds_txt + "\n\nchannels per stage (before -> after)\n" + stages + "\n")
     return PruneResult(out, baseline, rounds, final, stages, rounds_txt, plot, list(getattr(data, "skipped", []) or []))
 
 

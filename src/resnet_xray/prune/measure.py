@@ -6,9 +6,8 @@ so every run measures the unpruned baseline itself and reports ratios against it
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..deploy.bench import torch_threads
 from .structured import count_macs, count_params
 
 # The TorchScript route exports a ResNet about 3x faster than dynamo here, and the loop exports every round.
@@ -51,18 +51,6 @@ def time_callable(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
     from ..deploy.bench import time_callable as bench_timer
 
     return bench_timer(fn, warmup, repeats).median_ms
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run with ``n`` intra-op threads (None: leave torch's setting), restoring it afterwards."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @torch.inference_mode()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from ..atomic import atomic_path
 from ..errors import XrayError
 from ..image import Preprocessing, load_image
 
@@ -55,9 +55,8 @@ def draw_box(image_path: str | Path, box: Sequence[float], label: str, pre: Prep
     draw.rectangle([x0, ty, x0 + tw + 4, ty + 11], fill=(255, 40, 40))
     draw.text((x0 + 2, ty), label, fill=(255, 255, 255))
     out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}.png")
-    img.save(tmp)
-    os.replace(tmp, out_path)
+    with atomic_path(out_path, "--draw") as tmp:
+        img.save(tmp)
     return out_path
 
 

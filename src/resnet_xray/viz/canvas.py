@@ -8,6 +8,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from ..atomic import write_bytes
 from ..errors import XrayError
 
 DPI = 110
@@ -42,13 +43,7 @@ def write_bytes_atomic(data: bytes, path: str | os.PathLike, flag: str = "-o") -
     """Write ``data`` to a temp file beside ``path`` and rename it into place."""
     path = Path(path)
     writable_dir(path.parent if str(path.parent) else Path("."), flag)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise XrayError(f"{flag} {path}: cannot write ({e.strerror or e})") from None
+    write_bytes(path, data, flag)
     return path
 
 
