@@ -190,7 +190,7 @@ def register(sub) -> None:
     p.add_argument("model", help="FP32 .onnx file (from resnet-xray export)")
     p.add_argument("--calib", required=True, help="folder of calibration images (ImageFolder layout also gives accuracy)")
     p.add_argument("-o", "--output", required=True, help="INT8 .onnx to write (plus a .onnx.json with every choice)")
-    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax", help="calibration (default: minmax)")
+    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="percentile", help="calibration (default: percentile)")
     p.add_argument("--per-channel", action="store_true", help="one weight scale per output channel")
     p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
                    help="7-bit weights against U8S8 saturation; auto: on exactly when the CPU lacks VNNI")
