@@ -18,7 +18,14 @@ from . import __version__
 from .errors import XrayError
 
 # Capability packages that contribute subcommands, in the order of the seed.
-COMMAND_MODULES: tuple[str, ...] = ("resnet_xray.trace.commands", "resnet_xray.viz.commands", "resnet_xray.report.commands", "resnet_xray.train.commands", "resnet_xray.deploy.commands", "resnet_xray.prune.commands")
+COMMAND_MODULES: tuple[str, ...] = (
+    "resnet_xray.trace.commands",
+    "resnet_xray.viz.commands",
+    "resnet_xray.report.commands",
+    "resnet_xray.train.commands",
+    "resnet_xray.deploy.commands",
+    "resnet_xray.prune.commands",
+)
 
 
 def add_model_args(p: argparse.ArgumentParser, default_weights: str = "imagenet") -> None:
