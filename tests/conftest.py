@@ -20,6 +20,15 @@ def _seed_and_threads():
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread: on a loaded 2-core machine two spinning OpenMP threads slow small models ~20x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def cat_path() -> Path:
     return bundled_cat()
 

@@ -19,12 +19,8 @@ SIZE = 32  # input side for MACs and forward passes: small enough for a 2-core C
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # Five engineers share two cores: two spinning OpenMP threads per process slow every forward ~20x.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,8 @@ from resnet_xray.cli import main
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # Five engineers share two cores: two spinning OpenMP threads per process slow every forward ~20x.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 def _folder(root, classes=("blue", "red"), per_class=8, bad=True):

@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import XrayError
 from ..image import bundled_cat, load_image
 from ..units import table
-from .fuse import fuse_model, logits_of
+from .fuse import LogitsOnly, fuse_model
 
 
 @dataclass
@@ -270,14 +270,6 @@ def calibration_crops(out_dir: Path, n: int, size: int, seed: int = 0) -> Path:
     return out_dir
 
 
-class _Logits(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return logits_of(self.model(x))
-
 
 def run_bench(model: nn.Module, meta: Any, options: BenchOptions | None = None) -> BenchResult:
     """Time every available inference path of ``model`` side by side.
@@ -301,8 +293,8 @@ def run_bench(model: nn.Module, meta: Any, options: BenchOptions | None = None) 
     size = opts.input_size or meta.preprocessing.crop
     model = model.eval()
     if isinstance(model(torch.zeros(1, 3, size, size)), dict):
-        model = _Logits(model).eval()
-    macs = analyze(model.model if isinstance(model, _Logits) else model, meta.arch, AnatomyOptions(input_size=size)).totals.macs
+        model = LogitsOnly(model).eval()
+    macs = analyze(model.model if isinstance(model, LogitsOnly) else model, meta.arch, AnatomyOptions(input_size=size)).totals.macs
 
     with torch_threads(opts.threads), contextlib.ExitStack() as stack:
         if opts.work_dir:

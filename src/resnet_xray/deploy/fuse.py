@@ -141,6 +141,17 @@ def logits_of(out: Any) -> torch.Tensor:
     raise TypeError(f"unexpected model output type {type(out).__name__}")
 
 
+class LogitsOnly(nn.Module):
+    """Wrap a multi-task model so exporters, quantizers and timers see the logits alone."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.model(x))
+
+
 @torch.inference_mode()
 def compare_logits(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
     """Max/mean absolute difference and top-1 agreement between two batches of logits."""

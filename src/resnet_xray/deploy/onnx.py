@@ -27,7 +27,7 @@ from torch import nn
 from ..atomic import atomic_path, write_json
 from ..errors import XrayError
 from ..image import ImageStream, Preprocessing, bundled_cat
-from .fuse import logits_of
+from .fuse import LogitsOnly, logits_of
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -104,7 +104,7 @@ def export_onnx(
     with torch.inference_mode():
         probe = model(example)
     if isinstance(probe, dict):
-        model = _LogitsOnly(model)
+        model = LogitsOnly(model)
         probe = logits_of(probe)
     num_classes = int(probe.shape[1])
 
@@ -136,16 +136,6 @@ def export_onnx(
     write_json(sidecar_path(out), side)
     return out
 
-
-class _LogitsOnly(nn.Module):
-    """Export only the classification output of a multi-task model."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return logits_of(self.model(x))
 
 
 def _run_exporter(model: nn.Module, example: torch.Tensor, path: Path, opts: ExportOptions) -> None:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..image import Preprocessing, Skipped
-from .fuse import logits_of
+from .fuse import LogitsOnly
 
 ENGINE = "x86"
 
@@ -38,14 +38,6 @@ class TorchInt8:
             "skipped": [s.__dict__ for s in self.skipped],
         }
 
-
-class _Logits(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return logits_of(self.model(x))
 
 
 @torch.inference_mode(False)
@@ -75,7 +67,7 @@ def quantize_torch_fx(
 
     torch.backends.quantized.engine = ENGINE
     m = copy.deepcopy(model).eval()
-    wrapped = m if isinstance(_probe(m, pre), torch.Tensor) else _Logits(m)
+    wrapped = m if isinstance(_probe(m, pre), torch.Tensor) else LogitsOnly(m)
     example = (torch.zeros(1, 3, pre.crop, pre.crop),)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # FX quantisation's deprecation notices are not the user's concern
