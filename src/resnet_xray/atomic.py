@@ -16,6 +16,16 @@ from typing import Any
 from .errors import XrayError
 
 
+def temp_path(path: Path) -> Path:
+    """The hidden temp name beside ``path`` (``.best.tmp-<pid>.pt`` for ``best.pt``)."""
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+
+
+def stale_temporaries(folder: Path, suffix: str = "") -> list[Path]:
+    """Temp files that a killed writer left in ``folder`` (any process's), optionally by suffix."""
+    return sorted(Path(folder).glob(f".*.tmp-*{suffix}"))
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, flag: str | None = None, fsync: bool = False) -> Iterator[Path]:
     """Yield a temp path beside ``path``; rename it to ``path`` if the block succeeds.
@@ -25,7 +35,7 @@ def atomic_path(path: str | os.PathLike, flag: str | None = None, fsync: bool = 
     :class:`XrayError` naming ``flag`` and the file.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    tmp = temp_path(path)
     try:
         yield tmp
         if fsync:

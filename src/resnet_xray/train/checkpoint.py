@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import stale_temporaries
 from ..errors import XrayError
 from ..model import ModelMeta, save_checkpoint
 
@@ -107,7 +108,7 @@ def load_training_state(path: str | Path, *, arch: str, class_names: list[str], 
 
 def remove_stale_temporaries(out_dir: Path) -> list[Path]:
     """Delete temp files a killed writer left behind (the real checkpoints are untouched)."""
-    stale = sorted(out_dir.glob(".*.pt.tmp-*"))
+    stale = stale_temporaries(out_dir, ".pt")
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
