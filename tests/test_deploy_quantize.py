@@ -150,6 +150,30 @@ def test_ort_int8_agrees_with_fp32_on_held_out_labelled_images(trained) -> None:
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
+def _activation_scales(path: Path) -> dict[str, float]:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {n.input[0]: float(init[n.input[1]]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[1] in init and init[n.input[1]].size == 1 and n.input[0] not in init}
+
+
+def test_entropy_calibration_clips_ranges_minmax_keeps(trained) -> None:
+    _, fp32, data, root = trained
+    scales = {}
+    for method in ("minmax", "entropy"):
+        out = root / f"{method}.int8.onnx"
+        quantize_onnx(fp32, data, out, QuantizeOptions(method=method, progress=False))
+        scales[method] = _activation_scales(out)
+    assert scales["minmax"].keys() == scales["entropy"].keys() and len(scales["minmax"]) >= 5
+    # Entropy picks a threshold inside the observed range: never wider, and narrower somewhere.
+    assert all(scales["entropy"][k] <= scales["minmax"][k] * (1 + 1e-6) for k in scales["minmax"])
+    narrower = [k for k in scales["minmax"] if scales["entropy"][k] < 0.95 * scales["minmax"][k]]
+    assert narrower, "entropy calibration gave the min/max ranges"
+
+
 def test_pytorch_fx_int8_agrees_with_eager(trained) -> None:
     model, _, data, _ = trained
     from resnet_xray.deploy.quantize import image_batches, list_images

@@ -38,6 +38,7 @@ from .onnx import (
 
 METHODS = ("minmax", "entropy", "percentile")
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}  # histogram searched down to 128 levels (TensorRT's split)
 
 
 @dataclass
@@ -263,7 +264,9 @@ def quantize_onnx(
         CalibrationMethod,
         QuantFormat,
         QuantType,
+        create_calibrator,
         quantize_static,
+        save_tensors_data,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -306,10 +309,21 @@ def quantize_onnx(
             quant_pre_process(str(info.path), str(prep), skip_symbolic_shape=True)
         tmp_out = workdir / "int8.onnx"
         try:
+            ranges = None
+            if method == CalibrationMethod.Entropy:
+                # quantize_static builds the entropy histogram with as many bins as quantised
+                # bins (128), which leaves one candidate threshold: the min/max range, so
+                # "entropy" silently equals minmax. Calibrate here with TensorRT's split instead.
+                calibrator = create_calibrator(str(prep), augmented_model_path=str(workdir / "augmented.onnx"),
+                                               calibrate_method=method, extra_options={**ENTROPY_BINS, "symmetric": opts.activation_type == "int8"})
+                calibrator.collect_data(reader)
+                ranges = workdir / "ranges.json"
+                save_tensors_data(calibrator.compute_data(), ranges)
             quantize_static(
                 str(prep),
                 str(tmp_out),
-                reader,
+                None if ranges else reader,
+                calibration_cache_path=str(ranges) if ranges else None,
                 quant_format=QuantFormat.QDQ,
                 per_channel=opts.per_channel,
                 reduce_range=reduce_range,
