@@ -121,6 +121,18 @@ def test_resume_equals_uninterrupted(tiny, tmp_path, stop_at):
     assert ha == pytest.approx(hb)
 
 
+def test_epoch_metrics_reach_tensorboard(tiny, tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    result = fit(_model(), _data(tiny), _opts(epochs=2), out_dir=tmp_path)
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    for key in ("train_loss", "val_accuracy", "lr", "images_per_s"):
+        logged = [(e.step, e.value) for e in events.Scalars(key)]
+        expected = [(row["epoch"], row[key]) for row in result["history"]]
+        assert [s for s, _ in logged] == [1, 2], key
+        assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6), key
+
+
 def test_nonfinite_loss_stops_without_writing_nan_weights(tiny, tmp_path):
     model = _model()
     with torch.no_grad():
