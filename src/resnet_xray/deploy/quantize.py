@@ -43,8 +43,8 @@ ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}  # histogram search
 
 @dataclass
 class QuantizeOptions:
-    # Percentile clips activation outliers that minmax spends its range on: on the reference
-    # ResNet-50 (89.8%) top-1 agreement was 100.0% against 98.8% for minmax and entropy.
+    # Percentile clips activation outliers that minmax spends its range on, without entropy's
+    # over-clipping: reference ResNet-50 top-1 agreement 99.2%, minmax 99.0%, entropy 96.0%.
     method: str = "percentile"  # calibration: minmax | entropy | percentile (ORT CalibrationMethod)
     per_channel: bool = False  # one scale per output channel of each weight; usually more faithful
     reduce_range: bool | None = None  # 7-bit weights; None: on exactly when the CPU lacks VNNI
