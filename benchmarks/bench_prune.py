@@ -30,6 +30,7 @@ from resnet_xray.deploy.onnx import ExportOptions, export_onnx, ort_session
 from resnet_xray.deploy.quantize import QuantizeOptions, quantize_onnx
 from resnet_xray.model import load_model
 from resnet_xray.prune import PruneOptions, prune
+from resnet_xray.prune.loop import loader_options
 from resnet_xray.train.data import make_loaders
 from resnet_xray.units import table
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, meta = load_model(None, args.weights)
-    data = make_loaders(args.data, batch_size=args.batch_size, workers=args.workers, seed=0)
+    data = make_loaders(args.data, batch_size=args.batch_size, workers=args.workers, seed=0, **loader_options(meta))
     size = data.preprocessing.crop
     opts = PruneOptions(
         target_macs=args.target_macs,

@@ -160,3 +160,28 @@ def test_taylor_importance_comes_from_the_data_gradients():
     flipped.train = DataLoader(TensorDataset(*[t[:16] for t in flipped.train.dataset.tensors[:1]], 1 - flipped.train.dataset.tensors[1][:16]), batch_size=16)
     other = next(g for g in analyze_importance(model, opts, flipped) if g.name == "layer1.0.conv1")
     assert other.scores != first.scores
+
+
+def test_finetune_checkpoints_lend_their_recipe_to_recovery(monkeypatch):
+    from resnet_xray.prune import loop
+    from resnet_xray.train import finetune as F
+
+    trained = F.FinetuneOptions(optimizer="adamw", amp=True, channels_last=True, min_crop_scale=0.8, label_smoothing=0.05).to_dict()
+    monkeypatch.setattr(F, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    recipe = loop.training_recipe(trained)
+    assert recipe == {"optimizer": "adamw", "weight_decay": None, "label_smoothing": 0.05, "amp": True,
+                      "channels_last": True, "min_crop_scale": 0.8}
+    # What the pruner hands to fit is that recipe, with its own epochs, batch size and lr on top.
+    seen = []
+    monkeypatch.setattr(F, "fit", lambda model, data, options, **kw: seen.append(options))
+    loop.default_trainer(PruneOptions(lr=3e-4, batch_size=8), "resnet18", recipe).finetune(None, None, 2)
+    (o,) = seen
+    assert (o.optimizer, o.amp, o.channels_last, o.label_smoothing, o.lr, o.epochs, o.batch_size) == ("adamw", True, True, 0.05, 3e-4, 2, 8)
+    meta = ModelMeta("resnet18", "ckpt", ["a", "b"], Preprocessing(resize=SIZE, crop=SIZE), True, extras={"options": trained})
+    assert loop.loader_options(meta) == {"min_crop_scale": 0.8}
+    # A CPU without bf16 still prunes: the recipe drops amp instead of refusing.
+    monkeypatch.setattr(F, "cpu_supports_bf16", lambda: False)
+    assert loop.training_recipe(trained)["amp"] is False
+    # Pruned checkpoints record PruneOptions, and plain weights record nothing: no recipe.
+    assert loop.training_recipe(PruneOptions().to_dict()) == {} and loop.training_recipe(None) == {}

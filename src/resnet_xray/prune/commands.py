@@ -49,12 +49,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_prune)
 
 
-def _data(args: argparse.Namespace):
+def _data(args: argparse.Namespace, meta):
     if not args.data:
         return None
     from ..train.data import make_loaders
+    from .loop import loader_options
 
-    return make_loaders(args.data, image_size=args.input_size, batch_size=args.batch_size, workers=args.workers, seed=args.seed)
+    return make_loaders(args.data, image_size=args.input_size, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
+                        **loader_options(meta))
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -65,7 +67,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.importance == "taylor" and not args.data:
         raise XrayError("--importance taylor needs gradients of the loss: pass --data DIR (or choose l1, l2 or bn-scale)")
     model, meta = model_from_args(args)
-    data = _data(args)
+    data = _data(args, meta)
     if args.analyze_only:
         from .analyze import (
             AnalyzeOptions,

@@ -85,12 +85,46 @@ class Trainer:
     evaluate: Callable[[nn.Module, Any], dict[str, float]]  # (model, data) -> {"accuracy", "loss"} on data.val
 
 
-def default_trainer(options: PruneOptions, arch: str) -> Trainer:
-    """Fine-tune and evaluate with :mod:`resnet_xray.train.finetune`."""
+# The parts of a training recipe that a pruned model is fine-tuned with again, when its
+# checkpoint recorded them (``finetune`` writes its options into best.pt).
+RECIPE_KEYS = ("optimizer", "weight_decay", "label_smoothing", "amp", "channels_last", "min_crop_scale")
+
+
+def training_recipe(checkpoint_options: dict[str, Any] | None) -> dict[str, Any]:
+    """The recipe keys of a ``finetune`` checkpoint's options; {} for anything else.
+
+    A model trained with AdamW and light augmentation loses what it learned when
+    fine-tuned with SGD and heavy crops, so recovery uses the recipe that trained it.
+    ``amp`` is dropped where this machine cannot run it.
+    """
+    from ..train.finetune import resolve_device, resolve_precision
+    from ..train.distributed import DistContext
+
+    opts = checkpoint_options or {}
+    if "optimizer" not in opts:  # not a finetune checkpoint (a pruned one records PruneOptions)
+        return {}
+    recipe = {k: opts[k] for k in RECIPE_KEYS if k in opts}
+    if recipe.get("amp"):
+        try:
+            resolve_precision(True, resolve_device("auto", DistContext()))
+        except XrayError:
+            recipe["amp"] = False
+    return recipe
+
+
+def loader_options(meta: ModelMeta) -> dict[str, Any]:
+    """``make_loaders`` keywords that follow the checkpoint's recipe (its crop scale)."""
+    recipe = training_recipe(meta.extras.get("options"))
+    return {"min_crop_scale": recipe["min_crop_scale"]} if "min_crop_scale" in recipe else {}
+
+
+def default_trainer(options: PruneOptions, arch: str, recipe: dict[str, Any] | None = None) -> Trainer:
+    """Fine-tune and evaluate with :mod:`resnet_xray.train.finetune`, with ``recipe`` (see :func:`training_recipe`)."""
     from ..train.finetune import FinetuneOptions, evaluate, fit
 
     def finetune(model: nn.Module, data: Any, epochs: int) -> None:
         kw: dict[str, Any] = dict(
+            **(recipe or {}),
             arch=arch,
             epochs=epochs,
             batch_size=options.batch_size,
@@ -143,7 +177,8 @@ def prune(
         options: targets, criterion, schedule and where to write.
         data: a :class:`resnet_xray.train.data.DataBundle` (anything with ``train``, ``val``,
             ``class_names``, ``skipped``); ``None`` prunes without fine-tuning or accuracy.
-        trainer: fine-tune and evaluate functions (default: the train package's).
+        trainer: fine-tune and evaluate functions (default: the train package's, with the
+            optimizer, precision and augmentation recorded in a ``finetune`` checkpoint).
         log: where progress lines go.
 
     Returns:
@@ -161,7 +196,10 @@ def prune(
                 "fine-tune the model on this data first (resnet-xray finetune), then prune it"
             )
         if trainer is None:
-            trainer = default_trainer(options, meta.arch)
+            recipe = training_recipe(meta.extras.get("options"))
+            if recipe:
+                log("fine-tuning with the checkpoint's training recipe: " + ", ".join(f"{k} {v}" for k, v in recipe.items()))
+            trainer = default_trainer(options, meta.arch, recipe)
     out = Path(options.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
