@@ -180,6 +180,11 @@ def test_finetune_checkpoints_lend_their_recipe_to_recovery(monkeypatch):
     assert (o.optimizer, o.amp, o.channels_last, o.label_smoothing, o.lr, o.epochs, o.batch_size) == ("adamw", True, True, 0.05, 3e-4, 2, 8)
     meta = ModelMeta("resnet18", "ckpt", ["a", "b"], Preprocessing(resize=SIZE, crop=SIZE), True, extras={"options": trained})
     assert loop.loader_options(meta) == {"min_crop_scale": 0.8}
+    # A recorded peak learning rate is halved for recovery; an explicit --lr still wins.
+    assert loop.training_recipe({**trained, "lr": 1e-3})["lr"] == pytest.approx(5e-4)
+    seen.clear()
+    loop.default_trainer(PruneOptions(), "resnet18", loop.training_recipe({**trained, "lr": 1e-3})).finetune(None, None, 1)
+    assert seen[0].lr == pytest.approx(5e-4)
     # A CPU without bf16 still prunes: the recipe drops amp instead of refusing.
     monkeypatch.setattr(F, "cpu_supports_bf16", lambda: False)
     assert loop.training_recipe(trained)["amp"] is False

@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--global", dest="global_pruning", action="store_true", help="rank channels across all layers instead of within each")
     p.add_argument("--round-to", type=int, default=8, help="keep pruned widths multiples of this, 1 for none (default: 8)")
     p.add_argument("--input-size", type=int, default=None, help="square side for MACs and latency (default: the data's or model's crop)")
-    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the trainer's)")
+    p.add_argument("--lr", type=float, default=None, help="fine-tuning peak learning rate (default: half the checkpoint's own, else the trainer's)")
     p.add_argument("--batch-size", type=int, default=32, help="images per fine-tuning/evaluation step (default: 32)")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes (default: 2)")
     p.add_argument("--latency-repeats", type=int, default=20, help="timed batch-1 runs per latency (median; default: 20)")
