@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--importance", default="l1")
-    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the trainer's)")
+    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: half the checkpoint's own, else the trainer's)")
     p.add_argument("--global", dest="global_pruning", action="store_true")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads for training and every timed path (default: 1)")
     p.add_argument("--repeats", type=int, default=30)
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {args.threads} intra-op thread(s), load average {os.getloadavg()[0]:.1f} at the end"
     setup = (
         f"{meta.arch} from {args.weights}, {size}x{size} input, pruning: {args.importance}, "
-        f"{'global' if args.global_pruning else 'per-group'} ranking, {args.steps} rounds x {args.finetune_epochs} fine-tuning epoch(s) (lr {args.lr or 'trainer default'}), "
+        f"{'global' if args.global_pruning else 'per-group'} ranking, {args.steps} rounds x {args.finetune_epochs} fine-tuning epoch(s) (lr {args.lr or 'default'}), "
         f"target keeps {args.target_macs:.0%} of MACs; INT8: ORT static QDQ, {qreport['calibration']['images_used']} calibration images"
     )
     print()
