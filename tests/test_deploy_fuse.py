@@ -8,7 +8,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from resnet_xray.deploy.fuse import conv_bn_pairs, count_batchnorm, fold_conv_bn, fuse_model, fusion_report
+from resnet_xray.deploy.fuse import FusedBatchNorm, conv_bn_pairs, count_batchnorm, fold_conv_bn, fuse_model, fusion_report
+from resnet_xray.interface import ReplacedClassifier
 from resnet_xray.image import Preprocessing
 from resnet_xray.model import ModelMeta, build_model, build_model_on_meta, load_model, save_checkpoint
 
@@ -99,7 +100,8 @@ def test_fused_checkpoint_round_trip(tmp_path) -> None:
     model = randomise_bn(build_model("resnet18", num_classes=4))
     meta = ModelMeta("resnet18", "test", ["a", "b", "c", "d"], Preprocessing(resize=72, crop=64), True)
     fused = fuse_model(model)
-    path = save_checkpoint(tmp_path / "fused.pt", fused, meta, fused_pairs=[list(p) for p in fused.fused_pairs])
+    meta = meta.with_change(ReplacedClassifier(4)).with_change(FusedBatchNorm.of(fused))
+    path = save_checkpoint(tmp_path / "fused.pt", fused, meta)
     loaded, lmeta = load_model(None, path)
     assert count_batchnorm(loaded) == 0 and lmeta.class_names == ["a", "b", "c", "d"]
     x = torch.randn(2, 3, 64, 64)

@@ -82,8 +82,12 @@ def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": _Evil()}, f)
-    with pytest.raises(XrayError, match="not a loadable weights file"):
+    with pytest.raises(XrayError, match=r"refused: loading it would run code \(it calls builtins.print\)") as e:
         load_model("resnet18", path)
+    assert "\n" not in str(e.value) and "Re-running" not in str(e.value)
+    torch.save({"state_dict": _Evil()}, tmp_path / "evil.pt")  # torch's zip format names the global itself
+    with pytest.raises(XrayError, match=r"evil.pt: refused: loading it would run code \(it calls (builtins.)?print\)"):
+        load_model("resnet18", tmp_path / "evil.pt")
 
 
 def test_mismatches_are_one_line_errors(tmp_path):

@@ -13,6 +13,8 @@ from resnet_xray.errors import XrayError
 from resnet_xray.image import Preprocessing
 from resnet_xray.model import ModelMeta, build_model, load_model, save_checkpoint
 from resnet_xray.prune import analyze_importance, AnalyzeOptions, apply_pruned_spec, count_macs, prune_to_macs, pruned_spec
+from resnet_xray.interface import ReplacedClassifier
+from resnet_xray.prune.spec import PrunedWidths
 from resnet_xray.prune.structured import prune_channels
 
 SIZE = 32  # input side for MACs and forward passes: small enough for a 2-core CPU
@@ -79,11 +81,13 @@ def test_pruned_model_exports_to_onnx_with_matching_outputs(resnet18_pair, tmp_p
 def test_pruned_checkpoint_reloads_to_identical_outputs(resnet18_pair, tmp_path):
     _, result = resnet18_pair
     meta = ModelMeta("resnet18", "test", [f"c{i}" for i in range(10)], Preprocessing(resize=SIZE, crop=SIZE), True)
-    path = save_checkpoint(tmp_path / "pruned.pt", result.model, meta, pruned_spec=pruned_spec(result.model), options={"note": "test"})
+    meta = meta.with_change(ReplacedClassifier(10)).with_change(PrunedWidths.of(result.model))
+    path = save_checkpoint(tmp_path / "pruned.pt", result.model, meta, options={"note": "test"})
     raw = torch.load(path, map_location="cpu", weights_only=True)  # no code objects inside
-    assert raw["pruned_spec"]["layers"]["fc"]["in_features"] == result.model.fc.in_features
+    assert [c["kind"] for c in raw["changes"]] == ["classifier", "pruned_widths"]
+    assert raw["changes"][1]["layers"]["fc"]["in_features"] == result.model.fc.in_features
     loaded, lmeta = load_model(None, path)
-    assert lmeta.arch == "resnet18" and lmeta.extras["pruned_spec"] == raw["pruned_spec"]
+    assert lmeta.arch == "resnet18" and lmeta.changes == meta.changes and lmeta.options == {"note": "test"}
     x = torch.randn(3, 3, SIZE, SIZE)
     with torch.inference_mode():
         torch.testing.assert_close(loaded(x), result.model.eval()(x), atol=0, rtol=0)

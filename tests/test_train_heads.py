@@ -92,7 +92,7 @@ def test_multitask_fit_checkpoint_round_trip(tiny, tmp_path):
     assert "box_iou" in r["final"] and 0 <= r["final"]["box_iou"] <= 1
     assert "val_box_iou" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
     loaded, meta = load_model(None, tmp_path / "best.pt")
-    assert isinstance(loaded, MultiTaskResNet) and meta.extras["heads"] == model.heads_spec
+    assert isinstance(loaded, MultiTaskResNet) and meta.find("heads").heads == model.heads_spec
     xv = next(iter(data.val))[0]
     with torch.no_grad():
         a, b = model.eval()(xv), loaded(xv)
@@ -134,12 +134,13 @@ def test_classify_prints_label_and_box_and_draws(tiny, tmp_path, capsys):
 
     from resnet_xray.cli import main
     from resnet_xray.model import ModelMeta, save_checkpoint
+    from resnet_xray.train.heads import Heads
     from resnet_xray.image import Preprocessing
 
     torch.manual_seed(0)
     model = attach_heads(build_model("resnet18", 3), multitask_spec(3))
     meta = ModelMeta("resnet18", "test", ["circle", "square", "triangle"], Preprocessing(resize=SIZE, crop=SIZE), True)
-    save_checkpoint(tmp_path / "mt.pt", model, meta, heads=model.heads_spec)
+    save_checkpoint(tmp_path / "mt.pt", model, meta.with_change(Heads.of(model)))
     img = next((tiny / "val" / "square").glob("*.png"))
     assert main(["classify", str(img), "--weights", str(tmp_path / "mt.pt"), "--topk", "1", "--draw", str(tmp_path / "drawn")]) == 0
     out = capsys.readouterr().out

@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .image import ImageStream, Skipped
+from .interface import split_outputs
 from .model import ModelMeta
 
 
@@ -43,14 +44,6 @@ class ClassifyResult:
             "weights": self.weights,
             "transforms": self.transforms,
         }
-
-
-def split_outputs(out: torch.Tensor | dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Classification logits, plus any other heads of a multi-task model (a dict output)."""
-    if isinstance(out, torch.Tensor):
-        return out, {}
-    logits = out.get("class", next(iter(out.values())))
-    return logits, {k: v for k, v in out.items() if v is not logits}
 
 
 def _batches(stream: ImageStream, preprocess, size: int) -> Iterator[tuple[list[str], torch.Tensor]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -20,8 +20,11 @@ import torchvision
 from torch import nn
 
 from .atomic import atomic_path
+from .checkpoint import FORMAT_VERSION, STRUCTURE_KEYS, Checkpoint, nonfinite_tensors, parse_checkpoint, safe_load
 from .errors import XrayError
 from .image import Preprocessing
+from .interface import get_classifier
+from .spec import Change, SpecError, changes_to_data, describe, infer_changes, replay
 
 ARCHS = (
     "resnet18",
@@ -34,29 +37,42 @@ ARCHS = (
 )
 DEFAULT_ARCH = "resnet50"
 WEIGHT_ALIASES = {"imagenet": "DEFAULT", "imagenet-v1": "IMAGENET1K_V1", "imagenet-v2": "IMAGENET1K_V2"}
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = FORMAT_VERSION
 # Offline, a download would otherwise hang on DNS or TCP; the brief allows 30 s in all.
 NETWORK_PROBE_TIMEOUT_S = 8.0
 
 
 @dataclass
 class ModelMeta:
-    """What travels with a model: enough to label its outputs and feed it correctly."""
+    """What travels with a model: enough to label its outputs, feed it, and rebuild it."""
 
     arch: str
     weights: str  # where the weights came from, in words a user recognises
     class_names: list[str]
     preprocessing: Preprocessing
     pretrained: bool  # False for random init: labels are then meaningless
-    extras: dict[str, Any] = field(default_factory=dict)  # checkpoint keys such as heads, pruned_spec
+    # The ordered structural changes since torchvision's ``arch`` (resnet_xray.spec); every
+    # save writes them all and every load replays them, so no caller copies structure by hand.
+    changes: list[Change] = field(default_factory=list)
+    options: dict[str, Any] | None = None  # options of the run that wrote the checkpoint (its training recipe)
+
+    def with_change(self, change: Change) -> ModelMeta:
+        """This metadata with one more structural change at the end of the list."""
+        return replace(self, changes=[*self.changes, change])
+
+    def find(self, kind: str) -> Change | None:
+        """The latest change of ``kind`` (``"pruned_widths"``, ``"heads"``, ...), or None."""
+        return next((c for c in reversed(self.changes) if c.kind == kind), None)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["preprocessing"] = self.preprocessing.to_dict()
-        d["num_classes"] = len(self.class_names)
-        d.pop("class_names")
-        d.pop("extras")
-        return d
+        return {
+            "arch": self.arch,
+            "weights": self.weights,
+            "preprocessing": self.preprocessing.to_dict(),
+            "pretrained": self.pretrained,
+            "changes": [c.describe() for c in self.changes],
+            "num_classes": len(self.class_names),
+        }
 
 
 def check_arch(arch: str) -> str:
@@ -86,6 +102,7 @@ def load_model(
     *,
     seed: int = 0,
     progress: bool = True,
+    allow_nonfinite: bool = False,
 ) -> tuple[nn.Module, ModelMeta]:
     """Build ``arch`` and load ``weights`` into it.
 
@@ -96,6 +113,7 @@ def load_model(
             ``.pth``/``.pt`` state_dict or checkpoint dict, or a ``.safetensors`` file.
         seed: RNG seed for ``random`` weights.
         progress: show a download progress bar.
+        allow_nonfinite: load a file whose weights hold NaN or Inf (to inspect it); refused otherwise.
 
     Returns:
         ``(model, meta)`` with the model in eval mode on the CPU.
@@ -109,7 +127,7 @@ def load_model(
         model = build_model(arch).eval()
         meta = ModelMeta(arch, f"random (seed {seed})", imagenet_categories(arch), Preprocessing.seed(), False)
         return model, meta
-    return _load_file(Path(w), arch)
+    return _load_file(Path(w), arch, allow_nonfinite=allow_nonfinite)
 
 
 def _load_torchvision(arch: str, alias: str, *, progress: bool) -> tuple[nn.Module, ModelMeta]:
@@ -171,7 +189,7 @@ def _require_network(url: str, cached: Path) -> None:
 # --- files: plain state_dicts, foreign checkpoint dicts, safetensors, and our own format ---
 
 
-def _read_state(path: Path) -> dict[str, Any]:
+def _read_state(path: Path) -> tuple[Path, Checkpoint]:
     if not path.exists():
         raise XrayError(f"--weights {path}: no such file (expected imagenet, imagenet-v1, imagenet-v2, random, or a path)")
     if path.is_dir():
@@ -182,24 +200,16 @@ def _read_state(path: Path) -> dict[str, Any]:
             raise XrayError(f"--weights {path}: is a directory with no best.pt in it")
     if path.stat().st_size == 0:
         raise XrayError(f"--weights {path}: file is empty")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
-            return {"state_dict": load_file(str(path), device="cpu")}
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure to parse is the file's fault
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise XrayError(f"--weights {path}: not a loadable weights file ({reason[:200]})") from None
-    if not isinstance(obj, dict):
-        raise XrayError(f"--weights {path}: expected a state_dict or checkpoint dict, found {type(obj).__name__}")
-    if "format_version" in obj or "state_dict" in obj:
-        return obj
-    if "model" in obj and isinstance(obj["model"], dict):
-        return {**obj, "state_dict": obj["model"]}
-    if all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return {"state_dict": obj}
-    raise XrayError(f"--weights {path}: a dict with neither 'state_dict' nor 'model' in it, and not a state_dict")
+        try:
+            obj: Any = {"state_dict": load_file(str(path), device="cpu")}
+        except Exception as e:  # noqa: BLE001 - any failure to parse is the file's fault
+            raise XrayError(f"--weights {path}: not a loadable weights file ({str(e)[:200]})") from None
+    else:
+        obj = safe_load(path, "--weights")
+    return path, parse_checkpoint(obj, path)
 
 
 def _clean_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -227,54 +237,56 @@ def build_model_on_meta(arch: str, num_classes: int = 1000) -> nn.Module:
         return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
-def _load_file(path: Path, arch: str | None) -> tuple[nn.Module, ModelMeta]:
-    ckpt = _read_state(path)
-    state = ckpt["state_dict"]
-    if not isinstance(state, dict):
-        raise XrayError(f"--weights {path}: 'state_dict' is not a dict of tensors")
-    state = _clean_keys(state)
-    ck_arch = ckpt.get("arch")
+def _load_file(path: Path, arch: str | None, *, allow_nonfinite: bool = False) -> tuple[nn.Module, ModelMeta]:
+    path, ck = _read_state(path)
+    state = _clean_keys(ck.state_dict)
+    ck_arch = ck.arch
     if ck_arch is not None and arch is not None and ck_arch != arch:
         raise XrayError(f"--weights {path}: checkpoint is for {ck_arch}, not --arch {arch}")
-    if ck_arch is None and ckpt.get("pruned_spec") is None:
+    if ck_arch is None and not ck.changes:
         ck_arch = arch or _guess_arch(state)
         if ck_arch is None:
             raise XrayError(f"--weights {path}: parameters match no supported ResNet; pass --arch")
+    if ck_arch is not None and ck_arch not in ARCHS:
+        raise XrayError(f"--weights {path}: checkpoint field 'arch' is {ck_arch!r}; supported: {', '.join(ARCHS)}")
     arch = check_arch(ck_arch or arch or DEFAULT_ARCH)
+    bad = nonfinite_tensors(state)
+    if bad and not allow_nonfinite:
+        raise XrayError(f"--weights {path}: {len(bad)} weight tensor(s) hold NaN or Inf (first: {bad[0]}); refused "
+                        "(pass --allow-nonfinite, or allow_nonfinite=True, to inspect such a model)")
 
-    class_names = ckpt.get("class_names")
-    fc_w = state.get("fc.weight")
-    num_classes = int(fc_w.shape[0]) if fc_w is not None else len(class_names or []) or 1000
-    if class_names is None:
-        class_names = imagenet_categories(arch) if num_classes == 1000 else [f"class_{i}" for i in range(num_classes)]
-    elif len(class_names) != num_classes:
-        raise XrayError(f"--weights {path}: {len(class_names)} class names but the classifier has {num_classes} outputs")
+    changes = ck.changes
+    if ck.format_version is None:  # a foreign file: the classifier's size is all that may differ
+        fc_w = state.get("fc.weight")
+        if fc_w is not None and fc_w.dim() == 2 and fc_w.shape[0] != 1000:
+            from .interface import ReplacedClassifier
 
-    model = build_model(arch, num_classes=num_classes)
-    if ckpt.get("pruned_spec") is not None:
-        from .prune.spec import apply_pruned_spec  # only pruned checkpoints need it
-
-        model = apply_pruned_spec(model, ckpt["pruned_spec"])
-    if ckpt.get("heads") is not None:
-        from .train.heads import attach_heads  # only multi-task checkpoints need it
-
-        model = attach_heads(model, ckpt["heads"])
-    if ckpt.get("fused_pairs") is not None:
-        from .deploy.fuse import (
-            fused_structure,  # only fused checkpoints need it (BN folded into convs)
-        )
-
-        model = fused_structure(model, [tuple(p) for p in ckpt["fused_pairs"]])
+            changes = [ReplacedClassifier(int(fc_w.shape[0]))]
+    try:
+        model = replay(build_model(arch), changes)
+    except (SpecError, XrayError) as e:
+        raise XrayError(f"--weights {path}: checkpoint field 'changes' does not rebuild a model ({e})") from None
     _load_strict(model, state, path, arch)
 
-    pre = ckpt.get("preprocessing")
+    try:
+        num_classes = get_classifier(model).out_features
+    except XrayError:
+        num_classes = None  # a multi-task model without a 'class' head
+    class_names = ck.class_names
+    if class_names is None:
+        n = num_classes or 1000
+        class_names = imagenet_categories(arch) if n == 1000 else [f"class_{i}" for i in range(n)]
+    elif num_classes is not None and len(class_names) != num_classes:
+        raise XrayError(f"--weights {path}: {len(class_names)} class names but the classifier has {num_classes} outputs")
+
     meta = ModelMeta(
         arch=arch,
         weights=str(path),
         class_names=list(class_names),
-        preprocessing=Preprocessing.from_dict(pre) if pre else Preprocessing.seed(),
+        preprocessing=ck.preprocessing or Preprocessing.seed(),
         pretrained=True,
-        extras={k: ckpt[k] for k in ("heads", "pruned_spec", "options", "format_version", "fused_pairs") if k in ckpt},
+        changes=list(changes),
+        options=ck.options,
     )
     return model.eval(), meta
 
@@ -300,18 +312,52 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, a
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: ModelMeta, **extra: Any) -> Path:
     """Write this project's checkpoint format atomically (temp file, then rename).
 
-    The result loads with ``torch.load(weights_only=True)`` and through ``load_model``.
-    ``extra`` holds optional keys such as ``heads``, ``pruned_spec``, ``options``.
+    The whole of ``meta.changes`` is written, and checked first: replayed on ``meta.arch``
+    it must give exactly ``model``'s parameter names and shapes, so a checkpoint that
+    ``load_model`` could not rebuild is never written. Metadata with no changes at all
+    (made by hand) gets them read off the model's structure. The result loads with
+    ``torch.load(weights_only=True)``. ``extra`` holds plain-data keys such as ``options``,
+    ``metrics`` and a training state.
     """
+    structural = sorted(set(extra) & set(STRUCTURE_KEYS))
+    if structural:
+        raise TypeError(f"save_checkpoint: {structural[0]!r} is structure; record it in meta.changes (meta.with_change(...))")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if not meta.changes:  # metadata made by hand for a model changed by hand: read the changes off it
+        meta = replace(meta, changes=changes_of(model, meta.arch))
+    check_changes_rebuild(model, meta, state)
     ckpt = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "arch": meta.arch,
         "class_names": list(meta.class_names),
         "preprocessing": meta.preprocessing.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state,
+        "changes": changes_to_data(meta.changes),
         **extra,
     }
     return atomic_torch_save(ckpt, path)
+
+
+def check_changes_rebuild(model: nn.Module, meta: ModelMeta, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Raise ``ValueError`` unless replaying ``meta.changes`` on ``meta.arch`` gives ``model``'s parameter shapes."""
+    state = state if state is not None else model.state_dict()
+    try:
+        with torch.device("meta"):
+            rebuilt = replay(build_model_on_meta(meta.arch), meta.changes).state_dict()
+    except (SpecError, XrayError) as e:
+        raise ValueError(f"the model's recorded changes ({describe(meta.changes)}) do not replay: {e}") from None
+    diff = [k for k in state if k not in rebuilt] + [k for k in rebuilt if k not in state]
+    diff += [k for k in state if k in rebuilt and tuple(state[k].shape) != tuple(rebuilt[k].shape)]
+    if diff:
+        raise ValueError(
+            f"the model's recorded changes ({describe(meta.changes)}) do not rebuild it: {len(diff)} parameters differ "
+            f"(first: {diff[0]}); record each structural change with meta.with_change(...)"
+        )
+
+
+def changes_of(model: nn.Module, arch: str) -> list[Change]:
+    """The changes that make ``arch`` into ``model``, read off its structure (for models changed without a record)."""
+    return infer_changes(model, build_model_on_meta(arch))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -28,7 +28,8 @@ from torch import nn
 from ..errors import XrayError
 from ..image import bundled_cat, load_image
 from ..units import table
-from .fuse import LogitsOnly, fuse_model
+from ..interface import ClassLogits, unwrap
+from .fuse import fuse_model
 
 
 @dataclass
@@ -293,8 +294,8 @@ def run_bench(model: nn.Module, meta: Any, options: BenchOptions | None = None) 
     size = opts.input_size or meta.preprocessing.crop
     model = model.eval()
     if isinstance(model(torch.zeros(1, 3, size, size)), dict):
-        model = LogitsOnly(model).eval()
-    macs = analyze(model.model if isinstance(model, LogitsOnly) else model, meta.arch, AnatomyOptions(input_size=size)).totals.macs
+        model = ClassLogits(model).eval()
+    macs = analyze(unwrap(model), meta.arch, AnatomyOptions(input_size=size)).totals.macs
 
     with torch_threads(opts.threads), contextlib.ExitStack() as stack:
         if opts.work_dir:

@@ -28,7 +28,7 @@ def _images_batch(paths: list[str], meta):
 
 def cmd_fuse(args: argparse.Namespace) -> int:
     from ..model import save_checkpoint
-    from .fuse import fuse_model, fusion_report
+    from .fuse import FusedBatchNorm, fuse_model, fusion_report
     from .onnx import check_writable
 
     out = check_writable(args.output)
@@ -36,8 +36,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     fused = fuse_model(model)
     names, x = _images_batch(args.check or [], meta)
     rep = fusion_report(model, fused, x)
-    extras = {k: v for k, v in meta.extras.items() if k in ("heads", "pruned_spec")}
-    save_checkpoint(out, fused, meta, fused_pairs=[list(p) for p in fused.fused_pairs], **extras)
+    save_checkpoint(out, fused, meta.with_change(FusedBatchNorm.of(fused)))
     if args.json:
         _cli().print_json({**rep, "output": str(out)})
         return 0

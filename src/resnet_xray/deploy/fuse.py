@@ -5,7 +5,8 @@ For a conv ``y = W*x + b`` followed by BatchNorm in eval mode,
 ``s = gamma / sqrt(var + eps)`` the pair equals one conv with
 ``W' = W * s`` (per output channel) and ``b' = (b - mean) * s + beta``.
 The fused model keeps every module name: each folded BatchNorm becomes an
-``nn.Identity``, and the conv gains a bias.
+``nn.Identity``, and the conv gains a bias. :class:`FusedBatchNorm` records the
+folded pairs in the model's change list, so a saved fused model reloads as fused.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import torch
 from torch import fx, nn
 
 from ..errors import XrayError
+from ..interface import class_logits
+from ..spec import Change, SpecError, register
 
 
 @dataclass
@@ -132,24 +135,39 @@ def count_batchnorm(model: nn.Module) -> int:
     return sum(1 for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
 
-def logits_of(out: Any) -> torch.Tensor:
-    """The classification logits of a model output (a tensor, or a multi-task dict)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict):
-        return out.get("class", next(iter(out.values())))
-    raise TypeError(f"unexpected model output type {type(out).__name__}")
+@register
+@dataclass(frozen=True)
+class FusedBatchNorm(Change):
+    """Each ``(conv, bn)`` pair was folded into one biased conv; the BatchNorm became ``Identity``."""
 
+    kind = "fused_batchnorm"
+    pairs: list[list[str]]  # [[conv name, bn name], ...]
 
-class LogitsOnly(nn.Module):
-    """Wrap a multi-task model so exporters, quantizers and timers see the logits alone."""
+    def check(self) -> None:
+        if not isinstance(self.pairs, list | tuple) or not all(
+            isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(n, str) and n for n in p) for p in self.pairs
+        ):
+            raise SpecError("pairs must be a list of [conv name, bn name] pairs of strings")
 
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
+    @classmethod
+    def of(cls, fused: nn.Module) -> FusedBatchNorm:
+        return cls([list(p) for p in fused.fused_pairs])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return logits_of(self.model(x))
+    def apply(self, model: nn.Module) -> nn.Module:
+        names = dict(model.named_modules())
+        for conv, bn in self.pairs:
+            if not isinstance(names.get(conv), nn.Conv2d) or not isinstance(names.get(bn), nn.BatchNorm2d):
+                raise SpecError(f"pair [{conv!r}, {bn!r}] does not name a conv and a BatchNorm of this model")
+        model = fused_structure(model, [tuple(p) for p in self.pairs])
+        model.fused_pairs = [tuple(p) for p in self.pairs]  # type: ignore[attr-defined]
+        return model
+
+    def describe(self) -> str:
+        return f"fused_batchnorm({len(self.pairs)} pairs)"
+
+    @classmethod
+    def infer(cls, model: nn.Module, reference: nn.Module) -> Change | None:
+        return cls.of(model) if getattr(model, "fused_pairs", None) else None
 
 
 @torch.inference_mode()
@@ -171,7 +189,7 @@ def fusion_report(model: nn.Module, fused: nn.Module, images: torch.Tensor) -> d
     """The check the ``fuse`` command prints: fused vs unfused logits on a batch of real images."""
     model.eval()
     fused.eval()
-    report = compare_logits(logits_of(model(images)), logits_of(fused(images)))
+    report = compare_logits(class_logits(model(images)), class_logits(fused(images)))
     report["batchnorm_before"] = count_batchnorm(model)
     report["batchnorm_after"] = count_batchnorm(fused)
     report["folded"] = len(getattr(fused, "fused_pairs", []))

@@ -27,7 +27,7 @@ from torch import nn
 from ..atomic import atomic_path, write_json
 from ..errors import XrayError
 from ..image import ImageStream, Preprocessing, bundled_cat
-from .fuse import LogitsOnly, logits_of
+from ..interface import ClassLogits, class_logits
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -104,8 +104,8 @@ def export_onnx(
     with torch.inference_mode():
         probe = model(example)
     if isinstance(probe, dict):
-        model = LogitsOnly(model)
-        probe = logits_of(probe)
+        model = ClassLogits(model)
+        probe = class_logits(probe)
     num_classes = int(probe.shape[1])
 
     with atomic_path(out) as tmp:
@@ -325,7 +325,7 @@ def check_onnx(
         names, x, skipped = load_batch([bundled_cat(), *(images or [])], info.preprocessing)
     sess = ort_session(path, spin=False)
     got = torch.from_numpy(run_ort(sess, x.numpy(), info.fixed_batch))
-    ref = logits_of(model.eval()(x)).float()
+    ref = class_logits(model.eval()(x)).float()
     if got.shape != ref.shape:
         raise XrayError(f"{path}: output shape {tuple(got.shape)} differs from the model's {tuple(ref.shape)}; wrong model?")
     diff = (got.double() - ref.double()).abs()

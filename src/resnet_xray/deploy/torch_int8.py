@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..image import Preprocessing, Skipped
-from .fuse import LogitsOnly
+from ..interface import ClassLogits
 
 ENGINE = "x86"
 
@@ -67,7 +67,7 @@ def quantize_torch_fx(
 
     torch.backends.quantized.engine = ENGINE
     m = copy.deepcopy(model).eval()
-    wrapped = m if isinstance(_probe(m, pre), torch.Tensor) else LogitsOnly(m)
+    wrapped = m if isinstance(_probe(m, pre), torch.Tensor) else ClassLogits(m)
     example = (torch.zeros(1, 3, pre.crop, pre.crop),)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # FX quantisation's deprecation notices are not the user's concern

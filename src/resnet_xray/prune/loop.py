@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from ..model import ModelMeta, load_model, save_checkpoint
 from ..units import pct, si, table
 from .importance import accumulate_gradients, check_criterion
 from .measure import measure_cost, measure_latency
-from .spec import pruned_spec, stage_channels
+from .spec import PrunedWidths, stage_channels
 from .structured import prune_to_macs
 
 STATE_FILE = "prune_state.json"
@@ -119,7 +119,7 @@ def training_recipe(checkpoint_options: dict[str, Any] | None) -> dict[str, Any]
 
 def loader_options(meta: ModelMeta) -> dict[str, Any]:
     """``make_loaders`` keywords that follow the checkpoint's recipe (its crop scale)."""
-    recipe = training_recipe(meta.extras.get("options"))
+    recipe = training_recipe(meta.options)
     return {"min_crop_scale": recipe["min_crop_scale"]} if "min_crop_scale" in recipe else {}
 
 
@@ -191,7 +191,7 @@ def prune(
     """
     options.check()
     check_criterion(options.importance, data is not None)
-    if meta.extras.get("heads"):
+    if meta.find("heads"):
         raise XrayError(f"--weights {meta.weights}: pruning multi-task checkpoints is not supported; prune a single-head classifier")
     if data is not None:
         n_out = int(model.fc.out_features)
@@ -201,7 +201,7 @@ def prune(
                 "fine-tune the model on this data first (resnet-xray finetune), then prune it"
             )
         if trainer is None:
-            recipe = training_recipe(meta.extras.get("options"))
+            recipe = training_recipe(meta.options)
             if recipe:
                 log("fine-tuning with the checkpoint's training recipe: " + ", ".join(f"{k} {v}" for k, v in recipe.items()))
             trainer = default_trainer(options, meta.arch, recipe)
@@ -212,12 +212,12 @@ def prune(
         raise XrayError(f"--out {out}: cannot create ({e.strerror})") from None
     input_size = options.input_size or (data.preprocessing.crop if data is not None else meta.preprocessing.crop)
     session = uuid.uuid4().hex[:12]
-    save_meta = ModelMeta(
-        arch=meta.arch,
-        weights=meta.weights,
+    # The source's changes (a replaced classifier, earlier pruning) stay; each round adds its widths.
+    save_meta = replace(
+        meta,
         class_names=list(data.class_names) if data is not None else list(meta.class_names),
         preprocessing=data.preprocessing if data is not None else meta.preprocessing,
-        pretrained=meta.pretrained,
+        options=None,
     )
     state = _load_state(out, options, meta)
     write_json(out / OPTIONS_FILE, {"options": options.to_dict(), "source": {"arch": meta.arch, "weights": meta.weights}, "input_size": input_size})
@@ -269,8 +269,8 @@ def prune(
         record["session"] = session
         record["seconds"] = round(time.perf_counter() - t0, 1)
         name = f"round_{k + 1:02d}.pt"
-        spec = pruned_spec(current, round=k + 1, criterion=options.importance, macs=cost.macs, baseline_macs=baseline["macs"], input_size=input_size)
-        save_checkpoint(out / name, current, save_meta, pruned_spec=spec, options=options.to_dict())
+        widths = PrunedWidths.of(current, round=k + 1, criterion=options.importance, macs=cost.macs, baseline_macs=baseline["macs"], input_size=input_size)
+        save_checkpoint(out / name, current, save_meta.with_change(widths), options=options.to_dict())
         record["checkpoint"] = name
         rounds.append(record)
         write_json(out / STATE_FILE, state)  # the round counts as completed from here on
@@ -281,8 +281,8 @@ def prune(
     _remeasure_other_sessions(out, rounds, session, input_size, options)
     final = out / FINAL_CHECKPOINT
     if rounds[-1]["session"] == session or not final.exists():
-        spec = pruned_spec(current, round=len(rounds), criterion=options.importance, macs=rounds[-1]["macs"], baseline_macs=baseline["macs"], input_size=input_size)
-        save_checkpoint(final, current, save_meta, pruned_spec=spec, options=options.to_dict())
+        widths = PrunedWidths.of(current, round=len(rounds), criterion=options.importance, macs=rounds[-1]["macs"], baseline_macs=baseline["macs"], input_size=input_size)
+        save_checkpoint(final, current, save_meta.with_change(widths), options=options.to_dict())
     write_json(out / STATE_FILE, state)
 
     stages = stage_table(model, current)

@@ -5,17 +5,22 @@ carry a small JSON-able spec instead of pickled modules. :func:`apply_pruned_spe
 rebuilds the exact pruned model from a fresh torchvision ResNet of the same arch;
 ``resnet_xray.model.load_model`` calls it before loading the state_dict, which keeps
 every checkpoint loadable with ``torch.load(weights_only=True)``.
+
+:class:`PrunedWidths` is the typed change record (see :mod:`resnet_xray.spec`) that
+carries the spec in a model's metadata and checkpoints.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import XrayError
+from ..spec import Change, SpecError, register
 
 SPEC_FORMAT = "resnet-xray-pruned-spec"
 SPEC_VERSION = 1
@@ -106,6 +111,67 @@ def _resized(name: str, old: nn.Module, want: dict[str, Any]) -> nn.Module:
     except (KeyError, TypeError, ValueError) as e:
         raise XrayError(f"pruned_spec entry for {name!r} is malformed ({e})") from None
     raise XrayError(f"pruned_spec says {name!r} is a {kind!r} layer but the model has a {type(old).__name__} there")
+
+
+@register
+@dataclass(frozen=True)
+class PrunedWidths(Change):
+    """Channel counts of every conv, BatchNorm and fc layer after structured pruning."""
+
+    kind = "pruned_widths"
+    layers: dict[str, dict[str, Any]]  # {module name: {"kind": "conv"|"bn"|"fc", widths...}}
+    info: dict[str, Any] = field(default_factory=dict)  # provenance: round, criterion, MACs kept
+
+    @classmethod
+    def of(cls, model: nn.Module, **info: Any) -> PrunedWidths:
+        spec = pruned_spec(model, **info)
+        return cls(spec["layers"], spec["info"])
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> PrunedWidths:
+        """From the legacy ``pruned_spec`` dict of format-1 checkpoints."""
+        try:
+            layers = _check_spec(spec)
+        except XrayError as e:
+            raise SpecError(str(e)) from None
+        return cls.from_data({"layers": layers, "info": spec.get("info") or {}})
+
+    def as_spec(self) -> dict[str, Any]:
+        return {"format": SPEC_FORMAT, "version": SPEC_VERSION, "layers": self.layers, "info": self.info}
+
+    def check(self) -> None:
+        if not isinstance(self.layers, dict) or not self.layers:
+            raise SpecError("layers must be a non-empty dict of {name: widths}")
+        if not isinstance(self.info, dict):
+            raise SpecError("info must be a dict")
+        wanted = {"conv": ("in_channels", "out_channels"), "bn": ("num_features",), "fc": ("in_features", "out_features")}
+        for name, w in self.layers.items():
+            if not isinstance(name, str) or not isinstance(w, dict) or w.get("kind") not in wanted:
+                raise SpecError(f"layers[{name!r}] must be a dict with kind conv, bn or fc")
+            for k in wanted[w["kind"]] + (("groups",) if "groups" in w else ()):
+                if type(w.get(k)) is not int or w[k] < 1:
+                    raise SpecError(f"layers[{name!r}].{k} must be an int >= 1, found {w.get(k)!r}")
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        return apply_pruned_spec(model, self.as_spec())
+
+    def describe(self) -> str:
+        kept = self.info.get("macs"), self.info.get("baseline_macs")
+        return f"pruned_widths({kept[0] / kept[1]:.0%} MACs)" if all(isinstance(v, int | float) and v for v in kept) else "pruned_widths"
+
+    @classmethod
+    def infer(cls, model: nn.Module, reference: nn.Module) -> Change | None:
+        body = getattr(model, "backbone", model)
+        ref = {k: v for k, v in pruned_spec(reference)["layers"].items() if v["kind"] != "fc"}
+        mine = {k: v for k, v in pruned_spec(body)["layers"].items() if v["kind"] != "fc"}
+        if mine == ref:
+            return None
+        layers = pruned_spec(body)["layers"]
+        if "fc" not in layers:  # heads replaced fc; the replay resizes fc before the heads read its width
+            last = [m for m in body.modules() if isinstance(m, nn.BatchNorm2d | nn.Conv2d)][-1]
+            width = last.num_features if isinstance(last, nn.BatchNorm2d) else last.out_channels
+            layers["fc"] = {"kind": "fc", "in_features": width, "out_features": reference.fc.out_features}
+        return cls(layers)
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:

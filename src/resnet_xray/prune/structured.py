@@ -20,6 +20,7 @@ from torch import nn
 
 from ..anatomy import layer_table
 from ..anatomy.summary import totals
+from ..interface import get_classifier
 from .importance import copy_gradients, make_importance
 
 # DepGraph only needs the graph's structure, which does not depend on the input's side.
@@ -35,11 +36,6 @@ def count_macs(model: nn.Module, input_size: int) -> int:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def classifier_of(model: nn.Module) -> nn.Module:
-    """The layers whose outputs are never pruned (the class logits)."""
-    return model.fc
 
 
 class CachedImportance(tp.importance.Importance):
@@ -82,7 +78,7 @@ def make_pruner(
         global_pruning=global_pruning,
         pruning_ratio=channel_ratio,
         max_pruning_ratio=MAX_CHANNEL_RATIO,
-        ignored_layers=[classifier_of(model)],
+        ignored_layers=[get_classifier(model)],  # the class logits are never pruned
         round_to=round_to if round_to and round_to > 1 else None,
     )
 

@@ -19,6 +19,7 @@ import torch
 from torch import fx, nn
 
 from ..anatomy.layers import _node_name, _node_type, trace_graph
+from ..interface import class_logits
 
 
 @dataclass
@@ -268,15 +269,13 @@ def trace_model(model: nn.Module, x: torch.Tensor, options: TraceOptions | None 
     Returns:
         A :class:`Trace`; ``trace.logits`` equals ``model(x)``.
     """
-    from ..classify import split_outputs
-
     opts = options or TraceOptions()
     if x.dim() == 3:
         x = x.unsqueeze(0)
     interp = _StatsInterpreter(traced_graph(model), set(opts.keep_maps or ()))
     out = interp.run(x)
     layers, blocks = interp.results()
-    logits, _ = split_outputs(out)
+    logits = class_logits(out)
     return Trace(logits=logits, layers=layers, blocks=blocks, maps=interp.maps)
 
 

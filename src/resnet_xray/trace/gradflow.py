@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ..errors import XrayError
+from ..interface import class_logits
 
 REGIMES = {
     "batch": "BatchNorm on batch statistics (train mode)",
@@ -274,7 +275,7 @@ def measure_network(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, plain
     xi = x.detach().clone().requires_grad_(True)
     convs = [(n, m.weight) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     with BlockProbe(model, plain=plain) as probe:
-        loss = F.cross_entropy(_logits(model(xi)), y)
+        loss = F.cross_entropy(class_logits(model(xi)), y)
         names = [n for n, _ in probe._blocks]
         recs = [probe.records[n] for n in names]
         wanted = [xi, *(r.x for r in recs), *(r.s for r in recs), recs[-1].out, *(w for _, w in convs)]
@@ -373,7 +374,7 @@ def train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, 
     with BlockProbe(model, plain=plain, record=False):
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(_logits(model(x)), y)
+            loss = F.cross_entropy(class_logits(model(x)), y)
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
@@ -452,12 +453,6 @@ def measure_gradflow(options: GradFlowOptions | None = None, model: nn.Module | 
         result.trained = _measure_all(base, x, y, opts.regimes)
         result.train_losses = losses
     return result
-
-
-def _logits(out: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
-    from ..classify import split_outputs
-
-    return split_outputs(out)[0]  # a multi-task model's class head
 
 
 def _num_classes(model: nn.Module) -> int:

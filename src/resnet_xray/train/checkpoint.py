@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..atomic import stale_temporaries
+from ..checkpoint import parse_checkpoint, safe_load
 from ..errors import XrayError
 from ..model import ModelMeta, save_checkpoint
 
@@ -88,12 +89,9 @@ def load_training_state(path: str | Path, *, arch: str, class_names: list[str], 
         XrayError: unreadable file, not a training checkpoint, or a mismatch (one line).
     """
     path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise XrayError(f"--resume: no checkpoint at {path}") from None
-    except Exception as e:  # noqa: BLE001 - any parse failure is the file's fault
-        raise XrayError(f"--resume: {path} is not loadable ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+    if not path.exists():
+        raise XrayError(f"--resume: no checkpoint at {path}")
+    ckpt = safe_load(path, "--resume")
     if not isinstance(ckpt, dict) or "training_state_version" not in ckpt:
         raise XrayError(f"--resume: {path} holds model weights only, no training state to resume from")
     if ckpt.get("arch") != arch:
@@ -101,9 +99,21 @@ def load_training_state(path: str | Path, *, arch: str, class_names: list[str], 
     if list(ckpt.get("class_names", [])) != list(class_names):
         n = len(ckpt.get("class_names", []))
         raise XrayError(f"--resume: {path} was trained on {n} classes, this dataset has {len(class_names)} (or other names)")
-    if (ckpt.get("heads") or None) != (heads or None):
-        raise XrayError(f"--resume: {path} has heads {sorted(ckpt.get('heads') or {})}, this run has {sorted(heads or {})}")
+    theirs = _heads_of(ckpt, path)
+    if (theirs or None) != (heads or None):
+        raise XrayError(f"--resume: {path} has heads {sorted(theirs or {})}, this run has {sorted(heads or {})}")
     return ckpt
+
+
+def _heads_of(ckpt: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """The head spec recorded in a checkpoint's changes (format 2) or ``heads`` key (format 1)."""
+    heads: dict[str, Any] | None = None
+    for c in parse_checkpoint(ckpt, path, "--resume").changes:
+        if c.kind == "heads":
+            heads = {k: dict(v) for k, v in c.heads.items()}  # type: ignore[attr-defined]
+        elif c.kind == "classifier" and heads is not None:  # a new class head after the heads were attached
+            heads["class"] = {"kind": "linear", "out": c.num_classes, "hidden": 0}  # type: ignore[attr-defined]
+    return heads
 
 
 def remove_stale_temporaries(out_dir: Path) -> list[Path]:

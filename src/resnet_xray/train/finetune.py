@@ -22,11 +22,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import XrayError
-from ..model import ModelMeta, check_arch, load_model, save_checkpoint
+from ..interface import ReplacedClassifier, class_logits, reset_classifier
+from ..model import ModelMeta, changes_of, check_arch, check_changes_rebuild, load_model, save_checkpoint
 from . import distributed as D
 from .checkpoint import load_training_state, remove_stale_temporaries, save_training_state, set_rng_state
 from .data import DataBundle, make_loaders, steps_per_epoch
-from .heads import MultiTaskResNet, attach_heads, box_loss, box_metrics, multitask_spec
+from .heads import Heads, MultiTaskResNet, attach_heads, box_loss, box_metrics, multitask_spec
 from .metrics import TensorBoardLog, per_class_accuracy, save_confusion_png, write_history_csv, write_text_atomic
 
 FREEZE_MODES = ("none", "backbone", "gradual")
@@ -87,25 +88,6 @@ class FinetuneOptions:
 
 
 # --- model surgery ---
-
-
-def replace_classifier(model: nn.Module, num_classes: int) -> nn.Module:
-    """Swap ``fc`` for a fresh ``Linear(in_features, num_classes)`` (the seed's transfer-learning step).
-
-    Works on plain and pruned ResNets (``in_features`` is read from the current ``fc``).
-    """
-    if num_classes < 1:
-        raise XrayError(f"cannot build a classifier for {num_classes} classes")
-    if isinstance(model, MultiTaskResNet):
-        head = model.heads["class"]
-        model.heads["class"] = nn.Linear(head.in_features, num_classes)
-        model.heads_spec["class"]["out"] = num_classes
-        return model
-    fc = getattr(model, "fc", None)
-    if not isinstance(fc, nn.Linear):
-        raise XrayError(f"{type(model).__name__} has no Linear 'fc' to replace")
-    model.fc = nn.Linear(fc.in_features, num_classes)
-    return model
 
 
 def _backbone(model: nn.Module) -> nn.Module:
@@ -229,10 +211,6 @@ def _unpack(batch, device: torch.device, channels_last: bool):
     return x, y, box
 
 
-def _logits(out) -> torch.Tensor:
-    return out["class"] if isinstance(out, dict) else out
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -263,7 +241,7 @@ def evaluate(
         x, y, box = _unpack(batch, device, channels_last)
         with precision.autocast(device):
             out = model(x)
-        logits = _logits(out).float()
+        logits = class_logits(out).float()
         if confusion is None:
             confusion = torch.zeros(logits.shape[1], logits.shape[1], dtype=torch.int64, device=device)
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
@@ -312,7 +290,7 @@ class _StepStats:
 
 
 def _loss(out, y: torch.Tensor, box: torch.Tensor | None, options: FinetuneOptions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    logits = _logits(out).float()
+    logits = class_logits(out).float()
     ce = nn.functional.cross_entropy(logits, y, label_smoothing=options.label_smoothing)
     parts = {"class": ce}
     total = ce * options.loss_weights.get("class", 1.0) if isinstance(out, dict) else ce
@@ -337,6 +315,7 @@ def fit(
     resume: bool = False,
     checkpoint_extra: dict[str, Any] | None = None,
     pretrained: bool = True,
+    meta: ModelMeta | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place on ``data`` and return its history and final metrics.
 
@@ -348,8 +327,10 @@ def fit(
         out_dir: where ``last.pt`` (resumable), ``best.pt`` (best validation accuracy),
             ``metrics.csv`` and ``confusion.png`` go; None writes nothing.
         resume: continue from ``out_dir/last.pt`` when it exists.
-        checkpoint_extra: more keys for every checkpoint (the pruner passes ``pruned_spec``).
+        checkpoint_extra: more plain-data keys for every checkpoint.
         pretrained: whether the starting weights are worth protecting (picks the default lr).
+        meta: the model's metadata; its ``changes`` (pruned widths, heads, a new classifier)
+            go into every checkpoint. None reads them off the model's structure.
 
     Returns:
         ``{"history": [...], "final": evaluate(...) on the final weights, "best": {...},
@@ -376,8 +357,13 @@ def fit(
         remove_stale_temporaries(out)
 
     heads = model.heads_spec if isinstance(model, MultiTaskResNet) else None
-    meta = ModelMeta(options.arch, f"fine-tuned from {options.weights}", list(data.class_names), data.preprocessing, True)
-    extra = {"options": options.to_dict(), **({"heads": heads} if heads else {}), **(checkpoint_extra or {})}
+    # The checkpoints carry the model's whole change list (pruned widths included), checked
+    # here so a run never trains for an hour and then writes files that cannot be loaded.
+    changes = list(meta.changes) if meta is not None and meta.changes else (changes_of(_bare(model), options.arch) if out is not None else [])
+    meta = ModelMeta(options.arch, f"fine-tuned from {options.weights}", list(data.class_names), data.preprocessing, True, changes=changes)
+    if out is not None:
+        check_changes_rebuild(_bare(model), meta)
+    extra = {"options": options.to_dict(), **(checkpoint_extra or {})}
 
     model.to(device)
     if options.channels_last:
@@ -472,7 +458,7 @@ def fit(
                 scaler.step(optimizer)
                 scaler.update()
                 stats.loss += float(loss.detach()) * len(y)
-                stats.correct += int((_logits(out_).argmax(1) == y).sum())
+                stats.correct += int((class_logits(out_).argmax(1) == y).sum())
                 stats.seen += len(y)
                 if "box" in parts:
                     stats.box_loss += float(parts["box"].detach()) * len(y)
@@ -576,20 +562,21 @@ def _dist_env() -> tuple[int, int, int, str | None]:
 
 
 def build_for_finetune(options: FinetuneOptions, class_names: list[str]) -> tuple[nn.Module, ModelMeta]:
-    """Starting weights, the classifier swapped for ``len(class_names)`` outputs, heads if multi-task."""
+    """Starting weights, the classifier swapped for ``len(class_names)`` outputs, heads if multi-task.
+
+    The returned metadata lists every change, the loaded model's own (pruned widths) first.
+    """
     model, meta = load_model(options.arch, options.weights, seed=options.seed, progress=options.progress)
     options.arch = meta.arch
     n = len(class_names)
-    if isinstance(model, MultiTaskResNet):
-        if list(meta.class_names) != list(class_names):
-            model = replace_classifier(model, n)
-        if not options.multitask:
-            raise XrayError(f"--weights {options.weights}: is a multi-task checkpoint; add --multitask")
-        return model, meta
+    if isinstance(model, MultiTaskResNet) and not options.multitask:
+        raise XrayError(f"--weights {options.weights}: is a multi-task checkpoint; add --multitask")
     if list(meta.class_names) != list(class_names):
-        model = replace_classifier(model, n)
-    if options.multitask:
+        model = reset_classifier(model, n)
+        meta = meta.with_change(ReplacedClassifier(n))
+    if options.multitask and not isinstance(model, MultiTaskResNet):
         model = attach_heads(model, multitask_spec(n))
+        meta = meta.with_change(Heads.of(model))
     return model, meta
 
 
@@ -611,7 +598,7 @@ def finetune(data_dir: str | Path, options: FinetuneOptions, out_dir: str | Path
                             seed=options.seed, distributed=ctx.enabled, multitask=options.multitask,
                             min_crop_scale=options.min_crop_scale)
         model, meta = build_for_finetune(options, data.class_names)
-        result = fit(model, data, options, out_dir=out_dir, resume=resume, pretrained=meta.pretrained)
+        result = fit(model, data, options, out_dir=out_dir, resume=resume, pretrained=meta.pretrained, meta=meta)
         result["out_dir"] = str(out_dir)
         result["data"] = data.info
         result["class_names"] = data.class_names

@@ -3,12 +3,14 @@
 The backbone is the torchvision model with ``fc`` replaced by identity, so its output is
 the pooled feature vector (2048-d for ResNet-50). Each head is a small module on that
 vector; ``forward`` returns ``{name: output}``. A head spec is plain data (str/int), so it
-travels inside checkpoints that load with ``weights_only=True``.
+travels inside checkpoints that load with ``weights_only=True``, as a :class:`Heads`
+change record (see :mod:`resnet_xray.spec`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,6 +18,8 @@ from torch import nn
 from torchvision.ops import box_iou, generalized_box_iou_loss
 
 from ..errors import XrayError
+from ..interface import forward_features, num_features
+from ..spec import Change, SpecError, register
 
 HEAD_KINDS = ("linear", "box")
 
@@ -80,19 +84,34 @@ class MultiTaskResNet(nn.Module):
         self.heads = nn.ModuleDict(dict(heads))
         self.heads_spec = spec
 
+    @property
+    def num_features(self) -> int:
+        return _in_features(next(iter(self.heads.values())))
+
+    # The uniform model interface (resnet_xray.interface), as timm models have it.
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
+        return forward_features(self.backbone, x)
+
+    def forward_head(self, features: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        feats = torch.flatten(self.backbone.avgpool(features), 1)
+        return feats if pre_logits else {name: head(feats) for name, head in self.heads.items()}
+
+    def get_classifier(self) -> nn.Module:
+        if "class" not in self.heads:
+            raise XrayError(f"this multi-task model has no 'class' head (heads: {', '.join(self.heads)})")
+        return self.heads["class"]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.heads["class"] = nn.Linear(self.num_features, num_classes)
+        self.heads_spec["class"] = {"kind": "linear", "out": num_classes, "hidden": 0}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.backbone(x)
         return {name: head(feats) for name, head in self.heads.items()}
 
 
-def feature_dim(model: nn.Module) -> int:
-    fc = getattr(model, "fc", None)
-    if isinstance(fc, nn.Linear):
-        return fc.in_features
-    raise XrayError(f"{type(model).__name__} has no Linear 'fc' to put heads in place of")
+def _in_features(head: nn.Module) -> int:
+    return next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
 
 
 def attach_heads(model: nn.Module, heads_spec: Mapping[str, Any]) -> MultiTaskResNet:
@@ -111,7 +130,7 @@ def attach_heads(model: nn.Module, heads_spec: Mapping[str, Any]) -> MultiTaskRe
     if isinstance(model, MultiTaskResNet):
         raise XrayError("model already has heads; attach them to the plain backbone")
     spec = normalize_spec(heads_spec)
-    in_features = feature_dim(model)
+    in_features = num_features(model)
     fc = model.fc
     heads: dict[str, nn.Module] = {}
     for name, s in spec.items():
@@ -121,6 +140,43 @@ def attach_heads(model: nn.Module, heads_spec: Mapping[str, Any]) -> MultiTaskRe
             heads[name] = _make_head(s, in_features)
     model.fc = nn.Identity()
     return MultiTaskResNet(model, heads, spec)
+
+
+@register
+@dataclass(frozen=True)
+class Heads(Change):
+    """Named heads on the pooled features in place of ``fc`` (a :class:`MultiTaskResNet`)."""
+
+    kind = "heads"
+    heads: dict[str, dict[str, Any]]  # {name: {"kind": "linear"|"box", "out": int, "hidden": int}}
+
+    def check(self) -> None:
+        if not isinstance(self.heads, dict) or not self.heads:
+            raise SpecError(f"heads must be a non-empty dict of {{name: spec}}, found {type(self.heads).__name__}")
+        for name, h in self.heads.items():
+            if not isinstance(h, dict) or h.get("kind") not in HEAD_KINDS:
+                raise SpecError(f"heads[{name!r}] must be a dict with kind {' or '.join(HEAD_KINDS)}")
+            for k in ("out", "hidden"):
+                if type(h.get(k, 0)) is not int or h.get(k, 0) < (1 if k == "out" else 0):
+                    raise SpecError(f"heads[{name!r}].{k} must be a non-negative int, found {h.get(k)!r}")
+        try:
+            normalize_spec(self.heads)
+        except XrayError as e:
+            raise SpecError(str(e)) from None
+
+    @classmethod
+    def of(cls, model: MultiTaskResNet) -> Heads:
+        return cls({k: dict(v) for k, v in model.heads_spec.items()})
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        return attach_heads(model, self.heads)
+
+    def describe(self) -> str:
+        return f"heads({', '.join(self.heads)})"
+
+    @classmethod
+    def infer(cls, model: nn.Module, reference: nn.Module) -> Change | None:
+        return cls.of(model) if isinstance(model, MultiTaskResNet) else None
 
 
 def multitask_spec(num_classes: int, *, box_hidden: int = 256) -> dict[str, dict[str, Any]]:

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from ..errors import XrayError
+from ..interface import ClassLogits
 from ..units import pct
 from .canvas import new_figure
 from .names import resolve_layer
@@ -57,19 +58,6 @@ class CamResult:
             "methods": list(self.maps),
             "peak_yx": {m: [int(v) for v in np.unravel_index(int(np.argmax(a)), a.shape)] for m, a in self.maps.items()},
         }
-
-
-class ClassLogits(nn.Module):
-    """The classification logits of any of our models; a multi-task model returns a dict, which CAM cannot use."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from ..classify import split_outputs
-
-        return split_outputs(self.model(x))[0]
 
 
 @contextmanager
@@ -123,7 +111,7 @@ def compute_cams(model: nn.Module, x: torch.Tensor, class_names: list[str], opti
     modules = dict(model.named_modules())
     layer = target_module_name(modules, opts.layer)
     model.eval()
-    classifier = ClassLogits(model).eval()
+    classifier = ClassLogits(model).eval()  # a multi-task model returns a dict, which CAM cannot use
     with torch.no_grad():
         probs = classifier(x).float().softmax(dim=1)[0]
     top = int(probs.argmax())
