@@ -266,6 +266,8 @@ def _load_file(path: Path, arch: str | None, *, allow_nonfinite: bool = False) -
         model = replay(build_model(arch), changes)
     except (SpecError, XrayError) as e:
         raise XrayError(f"--weights {path}: checkpoint field 'changes' does not rebuild a model ({e})") from None
+    for c in changes:
+        state = c.upgrade_state(state)
     _load_strict(model, state, path, arch)
 
     try:

@@ -51,6 +51,10 @@ class Change:
     def describe(self) -> str:
         return self.kind
 
+    def upgrade_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Rename an older file's state_dict keys to this release's module names (usually none)."""
+        return state
+
     def to_data(self) -> dict[str, Any]:
         return {"kind": self.kind, **{f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}}  # type: ignore[arg-type]
 

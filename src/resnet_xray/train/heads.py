@@ -9,6 +9,7 @@ change record (see :mod:`resnet_xray.spec`).
 
 from __future__ import annotations
 
+import keyword
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -75,13 +76,31 @@ def _make_head(spec: dict[str, Any], in_features: int) -> nn.Module:
     return nn.Linear(in_features, spec["out"])
 
 
+class HeadDict(nn.ModuleDict):
+    """Heads by task name. A name that is a Python keyword (``class``) is stored as ``class_``:
+    torch.fx writes module paths as attribute access, and ``self.heads.class`` does not parse."""
+
+    @staticmethod
+    def key(name: str) -> str:
+        return f"{name}_" if keyword.iskeyword(name) else name
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return super().__getitem__(self.key(name))
+
+    def __setitem__(self, name: str, module: nn.Module) -> None:
+        super().__setitem__(self.key(name), module)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(self.key(name))
+
+
 class MultiTaskResNet(nn.Module):
     """One backbone, several heads; ``forward(x) -> {head name: output}``."""
 
     def __init__(self, backbone: nn.Module, heads: Mapping[str, nn.Module], spec: dict[str, dict[str, Any]]) -> None:
         super().__init__()
         self.backbone = backbone
-        self.heads = nn.ModuleDict(dict(heads))
+        self.heads = HeadDict(dict(heads))
         self.heads_spec = spec
 
     @property
@@ -94,11 +113,11 @@ class MultiTaskResNet(nn.Module):
 
     def forward_head(self, features: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
         feats = torch.flatten(self.backbone.avgpool(features), 1)
-        return feats if pre_logits else {name: head(feats) for name, head in self.heads.items()}
+        return feats if pre_logits else {name: self.heads[name](feats) for name in self.heads_spec}
 
     def get_classifier(self) -> nn.Module:
         if "class" not in self.heads:
-            raise XrayError(f"this multi-task model has no 'class' head (heads: {', '.join(self.heads)})")
+            raise XrayError(f"this multi-task model has no 'class' head (heads: {', '.join(self.heads_spec)})")
         return self.heads["class"]
 
     def reset_classifier(self, num_classes: int) -> None:
@@ -107,7 +126,7 @@ class MultiTaskResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.backbone(x)
-        return {name: head(feats) for name, head in self.heads.items()}
+        return {name: self.heads[name](feats) for name in self.heads_spec}
 
 
 def _in_features(head: nn.Module) -> int:
@@ -170,6 +189,15 @@ class Heads(Change):
 
     def apply(self, model: nn.Module) -> nn.Module:
         return attach_heads(model, self.heads)
+
+    def upgrade_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # Files written before HeadDict keep the 'class' head under heads.class.*
+        prefixes = {f"heads.{n}.": f"heads.{HeadDict.key(n)}." for n in self.heads if HeadDict.key(n) != n}
+        out = {}
+        for k, v in state.items():
+            p = next((p for p in prefixes if k.startswith(p)), None)
+            out[prefixes[p] + k[len(p):] if p else k] = v
+        return out
 
     def describe(self) -> str:
         return f"heads({', '.join(self.heads)})"
