@@ -126,7 +126,8 @@ def test_two_rounds_with_finetuning_then_resume_after_interrupt(tmp_path):
     with torch.inference_mode():
         torch.testing.assert_close(final(x), r2(x), atol=0, rtol=0)
     assert fmeta.class_names == ["blue", "red"]
-    assert fmeta.extras["options"]["importance"] == "taylor"
+    assert fmeta.options["importance"] == "taylor"
+    assert [c.kind for c in fmeta.changes] == ["classifier", "pruned_widths"]
     # Accuracy the tiny trainer reports for the saved model is what the loop recorded.
     assert TinyTrainer.evaluate(final, data)["accuracy"] == pytest.approx(result.rounds[-1]["accuracy"])
     assert (tmp_path / "accuracy_vs_cost.png").stat().st_size > 0
@@ -178,7 +179,7 @@ def test_finetune_checkpoints_lend_their_recipe_to_recovery(monkeypatch):
     loop.default_trainer(PruneOptions(lr=3e-4, batch_size=8), "resnet18", recipe).finetune(None, None, 2)
     (o,) = seen
     assert (o.optimizer, o.amp, o.channels_last, o.label_smoothing, o.lr, o.epochs, o.batch_size) == ("adamw", True, True, 0.05, 3e-4, 2, 8)
-    meta = ModelMeta("resnet18", "ckpt", ["a", "b"], Preprocessing(resize=SIZE, crop=SIZE), True, extras={"options": trained})
+    meta = ModelMeta("resnet18", "ckpt", ["a", "b"], Preprocessing(resize=SIZE, crop=SIZE), True, options=trained)
     assert loop.loader_options(meta) == {"min_crop_scale": 0.8}
     # A recorded peak learning rate is halved for recovery; an explicit --lr still wins.
     assert loop.training_recipe({**trained, "lr": 1e-3})["lr"] == pytest.approx(5e-4)

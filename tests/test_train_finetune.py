@@ -14,7 +14,8 @@ from resnet_xray.model import build_model, load_model
 from resnet_xray.train import finetune as F
 from resnet_xray.train.checkpoint import load_training_state
 from resnet_xray.train.data import make_loaders
-from resnet_xray.train.finetune import FinetuneOptions, evaluate, fit, replace_classifier
+from resnet_xray.interface import reset_classifier
+from resnet_xray.train.finetune import FinetuneOptions, evaluate, fit
 
 SIZE = 32
 
@@ -42,10 +43,10 @@ def _model(n: int = 3, seed: int = 0) -> nn.Module:
     return build_model("resnet18", num_classes=n)
 
 
-def test_replace_classifier_keeps_backbone_and_sizes_the_head():
+def test_reset_classifier_keeps_backbone_and_sizes_the_head():
     model = build_model("resnet18")
     before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
-    replace_classifier(model, 7)
+    reset_classifier(model, 7)
     assert isinstance(model.fc, nn.Linear) and (model.fc.in_features, model.fc.out_features) == (512, 7)
     for k, v in before.items():
         torch.testing.assert_close(model.state_dict()[k], v)

@@ -28,8 +28,12 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def add_model_args(p: argparse.ArgumentParser, default_weights: str = "imagenet") -> None:
-    """``--arch`` and ``--weights``, meaning the same thing in every command."""
+def add_model_args(p: argparse.ArgumentParser, default_weights: str = "imagenet", *, allow_nonfinite: bool = False) -> None:
+    """``--arch`` and ``--weights``, meaning the same thing in every command.
+
+    ``allow_nonfinite`` adds ``--allow-nonfinite``, for commands where looking at a model
+    with NaN/Inf weights tells the user something (its structure, where the NaNs spread).
+    """
     from .model import ARCHS
 
     p.add_argument("--arch", choices=ARCHS, default=None, help="torchvision ResNet (default: the checkpoint's, else resnet50)")
@@ -40,12 +44,14 @@ def add_model_args(p: argparse.ArgumentParser, default_weights: str = "imagenet"
         f"(default: {default_weights})",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default: 0)")
+    if allow_nonfinite:
+        p.add_argument("--allow-nonfinite", action="store_true", help="load weights holding NaN/Inf (refused by default), to inspect them")
 
 
 def model_from_args(args: argparse.Namespace):
     from .model import load_model
 
-    return load_model(args.arch, args.weights, seed=args.seed)
+    return load_model(args.arch, args.weights, seed=args.seed, allow_nonfinite=getattr(args, "allow_nonfinite", False))
 
 
 def print_json(obj) -> None:
@@ -165,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("anatomy", help="the measured layer table, Table 1 summary, totals and breakdowns")
-    add_model_args(p, default_weights="random")
+    add_model_args(p, default_weights="random", allow_nonfinite=True)
     p.add_argument("--input-size", type=int, default=224, help="square input side (default: 224)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="everything as JSON")

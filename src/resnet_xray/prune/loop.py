@@ -19,7 +19,7 @@ from torch import nn
 
 from ..atomic import write_json, write_text
 from ..errors import XrayError
-from ..model import ModelMeta, load_model, save_checkpoint
+from ..model import ModelMeta, changes_of, load_model, save_checkpoint
 from ..units import pct, si, table
 from .importance import accumulate_gradients, check_criterion
 from .measure import measure_cost, measure_latency
@@ -218,6 +218,7 @@ def prune(
         class_names=list(data.class_names) if data is not None else list(meta.class_names),
         preprocessing=data.preprocessing if data is not None else meta.preprocessing,
         options=None,
+        changes=list(meta.changes) or changes_of(model, meta.arch),  # metadata made by hand records none
     )
     state = _load_state(out, options, meta)
     write_json(out / OPTIONS_FILE, {"options": options.to_dict(), "source": {"arch": meta.arch, "weights": meta.weights}, "input_size": input_size})

@@ -13,8 +13,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from . import ReportOptions, build_report
     from .assemble import check_out_dir
 
+    model, meta = model_from_args(args)  # first: a refused model must not leave an empty output folder behind
     out = check_out_dir(args.output)
-    model, meta = model_from_args(args)
     warn = random_weights_warning(meta)
     if warn:
         print(warn, file=sys.stderr)

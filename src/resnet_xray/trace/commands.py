@@ -135,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("trace", help="every operation's output statistics and each block's residual numbers, one forward pass")
     p.add_argument("image", help="image file")
-    add_model_args(p)
+    add_model_args(p, allow_nonfinite=True)
     p.add_argument("--json", action="store_true", help="layers and blocks as one JSON document")
     p.add_argument("--walkthrough", action="store_true", help="also walk through the first block of stage 1 step by step")
     p.set_defaults(func=cmd_trace)

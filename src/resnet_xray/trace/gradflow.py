@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ..errors import XrayError
-from ..interface import class_logits
+from ..interface import class_logits, get_classifier
 
 REGIMES = {
     "batch": "BatchNorm on batch statistics (train mode)",
@@ -456,5 +456,7 @@ def measure_gradflow(options: GradFlowOptions | None = None, model: nn.Module | 
 
 
 def _num_classes(model: nn.Module) -> int:
-    fc = getattr(model, "fc", None)
-    return int(fc.out_features) if isinstance(fc, nn.Linear) else 1000
+    try:
+        return int(get_classifier(model).out_features)
+    except XrayError:
+        return 1000
