@@ -328,6 +328,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: ModelMeta, 
     if not meta.changes:  # metadata made by hand for a model changed by hand: read the changes off it
         meta = replace(meta, changes=changes_of(model, meta.arch))
     check_changes_rebuild(model, meta, state)
+    try:
+        n_out = get_classifier(model).out_features
+    except XrayError:
+        n_out = None  # a multi-task model without a 'class' head
+    if n_out is not None and n_out != len(meta.class_names):
+        raise ValueError(f"meta has {len(meta.class_names)} class names but the classifier has {n_out} outputs")
     ckpt = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "arch": meta.arch,
