@@ -99,16 +99,19 @@ def load_training_state(path: str | Path, *, arch: str, class_names: list[str], 
     if list(ckpt.get("class_names", [])) != list(class_names):
         n = len(ckpt.get("class_names", []))
         raise XrayError(f"--resume: {path} was trained on {n} classes, this dataset has {len(class_names)} (or other names)")
-    theirs = _heads_of(ckpt, path)
+    changes = parse_checkpoint(ckpt, path, "--resume").changes
+    theirs = _heads_of(changes)
     if (theirs or None) != (heads or None):
         raise XrayError(f"--resume: {path} has heads {sorted(theirs or {})}, this run has {sorted(heads or {})}")
+    for c in changes:  # older files name some modules differently
+        ckpt["state_dict"] = c.upgrade_state(ckpt["state_dict"])
     return ckpt
 
 
-def _heads_of(ckpt: dict[str, Any], path: Path) -> dict[str, Any] | None:
-    """The head spec recorded in a checkpoint's changes (format 2) or ``heads`` key (format 1)."""
+def _heads_of(changes: list[Any]) -> dict[str, Any] | None:
+    """The head spec the changes leave: the last ``heads`` record, with any later new classifier."""
     heads: dict[str, Any] | None = None
-    for c in parse_checkpoint(ckpt, path, "--resume").changes:
+    for c in changes:
         if c.kind == "heads":
             heads = {k: dict(v) for k, v in c.heads.items()}  # type: ignore[attr-defined]
         elif c.kind == "classifier" and heads is not None:  # a new class head after the heads were attached
