@@ -1,10 +1,16 @@
 """One forward pass that records every operation's output statistics and each block's residual numbers.
 
-The model is traced with ``torch.fx`` and run by an :class:`torch.fx.Interpreter`,
-so each call of torchvision's shared ReLU gets its own name (``relu``, ``relu_1``,
-``relu_2``) and the shortcut add is a node of its own. Names are the same as in
-:mod:`resnet_xray.anatomy`. The interpreter frees each value after its last use,
-so only the maps asked for in :class:`TraceOptions` outlive the pass.
+The model is traced with ``torch.fx``, so each call of torchvision's shared ReLU
+gets its own name (``relu``, ``relu_1``, ``relu_2``) and the shortcut add is a
+node of its own. Names are the same as in :mod:`resnet_xray.anatomy`.
+
+The default engine writes a statistics call after every operation into the
+model's generated FX code once (cached per model), so a trace runs as plain
+Python with no per-node interpreter work, and reads each output only for what
+cannot be derived exactly from numbers already in hand (see ``MODES``). The
+logits are the model's own, bit for bit. The first engine, an
+:class:`torch.fx.Interpreter`, stays for comparison (``engine="interpreter"``).
+Only the maps asked for in :class:`TraceOptions` outlive the pass.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx, nn
 
@@ -25,6 +32,14 @@ from ..interface import class_logits
 @dataclass
 class TraceOptions:
     keep_maps: set[str] | None = None  # layer names whose full output is kept; None keeps none (stats for all)
+    # "codegen": statistics calls written into the model's FX code once, each output read only for what
+    # cannot be derived (see MODES); "codegen-full": the same code, every output read in full;
+    # "interpreter": an fx.Interpreter reducing every output in full (the first engine). All three give
+    # the same numbers up to float rounding; benchmarks/bench_trace.py times them side by side.
+    engine: str = "codegen"
+
+
+ENGINES = ("codegen", "codegen-full", "interpreter")
 
 
 @dataclass
@@ -131,6 +146,22 @@ def tensor_stats(name: str, ltype: str, t: torch.Tensor) -> LayerStats:
     return _finish(name, ltype, tuple(t.shape), [*vec.double().tolist(), int(nonzero)])
 
 
+def _block_stats(name: str, r: LayerStats, s: LayerStats, add: LayerStats, relu: LayerStats, dot: float) -> BlockStats:
+    projection = ".downsample" in s.name
+    return BlockStats(
+        name=name,
+        residual_norm=r.l2,
+        shortcut_norm=s.l2,
+        ratio=r.l2 / s.l2 if s.l2 > 0 else float("inf"),
+        cosine=dot / (r.l2 * s.l2) if r.l2 > 0 and s.l2 > 0 else float("nan"),
+        active_frac=1.0 - relu.zero_frac,  # ReLU output is >= 0: non-zero means > 0
+        projection=projection,
+        residual_from=r.name,
+        shortcut_from=s.name if projection else f"{name} input ({s.name})",
+        output_norm=add.l2,
+    )
+
+
 @dataclass
 class _PendingBlock:
     name: str
@@ -219,25 +250,273 @@ class _StatsInterpreter(fx.Interpreter):
             n: _finish(self.names[n], self.types[n], self.shapes[n], [*v, c]) for n, v, c in zip(self.order, vecs, counts)
         }
         dots = torch.stack([b.dot for b in self.done]).double().tolist() if self.done else []
-        blocks = []
-        for b, dot in zip(self.done, dots):
-            r, s = by_node[b.residual], by_node[b.shortcut]
-            projection = ".downsample" in s.name
-            blocks.append(
-                BlockStats(
-                    name=b.name,
-                    residual_norm=r.l2,
-                    shortcut_norm=s.l2,
-                    ratio=r.l2 / s.l2 if s.l2 > 0 else float("inf"),
-                    cosine=dot / (r.l2 * s.l2) if r.l2 > 0 and s.l2 > 0 else float("nan"),
-                    active_frac=1.0 - by_node[b.relu].zero_frac,  # ReLU output is >= 0: non-zero means > 0
-                    projection=projection,
-                    residual_from=r.name,
-                    shortcut_from=s.name if projection else f"{b.name} input ({s.name})",
-                    output_norm=by_node[b.add].l2,
-                )
-            )
+        blocks = [_block_stats(b.name, by_node[b.residual], by_node[b.shortcut], by_node[b.add], by_node[b.relu], dot)
+                  for b, dot in zip(self.done, dots)]
         return [by_node[n] for n in self.order], blocks
+
+
+# ---------------------------------------------------------------------------------------------
+# The generated-code engine: the statistics calls are written into the model's own FX code once,
+# so a trace runs as compiled Python, with no per-node interpreter work.
+
+
+# How the generated code reduces an op's output. Each full pass over a big activation costs memory
+# bandwidth, so an output is read only for what cannot be derived exactly from numbers already in hand:
+#   full      sum, sum of squares, max, min (and zeros after ReLU/max pool): four or five passes
+#   channels  a conv that feeds an eval-mode BatchNorm: the same four, per channel (as fast as whole-tensor ones)
+#   affine    that BatchNorm: y = a*x + b per channel, so its statistics follow from the conv's per-channel
+#             ones (exact up to float rounding); its output is never read
+#   relu      a ReLU whose input is tabulated: sum, sum of squares and zeros read; min/max = max(input's, 0)
+#   add       a block's add: sum and sum of squares from F(x), the shortcut and their dot product
+#             (||F+S||^2 = ||F||^2 + ||S||^2 + 2 F.S, needed anyway for the cosine); max and min read
+MODES = ("full", "channels", "affine", "relu", "add")
+CHANNEL_MIN_AREA = 256  # per-channel reductions pay off only on maps of at least this many pixels (16x16)
+
+
+@dataclass
+class _Entry:
+    name: str
+    type: str
+    count_zeros: bool
+    mode: str = "full"
+    src: int | None = None  # the tabulated op whose output is this op's input (affine, relu)
+    module: nn.Module | None = None  # the BatchNorm of an affine entry
+    terms: tuple[int, int, int] | None = None  # add: (F(x) entry, shortcut entry, dot index)
+
+
+@dataclass
+class _BlockPlan:
+    name: str
+    residual: int  # index of F(x)'s entry
+    shortcut: int  # index of the shortcut term's entry
+    add: int  # index of the add's entry
+    relu: int  # index of the ReLU after the add
+
+
+def _bn_affine(m: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-channel (a, b) with bn(x) = a*x + b, or None where the output is not such a map (training mode)."""
+    if m.training or m.running_mean is None or m.running_var is None:
+        return None
+    a = 1.0 / np.sqrt(m.running_var.detach().double().cpu().numpy() + m.eps)
+    b = -m.running_mean.detach().double().cpu().numpy() * a
+    if m.weight is not None:
+        w = m.weight.detach().double().cpu().numpy()
+        a, b = a * w, b * w
+    if m.bias is not None:
+        b = b + m.bias.detach().double().cpu().numpy()
+    return a, b
+
+
+class _StatsSink(nn.Module):
+    """What the generated code calls after each tabulated op; it keeps one small statistics vector per op."""
+
+    def __init__(self, entries: list[_Entry]):
+        super().__init__()
+        self.entries = entries
+        self.reset(set())
+
+    def reset(self, keep_maps: set[str]) -> None:
+        n = len(self.entries)
+        self.keep = keep_maps
+        # Scalars stay tensors until one read-back at the end (no device sync per layer); stacking
+        # them once there is much cheaper than a small stack per layer.
+        self.values: list[tuple[int, int, torch.Tensor]] = []  # (entry, column of [sum, sumsq, max, min], 0-d tensor)
+        self.counts: list[tuple[int, torch.Tensor]] = []  # (entry, count of non-zero elements)
+        self.channels: dict[int, torch.Tensor] = {}  # channels-mode entries: (4, N, C) of the same four
+        self.shapes: list[tuple[int, ...] | None] = [None] * n
+        self.dots: dict[int, torch.Tensor] = {}
+        self.maps: dict[str, torch.Tensor] = {}
+        self.modes: dict[int, str] = {}  # entries reduced in a mode other than full, in execution order
+
+    def forward(self, t: torch.Tensor, i: int) -> None:
+        e = self.entries[i]
+        self.shapes[i] = tuple(t.shape)
+        if e.name in self.keep:
+            self.maps[e.name] = t.detach().clone()  # a clone: the in-place ReLU that follows would change it
+        f = t.detach()
+        if f.numel() == 0:
+            return
+        if f.dtype != torch.float32:
+            f = f.float()
+        mode = e.mode if f.dim() >= 2 else "full"
+        if mode == "channels" and math.prod(f.shape[2:]) < CHANNEL_MIN_AREA:
+            mode = "full"  # small maps: per-row reductions cost more than the BatchNorm pass they save
+        if mode == "affine" and (e.src not in self.channels or e.module.training or e.module.running_var is None):
+            mode = "full"  # its conv was not reduced per channel, or the BatchNorm uses batch statistics
+        if mode == "relu" and self.shapes[e.src] is None:
+            mode = "full"
+        if mode == "add" and e.terms[2] not in self.dots:
+            mode = "full"
+        flat = f.reshape(-1)
+        put = self.values.append
+        if mode == "channels":
+            v = f.reshape(f.shape[0] * f.shape[1], -1)  # rows are (image, channel): no copy
+            c = torch.stack([v.sum(1), torch.linalg.vector_norm(v, dim=1).square(), v.amax(1), v.amin(1)])
+            self.channels[i] = c.reshape(4, f.shape[0], f.shape[1])
+        elif mode == "relu":
+            put((i, 0, flat.sum()))
+            put((i, 1, torch.dot(flat, flat)))
+        elif mode == "add":
+            put((i, 2, flat.amax()))
+            put((i, 3, flat.amin()))
+        elif mode == "full":
+            put((i, 0, flat.sum()))
+            put((i, 1, torch.dot(flat, flat)))
+            put((i, 2, flat.amax()))  # amax then amin: faster here than one aminmax
+            put((i, 3, flat.amin()))
+        if e.count_zeros:
+            # Counting the float32 words whose bits are not all zero needs no temporary tensor; only a
+            # negative zero (-0.0) would be miscounted as non-zero, and a ReLU never produces one.
+            self.counts.append((i, torch.count_nonzero(flat.view(torch.int32))))
+        if mode != "full":
+            self.modes[i] = mode
+
+    def read_back(self) -> tuple[list[int], np.ndarray, dict[int, int]]:
+        """The entries that ran, their [sum, sumsq, max, min] in float64 (derived ones filled in), their non-zero counts."""
+        done = [i for i, sh in enumerate(self.shapes) if sh is not None]
+        vecs = np.full((len(self.entries), 4), np.nan)
+        if self.values:
+            rows, cols, ts = zip(*self.values)
+            vecs[list(rows), list(cols)] = torch.stack(ts).double().cpu().numpy()
+        counts = dict(zip([i for i, _ in self.counts], torch.stack([c for _, c in self.counts]).tolist())) if self.counts else {}
+        for i in done:  # an empty output: zeros, as _finish expects
+            if math.prod(self.shapes[i]) == 0:
+                vecs[i] = 0.0
+        self.derive(vecs)
+        return done, vecs, counts
+
+    def derive(self, vecs: np.ndarray) -> None:
+        """Fill in, in place and in execution order, the statistics that were derived rather than read."""
+        chans = {i: c.double().cpu().numpy() for i, c in self.channels.items()}
+        for i, mode in self.modes.items():
+            e = self.entries[i]
+            if mode == "channels":
+                c = chans[i]
+                vecs[i] = [c[0].sum(), c[1].sum(), c[2].max(), c[3].min()]
+            elif mode == "affine":
+                c, (a, b) = chans[e.src], _bn_affine(e.module)
+                s, q, hi, lo = c  # each (N, C)
+                n = math.prod(self.shapes[i][2:])
+                # sum(a x + b) = a S + n b;  sum((a x + b)^2) = a^2 Q + 2 a b S + n b^2;  a < 0 swaps max and min
+                vecs[i] = [(a * s + n * b).sum(), (a * a * q + 2 * a * b * s + n * b * b).sum(),
+                           (np.where(a >= 0, a * hi, a * lo) + b).max(), (np.where(a >= 0, a * lo, a * hi) + b).min()]
+            elif mode == "relu":
+                vecs[i][2], vecs[i][3] = max(vecs[e.src][2], 0.0), max(vecs[e.src][3], 0.0)
+            elif mode == "add":
+                fi, si, k = e.terms
+                dot = float(self.dots[k].double())
+                vecs[i][0] = vecs[fi][0] + vecs[si][0]
+                vecs[i][1] = vecs[fi][1] + vecs[si][1] + 2.0 * dot
+
+
+class _DotSink(nn.Module):
+    """Called just before a block's add: the dot product of F(x) and the shortcut, for their cosine."""
+
+    def __init__(self, stats: _StatsSink):
+        super().__init__()
+        self.stats = [stats]  # a list, so the sink is not registered twice as a submodule
+
+    def forward(self, f: torch.Tensor, s: torch.Tensor, k: int) -> None:
+        self.stats[0].dots[k] = torch.dot(f.detach().reshape(-1).float(), s.detach().reshape(-1).float())
+
+
+class _Instrumented:
+    """A model's FX code with statistics calls inserted after every tabulated op (built once per model)."""
+
+    def __init__(self, model: nn.Module, fused: bool = True):
+        gm = trace_graph(model)
+        mods = dict(gm.named_modules())
+        entries: list[_Entry] = []
+        index: dict[fx.Node, int] = {}
+        for n in gm.graph.nodes:
+            if n.op not in ("call_module", "call_function", "call_method"):
+                continue
+            mod = mods.get(n.target) if n.op == "call_module" else None
+            ltype = _node_type(n, mod)
+            if ltype is None:
+                continue
+            index[n] = len(entries)
+            entries.append(_Entry(_node_name(n), ltype, ltype in ZERO_COUNTED, module=mod))
+
+        def tabulated(a: fx.Node) -> fx.Node:
+            # Look through pass-through modules (the nn.Identity left where a BatchNorm was fused away).
+            while a not in index and a.op == "call_module" and len(a.all_input_nodes) == 1:
+                if not isinstance(mods.get(a.target), nn.Identity):
+                    break
+                a = a.all_input_nodes[0]
+            return a
+
+        blocks: list[_BlockPlan] = []
+        dot_args: list[tuple[fx.Node, fx.Node, fx.Node]] = []  # (add, residual term, shortcut term) as the graph has them
+        for n, i in index.items():
+            if entries[i].type != "add":
+                continue
+            args = [a for a in n.args[:2] if isinstance(a, fx.Node)]
+            if len(args) != 2:
+                continue
+            terms = [tabulated(a) for a in args]
+            if not all(t in index for t in terms):
+                continue
+            block = _block_of(entries[i].name)
+            names = [entries[index[t]].name for t in terms]
+            # F(x) comes from inside the block's main path; the other term is x or its projection.
+            is_res = [nm.startswith(block + ".") and not nm.startswith(block + ".downsample") for nm in names]
+            if is_res.count(True) != 1:
+                continue
+            ri, si = (0, 1) if is_res[0] else (1, 0)
+            relu = next((index[u] for u in n.users if u in index and entries[index[u]].type == "relu"), None)
+            if relu is None:
+                continue
+            if fused and terms[ri] is args[ri] and terms[si] is args[si]:
+                entries[i].mode, entries[i].terms = "add", (index[terms[ri]], index[terms[si]], len(dot_args))
+            blocks.append(_BlockPlan(block, index[terms[ri]], index[terms[si]], i, relu))
+            dot_args.append((n, args[ri], args[si]))
+        if fused:
+            for n, i in index.items():
+                e = entries[i]
+                src = n.all_input_nodes[0] if len(n.all_input_nodes) == 1 else None
+                if e.type == "bn" and isinstance(e.module, nn.BatchNorm2d) and src in index and entries[index[src]].type == "conv" \
+                        and len(src.users) == 1:
+                    entries[index[src]].mode = "channels"
+                    e.mode, e.src = "affine", index[src]
+                elif e.type == "relu" and src in index and n.op == "call_module":
+                    e.mode, e.src = "relu", index[src]
+
+        self.entries, self.blocks = entries, blocks
+        self.sink = _StatsSink(entries)
+        gm.add_submodule("xray_stats", self.sink)
+        gm.add_submodule("xray_dots", _DotSink(self.sink))
+        g = gm.graph
+        for k, (add, f, s) in enumerate(dot_args):
+            with g.inserting_before(add):
+                g.call_module("xray_dots", (f, s), {"k": k})
+        for n, i in index.items():
+            with g.inserting_after(n):
+                g.call_module("xray_stats", (n,), {"i": i})
+        gm.recompile()
+        self.gm = gm
+
+    def run(self, x: torch.Tensor, keep_maps: set[str]) -> tuple[Any, list[LayerStats], list[BlockStats], dict[str, torch.Tensor]]:
+        s = self.sink
+        s.reset(keep_maps)
+        try:
+            out = self.gm(x)
+            # One read-back for the whole pass, then the derived statistics in float64.
+            done, vecs, counts = s.read_back()
+            if not done:
+                return out, [], [], s.maps
+            rows = {i: _finish(self.entries[i].name, self.entries[i].type, s.shapes[i], [*map(float, vecs[i]), counts.get(i, -1)])
+                    for i in done}
+            ks = sorted(s.dots)
+            dots = dict(zip(ks, torch.stack([s.dots[k] for k in ks]).double().tolist())) if ks else {}
+            blocks = [_block_stats(b.name, rows[b.residual], rows[b.shortcut], rows[b.add], rows[b.relu], dots[k])
+                      for k, b in enumerate(self.blocks) if k in dots]
+            return out, [rows[i] for i in done], blocks, s.maps
+        finally:
+            s.reset(set())  # drop this pass's tensors: the sink lives as long as the model
+
+
+_INSTRUMENTED: weakref.WeakKeyDictionary[nn.Module, dict[bool, tuple[Any, _Instrumented]]] = weakref.WeakKeyDictionary()
 
 
 # Tracing costs about a third of a CPU forward pass, so a model's graph is kept while
@@ -245,10 +524,26 @@ class _StatsInterpreter(fx.Interpreter):
 _GRAPHS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[tuple[str, int, int], ...], fx.GraphModule]] = weakref.WeakKeyDictionary()
 
 
+def _tree_key(model: nn.Module) -> tuple[tuple[str, int, int], ...]:
+    # A forward swapped on an instance (plain_network, a probe) changes the graph too.
+    return tuple((name, id(m), id(m.__dict__.get("forward"))) for name, m in model.named_modules())
+
+
+def instrumented(model: nn.Module, fused: bool = True) -> _Instrumented:
+    """``model``'s code with the statistics calls written in, cached while its module tree is the same."""
+    key = (_tree_key(model), fused)
+    hits = _INSTRUMENTED.setdefault(model, {})
+    hit = hits.get(fused)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    inst = _Instrumented(model, fused)
+    hits[fused] = (key, inst)
+    return inst
+
+
 def traced_graph(model: nn.Module) -> fx.GraphModule:
     """``torch.fx`` graph of ``model``, cached per model while its module tree is the same."""
-    # A forward swapped on an instance (plain_network, a probe) changes the graph too.
-    key = tuple((name, id(m), id(m.__dict__.get("forward"))) for name, m in model.named_modules())
+    key = _tree_key(model)
     hit = _GRAPHS.get(model)
     if hit is not None and hit[0] == key:
         return hit[1]
@@ -270,13 +565,20 @@ def trace_model(model: nn.Module, x: torch.Tensor, options: TraceOptions | None 
         A :class:`Trace`; ``trace.logits`` equals ``model(x)``.
     """
     opts = options or TraceOptions()
+    if opts.engine not in ENGINES:
+        raise ValueError(f"engine {opts.engine!r}: choose one of {', '.join(ENGINES)}")
     if x.dim() == 3:
         x = x.unsqueeze(0)
-    interp = _StatsInterpreter(traced_graph(model), set(opts.keep_maps or ()))
-    out = interp.run(x)
-    layers, blocks = interp.results()
+    keep = set(opts.keep_maps or ())
+    if opts.engine in ("codegen", "codegen-full"):
+        out, layers, blocks, maps = instrumented(model, fused=opts.engine == "codegen").run(x, keep)
+    else:
+        interp = _StatsInterpreter(traced_graph(model), keep)
+        out = interp.run(x)
+        layers, blocks = interp.results()
+        maps = interp.maps
     logits = class_logits(out)
-    return Trace(logits=logits, layers=layers, blocks=blocks, maps=interp.maps)
+    return Trace(logits=logits, layers=layers, blocks=blocks, maps=maps)
 
 
 def layer_names(model: nn.Module) -> list[str]:
