@@ -1,7 +1,8 @@
 """The first block of stage 1, step by step on a real input: shapes, costs and what each step does.
 
-Every shape, parameter count and norm below is read from the model and the
-input in hand; the text around them only says what the step is for.
+Every shape and norm is read from one trace of the model on the input in hand
+(nothing is re-run by hand), parameter counts from the modules; the text around
+them only says what the step is for.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class Step:
     params: int
     macs: int  # multiply-accumulates (conv), element operations (bn, relu, add)
     l2: float  # norm of this step's output on the input in hand
-    zero_frac: float  # fraction of exact zeros in the output
+    zero_frac: float | None  # fraction of exact zeros in the output (counted after ReLUs only, as in the trace)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -66,7 +67,7 @@ class Walkthrough:
         ]
         for s in self.steps:
             lines.append(
-                f"{s.name:<24} {s.what:<34} {_shape(s.out_shape):<18} {s.params:>9,} {s.macs:>12,} {s.l2:>10.2f} {s.zero_frac:>6.1%}"
+                f"{s.name:<24} {s.what:<34} {_shape(s.out_shape):<18} {s.params:>9,} {s.macs:>12,} {s.l2:>10.2f} {'' if s.zero_frac is None else format(s.zero_frac, '.1%'):>6}"
             )
             lines.append(f"{'':<24}   {s.role}")
         lines += ["", *self._why()]
@@ -130,129 +131,129 @@ def _conv_what(c: nn.Conv2d) -> str:
     return f"{k}x{k} conv {c.in_channels}->{c.out_channels}, stride {c.stride[0]}"
 
 
-def _stem(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model.maxpool(model.relu(model.bn1(model.conv1(x))))
+ROLES_BOTTLENECK = {
+    "conv1": "1x1 reduce: mixes channels, no spatial context",
+    "bn1": "normalise each channel",
+    "relu": "first of the block's three ReLU calls",
+    "conv2": "3x3 spatial: the only layer here that looks at neighbours",
+    "bn2": "normalise each channel",
+    "relu_1": "second ReLU call (the same module object in torchvision)",
+    "conv3": "1x1 expand",
+    "bn3": "F(x): the residual branch's output",
+    "downsample.0": "projection shortcut (option B): match channels and stride",
+    "downsample.1": "BatchNorm on the projection, like F(x)'s last step",
+    "add": "the residual add",
+    "relu_2": "after the add: the block's output",
+}
+ROLES_BASIC = {
+    "conv1": "3x3 spatial",
+    "bn1": "normalise each channel",
+    "relu": "first ReLU call",
+    "conv2": "3x3 spatial",
+    "bn2": "F(x): the residual branch's output",
+    "downsample.0": "projection shortcut (option B): match channels and stride",
+    "downsample.1": "BatchNorm on the projection, like F(x)'s last step",
+    "add": "the residual add",
+    "relu_1": "after the add: the block's output",
+}
 
 
-@torch.no_grad()
-def walkthrough(model: nn.Module, x: torch.Tensor, block: str = "layer1.0") -> Walkthrough:
-    """Run the stem, then ``block`` one operation at a time, recording each step.
+def walkthrough(model: nn.Module, x: torch.Tensor | None = None, block: str = "layer1.0", trace=None) -> Walkthrough:
+    """The operations of ``block``, step by step, with every number read from one trace of the model.
 
     Args:
         model: a torchvision ResNet.
-        x: the preprocessed image, 1x3xHxW (or CHW).
+        x: the preprocessed image, 1x3xHxW (or CHW); not needed when ``trace`` is given.
         block: which block to walk through; the first block of stage 1 by default.
+        trace: a :class:`resnet_xray.trace.Trace` of ``model`` on the image, to reuse (the report has one).
 
     Returns:
         A :class:`Walkthrough`; ``.text()`` prints it, ``.to_dict()`` serialises it.
     """
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
+    from .capture import trace_model
+
     blk = model.get_submodule(block)
     if not isinstance(blk, (Bottleneck, BasicBlock)):
         raise ValueError(f"{block} is a {type(blk).__name__}, not a torchvision residual block")
-    # Run the model up to the block's input, so the walkthrough sees what the block sees.
-    stage_name, idx = block.split(".")
-    h = _stem(model, x)
-    input_from = "maxpool"
-    for s in ("layer1", "layer2", "layer3", "layer4"):
-        stage = getattr(model, s)
-        for i, b in enumerate(stage):
-            if s == stage_name and i == int(idx):
-                break
-            h = b(h)
-            input_from = f"{s}.{i}.relu_2" if isinstance(b, Bottleneck) else f"{s}.{i}.relu_1"
-        else:
-            continue
-        break
-
+    if trace is None:
+        if x is None:
+            raise ValueError("walkthrough needs the input x or a trace")
+        trace = trace_model(model, x if x.dim() == 4 else x.unsqueeze(0))
+    layers = trace.layers
+    idx = [i for i, r in enumerate(layers) if r.name.startswith(block + ".")]
+    if not idx or idx[0] == 0:
+        raise ValueError(f"{block}: not found in the trace")
+    before = layers[idx[0] - 1]
+    roles = ROLES_BOTTLENECK if isinstance(blk, Bottleneck) else ROLES_BASIC
     steps: list[Step] = []
+    prev_out = before.shape
+    f_shape = None
+    for i in idx:
+        r = layers[i]
+        local = r.name[len(block) + 1:]
+        mod = _module(model, r.name) if r.type in ("conv", "bn") else None
+        if local == "downsample.0":
+            in_shape = before.shape  # the projection reads the block's input
+        elif r.type == "add":
+            in_shape = f_shape or prev_out
+        else:
+            in_shape = prev_out
+        if r.type == "conv" and isinstance(mod, nn.Conv2d):
+            what = _conv_what(mod)
+            macs = math.prod(r.shape[1:]) * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+        elif r.type == "bn":
+            what, macs = f"BatchNorm {math.prod(r.shape[1:2])}", math.prod(r.shape[1:])
+        elif r.type == "add":
+            what, macs = "add F(x) + shortcut", math.prod(r.shape[1:])
+        else:
+            what, macs = "ReLU" if r.type == "relu" else r.type, math.prod(r.shape[1:])
+        role = roles.get(local, "")
+        if local == "conv3" and isinstance(mod, nn.Conv2d):
+            role = f"1x1 expand to {mod.out_channels} channels"
+        steps.append(Step(name=r.name, what=what, role=role, in_shape=tuple(in_shape), out_shape=tuple(r.shape),
+                          params=_params(mod) if mod is not None else 0, macs=macs, l2=r.l2, zero_frac=r.zero_frac))
+        if local in ("bn3",) or (isinstance(blk, BasicBlock) and local == "bn2"):
+            f_shape = r.shape
+        if not local.startswith("downsample"):
+            prev_out = r.shape
 
-    def record(name: str, what: str, role: str, inp: torch.Tensor, out: torch.Tensor, mod: nn.Module | None, macs: int) -> torch.Tensor:
-        steps.append(
-            Step(
-                name=f"{block}.{name}",
-                what=what,
-                role=role,
-                in_shape=tuple(inp.shape),
-                out_shape=tuple(out.shape),
-                params=_params(mod) if mod is not None else 0,
-                macs=macs,
-                l2=float(out.norm()),
-                zero_frac=float((out == 0).float().mean()),
-            )
-        )
-        return out
-
-    def conv(name: str, c: nn.Conv2d, inp: torch.Tensor, role: str) -> torch.Tensor:
-        out = c(inp)
-        macs = out[0].numel() * (c.in_channels // c.groups) * c.kernel_size[0] * c.kernel_size[1]
-        return record(name, _conv_what(c), role, inp, out, c, macs)
-
-    def bn(name: str, m: nn.BatchNorm2d, inp: torch.Tensor, role: str) -> torch.Tensor:
-        return record(name, f"BatchNorm {m.num_features}", role, inp, m(inp), m, inp[0].numel())
-
-    def relu(name: str, inp: torch.Tensor, role: str) -> torch.Tensor:
-        return record(name, "ReLU", role, inp, torch.relu(inp), None, inp[0].numel())
-
-    xin = h
-    if isinstance(blk, Bottleneck):
-        o = conv("conv1", blk.conv1, xin, "1x1 reduce: mixes channels, no spatial context")
-        o = bn("bn1", blk.bn1, o, "normalise each channel")
-        o = relu("relu", o, "first of the block's three ReLU calls")
-        o = conv("conv2", blk.conv2, o, "3x3 spatial: the only layer here that looks at neighbours")
-        o = bn("bn2", blk.bn2, o, "normalise each channel")
-        o = relu("relu_1", o, "second ReLU call (the same module object in torchvision)")
-        o = conv("conv3", blk.conv3, o, f"1x1 expand to {blk.conv3.out_channels} channels")
-        f = bn("bn3", blk.bn3, o, "F(x): the residual branch's output")
-    else:
-        o = conv("conv1", blk.conv1, xin, "3x3 spatial")
-        o = bn("bn1", blk.bn1, o, "normalise each channel")
-        o = relu("relu", o, "first ReLU call")
-        o = conv("conv2", blk.conv2, o, "3x3 spatial")
-        f = bn("bn2", blk.bn2, o, "F(x): the residual branch's output")
-    if blk.downsample is not None:
-        pc, pb = blk.downsample[0], blk.downsample[1]
-        p = conv("downsample.0", pc, xin, "projection shortcut (option B): match channels and stride")
-        sc = bn("downsample.1", pb, p, "BatchNorm on the projection, like F(x)'s last step")
-        shortcut = "projection"
-        shortcut_params = _params(blk.downsample)
-    else:
-        sc, shortcut, shortcut_params = xin, "identity", 0
-    y = record("add", "add F(x) + shortcut", "the residual add", f, f + sc, None, f[0].numel())
-    last = "relu_2" if isinstance(blk, Bottleneck) else "relu_1"
-    record(last, "ReLU", "after the add: the block's output", y, torch.relu(y), None, y[0].numel())
-
-    # What the next block of the stage reduces from, to contrast with this one.
+    stats = next((b for b in trace.blocks if b.name == block), None)
+    if stats is None:
+        raise ValueError(f"{block}: the trace has no residual numbers for it")
+    stage_name, i_blk = block.split(".")
     stage = getattr(model, stage_name)
     later = None
-    if int(idx) + 1 < len(stage):
-        c1 = stage[int(idx) + 1].conv1
+    if int(i_blk) + 1 < len(stage):
+        c1 = stage[int(i_blk) + 1].conv1
         later = (c1.in_channels, c1.out_channels)
     projections = []
     for name, m in model.named_modules():
         if isinstance(m, (Bottleneck, BasicBlock)) and m.downsample is not None:
             d = m.downsample[0]
             projections.append({"block": name, "in": d.in_channels, "out": d.out_channels, "stride": d.stride[0]})
-
-    fn, sn = float(f.norm()), float(sc.norm())
-    cos = float((f * sc).sum()) / (fn * sn) if fn > 0 and sn > 0 else math.nan
     out_ch = blk.conv3.out_channels if isinstance(blk, Bottleneck) else blk.conv2.out_channels
     stride = blk.conv2.stride[0] if isinstance(blk, Bottleneck) else blk.conv1.stride[0]
     return Walkthrough(
         block=block,
         kind=type(blk).__name__,
-        input_from=input_from,
+        input_from=before.name,
         steps=steps,
-        shortcut=shortcut,
+        shortcut="projection" if blk.downsample is not None else "identity",
         in_channels=blk.conv1.in_channels,
         out_channels=out_ch,
         stride=stride,
         block_params=_params(blk),
-        shortcut_params=shortcut_params,
-        residual_norm=fn,
-        shortcut_norm=sn,
-        cosine=cos,
+        shortcut_params=_params(blk.downsample) if blk.downsample is not None else 0,
+        residual_norm=stats.residual_norm,
+        shortcut_norm=stats.shortcut_norm,
+        cosine=stats.cosine,
         later_reduce=later,
         stage_projections=projections,
     )
+
+
+def _module(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
