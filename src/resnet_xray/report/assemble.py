@@ -27,7 +27,7 @@ from ..errors import XrayError
 from ..image import load_image
 from ..model import ModelMeta
 from ..viz.cam import CamOptions, cam_figure, check_class_index, compute_cams
-from ..viz.canvas import figure_png, writable_dir, write_bytes_atomic
+from ..viz.canvas import figure_png, stamp, writable_dir, write_bytes_atomic
 from ..viz.features import feature_figure, feature_grid, grid_jpeg
 from ..viz.kernels import KernelsOptions, conv_layers, kernel_figure, kernel_image
 from ..viz.maps import capture
@@ -37,6 +37,33 @@ from ..viz.stages import StagesOptions, stage_outputs, stages_figure
 # Layers that get a feature grid (and so keep full maps during the trace). A BatchNorm output is, per
 # channel, an affine rescaling of the conv output just above it, so its grid would repeat that one.
 GRID_TYPES = ("conv", "relu", "add", "maxpool")
+
+# The report's sections in the seed's order (shared/seed/OUTLINE.md): id, title, the question it answers.
+SECTIONS: tuple[tuple[str, str], ...] = (
+    ("input", "What does the network see? Preprocessing, step by step"),
+    ("kernel", "How does a kernel work? One output value by hand"),
+    ("channels", "How do channels fuse into features?"),
+    ("conv1", "What do the first kernels and their feature maps look like?"),
+    ("bottleneck", "What does one bottleneck block do, step by step?"),
+    ("shortcuts", "When channels change: shortcut option A or option B?"),
+    ("stages", "How do features change from stage to stage?"),
+    ("residual", "How much does each block change its input?"),
+    ("gradflow", "Why do residual connections help? Gradient flow"),
+    ("cost", "Where are the parameters and the FLOPs?"),
+    ("cam", "What does it predict, and where does the evidence lie?"),
+    ("conclusion", "Conclusion: kernels, channels and layers on this image"),
+)
+SECTION_IDS = tuple(sid for sid, _ in SECTIONS)
+
+
+def check_sections(sections: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The chosen section ids in the seed's order, or every section for None; unknown ids are the user's error."""
+    if sections is None:
+        return SECTION_IDS
+    bad = [s for s in sections if s not in SECTION_IDS]
+    if bad or not sections:
+        raise XrayError(f"--sections {','.join(sections)}: unknown {', '.join(bad) or '(empty)'}; choose from {','.join(SECTION_IDS)}")
+    return tuple(s for s in SECTION_IDS if s in sections)
 
 
 @dataclass
@@ -49,6 +76,8 @@ class ReportOptions:
     gradflow: bool = True  # the gradient-flow section; its ResNet vs plain comparison is the slowest part
     gradflow_batch: int = 2  # a small batch keeps the report fast on two cores
     gradflow_size: int = 112  # input side for the gradient-flow measurement
+    sections: tuple[str, ...] | None = None  # ids from SECTION_IDS; None: all of them, in the seed's order
+    quiet: bool = False  # no progress display
 
 
 @dataclass
@@ -100,17 +129,35 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
+def weights_info(meta: ModelMeta) -> dict[str, Any]:
+    """The ``"weights"`` object every output carries: where the weights came from, and a warning for random ones."""
+    from ..model import random_weights_warning
+
+    return {"source": meta.weights, "pretrained": bool(meta.pretrained), "warning": random_weights_warning(meta)}
+
+
 class _Clock:
-    def __init__(self) -> None:
+    def __init__(self, bar=None) -> None:
         self.seconds: dict[str, float] = {}
+        self.bar = bar
 
     @contextmanager
     def section(self, name: str):
+        if self.bar is not None:
+            self.bar.stage(name)
         t = time.perf_counter()
         try:
             yield
         finally:
             self.seconds[name] = round(time.perf_counter() - t, 3)
+
+
+def _projection_block(model: nn.Module) -> str | None:
+    """The first block whose shortcut is a projection (layer1.0 in a ResNet-50)."""
+    for name, m in model.named_modules():
+        if getattr(m, "downsample", None) is not None and isinstance(m.downsample, nn.Sequential) and len(m.downsample) >= 2:
+            return name
+    return None
 
 
 def build_report(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, options: ReportOptions | None = None) -> ReportResult:
@@ -120,106 +167,187 @@ def build_report(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, op
         image: the photo to follow through the network.
         model: a torchvision-style ResNet (eval mode is set here).
         meta: from :func:`resnet_xray.model.load_model`: labels, preprocessing, provenance.
-        options: output folder and the knobs that trade detail for speed.
+        options: output folder, which sections, and the knobs that trade detail for speed.
 
     Returns:
         Paths of both files and the wall time of each section.
     """
-    from .html import render_html
+    from ..progress import progress
 
     opts = options or ReportOptions()
+    chosen = check_sections(opts.sections)
+    if not opts.gradflow:
+        chosen = tuple(s for s in chosen if s != "gradflow")
     out_dir = writable_dir(opts.out_dir)  # fail before any compute if it cannot be written
     if opts.cam_class is not None:
         check_class_index(opts.cam_class, len(meta.class_names))
-    clock = _Clock()
+    with progress("report", total=3 + len(chosen) + 1, quiet=opts.quiet) as bar:
+        return _build(image, model, meta, opts, chosen, out_dir, _Clock(bar))
+
+
+def _build(image, model: nn.Module, meta: ModelMeta, opts: ReportOptions, chosen: tuple[str, ...], out_dir: Path,
+           clock: _Clock) -> ReportResult:
+    from . import story
+    from .html import render_html
+
     t0 = time.perf_counter()
     model.eval()
+    wlabel = meta.weights
     with clock.section("load"):
         img = load_image(image)
         x = meta.preprocessing(img).unsqueeze(0)
         rgb = meta.preprocessing.denormalize(x[0])
     with clock.section("anatomy"):
         anatomy = analyze(model, meta.arch, AnatomyOptions(input_size=x.shape[-1]))
-    drawn = [r.name for r in anatomy.layers if r.type in GRID_TYPES and len(r.output_shape) == 3]
+    names = [r.name for r in anatomy.layers]
+    proj = _projection_block(model)
+    keep: set[str] = set()
+    if "stages" in chosen or "conv1" in chosen:
+        keep |= {r.name for r in anatomy.layers if r.type in GRID_TYPES and len(r.output_shape) == 3}
+    if {"kernel", "conv1"} & set(chosen):
+        keep.add("conv1")
+    fuse_layer = "layer1.0.conv1" if "layer1.0.conv1" in names else None
+    if "channels" in chosen and fuse_layer:
+        keep |= {fuse_layer, names[names.index(fuse_layer) - 1]}
+    if "shortcuts" in chosen and proj:
+        first = next(i for i, n in enumerate(names) if n.startswith(proj + "."))
+        f_name = next((n for n in (f"{proj}.bn3", f"{proj}.bn2") if n in names), None)
+        keep |= {names[first - 1], f"{proj}.downsample.1"} | ({f_name} if f_name else set())
     with clock.section("trace"):
-        cap = capture(model, x, drawn)
+        cap = capture(model, x, keep)
         trace = cap.trace
-    data: dict[str, Any] = {"image": str(image), "model": meta.to_dict(), "options": asdict(opts)}
+    stem = Path(str(image)).name
+    data: dict[str, Any] = {"image": str(image), "subject": stem, "weights": weights_info(meta), "model": meta.to_dict(),
+                            "options": asdict(opts), "sections": list(chosen)}
     pics: dict[str, Any] = {}
+    interpret = bool(meta.pretrained)  # interpretive captions only for trained weights, and only measured ones
 
-    with clock.section("prediction"):
-        probs = cap.logits.float().softmax(dim=1)[0]
-        k = min(5, probs.numel())
-        top = probs.topk(k)
-        data["prediction"] = [
-            {"index": int(i), "label": meta.class_names[int(i)] if int(i) < len(meta.class_names) else f"class_{int(i)}", "prob": float(p)}
-            for p, i in zip(top.values, top.indices)
-        ]
-        thumb = img.copy()
-        thumb.thumbnail((640, 640))
-        pics["original"] = array_uri(np.asarray(thumb), "JPEG", 88)
-        pics["seen"] = array_uri(rgb, "PNG")
-        data["input"] = {"original_size": list(img.size), "tensor_shape": list(x.shape), "transforms": meta.preprocessing.source}
+    probs = cap.logits.float().softmax(dim=1)[0]
+    top = probs.topk(min(5, probs.numel()))
+    data["prediction"] = [
+        {"index": int(i), "label": meta.class_names[int(i)] if int(i) < len(meta.class_names) else f"class_{int(i)}", "prob": float(p)}
+        for p, i in zip(top.values, top.indices)
+    ]
+    thumb = img.copy()
+    thumb.thumbnail((640, 640))
+    pics["original"] = array_uri(np.asarray(thumb), "JPEG", 88)
+    pics["seen"] = array_uri(rgb, "PNG")
+    data["input"] = {"original_size": list(img.size), "tensor_shape": list(x.shape), "transforms": meta.preprocessing.source}
+    data["blocks"] = [b.to_dict() for b in trace.blocks]
+    data["anatomy"] = {k: v for k, v in anatomy.to_dict().items() if k != "layers"}
+    stats = {s.name: s.to_dict() for s in trace.layers}
 
-    with clock.section("navigator"):
-        stats = {s.name: s.to_dict() for s in trace.layers}
-        convs = conv_layers(model)
-        layers = []
-        for r in anatomy.layers:
-            entry: dict[str, Any] = {**r.to_dict(), "stats": stats.get(r.name)}
-            if r.type == "bn":
-                entry["grid_note"] = "no grid: per channel, a BatchNorm output is an affine rescaling of the conv output above it"
-            if r.name in cap.maps:
-                g = feature_grid(r.name, cap.maps[r.name], opts.grid_order, 64, opts.grid_tile)
-                entry["grid"] = {"channels": g.channels, "order": g.order, "vmin": g.vmin, "vmax": g.vmax, "caption": g.caption()}
-                pics.setdefault("grids", {})[r.name] = data_uri(grid_jpeg(g), "image/jpeg")
-            if r.type == "conv" and r.name in convs:
-                kimg, kcap = kernel_image(convs[r.name], r.name, max_side=128)
-                entry["kernel_picture"] = kcap
-                pics.setdefault("kernels", {})[r.name] = array_uri(kimg)
-            layers.append(entry)
-        data["layers"] = layers
-        data["blocks"] = [b.to_dict() for b in trace.blocks]
-        data["anatomy"] = {k: v for k, v in anatomy.to_dict().items() if k != "layers"}
+    if "input" in chosen:
+        with clock.section("input"):
+            data["preprocessing"], fig = story.preprocessing_steps(img, meta.preprocessing, x, wlabel)
+            pics["preprocessing"] = jpeg_uri(fig)
 
-    with clock.section("kernels"):
-        fig, caption = kernel_figure(model, KernelsOptions("conv1"))
-        pics["conv1"] = png_uri(fig)
-        data["conv1_kernels"] = caption
+    convs = conv_layers(model)
+    if "kernel" in chosen and "conv1" in convs and convs["conv1"].in_channels == 3:
+        with clock.section("kernel"):
+            data["kernel_worked"], fig = story.kernel_worked(convs["conv1"], x, cap.maps["conv1"], rgb, wlabel)
+            pics["kernel_worked"] = png_uri(fig)
 
-    with clock.section("stages"):
-        stages = stage_outputs(anatomy.layers)
-        pics["stages"] = jpeg_uri(stages_figure(rgb, stages, cap.maps, StagesOptions(channels=8)))
-        sheets = []
-        for st in stages:
-            g = feature_grid(st.layer, cap.maps[st.layer], "top", 64)
-            pics.setdefault("stage_grids", {})[st.stage] = jpeg_uri(feature_figure(g))
-            sheets.append({"stage": st.stage, "layer": st.layer, "shape": list(st.shape), "channels": g.channels, "vmin": g.vmin, "vmax": g.vmax})
-        data["stages"] = sheets
+    if "channels" in chosen and fuse_layer and fuse_layer in convs and convs[fuse_layer].groups == 1:
+        with clock.section("channels"):
+            src = names[names.index(fuse_layer) - 1]
+            data["fusion"], fig = story.channel_fusion(convs[fuse_layer], fuse_layer, cap.maps[src], cap.maps[fuse_layer], wlabel)
+            data["fusion"]["input_from"] = src
+            pics["fusion"] = png_uri(fig)
+
+    if "conv1" in chosen and "conv1" in convs:
+        with clock.section("conv1"):
+            fig, caption = kernel_figure(model, KernelsOptions("conv1"))
+            pics["conv1"] = png_uri(stamp(fig, wlabel))
+            data["conv1_kernels"] = {"caption": caption}
+            if interpret and convs["conv1"].in_channels == 3:
+                counts = story.classify_kernels(convs["conv1"].weight)
+                counts["random_init_baseline"] = story.kernel_baseline(convs["conv1"])
+                data["conv1_kernels"]["measured"] = counts
+            fmap_name = "relu" if "relu" in cap.maps else "conv1"
+            g = feature_grid(fmap_name, cap.maps[fmap_name], "first", 64)
+            pics["conv1_maps"] = jpeg_uri(stamp(feature_figure(g), wlabel))
+            data["conv1_maps"] = {"layer": fmap_name, "caption": g.caption(), "zero_frac": stats.get(fmap_name, {}).get("zero_frac")}
+
+    if "bottleneck" in chosen:
+        with clock.section("bottleneck"):
+            from ..trace import walkthrough
+
+            try:
+                data["walkthrough"] = walkthrough(model, block="layer1.0", trace=trace).to_dict()
+                pics["walkthrough"] = png_uri(story.walkthrough_figure(data["walkthrough"]["steps"], "layer1.0", wlabel))
+            except (ValueError, KeyError, AttributeError) as e:  # a model without a torchvision layer1.0 block
+                data["walkthrough"] = {"unavailable": str(e)}
+
+    if "shortcuts" in chosen:
+        with clock.section("shortcuts"):
+            if proj is None:
+                data["shortcuts"] = {"unavailable": "this model has no projection shortcut"}
+            else:
+                first = next(i for i, n in enumerate(names) if n.startswith(proj + "."))
+                f_name = next(n for n in (f"{proj}.bn3", f"{proj}.bn2") if n in names)
+                data["shortcuts"], terms = story.shortcut_options(model.get_submodule(proj), proj, cap.maps[names[first - 1]],
+                                                                  cap.maps[f"{proj}.downsample.1"], cap.maps[f_name])
+                pics["shortcuts"] = png_uri(story.shortcut_figure(*terms, proj, wlabel))
+                data["shortcuts"]["projections"] = [{"block": b.name, "shortcut_from": b.shortcut_from} for b in trace.blocks if b.projection]
+                data["shortcuts"]["identity_blocks"] = sum(not b.projection for b in trace.blocks)
+
+    if "stages" in chosen:
+        with clock.section("stages"):
+            layers = []
+            for r in anatomy.layers:
+                entry: dict[str, Any] = {**r.to_dict(), "stats": stats.get(r.name)}
+                if r.type == "bn":
+                    entry["grid_note"] = "no grid: per channel, a BatchNorm output is an affine rescaling of the conv output above it"
+                if r.name in cap.maps and r.type in GRID_TYPES:
+                    g = feature_grid(r.name, cap.maps[r.name], opts.grid_order, 64, opts.grid_tile)
+                    entry["grid"] = {"channels": g.channels, "order": g.order, "vmin": g.vmin, "vmax": g.vmax, "caption": g.caption()}
+                    pics.setdefault("grids", {})[r.name] = data_uri(grid_jpeg(g), "image/jpeg")
+                if r.type == "conv" and r.name in convs:
+                    kimg, kcap = kernel_image(convs[r.name], r.name, max_side=128)
+                    entry["kernel_picture"] = kcap
+                    pics.setdefault("kernels", {})[r.name] = array_uri(kimg)
+                layers.append(entry)
+            data["layers"] = layers
+            stages = stage_outputs(anatomy.layers)
+            pics["stages"] = jpeg_uri(stamp(stages_figure(rgb, stages, cap.maps, StagesOptions(channels=8)), wlabel))
+            sheets = []
+            rf = {r.name: r.receptive_field for r in anatomy.layers}
+            for st in stages:
+                g = feature_grid(st.layer, cap.maps[st.layer], "top", 64)
+                pics.setdefault("stage_grids", {})[st.stage] = jpeg_uri(stamp(feature_figure(g), wlabel))
+                s_stats = stats.get(st.layer, {})
+                sheets.append({"stage": st.stage, "layer": st.layer, "shape": list(st.shape), "channels": g.channels, "vmin": g.vmin,
+                               "vmax": g.vmax, "receptive_field": rf.get(st.layer), "zero_frac": s_stats.get("zero_frac")})
+            data["stages"] = sheets
     trace.maps.clear()  # the kept maps are not needed past this point: free them before the backward passes
-    del cap
+    cap.maps.clear()
 
-    with clock.section("residual"):
-        from ..viz.residual import plot_residual_contributions
+    if "residual" in chosen:
+        with clock.section("residual"):
+            from ..viz.residual import plot_residual_contributions
 
-        pics["residual"] = _plot_to_uri(plot_residual_contributions, trace.blocks)
+            pics["residual"] = _plot_to_uri(plot_residual_contributions, trace.blocks, weights=wlabel)
 
-    with clock.section("cam"):
-        res = compute_cams(model, x, meta.class_names, CamOptions(class_index=opts.cam_class, methods=opts.cam_methods))
-        pics["cam"] = jpeg_uri(cam_figure(rgb, res))
-        data["cam"] = res.to_dict()
-
-    if opts.gradflow:
+    if "gradflow" in chosen:
         with clock.section("gradflow"):
             data["gradflow"], pics["gradflow"] = _gradflow(meta, opts)
 
-    with clock.section("walkthrough"):
-        from ..trace import walkthrough
+    if "cam" in chosen:
+        with clock.section("cam"):
+            res = compute_cams(model, x, meta.class_names, CamOptions(class_index=opts.cam_class, methods=opts.cam_methods))
+            pics["cam"] = jpeg_uri(stamp(cam_figure(rgb, res), wlabel))
+            data["cam"] = res.to_dict()
 
-        try:
-            data["walkthrough"] = walkthrough(model, x).to_dict()
-        except (ValueError, KeyError, AttributeError) as e:  # a model without a torchvision layer1.0 block
-            data["walkthrough"] = {"unavailable": str(e)}
+    if "cost" in chosen:
+        with clock.section("cost"):
+            from .html import STAGE_LABELS
+
+            pics["cost"] = png_uri(story.cost_figure(data["anatomy"]["breakdown"]["by_stage"], STAGE_LABELS, wlabel))
+    if "conclusion" in chosen:
+        with clock.section("conclusion"):
+            if "stages" in data:
+                pics["conclusion"] = png_uri(story.conclusion_figure(data["stages"], wlabel))
 
     with clock.section("write"):
         data["timings_s"] = clock.seconds
@@ -231,13 +359,13 @@ def build_report(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, op
     return ReportResult(html_path, json_path, clock.seconds, len(html.encode("utf-8")), round(time.perf_counter() - t0, 3))
 
 
-def _plot_to_uri(plot, *args) -> str:
+def _plot_to_uri(plot, *args, **kwargs) -> str:
     """Run one of the trace package's ``plot_*(..., path)`` functions and embed the PNG it writes."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "plot.png"
-        plot(*args, path)
+        plot(*args, path, **kwargs)
         return data_uri(path.read_bytes(), "image/png")
 
 
@@ -248,7 +376,14 @@ def _gradflow(meta: ModelMeta, opts: ReportOptions) -> tuple[dict[str, Any], str
     # At initialisation (random weights), as the seed's argument is about; the report's model is not changed.
     gopts = GradFlowOptions(arch=meta.arch, weights="random", batch_size=opts.gradflow_batch, input_size=opts.gradflow_size)
     res = measure_gradflow(gopts)
-    return res.to_dict(), _plot_to_uri(plot_gradflow, res)
+    doc = res.to_dict()
+    said = []
+    for regime, nets in res.init.items():
+        r, p = nets["resnet"], nets["plain"]
+        first = r.boundaries[1]["name"]
+        said.append(f"{regime} statistics: at {first} the plain network's gradient RMS is {p.rms(first) / r.rms(first):.3g}x ResNet's")
+    doc["summary"] = (f"At initialisation, {meta.arch} against the same network without shortcuts; " + "; ".join(said) + ".")
+    return doc, _plot_to_uri(plot_gradflow, res)
 
 
 def check_out_dir(path: str | os.PathLike) -> Path:

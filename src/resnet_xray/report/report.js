@@ -6,6 +6,7 @@
   var detail = document.getElementById("layer-detail");
   var filter = document.getElementById("layer-filter");
   var buttons = {};
+  if (!list || !detail || !data.layers) { window.__xray.ready = true; return; }  // --sections left the navigator out
 
   function esc(s) {
     return String(s).replace(/[&<>"']/g, function (c) {

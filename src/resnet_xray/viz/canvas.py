@@ -52,3 +52,10 @@ def save_figure(fig: Figure, path: str | os.PathLike, flag: str = "-o", dpi: int
     if Path(path).suffix.lower() not in (".png", ""):
         raise XrayError(f"{flag} {path}: figures are written as PNG; use a .png name")
     return write_bytes_atomic(figure_png(fig, dpi), path, flag)
+
+
+def stamp(fig: Figure, weights: str | None) -> Figure:
+    """A corner label saying which weights made the figure (every picture carries its provenance)."""
+    if weights:
+        fig.text(0.998, 0.002, f"weights: {weights}", ha="right", va="bottom", fontsize=6, color="#666666")
+    return fig

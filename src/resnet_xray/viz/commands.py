@@ -40,7 +40,7 @@ def cmd_kernels(args: argparse.Namespace) -> int:
 
     _precheck(args.output)
     model, meta = model_from_args(args)
-    path, caption = show_kernels(model, args.output, KernelsOptions(layer=args.layer, count=args.count))
+    path, caption = show_kernels(model, args.output, KernelsOptions(layer=args.layer, count=args.count), weights=meta.weights)
     print(f"{caption}\nwrote {path}")
     if not meta.pretrained:
         print("note: random weights; the kernels are initialisation noise, not learned filters", file=sys.stderr)

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..trace import BlockStats
-from .canvas import new_figure, save_figure
+from .canvas import new_figure, save_figure, stamp
 
 
-def plot_residual_contributions(blocks: Sequence[BlockStats], path: str | os.PathLike) -> Path:
+def plot_residual_contributions(blocks: Sequence[BlockStats], path: str | os.PathLike, weights: str | None = None) -> Path:
     """Write a chart over all residual blocks (16 in ResNet-50) to ``path`` (PNG, atomically).
 
     Top: ||F(x)|| and ||shortcut|| per block on a log scale, projection blocks marked.
@@ -53,4 +53,4 @@ def plot_residual_contributions(blocks: Sequence[BlockStats], path: str | os.Pat
     labels = bottom.get_legend_handles_labels()[1] + second.get_legend_handles_labels()[1]
     bottom.legend(handles, labels, fontsize=7, loc="upper left", ncols=3)
     bottom.set_xticks(list(xs), names, rotation=45, fontsize=7)
-    return save_figure(fig, path)
+    return save_figure(stamp(fig, weights), path)

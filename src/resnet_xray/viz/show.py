@@ -11,7 +11,7 @@ from torch import nn
 from ..image import load_image
 from ..model import ModelMeta
 from .cam import CamOptions, CamResult, cam_figure, compute_cams
-from .canvas import save_figure
+from .canvas import save_figure, stamp
 from .features import FeatureGrid, FeaturesOptions, feature_figure, feature_grid
 from .kernels import KernelsOptions, check_count, kernel_figure
 from .maps import capture, check_feature_layer, layer_rows
@@ -31,15 +31,19 @@ def show_features(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, o
     check_feature_layer(opts.layer, layer_rows(model, x.shape[-1]))
     cap = capture(model, x, [opts.layer])
     grid = feature_grid(opts.layer, cap.maps[opts.layer], opts.channels, opts.count)
-    return save_figure(feature_figure(grid), output), grid
+    return save_figure(stamp(feature_figure(grid), meta.weights), output), grid
 
 
-def show_kernels(model: nn.Module, output: str | os.PathLike, options: KernelsOptions | None = None) -> tuple[Path, str]:
-    """Write a conv layer's kernels to ``output``; returns the path and the caption."""
+def show_kernels(model: nn.Module, output: str | os.PathLike, options: KernelsOptions | None = None,
+                 weights: str | None = None) -> tuple[Path, str]:
+    """Write a conv layer's kernels to ``output``; returns the path and the caption.
+
+    ``weights`` (``meta.weights``) is printed in the picture's corner.
+    """
     opts = options or KernelsOptions()
     check_count(opts.count)
     fig, caption = kernel_figure(model, opts)
-    return save_figure(fig, output), caption
+    return save_figure(stamp(fig, weights), output), caption
 
 
 def show_cam(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, output: str | os.PathLike,
@@ -48,7 +52,7 @@ def show_cam(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, output
     x = image_tensor(image, meta)
     result = compute_cams(model, x, meta.class_names, options)
     rgb = meta.preprocessing.denormalize(x[0])
-    return save_figure(cam_figure(rgb, result), output), result
+    return save_figure(stamp(cam_figure(rgb, result), meta.weights), output), result
 
 
 def show_stages(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, output: str | os.PathLike,
@@ -58,4 +62,4 @@ def show_stages(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, out
     stages = stage_outputs(layer_rows(model, x.shape[-1]))
     cap = capture(model, x, [s.layer for s in stages])
     rgb = meta.preprocessing.denormalize(x[0])
-    return save_figure(stages_figure(rgb, stages, cap.maps, options), output)
+    return save_figure(stamp(stages_figure(rgb, stages, cap.maps, options), meta.weights), output)
