@@ -142,7 +142,7 @@ def cmd_anatomy(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoOptions, run_demo
 
-    return run_demo(DemoOptions(arch=args.arch or "resnet50", weights=args.weights, out_dir=Path(args.out)))
+    return run_demo(DemoOptions(arch=args.arch or "resnet50", weights=args.weights, out_dir=Path(args.out), quiet=args.quiet))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on the bundled cat photo")
     add_model_args(p)
     p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    p.add_argument("--quiet", action="store_true", help="no progress display on stderr")
     p.set_defaults(func=cmd_demo)
 
     for name in COMMAND_MODULES:

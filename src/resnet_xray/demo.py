@@ -25,6 +25,7 @@ class DemoOptions:
     weights: str = "imagenet"  # falls back to random (loudly) when these cannot be had
     image: Path | None = None  # default: the bundled cat photo
     out_dir: Path = Path("out/demo")  # where the report (report.html, report.json) is written
+    quiet: bool = False  # no progress display
 
 
 def load_demo_model(opts: DemoOptions) -> tuple[nn.Module, ModelMeta]:
@@ -51,7 +52,7 @@ def run_demo(opts: DemoOptions | None = None) -> int:
             print(f"  {t['prob']:7.2%}  {t['label']} (#{t['index']})")
     print()
     print(f"Writing the report (every layer, kernels, Grad-CAM, residuals, gradient flow) to {opts.out_dir} ...", flush=True)
-    res = build_report(image, model, meta, ReportOptions(out_dir=opts.out_dir))
+    res = build_report(image, model, meta, ReportOptions(out_dir=opts.out_dir, quiet=opts.quiet))
     print(f"wrote {res.json} and {res.html} ({res.html_bytes / 1e6:.1f} MB, self-contained) in {res.total_s:.0f} s")
     print(f"open it: file://{res.html.resolve()}")
     if not meta.pretrained:

@@ -5,6 +5,9 @@ Usage::
     with progress("report", total=12, quiet=opts.quiet) as p:
         p.stage("trace")       # names what runs now and counts one step
         ...
+    with progress("make-dataset", total=n_images) as p:
+        p.stage("train/circle", steps=0)
+        p.advance()            # one image
 
 Nothing is shown for a job that ends within ``delay`` seconds. On a non-terminal
 (a CI log, ``2> file``) tqdm's carriage-return updates would pile up as hundreds
@@ -48,9 +51,9 @@ class Progress:
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
 
-    def stage(self, name: str) -> None:
-        """Start the stage ``name`` (counts one step of ``total``)."""
-        self._step(1, name, force=True)
+    def stage(self, name: str, steps: int = 1) -> None:
+        """Start the stage ``name``; it counts ``steps`` of ``total`` (0 for a stage whose items :meth:`advance` counts)."""
+        self._step(steps, name, force=True)
 
     def advance(self, n: int = 1) -> None:
         """Count ``n`` steps within the current stage."""

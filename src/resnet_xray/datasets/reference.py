@@ -226,10 +226,10 @@ def _png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def make_reference_dataset(out: str | Path, options: ReferenceOptions | None = None) -> dict:
+def make_reference_dataset(out: str | Path, options: ReferenceOptions | None = None, *, quiet: bool = False) -> dict:
     """Write the reference task to ``out``: ``train/`` and ``val/`` class folders, ``boxes.csv``, ``dataset.json``.
 
-    The folder appears complete or not at all (built beside it, then renamed).
+    The folder appears complete or not at all (built beside it, then renamed). ``quiet``: no progress display.
 
     Returns:
         The ``dataset.json`` content (class names, counts, size, seed).
@@ -249,17 +249,22 @@ def make_reference_dataset(out: str | Path, options: ReferenceOptions | None = N
     cat = cat.resize((cat.width * SUPERSAMPLE // 2, cat.height * SUPERSAMPLE // 2), Image.BILINEAR)
     names = list(SHAPES[: opts.classes])
     rows = []
+    from ..progress import progress
+
     try:
-        for split, n in (("train", opts.per_class), ("val", opts.n_val)):
-            for label, shape in enumerate(names):
-                folder = tmp / split / shape
-                folder.mkdir(parents=True)
-                for i in range(n):
-                    rng = np.random.default_rng([opts.seed, SPLITS[split], label, i, GENERATOR_VERSION])
-                    img, box = render(shape, opts.size, rng, opts, cat)
-                    rel = f"{split}/{shape}/{shape}_{i:05d}.png"
-                    (tmp / rel).write_bytes(_png_bytes(img))
-                    rows.append([rel, split, shape, *(f"{v:.5f}" for v in box)])
+        with progress("make-dataset", total=len(names) * (opts.per_class + opts.n_val), quiet=quiet) as bar:
+            for split, n in (("train", opts.per_class), ("val", opts.n_val)):
+                for label, shape in enumerate(names):
+                    folder = tmp / split / shape
+                    folder.mkdir(parents=True)
+                    bar.stage(f"{split}/{shape}", steps=0)
+                    for i in range(n):
+                        rng = np.random.default_rng([opts.seed, SPLITS[split], label, i, GENERATOR_VERSION])
+                        img, box = render(shape, opts.size, rng, opts, cat)
+                        rel = f"{split}/{shape}/{shape}_{i:05d}.png"
+                        (tmp / rel).write_bytes(_png_bytes(img))
+                        rows.append([rel, split, shape, *(f"{v:.5f}" for v in box)])
+                        bar.advance()
         with open(tmp / "boxes.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["path", "split", "label", "x0", "y0", "x1", "y1"])

@@ -375,7 +375,7 @@ def _gradflow(meta: ModelMeta, opts: ReportOptions) -> tuple[dict[str, Any], str
 
     # At initialisation (random weights), as the seed's argument is about; the report's model is not changed.
     gopts = GradFlowOptions(arch=meta.arch, weights="random", batch_size=opts.gradflow_batch, input_size=opts.gradflow_size)
-    res = measure_gradflow(gopts)
+    res = measure_gradflow(gopts, quiet=True)  # the report's own display already names this stage
     doc = res.to_dict()
     said = []
     for regime, nets in res.init.items():

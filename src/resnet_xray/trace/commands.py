@@ -96,7 +96,7 @@ def cmd_gradflow(args: argparse.Namespace) -> int:
         regimes=regimes,
         device=args.device,
     )
-    res = measure_gradflow(opts)
+    res = measure_gradflow(opts, quiet=args.quiet)
     if args.output:
         from ..viz.gradflow import plot_gradflow
 
@@ -152,4 +152,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("-o", "--output", default=None, help="write the log-scale chart to this PNG")
     p.add_argument("--json", action="store_true", help="all numbers and the explanations as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress display on stderr")
     p.set_defaults(func=cmd_gradflow)

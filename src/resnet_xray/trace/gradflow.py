@@ -400,12 +400,13 @@ def _measure_all(base: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, r
     return out
 
 
-def measure_gradflow(options: GradFlowOptions | None = None, model: nn.Module | None = None) -> GradFlowResult:
+def measure_gradflow(options: GradFlowOptions | None = None, model: nn.Module | None = None, *, quiet: bool = False) -> GradFlowResult:
     """Measure gradient flow in ResNet-N and plain-N, in both BatchNorm regimes.
 
     Args:
         options: architecture, batch, regimes and training steps.
         model: measure this model instead of building ``options.arch`` with ``options.weights``.
+        quiet: no progress display (see :mod:`resnet_xray.progress`).
 
     Returns:
         A :class:`GradFlowResult` with per-block decompositions, stage-boundary RMS and
@@ -442,16 +443,22 @@ def measure_gradflow(options: GradFlowOptions | None = None, model: nn.Module | 
         x, y = synthetic_batch(opts)
     x, y = x.to(device), y.to(device)
     torch.manual_seed(opts.seed)
+    from ..progress import progress
+
     # At the start plain-N and ResNet-N share one set of weights; only training parts them.
     base = {"resnet": model, "plain": model}
-    result = GradFlowResult(options=opts, init=_measure_all(base, x, y, opts.regimes))
-    if opts.steps > 0:
-        base["plain"] = copy.deepcopy(model)
-        losses = {}
-        for net in NETWORKS:
-            losses[net] = train_steps(base[net], x, y, opts.steps, opts.lr, plain=net == "plain")
-        result.trained = _measure_all(base, x, y, opts.regimes)
-        result.train_losses = losses
+    with progress("gradflow", total=1 + (len(NETWORKS) + 1 if opts.steps > 0 else 0), quiet=quiet) as bar:
+        bar.stage("measure at initialisation")
+        result = GradFlowResult(options=opts, init=_measure_all(base, x, y, opts.regimes))
+        if opts.steps > 0:
+            base["plain"] = copy.deepcopy(model)
+            losses = {}
+            for net in NETWORKS:
+                bar.stage(f"train {net} for {opts.steps} steps")
+                losses[net] = train_steps(base[net], x, y, opts.steps, opts.lr, plain=net == "plain")
+            bar.stage("measure after training")
+            result.trained = _measure_all(base, x, y, opts.regimes)
+            result.train_losses = losses
     return result
 
 

@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=96, help="image side in pixels (default: 96)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
+    p.add_argument("--quiet", action="store_true", help="no progress display on stderr")
     p.set_defaults(func=cmd_make_dataset)
 
     for name, multitask in (("finetune", False), ("finetune-multitask", True)):
@@ -72,7 +73,7 @@ def cmd_make_dataset(args: argparse.Namespace) -> int:
 
     opts = ReferenceOptions(classes=args.classes, per_class=args.per_class, val_per_class=args.val_per_class,
                             size=args.size, seed=args.seed, overwrite=args.overwrite)
-    info = make_reference_dataset(args.out, opts)
+    info = make_reference_dataset(args.out, opts, quiet=args.quiet)
     n_train, n_val = info["train_per_class"] * len(info["classes"]), info["val_per_class"] * len(info["classes"])
     print(f"wrote {args.out}: {n_train} train + {n_val} val images, {len(info['classes'])} classes "
           f"({', '.join(info['classes'])}), {info['size']}x{info['size']} px, boxes in boxes.csv")
