@@ -17,6 +17,7 @@ from resnet_xray.errors import XrayError
 from resnet_xray.image import Preprocessing, bundled_cat, load_image
 from resnet_xray.model import load_model
 from resnet_xray.report import ReportOptions, build_report
+from resnet_xray.report.assemble import SECTION_IDS
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +83,9 @@ def test_report_covers_every_layer_and_block(report, small):
     grid = data["grids"]["layer1.0.relu"]
     with Image.open(io.BytesIO(base64.b64decode(grid.split(",", 1)[1]))) as im:
         assert im.format == "JPEG" and im.size == (8 * 28 + 7, 8 * 28 + 7)
-    for sid in ("overview", "architecture", "navigator", "kernels", "stages", "residual", "cam", "gradflow", "breakdown", "walkthrough"):
-        assert f'<section id="{sid}">' in html
+    positions = [html.index(f'<section id="{sid}">') for sid in SECTION_IDS]
+    assert positions == sorted(positions)  # every section, in the seed's order
+    assert [a for a in re.findall(r'<nav class="toc">(.*?)</nav>', html, re.S)[0].split('href="#')[1:]][0].startswith("input")
     assert doc["walkthrough"]["block"] == "layer1.0" and set(doc["gradflow"]["explanations"]["init"]) == {"batch", "running"}
     assert doc["anatomy"]["totals"]["params"] == sum(p.numel() for p in model.parameters())
 
@@ -102,3 +104,71 @@ def test_report_cli_bad_output_dir_and_image(tmp_path, capsys):
     assert "not a directory" in capsys.readouterr().err
     assert main(["report", str(blocker / "nope.png"), "--arch", "resnet18", "--weights", "random", "-o", str(tmp_path / "r")]) == 2
     assert "nope.png" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_report_says_which_weights_made_it_and_interprets_nothing_for_random(report, small):
+    _, doc, html = report
+    _, meta = small
+    assert doc["weights"]["source"] == meta.weights and doc["weights"]["pretrained"] is False
+    assert "RANDOM" in doc["weights"]["warning"]
+    assert 'class="interp"' not in html  # no interpretive caption for random weights
+    assert "measured" not in doc["conv1_kernels"]
+    assert "edge-like" not in html and "follow the cat" not in html
+
+
+@pytest.mark.slow
+def test_report_worked_numbers_match_the_real_layers(report):
+    _, doc, _ = report
+    k, f, p = doc["kernel_worked"], doc["fusion"], doc["preprocessing"]
+    assert p["matches_pipeline"] is True
+    assert p["crop"]["to"] == 64 and p["resize"]["size"][1] == 64
+    assert k["abs_diff"] < 1e-4 * max(1.0, abs(k["real"])) and k["terms"] == 7 * 7 * 3
+    assert abs(sum(k["per_channel"]) + k["bias"] - k["by_hand"]) < 1e-9
+    assert f["max_abs_diff"] < 1e-4 * max(1.0, f["out_norm"]) and len(f["top"]) == 4
+    s = doc["shortcuts"]
+    assert s["torchvision_uses"] == "B" and s["block"] == "layer2.0" and not s["a_fits"]  # stride 2: A alone cannot match
+    assert [p["block"] for p in s["projections"]] == ["layer2.0", "layer3.0", "layer4.0"]
+    # The walkthrough reads its norms from the same trace as the layer table.
+    l2 = {layer["name"]: layer["stats"]["l2"] for layer in doc["layers"]}
+    assert all(step["l2"] == l2[step["name"]] for step in doc["walkthrough"]["steps"])
+
+
+def test_report_sections_subset_and_subject_is_the_file_name(small, tmp_path):
+    model, meta = small
+    photo = tmp_path / "astronaut.jpg"
+    photo.write_bytes(bundled_cat().read_bytes())
+    res = build_report(photo, model, meta, ReportOptions(out_dir=tmp_path / "r", sections=("cost", "kernel"), quiet=True))
+    doc, html = json.loads(res.json.read_text()), res.html.read_text(encoding="utf-8")
+    assert doc["sections"] == ["kernel", "cost"]  # the seed's order, whatever order was asked
+    assert re.findall(r'<section id="(\w+)">', html) == ["kernel", "cost"]
+    assert "gradflow" not in doc["timings_s"] and "cam" not in doc["timings_s"]
+    assert "looks at astronaut.jpg" in html and doc["subject"] == "astronaut.jpg"
+    with pytest.raises(XrayError, match="--sections"):
+        build_report(photo, model, meta, ReportOptions(out_dir=tmp_path / "bad", sections=("kernels",)))
+    assert not (tmp_path / "bad" / "report.html").exists()
+
+
+def test_interpretive_caption_only_for_trained_weights_and_measured(small, tmp_path):
+    from resnet_xray.report.story import classify_kernels
+
+    model, meta = small
+    trained = dataclasses.replace(meta, weights="a trained checkpoint", pretrained=True)
+    res = build_report(bundled_cat(), model, trained, ReportOptions(out_dir=tmp_path, sections=("conv1",), quiet=True))
+    doc, html = json.loads(res.json.read_text()), res.html.read_text(encoding="utf-8")
+    counts = classify_kernels(model.conv1.weight)
+    caption = re.search(r'<p class="interp">(.*?)</p>', html).group(1)
+    assert f"{counts['oriented_edges']} of 64 look like oriented edges" in caption
+    assert doc["conv1_kernels"]["measured"]["oriented_edges"] == counts["oriented_edges"]
+    assert doc["weights"] == {"source": "a trained checkpoint", "pretrained": True, "warning": None}
+
+
+def test_kernel_criterion_on_known_filters():
+    from resnet_xray.report.story import classify_kernels
+
+    w = torch.zeros(3, 3, 7, 7)
+    w[0, :, :, :3], w[0, :, :, 4:] = -1.0, 1.0  # a grey vertical edge
+    w[1, 0], w[1, 1] = 1.0, -1.0  # red against green, flat: colour-opponent
+    w[2] = torch.randn(3, 7, 7, generator=torch.Generator().manual_seed(0))  # noise
+    got = classify_kernels(w)
+    assert got["edge_filters"] == [0] and got["oriented_edges"] == 1 and got["colour_opponent"] == 1

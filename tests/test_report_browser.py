@@ -10,6 +10,7 @@ from PIL import Image
 from resnet_xray.image import Preprocessing, bundled_cat
 from resnet_xray.model import load_model
 from resnet_xray.report import ReportOptions, build_report
+from resnet_xray.report.assemble import SECTION_IDS
 from resnet_xray.report.browser import Browser, find_chromium
 
 pytestmark = [
@@ -63,3 +64,18 @@ def test_report_renders_and_navigator_clicks(report_html, tmp_path):
         assert im.format == "PNG" and im.size == (1280, 900)
     with Image.open(phone) as im:
         assert im.size == (390, 844)
+
+
+def test_sections_in_the_seeds_order_each_with_its_figure(report_html):
+    with Browser(width=1280, height=900) as b:
+        b.open(report_html)
+        assert b.evaluate("[...document.querySelectorAll('main > section')].map(s => s.id)") == list(SECTION_IDS)
+        toc = b.evaluate("[...document.querySelectorAll('nav.toc a')].map(a => a.getAttribute('href'))")
+        assert toc == [f"#{sid}" for sid in SECTION_IDS]
+        bare = b.evaluate("[...document.querySelectorAll('main > section')]"
+                          ".filter(s => ![...s.querySelectorAll('img')].some(i => i.complete && i.naturalWidth > 0)).map(s => s.id)")
+        assert bare == []
+        # The navigator sits in the stages section, next to the stage sheets.
+        assert b.evaluate("document.getElementById('layer-list').closest('section').id") == "stages"
+        assert b.evaluate("document.querySelectorAll('.interp').length") == 0  # random weights: nothing interpreted
+        assert b.errors == [], b.errors

@@ -25,8 +25,8 @@ from ..viz.canvas import new_figure, stamp
 # its energy, and its structure tensor has one dominant direction (coherence (l1-l2)/(l1+l2)).
 EDGE_COHERENCE = 0.6
 EDGE_GREY_SHARE = 0.5
-# A "colour-opponent" kernel: most of its energy is in the differences between channels.
-COLOUR_SHARE = 0.6
+# A "colour-opponent" kernel: nearly all of its energy is in the differences between channels.
+COLOUR_SHARE = 0.85  # noise puts about 2/3 there by chance
 
 
 # 1. Preprocessing ------------------------------------------------------------------------------------
