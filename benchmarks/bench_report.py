@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_trace import measure_trace_overhead  # noqa: E402  (the trace engineer's measurement, reused)
+from bench_trace import cpu_description, measure_trace_overhead  # noqa: E402  (the trace measurement, reused)
 
 from resnet_xray.anatomy import layer_table  # noqa: E402
 from resnet_xray.image import bundled_cat  # noqa: E402
@@ -32,13 +32,14 @@ from resnet_xray.report.assemble import GRID_TYPES  # noqa: E402
 
 RSS_TARGET_MB = 2048
 TRACE_TARGET = 1.25
+WALL_TARGET_S = 20.0
 
 
 def run_report(arch: str, gradflow: bool) -> dict:
     """One `resnet-xray report` in a fresh process; wall time, the child's peak RSS, its section timings."""
     exe = Path(sys.executable).with_name("resnet-xray")
     with tempfile.TemporaryDirectory() as out:
-        cmd = [str(exe), "report", str(bundled_cat()), "--arch", arch, "--weights", "random", "-o", out]
+        cmd = [str(exe), "report", str(bundled_cat()), "--arch", arch, "--weights", "random", "-o", out, "--quiet"]
         if not gradflow:
             cmd.append("--no-gradflow")
         t0 = time.perf_counter()
@@ -59,14 +60,15 @@ def main() -> None:
     ap.add_argument("--no-gradflow", action="store_true", help="time the report without its gradient-flow section")
     args = ap.parse_args()
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; "
-          f"python {platform.python_version()}")
+    print(f"CPU: {cpu_description()}; load average {os.getloadavg()[0]:.2f} at start; python {platform.python_version()}")
+    print(f"goals: report <= {WALL_TARGET_S:.0f} s and peak RSS < {RSS_TARGET_MB} MB for {args.arch}; trace <= {TRACE_TARGET}x a plain forward")
     rep = run_report(args.arch, not args.no_gradflow)
     drawn = {r.name for r in layer_table(build_model_on_meta(args.arch), 224) if r.type in GRID_TYPES and len(r.output_shape) == 3}
     stats_only = measure_trace_overhead(args.arch, 224, args.repeats)
     with_maps = measure_trace_overhead(args.arch, 224, args.repeats, keep_maps=drawn)
 
     plain = stats_only["plain_median_s"]
+    load_end = os.getloadavg()[0]
     print(f"\nreport for one 224x224 image, {args.arch}, random weights{'' if not args.no_gradflow else ', no gradient flow'}:")
     print(f"  wall time (fresh process)   {rep['wall_s']:8.1f} s   = {rep['wall_s'] / plain:,.0f}x one plain forward ({plain * 1e3:.0f} ms)")
     print(f"  peak resident memory        {rep['peak_rss_mb']:8.0f} MB  = {rep['peak_rss_mb'] / RSS_TARGET_MB:.2f}x the 2 GB target")
@@ -77,7 +79,13 @@ def main() -> None:
     print(f"  {'':<27} {'plain median':>12} {'trace median':>12} {'ratio':>7} {'best/best':>9}")
     for label, r in (("stats for every layer", stats_only), (f"+ the report's {len(drawn)} kept maps", with_maps)):
         print(f"  {label:<27} {r['plain_median_s'] * 1e3:9.1f} ms {r['trace_median_s'] * 1e3:9.1f} ms {r['ratio_median']:6.2f}x {r['ratio_best']:8.2f}x")
+    cpu = cpu_description().split(",")[0]
+    print(f"\ngoals on {cpu} (load average {load_end:.2f} at the end):")
+    print(f"  report wall time {rep['wall_s']:.1f} s <= {WALL_TARGET_S:.0f} s: {'met' if rep['wall_s'] <= WALL_TARGET_S else 'NOT met'}")
+    print(f"  peak RSS {rep['peak_rss_mb']:.0f} MB < {RSS_TARGET_MB} MB: {'met' if rep['peak_rss_mb'] < RSS_TARGET_MB else 'NOT met'}")
+    print(f"  trace {stats_only['ratio_median']:.2f}x <= {TRACE_TARGET}x: {'met' if stats_only['ratio_median'] <= TRACE_TARGET else 'NOT met'}")
 
 
 if __name__ == "__main__":
     main()
+

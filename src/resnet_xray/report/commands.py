@@ -15,6 +15,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     # Bad flags fail before the model is built or anything is written.
     sections = check_sections(tuple(s.strip() for s in args.sections.split(",") if s.strip())) if args.sections else None
+    from ..image import load_image
+
+    load_image(args.image)  # a bad image fails here, before the model is built
     model, meta = model_from_args(args)  # before the folder: a refused model must not leave an empty output folder behind
     out = check_out_dir(args.output)
     warn = random_weights_warning(meta)
