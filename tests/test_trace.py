@@ -203,3 +203,52 @@ def test_trace_follows_plain_network_and_back(resnet18, image):
     assert not torch.allclose(plain, normal, rtol=1e-3, atol=1e-3)
     assert traced_plain.blocks == []  # no add, no block numbers
     assert_close(again.logits, normal, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_engines_agree_and_logits_are_bit_identical(batch):
+    """The generated-code engine derives BatchNorm and add statistics; they must equal the read ones."""
+    from resnet_xray.trace import TraceOptions
+
+    torch.manual_seed(1)
+    model = build_model("resnet18").eval()
+    for m in model.modules():  # non-trivial BatchNorm maps, negative scales included
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_(0, 1)
+            m.bias.data.normal_(0, 0.3)
+    x = torch.randn(batch, 3, 96, 96)  # layer1 maps of 24x24: per-channel mode; layer4's 3x3: read in full
+    with torch.inference_mode():
+        want = model(x)
+    runs = {e: trace_model(model, x, TraceOptions(engine=e)) for e in ("codegen", "codegen-full", "interpreter")}
+    ref = runs["interpreter"]
+    for engine, tr in runs.items():
+        assert torch.equal(tr.logits, want), engine
+        assert [r.name for r in tr.layers] == [r.name for r in ref.layers]
+        for a, b in zip(tr.layers, ref.layers):
+            assert a.shape == b.shape and a.zero_frac == b.zero_frac
+            scale = max(abs(b.mean), b.std, 1e-3)
+            assert_close(a.mean, b.mean, rtol=0, atol=1e-5 * scale)
+            assert_close([a.std, a.min, a.max, a.l2], [b.std, b.min, b.max, b.l2], rtol=1e-5, atol=1e-6)
+        for a, b in zip(tr.blocks, ref.blocks):
+            assert_close([a.residual_norm, a.shortcut_norm, a.output_norm, a.cosine, a.active_frac],
+                          [b.residual_norm, b.shortcut_norm, b.output_norm, b.cosine, b.active_frac], rtol=1e-5, atol=1e-6)
+    # In training mode a BatchNorm normalises with batch statistics, not the fixed map of its buffers:
+    # the engine must read its output, and still agree with the interpreter.
+    if batch > 1:
+        import copy
+
+        a, b = copy.deepcopy(model).train(), copy.deepcopy(model).train()  # each forward moves the buffers
+        with torch.no_grad():
+            ta, tb = trace_model(a, x), trace_model(b, x, TraceOptions(engine="interpreter"))
+        for ra, rb in zip(ta.layers, tb.layers):
+            assert_close([ra.std, ra.min, ra.max, ra.l2], [rb.std, rb.min, rb.max, rb.l2], rtol=1e-5, atol=1e-6)
+        assert abs(ta.layer("layer1.0.bn1").mean - float(a.layer1[0].bn1.bias.mean())) < 1e-4  # batch-normalised
+
+
+def test_engine_must_be_known(resnet18, image):
+    from resnet_xray.trace import TraceOptions
+
+    with pytest.raises(ValueError, match="engine"):
+        trace_model(resnet18, image, TraceOptions(engine="hooks"))
