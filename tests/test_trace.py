@@ -244,7 +244,7 @@ def test_engines_agree_and_logits_are_bit_identical(batch):
             ta, tb = trace_model(a, x), trace_model(b, x, TraceOptions(engine="interpreter"))
         for ra, rb in zip(ta.layers, tb.layers):
             assert_close([ra.std, ra.min, ra.max, ra.l2], [rb.std, rb.min, rb.max, rb.l2], rtol=1e-5, atol=1e-6)
-        assert abs(ta.layer("layer1.0.bn1").mean - float(a.layer1[0].bn1.bias.mean())) < 1e-4  # batch-normalised
+        assert abs(ta.layer("layer1.0.bn1").mean - float(a.layer1[0].bn1.bias.detach().mean())) < 1e-4  # batch-normalised
 
 
 def test_engine_must_be_known(resnet18, image):
