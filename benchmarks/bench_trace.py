@@ -136,7 +136,7 @@ def main() -> None:
                   f"{v['ratio_best']:12.2f}x {v['cpu_ratio_median']:14.2f}x")
         print(f"  first trace of a fresh model ({engines[0]}, builds the FX code): {r['trace_cold_s'] * 1e3:.0f}ms")
         met = r["ratio_median"] <= GOAL
-        verdicts.append(f"{threads} thread{'s' if threads > 1 else ''}: {r['ratio_median']:.2f}x "
+        verdicts.append(f"{threads} thread{'s' if threads > 1 else ''}: {r['ratio_median']:.3f}x "
                         f"({'met' if met else 'NOT met'})")
     print(f"\ngoal <= {GOAL}x ({engines[0]}, median ratio) on {cpu_description().split(',')[0]}: " + "; ".join(verdicts))
 
