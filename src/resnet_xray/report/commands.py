@@ -11,12 +11,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..cli import model_from_args
     from ..model import random_weights_warning
     from . import ReportOptions, build_report
+    from ..image import load_image
     from .assemble import check_out_dir, check_sections
 
     # Bad flags fail before the model is built or anything is written.
     sections = check_sections(tuple(s.strip() for s in args.sections.split(",") if s.strip())) if args.sections else None
-    from ..image import load_image
-
     load_image(args.image)  # a bad image fails here, before the model is built
     model, meta = model_from_args(args)  # before the folder: a refused model must not leave an empty output folder behind
     out = check_out_dir(args.output)
