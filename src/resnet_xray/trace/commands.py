@@ -49,7 +49,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     probs = torch.softmax(tr.logits[0].float(), 0)
     p, idx = probs.max(0)
     top = {"index": int(idx), "label": meta.class_names[int(idx)], "prob": float(p)}
-    wt = walkthrough(model, x) if args.walkthrough else None
+    wt = walkthrough(model, x, trace=tr) if args.walkthrough else None  # the same pass, not a second one
     if args.json:
         doc = {"image": str(args.image), "arch": meta.arch, "weights": meta.weights, "input_shape": list(x.shape), "top1": top,
                **tr.to_dict()}
