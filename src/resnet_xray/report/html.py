@@ -202,13 +202,16 @@ def _shortcuts(doc: dict[str, Any], pics: dict[str, Any]) -> str:
            if s["a_fits"] else
            f"Option A cannot be used here on its own: without a stride its output is {_shape(s['a_shape'])}, F(x) is "
            f"{_shape(s['out_shape'])}.")
+    numbers = (f"norm {s['b_norm']:.2f} against ‖F(x)‖ = {s['f_norm']:.2f}, channel-scale spread {s['b_channel_std_spread']:.1f}×, "
+               f"cosine with F(x) {s['cos_b_f']:+.3f}.")
+    bn = (f"Option B’s BatchNorm rescales each projected channel, as F(x)’s last BatchNorm does: {numbers}" if s.get("bn_changes_it", True)
+          else f"Here that BatchNorm is still the identity map (running mean 0, variance 1, weight 1, bias 0, as at initialisation), "
+               f"so options A and B give the same numbers: {numbers} Training is what makes them differ.")
     lead = (f"In {escape(s['block'])} the input has {s['in_channels']} channels ({_shape(s['in_shape'])}) and F(x) has {s['out_channels']} "
             f"({_shape(s['out_shape'])}), so x cannot be added as it is. The seed’s option A is a 1×1 conv that changes the channels "
             f"only, without BatchNorm; option B is a 1×1 conv with stride ({s['stride']} here) followed by BatchNorm, which can also "
             f"downsample. <b>torchvision uses option B</b>: {escape(s['block'])}.downsample = conv ({s['conv_params']:,} parameters) + "
-            f"BatchNorm ({s['bn_params']:,}). {fit} Option B’s BatchNorm brings the projected x to F(x)’s footing: norm "
-            f"{s['b_norm']:.2f} against ‖F(x)‖ = {s['f_norm']:.2f}, channel-scale spread {s['b_channel_std_spread']:.1f}×, cosine "
-            f"{s['cos_b_f']:+.3f}. (He et al. 2015 call the parameter-free zero-padding shortcut “option A”; the seed’s A and B are "
+            f"BatchNorm ({s['bn_params']:,}). {fit} {bn} (He et al. 2015 call the parameter-free zero-padding shortcut “option A”; the seed’s A and B are "
             f"both projections.) This model has {len(s['projections'])} projection blocks "
             f"({', '.join(escape(p['block']) for p in s['projections'])}); the other {s['identity_blocks']} add x unchanged.")
     return section("shortcuts", "When channels change: shortcut option A or option B?", _fig(pics["shortcuts"], "shortcut options"), lead)

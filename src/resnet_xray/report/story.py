@@ -254,6 +254,8 @@ def shortcut_options(block: nn.Module, name: str, block_input: torch.Tensor, sho
         "a_channel_std_spread": float(ca.std(1).max() / ca.std(1).clamp_min(1e-12).min()),
         "b_channel_std_spread": float(b.flatten(1).std(1).max() / b.flatten(1).std(1).clamp_min(1e-12).min()),
         "a_shape": list(a.shape), "a_fits": fits,
+        # At initialisation a BatchNorm is the identity map (mean 0, var 1, weight 1, bias 0): then A and B coincide.
+        "bn_changes_it": bool(not fits or not torch.allclose(a, b, rtol=1e-5, atol=1e-6)),
         "cos_a_f": cos(a, f) if fits else None, "cos_b_f": cos(b, f),
         "torchvision_uses": "B",
     }, (a if fits else None, b, f)
