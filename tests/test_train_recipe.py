@@ -165,3 +165,22 @@ def test_stop_after_one_step_prints_no_fake_best(tiny, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "-100" not in out and "epoch -1" not in out
     assert "no epoch finished, so no best.pt yet" in out and "best.pt" not in out.splitlines()[-1]
+
+
+def test_discriminative_rates_slow_each_earlier_stage():
+    model = _model()
+    opt = F.make_optimizer(model, _opts(optimizer="adamw", layer_lr_decay=0.5), 1e-3)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lr_of[id(model.fc.weight)] == pytest.approx(1e-3)
+    assert lr_of[id(model.layer4[0].conv1.weight)] == pytest.approx(5e-4)
+    assert lr_of[id(model.conv1.weight)] == pytest.approx(1e-3 * 0.5**5)
+    assert {g["weight_decay"] for g in opt.param_groups if any(p is model.bn1.weight for p in g["params"])} == {0.0}
+    with pytest.raises(XrayError, match="--layer-lr-decay"):
+        _opts(layer_lr_decay=0.0).validate()
+
+
+def test_transfer_task_draws_new_shapes(tmp_path):
+    info = make_reference_dataset(tmp_path / "t", ReferenceOptions(task="transfer", classes=5, per_class=2, size=SIZE))
+    assert info["classes"] == ["hexagon", "diamond", "ellipse", "trapezoid", "semicircle"] and info["task"] == "transfer"
+    ref = make_reference_dataset(tmp_path / "r", ReferenceOptions(classes=2, per_class=2, size=SIZE))
+    assert "task" not in ref  # the reference task's dataset.json (and images) are as before

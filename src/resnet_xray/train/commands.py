@@ -14,7 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("make-dataset", help="write the offline reference task (shapes on clutter, with boxes)")
     p.add_argument("out", help="output folder (gets train/, val/, boxes.csv, dataset.json)")
-    p.add_argument("--classes", type=int, default=10, help=f"number of shape classes, 2..{len(SHAPES)} (default: 10)")
+    p.add_argument("--task", choices=("reference", "transfer"), default="reference",
+                   help="reference: the 10 shapes; transfer: 5 other shapes (hexagon, diamond, ellipse, trapezoid, "
+                        "semicircle) for transfer-learning experiments")
+    p.add_argument("--classes", type=int, default=None, help=f"number of shape classes, 2..{len(SHAPES)} (default: all of the task's)")
     p.add_argument("--per-class", type=int, default=200, help="training images per class (default: 200)")
     p.add_argument("--val-per-class", type=int, default=None, help="validation images per class (default: a quarter of --per-class, at least 10)")
     p.add_argument("--size", type=int, default=96, help="image side in pixels (default: 96)")
@@ -40,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--weight-decay", type=float, default=None)
         p.add_argument("--warmup-epochs", type=float, default=1.0)
         p.add_argument("--freeze", choices=FREEZE_MODES, default="none", help="backbone: head only; gradual: one more stage per epoch")
+        p.add_argument("--layer-lr-decay", type=float, default=1.0, metavar="D",
+                       help="discriminative learning rates: layer4 trains at lr*D, layer3 at lr*D^2, ... (default: 1)")
         p.add_argument("--label-smoothing", type=float, default=0.1)
         p.add_argument("--amp", action="store_true",
                        help="mixed precision: fp16+GradScaler on CUDA, bf16 on CPUs with native bf16 (else fp32, with a warning)")
@@ -85,8 +90,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_make_dataset(args: argparse.Namespace) -> int:
     from ..datasets.reference import ReferenceOptions, make_reference_dataset
 
-    opts = ReferenceOptions(classes=args.classes, per_class=args.per_class, val_per_class=args.val_per_class,
-                            size=args.size, seed=args.seed, overwrite=args.overwrite)
+    from ..datasets.reference import TASKS
+
+    opts = ReferenceOptions(classes=args.classes or len(TASKS[args.task]), per_class=args.per_class,
+                            val_per_class=args.val_per_class, size=args.size, seed=args.seed, overwrite=args.overwrite,
+                            task=args.task)
     info = make_reference_dataset(args.out, opts)
     n_train, n_val = info["train_per_class"] * len(info["classes"]), info["val_per_class"] * len(info["classes"])
     print(f"wrote {args.out}: {n_train} train + {n_val} val images, {len(info['classes'])} classes "
@@ -110,7 +118,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         arch=args.arch, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         recipe=args.recipe, optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         progressive=args.progressive, ema=args.ema, tta_flip=args.tta_flip, compile=args.compile,
-        freeze=args.freeze, label_smoothing=args.label_smoothing, amp=args.amp, channels_last=args.channels_last,
+        freeze=args.freeze, layer_lr_decay=args.layer_lr_decay, label_smoothing=args.label_smoothing, amp=args.amp, channels_last=args.channels_last,
         workers=args.workers, seed=args.seed, image_size=args.image_size, min_crop_scale=args.min_crop_scale,
         multitask=args.multitask_default or getattr(args, "multitask", False),
         loss_weights={"class": args.class_weight, "box": args.box_weight},

@@ -42,7 +42,7 @@ FAST_RECIPE: dict[str, Any] = {"optimizer": "adamw", "min_crop_scale": 0.8, "cha
 CLASSIC_RECIPE: dict[str, Any] = {"optimizer": "sgd", "min_crop_scale": 0.35, "channels_last": False, "ema": 0.0,
                                   "progressive": "off"}
 # Options that shape the schedule or the data a step sees: a --resume must keep them.
-RESUME_KEYS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "warmup_epochs", "freeze", "label_smoothing",
+RESUME_KEYS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "warmup_epochs", "freeze", "layer_lr_decay", "label_smoothing",
                "image_size", "min_crop_scale", "progressive", "ema", "seed", "multitask")
 
 
@@ -58,6 +58,7 @@ class FinetuneOptions:
     weight_decay: float | None = None  # None: 1e-4 for sgd, 0.05 for adamw; never on norms and biases
     warmup_epochs: float = 1.0  # linear warm-up before the cosine decay; big steps on a fresh head wreck features
     freeze: str = "none"  # none, backbone (train the head only) or gradual (one more stage per epoch)
+    layer_lr_decay: float = 1.0  # discriminative rates: each stage below the head trains this many times slower
     label_smoothing: float = 0.1
     amp: bool = False  # fp16 + GradScaler on CUDA, bf16 autocast on CPUs with native bf16 (else fp32, with a warning)
     channels_last: bool | None = None  # NHWC memory layout (oneDNN, tensor cores); None: the recipe's
@@ -96,6 +97,8 @@ class FinetuneOptions:
             raise XrayError(f"--label-smoothing {self.label_smoothing}: must be in [0, 1)")
         if self.min_crop_scale is not None and not 0 < self.min_crop_scale <= 1:
             raise XrayError(f"--min-crop-scale {self.min_crop_scale}: must be in (0, 1]")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise XrayError(f"--layer-lr-decay {self.layer_lr_decay}: must be in (0, 1] (1: one rate for all)")
         if self.ema is not None and not 0 <= self.ema < 1:
             raise XrayError(f"--ema {self.ema}: must be in [0, 1) (0 turns it off)")
         if self.progressive not in (None, "auto", "off"):
@@ -260,13 +263,30 @@ def default_lr(options: FinetuneOptions, effective_batch: int, pretrained: bool)
     return lr
 
 
+def stage_lr_scales(model: nn.Module, decay: float) -> dict[int, float]:
+    """Discriminative learning rates: ``id(param) -> multiplier``, the head at 1, each earlier stage ``decay`` times less.
+
+    layer4 gets ``decay``, layer3 ``decay**2``, ... the stem ``decay**5`` (ULMFiT's
+    discriminative fine-tuning): general early features move least.
+    """
+    scales: dict[int, float] = {}
+    for depth, name in enumerate(STAGES, start=1):
+        for m in _stage_modules(model)[name]:
+            for p in m.parameters():
+                scales[id(p)] = decay**depth
+    return scales
+
+
 def make_optimizer(model: nn.Module, options: FinetuneOptions, lr: float) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)
     name = options.optimizer or "sgd"
     wd = options.weight_decay if options.weight_decay is not None else {"sgd": 1e-4, "adamw": 0.05}[name]
-    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    scales = stage_lr_scales(model, options.layer_lr_decay) if options.layer_lr_decay != 1.0 else {}
+    by_group: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        by_group.setdefault((scales.get(id(p), 1.0), p.ndim > 1), []).append(p)
+    # No decay on norms and biases; one group per (lr scale, decay) so the schedule scales them all alike.
+    groups = [{"params": ps, "lr": lr * scale, "weight_decay": wd if decays else 0.0}
+              for (scale, decays), ps in sorted(by_group.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     return torch.optim.AdamW(groups, lr=lr)
