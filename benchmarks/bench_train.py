@@ -151,7 +151,7 @@ def main() -> None:
               f"load average {os.getloadavg()[0]:.1f}", flush=True)
     if a.reference:
         out = a.out or str(Path(a.data).parent / a.arch)
-        reference_run(a.data, out, a.arch, a.epochs, extra)
+        reference_run(a.data, out, a.arch, a.epochs, ["--batch-size", str(a.batch_size), "--workers", str(a.workers), *extra])
         return
     if extra:
         ap.error(f"unrecognised arguments: {' '.join(extra)}")
