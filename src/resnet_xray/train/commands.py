@@ -88,11 +88,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_make_dataset(args: argparse.Namespace) -> int:
-    from ..datasets.reference import ReferenceOptions, make_reference_dataset
+    from ..datasets.reference import TASKS, ReferenceOptions, make_reference_dataset
 
-    from ..datasets.reference import TASKS
-
-    opts = ReferenceOptions(classes=args.classes or len(TASKS[args.task]), per_class=args.per_class,
+    classes = args.classes if args.classes is not None else len(TASKS[args.task])
+    opts = ReferenceOptions(classes=classes, per_class=args.per_class,
                             val_per_class=args.val_per_class, size=args.size, seed=args.seed, overwrite=args.overwrite,
                             task=args.task)
     info = make_reference_dataset(args.out, opts)
