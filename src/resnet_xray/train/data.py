@@ -97,7 +97,7 @@ def find_splits(data_dir: str | Path, *, seed: int = 0) -> tuple[list[tuple[Path
             val += group[:n_val]
             train += group[n_val:]
     if len(names) < 2:
-        raise XrayError(f"{root}: found {len(names)} class folder(s); need at least 2 to train a classifier")
+        raise XrayError(f"{root}: found {len(names)} class folder(s) with images; need at least 2 to train a classifier")
     if not train:
         raise XrayError(f"{root}: no training images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     if not val:
