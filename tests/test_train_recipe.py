@@ -46,12 +46,13 @@ def _model(seed: int = 0) -> nn.Module:
 def test_recipe_defaults_follow_the_starting_weights():
     fast = FinetuneOptions(weights="random").resolved()
     assert (fast.recipe, fast.optimizer, fast.channels_last, fast.ema, fast.progressive, fast.min_crop_scale) == (
-        "fast", "adamw", True, 0.99, "auto", 0.8)
+        "fast", "adamw", True, 0.0, "off", 0.8)
     classic = FinetuneOptions(weights="imagenet").resolved()
     assert (classic.recipe, classic.optimizer, classic.channels_last, classic.ema, classic.progressive) == (
         "classic", "sgd", False, 0.0, "off")
     # An explicit piece wins over the recipe.
-    assert FinetuneOptions(weights="random", ema=0.0, optimizer="sgd").resolved().ema == 0.0
+    picked = FinetuneOptions(weights="random", ema=0.99, progressive="auto", optimizer="sgd").resolved()
+    assert (picked.ema, picked.progressive, picked.optimizer) == (0.99, "auto", "sgd")
 
 
 def test_resize_plan_phases_end_at_the_input_size():

@@ -37,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--lr", type=float, default=None,
                        help="peak learning rate (default: the recipe's, scaled by the batch a step really sees)")
         p.add_argument("--recipe", choices=RECIPES, default="auto",
-                       help="defaults for the pieces below: fast (from scratch: adamw, progressive sizes, EMA, "
-                            "channels-last, min-crop-scale 0.8) or classic (sgd, fixed size); auto: fast for --weights random")
+                       help="defaults for the pieces below: fast (from scratch: adamw, channels-last, min-crop-scale 0.8) "
+                            "or classic (sgd, crop 0.35); auto: fast for --weights random")
         p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="default: the recipe's (fast: adamw, classic: sgd)")
         p.add_argument("--weight-decay", type=float, default=None)
         p.add_argument("--warmup-epochs", type=float, default=1.0)
@@ -52,10 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="NHWC memory layout (default: the recipe's; fast: on)")
         p.add_argument("--progressive", default=None, metavar="SIZES",
                        help="progressive resizing: train sides per phase, e.g. 64,80,96 (last = input size), auto, or off "
-                            "(default: the recipe's; fast: auto = 2/3, 5/6, 1 of the input size)")
+                            "(default: off; auto = 2/3, 5/6, 1 of the input size)")
         p.add_argument("--ema", type=float, default=None, metavar="DECAY",
                        help="average the weights with this decay, validate the average late in the run, keep the better "
-                            "as best.pt; 0: off (default: the recipe's; fast: 0.99)")
+                            "as best.pt; 0: off (default: off; 0.99 suits ~60 steps/epoch)")
         p.add_argument("--tta-flip", action="store_true", help="validate on the mean logits of each image and its mirror")
         p.add_argument("--compile", action="store_true", help="torch.compile the training forward (eager fallback if it fails)")
         p.add_argument("--workers", type=int, default=2, help="DataLoader processes (default: 2)")

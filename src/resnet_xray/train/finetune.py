@@ -37,8 +37,10 @@ STAGES = ("layer4", "layer3", "layer2", "layer1", "stem")  # the order ``gradual
 
 RECIPES = ("auto", "fast", "classic")  # auto: fast for --weights random, classic otherwise
 # Pieces of the fast from-scratch recipe (issue 14); docs/train.md has the ablation behind each value.
-FAST_RECIPE: dict[str, Any] = {"optimizer": "adamw", "min_crop_scale": 0.8, "channels_last": True, "ema": 0.99,
-                               "progressive": "auto"}
+# Progressive resizing and EMA are built and tested but off: in the measured ablation the first
+# cost 8.8 points for 20% less time, the second changed nothing and costs validation passes.
+FAST_RECIPE: dict[str, Any] = {"optimizer": "adamw", "min_crop_scale": 0.8, "channels_last": True, "ema": 0.0,
+                               "progressive": "off"}
 CLASSIC_RECIPE: dict[str, Any] = {"optimizer": "sgd", "min_crop_scale": 0.35, "channels_last": False, "ema": 0.0,
                                   "progressive": "off"}
 # Options that shape the schedule or the data a step sees: a --resume must keep them.
