@@ -8,13 +8,25 @@ run alternately (A B A B) so a busy machine penalises both equally. Then the dat
 fraction of our loop with the default worker count. Prints measured numbers only.
 
     python benchmarks/bench_train.py out/reference/data --arch resnet50 --steps 12
+
+Two more modes:
+
+    # the issue-14 reference run: make-dataset if needed, the README's finetune command, the goal line
+    python benchmarks/bench_train.py out/reference/data --reference [--epochs 12] [--amp]
+    # the recipe ablation: the fast recipe, and the same with one piece taken away, one run each
+    python benchmarks/bench_train.py out/small/data --ablation --arch resnet18 --epochs 6
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torchvision
@@ -60,10 +72,62 @@ def ours(data_dir: str, arch: str, size: int, batch: int, workers: int, steps: i
     torch.manual_seed(0)
     model = build_model(arch, num_classes=len(data.class_names))
     # Many epochs so the schedule is long; stop_after_steps ends the run mid-epoch (no evaluation timed).
-    opts = FinetuneOptions(arch=arch, weights="random", epochs=50, batch_size=batch, workers=workers, optimizer="sgd",
+    # The classic recipe at a fixed size, so both loops see the same resolution; pieces come in through kw.
+    kw = {"recipe": "classic", "optimizer": "sgd", **kw}
+    opts = FinetuneOptions(arch=arch, weights="random", epochs=50, batch_size=batch, workers=workers,
                            progress=False, stop_after_steps=steps + 1, **kw)
     r = fit(model, data, opts, pretrained=False)
     return r["steps_after_first"] * batch / r["seconds_after_first"]
+
+
+GOALS = ((0.85, 12.0), (0.90, 15.0))  # issue 14: accuracy by minutes of wall time, on a 2-core AVX2-only CPU
+
+
+def reference_run(data: str, out: str, arch: str, epochs: int, extra: list[str]) -> None:
+    """make-dataset (if missing) and the README's command, timed from process start to exit; then the goal line."""
+    cli = [sys.executable, "-m", "resnet_xray"]
+    if not Path(data, "dataset.json").exists():
+        subprocess.run([*cli, "make-dataset", data], check=True)
+    cmd = [*cli, "finetune", data, "--arch", arch, "--weights", "random", "--out", out, "--epochs", str(epochs), *extra]
+    print("$ " + " ".join(cmd[2:]), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    minutes = (time.perf_counter() - t0) / 60
+    with open(Path(out, "metrics.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    best = max(max(float(r["val_accuracy"]), float(r.get("ema_val_accuracy") or 0)) for r in rows)
+    final = json.loads(Path(out, "summary.json").read_text())["final"]["accuracy"]
+    print(f"\nreference run: {arch}, {epochs} epochs, {torch.get_num_threads()} threads: final {final:.1%}, "
+          f"best {best:.1%} (best.pt), {minutes:.1f} min wall")
+    for acc, limit in GOALS:
+        print(f"goal >= {acc:.0%} in <= {limit:.0f} min: {'MET' if best >= acc and minutes <= limit else 'NOT MET'}")
+
+
+ABLATION = {  # one piece of the fast recipe taken away per row
+    "fast recipe (all pieces)": {},
+    "- progressive resizing": {"progressive": "off"},
+    "- EMA": {"ema": 0.0},
+    "- channels-last": {"channels_last": False},
+    "+ test-time flip": {"tta_flip": True},
+    "classic (sgd, fixed size, crop 0.35)": {"recipe": "classic"},
+}
+
+
+def ablation(data: str, out: str, arch: str, epochs: int, batch: int, workers: int, rows: list[int] | None = None) -> None:
+    """Each row one uninterrupted finetune run, same seed, back to back: best validation accuracy and minutes."""
+    from resnet_xray.train.finetune import finetune
+
+    print("\n| recipe | best val accuracy | final | minutes |\n|---|---|---|---|", flush=True)
+    for i, (name, kw) in enumerate(ABLATION.items()):
+        if rows is not None and i not in rows:
+            continue
+        opts = FinetuneOptions(arch=arch, weights="random", epochs=epochs, batch_size=batch, workers=workers,
+                               progress=False, **kw)
+        t0 = time.perf_counter()
+        r = finetune(data, opts, Path(out, name.split(" (")[0].replace(" ", "_").strip("+-_")))
+        minutes = (time.perf_counter() - t0) / 60
+        print(f"| {name} | {r['best']['accuracy']:.1%} ({r['best']['weights']}, epoch {r['best']['epoch']}) | "
+              f"{r['final']['accuracy']:.1%} | {minutes:.1f} |", flush=True)
 
 
 def main() -> None:
@@ -76,16 +140,36 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--amp", action="store_true", help="also time ours with --amp --channels-last (the recipe has no CPU AMP)")
-    a = ap.parse_args()
+    ap.add_argument("--reference", action="store_true", help="the issue-14 reference run and its goal line")
+    ap.add_argument("--ablation", action="store_true", help="the recipe ablation table (one run per row)")
+    ap.add_argument("--epochs", type=int, default=12, help="--reference / --ablation: epochs per run")
+    ap.add_argument("--rows", default=None, help="--ablation: which rows to run, e.g. 0,1,2,5 (default: all)")
+    ap.add_argument("--out", default=None, help="--reference / --ablation: output folder (default: beside DATA)")
+    a, extra = ap.parse_known_args()
+    if a.reference or a.ablation:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    if a.reference:
+        out = a.out or str(Path(a.data).parent / a.arch)
+        reference_run(a.data, out, a.arch, a.epochs, ["--batch-size", str(a.batch_size), "--workers", str(a.workers), *extra])
+        return
+    if extra:
+        ap.error(f"unrecognised arguments: {' '.join(extra)}")
+    if a.ablation:
+        ablation(a.data, a.out or str(Path(a.data).parent / "ablation"), a.arch, a.epochs, a.batch_size, a.workers,
+                 [int(i) for i in a.rows.split(",")] if a.rows else None)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; {a.arch} {a.size}px, "
           f"batch {a.batch_size}, {a.workers} workers, {a.steps} timed steps, {a.rounds} alternating rounds")
     rows: dict[str, list[float]] = {"recipe": [], "ours": []}
+    rows["ours + EMA + channels-last"] = []  # the fast recipe's per-step pieces, at the same resolution
     if a.amp:
         rows["ours --amp --channels-last"] = []
     args = (a.data, a.arch, a.size, a.batch_size, a.workers, a.steps)
     for r in range(a.rounds):
         rows["recipe"].append(recipe_loop(*args))
         rows["ours"].append(ours(*args))
+        rows["ours + EMA + channels-last"].append(ours(*args, ema=0.99, channels_last=True))
         if a.amp:
             rows["ours --amp --channels-last"].append(ours(*args, amp=True, channels_last=True))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} img/s" for k, v in rows.items()), flush=True)

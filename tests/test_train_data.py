@@ -10,7 +10,7 @@ import torch
 
 from resnet_xray.datasets import ReferenceOptions, make_reference_dataset
 from resnet_xray.errors import XrayError
-from resnet_xray.train.data import EpochSampler, make_loaders
+from resnet_xray.train.data import EmptyClassWarning, EpochSampler, make_loaders
 
 SIZE = 32
 
@@ -50,7 +50,7 @@ def test_bad_dataset_folders_are_user_errors(tiny, tmp_path):
     with pytest.raises(XrayError, match="no such dataset folder"):
         make_loaders(tmp_path / "missing")
     (tmp_path / "one" / "only").mkdir(parents=True)
-    with pytest.raises(XrayError, match="at least 2"):
+    with pytest.raises(XrayError, match="at least 2"), pytest.warns(EmptyClassWarning, match="only: no images"):
         make_loaders(tmp_path / "one")
     shutil.copytree(tiny, tmp_path / "nobox")
     (tmp_path / "nobox" / "boxes.csv").unlink()

@@ -29,7 +29,7 @@ def tiny(tmp_path_factory):
 
 def _opts(**kw) -> FinetuneOptions:
     base = dict(arch="resnet18", weights="random", epochs=2, batch_size=4, workers=0, seed=0, progress=False,
-                optimizer="sgd", lr=0.05, warmup_epochs=0.5)
+                optimizer="sgd", lr=0.05, warmup_epochs=0.5, recipe="classic")
     base.update(kw)
     return FinetuneOptions(**base)
 
@@ -145,10 +145,15 @@ def test_nonfinite_loss_stops_without_writing_nan_weights(tiny, tmp_path):
     assert not (tmp_path / "best.pt").exists() and not (tmp_path / "last.pt").exists()
 
 
-def test_amp_refused_with_one_line_where_unsupported(monkeypatch):
-    monkeypatch.setattr(F, "cpu_supports_bf16", lambda: False)
-    with pytest.raises(XrayError, match="--amp: this CPU has no native bfloat16"):
-        F.resolve_precision(True, torch.device("cpu"))
+def test_amp_without_native_bf16_warns_and_trains_fp32(monkeypatch, capsys):
+    monkeypatch.setattr(F, "cpu_supports_bf16", lambda: False)  # fake an AVX2-only CPU's probe
+    assert F.resolve_precision(True, torch.device("cpu")).autocast_dtype is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no native bfloat16" in err[0] and "training in fp32" in err[0]
+    with pytest.raises(XrayError, match="--amp: this CPU has no native bfloat16"):  # callers with another plan
+        F.resolve_precision(True, torch.device("cpu"), strict=True)
+    monkeypatch.setattr(F, "cpu_supports_bf16", lambda: True)
+    assert F.resolve_precision(True, torch.device("cpu")).autocast_dtype == torch.bfloat16
     assert F.resolve_precision(False, torch.device("cpu")).autocast_dtype is None
     assert F.resolve_precision(True, torch.device("cuda")).use_scaler  # fp16 on CUDA always gets a GradScaler
 

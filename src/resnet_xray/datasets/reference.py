@@ -26,6 +26,9 @@ from ..image import bundled_cat
 
 GENERATOR_VERSION = 2  # 2: milder stretch, clutter and patterned fills, so 15 CPU minutes suffice
 SHAPES = ("circle", "triangle", "square", "pentagon", "star", "cross", "ring", "crescent", "arrow", "heart")
+# The transfer task: shapes the reference model never saw, on the same kind of backgrounds.
+TRANSFER_SHAPES = ("hexagon", "diamond", "ellipse", "trapezoid", "semicircle")
+TASKS = {"reference": SHAPES, "transfer": TRANSFER_SHAPES}
 SUPERSAMPLE = 2  # draw large, then downsample: anti-aliased edges like a photo's
 SPLITS = {"train": 0, "val": 1}
 
@@ -41,10 +44,13 @@ class ReferenceOptions:
     max_scale: float = 0.85
     clutter: int = 2  # distractor strokes per image (mean)
     overwrite: bool = False
+    task: str = "reference"  # reference (SHAPES) or transfer (TRANSFER_SHAPES: a second task for transfer learning)
 
     def validate(self) -> None:
-        if not 2 <= self.classes <= len(SHAPES):
-            raise XrayError(f"--classes {self.classes}: must be between 2 and {len(SHAPES)}")
+        if self.task not in TASKS:
+            raise XrayError(f"--task {self.task!r}: choose one of {', '.join(TASKS)}")
+        if not 2 <= self.classes <= len(TASKS[self.task]):
+            raise XrayError(f"--classes {self.classes}: must be between 2 and {len(TASKS[self.task])} for --task {self.task}")
         if self.per_class < 1:
             raise XrayError(f"--per-class {self.per_class}: must be at least 1")
         if self.val_per_class is not None and self.val_per_class < 1:
@@ -92,6 +98,18 @@ def _outline(shape: str, rng: np.random.Generator) -> tuple[list[list[tuple[floa
     if shape == "arrow":
         s, h = rng.uniform(0.18, 0.28), rng.uniform(0.0, 0.25)
         return [[(-1, -s), (h, -s), (h, -0.7), (1, 0), (h, 0.7), (h, s), (-1, s)]], []
+    if shape == "hexagon":
+        return [_regular(6)], []
+    if shape == "diamond":
+        w = rng.uniform(0.5, 0.65)
+        return [[(0, -1), (w, 0), (0, 1), (-w, 0)]], []
+    if shape == "ellipse":
+        return [[(x, y * rng.uniform(0.5, 0.6)) for x, y in _regular(64)]], []
+    if shape == "trapezoid":
+        top = rng.uniform(0.35, 0.55)
+        return [[(-top, -0.6), (top, -0.6), (1, 0.6), (-1, 0.6)]], []
+    if shape == "semicircle":
+        return [[(math.cos(t), math.sin(t) - 0.4) for t in np.linspace(math.pi, 2 * math.pi, 40)]], []
     if shape == "heart":
         t = np.linspace(0, 2 * math.pi, 80, endpoint=False)
         x = 16 * np.sin(t) ** 3
@@ -247,7 +265,9 @@ def make_reference_dataset(out: str | Path, options: ReferenceOptions | None = N
         raise XrayError(f"{out}: cannot create ({e.strerror})") from None
     cat = Image.open(bundled_cat()).convert("RGB")
     cat = cat.resize((cat.width * SUPERSAMPLE // 2, cat.height * SUPERSAMPLE // 2), Image.BILINEAR)
-    names = list(SHAPES[: opts.classes])
+    names = list(TASKS[opts.task][: opts.classes])
+    # The transfer task draws from its own random streams: no background or placement is reused.
+    stream = [GENERATOR_VERSION] if opts.task == "reference" else [GENERATOR_VERSION, 1]
     rows = []
     from ..progress import progress
 
@@ -259,7 +279,7 @@ def make_reference_dataset(out: str | Path, options: ReferenceOptions | None = N
                     folder.mkdir(parents=True)
                     bar.stage(f"{split}/{shape}", steps=0)
                     for i in range(n):
-                        rng = np.random.default_rng([opts.seed, SPLITS[split], label, i, GENERATOR_VERSION])
+                        rng = np.random.default_rng([opts.seed, SPLITS[split], label, i, *stream])
                         img, box = render(shape, opts.size, rng, opts, cat)
                         rel = f"{split}/{shape}/{shape}_{i:05d}.png"
                         (tmp / rel).write_bytes(_png_bytes(img))
@@ -276,7 +296,8 @@ def make_reference_dataset(out: str | Path, options: ReferenceOptions | None = N
             "train_per_class": opts.per_class,
             "val_per_class": opts.n_val,
             "box_format": "x0,y0,x1,y1 as fractions of width and height",
-            **{k: v for k, v in asdict(opts).items() if k not in ("classes", "per_class", "val_per_class", "overwrite")},
+            **{k: v for k, v in asdict(opts).items()
+               if k not in ("classes", "per_class", "val_per_class", "overwrite") and not (k == "task" and v == "reference")},
         }
         (tmp / "dataset.json").write_text(json.dumps(info, indent=2))
         if out.exists():

@@ -111,7 +111,7 @@ def training_recipe(checkpoint_options: dict[str, Any] | None) -> dict[str, Any]
         recipe["lr"] = opts["lr"] / 2
     if recipe.get("amp"):
         try:
-            resolve_precision(True, resolve_device("auto", DistContext()))
+            resolve_precision(True, resolve_device("auto", DistContext()), strict=True)
         except XrayError:
             recipe["amp"] = False
     return recipe

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,10 +45,27 @@ def _files(folder: Path) -> list[Path]:
 
 
 def scan_split(root: Path, class_names: list[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
-    """``(path, label)`` pairs of an ImageFolder tree, and its sorted class names."""
-    names = class_names or _class_folders(root)
+    """``(path, label)`` pairs of an ImageFolder tree, and its sorted class names.
+
+    A class folder without a single image file is not a class: it would become an output
+    that no image ever trains (issue 12). It is left out, with a one-line warning.
+    """
+    if class_names is None:
+        names = []
+        for c in _class_folders(root):
+            if _files(root / c):
+                names.append(c)
+            else:
+                warnings.warn(f"{root / c}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); not used as a class",
+                              EmptyClassWarning, stacklevel=2)
+    else:
+        names = class_names
     samples = [(f, i) for i, c in enumerate(names) if (root / c).is_dir() for f in _files(root / c)]
     return samples, names
+
+
+class EmptyClassWarning(UserWarning):
+    """A class folder with no images was left out of the class list."""
 
 
 def find_splits(data_dir: str | Path, *, seed: int = 0) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]], list[str]]:
@@ -64,7 +82,7 @@ def find_splits(data_dir: str | Path, *, seed: int = 0) -> tuple[list[tuple[Path
         val_root = root / "val" if (root / "val").is_dir() else root / "valid"
         if not val_root.is_dir():
             raise XrayError(f"{root}: has train/ but no val/ folder")
-        extra = [c for c in _class_folders(val_root) if c not in names]
+        extra = [c for c in _class_folders(val_root) if c not in names and _files(val_root / c)]
         if extra:
             raise XrayError(f"{val_root}: class folder {extra[0]!r} is not in {root / 'train'}")
         val, _ = scan_split(val_root, names)
@@ -79,7 +97,7 @@ def find_splits(data_dir: str | Path, *, seed: int = 0) -> tuple[list[tuple[Path
             val += group[:n_val]
             train += group[n_val:]
     if len(names) < 2:
-        raise XrayError(f"{root}: found {len(names)} class folder(s); need at least 2 to train a classifier")
+        raise XrayError(f"{root}: found {len(names)} class folder(s) with images; need at least 2 to train a classifier")
     if not train:
         raise XrayError(f"{root}: no training images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     if not val:
