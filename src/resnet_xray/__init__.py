@@ -1,2 +1,91 @@
-"""resnet-xray: take a torchvision ResNet apart layer by layer, then make it fast and useful."""
+"""resnet-xray: take a torchvision ResNet apart layer by layer, then make it fast and useful.
+
+The public API, one verb per capability (the same verbs as the CLI)::
+
+    import resnet_xray as rx
+    model = rx.load_model("resnet18", weights="random")   # the module and its metadata
+    result = rx.classify(model, ["cat.png"], topk=5)
+    result.to_dict()   # what `resnet-xray classify ... --json` prints
+
+Names load on first use, so ``import resnet_xray`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    "load_model": "resnet_xray.api",
+    "LoadedModel": "resnet_xray.api",
+    "classify": "resnet_xray.api",
+    "anatomy": "resnet_xray.api",
+    "trace": "resnet_xray.api",
+    "gradflow": "resnet_xray.api",
+    "report": "resnet_xray.api",
+    "fuse": "resnet_xray.api",
+    "export": "resnet_xray.api",
+    "quantize": "resnet_xray.api",
+    "bench": "resnet_xray.api",
+    "bench_data": "resnet_xray.api",
+    "finetune": "resnet_xray.api",
+    "prune": "resnet_xray.api",
+    "preprocess": "resnet_xray.api",
+    "WeightsInfo": "resnet_xray.provenance",
+    "XrayError": "resnet_xray.errors",
+    "OptionError": "resnet_xray.options",
+}
+# Built by the deploy work in resnet_xray/deploy/optimize.py; exposed once that module exists.
+_OPTIONAL = {"optimize": ("resnet_xray.deploy.optimize", "optimize")}
+
+__all__ = ["__version__", *_API, *_OPTIONAL]
+
+
+# Verbs that share their name with a module of this package (resnet_xray/classify.py,
+# resnet_xray/trace/ ...). Importing that module binds it as an attribute of the package,
+# which would hide the verb; instead the module itself becomes callable as the verb, so
+# rx.trace(model, image) and rx.trace.TraceOptions both work, whatever was imported first.
+_MODULE_VERBS = ("classify", "anatomy", "preprocess", "trace", "report", "prune")
+
+
+class _VerbModule(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        api = importlib.import_module("resnet_xray.api")
+        return getattr(api, self.__name__.rpartition(".")[2])(*args, **kwargs)
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _MODULE_VERBS and type(value) is types.ModuleType:
+            value.__class__ = _VerbModule
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULE_VERBS:
+        return importlib.import_module(f"resnet_xray.{name}")  # callable: see _VerbModule
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+    elif name in _OPTIONAL:
+        module, attr = _OPTIONAL[name]
+        try:
+            value = getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            raise AttributeError(f"resnet_xray.{name} is not available in this version") from None
+    else:
+        raise AttributeError(f"module 'resnet_xray' has no attribute {name!r}")
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -61,3 +61,52 @@ def write_text(path: str | os.PathLike, text: str, flag: str | None = None) -> P
 
 def write_json(path: str | os.PathLike, obj: Any, flag: str | None = None, indent: int = 2) -> Path:
     return write_text(path, json.dumps(obj, indent=indent, default=str) + "\n", flag)
+
+
+def check_writable(path: str | os.PathLike, flag: str = "-o", *, kind: str = "file",
+                   suffixes: tuple[str, ...] | None = None) -> Path:
+    """Fail early, before minutes of work, when ``path`` cannot be written: the one such check.
+
+    Args:
+        path: a file to be written (``kind="file"``) or a folder to write into (``kind="dir"``).
+        flag: how the user named it, for the one-line message.
+        suffixes: for files, the accepted suffixes (lower case, ``""`` allows none).
+
+    Returns:
+        ``path``; its folder (or, for ``kind="dir"``, itself) now exists.
+    """
+    p = Path(path)
+    if kind == "file":
+        if suffixes is not None and p.suffix.lower() not in suffixes:
+            first = next(s for s in suffixes if s)
+            raise XrayError(f"{flag} {p}: written as {first.lstrip('.').upper()}; use a {first} name")
+        if p.is_dir():
+            raise XrayError(f"{flag} {p}: is a directory; give a file name")
+        folder = p.parent if str(p.parent) else Path(".")
+    elif kind == "dir":
+        if p.exists() and not p.is_dir():
+            raise XrayError(f"{flag} {p}: exists and is not a directory")
+        folder = p
+    else:
+        raise ValueError(f"kind must be 'file' or 'dir', not {kind!r}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise XrayError(f"{flag} {p}: cannot create directory {folder} ({e.strerror or e})") from None
+    if not folder.is_dir():
+        raise XrayError(f"{flag} {p}: {folder} is not a directory")
+    if kind == "file" and p.exists() and not os.access(p, os.W_OK):
+        raise XrayError(f"{flag} {p}: not writable")
+    # os.access says yes to root everywhere; only creating a file tells the truth (read-only mounts, /proc).
+    probe = folder / f".probe-{os.getpid()}.tmp"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise XrayError(f"{flag} {p}: cannot write in {folder} ({e.strerror or e})") from None
+    return p
+
+
+def writable_dir(path: str | os.PathLike, flag: str = "-o") -> Path:
+    """Create folder ``path`` (and parents) and check that a file can be written in it."""
+    return check_writable(path, flag, kind="dir")

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .image import ImageStream, Skipped
+from .image import ImageStream, Skipped, image_batches
 from .interface import split_outputs
 from .model import ModelMeta
+from .options import at_least
+from .provenance import WeightsInfo
 
 
 @dataclass
@@ -21,6 +22,10 @@ class ClassifyOptions:
     topk: int = 5  # how many labels to report per image
     batch_size: int = 16  # images per forward pass; bounds memory for large folders
     progress: bool = True  # progress bar on stderr when there is more than one batch
+
+    def __post_init__(self) -> None:
+        at_least("topk", self.topk, 1)
+        at_least("batch_size", self.batch_size, 1)
 
 
 @dataclass
@@ -32,31 +37,20 @@ class Prediction:
 
 @dataclass
 class ClassifyResult:
-    predictions: list[Prediction]
+    results: list[Prediction]  # one per readable image, in input order; the JSON's "results"
     skipped: list[Skipped]
-    weights: str
+    weights: WeightsInfo  # where the weights came from; a warning when the labels are meaningless
     transforms: str
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "results": [{"image": p.image, "topk": p.topk, **({"heads": p.heads} if p.heads else {})} for p in self.predictions],
+            "results": [{"image": p.image, "topk": p.topk, **({"heads": p.heads} if p.heads else {})} for p in self.results],
             "skipped": [{"image": s.path, "reason": s.reason} for s in self.skipped],
-            "weights": self.weights,
+            "weights": self.weights.to_dict(),
             "transforms": self.transforms,
         }
 
 
-def _batches(stream: ImageStream, preprocess, size: int) -> Iterator[tuple[list[str], torch.Tensor]]:
-    names: list[str] = []
-    tensors: list[torch.Tensor] = []
-    for path, img in stream:
-        names.append(str(path))
-        tensors.append(preprocess(img))
-        if len(tensors) == size:
-            yield names, torch.stack(tensors)
-            names, tensors = [], []
-    if tensors:
-        yield names, torch.stack(tensors)
 
 
 @torch.inference_mode()
@@ -73,11 +67,12 @@ def classify(
     opts = options or ClassifyOptions()
     stream = ImageStream(images)
     transform = meta.preprocessing.transform()
-    k = max(1, min(opts.topk, len(meta.class_names)))
+    k = min(opts.topk, len(meta.class_names))  # a 3-class model has 3 labels to rank, however many are asked for
     model.eval()
     preds: list[Prediction] = []
-    bar = tqdm(total=len(stream), unit="img", desc="classify", disable=not opts.progress or len(stream) <= opts.batch_size)
-    for names, x in _batches(stream, transform, opts.batch_size):
+    bar = opts.progress and len(stream) > opts.batch_size
+    for paths, x in image_batches(stream, transform, opts.batch_size, progress=bar, desc="classify"):
+        names = [str(p) for p in paths]
         logits, extra = split_outputs(model(x))
         probs = logits.float().softmax(dim=1)
         top = probs.topk(k, dim=1)
@@ -88,7 +83,4 @@ def classify(
             ]
             heads = {h: [float(v) for v in t[i].flatten().tolist()] for h, t in extra.items()}
             preds.append(Prediction(name, topk, heads))
-        bar.update(len(names))
-    bar.update(len(stream) - bar.n)
-    bar.close()
-    return ClassifyResult(preds, stream.skipped, meta.weights, meta.preprocessing.source)
+    return ClassifyResult(preds, stream.skipped, WeightsInfo.of(meta), meta.preprocessing.source)

@@ -1,200 +1,139 @@
-"""The ``resnet-xray`` command: parse, call one library function, print.
+"""The ``resnet-xray`` command: parse, call one API verb, render.
+
+Every subcommand is listed once, in :data:`COMMANDS`, with the module and function
+that add its flags. Only the chosen command's module is imported, so ``--help`` and
+``--version`` never load torch, and ``classify`` never loads onnx or matplotlib.
 
 User errors (:class:`~resnet_xray.errors.XrayError`) become one line on stderr and
-exit status 2. Each capability package adds its subcommands through a
-``commands.register(subparsers)`` function listed in ``COMMAND_MODULES``.
+exit status 2; an option refused by its options dataclass is named by its flag.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from . import __version__
 from .errors import XrayError
+from .options import OptionError
 
-# Capability packages that contribute subcommands, in the order of the seed.
-COMMAND_MODULES: tuple[str, ...] = (
-    "resnet_xray.trace.commands",
-    "resnet_xray.viz.commands",
-    "resnet_xray.report.commands",
-    "resnet_xray.train.commands",
-    "resnet_xray.deploy.commands",
-    "resnet_xray.prune.commands",
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    setup: str  # "module:function" that adds the flags and sets func=...; imported only when chosen
+
+    def add_arguments(self) -> Callable[[argparse.ArgumentParser], None]:
+        module, func = self.setup.split(":")
+        return getattr(importlib.import_module(module), func)
+
+
+# Every subcommand, in the order of the seed: foundation, anatomy, trace/visualise, report, train, deploy, prune.
+COMMANDS: tuple[Command, ...] = (
+    Command("classify", "top-k ImageNet (or checkpoint) labels for images and folders", "resnet_xray.commands:classify_args"),
+    Command("preprocess", "save what the network sees and print the tensor's statistics", "resnet_xray.commands:preprocess_args"),
+    Command("anatomy", "the measured layer table, Table 1 summary, totals and breakdowns", "resnet_xray.commands:anatomy_args"),
+    Command("demo", "the main job on the bundled cat photo", "resnet_xray.commands:demo_args"),
+    Command("trace", "every operation's output statistics and each block's residual numbers, one forward pass",
+            "resnet_xray.trace.commands:trace_args"),
+    Command("gradflow", "measure gradient flow in ResNet vs plain (shortcuts removed), both BatchNorm regimes",
+            "resnet_xray.trace.commands:gradflow_args"),
+    Command("show", "pictures: feature grids, kernels, Grad-CAM, stage sheets (PNG)", "resnet_xray.viz.commands:show_args"),
+    Command("report", "one self-contained HTML page (and JSON) following an image through the network",
+            "resnet_xray.report.commands:report_args"),
+    Command("make-dataset", "write the offline reference task (shapes on clutter, with boxes)",
+            "resnet_xray.train.commands:make_dataset_args"),
+    Command("finetune", "fine-tune on an image folder (new classifier; works under torchrun)",
+            "resnet_xray.train.commands:finetune_args"),
+    Command("finetune-multitask", "shared backbone + classification and box heads (needs boxes.csv); same as finetune --multitask",
+            "resnet_xray.train.commands:finetune_multitask_args"),
+    Command("bench-data", "loader images/s vs model step images/s, and the data-wait fraction",
+            "resnet_xray.train.commands:bench_data_args"),
+    Command("fuse", "fold every BatchNorm into the conv before it, and check against the unfused model",
+            "resnet_xray.deploy.commands:fuse_args"),
+    Command("export", "export to ONNX (onnx.checker + ONNX Runtime vs eager check); TensorRT engines",
+            "resnet_xray.deploy.commands:export_args"),
+    Command("quantize", "static INT8 (ONNX Runtime QDQ) calibrated on an image folder, with an agreement report",
+            "resnet_xray.deploy.commands:quantize_args"),
+    Command("bench", "every inference path side by side: latency, throughput, GFLOP/s vs measured peak",
+            "resnet_xray.deploy.commands:bench_args"),
+    Command("prune", "iterative structured channel pruning (importance -> prune -> fine-tune -> evaluate)",
+            "resnet_xray.prune.commands:prune_args"),
 )
 
 
-def add_model_args(p: argparse.ArgumentParser, default_weights: str = "imagenet", *, allow_nonfinite: bool = False) -> None:
-    """``--arch`` and ``--weights``, meaning the same thing in every command.
+ALL = "*"
 
-    ``allow_nonfinite`` adds ``--allow-nonfinite``, for commands where looking at a model
-    with NaN/Inf weights tells the user something (its structure, where the NaNs spread).
+
+def build_parser(only: str | None = ALL) -> argparse.ArgumentParser:
+    """The parser with every command's flags; with ``only``, just that command's (None: none).
+
+    The commands left out still appear, with their help line, in ``resnet-xray --help``.
     """
-    from .model import ARCHS
-
-    p.add_argument("--arch", choices=ARCHS, default=None, help="torchvision ResNet (default: the checkpoint's, else resnet50)")
-    p.add_argument(
-        "--weights",
-        default=default_weights,
-        help="imagenet | imagenet-v1 | imagenet-v2 | random | PATH (.pth/.pt/.safetensors or a checkpoint) "
-        f"(default: {default_weights})",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default: 0)")
-    if allow_nonfinite:
-        p.add_argument("--allow-nonfinite", action="store_true", help="load weights holding NaN/Inf (refused by default), to inspect them")
-
-
-def model_from_args(args: argparse.Namespace):
-    from .model import load_model
-
-    return load_model(args.arch, args.weights, seed=args.seed, allow_nonfinite=getattr(args, "allow_nonfinite", False))
-
-
-def print_json(obj) -> None:
-    json.dump(obj, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-
-
-def report_skipped(skipped) -> int:
-    """List files that could not be used; exit status 2 if there were any."""
-    for s in skipped:
-        print(f"resnet-xray: skipped {s.path}: {s.reason}", file=sys.stderr)
-    return 2 if skipped else 0
-
-
-# --- foundation commands ---
-
-
-def cmd_classify(args: argparse.Namespace) -> int:
-    from .classify import ClassifyOptions, classify
-    from .model import random_weights_warning
-
-    model, meta = model_from_args(args)
-    result = classify(args.images, model, meta, ClassifyOptions(topk=args.topk, batch_size=args.batch_size))
-    if not result.predictions and not result.skipped:
-        raise XrayError(f"no image files found in: {' '.join(map(str, args.images))}")
-    if not result.predictions and len(result.skipped) == 1:
-        s = result.skipped[0]
-        raise XrayError(f"{s.path}: {s.reason}")
-    if args.json:
-        print_json(result.to_dict())
-    else:
-        warn = random_weights_warning(meta)
-        if warn:
-            print(warn, file=sys.stderr)
-        print(f"weights: {result.weights}; transforms: {result.transforms}")
-        for p in result.predictions:
-            print(p.image)
-            for t in p.topk:
-                print(f"  {t['prob']:7.2%}  {t['label']} (#{t['index']})")
-            for h, v in p.heads.items():
-                if h == "box":
-                    from .train.boxes import describe_box
-
-                    print(f"  box: {describe_box(v, p.image, meta.preprocessing)}")
-                else:
-                    print(f"  {h}: {', '.join(f'{x:.3f}' for x in v)}")
-    if args.draw:
-        from .train.boxes import draw_predictions
-
-        for path in draw_predictions(result.predictions, meta.preprocessing, args.draw):
-            print(f"drew {path}", file=sys.stderr)
-    return report_skipped(result.skipped)
-
-
-def cmd_preprocess(args: argparse.Namespace) -> int:
-    from .preprocess import PreprocessOptions, preprocess_image
-
-    info = preprocess_image(args.image, PreprocessOptions(output=args.output, weights=args.weights, arch=args.arch))
-    if args.json:
-        print_json(info)
-    else:
-        print(f"transforms: {info['transforms']}")
-        print(f"tensor: shape {tuple(info['shape'])}, dtype {info['dtype']}")
-        for c, m, s in zip("RGB", info["channel_mean"], info["channel_std"]):
-            print(f"  channel {c}: mean {m:+.4f}  std {s:.4f}")
-        if info.get("output"):
-            print(f"saved what the network sees to {info['output']}")
-    return 0
-
-
-def cmd_anatomy(args: argparse.Namespace) -> int:
-    from .anatomy import AnatomyOptions, analyze
-    from .anatomy.text import full_text, layers_csv, summary_text
-
-    if args.input_size < 32:
-        raise XrayError(f"--input-size {args.input_size}: must be at least 32 (five stride-2 steps)")
-    model, meta = model_from_args(args)
-    a = analyze(model, meta.arch, AnatomyOptions(input_size=args.input_size))
-    if args.json:
-        print_json(a.to_dict())
-    elif args.csv:
-        sys.stdout.write(layers_csv(a))
-    else:
-        print(summary_text(a) if args.summary else full_text(a))
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoOptions, run_demo
-
-    return run_demo(DemoOptions(arch=args.arch or "resnet50", weights=args.weights, out_dir=Path(args.out), quiet=args.quiet))
-
-
-def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resnet-xray",
         description="Take a torchvision ResNet apart layer by layer, then make it fast and useful.",
     )
     parser.add_argument("--version", action="version", version=f"resnet-xray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser("classify", help="top-k ImageNet (or checkpoint) labels for images and folders")
-    p.add_argument("images", nargs="+", help="image files and/or folders")
-    add_model_args(p)
-    p.add_argument("--topk", type=int, default=5, help="labels per image (default: 5)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
-    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    p.add_argument("--draw", metavar="DIR", help="multi-task models: save each image with its predicted box drawn")
-    p.set_defaults(func=cmd_classify)
-
-    p = sub.add_parser("preprocess", help="save what the network sees and print the tensor's statistics")
-    p.add_argument("image")
-    p.add_argument("-o", "--output", help="PNG of the de-normalised crop")
-    p.add_argument("--weights", default=None, help="use these weights' declared transforms (default: the seed pipeline)")
-    p.add_argument("--arch", default=None, help="arch for --weights imagenet* (default: resnet50)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_preprocess)
-
-    p = sub.add_parser("anatomy", help="the measured layer table, Table 1 summary, totals and breakdowns")
-    add_model_args(p, default_weights="random", allow_nonfinite=True)
-    p.add_argument("--input-size", type=int, default=224, help="square input side (default: 224)")
-    fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="everything as JSON")
-    fmt.add_argument("--csv", action="store_true", help="the per-layer table as CSV")
-    fmt.add_argument("--summary", action="store_true", help="stages, totals and breakdowns only")
-    p.set_defaults(func=cmd_anatomy)
-
-    p = sub.add_parser("demo", help="the main job on the bundled cat photo")
-    add_model_args(p)
-    p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
-    p.add_argument("--quiet", action="store_true", help="no progress display on stderr")
-    p.set_defaults(func=cmd_demo)
-
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for c in COMMANDS:
+        p = sub.add_parser(c.name, help=c.help, description=c.help)
+        if only == ALL or c.name == only:
+            c.add_arguments()(p)
     return parser
 
 
+def chosen_command(argv: list[str]) -> str | None:
+    """The subcommand in ``argv``: the first word that is not a top-level option."""
+    names = {c.name for c in COMMANDS}
+    for a in argv:
+        if not a.startswith("-"):
+            return a if a in names else None
+    return None
+
+
+def flag_for(parser: argparse.ArgumentParser, args: argparse.Namespace, option: str) -> str:
+    """The flag a user typed for options-dataclass field ``option`` (``topk`` -> ``--topk``)."""
+    flags = getattr(args, "option_flags", {}) or {}
+    if option in flags:
+        return flags[option]
+    for p in _subparsers(parser, args):
+        for action in p._actions:
+            if action.dest == option and action.option_strings:
+                return max(action.option_strings, key=len)
+    return "--" + option.replace("_", "-")
+
+
+def _subparsers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[argparse.ArgumentParser]:
+    """The parsers on the way to the chosen (sub)command, innermost first."""
+    chain = [parser]
+    for dest in ("command", "picture"):
+        name = getattr(args, dest, None)
+        for action in chain[-1]._actions:
+            if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+                chain.append(action.choices[name])
+    return chain[::-1]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(chosen_command(argv))
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "json", False):
+            from .cliutil import json_output
+
+            with json_output():
+                return int(args.func(args) or 0)
         return int(args.func(args) or 0)
+    except OptionError as e:
+        print(f"resnet-xray: error: {e.with_flag(flag_for(parser, args, e.option))}", file=sys.stderr)
+        return e.exit_code
     except XrayError as e:
         print(f"resnet-xray: error: {e}", file=sys.stderr)
         return e.exit_code

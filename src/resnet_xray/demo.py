@@ -47,7 +47,7 @@ def run_demo(opts: DemoOptions | None = None) -> int:
     print()
     result = classify([image], model, meta, ClassifyOptions(topk=5))
     print(f"Top-5 for {image} ({meta.weights}; {meta.preprocessing.source}):")
-    for p in result.predictions:
+    for p in result.results:
         for t in p.topk:
             print(f"  {t['prob']:7.2%}  {t['label']} (#{t['index']})")
     print()

@@ -189,3 +189,61 @@ class ImageStream:
 def bundled_cat() -> Path:
     """Chelsea the cat (scikit-image's ``chelsea``, CC0), shipped for the demo and tests."""
     return Path(__file__).parent / "assets" / "chelsea.png"
+
+
+def image_batches(
+    inputs: ImageStream | Iterable[str | Path],
+    preprocessing: Preprocessing | Any,
+    batch_size: int,
+    *,
+    skipped: list[Skipped] | None = None,
+    progress: bool = False,
+    desc: str = "images",
+) -> Iterator[tuple[list[Path], torch.Tensor]]:
+    """Stream preprocessed NCHW batches from files and folders: the one batching loop.
+
+    Args:
+        inputs: files and/or folders, or a ready :class:`ImageStream`.
+        preprocessing: a :class:`Preprocessing` or any callable from a PIL image to a CHW tensor.
+        batch_size: images per batch (the last one may be smaller).
+        skipped: unreadable files are appended here once the stream is exhausted.
+        progress: a progress bar on stderr.
+
+    Yields:
+        ``(paths, batch)``; only one batch of decoded images is held at a time.
+    """
+    stream = inputs if isinstance(inputs, ImageStream) else ImageStream(inputs)
+    transform = preprocessing.transform() if isinstance(preprocessing, Preprocessing) else preprocessing
+    from tqdm.auto import tqdm  # only for callers that ask for a bar
+
+    bar = tqdm(total=len(stream), unit="img", desc=desc, disable=not progress, leave=False)
+    names: list[Path] = []
+    tensors: list[torch.Tensor] = []
+    try:
+        for path, img in stream:
+            names.append(path)
+            tensors.append(transform(img))
+            bar.update(1)
+            if len(tensors) == batch_size:
+                yield names, torch.stack(tensors)
+                names, tensors = [], []
+        bar.update(len(stream) - bar.n)
+    finally:
+        bar.close()
+    if skipped is not None and skipped is not stream.skipped:
+        skipped.extend(stream.skipped)
+    if tensors:
+        yield names, torch.stack(tensors)
+
+
+def load_batch(inputs: Iterable[str | Path], preprocessing: Preprocessing) -> tuple[list[str], torch.Tensor, list[Skipped]]:
+    """Every readable image of ``inputs`` as one batch: ``(names, batch, skipped)``, for small checks."""
+    skipped: list[Skipped] = []
+    names: list[str] = []
+    parts: list[torch.Tensor] = []
+    for paths, x in image_batches(inputs, preprocessing, 64, skipped=skipped):
+        names.extend(map(str, paths))
+        parts.append(x)
+    if not parts:
+        raise XrayError("no readable images to check with")
+    return names, torch.cat(parts), skipped

@@ -382,10 +382,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def random_weights_warning(meta: ModelMeta) -> str | None:
-    if meta.pretrained:
-        return None
-    return (
-        "WARNING: using RANDOM weights; the labels below are meaningless. "
-        "Pass --weights imagenet with network access, or --weights PATH to a saved file."
-    )
+    from .provenance import WeightsInfo
+
+    return WeightsInfo.of(meta).warning
 

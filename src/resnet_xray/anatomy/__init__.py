@@ -27,6 +27,12 @@ __all__ = [
 class AnatomyOptions:
     input_size: int = 224  # side of the square input; shapes, MACs and RFs depend on it
 
+    def __post_init__(self) -> None:
+        from ..options import OptionError
+
+        if self.input_size < 32:
+            raise OptionError("input_size", self.input_size, "must be at least 32 (five stride-2 steps)")
+
 
 @dataclass
 class Anatomy:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import XrayError
+from ..options import OptionError, at_least
 from ..image import bundled_cat, load_image
 from ..units import table
 from ..interface import ClassLogits, unwrap
@@ -125,6 +126,20 @@ class BenchOptions:
     work_dir: str | None = None  # where the ONNX files go (None: a temporary folder, removed after)
     paths: tuple[str, ...] | None = None  # only these rows (names as in the table)
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.batches:
+            raise OptionError("batches", "", "give at least one batch size")
+        for b in self.batches:
+            at_least("batches", b, 1)
+        at_least("threads", self.threads, 1, allow_none=True)
+        at_least("warmup", self.warmup, 0)
+        at_least("repeats", self.repeats, 1)
+        at_least("min_time_s", self.min_time_s, 0)
+        at_least("rounds", self.rounds, 1)
+        at_least("compile_timeout_s", self.compile_timeout_s, 1)
+        at_least("calib_images", self.calib_images, 1)
+        at_least("input_size", self.input_size, 32, allow_none=True)
 
 
 @dataclass

@@ -6,68 +6,42 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cliutil import add_model_args, model_from_args, print_json, report_skipped
 from ..errors import XrayError
 from ..units import pct, si
 
 
-def _cli():
-    from .. import cli
-
-    return cli
-
-
-def _images_batch(paths: list[str], meta):
-    from ..image import bundled_cat
-    from .onnx import load_batch
-
-    names, x, skipped = load_batch([bundled_cat(), *paths], meta.preprocessing)
-    for s in skipped:
-        print(f"resnet-xray: skipped {s.path}: {s.reason}", file=sys.stderr)
-    return names, x
-
-
 def cmd_fuse(args: argparse.Namespace) -> int:
-    from ..model import save_checkpoint
-    from .fuse import FusedBatchNorm, fuse_model, fusion_report
-    from .onnx import check_writable
+    from .. import api
+    from ..atomic import check_writable
 
-    out = check_writable(args.output)
-    model, meta = _cli().model_from_args(args)
-    fused = fuse_model(model)
-    names, x = _images_batch(args.check or [], meta)
-    rep = fusion_report(model, fused, x)
-    save_checkpoint(out, fused, meta.with_change(FusedBatchNorm.of(fused)))
+    check_writable(args.output)  # before the model is built
+    res = api.fuse(model_from_args(args), args.output, check=args.check or [])
+    report_skipped(res.skipped)
     if args.json:
-        _cli().print_json({**rep, "output": str(out)})
+        print_json(res.to_dict())
         return 0
-    print(f"folded {rep['folded']} BatchNorm layers into the convolutions before them "
-          f"({rep['batchnorm_before']} before, {rep['batchnorm_after']} left)")
+    rep = res.check
+    print(f"folded {res.folded} BatchNorm layers into the convolutions before them "
+          f"({res.batchnorm_before} before, {res.batchnorm_after} left)")
     print(f"check on {rep['images']} image(s): logits max abs diff {rep['max_abs_diff']:.3g}, "
           f"mean abs diff {rep['mean_abs_diff']:.3g} (max |logit| {rep['max_abs_logit']:.3g}); "
           f"top-1 agreement {pct(rep['top1_agreement'])}")
-    print(f"saved {out}")
+    print(f"saved {res.output}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .onnx import ExportOptions, check_onnx, export_onnx
+    from .. import api
+    from .onnx import ExportOptions
 
-    if args.tensorrt:
-        from .tensorrt import require_tensorrt
-
-        require_tensorrt()  # fail in one line before the export, not after
-    model, meta = _cli().model_from_args(args)
-    path = export_onnx(model, args.output, ExportOptions(opset=args.opset, dynamic_batch=args.dynamic_batch, exporter=args.exporter), meta)
-    rep = check_onnx(path, model, args.check or [])
-    for s in rep["skipped"]:
-        print(f"resnet-xray: skipped {s['image']}: {s['reason']}", file=sys.stderr)
-    engine = None
-    if args.tensorrt:
-        from .tensorrt import TensorRTOptions, build_engine
-
-        engine = build_engine(path, path.with_suffix(f".{args.tensorrt}.engine"), TensorRTOptions(args.tensorrt, args.calib))
+    ExportOptions(opset=args.opset, dynamic_batch=args.dynamic_batch, exporter=args.exporter)  # flags first, then the model
+    res = api.export(model_from_args(args), args.output, opset=args.opset, dynamic_batch=args.dynamic_batch,
+                     exporter=args.exporter, check=args.check or [], tensorrt=args.tensorrt, calib=args.calib)
+    report_skipped(res.check["skipped"])
+    path, rep, engine = res.output, res.check, res.engine
     if args.json:
-        _cli().print_json({"output": str(path), "engine": str(engine) if engine else None, "check": rep})
+        print_json(res.to_dict())
     else:
         print(f"wrote {path} ({si(path.stat().st_size)}B, {args.exporter} exporter) and {path.name}.json; onnx.checker passed")
         print(f"ONNX Runtime vs eager on {rep['images']} image(s): max abs diff {rep['max_abs_diff']:.3g} "
@@ -82,8 +56,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from .quantize import QuantizeOptions, quantize_onnx
+    from .. import api
+    from .quantize import QuantizeOptions
 
+    rr = {"auto": None, "on": True, "off": False}[args.reduce_range]
+    options = dict(method=args.method, per_channel=args.per_channel, reduce_range=rr, eval_dir=args.eval,
+                   max_calib_images=args.max_images, progress=not args.json)
+    QuantizeOptions(**options)  # refuse bad flags before anything is loaded
     torch_model = None
     if args.compare_torch:
         if args.weights == "sidecar":
@@ -92,17 +71,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             args.weights = inspect_onnx(args.model).sidecar.get("weights")
             if not args.weights:
                 raise XrayError(f"--compare-torch: {args.model} has no sidecar naming its weights; pass --weights")
-        torch_model, _ = _cli().model_from_args(args)
-    rr = {"auto": None, "on": True, "off": False}[args.reduce_range]
-    opts = QuantizeOptions(method=args.method, per_channel=args.per_channel, reduce_range=rr, eval_dir=args.eval,
-                           max_calib_images=args.max_images, progress=not args.json)
-    rep = quantize_onnx(args.model, args.calib, args.output, opts, torch_model=torch_model)
-    skipped = rep["calibration"]["skipped"] + rep["agreement"]["skipped"]
-    for s in skipped:
-        print(f"resnet-xray: skipped {s['path']}: {s['reason']}", file=sys.stderr)
+        torch_model = model_from_args(args)
+    res = api.quantize(args.model, args.calib, args.output, compare_torch=torch_model, **options)
+    report_skipped(res.skipped)
     if args.json:
-        _cli().print_json(rep)
+        print_json(res.to_dict())
         return 0
+    rep = res.report
     c = rep["choices"]
     print(c["reduce_range_reason"])
     print(f"QDQ, {c['method']} calibration, {'per-channel' if c['per_channel'] else 'per-tensor'} weights, "
@@ -125,25 +100,26 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import BenchOptions, run_bench, save_chart
+    from .. import api
+    from .bench import BenchOptions
 
     try:
         batches = tuple(int(b) for b in args.batch.split(","))
     except ValueError:
         raise XrayError(f"--batch {args.batch}: expected comma-separated integers such as 1,8") from None
+    options = dict(batches=batches, threads=args.threads, repeats=args.repeats, compile=not args.no_compile,
+                   compile_timeout_s=args.compile_timeout, calib_dir=args.calib, progress=not args.json)
+    opts = BenchOptions(**options)  # refuse bad flags before the model is built
     if args.output:
-        from .onnx import check_writable
+        from ..atomic import check_writable
 
         check_writable(args.output)
-    model, meta = _cli().model_from_args(args)
-    opts = BenchOptions(batches=batches, threads=args.threads, repeats=args.repeats, compile=not args.no_compile,
-                        compile_timeout_s=args.compile_timeout, calib_dir=args.calib, progress=not args.json)
-    res = run_bench(model, meta, opts)
-    if args.output:
-        save_chart(res, args.output)
+    model = model_from_args(args)
+    report = api.bench(model, output=args.output, **options)
     if args.json:
-        _cli().print_json(res.to_dict())
+        print_json(report.to_dict())
         return 0
+    res, meta = report.result, model.meta
     m = res.machine
     print(f"{meta.arch} ({meta.weights}), {si(res.macs)} MACs per image at {opts.input_size or meta.preprocessing.crop} px")
     print(f"CPU: {m['cpu']}, {m['threads']} thread(s) of {m['logical_cores']}, VNNI: {'yes' if m['vnni'] else 'no'}"
@@ -162,18 +138,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
-    cli = _cli()
-
-    p = sub.add_parser("fuse", help="fold every BatchNorm into the conv before it, and check against the unfused model")
-    cli.add_model_args(p)
+def fuse_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
     p.add_argument("-o", "--output", required=True, help="fused checkpoint (.pt) to write")
     p.add_argument("--check", nargs="*", metavar="IMAGES", help="images/folders to check on, besides the bundled photo")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fuse)
 
-    p = sub.add_parser("export", help="export to ONNX (onnx.checker + ONNX Runtime vs eager check); TensorRT engines")
-    cli.add_model_args(p)
+
+def export_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write (plus a .onnx.json sidecar)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 18 for dynamo)")
     p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension (default: fixed batch 1)")
@@ -185,7 +159,8 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("quantize", help="static INT8 (ONNX Runtime QDQ) calibrated on an image folder, with an agreement report")
+
+def quantize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="FP32 .onnx file (from resnet-xray export)")
     p.add_argument("--calib", required=True, help="folder of calibration images (ImageFolder layout also gives accuracy)")
     p.add_argument("-o", "--output", required=True, help="INT8 .onnx to write (plus a .onnx.json with every choice)")
@@ -197,12 +172,13 @@ def register(sub) -> None:
     p.add_argument("--max-images", type=int, default=None, help="use at most this many calibration images")
     p.add_argument("--compare-torch", action="store_true",
                    help="also build PyTorch's FX INT8 (x86) from --weights (default: those the sidecar names)")
-    cli.add_model_args(p, default_weights="sidecar")
+    add_model_args(p, default_weights="sidecar")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_quantize)
+    p.set_defaults(func=cmd_quantize, option_flags={"max_calib_images": "--max-images", "eval_dir": "--eval"})
 
-    p = sub.add_parser("bench", help="every inference path side by side: latency, throughput, GFLOP/s vs measured peak")
-    cli.add_model_args(p, default_weights="random")
+
+def bench_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p, default_weights="random")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes (default: 1)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads for torch, ORT and OpenVINO")
     p.add_argument("--repeats", type=int, default=30, help="timed calls per path (at least; default: 30)")
@@ -211,4 +187,4 @@ def register(sub) -> None:
     p.add_argument("--compile-timeout", type=int, default=300, help="seconds to allow torch.compile (default: 300)")
     p.add_argument("-o", "--output", help="bar chart PNG")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd_bench, option_flags={"batches": "--batch", "compile_timeout_s": "--compile-timeout", "calib_dir": "--calib"})

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_path, write_json
+from ..atomic import atomic_path, check_writable, write_json
 from ..errors import XrayError
-from ..image import ImageStream, Preprocessing, bundled_cat
+from ..image import Preprocessing, bundled_cat, load_batch
 from ..interface import ClassLogits, class_logits
 
 INPUT_NAME = "input"
@@ -46,28 +46,6 @@ def sidecar_path(onnx_path: str | os.PathLike) -> Path:
     """Where the JSON beside an ONNX file lives: ``model.onnx`` -> ``model.onnx.json``."""
     p = Path(onnx_path)
     return p.with_name(p.name + ".json")
-
-
-def check_writable(path: str | os.PathLike, flag: str = "-o") -> Path:
-    """Fail early, before minutes of work, when ``path`` cannot be written."""
-    p = Path(path)
-    if p.is_dir():
-        raise XrayError(f"{flag} {p}: is a directory; give a file name")
-    parent = p.parent if str(p.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise XrayError(f"{flag} {p}: cannot create directory {parent} ({e.strerror})") from None
-    if p.exists() and not os.access(p, os.W_OK):
-        raise XrayError(f"{flag} {p}: not writable")
-    # os.access says yes to root everywhere; only creating a file tells the truth (read-only mounts, /proc).
-    probe = parent / f".{p.name}.probe-{os.getpid()}"
-    try:
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise XrayError(f"{flag} {p}: cannot write in {parent} ({e.strerror})") from None
-    return p
 
 
 def export_onnx(
@@ -130,7 +108,7 @@ def export_onnx(
         "torch": torch.__version__,
     }
     if meta is not None:
-        side.update(arch=meta.arch, weights=meta.weights, class_names=list(meta.class_names), preprocessing=pre.to_dict())
+        side.update(arch=meta.arch, weights=meta.weights, pretrained=bool(meta.pretrained), class_names=list(meta.class_names), preprocessing=pre.to_dict())
     else:
         side["preprocessing"] = pre.to_dict()
     write_json(sidecar_path(out), side)
@@ -261,19 +239,6 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, optimize: b
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT's own errors name the problem
         raise XrayError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:160]})") from None
-
-
-def load_batch(images: Iterable[str | os.PathLike], pre: Preprocessing) -> tuple[list[str], torch.Tensor, list]:
-    """Preprocess every readable image into one batch; returns (names, batch, skipped)."""
-    stream = ImageStream(images)
-    t = pre.transform()
-    names, xs = [], []
-    for p, img in stream:
-        names.append(str(p))
-        xs.append(t(img))
-    if not xs:
-        raise XrayError("no readable images to check with")
-    return names, torch.stack(xs), stream.skipped
 
 
 def topk_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 5) -> float:

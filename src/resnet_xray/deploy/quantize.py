@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..atomic import write_json
 from ..errors import XrayError
-from ..image import IMAGE_EXTENSIONS, ImageStream, Preprocessing, Skipped, expand_inputs
+from ..options import at_least, one_of
+from ..image import IMAGE_EXTENSIONS, Preprocessing, Skipped, expand_inputs
+from ..image import image_batches as stream_batches
 from .onnx import (
     OnnxInfo,
     check_writable,
@@ -54,6 +55,12 @@ class QuantizeOptions:
     eval_dir: str | None = None  # a separate held-out folder; overrides holdout_every
     batch_size: int = 8  # images per calibration/evaluation forward (only with a dynamic batch)
     progress: bool = True  # progress bars on stderr
+
+    def __post_init__(self) -> None:
+        one_of("method", self.method, ("minmax", "entropy", "percentile"))
+        at_least("max_calib_images", self.max_calib_images, 1, allow_none=True)
+        at_least("holdout_every", self.holdout_every, 2)
+        at_least("batch_size", self.batch_size, 1)
 
 
 @dataclass
@@ -110,24 +117,9 @@ def split_holdout(files: list[Path], every: int) -> tuple[list[Path], list[Path]
 def image_batches(
     files: list[Path], pre: Preprocessing, batch: int, skipped: list[Skipped], desc: str, progress: bool
 ) -> Iterator[tuple[list[Path], np.ndarray]]:
-    """Stream preprocessed NCHW float32 batches; unreadable files go to ``skipped``."""
-    stream = ImageStream(files)
-    t = pre.transform()
-    names: list[Path] = []
-    xs: list[torch.Tensor] = []
-    bar = tqdm(total=len(files), unit="img", desc=desc, disable=not progress, leave=False)
-    for p, img in stream:
-        names.append(p)
-        xs.append(t(img))
-        bar.update(1)
-        if len(xs) == batch:
-            yield names, torch.stack(xs).numpy()
-            names, xs = [], []
-    bar.update(len(files) - bar.n)
-    bar.close()
-    skipped.extend(stream.skipped)
-    if xs:
-        yield names, torch.stack(xs).numpy()
+    """:func:`resnet_xray.image.image_batches` as the NCHW float32 arrays ONNX Runtime takes."""
+    for names, x in stream_batches(files, pre, batch, skipped=skipped, progress=progress, desc=desc):
+        yield names, x.numpy()
 
 
 class ImageCalibrationReader:

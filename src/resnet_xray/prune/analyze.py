@@ -16,6 +16,7 @@ from torch import nn
 
 from ..atomic import write_json
 from ..errors import XrayError
+from ..options import OptionError, at_least
 from ..units import table
 from .importance import (
     DESCRIPTIONS,
@@ -35,9 +36,14 @@ class AnalyzeOptions:
     taylor_batches: int = 8  # batches whose gradients feed the taylor criterion
     out: str | None = None  # folder for importance.json and importance.png
 
+    def __post_init__(self) -> None:
+        self.check()
+
     def check(self) -> None:
         if not 0.0 < self.ratio < 1.0:
-            raise XrayError(f"--ratio {self.ratio}: must lie strictly between 0 and 1 (share of channels dropped)")
+            raise OptionError("ratio", self.ratio, "must lie strictly between 0 and 1 (share of channels dropped)")
+        at_least("round_to", self.round_to, 1)
+        at_least("taylor_batches", self.taylor_batches, 1)
 
 
 @dataclass

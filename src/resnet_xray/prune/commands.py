@@ -5,21 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cliutil import add_model_args, model_from_args, report_skipped
 from ..errors import XrayError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from ..cli import add_model_args
+def prune_args(p: argparse.ArgumentParser) -> None:
     from .importance import CRITERIA
 
-    p = sub.add_parser(
-        "prune",
-        help="iterative structured channel pruning (importance -> prune -> fine-tune -> evaluate)",
-        description=(
+    p.description = (
             "Remove whole channels (Torch-Pruning DepGraph: channels tied through residual adds and projection "
             "shortcuts go together; the classifier's outputs are never pruned) in --steps rounds until the model "
             "keeps --target-macs of its MACs, fine-tuning and evaluating after each round."
-        ),
     )
     add_model_args(p)
     p.add_argument("--data", help="ImageFolder dataset (train/ and val/, or class folders) for fine-tuning, accuracy and taylor gradients")
@@ -46,28 +42,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("--analyze-only")
     g.add_argument("--analyze-only", action="store_true", help="print and plot channel importance and what would be dropped; prune nothing")
     g.add_argument("--ratio", type=float, default=0.3, help="with --analyze-only: share of channels to show as dropped (default: 0.3)")
-    p.set_defaults(func=cmd_prune)
-
-
-def _data(args: argparse.Namespace, meta):
-    if not args.data:
-        return None
-    from ..train.data import make_loaders
-    from .loop import loader_options
-
-    return make_loaders(args.data, image_size=args.input_size, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
-                        **loader_options(meta))
+    p.set_defaults(func=cmd_prune, option_flags={"ratio": "--ratio"})
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from ..cli import model_from_args, report_skipped
+    from .. import api
+    from .loop import PruneOptions
 
-    if not 0.0 < args.target_macs < 1.0:
-        raise XrayError(f"--target-macs {args.target_macs}: must lie strictly between 0 and 1 (the share of MACs to keep; 0.5 removes half)")
     if args.importance == "taylor" and not args.data:
         raise XrayError("--importance taylor needs gradients of the loss: pass --data DIR (or choose l1, l2 or bn-scale)")
+    opts = PruneOptions(
+        target_macs=args.target_macs,
+        steps=args.steps,
+        importance=args.importance,
+        finetune_epochs=args.finetune_epochs,
+        global_pruning=args.global_pruning,
+        round_to=args.round_to,
+        input_size=args.input_size,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        latency_repeats=args.latency_repeats,
+        measure_ort=args.measure_ort,
+        threads=args.threads,
+        seed=args.seed,
+        out=args.out,
+    )  # refuses bad flags, named as typed, before the model is built or the data read
     model, meta = model_from_args(args)
-    data = _data(args, meta)
+    data = api.prune_data(args.data, meta, opts)
     if args.analyze_only:
         from .analyze import (
             AnalyzeOptions,
@@ -76,31 +78,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
             write_importance,
         )
 
-        opts = AnalyzeOptions(importance=args.importance, ratio=args.ratio, global_pruning=args.global_pruning, round_to=args.round_to, out=args.out)
-        groups = analyze_importance(model, opts, data)
-        print(importance_text(groups, opts))
-        js, png = write_importance(groups, opts, meta.arch)
+        aopts = AnalyzeOptions(importance=args.importance, ratio=args.ratio, global_pruning=args.global_pruning, round_to=args.round_to, out=args.out)
+        groups = analyze_importance(model, aopts, data)
+        print(importance_text(groups, aopts))
+        js, png = write_importance(groups, aopts, meta.arch)
         print(f"wrote {js} and {png}")
     else:
-        from .loop import PruneOptions, prune
+        from .loop import prune
 
-        opts = PruneOptions(
-            target_macs=args.target_macs,
-            steps=args.steps,
-            importance=args.importance,
-            finetune_epochs=args.finetune_epochs,
-            global_pruning=args.global_pruning,
-            round_to=args.round_to,
-            input_size=args.input_size,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            latency_repeats=args.latency_repeats,
-            measure_ort=args.measure_ort,
-            threads=args.threads,
-            seed=args.seed,
-            out=args.out,
-        )
         result = prune(model, meta, opts, data, log=lambda s: print(s, flush=True))
         print()
         print(result.rounds_table)

@@ -7,6 +7,7 @@ an interrupted run picks up after its last completed round with nothing lost.
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -20,8 +21,9 @@ from torch import nn
 from ..atomic import write_json, write_text
 from ..errors import XrayError
 from ..model import ModelMeta, changes_of, load_model, save_checkpoint
+from ..options import OptionError, at_least, one_of
 from ..units import pct, si, table
-from .importance import accumulate_gradients, check_criterion
+from .importance import CRITERIA, accumulate_gradients, check_criterion
 from .measure import measure_cost, measure_latency
 from .spec import PrunedWidths, stage_channels
 from .structured import prune_to_macs
@@ -54,20 +56,25 @@ class PruneOptions:
     seed: int = 0
     out: str = "out/prune"
 
+    def __post_init__(self) -> None:
+        self.check()
+
     def check(self) -> None:
         if not 0.0 < self.target_macs < 1.0:
-            raise XrayError(
-                f"--target-macs {self.target_macs}: must lie strictly between 0 and 1 "
-                "(the share of MACs to keep; 0.5 removes half)"
-            )
-        if self.steps < 1:
-            raise XrayError(f"--steps {self.steps}: must be at least 1")
-        if self.finetune_epochs < 0:
-            raise XrayError(f"--finetune-epochs {self.finetune_epochs}: must be 0 or more")
-        if self.round_to < 1:
-            raise XrayError(f"--round-to {self.round_to}: must be at least 1")
-        if self.input_size is not None and self.input_size < 32:
-            raise XrayError(f"--input-size {self.input_size}: must be at least 32")
+            raise OptionError("target_macs", self.target_macs,
+                              "must lie strictly between 0 and 1 (the share of MACs to keep; 0.5 removes half)")
+        at_least("steps", self.steps, 1)
+        one_of("importance", self.importance, CRITERIA)
+        at_least("finetune_epochs", self.finetune_epochs, 0)
+        at_least("round_to", self.round_to, 1)
+        at_least("input_size", self.input_size, 32, allow_none=True)
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise OptionError("lr", self.lr, "must be a positive number")
+        at_least("batch_size", self.batch_size, 1)
+        at_least("workers", self.workers, 0)
+        at_least("taylor_batches", self.taylor_batches, 1)
+        at_least("latency_repeats", self.latency_repeats, 1)
+        at_least("threads", self.threads, 1, allow_none=True)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

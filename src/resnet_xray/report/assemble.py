@@ -27,7 +27,8 @@ from ..errors import XrayError
 from ..image import load_image
 from ..model import ModelMeta
 from ..viz.cam import CamOptions, cam_figure, check_class_index, compute_cams
-from ..viz.canvas import figure_png, stamp, writable_dir, write_bytes_atomic
+from ..atomic import writable_dir
+from ..viz.canvas import figure_png, stamp, write_bytes_atomic
 from ..viz.features import feature_figure, feature_grid, grid_jpeg
 from ..viz.kernels import KernelsOptions, conv_layers, kernel_figure, kernel_image
 from ..viz.maps import capture
@@ -388,9 +389,3 @@ def _gradflow(meta: ModelMeta, opts: ReportOptions) -> tuple[dict[str, Any], str
     doc["summary"] = (f"At initialisation, {meta.arch} against the same network without shortcuts; " + "; ".join(said) + ".")
     return doc, _plot_to_uri(plot_gradflow, res)
 
-
-def check_out_dir(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise XrayError(f"-o {p}: exists and is not a directory")
-    return writable_dir(p)

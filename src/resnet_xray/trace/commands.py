@@ -3,31 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
-
-from ..errors import XrayError
-
-
-def _precheck_output(path: str | None) -> None:
-    """Refuse an unwritable -o before minutes of measurement are spent."""
-    if not path:
-        return
-    from ..viz.canvas import writable_dir
-
-    if Path(path).suffix.lower() not in (".png", ""):
-        raise XrayError(f"-o {path}: the chart is written as PNG; use a .png name")
-    if Path(path).is_dir():
-        raise XrayError(f"-o {path}: is a directory; give a file name such as {Path(path) / 'gradflow.png'}")
-    parent = writable_dir(Path(path).parent if str(Path(path).parent) else Path("."))
-    # os.access can say yes where a write still fails (root, /proc, read-only mounts): try one.
-    import tempfile
-
-    try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".gradflow-probe-"):
-            pass
-    except OSError as e:
-        raise XrayError(f"-o {path}: cannot write in {parent} ({e.strerror or e})") from None
+from ..cliutil import add_model_args, model_from_args, print_json, warn_random
 
 
 def _fmt(v: float) -> str:
@@ -35,56 +11,41 @@ def _fmt(v: float) -> str:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..cli import model_from_args, print_json
+    from .. import api
     from ..image import load_image
-    from ..model import random_weights_warning
-    from . import TraceOptions, trace_model, walkthrough
 
-    img = load_image(args.image)  # a bad image fails here, before the model is built
-    model, meta = model_from_args(args)
-    x = meta.preprocessing(img).unsqueeze(0)
-    tr = trace_model(model, x, TraceOptions())
-    probs = torch.softmax(tr.logits[0].float(), 0)
-    p, idx = probs.max(0)
-    top = {"index": int(idx), "label": meta.class_names[int(idx)], "prob": float(p)}
-    wt = walkthrough(model, x, trace=tr) if args.walkthrough else None  # the same pass, not a second one
+    load_image(args.image)  # a bad image fails here, before the model is built
+    res = api.trace(model_from_args(args), args.image, walkthrough=args.walkthrough)
     if args.json:
-        doc = {"image": str(args.image), "arch": meta.arch, "weights": meta.weights, "input_shape": list(x.shape), "top1": top,
-               **tr.to_dict()}
-        if wt is not None:
-            doc["walkthrough"] = wt.to_dict()
-        print_json(doc)
+        print_json(res.to_dict())
         return 0
-    warn = random_weights_warning(meta)
-    if warn:
-        print(warn, file=sys.stderr)
-    print(f"{args.image}: {meta.arch}, weights {meta.weights}, input {'x'.join(map(str, x.shape))}; "
+    warn_random(res.weights)
+    top = res.top1
+    print(f"{args.image}: {res.arch}, weights {res.weights.source}, input {'x'.join(map(str, res.input_shape))}; "
           f"top-1 #{top['index']} {top['label']} ({top['prob']:.2%})")
     print(f"{'layer':<24} {'type':<8} {'shape':<16} {'mean':>10} {'std':>10} {'min':>10} {'max':>10} {'zeros':>6} {'L2':>10}")
-    for s in tr.layers:
+    for s in res.layers:
         shape = "x".join(map(str, s.shape[1:]))
         print(f"{s.name:<24} {s.type:<8} {shape:<16} {_fmt(s.mean)} {_fmt(s.std)} {_fmt(s.min)} {_fmt(s.max)} "
               f"{'' if s.zero_frac is None else format(s.zero_frac, '6.1%'):>6} {_fmt(s.l2)}")
     print()
     print(f"{'block':<10} {'shortcut':<11} {'||F(x)||':>10} {'||shortcut||':>12} {'ratio':>7} {'cosine':>7} {'active':>7}")
-    for b in tr.blocks:
+    for b in res.blocks:
         print(f"{b.name:<10} {'projection' if b.projection else 'identity':<11} {b.residual_norm:10.4g} {b.shortcut_norm:12.4g} "
               f"{b.ratio:7.3f} {b.cosine:+7.3f} {b.active_frac:7.1%}")
-    if wt is not None:
+    if res.walkthrough is not None:
         print()
-        print(wt.text())
+        print(res.walkthrough.text())
     return 0
 
 
 def cmd_gradflow(args: argparse.Namespace) -> int:
-    from ..cli import print_json
-    from .gradflow import GradFlowOptions, measure_gradflow
+    from .. import api
 
-    _precheck_output(args.output)
     regimes = ("batch", "running") if args.regime == "both" else (args.regime,)
-    opts = GradFlowOptions(
+    report = api.gradflow(
+        None,
+        output=args.output,
         arch=args.arch or "resnet50",
         weights=args.weights,
         batch_size=args.batch_size,
@@ -95,18 +56,12 @@ def cmd_gradflow(args: argparse.Namespace) -> int:
         data=args.data,
         regimes=regimes,
         device=args.device,
+        quiet=args.quiet,
     )
-    res = measure_gradflow(opts, quiet=args.quiet)
-    if args.output:
-        from ..viz.gradflow import plot_gradflow
-
-        plot_gradflow(res, args.output)
     if args.json:
-        doc = res.to_dict()
-        if args.output:
-            doc["plot"] = str(args.output)
-        print_json(doc)
+        print_json(report.to_dict())
         return 0
+    res, opts = report.result, report.result.options
     phases = [("init", "at the start")] + ([("trained", f"after {opts.steps} SGD steps")] if res.trained else [])
     for phase, title in phases:
         for regime, nets in res.phase(phase).items():
@@ -130,17 +85,15 @@ def cmd_gradflow(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from ..cli import add_model_args
-
-    p = sub.add_parser("trace", help="every operation's output statistics and each block's residual numbers, one forward pass")
+def trace_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="image file")
     add_model_args(p, allow_nonfinite=True)
     p.add_argument("--json", action="store_true", help="layers and blocks as one JSON document")
     p.add_argument("--walkthrough", action="store_true", help="also walk through the first block of stage 1 step by step")
     p.set_defaults(func=cmd_trace)
 
-    p = sub.add_parser("gradflow", help="measure gradient flow in ResNet vs plain (shortcuts removed), both BatchNorm regimes")
+
+def gradflow_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p, default_weights="random")
     p.add_argument("--batch-size", type=int, default=8, help="synthetic batch size (default: 8)")
     p.add_argument("--input-size", type=int, default=224, help="square input side (default: 224)")
@@ -153,4 +106,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default=None, help="write the log-scale chart to this PNG")
     p.add_argument("--json", action="store_true", help="all numbers and the explanations as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress display on stderr")
-    p.set_defaults(func=cmd_gradflow)
+    p.set_defaults(func=cmd_gradflow, option_flags={"regimes": "--regime"})

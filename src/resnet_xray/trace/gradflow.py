@@ -49,6 +49,19 @@ class GradFlowOptions:
     device: str = "cpu"
     num_classes: int = 1000
 
+    def __post_init__(self) -> None:
+        from ..options import OptionError, at_least, one_of
+
+        for r in self.regimes:
+            one_of("regimes", r, tuple(REGIMES))
+        at_least("batch_size", self.batch_size, 1)
+        if self.batch_size < 2 and "batch" in self.regimes:
+            raise OptionError("batch_size", self.batch_size, "batch statistics need at least 2 images")
+        at_least("input_size", self.input_size, 32)
+        at_least("steps", self.steps, 0)
+        if not self.lr > 0:
+            raise OptionError("lr", self.lr, "must be a positive number")
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["regimes"] = list(self.regimes)
@@ -415,15 +428,6 @@ def measure_gradflow(options: GradFlowOptions | None = None, model: nn.Module | 
     from ..model import load_model
 
     opts = options or GradFlowOptions()
-    for r in opts.regimes:
-        if r not in REGIMES:
-            raise XrayError(f"regime {r!r}: choose from {', '.join(REGIMES)}")
-    if opts.batch_size < 2 and "batch" in opts.regimes:
-        raise XrayError(f"--batch-size {opts.batch_size}: batch statistics need at least 2 images")
-    if opts.input_size < 32:
-        raise XrayError(f"--input-size {opts.input_size}: must be at least 32 (five stride-2 steps)")
-    if opts.steps < 0:
-        raise XrayError(f"--steps {opts.steps}: must be 0 or more")
     try:
         device = torch.device(opts.device)
     except RuntimeError:

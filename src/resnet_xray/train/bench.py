@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..model import build_model
+from ..options import at_least
 from .data import make_loaders
 from .finetune import FinetuneOptions, make_optimizer, resolve_precision
 
@@ -28,6 +29,12 @@ class DataBenchOptions:
     amp: bool = False
     channels_last: bool = False
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        at_least("batch_size", self.batch_size, 1)
+        at_least("workers", self.workers, 0)
+        at_least("image_size", self.image_size, 32, allow_none=True)
+        at_least("steps", self.steps, 1)
 
 
 def _train_step(model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor, precision, device: torch.device) -> None:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from ..cliutil import add_model_args, print_json
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from ..cli import add_model_args
+
+def make_dataset_args(p: argparse.ArgumentParser) -> None:
     from ..datasets.reference import SHAPES
-    from .finetune import FREEZE_MODES, OPTIMIZERS, RECIPES
 
-    p = sub.add_parser("make-dataset", help="write the offline reference task (shapes on clutter, with boxes)")
     p.add_argument("out", help="output folder (gets train/, val/, boxes.csv, dataset.json)")
     p.add_argument("--task", choices=("reference", "transfer"), default="reference",
                    help="reference: the 10 shapes; transfer: 5 other shapes (hexagon, diamond, ellipse, trapezoid, "
@@ -26,56 +24,66 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress display on stderr")
     p.set_defaults(func=cmd_make_dataset)
 
-    for name, multitask in (("finetune", False), ("finetune-multitask", True)):
-        help_ = ("fine-tune on an image folder (new classifier; works under torchrun)" if not multitask
-                 else "shared backbone + classification and box heads (needs boxes.csv); same as finetune --multitask")
-        p = sub.add_parser(name, help=help_)
-        p.add_argument("data", help="dataset folder: train/ and val/ class folders, or class folders only")
-        p.add_argument("--out", required=True, help="output folder: best.pt, last.pt, metrics.csv, confusion.png, summary.json")
-        add_model_args(p, default_weights="imagenet")  # --arch, --weights, --seed (init, shuffling, augmentation)
-        p.add_argument("--epochs", type=int, default=10)
-        p.add_argument("--batch-size", type=int, default=32, help="per process (default: 32)")
-        p.add_argument("--lr", type=float, default=None,
-                       help="peak learning rate (default: the recipe's, scaled by the batch a step really sees)")
-        p.add_argument("--recipe", choices=RECIPES, default="auto",
-                       help="defaults for the pieces below: fast (from scratch: adamw, channels-last, min-crop-scale 0.8) "
-                            "or classic (sgd, crop 0.35); auto: fast for --weights random")
-        p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="default: the recipe's (fast: adamw, classic: sgd)")
-        p.add_argument("--weight-decay", type=float, default=None)
-        p.add_argument("--warmup-epochs", type=float, default=1.0)
-        p.add_argument("--freeze", choices=FREEZE_MODES, default="none", help="backbone: head only; gradual: one more stage per epoch")
-        p.add_argument("--layer-lr-decay", type=float, default=1.0, metavar="D",
-                       help="discriminative learning rates: layer4 trains at lr*D, layer3 at lr*D^2, ... (default: 1)")
-        p.add_argument("--label-smoothing", type=float, default=0.1)
-        p.add_argument("--amp", action="store_true",
-                       help="mixed precision: fp16+GradScaler on CUDA, bf16 on CPUs with native bf16 (else fp32, with a warning)")
-        p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                       help="NHWC memory layout (default: the recipe's; fast: on)")
-        p.add_argument("--progressive", default=None, metavar="SIZES",
-                       help="progressive resizing: train sides per phase, e.g. 64,80,96 (last = input size), auto, or off "
-                            "(default: off; auto = 2/3, 5/6, 1 of the input size)")
-        p.add_argument("--ema", type=float, default=None, metavar="DECAY",
-                       help="average the weights with this decay, validate the average late in the run, keep the better "
-                            "as best.pt; 0: off (default: off; 0.99 suits ~60 steps/epoch)")
-        p.add_argument("--tta-flip", action="store_true", help="validate on the mean logits of each image and its mirror")
-        p.add_argument("--compile", action="store_true", help="torch.compile the training forward (eager fallback if it fails)")
-        p.add_argument("--workers", type=int, default=2, help="DataLoader processes (default: 2)")
-        p.add_argument("--image-size", type=int, default=None, help="input side (default: the dataset's, else 224)")
-        p.add_argument("--min-crop-scale", type=float, default=None,
-                       help="RandomResizedCrop's smallest area share (default: the recipe's; fast 0.8, classic 0.35)")
-        if not multitask:
-            p.add_argument("--multitask", action="store_true", help="classification + box heads on one backbone")
-        p.add_argument("--class-weight", type=float, default=1.0, help="multi-task: weight of the classification loss")
-        p.add_argument("--box-weight", type=float, default=1.0, help="multi-task: weight of the box loss")
-        p.add_argument("--checkpoint-every", type=int, default=0, help="also write last.pt every N steps (default: epoch ends)")
-        p.add_argument("--stop-after-steps", type=int, default=None, help="stop (after checkpointing) at this global step")
-        p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-        p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-        p.add_argument("--no-progress", action="store_true")
-        p.add_argument("--json", action="store_true", help="print the summary as JSON")
-        p.set_defaults(func=cmd_finetune, multitask_default=multitask)
 
-    p = sub.add_parser("bench-data", help="loader images/s vs model step images/s, and the data-wait fraction")
+def finetune_args(p: argparse.ArgumentParser) -> None:
+    _finetune_args(p, multitask=False)
+
+
+def finetune_multitask_args(p: argparse.ArgumentParser) -> None:
+    _finetune_args(p, multitask=True)
+
+
+def _finetune_args(p: argparse.ArgumentParser, multitask: bool) -> None:
+    from .finetune import FREEZE_MODES, OPTIMIZERS, RECIPES
+
+    # one flag list for both commands; finetune-multitask only fixes --multitask on
+    p.add_argument("data", help="dataset folder: train/ and val/ class folders, or class folders only")
+    p.add_argument("--out", required=True, help="output folder: best.pt, last.pt, metrics.csv, confusion.png, summary.json")
+    add_model_args(p, default_weights="imagenet")  # --arch, --weights, --seed (init, shuffling, augmentation)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32, help="per process (default: 32)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: the recipe's, scaled by the batch a step really sees)")
+    p.add_argument("--recipe", choices=RECIPES, default="auto",
+                   help="defaults for the pieces below: fast (from scratch: adamw, channels-last, min-crop-scale 0.8) "
+                        "or classic (sgd, crop 0.35); auto: fast for --weights random")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="default: the recipe's (fast: adamw, classic: sgd)")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--freeze", choices=FREEZE_MODES, default="none", help="backbone: head only; gradual: one more stage per epoch")
+    p.add_argument("--layer-lr-decay", type=float, default=1.0, metavar="D",
+                   help="discriminative learning rates: layer4 trains at lr*D, layer3 at lr*D^2, ... (default: 1)")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision: fp16+GradScaler on CUDA, bf16 on CPUs with native bf16 (else fp32, with a warning)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory layout (default: the recipe's; fast: on)")
+    p.add_argument("--progressive", default=None, metavar="SIZES",
+                   help="progressive resizing: train sides per phase, e.g. 64,80,96 (last = input size), auto, or off "
+                        "(default: off; auto = 2/3, 5/6, 1 of the input size)")
+    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="average the weights with this decay, validate the average late in the run, keep the better "
+                        "as best.pt; 0: off (default: off; 0.99 suits ~60 steps/epoch)")
+    p.add_argument("--tta-flip", action="store_true", help="validate on the mean logits of each image and its mirror")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward (eager fallback if it fails)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader processes (default: 2)")
+    p.add_argument("--image-size", type=int, default=None, help="input side (default: the dataset's, else 224)")
+    p.add_argument("--min-crop-scale", type=float, default=None,
+                   help="RandomResizedCrop's smallest area share (default: the recipe's; fast 0.8, classic 0.35)")
+    if not multitask:
+        p.add_argument("--multitask", action="store_true", help="classification + box heads on one backbone")
+    p.add_argument("--class-weight", type=float, default=1.0, help="multi-task: weight of the classification loss")
+    p.add_argument("--box-weight", type=float, default=1.0, help="multi-task: weight of the box loss")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="also write last.pt every N steps (default: epoch ends)")
+    p.add_argument("--stop-after-steps", type=int, default=None, help="stop (after checkpointing) at this global step")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_finetune, multitask_default=multitask)
+
+
+def bench_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="dataset folder")
     p.add_argument("--arch", default="resnet50")
     p.add_argument("--batch-size", type=int, default=32)
@@ -110,11 +118,12 @@ def _one_line_warnings() -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .finetune import FinetuneOptions, finetune
+    from .. import api
 
     _one_line_warnings()
 
-    opts = FinetuneOptions(
+    res = api.finetune(
+        args.data, args.out, resume=args.resume,
         arch=args.arch, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         recipe=args.recipe, optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         progressive=args.progressive, ema=args.ema, tta_flip=args.tta_flip, compile=args.compile,
@@ -125,14 +134,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, stop_after_steps=args.stop_after_steps, device=args.device,
         progress=not args.no_progress,
     )
-    r = finetune(args.data, opts, args.out, resume=args.resume)
+    r = res.raw
     if not r["is_main"]:
         return 0
     final = r["final"]
     if args.json:
-        json.dump({"final_accuracy": final["accuracy"], "best": r["best"], "history": r["history"],
-                   "skipped": [{"path": s.path, "reason": s.reason} for s in r["skipped"]]}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(res.to_dict())
         return 0
     print(f"validation accuracy: {final['accuracy']:.1%} of {final['images']} images ({_best_text(r['best'])}); "
           f"loss {final['loss']:.3f}"
@@ -159,16 +166,15 @@ def _best_text(best: dict) -> str:
 
 
 def cmd_bench_data(args: argparse.Namespace) -> int:
-    from .bench import DataBenchOptions, bench_data
+    from .. import api
 
-    opts = DataBenchOptions(arch=args.arch, batch_size=args.batch_size, image_size=args.image_size, steps=args.steps,
-                            amp=args.amp, channels_last=args.channels_last,
-                            **({"workers": args.workers} if args.workers is not None else {}))
-    r = bench_data(args.data, opts)
+    res = api.bench_data(args.data, arch=args.arch, batch_size=args.batch_size, image_size=args.image_size, steps=args.steps,
+                         amp=args.amp, channels_last=args.channels_last,
+                         **({"workers": args.workers} if args.workers is not None else {}))
     if args.json:
-        json.dump(r, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(res.to_dict())
         return 0
+    r = res.rates
     print(f"loader alone:      {r['loader_images_per_s']:8.1f} images/s ({r['workers']} workers, batch {r['batch_size']}, {r['image_size']} px)")
     print(f"model step alone:  {r['step_images_per_s']:8.1f} images/s ({r['arch']}, forward+backward+update, {r['precision']})")
     print(f"training loop:     {r['loop_images_per_s']:8.1f} images/s, {r['data_wait_fraction']:.1%} of step time waiting for data")

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..errors import XrayError
 from ..interface import ReplacedClassifier, class_logits, reset_classifier
 from ..model import ModelMeta, changes_of, check_arch, check_changes_rebuild, load_model, save_checkpoint
+from ..options import OptionError, at_least, one_of, within
 from . import distributed as D
 from .checkpoint import load_training_state, remove_stale_temporaries, save_training_state, set_rng_state
 from .data import DataBundle, make_loaders, steps_per_epoch
@@ -80,39 +81,37 @@ class FinetuneOptions:
     device: str = "auto"  # auto, cpu, cuda
     progress: bool = True  # progress bars and per-epoch lines on stderr (rank 0 only)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         if self.arch is not None:
             check_arch(self.arch)
-        if self.recipe not in RECIPES:
-            raise XrayError(f"--recipe {self.recipe!r}: choose one of {', '.join(RECIPES)}")
-        if self.freeze not in FREEZE_MODES:
-            raise XrayError(f"--freeze {self.freeze!r}: choose one of {', '.join(FREEZE_MODES)}")
-        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
-            raise XrayError(f"--optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-        if self.epochs < 1:
-            raise XrayError(f"--epochs {self.epochs}: must be at least 1")
-        if self.batch_size < 1:
-            raise XrayError(f"--batch-size {self.batch_size}: must be at least 1")
+        one_of("recipe", self.recipe, RECIPES)
+        one_of("freeze", self.freeze, FREEZE_MODES)
+        if self.optimizer is not None:
+            one_of("optimizer", self.optimizer, OPTIMIZERS)
+        at_least("epochs", self.epochs, 1)
+        at_least("batch_size", self.batch_size, 1)
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise XrayError(f"--lr {self.lr}: must be a positive number")
-        if not 0 <= self.label_smoothing < 1:
-            raise XrayError(f"--label-smoothing {self.label_smoothing}: must be in [0, 1)")
-        if self.min_crop_scale is not None and not 0 < self.min_crop_scale <= 1:
-            raise XrayError(f"--min-crop-scale {self.min_crop_scale}: must be in (0, 1]")
+            raise OptionError("lr", self.lr, "must be a positive number")
+        if self.weight_decay is not None and not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise OptionError("weight_decay", self.weight_decay, "must be 0 or more")
+        within("label_smoothing", self.label_smoothing, 0, 1, open_high=True)
+        within("min_crop_scale", self.min_crop_scale, 0, 1, open_low=True, allow_none=True)
         if not 0 < self.layer_lr_decay <= 1:
-            raise XrayError(f"--layer-lr-decay {self.layer_lr_decay}: must be in (0, 1] (1: one rate for all)")
+            raise OptionError("layer_lr_decay", self.layer_lr_decay, "must be in (0, 1] (1: one rate for all)")
         if self.ema is not None and not 0 <= self.ema < 1:
-            raise XrayError(f"--ema {self.ema}: must be in [0, 1) (0 turns it off)")
+            raise OptionError("ema", self.ema, "must be in [0, 1) (0 turns it off)")
         if self.progressive not in (None, "auto", "off"):
             parse_sizes(self.progressive)
-        if not self.warmup_epochs >= 0:
-            raise XrayError(f"--warmup-epochs {self.warmup_epochs}: must be 0 or more")
-        if self.checkpoint_every < 0:
-            raise XrayError(f"--checkpoint-every {self.checkpoint_every}: must be 0 or more")
-        if self.stop_after_steps is not None and self.stop_after_steps < 1:
-            raise XrayError(f"--stop-after-steps {self.stop_after_steps}: must be at least 1")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise XrayError(f"--device {self.device!r}: choose auto, cpu or cuda")
+        if not (self.warmup_epochs >= 0 and math.isfinite(self.warmup_epochs)):
+            raise OptionError("warmup_epochs", self.warmup_epochs, "must be 0 or more")
+        at_least("workers", self.workers, 0)
+        at_least("image_size", self.image_size, 32, allow_none=True)
+        at_least("checkpoint_every", self.checkpoint_every, 0)
+        at_least("stop_after_steps", self.stop_after_steps, 1, allow_none=True)
+        one_of("device", self.device, ("auto", "cpu", "cuda"))
         if self.device == "cuda" and not torch.cuda.is_available():
             raise XrayError("--device cuda: no CUDA device is available here")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from ..atomic import write_bytes
+from ..atomic import writable_dir, write_bytes
 from ..errors import XrayError
 
 DPI = 110
@@ -23,20 +23,6 @@ def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
-
-
-def writable_dir(path: str | os.PathLike, flag: str = "-o") -> Path:
-    """Create ``path`` (and parents) and check that a file can be written in it, or raise XrayError."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise XrayError(f"{flag} {path}: cannot create directory ({e.strerror or e})") from None
-    if not path.is_dir():
-        raise XrayError(f"{flag} {path}: not a directory")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise XrayError(f"{flag} {path}: directory is not writable")
-    return path
 
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike, flag: str = "-o") -> Path:

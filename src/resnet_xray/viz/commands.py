@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from ..atomic import check_writable
+from ..cliutil import add_model_args, model_from_args
 from ..errors import XrayError
 
 
@@ -15,14 +16,10 @@ def _output(p: argparse.ArgumentParser, default: str) -> None:
 
 def _precheck(path: str) -> None:
     """Refuse an unwritable destination before any compute is spent."""
-    from .canvas import writable_dir
-
-    parent = Path(path).parent
-    writable_dir(parent if str(parent) else Path("."))
+    check_writable(path)
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from ..cli import model_from_args
     from .features import FeaturesOptions
     from .show import show_features
 
@@ -34,7 +31,6 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_kernels(args: argparse.Namespace) -> int:
-    from ..cli import model_from_args
     from .kernels import KernelsOptions
     from .show import show_kernels
 
@@ -48,7 +44,6 @@ def cmd_kernels(args: argparse.Namespace) -> int:
 
 
 def cmd_cam(args: argparse.Namespace) -> int:
-    from ..cli import model_from_args
     from .cam import METHOD_TITLES, CamOptions, format_prob
     from .show import show_cam
 
@@ -62,7 +57,6 @@ def cmd_cam(args: argparse.Namespace) -> int:
 
 
 def cmd_stages(args: argparse.Namespace) -> int:
-    from ..cli import model_from_args
     from .show import show_stages
     from .stages import StagesOptions
 
@@ -75,11 +69,9 @@ def cmd_stages(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from ..cli import add_model_args
+def show_args(show: argparse.ArgumentParser) -> None:
     from .cam import CAM_METHODS
 
-    show = sub.add_parser("show", help="pictures: feature grids, kernels, Grad-CAM, stage sheets (PNG)")
     kinds = show.add_subparsers(dest="picture", metavar="PICTURE", required=True)
 
     p = kinds.add_parser("features", help="8x8 grid of 64 channels of one layer's output")

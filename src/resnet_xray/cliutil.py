@@ -1,0 +1,139 @@
+"""What every command module shares: model flags, one pure JSON document, skipped files.
+
+Command modules import from here, never from :mod:`resnet_xray.cli`, so the CLI can
+list them without a cycle. Nothing here imports torch at module level: ``--help`` and
+``--version`` must stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+# Where print_json writes while json_output() has diverted stdout to stderr.
+_json_sink: TextIO | None = None
+
+
+def add_model_args(p: argparse.ArgumentParser, default_weights: str = "imagenet") -> None:
+    """``--arch``, ``--weights`` and ``--seed``, meaning the same thing in every command."""
+    from .model import ARCHS
+
+    p.add_argument("--arch", choices=ARCHS, default=None, help="torchvision ResNet (default: the checkpoint's, else resnet50)")
+    p.add_argument(
+        "--weights",
+        default=default_weights,
+        help="imagenet | imagenet-v1 | imagenet-v2 | random | PATH (.pth/.pt/.safetensors or a checkpoint) "
+        f"(default: {default_weights})",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default: 0)")
+
+
+def model_from_args(args: argparse.Namespace):
+    """The :class:`~resnet_xray.api.LoadedModel` the model flags name (unpacks as ``model, meta``)."""
+    from .api import load_model
+
+    return load_model(args.arch, args.weights, seed=args.seed)
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with NaN/Inf as None, tuples as lists, paths and numpy scalars as plain values.
+
+    ``json.dumps`` would write bare ``NaN``, which no strict JSON parser accepts.
+    """
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "to_dict"):
+        return jsonable(obj.to_dict())
+    if hasattr(obj, "item") and hasattr(obj, "dtype"):  # numpy / torch scalars
+        return jsonable(obj.item())
+    if hasattr(obj, "tolist"):
+        return jsonable(obj.tolist())
+    return str(obj)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(jsonable(obj), indent=2, allow_nan=False)
+
+
+def print_json(obj: Any) -> None:
+    """Write ``obj`` as the one JSON document on the real stdout."""
+    out = _json_sink or sys.stdout
+    out.write(dumps(obj) + "\n")
+    out.flush()
+
+
+def _fileno(stream: Any) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None  # pytest's capsys, StringIO: nothing below Python to divert
+
+
+@contextmanager
+def json_output() -> Iterator[None]:
+    """Send everything but :func:`print_json` to stderr, at the file-descriptor level too.
+
+    Third-party code prints to stdout (ONNX Runtime's calibrator: "Collecting tensor
+    data and making histogram ..."), from Python and from C; with ``--json`` stdout
+    must carry exactly one JSON document.
+    """
+    global _json_sink
+    real = sys.stdout
+    real.flush()
+    out_fd, err_fd = _fileno(real), _fileno(sys.stderr)
+    saved = None
+    if out_fd is not None and err_fd is not None:
+        saved = os.dup(out_fd)
+        os.dup2(err_fd, out_fd)
+        _json_sink = os.fdopen(os.dup(saved), "w", encoding=getattr(real, "encoding", None) or "utf-8")
+    else:
+        _json_sink = real
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stdout = real
+        if saved is not None:
+            _json_sink.close()
+            os.dup2(saved, out_fd)
+            os.close(saved)
+        _json_sink = None
+
+
+def report_skipped(skipped) -> int:
+    """List files that could not be used; exit status 2 if there were any."""
+    for s in skipped:
+        path = getattr(s, "path", None) or (s.get("path") or s.get("image") if isinstance(s, dict) else s)
+        reason = getattr(s, "reason", None) or (s.get("reason") if isinstance(s, dict) else "")
+        print(f"resnet-xray: skipped {path}: {reason}", file=sys.stderr)
+    return 2 if skipped else 0
+
+
+def warn_random(weights: Any) -> None:
+    """The random-weights banner on stderr (``weights``: a ModelMeta or WeightsInfo)."""
+    from .provenance import WeightsInfo
+
+    info = weights if isinstance(weights, WeightsInfo) else WeightsInfo.of(weights)
+    if info.warning:
+        print(info.warning, file=sys.stderr)
+
+
+def out_path(value: str | os.PathLike | None) -> Path | None:
+    return Path(value) if value else None

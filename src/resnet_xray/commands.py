@@ -1,0 +1,121 @@
+"""The foundation commands: ``classify``, ``preprocess``, ``anatomy`` and ``demo``.
+
+Each ``*_args`` function adds one command's flags (listed in :data:`resnet_xray.cli.COMMANDS`);
+each ``cmd_*`` calls one API verb and renders its result, as text or as its ``to_dict()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .cliutil import add_model_args, model_from_args, print_json, report_skipped, warn_random
+
+
+def classify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", help="image files and/or folders")
+    add_model_args(p)
+    p.add_argument("--topk", type=int, default=5, help="labels per image, at least 1 (default: 5)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass, at least 1 (default: 16)")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.add_argument("--draw", metavar="DIR", help="multi-task models: save each image with its predicted box drawn")
+    p.set_defaults(func=cmd_classify)
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from . import api
+
+    # the options are checked before the model is built: a bad flag costs no time
+    from .classify import ClassifyOptions
+
+    ClassifyOptions(topk=args.topk, batch_size=args.batch_size)
+    model = model_from_args(args)
+    result = api.classify(model, args.images, topk=args.topk, batch_size=args.batch_size, progress=not args.json)
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        warn_random(result.weights)
+        print(f"weights: {result.weights.source}; transforms: {result.transforms}")
+        for p in result.results:
+            print(p.image)
+            for t in p.topk:
+                print(f"  {t['prob']:7.2%}  {t['label']} (#{t['index']})")
+            for h, v in p.heads.items():
+                if h == "box":
+                    from .train.boxes import describe_box
+
+                    print(f"  box: {describe_box(v, p.image, model.meta.preprocessing)}")
+                else:
+                    print(f"  {h}: {', '.join(f'{x:.3f}' for x in v)}")
+    if args.draw:
+        from .train.boxes import draw_predictions
+
+        for path in draw_predictions(result.results, model.meta.preprocessing, args.draw):
+            print(f"drew {path}", file=sys.stderr)
+    return report_skipped(result.skipped)
+
+
+def preprocess_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image")
+    p.add_argument("-o", "--output", help="PNG of the de-normalised crop")
+    p.add_argument("--weights", default=None, help="use these weights' declared transforms (default: the seed pipeline)")
+    p.add_argument("--arch", default=None, help="arch for --weights imagenet* (default: resnet50)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_preprocess)
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from . import api
+
+    res = api.preprocess(args.image, output=args.output, weights=args.weights, arch=args.arch)
+    if args.json:
+        print_json(res.to_dict())
+        return 0
+    info = res.info
+    print(f"transforms: {info['transforms']}")
+    print(f"tensor: shape {tuple(info['shape'])}, dtype {info['dtype']}")
+    for c, m, s in zip("RGB", info["channel_mean"], info["channel_std"]):
+        print(f"  channel {c}: mean {m:+.4f}  std {s:.4f}")
+    if info.get("output"):
+        print(f"saved what the network sees to {info['output']}")
+    return 0
+
+
+def anatomy_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p, default_weights="random")
+    p.add_argument("--input-size", type=int, default=224, help="square input side, at least 32 (default: 224)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="everything as JSON")
+    fmt.add_argument("--csv", action="store_true", help="the per-layer table as CSV")
+    fmt.add_argument("--summary", action="store_true", help="stages, totals and breakdowns only")
+    p.set_defaults(func=cmd_anatomy)
+
+
+def cmd_anatomy(args: argparse.Namespace) -> int:
+    from . import api
+    from .anatomy import AnatomyOptions
+    from .anatomy.text import full_text, layers_csv, summary_text
+
+    AnatomyOptions(input_size=args.input_size)  # refuse a bad size before the model is built
+    res = api.anatomy(model_from_args(args), input_size=args.input_size)
+    if args.json:
+        print_json(res.to_dict())
+    elif args.csv:
+        sys.stdout.write(layers_csv(res.anatomy))
+    else:
+        print(summary_text(res.anatomy) if args.summary else full_text(res.anatomy))
+    return 0
+
+
+def demo_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    p.add_argument("--quiet", action="store_true", help="no progress display on stderr")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoOptions, run_demo
+
+    return run_demo(DemoOptions(arch=args.arch or "resnet50", weights=args.weights, out_dir=Path(args.out), quiet=args.quiet))
