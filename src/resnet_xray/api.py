@@ -121,15 +121,23 @@ def as_model(model: LoadedModel | tuple | PathLike, *, arch: str | None = None) 
 # --- results that add the weights' provenance to an existing typed result ---
 
 
+class _Wraps:
+    """Attribute reads fall through to the wrapped result, named by ``_inner``."""
+
+    _inner = ""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == self._inner:
+            raise AttributeError(name)
+        return getattr(getattr(self, self._inner), name)
+
+
 @dataclass
-class AnatomyResult:
+class AnatomyResult(_Wraps):  # .layers, .stages, .totals, ... as on Anatomy
+    _inner = "anatomy"
+
     anatomy: Anatomy
     weights: WeightsInfo
-
-    def __getattr__(self, name: str) -> Any:  # .layers, .stages, .totals, ... as on Anatomy
-        if name.startswith("__") or name == "anatomy":
-            raise AttributeError(name)
-        return getattr(self.anatomy, name)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.anatomy.to_dict(), "weights": self.weights.to_dict()}
@@ -177,14 +185,11 @@ class GradFlowReport:
 
 
 @dataclass
-class ReportOutput:
+class ReportOutput(_Wraps):  # .html, .json, .seconds ... as on ReportResult
+    _inner = "result"
+
     result: ReportResult
     weights: WeightsInfo
-
-    def __getattr__(self, name: str) -> Any:  # .html, .json, .seconds ... as on ReportResult
-        if name.startswith("__") or name == "result":
-            raise AttributeError(name)
-        return getattr(self.result, name)
 
     def to_dict(self) -> dict[str, Any]:
         r = self.result
@@ -247,14 +252,11 @@ class QuantizeResult:
 
 
 @dataclass
-class BenchReport:
+class BenchReport(_Wraps):  # .rows, .table(), .machine ... as on BenchResult
+    _inner = "result"
+
     result: BenchResult
     weights: WeightsInfo
-
-    def __getattr__(self, name: str) -> Any:  # .rows, .table(), .machine ... as on BenchResult
-        if name.startswith("__") or name == "result":
-            raise AttributeError(name)
-        return getattr(self.result, name)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.result.to_dict(), "weights": self.weights.to_dict()}
@@ -299,14 +301,11 @@ class DataBenchResult:
 
 
 @dataclass
-class PruneReport:
+class PruneReport(_Wraps):  # .final_checkpoint, .rounds ... as on PruneResult
+    _inner = "result"
+
     result: PruneResult
     weights: WeightsInfo  # the weights pruning started from
-
-    def __getattr__(self, name: str) -> Any:  # .final_checkpoint, .rounds ... as on PruneResult
-        if name.startswith("__") or name == "result":
-            raise AttributeError(name)
-        return getattr(self.result, name)
 
     def to_dict(self) -> dict[str, Any]:
         r = self.result

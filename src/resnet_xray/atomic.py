@@ -7,6 +7,7 @@ the same folder and renamed into place; a rename within a folder is atomic.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,8 +60,32 @@ def write_text(path: str | os.PathLike, text: str, flag: str | None = None) -> P
     return write_bytes(path, text.encode("utf-8"), flag)
 
 
+def jsonable(obj: Any) -> Any:
+    """``obj`` with NaN/Inf as None, tuples as lists, paths and numpy scalars as plain values.
+
+    ``json.dumps`` would write bare ``NaN``, which no strict JSON parser accepts.
+    """
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "to_dict"):
+        return jsonable(obj.to_dict())
+    if hasattr(obj, "item") and hasattr(obj, "dtype"):  # numpy / torch scalars
+        return jsonable(obj.item())
+    if hasattr(obj, "tolist"):
+        return jsonable(obj.tolist())
+    return str(obj)
+
+
 def write_json(path: str | os.PathLike, obj: Any, flag: str | None = None, indent: int = 2) -> Path:
-    return write_text(path, json.dumps(obj, indent=indent, default=str) + "\n", flag)
+    return write_text(path, json.dumps(jsonable(obj), indent=indent, allow_nan=False) + "\n", flag)
 
 
 def check_writable(path: str | os.PathLike, flag: str = "-o", *, kind: str = "file",

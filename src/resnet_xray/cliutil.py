@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
+
+from .atomic import jsonable
 
 # Where print_json writes while json_output() has diverted stdout to stderr.
 _json_sink: TextIO | None = None
@@ -41,30 +42,6 @@ def model_from_args(args: argparse.Namespace):
     from .api import load_model
 
     return load_model(args.arch, args.weights, seed=args.seed)
-
-
-def jsonable(obj: Any) -> Any:
-    """``obj`` with NaN/Inf as None, tuples as lists, paths and numpy scalars as plain values.
-
-    ``json.dumps`` would write bare ``NaN``, which no strict JSON parser accepts.
-    """
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if hasattr(obj, "to_dict"):
-        return jsonable(obj.to_dict())
-    if hasattr(obj, "item") and hasattr(obj, "dtype"):  # numpy / torch scalars
-        return jsonable(obj.item())
-    if hasattr(obj, "tolist"):
-        return jsonable(obj.tolist())
-    return str(obj)
 
 
 def dumps(obj: Any) -> str:

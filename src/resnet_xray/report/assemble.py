@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 import os
 import time
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ from ..errors import XrayError
 from ..image import load_image
 from ..model import ModelMeta
 from ..viz.cam import CamOptions, cam_figure, check_class_index, compute_cams
-from ..atomic import writable_dir
+from ..atomic import jsonable, writable_dir
 from ..viz.canvas import figure_png, stamp, write_bytes_atomic
 from ..viz.features import feature_figure, feature_grid, grid_jpeg
 from ..viz.kernels import KernelsOptions, conv_layers, kernel_figure, kernel_image
@@ -111,30 +110,11 @@ def array_uri(rgb: np.ndarray, fmt: str = "PNG", quality: int = 85) -> str:
     return data_uri(buf.getvalue(), "image/jpeg" if fmt == "JPEG" else "image/png")
 
 
-def _finite(v: float) -> float | None:
-    return v if isinstance(v, (int, float)) and math.isfinite(v) else None
-
-
-def jsonable(obj: Any) -> Any:
-    """Plain JSON: tuples become lists, NaN/inf become null (JSON has no such numbers)."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, float):
-        return _finite(obj)
-    if isinstance(obj, (np.floating, np.integer)):
-        return jsonable(obj.item())
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def weights_info(meta: ModelMeta) -> dict[str, Any]:
     """The ``"weights"`` object every output carries: where the weights came from, and a warning for random ones."""
-    from ..model import random_weights_warning
+    from ..provenance import WeightsInfo
 
-    return {"source": meta.weights, "pretrained": bool(meta.pretrained), "warning": random_weights_warning(meta)}
+    return WeightsInfo.of(meta).to_dict()
 
 
 class _Clock:

@@ -1,0 +1,116 @@
+"""Every command with --json prints exactly one JSON document on stdout, with the weights' provenance.
+
+Each runs in a real process, so prints from C libraries (ONNX Runtime's calibrator) would
+land on the same stdout file descriptor as the JSON if they were not diverted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resnet_xray.cli import COMMANDS, build_parser
+
+R18 = ["--arch", "resnet18", "--weights", "random"]
+
+
+def run_json(*argv: str, timeout: int = 600) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "resnet_xray", *map(str, argv), "--json"], capture_output=True, text=True,
+                       timeout=timeout, env=env)
+    assert r.returncode in (0, 1), r.stderr[-2000:]
+    doc = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))  # exactly one document
+    assert isinstance(doc, dict)
+    w = doc["weights"]
+    assert set(w) == {"source", "pretrained", "warning"}, w
+    assert isinstance(w["pretrained"], bool) and (w["warning"] is None or isinstance(w["warning"], str))
+    return doc
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A tiny reference dataset (with boxes) and a folder of a few images."""
+    from resnet_xray.datasets import ReferenceOptions, make_reference_dataset
+
+    root = tmp_path_factory.mktemp("json")
+    make_reference_dataset(root / "data", ReferenceOptions(classes=2, per_class=4, val_per_class=2, size=32, seed=0))
+    return root
+
+
+def test_every_json_command_is_covered():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    with_json = {n for n, p in sub.choices.items() if any(a.dest == "json" for a in p._actions)}
+    assert with_json == COVERED
+
+
+COVERED = {"classify", "preprocess", "anatomy", "trace", "gradflow", "fuse", "export", "quantize", "bench", "finetune",
+           "finetune-multitask", "bench-data"}
+assert COVERED <= {c.name for c in COMMANDS}
+
+
+def test_classify_preprocess_anatomy_trace(cat_path):
+    doc = run_json("classify", cat_path, *R18, "--topk", "2")
+    assert doc["weights"]["pretrained"] is False and "meaningless" in doc["weights"]["warning"]
+    assert len(doc["results"][0]["topk"]) == 2
+    assert run_json("preprocess", cat_path)["weights"]["source"] is None
+    assert run_json("anatomy", "--arch", "resnet18", "--input-size", "64")["totals"]["params"] == 11_689_512
+    doc = run_json("trace", cat_path, *R18)
+    assert doc["weights"]["source"] == "random (seed 0)" and doc["layers"]
+
+
+def test_gradflow(tmp_path):
+    doc = run_json("gradflow", "--arch", "resnet18", "--input-size", "32", "--batch-size", "2", "--regime", "batch")
+    assert doc["weights"]["pretrained"] is False and "batch" in doc["init"]
+
+
+@pytest.mark.slow
+def test_fuse_export_quantize(work, tmp_path, cat_path):
+    doc = run_json("fuse", *R18, "-o", tmp_path / "fused.pt")
+    assert doc["output"].endswith("fused.pt") and doc["folded"] == 20
+    doc = run_json("export", *R18, "-o", tmp_path / "m.onnx", "--exporter", "torchscript")
+    assert doc["check"]["passed"] and doc["weights"]["source"] == "random (seed 0)"
+    # the calibrator prints "Collecting tensor data and making histogram ..." on stdout: must not reach ours
+    doc = run_json("quantize", tmp_path / "m.onnx", "--calib", work / "data" / "train", "-o", tmp_path / "q.onnx",
+                   "--method", "entropy", "--max-images", "6")
+    assert doc["weights"] == {"source": "random (seed 0)", "pretrained": False, "warning": doc["weights"]["warning"]}
+    assert Path(doc["int8_model"]).exists()
+
+
+@pytest.mark.slow
+def test_bench(tmp_path):
+    doc = run_json("bench", *R18, "--no-compile", "--repeats", "1", timeout=900)
+    assert doc["rows"] and doc["weights"]["pretrained"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["finetune", "finetune-multitask"])
+def test_finetune(work, tmp_path, command):
+    doc = run_json(command, work / "data", "--out", tmp_path / "run", *R18, "--epochs", "1", "--batch-size", "4",
+                   "--workers", "0", "--no-progress")
+    assert 0 <= doc["final_accuracy"] <= 1 and doc["weights"]["source"] == "random"
+
+
+def test_bench_data(work):
+    doc = run_json("bench-data", work / "data", "--arch", "resnet18", "--batch-size", "2", "--steps", "1", "--workers", "0",
+                   "--image-size", "32")
+    assert doc["loader_images_per_s"] > 0 and doc["weights"]["pretrained"] is False
+
+
+def test_json_output_diverts_third_party_prints_at_the_fd_level():
+    code = (
+        "import os, sys\n"
+        "from resnet_xray.cliutil import json_output, print_json\n"
+        "with json_output():\n"
+        "    print('python noise')\n"
+        "    os.write(1, b'C noise\\n')\n"
+        "    print_json({'a': float('nan'), 'b': [float('inf'), 1.5]})\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert json.loads(r.stdout) == {"a": None, "b": [None, 1.5]}
+    assert "python noise" in r.stderr and "C noise" in r.stderr

@@ -1,0 +1,57 @@
+"""Options dataclasses are the one place values are checked: refused, never clamped, named by flag."""
+
+from __future__ import annotations
+
+import pytest
+
+from resnet_xray.cli import main
+from resnet_xray.options import OptionError
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["classify", "{cat}", "--arch", "resnet18", "--weights", "random", "--batch-size", "0"], "--batch-size 0"),
+        (["classify", "{cat}", "--arch", "resnet18", "--weights", "random", "--topk", "-3"], "--topk -3"),
+        (["bench", "--arch", "resnet18", "--repeats", "-5"], "--repeats -5"),
+        (["bench", "--arch", "resnet18", "--batch", "1,0"], "--batch 0"),
+        (["finetune", "{tmp}", "--out", "{tmp}/o", "--weights", "random", "--warmup-epochs", "-1"], "--warmup-epochs -1.0"),
+        (["quantize", "{tmp}/m.onnx", "--calib", "{tmp}", "-o", "{tmp}/q.onnx", "--max-images", "0"], "--max-images 0"),
+        (["prune", "--arch", "resnet18", "--weights", "random", "--input-size", "7", "--out", "{tmp}/p"], "--input-size 7"),
+        (["anatomy", "--arch", "resnet18", "--input-size", "8"], "--input-size 8"),
+        (["gradflow", "--arch", "resnet18", "--batch-size", "1"], "--batch-size 1"),
+        (["bench-data", "{tmp}", "--steps", "0"], "--steps 0"),
+    ],
+)
+def test_out_of_range_flags_are_refused_by_name(argv, flag, cat_path, tmp_path, capsys):
+    argv = [a.format(cat=cat_path, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"error: {flag}:" in err[0], err
+    assert not list(tmp_path.rglob("*.pt")) and not (tmp_path / "q.onnx").exists()
+
+
+def test_api_errors_name_the_option_not_a_flag(cat_path):
+    import resnet_xray as rx
+
+    model = rx.load_model("resnet18", weights="random")
+    with pytest.raises(OptionError) as e:
+        rx.classify(model, [cat_path], topk=0)
+    assert str(e.value).startswith("topk 0:") and e.value.option == "topk"
+
+
+def test_options_dataclasses_validate_on_construction():
+    from resnet_xray.deploy.bench import BenchOptions
+    from resnet_xray.deploy.quantize import QuantizeOptions
+    from resnet_xray.prune.loop import PruneOptions
+    from resnet_xray.train.finetune import FinetuneOptions
+
+    for make, field in [
+        (lambda: BenchOptions(repeats=-5), "repeats"),
+        (lambda: QuantizeOptions(max_calib_images=0), "max_calib_images"),
+        (lambda: PruneOptions(input_size=7), "input_size"),
+        (lambda: FinetuneOptions(warmup_epochs=-1), "warmup_epochs"),
+    ]:
+        with pytest.raises(OptionError) as e:
+            make()
+        assert e.value.option == field
