@@ -93,7 +93,7 @@ def test_bench(tmp_path):
 def test_finetune(work, tmp_path, command):
     doc = run_json(command, work / "data", "--out", tmp_path / "run", *R18, "--epochs", "1", "--batch-size", "4",
                    "--workers", "0", "--no-progress")
-    assert 0 <= doc["final_accuracy"] <= 1 and doc["weights"]["source"] == "random"
+    assert 0 <= doc["final_accuracy"] <= 1 and doc["weights"]["source"] == "random (seed 0)"
 
 
 def test_bench_data(work):

@@ -7,7 +7,6 @@ import sys
 
 from ..atomic import check_writable
 from ..cliutil import add_model_args, model_from_args
-from ..errors import XrayError
 
 
 def _output(p: argparse.ArgumentParser, default: str) -> None:
@@ -60,11 +59,10 @@ def cmd_stages(args: argparse.Namespace) -> int:
     from .show import show_stages
     from .stages import StagesOptions
 
-    if args.channels < 1:
-        raise XrayError(f"--channels {args.channels}: must be at least 1")
+    opts = StagesOptions(channels=args.channels)  # refuse a bad value before the model is built
     _precheck(args.output)
     model, meta = model_from_args(args)
-    path = show_stages(args.image, model, meta, args.output, StagesOptions(channels=args.channels))
+    path = show_stages(args.image, model, meta, args.output, opts)
     print(f"wrote {path}")
     return 0
 

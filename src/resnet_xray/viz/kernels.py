@@ -26,6 +26,11 @@ class KernelsOptions:
     layer: str = "conv1"  # a Conv2d module name: conv1, layer1.0.conv2, layer2.0.downsample.0 ...
     count: int = 64  # filters drawn for conv1 and k x k layers
 
+    def __post_init__(self) -> None:
+        from ..options import at_least
+
+        at_least("count", self.count, 1)
+
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}

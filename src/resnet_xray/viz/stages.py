@@ -18,6 +18,11 @@ from .maps import pick_channels
 class StagesOptions:
     channels: int = 8  # tiles per row: the most active channels of each stage's output
 
+    def __post_init__(self) -> None:
+        from ..options import at_least
+
+        at_least("channels", self.channels, 1)
+
 
 @dataclass
 class StageOutput:
