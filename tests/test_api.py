@@ -86,3 +86,13 @@ def test_fuse_result_matches_cli_json(tmp_path, capsys):
     mine = res.to_dict()
     assert mine.keys() == cli.keys() and mine["folded"] == cli["folded"] == 20
     assert rx.anatomy(tmp_path / "f.pt", input_size=64).totals.params < 11_689_512  # BN gone, fused model reloads
+
+
+def test_prune_returns_a_reloadable_checkpoint(tmp_path):
+    model = rx.load_model("resnet18", weights="random")
+    res = rx.prune(model, None, target_macs=0.7, steps=1, finetune_epochs=0, latency_repeats=1, measure_ort=False,
+                   input_size=64, out=str(tmp_path))
+    doc = res.to_dict()
+    assert doc["weights"]["source"] == "random (seed 0)" and doc["final_checkpoint"] == str(res.final_checkpoint)
+    pruned = rx.anatomy(res.final_checkpoint, input_size=64).totals.macs
+    assert pruned < rx.anatomy(model, input_size=64).totals.macs

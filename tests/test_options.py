@@ -55,3 +55,17 @@ def test_options_dataclasses_validate_on_construction():
         with pytest.raises(OptionError) as e:
             make()
         assert e.value.option == field
+
+
+def test_generated_flags_carry_the_dataclass_fields():
+    from resnet_xray.classify import ClassifyOptions
+    from resnet_xray.cli import build_parser
+    from resnet_xray.train.bench import DataBenchOptions
+
+    args = build_parser("classify").parse_args(["classify", "x.png"])
+    assert (args.topk, args.batch_size) == (ClassifyOptions().topk, ClassifyOptions().batch_size)
+    args = build_parser("bench-data").parse_args(["bench-data", "d", "--amp", "--steps", "3"])
+    from resnet_xray.train.commands import BENCH_DATA_FLAGS
+
+    opts = DataBenchOptions(**{n: getattr(args, n) for n in BENCH_DATA_FLAGS})
+    assert opts == DataBenchOptions(amp=True, steps=3)

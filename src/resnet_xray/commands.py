@@ -11,13 +11,17 @@ import sys
 from pathlib import Path
 
 from .cliutil import add_model_args, model_from_args, print_json, report_skipped, warn_random
+from .options import add_flags, from_args
+
+CLASSIFY_FLAGS = ("topk", "batch_size")  # fields of ClassifyOptions that are flags
 
 
 def classify_args(p: argparse.ArgumentParser) -> None:
+    from .classify import ClassifyOptions
+
     p.add_argument("images", nargs="+", help="image files and/or folders")
     add_model_args(p)
-    p.add_argument("--topk", type=int, default=5, help="labels per image, at least 1 (default: 5)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass, at least 1 (default: 16)")
+    add_flags(p, ClassifyOptions, CLASSIFY_FLAGS)
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.add_argument("--draw", metavar="DIR", help="multi-task models: save each image with its predicted box drawn")
     p.set_defaults(func=cmd_classify)
@@ -25,13 +29,11 @@ def classify_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from . import api
-
-    # the options are checked before the model is built: a bad flag costs no time
     from .classify import ClassifyOptions
 
-    ClassifyOptions(topk=args.topk, batch_size=args.batch_size)
+    opts = from_args(ClassifyOptions, args, CLASSIFY_FLAGS)  # checked before the model is built: a bad flag costs no time
     model = model_from_args(args)
-    result = api.classify(model, args.images, topk=args.topk, batch_size=args.batch_size, progress=not args.json)
+    result = api.classify(model, args.images, topk=opts.topk, batch_size=opts.batch_size, progress=not args.json)
     if args.json:
         print_json(result.to_dict())
     else:
@@ -83,8 +85,10 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def anatomy_args(p: argparse.ArgumentParser) -> None:
+    from .anatomy import AnatomyOptions
+
     add_model_args(p, default_weights="random")
-    p.add_argument("--input-size", type=int, default=224, help="square input side, at least 32 (default: 224)")
+    add_flags(p, AnatomyOptions, ("input_size",))
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="everything as JSON")
     fmt.add_argument("--csv", action="store_true", help="the per-layer table as CSV")

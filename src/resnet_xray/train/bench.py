@@ -21,14 +21,14 @@ RESIDENT_BATCHES = 8  # distinct in-memory batches the model-step timing cycles 
 
 @dataclass
 class DataBenchOptions:
-    arch: str = "resnet50"
-    batch_size: int = 32
-    workers: int = DEFAULT_WORKERS  # the finetune default, so the answer describes a default run
-    image_size: int | None = None
+    arch: str = "resnet50"  # the model whose training step is timed (random weights: only its shape matters)
+    batch_size: int = 32  # images per step
+    workers: int = DEFAULT_WORKERS  # loader processes; the finetune default, so the answer describes a default run
+    image_size: int | None = None  # input side; None: the dataset's native size, else 224
     steps: int = 20  # timed steps per measurement (after one warm-up step)
-    amp: bool = False
-    channels_last: bool = False
-    seed: int = 0
+    amp: bool = False  # bf16 autocast on CPU, fp16 on CUDA, as finetune --amp
+    channels_last: bool = False  # NHWC memory layout, as finetune --channels-last
+    seed: int = 0  # model init and shuffling
 
     def __post_init__(self) -> None:
         at_least("batch_size", self.batch_size, 1)

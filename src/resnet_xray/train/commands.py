@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..cliutil import add_model_args, print_json
+from ..options import add_flags
 
 
 def make_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -83,15 +84,14 @@ def _finetune_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     p.set_defaults(func=cmd_finetune, multitask_default=multitask)
 
 
+BENCH_DATA_FLAGS = ("arch", "batch_size", "workers", "image_size", "steps", "amp", "channels_last", "seed")
+
+
 def bench_data_args(p: argparse.ArgumentParser) -> None:
+    from .bench import DataBenchOptions
+
     p.add_argument("data", help="dataset folder")
-    p.add_argument("--arch", default="resnet50")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="default: the finetune default (2)")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--steps", type=int, default=20, help="training steps to time (default: 20)")
-    p.add_argument("--amp", action="store_true")
-    p.add_argument("--channels-last", action="store_true")
+    add_flags(p, DataBenchOptions, BENCH_DATA_FLAGS)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_data)
 
@@ -168,9 +168,7 @@ def _best_text(best: dict) -> str:
 def cmd_bench_data(args: argparse.Namespace) -> int:
     from .. import api
 
-    res = api.bench_data(args.data, arch=args.arch, batch_size=args.batch_size, image_size=args.image_size, steps=args.steps,
-                         amp=args.amp, channels_last=args.channels_last,
-                         **({"workers": args.workers} if args.workers is not None else {}))
+    res = api.bench_data(args.data, **{n: getattr(args, n) for n in BENCH_DATA_FLAGS})
     if args.json:
         print_json(res.to_dict())
         return 0
