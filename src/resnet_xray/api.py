@@ -83,6 +83,7 @@ def load_model(
     *,
     seed: int = 0,
     progress: bool = True,
+    **options: Any,
 ) -> LoadedModel:
     """Build ``arch`` and load ``weights``: the one way every command gets a model.
 
@@ -93,10 +94,11 @@ def load_model(
             ``random`` (seeded init), or a path to a state_dict, checkpoint or safetensors file.
         seed: RNG seed for ``random`` weights.
         progress: show a download progress bar.
+        options: further keywords of :func:`resnet_xray.model.load_model`.
     """
     from . import model as _model
 
-    module, meta = _model.load_model(arch, weights, seed=seed, progress=progress)
+    module, meta = _model.load_model(arch, weights, seed=seed, progress=progress, **options)
     return LoadedModel(module, meta)
 
 

@@ -23,8 +23,12 @@ from .atomic import jsonable
 _json_sink: TextIO | None = None
 
 
-def add_model_args(p: argparse.ArgumentParser, default_weights: str = "imagenet") -> None:
-    """``--arch``, ``--weights`` and ``--seed``, meaning the same thing in every command."""
+def add_model_args(p: argparse.ArgumentParser, default_weights: str = "imagenet", *, allow_nonfinite: bool = False) -> None:
+    """``--arch``, ``--weights`` and ``--seed``, meaning the same thing in every command.
+
+    ``allow_nonfinite`` adds ``--allow-nonfinite``, for commands where looking at a model
+    with NaN/Inf weights tells the user something.
+    """
     from .model import ARCHS
 
     p.add_argument("--arch", choices=ARCHS, default=None, help="torchvision ResNet (default: the checkpoint's, else resnet50)")
@@ -35,13 +39,16 @@ def add_model_args(p: argparse.ArgumentParser, default_weights: str = "imagenet"
         f"(default: {default_weights})",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default: 0)")
+    if allow_nonfinite:
+        p.add_argument("--allow-nonfinite", action="store_true", help="load weights holding NaN/Inf (refused by default), to inspect them")
 
 
 def model_from_args(args: argparse.Namespace):
     """The :class:`~resnet_xray.api.LoadedModel` the model flags name (unpacks as ``model, meta``)."""
     from .api import load_model
 
-    return load_model(args.arch, args.weights, seed=args.seed)
+    extra = {"allow_nonfinite": True} if getattr(args, "allow_nonfinite", False) else {}
+    return load_model(args.arch, args.weights, seed=args.seed, **extra)
 
 
 def dumps(obj: Any) -> str:
