@@ -81,7 +81,7 @@ def test_round_targets_spread_the_removal_evenly():
 @pytest.mark.parametrize("bad", [0.0, 1.0, 1.5, -0.2])
 def test_target_macs_outside_open_unit_interval_is_refused(bad, tmp_path):
     model, meta = _model_and_meta()
-    with pytest.raises(XrayError, match="--target-macs"):
+    with pytest.raises(XrayError, match="target_macs .*: must lie strictly between 0 and 1"):
         prune(model, meta, PruneOptions(target_macs=bad, out=str(tmp_path)))
 
 

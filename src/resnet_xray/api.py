@@ -381,14 +381,14 @@ def gradflow(model: LoadedModel | tuple | PathLike | None = None, *, output: Pat
     """
     from .trace.gradflow import GradFlowOptions, measure_gradflow
 
+    m = None if model is None else as_model(model)
+    if m is not None:
+        options = {"arch": m.arch, "weights": m.meta.weights, **options}
+    opts = GradFlowOptions(**options)  # refuses bad values before minutes of measurement
     if output:
         from .atomic import check_writable
 
         check_writable(output, flag="-o", suffixes=(".png", ""))
-    m = None if model is None else as_model(model)
-    if m is not None:
-        options = {"arch": m.arch, "weights": m.meta.weights, **options}
-    opts = GradFlowOptions(**options)
     res = measure_gradflow(opts, model=None if m is None else m.module, quiet=quiet)
     if output:
         from .viz.gradflow import plot_gradflow
