@@ -87,7 +87,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 def anatomy_args(p: argparse.ArgumentParser) -> None:
     from .anatomy import AnatomyOptions
 
-    add_model_args(p, default_weights="random")
+    add_model_args(p, default_weights="random", allow_nonfinite=True)
     add_flags(p, AnatomyOptions, ("input_size",))
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="everything as JSON")
