@@ -176,7 +176,7 @@ def test_discriminative_rates_slow_each_earlier_stage():
     assert lr_of[id(model.layer4[0].conv1.weight)] == pytest.approx(5e-4)
     assert lr_of[id(model.conv1.weight)] == pytest.approx(1e-3 * 0.5**5)
     assert {g["weight_decay"] for g in opt.param_groups if any(p is model.bn1.weight for p in g["params"])} == {0.0}
-    with pytest.raises(XrayError, match="--layer-lr-decay"):
+    with pytest.raises(XrayError, match="^layer_lr_decay "):
         _opts(layer_lr_decay=0.0).validate()
 
 
