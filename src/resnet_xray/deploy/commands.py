@@ -36,49 +36,87 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     fused = fuse_model(model)
     names, x = _images_batch(args.check or [], meta)
     rep = fusion_report(model, fused, x)
-    save_checkpoint(out, fused, meta.with_change(FusedBatchNorm.of(fused)))
+    eq = rep.pop("check")
+    saved = None
+    if eq.passed:  # a failed check writes nothing: no checkpoint that looks usable and is not
+        saved = save_checkpoint(out, fused, meta.with_change(FusedBatchNorm.of(fused)))
     if args.json:
-        _cli().print_json({**rep, "output": str(out)})
-        return 0
-    print(f"folded {rep['folded']} BatchNorm layers into the convolutions before them "
-          f"({rep['batchnorm_before']} before, {rep['batchnorm_after']} left)")
-    print(f"check on {rep['images']} image(s): logits max abs diff {rep['max_abs_diff']:.3g}, "
-          f"mean abs diff {rep['mean_abs_diff']:.3g} (max |logit| {rep['max_abs_logit']:.3g}); "
-          f"top-1 agreement {pct(rep['top1_agreement'])}")
-    print(f"saved {out}")
+        _cli().print_json({**{k: _finite(v) for k, v in rep.items()}, "check": eq.to_dict(), "output": str(saved) if saved else None})
+    else:
+        print(f"folded {rep['folded']} BatchNorm layers into the convolutions before them "
+              f"({rep['batchnorm_before']} before, {rep['batchnorm_after']} left)")
+        print(f"check on {rep['images']} image(s): logits max abs diff {rep['max_abs_diff']:.3g}, "
+              f"mean abs diff {rep['mean_abs_diff']:.3g} (max |logit| {rep['max_abs_logit']:.3g}); "
+              f"top-1 agreement {pct(rep['top1_agreement'])}")
+        if saved:
+            print(f"saved {out}")
+    if not eq.passed:
+        print(f"resnet-xray: error: fused model fails its check ({eq.reason}); nothing written to {out}", file=sys.stderr)
+        return 1
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from .onnx import ExportOptions, check_onnx, export_onnx
+def _finite(v):
+    """NaN/Inf become None, so --json output stays JSON."""
+    import math
 
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .onnx import ExportOptions, check_onnx, export_onnx, remove_export
+
+    opts = ExportOptions(opset=args.opset, dynamic_batch=args.dynamic_batch, exporter=args.exporter, openvino=not args.no_openvino)
+    opts.check()  # a bad --opset is one line before any work
     if args.tensorrt:
         from .tensorrt import require_tensorrt
 
         require_tensorrt()  # fail in one line before the export, not after
     model, meta = _cli().model_from_args(args)
-    path = export_onnx(model, args.output, ExportOptions(opset=args.opset, dynamic_batch=args.dynamic_batch, exporter=args.exporter), meta)
-    rep = check_onnx(path, model, args.check or [])
+    path = export_onnx(model, args.output, opts, meta)
+    try:
+        rep = check_onnx(path, model, args.check or [])
+        checks = [("ONNX Runtime", rep)]
+        if opts.openvino:
+            from .onnx import check_openvino
+
+            checks.append(("OpenVINO", check_openvino(path.with_suffix(".xml"), model, args.check or [])))
+    except BaseException:
+        remove_export(path)
+        raise
+    failed = [(name, r) for name, r in checks if not r["passed"]]
+    if failed:  # nothing that diverges stays on disk looking usable
+        remove_export(path)
     for s in rep["skipped"]:
         print(f"resnet-xray: skipped {s['image']}: {s['reason']}", file=sys.stderr)
     engine = None
-    if args.tensorrt:
+    if args.tensorrt and not failed:
         from .tensorrt import TensorRTOptions, build_engine
 
         engine = build_engine(path, path.with_suffix(f".{args.tensorrt}.engine"), TensorRTOptions(args.tensorrt, args.calib))
     if args.json:
-        _cli().print_json({"output": str(path), "engine": str(engine) if engine else None, "check": rep})
+        _cli().print_json({"output": None if failed else str(path), "openvino": str(path.with_suffix(".xml")) if opts.openvino and not failed else None,
+                           "engine": str(engine) if engine else None, "check": rep,
+                           **({"check_openvino": checks[1][1]} if len(checks) > 1 else {})})
     else:
-        print(f"wrote {path} ({si(path.stat().st_size)}B, {args.exporter} exporter) and {path.name}.json; onnx.checker passed")
-        print(f"ONNX Runtime vs eager on {rep['images']} image(s): max abs diff {rep['max_abs_diff']:.3g} "
-              f"(tolerance {rep['tolerance']:.3g}), top-1 agreement {pct(rep['top1_agreement'])}, "
-              f"top-5 agreement {pct(rep['top5_agreement'])}")
+        if not failed:
+            ir = f", {path.with_suffix('.xml').name} + .bin (OpenVINO IR)" if opts.openvino else ""
+            print(f"wrote {path} ({si(path.stat().st_size)}B, {args.exporter} exporter){ir} and sidecars; onnx.checker passed")
+        for name, r in checks:
+            print(f"{name} vs eager on {r['images']} image(s): max abs diff {_g(r['max_abs_diff'])} "
+                  f"(tolerance {r['tolerance']:.3g}), top-1 agreement {pct(r['top1_agreement'])}, "
+                  f"top-5 agreement {pct(r['top5_agreement'])}")
         if engine:
             print(f"wrote TensorRT {args.tensorrt} engine {engine}")
-    if not rep["passed"]:
-        print(f"resnet-xray: error: ONNX Runtime output DIVERGES from eager PyTorch for {path}", file=sys.stderr)
+    if failed:
+        name, r = failed[0]
+        print(f"resnet-xray: error: {name} output DIVERGES from eager PyTorch ({r['reason']}); nothing written to {path}", file=sys.stderr)
         return 1
     return 0
+
+
+def _g(v) -> str:
+    return "nan" if v is None else f"{v:.3g}"
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -175,7 +213,8 @@ def register(sub) -> None:
     p = sub.add_parser("export", help="export to ONNX (onnx.checker + ONNX Runtime vs eager check); TensorRT engines")
     cli.add_model_args(p)
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write (plus a .onnx.json sidecar)")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 18 for dynamo)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 18 for dynamo; 18+ for dynamo, 9+ for torchscript)")
+    p.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO IR (model.xml/.bin) written beside the .onnx")
     p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension (default: fixed batch 1)")
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                    help="torch.onnx route: dynamo (torch.export, default) or torchscript (dynamo=False)")
