@@ -73,7 +73,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from .classify import ClassifyOptions, classify
     from .model import random_weights_warning
 
-    model, meta = model_from_args(args)
+    if getattr(args, "model", None):  # a deployed artefact (.onnx / .xml) instead of --arch/--weights
+        from .deploy.runtime import load_deployed
+
+        model, meta = load_deployed(args.model)
+    else:
+        model, meta = model_from_args(args)
     result = classify(args.images, model, meta, ClassifyOptions(topk=args.topk, batch_size=args.batch_size))
     if not result.predictions and not result.skipped:
         raise XrayError(f"no image files found in: {' '.join(map(str, args.images))}")
@@ -156,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("classify", help="top-k ImageNet (or checkpoint) labels for images and folders")
     p.add_argument("images", nargs="+", help="image files and/or folders")
     add_model_args(p)
+    p.add_argument("--model", metavar="PATH", help="a deployed model (.onnx, or OpenVINO .xml) instead of --arch/--weights")
     p.add_argument("--topk", type=int, default=5, help="labels per image (default: 5)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")

@@ -133,19 +133,30 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         torch_model, _ = _cli().model_from_args(args)
     rr = {"auto": None, "on": True, "off": False}[args.reduce_range]
     opts = QuantizeOptions(method=args.method, per_channel=args.per_channel, reduce_range=rr, eval_dir=args.eval,
-                           max_calib_images=args.max_images, progress=not args.json)
+                           max_calib_images=args.max_images, progress=not args.json, engine=args.engine,
+                           min_agreement=args.min_agreement, time_check=not args.no_time_check)
+    want = ".xml" if args.engine == "openvino" else ".onnx"
+    if Path(args.output).suffix.lower() != want:
+        raise XrayError(f"-o {args.output}: --engine {args.engine} writes a {want} file; name it so")
     rep = quantize_onnx(args.model, args.calib, args.output, opts, torch_model=torch_model)
     skipped = rep["calibration"]["skipped"] + rep["agreement"]["skipped"]
     for s in skipped:
         print(f"resnet-xray: skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    failed = not rep["passed"]
+    if failed:
+        bad = next(r["check"] for r in rep["agreement"]["paths"].values() if r.get("check") and not r["check"]["passed"])
+        fail_line = f"resnet-xray: error: INT8 model fails its check ({bad['reason']}); nothing written to {args.output}"
     if args.json:
         _cli().print_json(rep)
-        return 0
+        if failed:
+            print(fail_line, file=sys.stderr)
+        return 1 if failed else 0
     c = rep["choices"]
-    print(c["reduce_range_reason"])
-    print(f"QDQ, {c['method']} calibration, {'per-channel' if c['per_channel'] else 'per-tensor'} weights, "
-          f"U8S8 reduce_range={c['reduce_range']}; calibrated on {rep['calibration']['images_used']} image(s), "
-          f"{len(rep['calibration']['skipped'])} skipped")
+    if args.engine == "ort":
+        print(c["reduce_range_reason"])
+    route = (f"QDQ, {c['method']} calibration, {'per-channel' if c['per_channel'] else 'per-tensor'} weights, "
+             f"U8S8 reduce_range={c['reduce_range']}") if args.engine == "ort" else c["format"]
+    print(f"{route}; calibrated on {rep['calibration']['images_used']} image(s), {len(rep['calibration']['skipped'])} skipped")
     print(f"size: {si(rep['size_fp32_bytes'])}B -> {si(rep['size_int8_bytes'])}B ({rep['compression']:.2f}x smaller)")
     a = rep["agreement"]
     held = "held-out" if rep["held_out"]["separate_from_calibration"] else "calibration (too few to hold any out)"
@@ -157,7 +168,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             continue
         acc = f", accuracy {pct(row['accuracy'])}" if "accuracy" in row else ""
         print(f"  {name:14s} top-1 agreement {pct(row['top1_agreement'])}, top-5 overlap {pct(row['top5_overlap'])}, "
-              f"mean KL {row['mean_kl']:.2e}{acc}")
+              f"mean KL {_g(row['mean_kl'])}{acc}")
+    sp = rep.get("speed")
+    if sp:
+        print(f"speed here ({sp['method']}): FP32 {sp['fp32_ms']:.1f} ms, INT8 {sp['int8_ms']:.1f} ms ({sp['speedup']:.2f}x)")
+        if sp.get("note"):
+            print(f"note: {sp['note']}")
+    if failed:
+        print(fail_line, file=sys.stderr)
+        return 1
     print(f"wrote {rep['int8_model']} and {Path(rep['int8_model']).name}.json (choices and this report)")
     return 0
 
@@ -234,6 +253,11 @@ def register(sub) -> None:
                    help="7-bit weights against U8S8 saturation; auto: on exactly when the CPU lacks VNNI")
     p.add_argument("--eval", help="separate held-out folder for the agreement check (default: every 5th --calib image)")
     p.add_argument("--max-images", type=int, default=None, help="use at most this many calibration images")
+    p.add_argument("--engine", choices=("ort", "openvino"), default="ort",
+                   help="ort: ONNX Runtime QDQ .onnx (default); openvino: NNCF post-training INT8 .xml (often faster on CPUs)")
+    p.add_argument("--min-agreement", type=float, default=0.9,
+                   help="top-1 agreement with FP32 required on the held-out images, else nothing is written and exit 1 (default: 0.9)")
+    p.add_argument("--no-time-check", action="store_true", help="skip timing FP32 against INT8 on this CPU")
     p.add_argument("--compare-torch", action="store_true",
                    help="also build PyTorch's FX INT8 (x86) from --weights (default: those the sidecar names)")
     cli.add_model_args(p, default_weights="sidecar")
