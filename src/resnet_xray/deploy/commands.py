@@ -219,6 +219,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from .optimize import OptimizeOptions, optimize
+
+    try:
+        engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
+    except AttributeError:
+        engines = ()
+    opts = OptimizeOptions(data=args.data, out=args.output, max_drop=args.max_drop, target_macs=args.target_macs,
+                           prune_steps=args.prune_steps, finetune_epochs=args.finetune_epochs, engines=engines,
+                           calib_images=args.calib_images, eval_images=args.eval_images, input_size=args.input_size,
+                           threads=args.threads, repeats=args.repeats, mixed_precision=not args.no_mixed_precision,
+                           batch_size=args.batch_size, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
+                           seed=args.seed, progress=not args.json)
+    res = optimize(args.checkpoint, opts)
+    if args.json:
+        _cli().print_json(res.to_dict())
+    else:
+        m = res.machine
+        print(f"CPU: {m['cpu']}, {m['threads']} thread(s), VNNI: {'yes' if m['vnni'] else 'no'}; FP32 checkpoint accuracy "
+              f"{pct(res.baseline_accuracy)}, budget {res.max_drop} points")
+        print(res.table())
+        for c in res.candidates:
+            if c.fp32_layers:
+                print(f"{c.name}: layers kept in FP32: {', '.join(c.fp32_layers)}")
+        if res.winner:
+            print(f"winner: {res.winner.name}, {res.winner.speedup:.2f}x eager FP32 -> {res.winner_path} "
+                  f"(resnet-xray classify --model {res.winner_path} IMAGES)")
+        print(f"wrote {res.out / 'optimize.json'}" + (f" and {res.chart}" if res.chart else ""))
+    if res.winner is None:
+        print(f"resnet-xray: error: no candidate within {res.max_drop} points of the FP32 checkpoint; see {res.out / 'optimize.json'}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def register(sub) -> None:
     cli = _cli()
 
@@ -263,6 +298,30 @@ def register(sub) -> None:
     cli.add_model_args(p, default_weights="sidecar")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("optimize", help="prune -> fuse -> export -> INT8 on every engine -> measure -> the fastest model within an accuracy budget")
+    p.add_argument("checkpoint", help="the trained model (a finetune best.pt)")
+    p.add_argument("--data", required=True, help="ImageFolder dataset (train/ for calibration and fine-tuning, val/ for the budget)")
+    p.add_argument("-o", "--output", required=True, help="output folder (the winner is OUT/model.onnx or OUT/model.xml)")
+    p.add_argument("--max-drop", type=float, default=1.0, help="accuracy points a candidate may lose against the checkpoint (default: 1.0)")
+    p.add_argument("--target-macs", type=float, default=None, help="also prune to this share of MACs, e.g. 0.5 (default: no pruning)")
+    p.add_argument("--prune-steps", type=int, default=2, help="pruning rounds (default: 2)")
+    p.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning epochs per pruning round (default: 1)")
+    p.add_argument("--engines", default="ort,openvino,torch", help="comma-separated: ort, openvino, torch (default: all)")
+    p.add_argument("--calib-images", type=int, default=128, help="training images to calibrate INT8 on (default: 128)")
+    p.add_argument("--eval-images", type=int, default=None, help="val images to score on (default: all)")
+    p.add_argument("--input-size", type=int, default=None, help="square input side (default: the checkpoint's crop)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads for every engine (default: their own)")
+    p.add_argument("--repeats", type=int, default=30, help="timed batch-1 calls per candidate (default: 30)")
+    p.add_argument("--no-mixed-precision", action="store_true", help="do not try NNCF accuracy control when INT8 loses too much")
+    p.add_argument("--batch-size", type=int, default=32, help="fine-tuning batch (default: 32)")
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes for fine-tuning (default: 0)")
+    p.add_argument("--seed", type=int, default=0)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue a killed run in OUT (same options)")
+    g.add_argument("--overwrite", action="store_true", help="replace what OUT holds")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser("bench", help="every inference path side by side: latency, throughput, GFLOP/s vs measured peak")
     cli.add_model_args(p, default_weights="random")
