@@ -26,6 +26,23 @@ def _images_batch(paths: list[str], meta):
     return names, x
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .runtime import evaluate_models
+
+    if args.limit is not None and args.limit < 1:
+        raise XrayError(f"--limit {args.limit}: must be at least 1")
+    res = evaluate_models(args.model, args.data, limit=args.limit, threads=args.threads)
+    if args.json:
+        _cli().print_json(res.to_dict())
+        return 0
+    print(f"{res.images} image(s); labels: {res.labels}")
+    for m in res.models:
+        acc = f"accuracy {pct(m.accuracy)}" if m.accuracy is not None else "no labels"
+        agree = f"; {m.check.summary()}" if m.check else " (reference)"
+        print(f"  {m.path} [{m.engine} {m.precision}]: {acc}{agree}")
+    return 0
+
+
 def cmd_fuse(args: argparse.Namespace) -> int:
     from ..model import save_checkpoint
     from .fuse import FusedBatchNorm, fuse_model, fusion_report
@@ -192,6 +209,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .onnx import check_writable
 
         check_writable(args.output)
+    if args.model:
+        return _bench_models(args)
     model, meta = _cli().model_from_args(args)
     opts = BenchOptions(batches=batches, threads=args.threads, repeats=args.repeats, compile=not args.no_compile,
                         compile_timeout_s=args.compile_timeout, calib_dir=args.calib, progress=not args.json)
@@ -205,7 +224,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"{meta.arch} ({meta.weights}), {si(res.macs)} MACs per image at {opts.input_size or meta.preprocessing.crop} px")
     print(f"CPU: {m['cpu']}, {m['threads']} thread(s) of {m['logical_cores']}, VNNI: {'yes' if m['vnni'] else 'no'}"
           + (f"; GPU: {m['cuda']}" if m.get("cuda") else ""))
-    print(f"measured CPU FP32 peak (2048^3 matmul): {res.peak_gflops:.0f} GFLOP/s")
+    from .bench import peak_method
+
+    print(f"measured CPU FP32 peak: {res.peak_gflops:.0f} GFLOP/s ({peak_method(opts.threads)}); % peak for FP32 CPU rows only")
     print(res.table())
     for n in res.notes:
         print(f"note: {n}")
@@ -216,6 +237,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
                       f"{pct(row['top1_agreement'])}, mean KL {row['mean_kl']:.2e}")
     if args.output:
         print(f"chart: {args.output}")
+    return 0
+
+
+def _bench_models(args: argparse.Namespace) -> int:
+    """bench --model A [--model B ...]: deployed artefacts timed round-robin at batch 1 after warm-up."""
+    import numpy as np
+
+    from ..units import table
+    from .bench import machine_info
+    from .runtime import load_deployed, time_models
+
+    if args.repeats < 1:
+        raise XrayError(f"--repeats {args.repeats}: must be at least 1")
+    loaded = {str(p): load_deployed(p, args.threads) for p in args.model}
+    sizes = {m.preprocessing.crop for _, m in loaded.values()}
+    if len(sizes) != 1:
+        raise XrayError(f"--model: the models take different input sizes ({sorted(sizes)}); bench one network at a time")
+    size = sizes.pop()
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    stats = time_models({p: (lambda dm=dm: dm.run(x)) for p, (dm, _) in loaded.items()}, repeats=args.repeats,
+                        progress=None if args.json else (lambda s: print(f"bench: {s}", file=sys.stderr)))
+    first = next(iter(stats.values())).median
+    rows = [{"model": p, "engine": loaded[p][0].engine, "precision": loaded[p][0].precision, "median_ms": st.median_ms,
+             "iqr_ms": st.iqr_ms, "speedup_vs_first": first / st.median} for p, st in stats.items()]
+    if args.json:
+        _cli().print_json({"rows": rows, "machine": machine_info(args.threads), "method": "batch 1, round-robin after warm-up"})
+        return 0
+    m = machine_info(args.threads)
+    print(f"CPU: {m['cpu']}, {m['threads']} thread(s), VNNI: {'yes' if m['vnni'] else 'no'}; batch 1, round-robin after warm-up")
+    print(table(["model", "engine", "precision", "median ms", "IQR ms", "vs first"],
+                [[r["model"], r["engine"], r["precision"], f"{r['median_ms']:.2f}", f"{r['iqr_ms']:.2f}", f"{r['speedup_vs_first']:.2f}x"]
+                 for r in rows], "lllrrr"))
     return 0
 
 
@@ -299,6 +352,14 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quantize)
 
+    p = sub.add_parser("evaluate", help="accuracy of deployed models (.onnx / .xml) on a labelled folder, and agreement with the first")
+    p.add_argument("data", help="ImageFolder (class folders, or a dataset with val/)")
+    p.add_argument("--model", action="append", required=True, metavar="PATH", help="a deployed model; repeat to compare")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many images, spread over the classes")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("optimize", help="prune -> fuse -> export -> INT8 on every engine -> measure -> the fastest model within an accuracy budget")
     p.add_argument("checkpoint", help="the trained model (a finetune best.pt)")
     p.add_argument("--data", required=True, help="ImageFolder dataset (train/ for calibration and fine-tuning, val/ for the budget)")
@@ -325,6 +386,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("bench", help="every inference path side by side: latency, throughput, GFLOP/s vs measured peak")
     cli.add_model_args(p, default_weights="random")
+    p.add_argument("--model", action="append", metavar="PATH",
+                   help="time deployed models (.onnx / .xml) instead, round-robin; repeat the flag to compare several")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes (default: 1)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads for torch, ORT and OpenVINO")
     p.add_argument("--repeats", type=int, default=30, help="timed calls per path (at least; default: 30)")
