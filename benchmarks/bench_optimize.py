@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     m = res.machine
     print(f"CPU: {m['cpu']} ({os.cpu_count()} logical cores), flags: {cpu_flags()}; {m['threads']} thread(s); "
           f"load average {os.getloadavg()[0]:.1f} at the end")
-    print(f"model: {args.checkpoint}; data: {args.data}; input {args.input_size or "the checkpoint's crop"} px; "
+    print(f"model: {args.checkpoint}; data: {args.data}; input {args.input_size or 'checkpoint crop'} px; "
           f"budget {args.max_drop} points; target MACs {args.target_macs}; {res.seconds:.0f} s")
     print()
     print(res.table())
