@@ -197,7 +197,8 @@ def quantize_nncf(
             method = "nncf.quantize (PTQ, performance preset)"
         else:
             xs, ys = val
-            val_items = list(zip(xs, _split_labels(xs, ys)))
+            # one image per item: exported IRs have a fixed batch of 1
+            val_items = [(x[i : i + 1], y[i : i + 1]) for x, y in zip(xs, _split_labels(xs, ys)) for i in range(len(x))]
 
             def validate(compiled: Any, items: Iterable[Any]) -> float:
                 hits = total = 0

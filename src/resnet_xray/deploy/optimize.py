@@ -436,7 +436,9 @@ def _mixed(run: _Run, variants: list, cands: list[Candidate], runners: dict[str,
         if plain is None or fp32 is None or (base_acc - plain.accuracy) * 100 <= opts.max_drop:
             continue
         # the budget is against the checkpoint; what pruning already lost is not INT8's to spend
-        budget = max(0.0, opts.max_drop / 100 - (base_acc - fp32.accuracy))
+        budget = opts.max_drop / 100 - (base_acc - fp32.accuracy)
+        if budget <= 0:
+            continue  # the FP32 model of this variant is already outside the budget: no INT8 of it can win
         run.stage(f"{prefix or 'unpruned '}INT8 lost {(base_acc - plain.accuracy) * 100:.1f} points: NNCF accuracy control (max drop {budget * 100:.2f})")
         out = run.work / f"{tag}.int8_mixed.xml"
         done = run.done(f"{tag}.mixed")
