@@ -239,7 +239,7 @@ def optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str], 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     t_start = time.perf_counter()
     model, meta = load_model(None, checkpoint)
-    if meta.extras.get("heads"):
+    if meta.find("heads"):
         raise XrayError(f"{checkpoint}: multi-task checkpoints are not supported by optimize; use a single-head classifier")
     state = prepare_out(opts)
     run = _Run(opts, log)
