@@ -311,14 +311,14 @@ def register(sub) -> None:
     cli = _cli()
 
     p = sub.add_parser("fuse", help="fold every BatchNorm into the conv before it, and check against the unfused model")
-    cli.add_model_args(p)
+    cli.add_model_args(p, allow_nonfinite=True)  # such a model then fails the check: exit 1, nothing written
     p.add_argument("-o", "--output", required=True, help="fused checkpoint (.pt) to write")
     p.add_argument("--check", nargs="*", metavar="IMAGES", help="images/folders to check on, besides the bundled photo")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser("export", help="export to ONNX (onnx.checker + ONNX Runtime vs eager check); TensorRT engines")
-    cli.add_model_args(p)
+    cli.add_model_args(p, allow_nonfinite=True)
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write (plus a .onnx.json sidecar)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 18 for dynamo; 18+ for dynamo, 9+ for torchscript)")
     p.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO IR (model.xml/.bin) written beside the .onnx")
