@@ -50,7 +50,7 @@ def test_every_json_command_is_covered():
 
 
 COVERED = {"classify", "preprocess", "anatomy", "trace", "gradflow", "fuse", "export", "quantize", "bench", "finetune",
-           "finetune-multitask", "bench-data"}
+           "finetune-multitask", "bench-data", "evaluate", "optimize"}
 assert COVERED <= {c.name for c in COMMANDS}
 
 
@@ -77,9 +77,24 @@ def test_fuse_export_quantize(work, tmp_path, cat_path):
     assert doc["check"]["passed"] and doc["weights"]["source"] == "random (seed 0)"
     # the calibrator prints "Collecting tensor data and making histogram ..." on stdout: must not reach ours
     doc = run_json("quantize", tmp_path / "m.onnx", "--calib", work / "data" / "train", "-o", tmp_path / "q.onnx",
-                   "--method", "entropy", "--max-images", "6")
+                   "--method", "entropy", "--max-images", "6", "--min-agreement", "0")
     assert doc["weights"] == {"source": "random (seed 0)", "pretrained": False, "warning": doc["weights"]["warning"]}
     assert Path(doc["int8_model"]).exists()
+    doc = run_json("evaluate", work / "data", "--model", tmp_path / "m.onnx", "--model", tmp_path / "q.onnx")
+    assert doc["images"] == 4 and doc["weights"]["source"].startswith(str(tmp_path / "m.onnx"))
+
+
+@pytest.mark.slow
+def test_optimize(work, tmp_path):
+    from resnet_xray.model import ModelMeta, build_model, save_checkpoint
+    from resnet_xray.image import Preprocessing
+
+    names = sorted(p.name for p in (work / "data" / "train").iterdir())
+    ckpt = save_checkpoint(tmp_path / "r18.pt", build_model("resnet18", num_classes=len(names)).eval(),
+                           ModelMeta("resnet18", "random (test)", names, Preprocessing(resize=40, crop=32), False))
+    doc = run_json("optimize", ckpt, "--data", work / "data", "-o", tmp_path / "opt", "--engines", "ort", "--repeats", "2",
+                   "--calib-images", "4", "--no-mixed-precision", "--max-drop", "100", "--threads", "1")
+    assert doc["winner"] and str(doc["weights"]["source"]).endswith("r18.pt")
 
 
 @pytest.mark.slow

@@ -119,6 +119,8 @@ def test_two_rounds_with_finetuning_then_resume_after_interrupt(tmp_path):
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["accuracy_pruned"] <= 1.0
         assert r["eager_ms"] > 0 and r["session"] == result.baseline["session"]  # all timed in this process
         assert r["ort_ms"] > 0 and r["ort_max_abs_diff"] < 1e-4  # each round exports and agrees with eager
+    # the speed-ups compare latencies timed round-robin with the baseline, after warm-up, in this process
+    assert all(r["timing"].startswith("round-robin") for r in [result.baseline, *result.rounds])
 
     final, fmeta = load_model(None, result.final_checkpoint)
     r2, _ = load_model(None, tmp_path / "round_02.pt")

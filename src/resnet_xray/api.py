@@ -212,6 +212,10 @@ class FuseResult:
     output: Path | None = None  # the saved checkpoint, when one was asked for
     skipped: list[Any] = field(default_factory=list)
 
+    @property
+    def passed(self) -> bool:
+        return bool(self.check.get("passed"))
+
     def to_dict(self) -> dict[str, Any]:
         return {**self.check, "batchnorm_before": self.batchnorm_before, "batchnorm_after": self.batchnorm_after,
                 "folded": self.folded, "output": None if self.output is None else str(self.output),
@@ -220,18 +224,28 @@ class FuseResult:
 
 @dataclass
 class ExportResult:
-    output: Path
+    output: Path | None  # None when a check failed: nothing that diverges stays on disk
     check: dict[str, Any]  # ONNX Runtime vs eager: max_abs_diff, top1/top5 agreement, tolerance, passed, skipped
     weights: WeightsInfo
     engine: Path | None = None  # a TensorRT engine, when asked for
+    openvino: Path | None = None  # the OpenVINO IR written beside the .onnx
+    check_openvino: dict[str, Any] | None = None  # OpenVINO vs eager, the same measure
+
+    @property
+    def failed(self) -> list[tuple[str, dict[str, Any]]]:
+        checks = [("ONNX Runtime", self.check)] + ([("OpenVINO", self.check_openvino)] if self.check_openvino else [])
+        return [(name, r) for name, r in checks if not r.get("passed")]
 
     @property
     def passed(self) -> bool:
-        return bool(self.check.get("passed"))
+        return not self.failed
 
     def to_dict(self) -> dict[str, Any]:
-        return {"output": str(self.output), "engine": str(self.engine) if self.engine else None, "check": self.check,
-                "weights": self.weights.to_dict()}
+        doc = {"output": str(self.output) if self.output else None, "openvino": str(self.openvino) if self.openvino else None,
+               "engine": str(self.engine) if self.engine else None, "check": self.check, "weights": self.weights.to_dict()}
+        if self.check_openvino is not None:
+            doc["check_openvino"] = self.check_openvino
+        return doc
 
 
 @dataclass
@@ -417,7 +431,7 @@ def _check_batch(images: Sequence[PathLike], meta: ModelMeta):
 
 
 def fuse(model: LoadedModel | tuple | PathLike, output: PathLike | None = None, *, check: Sequence[PathLike] = ()) -> FuseResult:
-    """Fold every BatchNorm into the conv before it; compare with the unfused model; optionally save."""
+    """Fold every BatchNorm into the conv before it; compare with the unfused model; save only if the check passes."""
     from .deploy.fuse import FusedBatchNorm, fuse_model, fusion_report
     from .model import save_checkpoint
 
@@ -430,36 +444,51 @@ def fuse(model: LoadedModel | tuple | PathLike, output: PathLike | None = None, 
     fused = fuse_model(m.module)
     _, x, skipped = _check_batch(check, m.meta)
     rep = fusion_report(m.module, fused, x)
+    eq = rep.pop("check")
+    rep["check"] = eq.to_dict()
     fused_meta = m.meta.with_change(FusedBatchNorm.of(fused))  # the change list says BN was folded
-    if out is not None:
-        save_checkpoint(out, fused, fused_meta)
+    saved = None
+    if out is not None and eq.passed:  # a failed check writes nothing that looks usable
+        saved = save_checkpoint(out, fused, fused_meta)
     counts = {k: rep.pop(k) for k in ("folded", "batchnorm_before", "batchnorm_after")}
-    return FuseResult(LoadedModel(fused, fused_meta), check=rep, weights=m.weights, output=out, skipped=skipped, **counts)
+    return FuseResult(LoadedModel(fused, fused_meta), check=rep, weights=m.weights, output=saved, skipped=skipped, **counts)
 
 
 def export(model: LoadedModel | tuple | PathLike, output: PathLike, *, opset: int | None = None, dynamic_batch: bool = False,
-           exporter: str = "dynamo", check: Sequence[PathLike] = (), tensorrt: str | None = None,
+           exporter: str = "dynamo", openvino: bool = True, check: Sequence[PathLike] = (), tensorrt: str | None = None,
            calib: PathLike | None = None) -> ExportResult:
-    """Export to ONNX (checked by onnx.checker, then ONNX Runtime vs eager); optionally a TensorRT engine.
+    """Export to ONNX (and OpenVINO IR), each checked against eager PyTorch; optionally a TensorRT engine.
 
-    ``result.passed`` is False when ONNX Runtime diverges from eager PyTorch; the CLI exits 1 then.
+    When a check fails, every file written is removed, ``result.output`` is None and
+    ``result.passed`` is False; the CLI exits 1 then.
     """
-    from .deploy.onnx import ExportOptions, check_onnx, export_onnx
+    from .deploy.onnx import ExportOptions, check_onnx, check_openvino, export_onnx, remove_export
 
-    opts = ExportOptions(opset=opset, dynamic_batch=dynamic_batch, exporter=exporter)
+    opts = ExportOptions(opset=opset, dynamic_batch=dynamic_batch, exporter=exporter, openvino=openvino)
+    opts.check()  # a bad opset is one line before any work
     if tensorrt:
         from .deploy.tensorrt import require_tensorrt
 
         require_tensorrt()  # fail in one line before the export, not after
     m = as_model(model)
     path = export_onnx(m.module, output, opts, m.meta)
-    rep = check_onnx(path, m.module, list(check))
-    engine = None
+    xml = path.with_suffix(".xml") if openvino else None
+    try:
+        rep = check_onnx(path, m.module, list(check))
+        rep_ov = check_openvino(xml, m.module, list(check)) if xml else None
+    except BaseException:
+        remove_export(path)
+        raise
+    res = ExportResult(Path(path), rep, m.weights, None, xml, rep_ov)
+    if res.failed:
+        remove_export(path)
+        res.output = res.openvino = None
+        return res
     if tensorrt:
         from .deploy.tensorrt import TensorRTOptions, build_engine
 
-        engine = build_engine(path, path.with_suffix(f".{tensorrt}.engine"), TensorRTOptions(tensorrt, calib))
-    return ExportResult(Path(path), rep, m.weights, engine)
+        res.engine = build_engine(path, path.with_suffix(f".{tensorrt}.engine"), TensorRTOptions(tensorrt, calib))
+    return res
 
 
 def quantize(onnx_model: PathLike, calib: PathLike, output: PathLike, *, compare_torch: LoadedModel | tuple | PathLike | None = None,

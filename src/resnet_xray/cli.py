@@ -62,6 +62,10 @@ COMMANDS: tuple[Command, ...] = (
             "resnet_xray.deploy.commands:quantize_args"),
     Command("bench", "every inference path side by side: latency, throughput, GFLOP/s vs measured peak",
             "resnet_xray.deploy.commands:bench_args"),
+    Command("evaluate", "accuracy of deployed models (.onnx / .xml) on a labelled folder, and agreement with the first",
+            "resnet_xray.deploy.commands:evaluate_args"),
+    Command("optimize", "prune -> fuse -> export -> INT8 on every engine -> measure -> the fastest model within an accuracy budget",
+            "resnet_xray.deploy.commands:optimize_args"),
     Command("prune", "iterative structured channel pruning (importance -> prune -> fine-tune -> evaluate)",
             "resnet_xray.prune.commands:prune_args"),
 )

@@ -21,6 +21,7 @@ def classify_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("images", nargs="+", help="image files and/or folders")
     add_model_args(p)
+    p.add_argument("--model", metavar="PATH", help="a deployed model (.onnx, or OpenVINO .xml) instead of --arch/--weights")
     add_flags(p, ClassifyOptions, CLASSIFY_FLAGS)
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.add_argument("--draw", metavar="DIR", help="multi-task models: save each image with its predicted box drawn")
@@ -32,7 +33,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from .classify import ClassifyOptions
 
     opts = from_args(ClassifyOptions, args, CLASSIFY_FLAGS)  # checked before the model is built: a bad flag costs no time
-    model = model_from_args(args)
+    if args.model:  # a deployed artefact describes itself (class names, preprocessing, arch)
+        from .api import LoadedModel
+        from .deploy.runtime import load_deployed
+
+        model = LoadedModel(*load_deployed(args.model))
+    else:
+        model = model_from_args(args)
     result = api.classify(model, args.images, topk=opts.topk, batch_size=opts.batch_size, progress=not args.json)
     if args.json:
         print_json(result.to_dict())

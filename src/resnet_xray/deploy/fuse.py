@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from ..compare import Tolerance, compare
 from ..errors import XrayError
 from ..interface import class_logits
 from ..spec import Change, SpecError, register
@@ -173,24 +174,24 @@ class FusedBatchNorm(Change):
 @torch.inference_mode()
 def compare_logits(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
     """Max/mean absolute difference and top-1 agreement between two batches of logits."""
-    ref, cand = reference.double(), candidate.double()
-    diff = (ref - cand).abs()
-    return {
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "max_abs_logit": float(ref.abs().max()),
-        "top1_agreement": float((ref.argmax(1) == cand.argmax(1)).double().mean()),
-        "images": int(ref.shape[0]),
-    }
+    eq = compare(reference, candidate)
+    return {k: getattr(eq, k) for k in ("max_abs_diff", "mean_abs_diff", "max_abs_logit", "top1_agreement", "images")}
 
 
 @torch.inference_mode()
-def fusion_report(model: nn.Module, fused: nn.Module, images: torch.Tensor) -> dict[str, Any]:
-    """The check the ``fuse`` command prints: fused vs unfused logits on a batch of real images."""
+def fusion_report(model: nn.Module, fused: nn.Module, images: torch.Tensor, tolerance: Tolerance | None = None) -> dict[str, Any]:
+    """The check the ``fuse`` command prints: fused vs unfused logits on a batch of real images.
+
+    ``report["check"]`` is the :class:`~resnet_xray.compare.Equivalence` (as a dict) and
+    ``report["passed"]`` its verdict: a model whose outputs are NaN never passes.
+    """
     model.eval()
     fused.eval()
-    report = compare_logits(class_logits(model(images)), class_logits(fused(images)))
+    eq = compare(lambda x: class_logits(model(x)), lambda x: class_logits(fused(x)), images, tolerance, names=("unfused", "fused"))
+    report: dict[str, Any] = {k: getattr(eq, k) for k in ("max_abs_diff", "mean_abs_diff", "max_abs_logit", "top1_agreement", "images")}
     report["batchnorm_before"] = count_batchnorm(model)
     report["batchnorm_after"] = count_batchnorm(fused)
     report["folded"] = len(getattr(fused, "fused_pairs", []))
+    report["passed"] = eq.passed
+    report["check"] = eq
     return report

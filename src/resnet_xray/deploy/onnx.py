@@ -25,12 +25,17 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path, check_writable, write_json
+from ..compare import Equivalence, Tolerance, compare
 from ..errors import XrayError
 from ..image import Preprocessing, bundled_cat, load_batch
 from ..interface import ClassLogits, class_logits
+from .artefact import merge_meta, onnx_embedded, read_sidecar, set_onnx_embedded, sidecar_path
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+# The dynamo exporter translates at opset 18 and cannot reliably convert down (it silently keeps 18);
+# the TorchScript route writes 9 and up; ONNX Runtime reads up to onnx's own newest.
+MIN_OPSET = {"dynamo": 18, "torchscript": 9}
 
 
 @dataclass
@@ -40,12 +45,19 @@ class ExportOptions:
     exporter: str = "dynamo"  # "dynamo" (torch.export + onnxscript) or "torchscript" (dynamo=False)
     input_size: int | None = None  # square side; None: the crop size of the model's preprocessing
     batch: int = 1  # the example batch size (and the fixed one without dynamic_batch)
+    openvino: bool = False  # also write OpenVINO IR (model.xml + model.bin) beside the .onnx
 
+    def check(self) -> None:
+        import onnx
 
-def sidecar_path(onnx_path: str | os.PathLike) -> Path:
-    """Where the JSON beside an ONNX file lives: ``model.onnx`` -> ``model.onnx.json``."""
-    p = Path(onnx_path)
-    return p.with_name(p.name + ".json")
+        if self.exporter not in MIN_OPSET:
+            raise XrayError(f"--exporter {self.exporter!r}: choose dynamo or torchscript")
+        top = onnx.defs.onnx_opset_version()
+        if self.opset is not None and not MIN_OPSET[self.exporter] <= self.opset <= top:
+            raise XrayError(f"--opset {self.opset}: the {self.exporter} exporter writes opsets "
+                            f"{MIN_OPSET[self.exporter]} to {top}" + (" (use --exporter torchscript for older ones)" if self.exporter == "dynamo" else ""))
+        if self.batch < 1:
+            raise XrayError(f"batch {self.batch}: must be at least 1")
 
 
 def export_onnx(
@@ -69,6 +81,7 @@ def export_onnx(
         The path written.
     """
     opts = options or ExportOptions()
+    opts.check()
     out = check_writable(path)
     pre: Preprocessing = meta.preprocessing if meta is not None else Preprocessing.seed()
     size = opts.input_size or pre.crop
@@ -86,17 +99,6 @@ def export_onnx(
         probe = class_logits(probe)
     num_classes = int(probe.shape[1])
 
-    with atomic_path(out) as tmp:
-        try:
-            _run_exporter(model, example, tmp, opts)
-            import onnx
-
-            proto = onnx.load(str(tmp))
-            onnx.checker.check_model(proto, full_check=True)
-        finally:
-            # the dynamo exporter may write external data next to tmp for huge models; ours are single-file
-            Path(str(tmp) + ".data").unlink(missing_ok=True)
-
     side = {
         "format": "resnet-xray onnx sidecar",
         "input_name": INPUT_NAME,
@@ -104,21 +106,36 @@ def export_onnx(
         "input_shape": ["batch" if opts.dynamic_batch else opts.batch, 3, size, size],
         "num_classes": num_classes,
         "export_options": asdict(opts),
-        "opset": int(next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)),
         "torch": torch.__version__,
+        "preprocessing": pre.to_dict(),
     }
     if meta is not None:
-        side.update(arch=meta.arch, weights=meta.weights, pretrained=bool(meta.pretrained), class_names=list(meta.class_names), preprocessing=pre.to_dict())
-    else:
-        side["preprocessing"] = pre.to_dict()
+        side.update(arch=meta.arch, weights=meta.weights, pretrained=bool(meta.pretrained), class_names=list(meta.class_names))
+    with atomic_path(out) as tmp:
+        try:
+            _run_exporter(model, example, tmp, opts)
+            import onnx
+
+            proto = onnx.load(str(tmp))
+            onnx.checker.check_model(proto, full_check=True)
+            side["opset"] = int(next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0))
+            if opts.opset is not None and side["opset"] != opts.opset:
+                raise XrayError(f"--opset {opts.opset}: the {opts.exporter} exporter wrote opset {side['opset']} instead")
+            # the description travels inside the file, so the .onnx alone is a usable model
+            set_onnx_embedded(proto, side)
+            onnx.save(proto, str(tmp))
+        finally:
+            # the dynamo exporter may write external data next to tmp for huge models; ours are single-file
+            Path(str(tmp) + ".data").unlink(missing_ok=True)
     write_json(sidecar_path(out), side)
+    if opts.openvino:
+        from .openvino import write_ir
+
+        write_ir(out, out.with_suffix(".xml"), side)
     return out
 
 
-
 def _run_exporter(model: nn.Module, example: torch.Tensor, path: Path, opts: ExportOptions) -> None:
-    if opts.exporter not in ("dynamo", "torchscript"):
-        raise XrayError(f"--exporter {opts.exporter!r}: choose dynamo or torchscript")
     kwargs: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
     if opts.opset is not None:
         kwargs["opset_version"] = opts.opset
@@ -133,7 +150,7 @@ def _run_exporter(model: nn.Module, example: torch.Tensor, path: Path, opts: Exp
                 if opts.dynamic_batch:
                     kwargs["dynamic_axes"] = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
                 torch.onnx.export(model, (example,), str(path), dynamo=False, **kwargs)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, RuntimeError) as e:
             if opts.opset is not None and "opset" in str(e).lower():
                 raise XrayError(f"--opset {opts.opset}: not supported by the {opts.exporter} exporter ({str(e).splitlines()[0][:150]})") from None
             raise
@@ -164,7 +181,9 @@ class OnnxInfo:
     def preprocessing(self) -> Preprocessing:
         pre = self.sidecar.get("preprocessing")
         if pre:
-            return Preprocessing.from_dict(pre)
+            from .artefact import check_preprocessing
+
+            return check_preprocessing(pre, str(sidecar_path(self.path)), self.image_size)
         # No sidecar: the seed pipeline, cropped to whatever the model takes.
         size = self.image_size
         return Preprocessing(resize=round(size * 256 / 224), crop=size, source=f"seed pipeline scaled to {size} px (no sidecar found)")
@@ -209,14 +228,11 @@ def inspect_onnx(path: str | os.PathLike, flag: str = "") -> OnnxInfo:
         raise XrayError(f"{where}: input {inp.name!r} is {dims[2]}x{dims[3]}; only square inputs (a centre crop) are supported")
     if len(proto.graph.output) < 1:
         raise XrayError(f"{where}: the graph has no output")
-    side_p = sidecar_path(p)
-    sidecar: dict[str, Any] = {}
-    if side_p.exists():
-        try:
-            sidecar = json.loads(side_p.read_text())
-        except (OSError, ValueError) as e:
-            raise XrayError(f"{side_p}: unreadable sidecar ({e}); delete it or re-export") from None
-    return OnnxInfo(p, inp.name, dims, proto.graph.output[0].name, sidecar)
+    out_dims = proto.graph.output[0].type.tensor_type.shape.dim
+    num_classes = int(out_dims[-1].dim_value) if out_dims and out_dims[-1].HasField("dim_value") else None
+    sidecar, side_p = read_sidecar(p)
+    merged = merge_meta(onnx_embedded(proto), sidecar, p, side_p, image_size=int(dims[2]), num_classes=num_classes)
+    return OnnxInfo(p, inp.name, dims, proto.graph.output[0].name, merged)
 
 
 def ort_session(path: str | os.PathLike, threads: int | None = None, optimize: bool = True, spin: bool = True):
@@ -293,17 +309,44 @@ def check_onnx(
     ref = class_logits(model.eval()(x)).float()
     if got.shape != ref.shape:
         raise XrayError(f"{path}: output shape {tuple(got.shape)} differs from the model's {tuple(ref.shape)}; wrong model?")
-    diff = (got.double() - ref.double()).abs()
-    tol = atol + rtol * float(ref.abs().max())
-    top1 = float((got.argmax(1) == ref.argmax(1)).double().mean())
-    report = {
-        "images": len(names),
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "top1_agreement": top1,
-        "top5_agreement": topk_overlap(ref, got, 5),
-        "tolerance": tol,
-        "skipped": [{"image": s.path, "reason": s.reason} for s in skipped],
-    }
-    report["passed"] = bool(report["max_abs_diff"] <= tol and top1 == 1.0)
+    eq = compare(ref, got, tolerance=Tolerance(atol=atol, rtol=rtol), names=("eager", "onnxruntime"))
+    return _check_dict(eq, len(names), skipped)
+
+
+def _check_dict(eq: Equivalence, images: int, skipped: list) -> dict[str, Any]:
+    """The export check's report: the equivalence fields plus the names the CLI has always printed."""
+    report = eq.to_dict()
+    report.update(images=images, top5_agreement=report["top5_overlap"], tolerance=eq.limit,
+                  skipped=[{"image": s.path, "reason": s.reason} for s in skipped])
     return report
+
+
+def remove_export(path: Path) -> None:
+    """Remove what export wrote for ``path``: the .onnx, its sidecar, and the OpenVINO IR beside it."""
+    from .openvino import remove_ir
+
+    for p in (path, sidecar_path(path)):
+        p.unlink(missing_ok=True)
+    remove_ir(path.with_suffix(".xml"))
+
+
+@torch.inference_mode()
+def check_openvino(xml_path: Path, model: nn.Module, images: Iterable[str | os.PathLike] | torch.Tensor | None = None,
+                   *, atol: float = 1e-3, rtol: float = 1e-4) -> dict[str, Any]:
+    """OpenVINO (FP32 IR) vs eager PyTorch, the same check and report as :func:`check_onnx`."""
+    from .artefact import check_preprocessing
+    from .openvino import inspect_ir, openvino_runner
+
+    _, info = inspect_ir(xml_path)
+    skipped: list = []
+    if isinstance(images, torch.Tensor):
+        x, n = images.float(), images.shape[0]
+    else:
+        pre = check_preprocessing(info.meta["preprocessing"], str(xml_path), info.image_size)
+        names, x, skipped = load_batch([bundled_cat(), *(images or [])], pre)
+        n = len(names)
+    fixed = info.input_shape[0] if isinstance(info.input_shape[0], int) else None
+    got = openvino_runner(xml_path, batch=fixed)(x.numpy())
+    ref = class_logits(model.eval()(x)).float()
+    eq = compare(ref, got, tolerance=Tolerance(atol=atol, rtol=rtol), names=("eager", "openvino"))
+    return _check_dict(eq, n, skipped)

@@ -11,9 +11,11 @@ through the model's own preprocessing (from the export sidecar).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_json
+from ..compare import Tolerance, compare
 from ..errors import XrayError
 from ..options import at_least, one_of
 from ..image import IMAGE_EXTENSIONS, Preprocessing, Skipped, expand_inputs
@@ -51,15 +54,35 @@ class QuantizeOptions:
     reduce_range: bool | None = None  # 7-bit weights; None: on exactly when the CPU lacks VNNI
     activation_type: str = "uint8"  # U8S8 (uint8 activations, int8 weights): ORT's fast x86 pairing
     max_calib_images: int | None = None  # cap on calibration images (None: all but the held-out share)
-    holdout_every: int = 5  # every k-th image of --calib is held out for the agreement check
+    holdout_every: int = 5  # every k-th image of --calib is held out for the agreement check; 0: none held out
     eval_dir: str | None = None  # a separate held-out folder; overrides holdout_every
     batch_size: int = 8  # images per calibration/evaluation forward (only with a dynamic batch)
     progress: bool = True  # progress bars on stderr
+    # INT8 moves logits by design; what must hold is the decision. Below this top-1 agreement with
+    # FP32 on the held-out images the INT8 model is not written and the command exits 1.
+    min_agreement: float = 0.9
+    engine: str = "ort"  # ort: ONNX Runtime QDQ (.onnx) | openvino: NNCF post-training INT8 (.xml)
+    time_check: bool = True  # time FP32 and INT8 round-robin and say when INT8 is the slower one here
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise XrayError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.activation_type not in ("uint8", "int8"):
+            raise XrayError(f"activation type {self.activation_type!r}: choose uint8 or int8")
+        if self.max_calib_images is not None and self.max_calib_images < 1:
+            raise XrayError(f"--max-images {self.max_calib_images}: must be at least 1")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise XrayError(f"--min-agreement {self.min_agreement}: must lie between 0 and 1")
+        if self.engine not in ("ort", "openvino"):
+            raise XrayError(f"--engine {self.engine!r}: choose ort or openvino")
+        if self.batch_size < 1:
+            raise XrayError(f"batch size {self.batch_size}: must be at least 1")
 
     def __post_init__(self) -> None:
         one_of("method", self.method, ("minmax", "entropy", "percentile"))
         at_least("max_calib_images", self.max_calib_images, 1, allow_none=True)
-        at_least("holdout_every", self.holdout_every, 2)
+        if self.holdout_every != 0:  # 0 is "hold none out" (optimize scores on its own val split)
+            at_least("holdout_every", self.holdout_every, 2)
         at_least("batch_size", self.batch_size, 1)
 
 
@@ -179,7 +202,8 @@ def log_softmax_np(z: np.ndarray) -> np.ndarray:
 
 
 def agreement(
-    runners: dict[str, Any], files: list[Path], info: OnnxInfo, batch: int, progress: bool, labels: dict[Path, int] | None = None
+    runners: dict[str, Any], files: list[Path], info: OnnxInfo, batch: int, progress: bool, labels: dict[Path, int] | None = None,
+    min_agreement: float = 0.0,
 ) -> dict[str, Any]:
     """Run the FP32 reference (first runner) and each other runner on the same images.
 
@@ -212,7 +236,12 @@ def agreement(
         }
         if y is not None:
             row["accuracy"] = float((z.argmax(1) == y).mean())
+        if n != ref_name:
+            eq = compare(ref, z, tolerance=Tolerance.reduced_precision(min_agreement), names=(ref_name, n))
+            row["check"] = eq.to_dict()
+            row["mean_kl"] = eq.to_dict()["kl"]  # null, not NaN, when an output is not finite
         out["paths"][n] = row
+    out["passed"] = all(r.get("check", {}).get("passed", True) for r in out["paths"].values())
     return out
 
 
@@ -263,10 +292,7 @@ def quantize_onnx(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     opts = options or QuantizeOptions()
-    if opts.method not in METHODS:
-        raise XrayError(f"--method {opts.method!r}: choose one of {', '.join(METHODS)}")
-    if opts.activation_type not in ("uint8", "int8"):
-        raise XrayError(f"activation type {opts.activation_type!r}: choose uint8 or int8")
+    opts.check()
     info = inspect_onnx(fp32_path)
     calib_root = Path(calib_dir)
     files = list_images(calib_root, "--calib")
@@ -294,46 +320,57 @@ def quantize_onnx(
     reader = _calibration_reader_class()(calib, info, calib_batch, opts.progress)
     workdir = Path(tempfile.mkdtemp(prefix=".quantize-", dir=out.parent))
     try:
-        prep = workdir / "preprocessed.onnx"
-        try:
-            quant_pre_process(str(info.path), str(prep), skip_symbolic_shape=False)
-        except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs; ONNX's own still runs
-            quant_pre_process(str(info.path), str(prep), skip_symbolic_shape=True)
-        tmp_out = workdir / "int8.onnx"
-        try:
-            ranges = None
-            if method == CalibrationMethod.Entropy:
-                # quantize_static builds the entropy histogram with as many bins as quantised
-                # bins (128), which leaves one candidate threshold: the min/max range, so
-                # "entropy" silently equals minmax. Calibrate here with TensorRT's split instead.
-                calibrator = create_calibrator(str(prep), augmented_model_path=str(workdir / "augmented.onnx"),
-                                               calibrate_method=method, extra_options={**ENTROPY_BINS, "symmetric": opts.activation_type == "int8"})
-                calibrator.collect_data(reader)
-                ranges = workdir / "ranges.json"
-                save_tensors_data(calibrator.compute_data(), ranges)
-            quantize_static(
-                str(prep),
-                str(tmp_out),
-                None if ranges else reader,
-                calibration_cache_path=str(ranges) if ranges else None,
-                quant_format=QuantFormat.QDQ,
-                per_channel=opts.per_channel,
-                reduce_range=reduce_range,
-                activation_type=QuantType.QUInt8 if opts.activation_type == "uint8" else QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=method,
-                extra_options={"ActivationSymmetric": opts.activation_type == "int8"},
-            )
-        except Exception:  # noqa: BLE001 - re-raised unless it was our empty reader
-            if reader.used == 0:
-                raise XrayError(f"--calib {calib_root}: none of the {len(calib)} calibration images could be read") from None
-            raise
-        if reader.used == 0:
-            raise XrayError(f"--calib {calib_root}: none of the {len(calib)} calibration images could be read")
-        calib_used, calib_skipped = reader.used, list(reader.skipped)
+        if opts.engine == "openvino":
+            tmp_out, calib_used, calib_skipped, fp32_ir = _quantize_openvino(info, calib, workdir, opts, calib_root)
+        else:
+            # ORT's calibrators print progress ("Collecting tensor data ...") on stdout: keep stdout for results
+            with contextlib.redirect_stdout(sys.stderr):
+                prep = workdir / "preprocessed.onnx"
+                try:
+                    quant_pre_process(str(info.path), str(prep), skip_symbolic_shape=False)
+                except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs; ONNX's own still runs
+                    quant_pre_process(str(info.path), str(prep), skip_symbolic_shape=True)
+                tmp_out = workdir / "int8.onnx"
+                try:
+                    ranges = None
+                    if method == CalibrationMethod.Entropy:
+                        # quantize_static builds the entropy histogram with as many bins as quantised
+                        # bins (128), which leaves one candidate threshold: the min/max range, so
+                        # "entropy" silently equals minmax. Calibrate here with TensorRT's split instead.
+                        calibrator = create_calibrator(str(prep), augmented_model_path=str(workdir / "augmented.onnx"),
+                                                       calibrate_method=method, extra_options={**ENTROPY_BINS, "symmetric": opts.activation_type == "int8"})
+                        calibrator.collect_data(reader)
+                        ranges = workdir / "ranges.json"
+                        save_tensors_data(calibrator.compute_data(), ranges)
+                    quantize_static(
+                        str(prep),
+                        str(tmp_out),
+                        None if ranges else reader,
+                        calibration_cache_path=str(ranges) if ranges else None,
+                        quant_format=QuantFormat.QDQ,
+                        per_channel=opts.per_channel,
+                        reduce_range=reduce_range,
+                        activation_type=QuantType.QUInt8 if opts.activation_type == "uint8" else QuantType.QInt8,
+                        weight_type=QuantType.QInt8,
+                        calibrate_method=method,
+                        extra_options={"ActivationSymmetric": opts.activation_type == "int8"},
+                    )
+                except Exception:  # noqa: BLE001 - re-raised unless it was our empty reader
+                    if reader.used == 0:
+                        raise XrayError(f"--calib {calib_root}: none of the {len(calib)} calibration images could be read") from None
+                    raise
+                if reader.used == 0:
+                    raise XrayError(f"--calib {calib_root}: none of the {len(calib)} calibration images could be read")
+                calib_used, calib_skipped = reader.used, list(reader.skipped)
 
-        int8_info = OnnxInfo(tmp_out, info.input_name, info.input_shape, info.output_name, info.sidecar)
-        runners: dict[str, Any] = {"ort_fp32": ort_runner(info.path, info), "ort_int8": ort_runner(tmp_out, int8_info)}
+        if opts.engine == "openvino":
+            from .openvino import openvino_runner
+
+            fixed = info.fixed_batch
+            runners: dict[str, Any] = {"openvino_fp32": openvino_runner(fp32_ir, batch=fixed), "openvino_int8": openvino_runner(tmp_out, batch=fixed)}
+        else:
+            int8_info = OnnxInfo(tmp_out, info.input_name, info.input_shape, info.output_name, info.sidecar)
+            runners = {"ort_fp32": ort_runner(info.path, info), "ort_int8": ort_runner(tmp_out, int8_info)}
         torch_report = None
         if torch_model is not None:
             from .torch_int8 import quantize_torch_fx
@@ -344,7 +381,8 @@ def quantize_onnx(
         eval_files = held or calib
         labels_list, label_note = folder_labels(eval_files, eval_root, info.class_names, _num_classes(info))
         labels = dict(zip(eval_files, labels_list)) if labels_list else None
-        agree = agreement(runners, eval_files, info, batch, opts.progress, labels)
+        agree = agreement(runners, eval_files, info, batch, opts.progress, labels, opts.min_agreement)
+        speed = _time_fp32_int8(runners, info, batch) if opts.time_check else None
 
         size_fp32 = info.path.stat().st_size
         size_int8 = tmp_out.stat().st_size
@@ -354,9 +392,12 @@ def quantize_onnx(
             "size_fp32_bytes": size_fp32,
             "size_int8_bytes": size_int8,
             "compression": size_fp32 / size_int8,
+            "engine": opts.engine,
+            "passed": agree["passed"],
+            "speed": speed,
             "choices": {
-                "runtime": "onnxruntime " + _ort_version(),
-                "format": "QDQ",
+                "runtime": "onnxruntime " + _ort_version() if opts.engine == "ort" else "openvino " + _ov_version() + ", nncf " + _nncf_version(),
+                "format": "QDQ" if opts.engine == "ort" else "OpenVINO IR (FakeQuantize), NNCF post-training quantisation",
                 "pre_process": "onnxruntime.quantization.shape_inference.quant_pre_process",
                 "method": opts.method,
                 "per_channel": opts.per_channel,
@@ -383,16 +424,76 @@ def quantize_onnx(
         }
         if torch_report:
             report["torch_int8"] = torch_report
+        if not agree["passed"]:
+            report["int8_model"] = None  # a model that fails its check is not written
+            return report
         side = {**info.sidecar, "quantization": report}
         side.setdefault("preprocessing", info.preprocessing.to_dict())
         # model first, then its sidecar: a reader never sees a sidecar describing a missing file
-        os.replace(tmp_out, out)
+        if opts.engine == "openvino":
+            os.replace(tmp_out.with_suffix(".bin"), out.with_suffix(".bin"))
+            os.replace(tmp_out, out)
+        else:
+            _embed(tmp_out, side)
+            os.replace(tmp_out, out)
         write_json(sidecar_path(out), side)
     except OSError as e:
         raise XrayError(f"cannot write {out}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return report
+
+
+def _embed(path: Path, side: dict[str, Any]) -> None:
+    """ORT's quantiser drops metadata_props; put the model's description back inside the INT8 file."""
+    import onnx
+
+    from .artefact import set_onnx_embedded
+
+    proto = onnx.load(str(path))
+    set_onnx_embedded(proto, side)
+    onnx.save(proto, str(path))
+
+
+def _quantize_openvino(info: OnnxInfo, calib: list[Path], workdir: Path, opts: QuantizeOptions, calib_root: Path):
+    """NNCF post-training INT8 of the FP32 model converted to IR: (int8 xml, used, skipped, fp32 xml)."""
+    from .openvino import quantize_nncf, write_ir
+
+    fp32_ir = write_ir(info.path, workdir / "fp32.xml", info.sidecar)
+    skipped: list[Skipped] = []
+    bs = 1 if info.fixed_batch else opts.batch_size
+    batches = [x for _, x in image_batches(calib, info.preprocessing, bs, skipped, "calibrate", opts.progress)]
+    if not batches:
+        raise XrayError(f"--calib {calib_root}: none of the {len(calib)} calibration images could be read")
+    res = quantize_nncf(fp32_ir, batches, workdir / "int8.xml")
+    return res.path, sum(len(b) for b in batches), skipped, fp32_ir
+
+
+def _time_fp32_int8(runners: dict[str, Any], info: OnnxInfo, batch: int) -> dict[str, Any]:
+    """FP32 and INT8 batch-1 latency, round-robin after warm-up; says when INT8 is the slower one here."""
+    from .runtime import time_models
+
+    names = list(runners)[:2]
+    x = np.random.default_rng(0).standard_normal((1, 3, info.image_size, info.image_size)).astype(np.float32)
+    stats = time_models({n: (lambda n=n: runners[n](x)) for n in names}, warmup=3, repeats=20, rounds=4)
+    fp32, int8 = (stats[n].median * 1e3 for n in names)
+    out = {"fp32_ms": fp32, "int8_ms": int8, "speedup": fp32 / int8, "method": "batch 1, round-robin, 4 rounds after 3 warm-up calls"}
+    if int8 >= fp32:
+        out["note"] = (f"{names[1]} is SLOWER than {names[0]} on this CPU ({int8:.1f} vs {fp32:.1f} ms): do not deploy it here; "
+                       + ("use OpenVINO INT8 (--engine openvino) or ORT FP32" if names[1].startswith("ort") else "use the FP32 model"))
+    return out
+
+
+def _ov_version() -> str:
+    import openvino
+
+    return openvino.__version__
+
+
+def _nncf_version() -> str:
+    import nncf
+
+    return nncf.__version__
 
 
 def _num_classes(info: OnnxInfo) -> int:

@@ -286,7 +286,7 @@ def prune(
 
     if not rounds:
         raise XrayError("no rounds to report")  # unreachable: steps >= 1
-    _remeasure_other_sessions(out, rounds, session, input_size, options)
+    _remeasure_round_robin(out, model, baseline, rounds, session, input_size, options)
     final = out / FINAL_CHECKPOINT
     if rounds[-1]["session"] == session or not final.exists():
         widths = PrunedWidths.of(current, round=len(rounds), criterion=options.importance, macs=rounds[-1]["macs"], baseline_macs=baseline["macs"], input_size=input_size)
@@ -332,6 +332,17 @@ def _load_state(out: Path, options: PruneOptions, meta: ModelMeta) -> dict[str, 
         if not (out / r["checkpoint"]).exists():
             raise XrayError(f"{out / r['checkpoint']}: listed as completed in {path} but missing; delete {path} to start over")
     return state
+
+
+def _remeasure_round_robin(out: Path, base_model: nn.Module, baseline: dict[str, Any], rounds: list[dict[str, Any]], session: str,
+                           input_size: int, options: PruneOptions) -> None:
+    """The reported latencies: the baseline and every round, timed round-robin in this process after warm-up."""
+    from .measure import measure_latencies
+
+    models = [base_model] + [load_model(None, out / r["checkpoint"])[0] for r in rounds]
+    lats = measure_latencies(models, input_size, repeats=options.latency_repeats, ort=options.measure_ort, threads=options.threads)
+    for rec, lat in zip([baseline, *rounds], lats):
+        rec.update(lat.to_dict(), session=session, timing="round-robin with the baseline, after warm-up")
 
 
 def _remeasure_other_sessions(out: Path, rounds: list[dict[str, Any]], session: str, input_size: int, options: PruneOptions) -> None:

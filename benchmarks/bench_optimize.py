@@ -1,0 +1,120 @@
+"""The deploy goals of issue 10, measured: ``optimize`` on a reference model, ratios side by side from one run.
+
+Runs :func:`resnet_xray.deploy.optimize.optimize` once (every candidate timed round-robin in
+this process after warm-up) and prints the goal table:
+
+- the optimize winner vs OpenVINO INT8 of the unpruned model with default settings (NNCF PTQ),
+  and vs eager FP32;
+- its accuracy loss against the FP32 checkpoint on the val split;
+- unpruned: our default INT8 (the fastest unpruned INT8 candidate that holds accuracy)
+  vs the best FP32 path, and its top-1 agreement with FP32 on the val images (500 on the reference task).
+
+Nothing is asserted: on a machine where a goal cannot be reached the table says so.
+
+    .venv/bin/python benchmarks/bench_optimize.py --checkpoint out/reference/resnet50/best.pt \
+        --data out/reference/data --target-macs 0.5 --max-drop 1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def cpu_flags() -> str:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    want = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+    return ", ".join(f for f in want if f in flags) or "none of avx2/avx512/vnni/amx"
+
+
+def goal_rows(res) -> list[tuple[str, str, str, str]]:
+    by = {c.name: c for c in res.candidates}
+    win = res.winner
+    rows: list[tuple[str, str, str, str]] = []
+
+    def ratio(a, b) -> str:
+        return f"{a / b:.2f}x" if a and b else "n/a"
+
+    peer = by.get("openvino int8 (nncf)")
+    eager = by.get("eager fp32")
+    if win:
+        rows.append((f"optimize winner ({win.name}) vs OpenVINO INT8 unpruned default", ratio(peer.latency_ms, win.latency_ms) if peer else "n/a",
+                     ">= 1.6x", ""))
+        rows.append(("optimize winner vs eager FP32", ratio(eager.latency_ms, win.latency_ms), ">= 5x", ""))
+        rows.append(("accuracy loss of the winner (points)", f"{(res.baseline_accuracy - win.accuracy) * 100:.2f}", "<= 1.0",
+                     f"FP32 {res.baseline_accuracy:.1%}, winner {win.accuracy:.1%}"))
+    else:
+        rows.append(("optimize winner", "none within budget", "", ""))
+    unpruned = [c for c in res.candidates if not c.pruned]
+    fp32 = [c for c in unpruned if c.precision == "fp32" and c.latency_ms]
+    int8 = [c for c in unpruned if c.precision.startswith("int8") and c.deployable and c.latency_ms and c.status != "dropped"]
+    if fp32 and int8:
+        best_fp32 = min(fp32, key=lambda c: c.latency_ms)
+        ours = min(int8, key=lambda c: c.latency_ms)
+        rows.append((f"unpruned default INT8 ({ours.name}) vs best FP32 ({best_fp32.name})", ratio(best_fp32.latency_ms, ours.latency_ms),
+                     ">= 1.3x AVX2, >= 2.5x VNNI/AMX", ""))
+        rows.append((f"top-1 agreement of {ours.name} with FP32", f"{ours.agreement:.1%}", ">= 99%",
+                     f"on {ours.check['images']} val images" if ours.check else ""))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default="out/reference/resnet50/best.pt")
+    ap.add_argument("--data", default="out/reference/data")
+    ap.add_argument("--out", default="out/bench_optimize")
+    ap.add_argument("--target-macs", type=float, default=0.5)
+    ap.add_argument("--max-drop", type=float, default=1.0)
+    ap.add_argument("--prune-steps", type=int, default=2)
+    ap.add_argument("--finetune-epochs", type=int, default=1)
+    ap.add_argument("--input-size", type=int, default=None, help="default: the checkpoint's crop")
+    ap.add_argument("--eval-images", type=int, default=500)
+    ap.add_argument("--calib-images", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=40)
+    ap.add_argument("--engines", default="ort,openvino,torch")
+    ap.add_argument("--resume", action="store_true")
+    args = ap.parse_args(argv)
+
+    import os
+
+    from resnet_xray.deploy.optimize import OptimizeOptions, optimize
+    from resnet_xray.errors import XrayError
+
+    if not Path(args.checkpoint).exists():
+        print(f"bench_optimize: {args.checkpoint} not found; train the reference model (docs/train.md) or pass --checkpoint", file=sys.stderr)
+        return 2
+    opts = OptimizeOptions(data=args.data, out=args.out, max_drop=args.max_drop, target_macs=args.target_macs or None,
+                           prune_steps=args.prune_steps, finetune_epochs=args.finetune_epochs,
+                           engines=tuple(args.engines.split(",")), calib_images=args.calib_images, eval_images=args.eval_images,
+                           input_size=args.input_size, threads=args.threads, repeats=args.repeats,
+                           resume=args.resume, overwrite=not args.resume)
+    try:
+        res = optimize(args.checkpoint, opts)
+    except XrayError as e:
+        print(f"bench_optimize: {e}", file=sys.stderr)
+        return 2
+    m = res.machine
+    print(f"CPU: {m['cpu']} ({os.cpu_count()} logical cores), flags: {cpu_flags()}; {m['threads']} thread(s); "
+          f"load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"model: {args.checkpoint}; data: {args.data}; input {args.input_size or 'checkpoint crop'} px; "
+          f"budget {args.max_drop} points; target MACs {args.target_macs}; {res.seconds:.0f} s")
+    print()
+    print(res.table())
+    print()
+    rows = goal_rows(res)
+    w = max(len(r[0]) for r in rows)
+    print(f"{'goal':{w}s}  {'measured':>10s}  {'target':30s}  note")
+    for name, got, target, note in rows:
+        print(f"{name:{w}s}  {got:>10s}  {target:30s}  {note}")
+    Path(args.out, "goals.json").write_text(json.dumps({"rows": rows, "cpu_flags": cpu_flags(), "machine": m}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

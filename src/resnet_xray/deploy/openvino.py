@@ -1,0 +1,258 @@
+"""OpenVINO as an engine of its own: IR export, NNCF post-training INT8, and a runner.
+
+Two INT8 routes exist and both are kept, because which is faster depends on the CPU:
+NNCF's post-training quantisation of the FP32 IR (``quantize_nncf``), and OpenVINO
+reading ONNX Runtime's QDQ file (``qdq_to_ir``). ``optimize`` times both and keeps
+the faster one that holds accuracy. Every IR carries the model's description in
+``rt_info`` (see :mod:`.artefact`), so an ``.xml`` alone is a usable model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import temp_path, write_json
+from ..errors import XrayError
+from .artefact import merge_meta, openvino_embedded, read_sidecar, set_openvino_embedded, sidecar_path
+
+
+def require_openvino():
+    try:
+        import openvino as ov
+    except ImportError:
+        raise XrayError("openvino is not installed; reinstall resnet-xray (pip install -e .), which pins it") from None
+    return ov
+
+
+def save_ir(model: Any, xml_path: Path, side: dict[str, Any]) -> Path:
+    """Write ``model`` as ``.xml`` + ``.bin`` (and its sidecar) atomically, description embedded."""
+    ov = require_openvino()
+    set_openvino_embedded(model, side)
+    tmp = temp_path(xml_path)
+    tmp_bin, out_bin = tmp.with_suffix(".bin"), xml_path.with_suffix(".bin")
+    try:
+        ov.save_model(model, str(tmp), compress_to_fp16=False)
+        # the .bin first: an .xml that is in place always has its weights beside it
+        os.replace(tmp_bin, out_bin)
+        os.replace(tmp, xml_path)
+    except (OSError, RuntimeError) as e:
+        raise XrayError(f"{xml_path}: cannot write OpenVINO IR ({str(e).splitlines()[0][:150]})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_bin.unlink(missing_ok=True)
+    write_json(sidecar_path(xml_path), side)
+    return xml_path
+
+
+def write_ir(onnx_path: Path, xml_path: Path, side: dict[str, Any]) -> Path:
+    """Convert an ONNX file (FP32, or a QDQ INT8 one) to OpenVINO IR beside it."""
+    ov = require_openvino()
+    try:
+        model = ov.convert_model(str(onnx_path))
+    except Exception as e:  # noqa: BLE001 - the converter's message names the unsupported op
+        raise XrayError(f"{onnx_path}: OpenVINO cannot convert it ({str(e).splitlines()[0][:150]})") from None
+    return save_ir(model, xml_path, {**side, "format": "resnet-xray openvino sidecar", "openvino": ov.__version__})
+
+
+def remove_ir(xml_path: Path) -> None:
+    for p in (xml_path, xml_path.with_suffix(".bin"), sidecar_path(xml_path)):
+        p.unlink(missing_ok=True)
+
+
+@dataclass
+class IrInfo:
+    path: Path
+    input_shape: list[int | str]
+    num_classes: int | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.input_shape[2])
+
+
+def inspect_ir(path: str | os.PathLike, flag: str = "") -> tuple[Any, IrInfo]:
+    """Read an OpenVINO IR classifier and its validated description; one-line errors otherwise."""
+    ov = require_openvino()
+    p = Path(path)
+    where = f"{flag} {p}".strip()
+    if not p.is_file():
+        raise XrayError(f"{where}: no such file")
+    if not p.with_suffix(".bin").is_file():
+        raise XrayError(f"{where}: its weights {p.with_suffix('.bin').name} are missing beside it")
+    try:
+        model = ov.Core().read_model(str(p))
+    except Exception as e:  # noqa: BLE001 - any parse failure means "not an IR"
+        raise XrayError(f"{where}: not an OpenVINO IR model ({str(e).splitlines()[0][:120]})") from None
+    if len(model.inputs) != 1:
+        raise XrayError(f"{where}: expected one image input, found {len(model.inputs)}")
+    ps = model.inputs[0].get_partial_shape()
+    dims: list[int | str] = [d.get_length() if d.is_static else "batch" for d in ps]
+    if len(dims) != 4 or dims[1] != 3 or not all(isinstance(d, int) and d >= 8 for d in dims[2:]) or dims[2] != dims[3]:
+        raise XrayError(f"{where}: input has shape {dims}, expected a square NCHW image [N, 3, S, S]")
+    out_ps = model.outputs[0].get_partial_shape()
+    num_classes = out_ps[-1].get_length() if out_ps.rank.is_static and out_ps[-1].is_static else None
+    sidecar, side_p = read_sidecar(p)
+    meta = merge_meta(openvino_embedded(model), sidecar, p, side_p, image_size=int(dims[2]), num_classes=num_classes)
+    return model, IrInfo(p, dims, num_classes, meta)
+
+
+def compile_cpu(model: Any, threads: int | None = None, batch: int | None = None):
+    """A compiled CPU model tuned for latency, FP32 arithmetic (no silent bf16 on AVX-512 BF16 CPUs)."""
+    ov = require_openvino()
+    if batch is not None:
+        shape = list(model.inputs[0].get_partial_shape())
+        model.reshape({model.inputs[0].get_any_name(): [batch, *[d.get_length() for d in shape[1:]]]})
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return ov.Core().compile_model(model, "CPU", config)
+
+
+def openvino_runner(path: str | os.PathLike, threads: int | None = None, batch: int | None = 1) -> Callable[[np.ndarray], np.ndarray]:
+    """A function NCHW float32 -> logits over an IR file; batches of any size go through one image at a time when fixed."""
+    model, info = inspect_ir(path)
+    compiled = compile_cpu(model, threads, batch)
+    request = compiled.create_infer_request()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if batch is None or x.shape[0] == batch:
+            return np.array(request.infer({0: x})[0])
+        return np.concatenate([np.array(request.infer({0: x[i : i + 1]})[0]) for i in range(x.shape[0])])
+
+    return run
+
+
+@contextlib.contextmanager
+def quiet_nncf() -> Any:
+    """NNCF logs its progress on stdout through ``logging`` and rich bars; keep stdout for results."""
+    import nncf
+
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    nncf.set_log_level(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(_Stderr()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+class _Stderr:
+    def write(self, s: str) -> int:
+        import sys
+
+        return sys.stderr.write(s)
+
+    def flush(self) -> None:
+        import sys
+
+        sys.stderr.flush()
+
+
+@dataclass
+class NncfResult:
+    path: Path
+    fp32_layers: list[str]  # layers left in FP32 (accuracy control, or ignored by choice)
+    method: str
+
+
+def quantize_nncf(
+    fp32_xml: Path,
+    calib: list[np.ndarray],
+    out_xml: Path,
+    *,
+    val: tuple[list[np.ndarray], np.ndarray] | None = None,
+    max_drop: float | None = None,
+    fast_bias_correction: bool = True,
+) -> NncfResult:
+    """NNCF post-training INT8 of an FP32 IR; with ``val``+``max_drop``, accuracy-aware (mixed precision).
+
+    Args:
+        fp32_xml: the FP32 IR (from export).
+        calib: preprocessed NCHW calibration batches.
+        out_xml: the INT8 IR to write (sidecar copied from the FP32 one, plus the method).
+        val: (batches, labels) for accuracy control.
+        max_drop: absolute top-1 accuracy drop allowed (a fraction, 0.01 = 1 point): NNCF then
+            returns the most sensitive layers to FP32 one by one until the drop is within it.
+    """
+    import nncf
+
+    model, info = inspect_ir(fp32_xml)
+    calib_ds = nncf.Dataset(list(calib))
+    preset = nncf.QuantizationPreset.PERFORMANCE
+    with quiet_nncf():
+        if val is None or max_drop is None:
+            q = nncf.quantize(model, calib_ds, preset=preset, subset_size=min(300, sum(len(c) for c in calib)),
+                              fast_bias_correction=fast_bias_correction)
+            method = "nncf.quantize (PTQ, performance preset)"
+        else:
+            xs, ys = val
+            # one image per item: exported IRs have a fixed batch of 1
+            val_items = [(x[i : i + 1], y[i : i + 1]) for x, y in zip(xs, _split_labels(xs, ys)) for i in range(len(x))]
+
+            def validate(compiled: Any, items: Iterable[Any]) -> float:
+                hits = total = 0
+                for x, y in items:
+                    z = np.array(compiled(x)[0])
+                    hits += int((z.argmax(1) == y).sum())
+                    total += len(y)
+                return hits / max(1, total)
+
+            val_ds = nncf.Dataset(val_items, lambda item: item[0])
+            q = nncf.quantize_with_accuracy_control(
+                model, calib_ds, val_ds, lambda compiled, items: validate(compiled, items), max_drop=max_drop,
+                drop_type=nncf.DropType.ABSOLUTE, preset=preset, subset_size=min(300, sum(len(c) for c in calib)),
+            )
+            method = f"nncf.quantize_with_accuracy_control (max drop {max_drop:.3f})"
+    fp32 = fp32_layers(q)
+    side = {**info.meta, "quantization": {"engine": "openvino", "method": method, "fp32_layers": fp32}}
+    save_ir(q, out_xml, side)
+    return NncfResult(out_xml, fp32, method)
+
+
+def _split_labels(xs: list[np.ndarray], ys: np.ndarray) -> list[np.ndarray]:
+    out, i = [], 0
+    for x in xs:
+        out.append(ys[i : i + len(x)])
+        i += len(x)
+    return out
+
+
+def fp32_layers(model: Any) -> list[str]:
+    """Convolutions and MatMuls whose weights are not quantised (no FakeQuantize/int8 on their weight path)."""
+    ov = require_openvino()
+    low = (ov.Type.i8, ov.Type.u8, ov.Type.i4, ov.Type.u4)
+    names = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("Convolution", "MatMul", "GroupConvolution"):
+            continue
+        w = op.input_value(1).get_node()
+        seen, quantised = 0, False
+        while w is not None and seen < 6:  # walk back over Convert/Multiply/Subtract to a FakeQuantize or int8 constant
+            t = w.get_type_name()
+            if t == "FakeQuantize" or (t == "Constant" and w.get_element_type() in low):
+                quantised = True
+                break
+            if w.get_input_size() == 0:
+                break
+            w = w.input_value(0).get_node()
+            seen += 1
+        if not quantised:
+            names.append(op.get_friendly_name())
+    return names
+
+
+def qdq_to_ir(qdq_onnx: Path, out_xml: Path, side: dict[str, Any]) -> Path:
+    """OpenVINO reading ONNX Runtime's QDQ file: the second INT8 route."""
+    return write_ir(qdq_onnx, out_xml, {**side, "quantization": {**side.get("quantization", {}), "engine": "openvino",
+                                                                   "method": "OpenVINO on the ORT QDQ model"}})

@@ -1,0 +1,567 @@
+"""``optimize``: the fastest model on this machine within an accuracy budget, in one command.
+
+Stages: (optional) prune with fine-tuning -> fuse -> export (ONNX + OpenVINO IR) -> INT8
+on every engine (ONNX Runtime QDQ, NNCF, OpenVINO on the QDQ file, PyTorch FX) ->
+accuracy on the val split -> latency, every candidate timed round-robin in this process
+after warm-up -> the fastest candidate within ``max_drop`` points of the FP32
+checkpoint. When plain INT8 loses more than that, NNCF's accuracy control keeps the
+most sensitive layers in FP32 (mixed precision) and the report names them.
+
+Every artefact is written atomically and recorded in ``optimize_state.json``, so a
+killed run resumes where it stopped (``--resume``); timings are never reused, because
+they only compare within one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..atomic import write_json
+from ..compare import Tolerance, as_logits, compare
+from ..errors import XrayError
+from ..provenance import WeightsInfo
+from ..units import pct, table
+
+ENGINES = ("ort", "openvino", "torch")
+STATE_FILE = "optimize_state.json"
+REPORT_FILE = "optimize.json"
+CHART_FILE = "latency_accuracy.png"
+
+
+@dataclass
+class OptimizeOptions:
+    """How to search; every field maps onto a ``resnet-xray optimize`` flag."""
+
+    data: str  # ImageFolder dataset (train/ + val/): calibration, fine-tuning and the accuracy budget
+    out: str = "out/optimize"
+    max_drop: float = 1.0  # accuracy points (top-1, val) a candidate may lose against the FP32 checkpoint
+    target_macs: float | None = None  # prune to this share of MACs first (None: no pruning)
+    prune_steps: int = 2  # pruning rounds to reach target_macs
+    finetune_epochs: int = 1  # fine-tuning epochs after each pruning round
+    engines: tuple[str, ...] = ENGINES
+    calib_images: int = 128  # training images used to calibrate INT8
+    eval_images: int | None = None  # val images to score on (None: all)
+    input_size: int | None = None  # square side (None: the checkpoint's crop)
+    threads: int | None = None  # intra-op threads for every engine's timing (None: their defaults)
+    repeats: int = 30  # timed batch-1 calls per candidate, spread over rounds
+    rounds: int = 5
+    mixed_precision: bool = True  # try NNCF accuracy control when plain INT8 loses more than max_drop
+    batch_size: int = 32
+    workers: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    seed: int = 0
+    progress: bool = True
+
+    def check(self) -> None:
+        if not 0.0 <= self.max_drop <= 100.0:
+            raise XrayError(f"--max-drop {self.max_drop}: accuracy points, between 0 and 100")
+        if self.target_macs is not None and not 0.0 < self.target_macs < 1.0:
+            raise XrayError(f"--target-macs {self.target_macs}: must lie strictly between 0 and 1 (the share of MACs to keep)")
+        bad = [e for e in self.engines if e not in ENGINES]
+        if bad or not self.engines:
+            raise XrayError(f"--engines {','.join(self.engines)}: choose from {','.join(ENGINES)}")
+        for name in ("prune_steps", "calib_images", "repeats", "rounds", "batch_size"):
+            if getattr(self, name) < 1:
+                raise XrayError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        if self.finetune_epochs < 0 or self.workers < 0:
+            raise XrayError("--finetune-epochs and --workers must be 0 or more")
+        if self.eval_images is not None and self.eval_images < 1:
+            raise XrayError(f"--eval-images {self.eval_images}: must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise XrayError(f"--threads {self.threads}: must be at least 1")
+        if self.resume and self.overwrite:
+            raise XrayError("--resume and --overwrite: choose one")
+        if not Path(self.data).is_dir():
+            raise XrayError(f"--data {self.data}: no such folder")
+
+
+@dataclass
+class Candidate:
+    name: str  # e.g. "pruned openvino int8 (nncf)"
+    engine: str  # eager | onnxruntime | openvino | torch
+    precision: str  # fp32 | int8 | int8+fp32 (mixed)
+    pruned: bool
+    macs_rel: float  # MACs against the unpruned model
+    path: str | None  # the artefact (None: not deployable as a file, e.g. eager or torch FX)
+    accuracy: float | None = None  # top-1 on the val images
+    agreement: float | None = None  # top-1 agreement with the FP32 checkpoint
+    check: dict[str, Any] | None = None  # compare() against the FP32 checkpoint
+    latency_ms: float | None = None  # median batch-1
+    iqr_ms: float | None = None
+    speedup: float | None = None  # vs the eager FP32 checkpoint, same rounds
+    fp32_layers: list[str] = field(default_factory=list)  # layers mixed precision left in FP32
+    status: str = "pending"  # winner | kept | dropped
+    reason: str = ""
+
+    @property
+    def deployable(self) -> bool:
+        return self.path is not None and self.engine in ("onnxruntime", "openvino")
+
+
+@dataclass
+class OptimizeResult:
+    out: Path
+    baseline_accuracy: float
+    max_drop: float
+    candidates: list[Candidate]
+    winner: Candidate | None
+    winner_path: Path | None
+    chart: Path | None
+    machine: dict[str, Any]
+    options: OptimizeOptions
+    seconds: float
+    weights: dict[str, Any] | None = None  # provenance of the checkpoint the chain started from
+
+    def to_dict(self) -> dict[str, Any]:
+        from ..compare import Equivalence  # noqa: F401 - checks are already dicts
+
+        return {
+            "out": str(self.out),
+            "baseline_accuracy": self.baseline_accuracy,
+            "max_drop_points": self.max_drop,
+            "winner": self.winner.name if self.winner else None,
+            "winner_path": str(self.winner_path) if self.winner_path else None,
+            "chart": str(self.chart) if self.chart else None,
+            "candidates": [_clean(asdict(c)) for c in self.candidates],
+            "machine": self.machine,
+            "options": asdict(self.options),
+            "timing_method": "batch 1, every candidate timed round-robin in one process after warm-up; median",
+            "seconds": self.seconds,
+            "weights": self.weights,
+        }
+
+    def table(self) -> str:
+        rows = []
+        for c in sorted(self.candidates, key=lambda c: (c.latency_ms is None, c.latency_ms or 0)):
+            rows.append([c.name, f"{c.macs_rel:.2f}", pct(c.accuracy) if c.accuracy is not None else "",
+                         pct(c.agreement) if c.agreement is not None else "",
+                         f"{c.latency_ms:.2f}" if c.latency_ms else "", f"{c.speedup:.2f}x" if c.speedup else "",
+                         c.status, c.reason[:48]])
+        return table(["candidate", "MACs", "accuracy", "agree", "ms", "speed-up", "status", "why"], rows, "lrrrrrll")
+
+
+def _clean(d: Any) -> Any:
+    import math
+
+    if isinstance(d, dict):
+        return {k: _clean(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_clean(v) for v in d]
+    if isinstance(d, float) and not math.isfinite(d):
+        return None
+    return d
+
+
+class _Run:
+    """The state one optimize run shares between its stages."""
+
+    def __init__(self, opts: OptimizeOptions, log: Callable[[str], None]):
+        self.opts, self.log = opts, log
+        self.out = Path(opts.out)
+        self.work = self.out / "work"
+        self.state_path = self.out / STATE_FILE
+        self.state: dict[str, Any] = {"done": {}, "options": _result_options(opts)}
+        self.stage_no = 0
+
+    def stage(self, what: str) -> None:
+        self.stage_no += 1
+        self.log(f"optimize [{self.stage_no}] {what}")
+
+    def done(self, key: str) -> Any:
+        return self.state["done"].get(key)
+
+    def mark(self, key: str, value: Any = True) -> None:
+        self.state["done"][key] = value
+        write_json(self.state_path, self.state)
+
+
+def _result_options(o: OptimizeOptions) -> dict[str, Any]:
+    keep = ("data", "target_macs", "prune_steps", "finetune_epochs", "calib_images", "input_size", "seed")
+    return {k: getattr(o, k) for k in keep}
+
+
+def prepare_out(opts: OptimizeOptions) -> dict[str, Any] | None:
+    """Refuse to mix runs: a non-empty OUT needs --resume (same options) or --overwrite."""
+    import json
+
+    out = Path(opts.out)
+    if out.exists() and not out.is_dir():
+        raise XrayError(f"-o {out}: exists and is not a folder")
+    busy = out.is_dir() and any(out.iterdir())
+    state = None
+    if busy:
+        if opts.overwrite:
+            shutil.rmtree(out)
+        elif opts.resume:
+            sp = out / STATE_FILE
+            if not sp.exists():
+                raise XrayError(f"-o {out}: not an optimize folder (no {STATE_FILE}); choose another or --overwrite")
+            try:
+                state = json.loads(sp.read_text())
+            except ValueError:
+                raise XrayError(f"{sp}: unreadable; rerun with --overwrite") from None
+            if state.get("options") != _result_options(opts):
+                raise XrayError(f"-o {out}: was started with other options ({state.get('options')}); use the same ones or --overwrite")
+        else:
+            raise XrayError(f"-o {out}: is not empty; pass --resume to continue that run or --overwrite to replace it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise XrayError(f"-o {out}: cannot create ({e.strerror})") from None
+    return state
+
+
+def optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str], None] | None = None) -> OptimizeResult:
+    """Prune (optionally), fuse, export, quantise on every engine, measure, and keep the fastest within budget.
+
+    Args:
+        checkpoint: a model file ``load_model`` reads (a fine-tuned ``best.pt``).
+        options: budget, pruning target, engines, where to write.
+        log: where progress lines go (default: stderr).
+
+    Returns:
+        Every candidate with accuracy, agreement, latency and why it was kept or dropped; the
+        winner's artefact is copied to ``OUT/model.onnx`` or ``OUT/model.xml`` for ``classify --model``.
+    """
+    from ..model import load_model
+    from .bench import machine_info, torch_threads
+
+    opts = options
+    opts.check()
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    t_start = time.perf_counter()
+    model, meta = load_model(None, checkpoint)
+    if meta.find("heads"):
+        raise XrayError(f"{checkpoint}: multi-task checkpoints are not supported by optimize; use a single-head classifier")
+    state = prepare_out(opts)
+    run = _Run(opts, log)
+    if state:
+        run.state = state
+        log(f"optimize: resuming in {run.out} ({', '.join(state['done']) or 'nothing'} done)")
+    run.work.mkdir(exist_ok=True)
+    size = opts.input_size or meta.preprocessing.crop
+    pre = meta.preprocessing if size == meta.preprocessing.crop else dataclasses.replace(
+        meta.preprocessing, resize=round(meta.preprocessing.resize * size / meta.preprocessing.crop), crop=size)
+    meta = dataclasses.replace(meta, preprocessing=pre)
+
+    with torch_threads(opts.threads):
+        variants: list[tuple[str, Any, float]] = [("", model, 1.0)]
+        if opts.target_macs is not None:
+            variants.append(("pruned ", *_prune(run, model, meta, size)))
+        run.stage("evaluation images")
+        from .runtime import labelled_batches
+
+        val_x, val_y, how, _ = labelled_batches(opts.data, pre, meta.class_names, batch=16, limit=opts.eval_images)
+        if val_y is None:
+            raise XrayError(f"--data {opts.data}: needs labelled val images (val/<class>/<image>): {how}")
+        calib = _calibration_files(opts)
+        ref_logits = _logits(model, val_x)
+        base_acc = float((ref_logits.argmax(1) == val_y).mean())
+        log(f"optimize: FP32 checkpoint accuracy {pct(base_acc)} on {len(val_y)} val images; budget {opts.max_drop} points")
+
+        cands: list[Candidate] = []
+        runners: dict[str, Callable[[np.ndarray], Any]] = {}
+        for prefix, m, macs_rel in variants:
+            _variant(run, prefix, m, meta, macs_rel, calib, pre, cands, runners, val_x, val_y, base_acc)
+        _score(cands, runners, val_x, val_y, ref_logits)
+        if opts.mixed_precision and "openvino" in opts.engines:
+            _mixed(run, variants, cands, runners, val_x, val_y, base_acc, ref_logits)
+        run.stage(f"timing {len(runners)} candidates round-robin (batch 1, {opts.rounds} rounds after warm-up)")
+        _time(run, cands, runners, size)
+    winner = _pick(cands, base_acc, opts.max_drop)
+    winner_path = _publish(run, winner) if winner else None
+    chart = _chart(cands, run.out / CHART_FILE, base_acc, opts.max_drop)
+    res = OptimizeResult(run.out, base_acc, opts.max_drop, cands, winner, winner_path, chart, machine_info(opts.threads), opts,
+                         round(time.perf_counter() - t_start, 1), WeightsInfo.of(meta).to_dict())
+    write_json(run.out / REPORT_FILE, res.to_dict())
+    run.mark("finished", True)
+    return res
+
+
+def _prune(run: _Run, model: Any, meta: Any, size: int) -> tuple[Any, float]:
+    from ..model import load_model
+    from ..prune.loop import PruneOptions, prune
+    from ..train.data import make_loaders
+
+    opts = run.opts
+    run.stage(f"prune to {opts.target_macs:.0%} of the MACs in {opts.prune_steps} round(s), fine-tuning {opts.finetune_epochs} epoch(s) each")
+    pdir = run.out / "prune"
+    final = pdir / "pruned.pt"
+    if not run.done("prune"):
+        data = make_loaders(opts.data, image_size=size, batch_size=opts.batch_size, workers=opts.workers, seed=opts.seed)
+        popts = PruneOptions(target_macs=opts.target_macs, steps=opts.prune_steps, finetune_epochs=opts.finetune_epochs,
+                             input_size=size, batch_size=opts.batch_size, workers=opts.workers, latency_repeats=5,
+                             measure_ort=False, threads=opts.threads, seed=opts.seed, out=str(pdir))
+        res = prune(model, meta, popts, data, log=lambda s: run.log(f"  prune: {s}"))
+        run.mark("prune", {"macs_rel": res.rounds[-1]["macs_rel"]})
+    pruned, _ = load_model(None, final)
+    return pruned.eval(), float(run.done("prune")["macs_rel"])
+
+
+def _calibration_files(opts: OptimizeOptions) -> list[Path]:
+    from .quantize import list_images
+
+    root = Path(opts.data)
+    root = root / "train" if (root / "train").is_dir() else root
+    files = list_images(root, "--data")
+    step = max(1, len(files) // opts.calib_images)
+    return files[::step][: opts.calib_images]  # spread over every class folder
+
+
+def _logits(m: Any, xs: list[torch.Tensor]) -> np.ndarray:
+    with torch.inference_mode():
+        return np.concatenate([as_logits(m(x)) for x in xs])
+
+
+def _variant(run: _Run, prefix: str, model: Any, meta: Any, macs_rel: float, calib: list[Path], pre: Any,
+             cands: list[Candidate], runners: dict[str, Any], val_x: Any, val_y: Any, base_acc: float) -> None:
+    """Eager, fused, FP32 exports and every INT8 route of one model (unpruned or pruned)."""
+    from .fuse import fuse_model
+    from .onnx import ExportOptions, export_onnx
+    from .openvino import qdq_to_ir, quantize_nncf
+    from .quantize import image_batches
+    from .runtime import load_deployed
+
+    opts, work = run.opts, run.work
+    tag = prefix.strip().replace(" ", "_") or "base"
+    pruned = bool(prefix)
+    m = model.eval()
+
+    def eager(x: np.ndarray, m=m) -> Any:
+        return m(torch.from_numpy(x))
+
+    name = f"{prefix}eager fp32"
+    cands.append(Candidate(name, "eager", "fp32", pruned, macs_rel, None))
+    runners[name] = eager
+
+    run.stage(f"{prefix or 'unpruned '}fuse + export (ONNX, OpenVINO IR)")
+    fused = fuse_model(m)
+    onnx_path = work / f"{tag}.fp32.onnx"
+    want_ov = "openvino" in opts.engines
+    if not run.done(f"{tag}.export"):
+        export_onnx(fused, onnx_path, ExportOptions(exporter="torchscript", openvino=want_ov, input_size=pre.crop), meta)
+        run.mark(f"{tag}.export")
+    deploy = {}
+    if "ort" in opts.engines:
+        deploy[f"{prefix}ort fp32"] = ("onnxruntime", "fp32", onnx_path)
+    if want_ov:
+        deploy[f"{prefix}openvino fp32"] = ("openvino", "fp32", onnx_path.with_suffix(".xml"))
+
+    calib_batches = None
+    if "ort" in opts.engines or want_ov:
+        run.stage(f"{prefix or 'unpruned '}INT8: ONNX Runtime QDQ" + (", NNCF, OpenVINO on QDQ" if want_ov else ""))
+        ort_int8 = work / f"{tag}.int8.onnx"
+        if not run.done(f"{tag}.ort_int8"):
+            _quantize_ort(onnx_path, calib, ort_int8)
+            run.mark(f"{tag}.ort_int8")
+        if "ort" in opts.engines:
+            deploy[f"{prefix}ort int8"] = ("onnxruntime", "int8", ort_int8)
+        if want_ov:
+            qdq_xml = work / f"{tag}.int8_qdq.xml"
+            if not run.done(f"{tag}.ov_qdq"):
+                from .onnx import inspect_onnx
+
+                qdq_to_ir(ort_int8, qdq_xml, inspect_onnx(ort_int8).sidecar)
+                run.mark(f"{tag}.ov_qdq")
+            deploy[f"{prefix}openvino int8 (qdq)"] = ("openvino", "int8", qdq_xml)
+            nncf_xml = work / f"{tag}.int8_nncf.xml"
+            if not run.done(f"{tag}.nncf"):
+                calib_batches = [x for _, x in image_batches(calib, pre, 1, [], "calibrate", False)]
+                quantize_nncf(onnx_path.with_suffix(".xml"), calib_batches, nncf_xml)
+                run.mark(f"{tag}.nncf")
+            deploy[f"{prefix}openvino int8 (nncf)"] = ("openvino", "int8", nncf_xml)
+    for name, (engine, precision, path) in deploy.items():
+        dm, _ = load_deployed(path, opts.threads)
+        cands.append(Candidate(name, engine, precision, pruned, macs_rel, str(path)))
+        runners[name] = dm.run
+    if "torch" in opts.engines:
+        run.stage(f"{prefix or 'unpruned '}INT8: PyTorch FX (x86)")
+        from .torch_int8 import quantize_torch_fx
+
+        q = quantize_torch_fx(m, calib, pre).model
+        name = f"{prefix}torch int8 (fx)"
+        cands.append(Candidate(name, "torch", "int8", pruned, macs_rel, None))
+        runners[name] = lambda x, q=q: q(torch.from_numpy(x))
+
+
+def _quantize_ort(fp32: Path, calib: list[Path], out: Path) -> None:
+    """ORT QDQ INT8 through quantize_onnx, on a folder of links to the chosen calibration images."""
+    import os
+    import tempfile
+
+    from .quantize import QuantizeOptions, quantize_onnx
+
+    with tempfile.TemporaryDirectory(prefix=".calib-", dir=out.parent) as tmp:
+        for i, f in enumerate(calib):
+            os.symlink(f.resolve(), Path(tmp) / f"{i:05d}{f.suffix}")
+        # agreement is scored later on the val split, against the checkpoint itself; here only a sanity gate
+        rep = quantize_onnx(fp32, tmp, out, QuantizeOptions(per_channel=True, holdout_every=0, progress=False,
+                                                            time_check=False, min_agreement=0.0))
+    if not rep["passed"]:
+        raise XrayError(f"{fp32}: ONNX Runtime INT8 gave non-finite outputs")
+
+
+def _score(cands: list[Candidate], runners: dict[str, Any], val_x: Any, val_y: np.ndarray, ref_logits: np.ndarray) -> None:
+    for c in cands:
+        if c.accuracy is not None:
+            continue
+        with torch.inference_mode():
+            z = np.concatenate([as_logits(runners[c.name](x.numpy())) for x in val_x])
+        c.accuracy = float((z.argmax(1) == val_y).mean())
+        tol = Tolerance.float32() if c.precision == "fp32" and not c.pruned else Tolerance.reduced_precision(0.0)
+        eq = compare(ref_logits, z, tolerance=tol, names=("fp32 checkpoint", c.name))
+        c.agreement, c.check = eq.top1_agreement, eq.to_dict()
+
+
+def _mixed(run: _Run, variants: list, cands: list[Candidate], runners: dict[str, Any], val_x: Any, val_y: np.ndarray,
+           base_acc: float, ref_logits: np.ndarray) -> None:
+    """NNCF accuracy control where plain NNCF INT8 lost more than the budget."""
+    from .openvino import quantize_nncf
+    from .quantize import image_batches
+    from .runtime import load_deployed
+
+    opts = run.opts
+    for prefix, _, macs_rel in variants:
+        tag = prefix.strip().replace(" ", "_") or "base"
+        plain = next((c for c in cands if c.name == f"{prefix}openvino int8 (nncf)"), None)
+        fp32 = next((c for c in cands if c.name == f"{prefix}openvino fp32"), None)
+        if plain is None or fp32 is None or (base_acc - plain.accuracy) * 100 <= opts.max_drop:
+            continue
+        # the budget is against the checkpoint; what pruning already lost is not INT8's to spend
+        budget = opts.max_drop / 100 - (base_acc - fp32.accuracy)
+        if budget <= 0:
+            continue  # the FP32 model of this variant is already outside the budget: no INT8 of it can win
+        run.stage(f"{prefix or 'unpruned '}INT8 lost {(base_acc - plain.accuracy) * 100:.1f} points: NNCF accuracy control (max drop {budget * 100:.2f})")
+        out = run.work / f"{tag}.int8_mixed.xml"
+        done = run.done(f"{tag}.mixed")
+        if not done:
+            calib = [x for _, x in image_batches(_calibration_files(opts), fp32_pre(fp32), 1, [], "calibrate", False)]
+            res = quantize_nncf(Path(fp32.path), calib, out, val=([x.numpy() for x in val_x], val_y), max_drop=budget)
+            done = {"fp32_layers": res.fp32_layers}
+            run.mark(f"{tag}.mixed", done)
+        dm, _ = load_deployed(out, opts.threads)
+        name = f"{prefix}openvino int8+fp32 (mixed)"
+        c = Candidate(name, "openvino", "int8+fp32", bool(prefix), macs_rel, str(out), fp32_layers=list(done["fp32_layers"]))
+        cands.append(c)
+        runners[name] = dm.run
+        _score([c], runners, val_x, val_y, ref_logits)
+
+
+def fp32_pre(c: Candidate) -> Any:
+    from .runtime import load_deployed
+
+    return load_deployed(c.path)[1].preprocessing
+
+
+def _time(run: _Run, cands: list[Candidate], runners: dict[str, Any], size: int) -> None:
+    from .runtime import time_models
+
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    stats = time_models({c.name: (lambda fn=runners[c.name]: fn(x)) for c in cands}, repeats=run.opts.repeats,
+                        rounds=run.opts.rounds, progress=lambda s: run.log(f"  {s}"))
+    base = stats[cands[0].name].median
+    for c in cands:
+        st = stats[c.name]
+        c.latency_ms, c.iqr_ms, c.speedup = st.median * 1e3, st.iqr * 1e3, base / st.median
+
+
+def _pick(cands: list[Candidate], base_acc: float, max_drop: float) -> Candidate | None:
+    floor = base_acc - max_drop / 100
+    ok: list[Candidate] = []
+    fp32_best: dict[str, float] = {}
+    for c in cands:
+        if c.precision == "fp32" and c.latency_ms:
+            fp32_best[str(c.pruned)] = min(fp32_best.get(str(c.pruned), 1e9), c.latency_ms)
+    for c in cands:
+        if c.check and not c.check.get("finite", True):
+            c.status, c.reason = "dropped", "non-finite outputs"
+        elif c.accuracy is None or c.accuracy < floor - 1e-12:
+            c.status, c.reason = "dropped", f"loses {(base_acc - (c.accuracy or 0)) * 100:.1f} points (budget {max_drop})"
+        elif not c.deployable:
+            c.status, c.reason = "kept", "for comparison: no file classify --model can load"
+        elif c.precision != "fp32" and c.latency_ms and c.latency_ms >= fp32_best.get(str(c.pruned), 1e9):
+            # INT8 slower than FP32 on this machine is never recommended
+            c.status, c.reason = "dropped", "INT8 slower than FP32 on this CPU"
+        else:
+            c.status, c.reason = "kept", "within budget"
+            ok.append(c)
+    if not ok:
+        return None
+    win = min(ok, key=lambda c: c.latency_ms or 1e9)
+    win.status, win.reason = "winner", "fastest within budget"
+    for c in ok:
+        if c is not win:
+            c.reason = f"within budget, {c.latency_ms / win.latency_ms:.2f}x the winner's latency"
+    return win
+
+
+def _publish(run: _Run, win: Candidate) -> Path:
+    """Copy the winner to OUT/model.onnx or OUT/model.xml (+ .bin, sidecar), atomically per file."""
+    from ..atomic import atomic_path
+    from .artefact import sidecar_path
+
+    src = Path(win.path)
+    dest = run.out / f"model{src.suffix}"
+    pairs = [(src.with_suffix(".bin"), dest.with_suffix(".bin"))] if src.suffix == ".xml" else []
+    pairs += [(sidecar_path(src), sidecar_path(dest)), (src, dest)]  # the model file last
+    for s, d in pairs:
+        if s.exists():
+            with atomic_path(d) as tmp:
+                shutil.copyfile(s, tmp)
+    return dest
+
+
+def pareto_front(cands: list[Candidate]) -> list[Candidate]:
+    """Candidates no other is both faster and more accurate than."""
+    pts = [c for c in cands if c.latency_ms and c.accuracy is not None]
+    return sorted([c for c in pts if not any(o is not c and o.latency_ms <= c.latency_ms and o.accuracy >= c.accuracy
+                                             and (o.latency_ms < c.latency_ms or o.accuracy > c.accuracy) for o in pts)],
+                  key=lambda c: c.latency_ms)
+
+
+def _chart(cands: list[Candidate], path: Path, base_acc: float, max_drop: float) -> Path | None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..atomic import write_bytes
+
+    pts = [c for c in cands if c.latency_ms and c.accuracy is not None]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colour = {"eager": "tab:gray", "onnxruntime": "tab:blue", "openvino": "tab:green", "torch": "tab:orange"}
+    for c in pts:
+        ax.scatter(c.latency_ms, c.accuracy * 100, color=colour.get(c.engine, "k"), marker="s" if c.pruned else "o",
+                   edgecolor="red" if c.status == "winner" else "none", s=60, zorder=3)
+        ax.annotate(c.name, (c.latency_ms, c.accuracy * 100), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    front = pareto_front(pts)
+    ax.plot([c.latency_ms for c in front], [c.accuracy * 100 for c in front], "k--", lw=1, label="Pareto front", zorder=2)
+    ax.axhline((base_acc * 100) - max_drop, color="red", lw=0.8, ls=":", label=f"budget: FP32 - {max_drop} points")
+    ax.set_xscale("log")
+    ax.set_xlabel("batch-1 latency, ms (median, log scale)")
+    ax.set_ylabel("val top-1 accuracy, %")
+    ax.legend(fontsize=8)
+    ax.set_title("optimize: candidates (squares: pruned; red edge: winner)", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return write_bytes(path, buf.getvalue())
+
+
+__all__ = ["Candidate", "OptimizeOptions", "OptimizeResult", "optimize", "pareto_front"]

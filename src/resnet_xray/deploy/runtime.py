@@ -1,0 +1,206 @@
+"""Deployed models are models: load an ``.onnx`` or OpenVINO ``.xml`` and use it like a PyTorch one.
+
+:func:`load_deployed` returns ``(model, meta)`` in the shape :func:`resnet_xray.model.load_model`
+returns, so ``classify`` runs a deployed artefact with no code of its own. The
+description (class names, preprocessing, arch) comes from inside the file, or from a
+sidecar validated on load. :func:`evaluate_models` is the accuracy/agreement report over
+labelled folders, and :func:`time_models` times artefacts round-robin after warm-up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..compare import Equivalence, Tolerance, compare
+from ..errors import XrayError
+from ..image import Preprocessing
+
+ENGINES = {".onnx": "onnxruntime", ".xml": "openvino"}
+
+
+class DeployedModel(nn.Module):
+    """A deployed artefact behind ``nn.Module``'s call: NCHW float tensor in, logits tensor out."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], engine: str, path: Path, precision: str):
+        super().__init__()
+        self.run, self.engine, self.path, self.precision = run, engine, path, precision
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.run(x.detach().float().contiguous().numpy()), dtype=np.float32))
+
+    def extra_repr(self) -> str:
+        return f"{self.path}, {self.engine}, {self.precision}"
+
+
+def engine_of(path: str | os.PathLike, flag: str = "--model") -> str:
+    p = Path(path)
+    eng = ENGINES.get(p.suffix.lower())
+    if eng is None:
+        raise XrayError(f"{flag} {p}: expected an .onnx (ONNX Runtime) or .xml (OpenVINO IR) file")
+    return eng
+
+
+def load_deployed(path: str | os.PathLike, threads: int | None = None, flag: str = "--model"):
+    """``(DeployedModel, ModelMeta)`` for an ``.onnx`` or ``.xml`` file.
+
+    Raises:
+        XrayError: not such a file, or its description (embedded or sidecar) is malformed or
+            does not fit the model (crop size, class count).
+    """
+    from ..model import ModelMeta
+
+    p = Path(path)
+    engine = engine_of(p, flag)
+    if engine == "onnxruntime":
+        from .onnx import inspect_onnx
+        from .quantize import ort_runner
+
+        info = inspect_onnx(p, flag)
+        desc, size, n_out = info.sidecar, info.image_size, None
+        run = ort_runner(p, info, threads)
+        pre = info.preprocessing
+    else:
+        from .artefact import check_preprocessing
+        from .openvino import inspect_ir, openvino_runner
+
+        _, ir = inspect_ir(p, flag)
+        desc, size, n_out = ir.meta, ir.image_size, ir.num_classes
+        fixed = ir.input_shape[0] if isinstance(ir.input_shape[0], int) else None
+        run = openvino_runner(p, threads, batch=fixed)
+        pre = (check_preprocessing(desc["preprocessing"], f"{flag} {p}", size) if desc.get("preprocessing")
+               else Preprocessing(resize=round(size * 256 / 224), crop=size, source=f"seed pipeline scaled to {size} px (no description found)"))
+    precision = "int8" if desc.get("quantization") else "fp32"
+    n = n_out or desc.get("num_classes") or len(desc.get("class_names") or []) or None
+    if n is None:
+        n = int(run(np.zeros((1, 3, size, size), np.float32)).shape[1])
+    names = desc.get("class_names") or [f"class_{i}" for i in range(n)]
+    meta = ModelMeta(
+        arch=desc.get("arch") or "unknown",
+        weights=f"{p} ({engine} {precision}; from {desc.get('weights', 'unknown weights')})",
+        class_names=list(names),
+        preprocessing=pre,
+        pretrained=bool(desc.get("weights")) and not str(desc.get("weights", "")).startswith("random"),
+    )
+    return DeployedModel(run, engine, p, precision).eval(), meta
+
+
+# --- accuracy and agreement over labelled folders ---
+
+
+@dataclass
+class ModelEval:
+    path: str
+    engine: str
+    precision: str
+    accuracy: float | None  # top-1 on the labelled images (None: no labels)
+    check: Equivalence | None  # against the first model; None for the first itself
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "engine": self.engine, "precision": self.precision, "accuracy": self.accuracy,
+                "check": self.check.to_dict() if self.check else None}
+
+
+@dataclass
+class EvalResult:
+    images: int
+    labels: str  # how labels were read, or why there are none
+    models: list[ModelEval]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    weights: dict[str, Any] | None = None  # provenance of the first model
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": self.images, "labels": self.labels, "models": [m.to_dict() for m in self.models], "skipped": self.skipped,
+                "weights": self.weights}
+
+
+def labelled_batches(data: str | os.PathLike, pre: Preprocessing, class_names: list[str], batch: int = 16,
+                     limit: int | None = None) -> tuple[list[torch.Tensor], np.ndarray | None, str, list]:
+    """Preprocessed batches of a folder (its ``val/`` split when there is one) and labels from its class folders."""
+    from ..image import Skipped
+    from .quantize import folder_labels, image_batches, list_images
+
+    root = Path(data)
+    if (root / "val").is_dir():
+        root = root / "val"
+    files = list_images(root, "--data")
+    if limit:
+        # every k-th file keeps each class represented when only some are used
+        step = max(1, len(files) // limit)
+        files = files[::step][:limit]
+    labels, how = folder_labels(files, root, class_names, len(class_names))
+    index = dict(zip(files, labels)) if labels else None
+    skipped: list[Skipped] = []
+    xs, ys = [], []
+    for names, x in image_batches(files, pre, batch, skipped, "evaluate", False):
+        xs.append(torch.from_numpy(x))
+        if index is not None:
+            ys.extend(index[n] for n in names)
+    if not xs:
+        raise XrayError(f"--data {root}: none of the {len(files)} images could be read")
+    return xs, (np.array(ys) if index is not None else None), how, skipped
+
+
+def accuracy_of(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
+    return None if labels is None else float((logits.argmax(1) == labels).mean())
+
+
+def evaluate_models(paths: list[str | os.PathLike], data: str | os.PathLike, *, tolerance: Tolerance | None = None,
+                    limit: int | None = None, threads: int | None = None) -> EvalResult:
+    """Accuracy of each deployed model on ``data`` and its agreement with the first one."""
+    from .quantize import folder_labels  # noqa: F401 - import cycle guard for the lazy loaders
+
+    if not paths:
+        raise XrayError("--model: give at least one .onnx or .xml file")
+    loaded = [load_deployed(p, threads) for p in paths]
+    first_meta = loaded[0][1]
+    for (m, meta), p in zip(loaded[1:], paths[1:]):
+        if meta.preprocessing.crop != first_meta.preprocessing.crop or len(meta.class_names) != len(first_meta.class_names):
+            raise XrayError(f"--model {p}: takes other inputs or classes than {paths[0]}; compare models of one network")
+    xs, ys, how, skipped = labelled_batches(data, first_meta.preprocessing, first_meta.class_names, limit=limit)
+    from ..compare import as_logits
+
+    with torch.inference_mode():
+        logits = [np.concatenate([as_logits(m(x)) for x in xs]) for m, _ in loaded]
+    tol = tolerance or Tolerance.reduced_precision()
+    rows = []
+    for i, ((m, _), z) in enumerate(zip(loaded, logits)):
+        eq = None if i == 0 else compare(logits[0], z, tolerance=tol, names=(str(paths[0]), str(paths[i])))
+        rows.append(ModelEval(str(paths[i]), m.engine, m.precision, accuracy_of(z, ys), eq))
+    from ..provenance import WeightsInfo
+
+    return EvalResult(int(logits[0].shape[0]), how if ys is not None else f"none: {how}", rows,
+                      [{"image": s.path, "reason": s.reason} for s in skipped], WeightsInfo.of(first_meta).to_dict())
+
+
+# --- timing ---
+
+
+def time_models(runners: dict[str, Callable[[], Any]], *, warmup: int = 5, repeats: int = 30, rounds: int = 5,
+                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time zero-argument callables round-robin after a warm-up: a burst of load hits all alike.
+
+    Returns :class:`~resnet_xray.deploy.bench.TimingStats` per name.
+    """
+    from .bench import sample_times, stats_of
+
+    for name, fn in runners.items():
+        if progress:
+            progress(f"warming up {name}")
+        for _ in range(warmup):
+            fn()
+    per_round = max(1, -(-repeats // rounds))
+    samples: dict[str, list[float]] = {n: [] for n in runners}
+    for k in range(rounds):
+        if progress:
+            progress(f"timing round {k + 1}/{rounds} over {len(runners)} models")
+        for name, fn in runners.items():
+            samples[name] += sample_times(fn, per_round)
+    return {n: stats_of(v) for n, v in samples.items()}

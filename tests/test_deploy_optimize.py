@@ -1,0 +1,78 @@
+"""optimize end to end on resnet18 at 64 px with a few reference images: every stage, the outputs, resume, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from resnet_xray.cli import main
+from resnet_xray.deploy.optimize import Candidate, OptimizeOptions, optimize, pareto_front
+from resnet_xray.image import Preprocessing
+from resnet_xray.model import ModelMeta, build_model, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("opt")
+    assert main(["make-dataset", str(root / "data"), "--classes", "3", "--per-class", "4", "--val-per-class", "3", "--size", "64"]) == 0
+    torch.manual_seed(0)
+    names = sorted(p.name for p in (root / "data" / "train").iterdir())
+    model = build_model("resnet18", num_classes=len(names)).eval()
+    ckpt = save_checkpoint(root / "r18.pt", model, ModelMeta("resnet18", "random (test)", names, Preprocessing(resize=72, crop=64), True))
+    return root, ckpt
+
+
+@pytest.mark.slow
+def test_optimize_end_to_end_with_pruning_then_resume(task, tmp_path, capsys) -> None:
+    root, ckpt = task
+    out = tmp_path / "opt"
+    opts = OptimizeOptions(data=str(root / "data"), out=str(out), max_drop=100.0, target_macs=0.5, prune_steps=1,
+                           finetune_epochs=1, calib_images=4, repeats=3, rounds=1, threads=1, batch_size=4, progress=False)
+    res = optimize(str(ckpt), opts, log=lambda s: None)
+    names = {c.name for c in res.candidates}
+    for prefix in ("", "pruned "):
+        for n in ("eager fp32", "ort fp32", "openvino fp32", "ort int8", "openvino int8 (qdq)", "openvino int8 (nncf)", "torch int8 (fx)"):
+            assert prefix + n in names
+    assert all(c.latency_ms and c.latency_ms > 0 and c.accuracy is not None and c.status in ("winner", "kept", "dropped") for c in res.candidates)
+    assert all(c.reason for c in res.candidates)
+    pruned = [c for c in res.candidates if c.pruned]
+    assert all(0.3 < c.macs_rel < 0.7 for c in pruned)
+    # the winner is the fastest deployable candidate that was not dropped
+    ok = [c for c in res.candidates if c.deployable and c.status != "dropped"]
+    assert res.winner is min(ok, key=lambda c: c.latency_ms)
+    assert res.winner_path.exists() and res.winner_path.parent == out
+    report = json.loads((out / "optimize.json").read_text())
+    assert report["winner"] == res.winner.name and len(report["candidates"]) == len(res.candidates)
+    assert report == json.loads(json.dumps(res.to_dict()))
+    assert (out / "latency_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    # the winner is a model classify can run
+    assert main(["classify", str(root / "data" / "val"), "--model", str(res.winner_path), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["results"]) == 9
+
+    # a second run into the same folder needs --resume (or --overwrite)...
+    assert main(["optimize", str(ckpt), "--data", str(root / "data"), "-o", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    # ... and resuming reuses every artefact (nothing is re-exported or re-quantised), timing again
+    before = {p: p.stat().st_mtime_ns for p in (out / "work").iterdir()}
+    again = optimize(str(ckpt), OptimizeOptions(**{**opts.__dict__, "resume": True}), log=lambda s: None)
+    assert {p: p.stat().st_mtime_ns for p in (out / "work").iterdir()} == before
+    assert {c.name for c in again.candidates} == names
+
+
+def test_optimize_refuses_bad_options_in_one_line(task, tmp_path, capsys) -> None:
+    root, ckpt = task
+    for extra in (["--max-drop", "-1"], ["--target-macs", "1.5"], ["--engines", "ort,tflite"]):
+        assert main(["optimize", str(ckpt), "--data", str(root / "data"), "-o", str(tmp_path / "o"), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and extra[0] in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_pareto_front() -> None:
+    def c(name, ms, acc):
+        return Candidate(name, "openvino", "int8", False, 1.0, None, accuracy=acc, latency_ms=ms)
+
+    cands = [c("slow-good", 10, 0.9), c("fast-bad", 2, 0.5), c("dominated", 11, 0.8), c("mid", 5, 0.85)]
+    assert [x.name for x in pareto_front(cands)] == ["fast-bad", "mid", "slow-good"]
