@@ -90,39 +90,48 @@ def _finetune_cmd(data, out, *extra):
             "--device", "cpu", "--checkpoint-every", "1", *extra]
 
 
+# A second CLI run whose imports are done before it is released: the lock check then happens
+# within a second of the release, whatever the machine's load, so the test does not race.
+_PRIMED = ("import sys\nimport resnet_xray.cli, resnet_xray.train.finetune\nsys.stdin.readline()\n"
+           "sys.exit(resnet_xray.cli.main(sys.argv[1:]))\n")
+
+
 @pytest.mark.slow
 def test_two_finetunes_on_one_folder(tmp_path):
     data = tmp_path / "data"
     make_reference_dataset(data, ReferenceOptions(classes=3, per_class=8, val_per_class=3, size=32, seed=2))
     out = tmp_path / "run"
-    first = subprocess.Popen(_finetune_cmd(data, out, "--epochs", "3"), env=_env(), stdout=subprocess.PIPE,
+    second = subprocess.Popen([sys.executable, "-c", _PRIMED, *_finetune_cmd(data, out, "--epochs", "1")[3:]], env=_env(),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(_finetune_cmd(data, out, "--epochs", "6"), env=_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.time()
-        while not (out / "last.pt").exists():  # the first run is writing checkpoints
+        while not (out / "last.pt").exists():  # the first run holds the lock and is writing checkpoints
             assert first.poll() is None, first.communicate()[1][-2000:]
             assert time.time() - t0 < 300
-            time.sleep(0.05)
-        second = subprocess.run(_finetune_cmd(data, out, "--epochs", "1"), env=_env(), capture_output=True, text=True, timeout=300)
-        assert second.returncode == 2
-        err = second.stderr.strip().splitlines()
+            time.sleep(0.02)
+        _, second_err = second.communicate("go\n", timeout=300)
+        assert first.poll() is None, "the first run ended before the second was refused; the test proved nothing"
+        assert second.returncode == 2, second_err[-2000:]
+        err = second_err.strip().splitlines()
         assert len(err) == 1 and "in use by another resnet-xray run" in err[0] and str(out) in err[0]
-        assert "Traceback" not in second.stderr
         _, first_err = first.communicate(timeout=600)
     finally:
-        if first.poll() is None:
-            first.kill()
+        for p in (first, second):
+            if p.poll() is None:
+                p.kill()
     assert first.returncode == 0, first_err[-2000:]
-    # The first run's checkpoints are whole and its own: 3 epochs of 6 steps.
+    # The first run's checkpoints are whole and its own: 6 epochs of 6 steps.
     for name in ("best.pt", "last.pt"):
         model, meta = load_model(None, out / name)
         assert meta.class_names == ["circle", "square", "triangle"]
-    assert torch.load(out / "last.pt", weights_only=True)["global_step"] == 18
+    assert torch.load(out / "last.pt", weights_only=True)["global_step"] == 36
 
     # A finished run is not silently replaced; --overwrite replaces it, --resume continues it.
     again = subprocess.run(_finetune_cmd(data, out, "--epochs", "1"), env=_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--resume" in again.stderr and "--overwrite" in again.stderr
-    assert torch.load(out / "last.pt", weights_only=True)["global_step"] == 18
+    assert torch.load(out / "last.pt", weights_only=True)["global_step"] == 36
     t_over = time.time()
     over = subprocess.run(_finetune_cmd(data, out, "--epochs", "1", "--overwrite"), env=_env(), capture_output=True, text=True, timeout=300)
     assert over.returncode == 0, over.stderr[-2000:]
