@@ -77,8 +77,8 @@ def _finish(procs: list[subprocess.Popen], timeout: float = 600) -> list[tuple[i
 
 
 def _check_run(out: Path, results) -> dict:
-    for rc, _, err in results:
-        assert rc == 0, err[-3000:]
+    if any(rc != 0 for rc, _, _ in results):
+        raise AssertionError("\n\n".join(f"launcher {i}: exit {rc}\n{err[-4000:]}" for i, (rc, _, err) in enumerate(results)))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert summary["rank_weight_max_diff"] == 0.0  # both ranks end with the same weights

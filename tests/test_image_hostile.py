@@ -195,3 +195,12 @@ def test_classify_memory_is_bounded_on_hostile_inputs(tmp_path):
         assert secs <= 2.0 * cat_s + 5, f"{path.name}: {secs:.1f} s vs cat {cat_s:.1f} s"
         if want_rc == 2:
             assert "x.jpg" in last and "\n" not in last
+
+
+def test_float_image_with_nan_and_inf_converts(tmp_path):
+    """Found by the hypothesis suite: an F-mode image crashed (read-only array); NaN/inf must not either."""
+    arr = np.array([[0.0, np.nan], [np.inf, 2.0]], dtype=np.float32)
+    p = tmp_path / "f.tif"
+    Image.fromarray(arr, "F").save(p)
+    out = np.asarray(load_image(p))
+    assert out.shape == (2, 2, 3) and out[1, 1, 0] == 255 and out[0, 0, 0] == 0

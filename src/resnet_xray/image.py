@@ -223,7 +223,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB; transparency is composited on white."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # float32 and in-place steps: one temporary, not four float64 ones (bounded memory).
-        arr = np.asarray(img, dtype=np.float32)
+        arr = np.array(img, dtype=np.float32)  # a writable copy (asarray of an F image is a read-only view)
+        np.nan_to_num(arr, copy=False, nan=0.0, posinf=0.0, neginf=0.0)  # float images may hold NaN/inf
         hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
         arr *= 255.0 / hi
         np.clip(arr, 0, 255, out=arr)
