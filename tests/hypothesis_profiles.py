@@ -17,6 +17,6 @@ PROFILE = os.environ.get("RESNET_XRAY_HYPOTHESIS", "ci")
 settings.load_profile(PROFILE)
 
 
-def examples(ci: int) -> settings:
+def examples(ci: int, **kw) -> settings:
     """Per-test count: ``ci`` under the default profile (costly properties use fewer), the profile's own otherwise."""
-    return settings(max_examples=ci) if PROFILE == "ci" else settings()
+    return settings(max_examples=ci, **kw) if PROFILE == "ci" else settings(**kw)

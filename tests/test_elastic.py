@@ -44,7 +44,7 @@ def _launcher(port: int, data: Path, out: Path, restarts: int) -> list[str]:
     """One node's command line: what each machine runs, with the same endpoint and id."""
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
             f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=xray-test", f"--max-restarts={restarts}",
-            "--monitor-interval=0.5", "--local-addr=127.0.0.1",
+            "--monitor-interval=3", "--local-addr=127.0.0.1",
             "-m", "resnet_xray", "finetune", str(data), "--out", str(out), "--arch", "resnet18", "--weights", "random",
             "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--workers", "0", "--lr", "0.02", "--warmup-epochs", "0",
             "--checkpoint-every", "1", "--resume", "--no-progress", "--device", "cpu"]

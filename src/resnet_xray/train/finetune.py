@@ -109,6 +109,9 @@ class FinetuneOptions:
             parse_sizes(self.progressive)
         if not (self.warmup_epochs >= 0 and math.isfinite(self.warmup_epochs)):
             raise OptionError("warmup_epochs", self.warmup_epochs, "must be 0 or more")
+        if self.batch_size == 1 and self.freeze != "backbone":
+            # Found by tests/test_hypothesis_flags.py: a training BatchNorm fails on a batch of one.
+            raise OptionError("batch_size", 1, "BatchNorm cannot train on one image per step; use 2 or more (or --freeze backbone)")
         at_least("workers", self.workers, 0)
         at_least("image_size", self.image_size, 32, allow_none=True)
         at_least("checkpoint_every", self.checkpoint_every, 0)
