@@ -204,3 +204,22 @@ def test_float_image_with_nan_and_inf_converts(tmp_path):
     Image.fromarray(arr, "F").save(p)
     out = np.asarray(load_image(p))
     assert out.shape == (2, 2, 3) and out[1, 1, 0] == 255 and out[0, 0, 0] == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this OS")
+def test_weights_fifo_and_symlink_loop_are_named(tmp_path):
+    from resnet_xray.model import load_model
+
+    fifo = tmp_path / "w.pt"
+    os.mkfifo(fifo)
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(e=pytest.raises(XrayError, load_model, None, fifo).value), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "load_model blocked on a FIFO"
+    assert "--weights" in str(result["e"]) and "FIFO" in str(result["e"]) and "empty" not in str(result["e"])
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    with pytest.raises(XrayError, match="symlink loop"):
+        load_model(None, a)

@@ -136,32 +136,34 @@ class BoundedAspect:
         return img.crop((off, 0, off + keep, h) if w > h else (0, off, w, off + keep))
 
 
-def _check_path(path: Path) -> int:
-    """Refuse anything but a regular, non-empty, not-too-large file without opening it; return its size.
+def check_file(path: Path, flag: str | None = None, max_bytes: int | None = None) -> int:
+    """Refuse anything but a regular, non-empty file (at most ``max_bytes``) without opening it; return its size.
 
     Opening a FIFO would block forever, and reading a huge file only to say it is not an
-    image wastes its size in memory, so both are decided from ``stat``.
+    image wastes its size in memory, so both are decided from ``stat``. Messages start
+    with ``flag`` (when given) and the path.
     """
+    where = f"{flag} {path}" if flag else str(path)
     try:
         st = os.stat(path)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise XrayError(f"{path}: symlink loop (too many levels of symbolic links)") from None
+            raise XrayError(f"{where}: symlink loop (too many levels of symbolic links)") from None
         if e.errno == errno.ENOENT:
             if os.path.islink(path):
-                raise XrayError(f"{path}: dangling symlink (points to {os.readlink(path)}, which does not exist)") from None
-            raise XrayError(f"{path}: no such file") from None
-        raise XrayError(f"{path}: cannot read ({e.strerror})") from None
+                raise XrayError(f"{where}: dangling symlink (points to {os.readlink(path)}, which does not exist)") from None
+            raise XrayError(f"{where}: no such file") from None
+        raise XrayError(f"{where}: cannot read ({e.strerror})") from None
     if stat.S_ISDIR(st.st_mode):
-        raise XrayError(f"{path}: is a directory, not an image")
+        raise XrayError(f"{where}: is a directory, not an image")
     if not stat.S_ISREG(st.st_mode):
         kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
                 else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a special file")
-        raise XrayError(f"{path}: not a regular file ({kind}); not read")
+        raise XrayError(f"{where}: not a regular file ({kind}); not read")
     if st.st_size == 0:
-        raise XrayError(f"{path}: empty file (0 bytes)")
-    if st.st_size > MAX_FILE_BYTES:
-        raise XrayError(f"{path}: refused, {st.st_size / 2**20:,.0f} MiB is larger than the {MAX_FILE_BYTES // 2**20} MiB "
+        raise XrayError(f"{where}: empty file (0 bytes)")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise XrayError(f"{where}: refused, {st.st_size / 2**20:,.0f} MiB is larger than the {max_bytes // 2**20} MiB "
                         f"an image may be here; downscale or recompress it")
     return st.st_size
 
@@ -176,7 +178,7 @@ def load_image(path: str | Path) -> Image.Image:
     decoder, never read whole, and JPEGs over ``MAX_DECODE_BYTES`` decode at reduced scale.
     """
     path = Path(path)
-    _check_path(path)
+    check_file(path, max_bytes=MAX_FILE_BYTES)
     try:
         f = open(path, "rb")
     except OSError as e:
