@@ -37,22 +37,20 @@ def _free_port() -> int:
 
 
 def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    # A fresh bootstrap store per rendezvous round: torchrun otherwise reuses round 1's store,
+    # and restarted workers can read a dead worker's address from it (docs/distributed.md).
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path),
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
 def _launcher(port: int, data: Path, out: Path, restarts: int) -> list[str]:
     """One node's command line: what each machine runs, with the same endpoint and id.
 
-    ``--monitor-interval 10``: a launcher whose worker is still alive when the other launcher
-    re-joins restarts for "membership change", keeps a different restart count, and on this
-    PyTorch the restarted workers may then fail to connect (docs/distributed.md, "Known
-    limits"); a long interval gives the surviving worker time to fail first, so both
-    launchers take the same path. ``join_timeout``: if a round still fails, end in 2 minutes,
-    not torchrun's default 10.
+    ``join_timeout``: if a round fails, end in 2 minutes, not torchrun's default 10.
     """
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
             f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=xray-test", f"--max-restarts={restarts}",
-            "--monitor-interval=10", "--local-addr=127.0.0.1", "--rdzv-conf=join_timeout=120",
+            "--monitor-interval=1", "--local-addr=127.0.0.1", "--rdzv-conf=join_timeout=120",
             "-m", "resnet_xray", "finetune", str(data), "--out", str(out), "--arch", "resnet18", "--weights", "random",
             "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--workers", "0", "--lr", "0.02", "--warmup-epochs", "0",
             "--checkpoint-every", "1", "--resume", "--no-progress", "--device", "cpu"]
