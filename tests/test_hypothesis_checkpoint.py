@@ -89,11 +89,6 @@ def mutations(draw, base: dict):
 
 
 # No shrinking: every example saves and loads a 45 MB checkpoint, and shrinking one ran 6 minutes.
-# Malformed fields (fused_pairs junk, preprocessing without mean, ...) are issue 12's defect 6,
-# fixed by the checkpoint schema on another branch; until that merges a non-XrayError escapes.
-# Not strict, so it turns into a plain pass once the schema lands (then delete this mark).
-@pytest.mark.xfail(raises=(ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError), strict=False,
-                   reason="issue 12 defect 6: checkpoint schema validation (spec branch)")
 @examples(20, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(st.data())
 def test_mangled_checkpoints_load_or_are_refused(base_checkpoint, data):
