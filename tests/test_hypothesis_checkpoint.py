@@ -62,7 +62,8 @@ def mutations(draw, base: dict):
         elif kind == "tensor" and isinstance(ck.get("state_dict"), dict) and ck["state_dict"]:
             key = draw(st.sampled_from(sorted(ck["state_dict"])))
             t = ck["state_dict"][key]
-            how = draw(st.sampled_from(["nan", "inf", "shape", "int", "junk", "drop", "empty"]))
+            kinds = ["nan", "inf", "shape", "int", "junk", "drop", "empty"] if isinstance(t, torch.Tensor) else ["junk", "drop"]
+            how = draw(st.sampled_from(kinds))
             if how == "nan" and t.is_floating_point() and t.numel() > 0:
                 t = t.clone()
                 t.view(-1)[0] = math.nan
