@@ -14,7 +14,7 @@ def test_finetune_batch_size_one_is_refused_unless_batchnorm_is_frozen():
     FinetuneOptions(arch="resnet18", batch_size=1, freeze="backbone").validate()
 
 
-@pytest.mark.parametrize("kw, flag", [({"steps": 0}, "--steps 0"), ({"batch_size": 1}, "--batch-size 1")])
+@pytest.mark.parametrize("kw, flag", [({"steps": 0}, "steps 0"), ({"batch_size": 1}, "batch.size 1")])
 def test_bench_data_refuses_values_that_crashed(tmp_path, kw, flag):
     from resnet_xray.train.bench import DataBenchOptions, bench_data
 
