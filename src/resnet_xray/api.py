@@ -530,8 +530,10 @@ def bench(model: LoadedModel | tuple | PathLike, *, output: PathLike | None = No
     return BenchReport(res, m.weights)
 
 
-def finetune(data: PathLike, out_dir: PathLike, *, resume: bool = False, **options: Any) -> FinetuneResult:
+def finetune(data: PathLike, out_dir: PathLike, *, resume: bool = False, overwrite: bool = False, **options: Any) -> FinetuneResult:
     """Fine-tune on an image folder; writes best.pt, last.pt, metrics.csv, confusion.png, summary.json.
+
+    ``out_dir`` is locked for the run; a folder holding an earlier run needs ``resume`` or ``overwrite``.
 
     ``options`` are fields of :class:`resnet_xray.train.finetune.FinetuneOptions` (``arch``,
     ``weights`` (where to start), ``epochs``, ``batch_size``, ``lr``, ``multitask`` ...).
@@ -540,7 +542,7 @@ def finetune(data: PathLike, out_dir: PathLike, *, resume: bool = False, **optio
     from .train.finetune import finetune as _finetune
 
     opts = FinetuneOptions(**options)
-    raw = _finetune(data, opts, out_dir, resume=resume)
+    raw = _finetune(data, opts, out_dir, resume=resume, overwrite=overwrite)
     w = str(opts.weights)
     weights = WeightsInfo.random(f"random (seed {opts.seed})") if w == "random" else WeightsInfo(w, True)
     return FinetuneResult(raw, weights)

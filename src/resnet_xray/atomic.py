@@ -23,8 +23,19 @@ def temp_path(path: Path) -> Path:
 
 
 def stale_temporaries(folder: Path, suffix: str = "") -> list[Path]:
-    """Temp files that a killed writer left in ``folder`` (any process's), optionally by suffix."""
-    return sorted(Path(folder).glob(f".*.tmp-*{suffix}"))
+    """Temp files that a killed writer left in ``folder``, optionally by suffix.
+
+    A temp file whose writer (the pid in its name) is still running is never stale: deleting
+    it would break that run's next rename.
+    """
+    from .locks import pid_alive
+
+    stale = []
+    for p in sorted(Path(folder).glob(f".*.tmp-*{suffix}")):
+        pid = p.name.rsplit(".tmp-", 1)[-1].split(".", 1)[0]
+        if not (pid.isdigit() and pid_alive(int(pid)) and int(pid) != os.getpid()):
+            stale.append(p)
+    return stale
 
 
 @contextmanager

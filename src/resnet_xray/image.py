@@ -6,7 +6,11 @@ Every command reads images through :func:`load_image` and folders through
 
 from __future__ import annotations
 
+import errno
 import io
+import math
+import os
+import stat
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -25,6 +29,25 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # PIL's own default (about 89 M pixels); above it an image is refused as a decompression bomb.
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# Budget for decoding one image and converting it to RGB (bytes). Over it, a JPEG is decoded at
+# 1/2, 1/4 or 1/8 scale (DCT scaling, which never allocates the full image); formats that cannot
+# decode at a reduced scale are refused. 150 MB keeps one image's peak well under a ResNet-50's
+# own footprint (50 M pixels of RGB, 19 M of RGBA).
+MAX_DECODE_BYTES = 150_000_000
+# Peak bytes per pixel of decoding plus :func:`to_rgb` for each mode (measured with tracemalloc-free
+# RSS runs; the raster itself, the RGB result and any temporaries together).
+_WORK_BYTES_PER_PIXEL = {"1": 4, "L": 4, "P": 5, "RGB": 3, "RGBA": 8, "LA": 6, "PA": 6, "CMYK": 7, "YCbCr": 6,
+                         "I;16": 10, "I;16B": 10, "I;16L": 10, "I": 12, "F": 12}
+
+
+def decode_bytes(mode: str, size: tuple[int, int]) -> int:
+    """Peak memory :func:`load_image` needs for an image of this mode and size (an estimate)."""
+    return size[0] * size[1] * _WORK_BYTES_PER_PIXEL.get(mode, 12)
+# No image we can decode within the pixel budgets comes near this; checked with stat() before opening.
+MAX_FILE_BYTES = 256 * 1024 * 1024
+# Resize (shorter side) then CenterCrop only ever uses the middle of a long, thin picture. Above this
+# aspect ratio the long side is cut down first, so a 100000x2 strip is not resized to 12.8 M x 256.
+MAX_RESIZE_ASPECT = 4.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +92,7 @@ class Preprocessing:
     def transform(self) -> T.Compose:
         interp = T.InterpolationMode(self.interpolation)
         return T.Compose([
+            BoundedAspect(self.resize, self.crop),
             T.Resize(self.resize, interpolation=interp, antialias=True),
             T.CenterCrop(self.crop),
             T.ToTensor(),
@@ -86,35 +110,104 @@ class Preprocessing:
         return (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
+class BoundedAspect:
+    """Cut the long side of an extreme-aspect image to what Resize + CenterCrop can use.
+
+    Resizing the shorter side of a 100000x2 strip to 256 would allocate a 12.8 M x 256
+    image (gigabytes) only for CenterCrop to keep 224 columns of it. Keeping the centred
+    ``MAX_RESIZE_ASPECT`` x shorter side (never less than the crop needs) bounds the resize;
+    images up to that aspect ratio pass through untouched.
+    """
+
+    def __init__(self, resize: int, crop: int) -> None:
+        self.resize, self.crop = resize, crop
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        short, long = min(w, h), max(w, h)
+        if short == 0 or long <= MAX_RESIZE_ASPECT * short:
+            return img
+        scale = self.resize / short
+        # The crop's width in source pixels, plus the resampling filter's reach on both sides.
+        need = math.ceil(self.crop / scale) + 2 * (math.ceil(2 / scale) + 2)
+        keep = min(long, max(math.ceil(MAX_RESIZE_ASPECT * short), need))
+        keep += (long - keep) % 2  # an even cut keeps the centre exactly where it was
+        off = (long - keep) // 2
+        return img.crop((off, 0, off + keep, h) if w > h else (0, off, w, off + keep))
+
+
+def check_file(path: Path, flag: str | None = None, max_bytes: int | None = None) -> int:
+    """Refuse anything but a regular, non-empty file (at most ``max_bytes``) without opening it; return its size.
+
+    Opening a FIFO would block forever, and reading a huge file only to say it is not an
+    image wastes its size in memory, so both are decided from ``stat``. Messages start
+    with ``flag`` (when given) and the path.
+    """
+    where = f"{flag} {path}" if flag else str(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise XrayError(f"{where}: symlink loop (too many levels of symbolic links)") from None
+        if e.errno == errno.ENOENT:
+            if os.path.islink(path):
+                raise XrayError(f"{where}: dangling symlink (points to {os.readlink(path)}, which does not exist)") from None
+            raise XrayError(f"{where}: no such file") from None
+        raise XrayError(f"{where}: cannot read ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise XrayError(f"{where}: is a directory, not an image")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a special file")
+        raise XrayError(f"{where}: not a regular file ({kind}); not read")
+    if st.st_size == 0:
+        raise XrayError(f"{where}: empty file (0 bytes)")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise XrayError(f"{where}: refused, {st.st_size / 2**20:,.0f} MiB is larger than the {max_bytes // 2**20} MiB "
+                        f"an image may be here; downscale or recompress it")
+    return st.st_size
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Open ``path`` as an upright 8-bit RGB image, or raise XrayError naming the file and why.
 
     EXIF rotation is applied; grayscale, palette, RGBA/LA (composited on white), CMYK and
     16-bit images are converted; decompression bombs, truncated, empty and non-image
-    files are refused.
+    files are refused, and so are FIFOs, devices, symlink loops and files over
+    ``MAX_FILE_BYTES`` (decided before a byte is read). The file is streamed to the
+    decoder, never read whole, and JPEGs over ``MAX_DECODE_BYTES`` decode at reduced scale.
     """
     path = Path(path)
-    if not path.exists():
-        raise XrayError(f"{path}: no such file")
-    if path.is_dir():
-        raise XrayError(f"{path}: is a directory, not an image")
+    check_file(path, max_bytes=MAX_FILE_BYTES)
     try:
-        size = path.stat().st_size
-        data = path.read_bytes() if size else b""
+        f = open(path, "rb")
     except OSError as e:
         raise XrayError(f"{path}: cannot read ({e.strerror})") from None
-    if size == 0:
-        raise XrayError(f"{path}: empty file (0 bytes)")
-    return decode_image(data, name=str(path))
+    with f:
+        return _decode(f, str(path))
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> Image.Image:
     """Decode image bytes with the same checks and conversions as :func:`load_image`."""
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(fp, name: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # PIL only warns between 1x and 2x the limit; we refuse at 1x.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(fp)  # reads the header only
+            w, h = img.size
+            if decode_bytes(img.mode, img.size) > MAX_DECODE_BYTES:
+                if img.format == "JPEG":
+                    k = 2
+                    while k < 8 and decode_bytes(img.mode, (w // k, h // k)) > MAX_DECODE_BYTES:
+                        k *= 2
+                    img.draft(img.mode, (math.ceil(w / k), math.ceil(h / k)))
+                if decode_bytes(img.mode, img.size) > MAX_DECODE_BYTES:
+                    raise XrayError(f"{name}: refused, {w}x{h} {img.mode} needs about {decode_bytes(img.mode, (w, h)) / 1e6:,.0f} MB "
+                                    f"to decode, more than the {MAX_DECODE_BYTES / 1e6:,.0f} MB allowed here; downscale it first")
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise XrayError(f"{name}: refused, more than {MAX_IMAGE_PIXELS:,} pixels (possible decompression bomb)") from None
@@ -123,21 +216,30 @@ def decode_image(data: bytes, name: str = "<bytes>") -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         reason = "truncated or corrupt" if "truncated" in str(e) or isinstance(e, SyntaxError) else str(e)
         raise XrayError(f"{name}: cannot decode image ({reason})") from None
-    return to_rgb(ImageOps.exif_transpose(img))
+    # in_place: without it Pillow returns a full copy even when there is nothing to rotate.
+    ImageOps.exif_transpose(img, in_place=True)
+    return to_rgb(img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB; transparency is composited on white."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        # float32 and in-place steps: one temporary, not four float64 ones (bounded memory).
+        arr = np.array(img, dtype=np.float32)  # a writable copy (asarray of an F image is a read-only view)
+        np.nan_to_num(arr, copy=False, nan=0.0, posinf=0.0, neginf=0.0)  # float images may hold NaN/inf
         hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        img = Image.fromarray((np.clip(arr / hi, 0, 1) * 255).round().astype(np.uint8))
+        arr *= 255.0 / hi
+        np.clip(arr, 0, 255, out=arr)
+        img = Image.fromarray(np.rint(arr, out=arr).astype(np.uint8))
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        if img.mode not in ("RGBA", "LA"):
+            img = img.convert("RGBA")
+        # Pasting through the alpha band onto white is alpha compositing, without three RGBA copies.
+        white = Image.new("RGB", img.size, (255, 255, 255))
+        white.paste(img.convert("RGB") if img.mode == "LA" else img, mask=img.getchannel("A"))
+        return white
     if img.mode != "RGB":
         img = img.convert("RGB")
     return img
@@ -149,13 +251,29 @@ class Skipped:
     reason: str
 
 
+def _scan_candidate(f: Path) -> bool:
+    """Image files, plus every entry that is not a plain file or folder (FIFO, socket, symlink
+    loop, dangling link): those are kept so loading reports them as skipped, never dropped silently."""
+    try:
+        st = os.stat(f)
+    except OSError:
+        return True  # a loop or a dangling link
+    if stat.S_ISDIR(st.st_mode):
+        return False
+    return not stat.S_ISREG(st.st_mode) or f.suffix.lower() in IMAGE_EXTENSIONS
+
+
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given, folders expanded (recursively, sorted) to their image files."""
+    """Files as given, folders expanded (recursively, sorted) to their image files.
+
+    FIFOs, sockets, symlink loops and dangling links met in a folder are included too, so
+    :class:`ImageStream` lists them as skipped with their reason.
+    """
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS))
+            files.extend(sorted(f for f in p.rglob("*") if _scan_candidate(f)))
         else:
             files.append(p)
     return files

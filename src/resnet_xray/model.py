@@ -190,7 +190,7 @@ def _require_network(url: str, cached: Path) -> None:
 
 
 def _read_state(path: Path) -> tuple[Path, Checkpoint]:
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise XrayError(f"--weights {path}: no such file (expected imagenet, imagenet-v1, imagenet-v2, random, or a path)")
     if path.is_dir():
         best = path / "best.pt"
@@ -198,8 +198,9 @@ def _read_state(path: Path) -> tuple[Path, Checkpoint]:
             path = best
         else:
             raise XrayError(f"--weights {path}: is a directory with no best.pt in it")
-    if path.stat().st_size == 0:
-        raise XrayError(f"--weights {path}: file is empty")
+    from .image import check_file
+
+    check_file(path, "--weights")  # a FIFO, a symlink loop or an empty file, named as such; never opened
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

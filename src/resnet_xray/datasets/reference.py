@@ -252,9 +252,16 @@ def make_reference_dataset(out: str | Path, options: ReferenceOptions | None = N
     Returns:
         The ``dataset.json`` content (class names, counts, size, seed).
     """
+    from ..locks import output_lock
+
     opts = options or ReferenceOptions()
     opts.validate()
-    out = Path(out)
+    # Locked beside the folder, not in it: the folder itself is swapped at the end.
+    with output_lock(out, None, beside=True):
+        return _write_reference_dataset(Path(out), opts, quiet=quiet)
+
+
+def _write_reference_dataset(out: Path, opts: ReferenceOptions, *, quiet: bool) -> dict:
     if out.exists() and any(out.iterdir()) and not opts.overwrite:
         raise XrayError(f"{out}: exists and is not empty; pass --overwrite or choose another folder")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

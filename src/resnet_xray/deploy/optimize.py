@@ -225,6 +225,19 @@ def prepare_out(opts: OptimizeOptions) -> dict[str, Any] | None:
 def optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str], None] | None = None) -> OptimizeResult:
     """Prune (optionally), fuse, export, quantise on every engine, measure, and keep the fastest within budget.
 
+    One writer per OUT: a second run on the same folder gets one line and exit 2 (see
+    :mod:`resnet_xray.locks`). Arguments and result as :func:`_optimize`.
+    """
+    from ..locks import output_lock
+
+    options.check()
+    with output_lock(options.out, "-o", beside=True):  # beside: OUT itself stays empty until the run writes
+        return _optimize(checkpoint, options, log=log)
+
+
+def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str], None] | None = None) -> OptimizeResult:
+    """Prune (optionally), fuse, export, quantise on every engine, measure, and keep the fastest within budget.
+
     Args:
         checkpoint: a model file ``load_model`` reads (a fine-tuned ``best.pt``).
         options: budget, pruning target, engines, where to write.

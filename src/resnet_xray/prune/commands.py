@@ -81,7 +81,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         aopts = AnalyzeOptions(importance=args.importance, ratio=args.ratio, global_pruning=args.global_pruning, round_to=args.round_to, out=args.out)
         groups = analyze_importance(model, aopts, data)
         print(importance_text(groups, aopts))
-        js, png = write_importance(groups, aopts, meta.arch)
+        from ..locks import output_lock
+
+        with output_lock(args.out, "--out"):
+            js, png = write_importance(groups, aopts, meta.arch)
         print(f"wrote {js} and {png}")
     else:
         from .loop import prune

@@ -196,7 +196,15 @@ def prune(
     Returns:
         the baseline and per-round measurements, tables and file paths.
     """
+    from ..locks import output_lock
+
     options.check()
+    with output_lock(options.out, "--out"):
+        return _prune_locked(model, meta, options, data, trainer=trainer, log=log)
+
+
+def _prune_locked(model: nn.Module, meta: ModelMeta, options: PruneOptions, data: Any, *, trainer: Trainer | None,
+                  log: Callable[[str], None]) -> PruneResult:
     check_criterion(options.importance, data is not None)
     if meta.find("heads"):
         raise XrayError(f"--weights {meta.weights}: pruning multi-task checkpoints is not supported; prune a single-head classifier")

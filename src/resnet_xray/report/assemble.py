@@ -155,6 +155,7 @@ def build_report(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, op
     Returns:
         Paths of both files and the wall time of each section.
     """
+    from ..locks import output_lock
     from ..progress import progress
 
     opts = options or ReportOptions()
@@ -164,7 +165,7 @@ def build_report(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, op
     out_dir = writable_dir(opts.out_dir)  # fail before any compute if it cannot be written
     if opts.cam_class is not None:
         check_class_index(opts.cam_class, len(meta.class_names))
-    with progress("report", total=3 + len(chosen) + 1, quiet=opts.quiet) as bar:
+    with output_lock(out_dir, "-o"), progress("report", total=3 + len(chosen) + 1, quiet=opts.quiet) as bar:  # one writer per folder
         return _build(image, model, meta, opts, chosen, out_dir, _Clock(bar))
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import XrayError
 from ..model import build_model
 from ..options import at_least
 from .data import make_loaders
@@ -53,6 +54,11 @@ def bench_data(data_dir: str | Path, options: DataBenchOptions | None = None) ->
         ``data_wait_fraction`` (time blocked on the loader / loop time), plus the settings.
     """
     o = options or DataBenchOptions()
+    # Found by tests/test_hypothesis_flags.py: both used to end in a traceback.
+    if o.steps < 1:
+        raise XrayError(f"--steps {o.steps}: must be at least 1")
+    if o.batch_size == 1:
+        raise XrayError("--batch-size 1: BatchNorm cannot train on one image per step; use 2 or more")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(o.amp, device)
     data = make_loaders(data_dir, image_size=o.image_size, batch_size=o.batch_size, workers=o.workers, seed=o.seed)

@@ -79,6 +79,7 @@ def _finetune_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     p.add_argument("--stop-after-steps", type=int, default=None, help="stop (after checkpointing) at this global step")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in OUT (default: refuse)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_finetune, multitask_default=multitask)
@@ -123,7 +124,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     _one_line_warnings()
 
     res = api.finetune(
-        args.data, args.out, resume=args.resume,
+        args.data, args.out, resume=args.resume, overwrite=args.overwrite,
         arch=args.arch, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         recipe=args.recipe, optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         progressive=args.progressive, ema=args.ema, tta_flip=args.tta_flip, compile=args.compile,
