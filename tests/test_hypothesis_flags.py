@@ -48,7 +48,8 @@ def _bases(tmp: Path, data: Path) -> dict[str, list[str]]:
 
 # Commands left out, and why: each valid run costs tens of seconds (ONNX export, INT8 calibration,
 # latency benchmarks, pruning rounds, the full HTML report) or needs an ONNX file made first.
-LEFT_OUT = {"demo", "trace", "report", "fuse", "export", "quantize", "bench", "prune", "finetune-multitask", "preprocess", "show"}
+LEFT_OUT = {"demo", "trace", "report", "fuse", "export", "quantize", "bench", "prune", "finetune-multitask", "preprocess", "show",
+            "evaluate", "optimize"}
 
 
 def _numeric_flags() -> list[tuple[str, str, type]]:

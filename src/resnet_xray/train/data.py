@@ -388,7 +388,10 @@ def make_loaders(
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     common: dict[str, Any] = dict(num_workers=workers, pin_memory=pin, skipped=skipped)
     if workers > 0:
-        common.update(persistent_workers=True, prefetch_factor=4)
+        # Not persistent: kept-alive workers behind our generator __iter__ crashed the parent with
+        # SIGSEGV in a finalizer (an in-process quantize, then finetune --workers 1; CPython 3.11.7,
+        # torch 2.14.1). Re-forking the workers each epoch costs well under a second.
+        common.update(persistent_workers=False, prefetch_factor=4)
 
     train_ds = FolderDataset(train_s, train_transform(pre, min_crop_scale=min_crop_scale, crop=not multitask), seed=seed, boxes=train_boxes, flip=multitask,
                            box_geometry=pre if multitask else None)
