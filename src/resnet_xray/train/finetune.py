@@ -353,8 +353,8 @@ class WeightEMA:
 def _unpack(batch, device: torch.device, channels_last: bool, size: int | None = None):
     x = batch[0].to(device, non_blocking=True)
     if size is not None and x.shape[-1] != size:
-        # Progressive resizing on the batch, not in the workers: persistent workers keep their
-        # transform, and the crop a sample gets stays a function of (seed, epoch, index).
+        # Progressive resizing on the batch, not in the workers: the workers' transform stays
+        # fixed, and the crop a sample gets stays a function of (seed, epoch, index).
         x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
