@@ -115,3 +115,18 @@ def test_bench_data_cli_reports_rates_and_wait(tiny, capsys):
     for k in ("loader_images_per_s", "step_images_per_s", "loop_images_per_s"):
         assert r[k] > 0
     assert 0 <= r["data_wait_fraction"] < 1
+
+
+def test_workers_fall_back_to_the_main_process_when_a_fork_unsafe_runtime_is_loaded(tiny, monkeypatch, caplog):
+    import sys
+    import types
+
+    from resnet_xray.train import data as data_mod
+
+    monkeypatch.setitem(sys.modules, "openvino", sys.modules.get("openvino") or types.ModuleType("openvino"))
+    with caplog.at_level("WARNING", logger=data_mod.__name__):
+        loaders = make_loaders(tiny, batch_size=4, workers=2, seed=11)
+    assert loaders.train.num_workers == 0 and loaders.val.num_workers == 0
+    assert "openvino" in caplog.text and "--workers" in caplog.text
+    x, _ = next(iter(loaders.train))  # and it still loads
+    assert x.shape[0] == 4

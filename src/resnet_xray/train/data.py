@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -261,6 +262,11 @@ class ShardSampler(torch.utils.data.Sampler):
 # --- loaders ---
 
 
+# Native runtimes whose thread pools do not survive fork(): with one loaded, forked DataLoader
+# workers crashed the parent with SIGSEGV (an in-process quantize or export, then finetune --workers 1).
+FORK_UNSAFE_MODULES = ("openvino", "onnxruntime")
+
+
 class SkippingLoader(DataLoader):
     """A DataLoader whose batches are ``(x, y)`` (or ``(x, y, box)``) with unreadable files dropped.
 
@@ -386,6 +392,11 @@ def make_loaders(
         world, rank = dist.get_world_size(), dist.get_rank()
     skipped: list[Skipped] = []
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    loaded = [m for m in FORK_UNSAFE_MODULES if m in sys.modules]
+    if workers > 0 and loaded:
+        log.warning("%s is loaded in this process and forked DataLoader workers crash it; loading data in the main "
+                    "process (run training in its own process to use --workers)", " and ".join(loaded))
+        workers = 0
     common: dict[str, Any] = dict(num_workers=workers, pin_memory=pin, skipped=skipped)
     if workers > 0:
         # Not persistent: kept-alive workers behind our generator __iter__ crashed the parent with
