@@ -182,3 +182,19 @@ def test_warmup_cosine_schedule_shape():
     assert s(0) == pytest.approx(0.01) and s(10) == pytest.approx(1.0)
     assert s(60) == pytest.approx(0.5) and s(110) == pytest.approx(0.0, abs=1e-12)
     assert all(s(i) >= s(i + 1) for i in range(10, 110))
+
+
+def test_progress_off_a_terminal_is_plain_lines(tiny, tmp_path, monkeypatch, capsys):
+    """A log file gets 'epoch 1/1: step n/N ...' lines, never tqdm's carriage-return updates."""
+    from resnet_xray.train import finetune as ft
+
+    monkeypatch.setattr(ft._LogBar, "__init__", _every_step(ft._LogBar.__init__))
+    ft.finetune(tiny, _opts(epochs=1, progress=True), tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "\r" not in err and "epoch 1/1: step 1/" in err
+
+
+def _every_step(init):
+    def patched(self, *a, **kw):
+        init(self, *a, **{**kw, "every": 0.0})
+    return patched

@@ -668,6 +668,29 @@ def _prepare_forward(run: _Run, frozen: list[str]) -> None:
     run.forward, run.wrapped_for = forward, tuple(frozen)
 
 
+
+class _LogBar:
+    """The bits of tqdm the epoch loop uses, printing a plain line at most every ``every`` seconds."""
+
+    def __init__(self, total: int, done: int, desc: str, *, quiet: bool, every: float = 10.0) -> None:
+        self.total, self.n, self.desc, self.quiet, self.every = total, done, desc, quiet, every
+        self.t0 = self.last = time.perf_counter()
+        self.postfix = ""
+
+    def set_postfix(self, refresh: bool = False, **kv: str) -> None:
+        self.postfix = ", ".join(f"{k} {v}" for k, v in kv.items())
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.perf_counter()
+        if not self.quiet and now - self.last >= self.every:
+            self.last = now
+            print(f"{self.desc}: step {self.n}/{self.total} ({now - self.t0:.0f} s), {self.postfix}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
 def _train_epoch(run: _Run, epoch: int) -> tuple[_StepStats | None, float]:
     """One pass over the training split (or its rest, after a resume); None when stopped early inside it."""
     o = run.options
@@ -678,8 +701,10 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[_StepStats | None, float]:
     skip = run.step_in_epoch if epoch == run.epoch else 0
     run.data.train.sampler.set_epoch(epoch, skip=skip * o.batch_size)
     stats = _StepStats()
+    # A terminal gets a live bar; a log file gets one plain line every few seconds instead of \r updates.
     bar = tqdm(total=run.steps, initial=skip, desc=f"epoch {epoch + 1}/{o.epochs}", unit="step", disable=not run.talk,
-               leave=False, file=sys.stderr)
+               leave=False, file=sys.stderr) if sys.stderr.isatty() else _LogBar(run.steps, skip, f"epoch {epoch + 1}/{o.epochs}",
+                                                                                  quiet=not run.talk)
     t_epoch = t_wait = time.perf_counter()
     run.step_in_epoch = skip
     try:
