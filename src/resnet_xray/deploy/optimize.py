@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import write_json
+from ..atomic import check_writable, write_json
 from ..compare import Tolerance, as_logits, compare
 from ..errors import XrayError
 from ..provenance import WeightsInfo
@@ -215,10 +215,7 @@ def prepare_out(opts: OptimizeOptions) -> dict[str, Any] | None:
                 raise XrayError(f"-o {out}: was started with other options ({state.get('options')}); use the same ones or --overwrite")
         else:
             raise XrayError(f"-o {out}: is not empty; pass --resume to continue that run or --overwrite to replace it")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise XrayError(f"-o {out}: cannot create ({e.strerror})") from None
+    check_writable(out, "-o", kind="dir")  # creates it, or one line saying why not
     return state
 
 
@@ -250,8 +247,7 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
     from ..model import load_model
     from .bench import machine_info, torch_threads
 
-    opts = options
-    opts.check()
+    opts = options  # checked by optimize()
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     t_start = time.perf_counter()
     model, meta = load_model(None, checkpoint)
