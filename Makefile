@@ -10,8 +10,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Re-installs only when the dependency list changes, so a second run installs nothing.
+# Under CI, pip keeps no cache: the CUDA build of torch pulls ~3 GB of nvidia wheels, and a cached
+# copy beside the installed one ran a CI disk out of space (ENOSPC during pip install).
+PIP_CACHE := $(if $(CI),--no-cache-dir,)
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q $(PIP_CACHE) -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)

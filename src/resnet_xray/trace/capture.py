@@ -307,96 +307,124 @@ def _bn_affine(m: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray] | None:
     return a, b
 
 
-class _StatsSink(nn.Module):
-    """What the generated code calls after each tabulated op; it keeps one small statistics vector per op."""
+class _StatsSink:
+    """What the generated code calls after each tabulated op; it keeps one small statistics vector per op.
 
-    def __init__(self, entries: list[_Entry]):
-        super().__init__()
+    The generated code calls :meth:`stat` and :meth:`dot` as plain functions (no ``nn.Module`` call),
+    and every reduction writes straight into a preallocated buffer (``out=``), so a pass leaves one
+    buffer to read back instead of hundreds of scalar tensors to stack. A trace is mostly these few
+    hundred small calls on top of the forward pass, so their per-call cost is what is trimmed here.
+    """
+
+    def __init__(self, entries: list[_Entry], n_dots: int):
         self.entries = entries
+        self.n_dots = n_dots
+        # Per entry, whether its BatchNorm can ever be an affine map (fixed at build; train/eval is checked per pass).
+        self.bn_stats = [isinstance(e.module, nn.BatchNorm2d) and e.module.running_var is not None for e in entries]
+        self.device: torch.device | None = None
         self.reset(set())
 
-    def reset(self, keep_maps: set[str]) -> None:
+    def _buffers(self, device: torch.device) -> None:
+        # [sum, sumsq, max, min] per entry and one dot product per block, as views made once per device.
+        self.device = device
+        self.buf = torch.zeros(len(self.entries), 4, device=device)
+        self.cols = [tuple(row.unbind(0)) for row in self.buf.unbind(0)]
+        self.dot_buf = torch.zeros(max(self.n_dots, 1), device=device)
+        self.dot_cols = self.dot_buf.unbind(0)
+
+    def reset(self, keep_maps: set[str], device: torch.device | None = None) -> None:
+        if device is not None and device != self.device:
+            self._buffers(device)
         n = len(self.entries)
         self.keep = keep_maps
-        # Scalars stay tensors until one read-back at the end (no device sync per layer); stacking
-        # them once there is much cheaper than a small stack per layer.
-        self.values: list[tuple[int, int, torch.Tensor]] = []  # (entry, column of [sum, sumsq, max, min], 0-d tensor)
         self.counts: list[tuple[int, torch.Tensor]] = []  # (entry, count of non-zero elements)
-        self.channels: dict[int, torch.Tensor] = {}  # channels-mode entries: (4, N, C) of the same four
+        self.channels: dict[int, torch.Tensor] = {}  # channels-mode entries: (4, N*C) of sum, norm, max, min
         self.shapes: list[tuple[int, ...] | None] = [None] * n
-        self.dots: dict[int, torch.Tensor] = {}
+        self.dots: set[int] = set()  # blocks whose dot product was written
         self.maps: dict[str, torch.Tensor] = {}
-        self.modes: dict[int, str] = {}  # entries reduced in a mode other than full, in execution order
+        self.modes: dict[int, str] = {}  # entry -> the mode it was reduced in, for those that ran
 
-    def forward(self, t: torch.Tensor, i: int) -> None:
+    def stat(self, t: torch.Tensor, i: int) -> None:
         e = self.entries[i]
         self.shapes[i] = tuple(t.shape)
-        if e.name in self.keep:
+        if self.keep and e.name in self.keep:
             self.maps[e.name] = t.detach().clone()  # a clone: the in-place ReLU that follows would change it
         f = t.detach()
-        if f.numel() == 0:
-            return
+        if f.numel() == 0 or f.device != self.device:
+            return  # empty (zeros, as _finish expects) or on a device the buffers are not on (not tabulated)
         if f.dtype != torch.float32:
             f = f.float()
         mode = e.mode if f.dim() >= 2 else "full"
         if mode == "channels" and math.prod(f.shape[2:]) < CHANNEL_MIN_AREA:
             mode = "full"  # small maps: per-row reductions cost more than the BatchNorm pass they save
-        if mode == "affine" and (e.src not in self.channels or e.module.training or e.module.running_var is None):
+        elif mode == "affine" and (self.modes.get(e.src) != "channels" or e.module.training or not self.bn_stats[i]):
             mode = "full"  # its conv was not reduced per channel, or the BatchNorm uses batch statistics
-        if mode == "relu" and self.shapes[e.src] is None:
+        elif mode == "relu" and self.shapes[e.src] is None:
             mode = "full"
-        if mode == "add" and e.terms[2] not in self.dots:
+        elif mode == "add" and e.terms[2] not in self.dots:
             mode = "full"
-        flat = f.reshape(-1)
-        put = self.values.append
-        if mode == "channels":
+        self.modes[i] = mode
+        if mode == "affine":
+            pass  # derived from its conv's per-channel numbers; the output is never read
+        elif mode == "channels":
             v = f.reshape(f.shape[0] * f.shape[1], -1)  # rows are (image, channel): no copy
-            c = torch.stack([v.sum(1), torch.linalg.vector_norm(v, dim=1).square(), v.amax(1), v.amin(1)])
-            self.channels[i] = c.reshape(4, f.shape[0], f.shape[1])
-        elif mode == "relu":
-            put((i, 0, flat.sum()))
-            put((i, 1, torch.dot(flat, flat)))
-        elif mode == "add":
-            put((i, 2, flat.amax()))
-            put((i, 3, flat.amin()))
-        elif mode == "full":
-            put((i, 0, flat.sum()))
-            put((i, 1, torch.dot(flat, flat)))
-            put((i, 2, flat.amax()))  # amax then amin: faster here than one aminmax
-            put((i, 3, flat.amin()))
+            c = torch.empty(4, v.shape[0], device=v.device)
+            torch.sum(v, 1, out=c[0])
+            torch.linalg.vector_norm(v, dim=1, out=c[1])  # squared on read-back
+            torch.amax(v, 1, out=c[2])
+            torch.amin(v, 1, out=c[3])
+            self.channels[i] = c
+        else:
+            flat = f.reshape(-1)
+            out = self.cols[i]
+            if mode != "add":  # an add's sum and sum of squares follow from its terms and their dot product
+                torch.sum(flat, 0, out=out[0])
+                torch.dot(flat, flat, out=out[1])
+            if mode != "relu":  # a ReLU's max and min follow from its input's
+                torch.amax(flat, 0, out=out[2])  # amax then amin: faster here than one aminmax
+                torch.amin(flat, 0, out=out[3])
         if e.count_zeros:
             # Counting the float32 words whose bits are not all zero needs no temporary tensor; only a
             # negative zero (-0.0) would be miscounted as non-zero, and a ReLU never produces one.
-            self.counts.append((i, torch.count_nonzero(flat.view(torch.int32))))
-        if mode != "full":
-            self.modes[i] = mode
+            self.counts.append((i, torch.count_nonzero(f.reshape(-1).view(torch.int32))))
 
-    def read_back(self) -> tuple[list[int], np.ndarray, dict[int, int]]:
-        """The entries that ran, their [sum, sumsq, max, min] in float64 (derived ones filled in), their non-zero counts."""
+    def dot(self, f: torch.Tensor, s: torch.Tensor, k: int) -> None:
+        """Called just before a block's add: the dot product of F(x) and the shortcut, for their cosine."""
+        f, s = f.detach(), s.detach()
+        if f.device != self.device or f.numel() == 0:
+            return
+        torch.dot(f.reshape(-1).float(), s.reshape(-1).float(), out=self.dot_cols[k])
+        self.dots.add(k)
+
+    def read_back(self) -> tuple[list[int], np.ndarray, dict[int, int], dict[int, float]]:
+        """The entries that ran, their [sum, sumsq, max, min] in float64 (derived ones filled in), their
+        non-zero counts, and the blocks' dot products: one device-to-host copy per kind of number."""
         done = [i for i, sh in enumerate(self.shapes) if sh is not None]
-        vecs = np.full((len(self.entries), 4), np.nan)
-        if self.values:
-            rows, cols, ts = zip(*self.values)
-            vecs[list(rows), list(cols)] = torch.stack(ts).double().cpu().numpy()
+        vecs = np.zeros((len(self.entries), 4))
+        if self.modes:
+            vecs[:] = self.buf.double().cpu().numpy()
+        dots = dict(zip(sorted(self.dots), self.dot_buf.double().cpu().numpy()[sorted(self.dots)].tolist()))
         counts = dict(zip([i for i, _ in self.counts], torch.stack([c for _, c in self.counts]).tolist())) if self.counts else {}
-        for i in done:  # an empty output: zeros, as _finish expects
-            if math.prod(self.shapes[i]) == 0:
+        for i in done:  # an empty output (or one not reduced): zeros, as _finish expects
+            if i not in self.modes:
                 vecs[i] = 0.0
-        self.derive(vecs)
-        return done, vecs, counts
+        self.derive(vecs, dots)
+        return done, vecs, counts, dots
 
-    def derive(self, vecs: np.ndarray) -> None:
+    def derive(self, vecs: np.ndarray, dots: dict[int, float]) -> None:
         """Fill in, in place and in execution order, the statistics that were derived rather than read."""
         chans = {i: c.double().cpu().numpy() for i, c in self.channels.items()}
         for i, mode in self.modes.items():
             e = self.entries[i]
             if mode == "channels":
                 c = chans[i]
-                vecs[i] = [c[0].sum(), c[1].sum(), c[2].max(), c[3].min()]
+                vecs[i] = [c[0].sum(), np.dot(c[1], c[1]), c[2].max(), c[3].min()]
             elif mode == "affine":
                 c, (a, b) = chans[e.src], _bn_affine(e.module)
-                s, q, hi, lo = c  # each (N, C)
-                n = math.prod(self.shapes[i][2:])
+                shape = self.shapes[i]
+                s, q, hi, lo = (r.reshape(shape[0], shape[1]) for r in c)  # each (N, C)
+                q = q * q
+                n = math.prod(shape[2:])
                 # sum(a x + b) = a S + n b;  sum((a x + b)^2) = a^2 Q + 2 a b S + n b^2;  a < 0 swaps max and min
                 vecs[i] = [(a * s + n * b).sum(), (a * a * q + 2 * a * b * s + n * b * b).sum(),
                            (np.where(a >= 0, a * hi, a * lo) + b).max(), (np.where(a >= 0, a * lo, a * hi) + b).min()]
@@ -404,20 +432,8 @@ class _StatsSink(nn.Module):
                 vecs[i][2], vecs[i][3] = max(vecs[e.src][2], 0.0), max(vecs[e.src][3], 0.0)
             elif mode == "add":
                 fi, si, k = e.terms
-                dot = float(self.dots[k].double())
                 vecs[i][0] = vecs[fi][0] + vecs[si][0]
-                vecs[i][1] = vecs[fi][1] + vecs[si][1] + 2.0 * dot
-
-
-class _DotSink(nn.Module):
-    """Called just before a block's add: the dot product of F(x) and the shortcut, for their cosine."""
-
-    def __init__(self, stats: _StatsSink):
-        super().__init__()
-        self.stats = [stats]  # a list, so the sink is not registered twice as a submodule
-
-    def forward(self, f: torch.Tensor, s: torch.Tensor, k: int) -> None:
-        self.stats[0].dots[k] = torch.dot(f.detach().reshape(-1).float(), s.detach().reshape(-1).float())
+                vecs[i][1] = vecs[fi][1] + vecs[si][1] + 2.0 * dots[k]
 
 
 class _Instrumented:
@@ -483,32 +499,28 @@ class _Instrumented:
                     e.mode, e.src = "relu", index[src]
 
         self.entries, self.blocks = entries, blocks
-        self.sink = _StatsSink(entries)
-        gm.add_submodule("xray_stats", self.sink)
-        gm.add_submodule("xray_dots", _DotSink(self.sink))
+        self.sink = _StatsSink(entries, len(dot_args))
         g = gm.graph
         for k, (add, f, s) in enumerate(dot_args):
             with g.inserting_before(add):
-                g.call_module("xray_dots", (f, s), {"k": k})
+                g.call_function(self.sink.dot, (f, s, k))
         for n, i in index.items():
             with g.inserting_after(n):
-                g.call_module("xray_stats", (n,), {"i": i})
+                g.call_function(self.sink.stat, (n, i))
         gm.recompile()
         self.gm = gm
 
     def run(self, x: torch.Tensor, keep_maps: set[str]) -> tuple[Any, list[LayerStats], list[BlockStats], dict[str, torch.Tensor]]:
         s = self.sink
-        s.reset(keep_maps)
+        s.reset(keep_maps, x.device)
         try:
             out = self.gm(x)
             # One read-back for the whole pass, then the derived statistics in float64.
-            done, vecs, counts = s.read_back()
+            done, vecs, counts, dots = s.read_back()
             if not done:
                 return out, [], [], s.maps
-            rows = {i: _finish(self.entries[i].name, self.entries[i].type, s.shapes[i], [*map(float, vecs[i]), counts.get(i, -1)])
+            rows = {i: _finish(self.entries[i].name, self.entries[i].type, s.shapes[i], [*vecs[i].tolist(), counts.get(i, -1)])
                     for i in done}
-            ks = sorted(s.dots)
-            dots = dict(zip(ks, torch.stack([s.dots[k] for k in ks]).double().tolist())) if ks else {}
             blocks = [_block_stats(b.name, rows[b.residual], rows[b.shortcut], rows[b.add], rows[b.relu], dots[k])
                       for k, b in enumerate(self.blocks) if k in dots]
             return out, [rows[i] for i in done], blocks, s.maps
