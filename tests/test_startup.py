@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "torchvision", "onnx", "onnxruntime", "openvino", "matplotlib", "torch_pruning")
+HEAVY = ("torch", "torchvision", "onnx", "onnxruntime", "openvino", "matplotlib", "torch_pruning", "numba")
 
 PROBE = """
 import json, sys
@@ -46,7 +46,7 @@ def test_classify_imports_only_what_it_uses(cat_path):
     rc, loaded = loaded_after("classify", str(cat_path), "--arch", "resnet18", "--weights", "random", "--json")
     assert rc == 0
     assert "torch" in loaded and "torchvision" in loaded
-    assert not {"onnx", "onnxruntime", "openvino", "matplotlib", "torch_pruning"} & set(loaded)
+    assert not {"onnx", "onnxruntime", "openvino", "matplotlib", "torch_pruning", "numba"} & set(loaded)
 
 
 def test_every_command_is_listed_once_and_builds():

@@ -205,10 +205,17 @@ def test_trace_follows_plain_network_and_back(resnet18, image):
     assert_close(again.logits, normal, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("one_pass", [True, False], ids=["numba-kernels", "torch-reductions"])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_engines_agree_and_logits_are_bit_identical(batch):
-    """The generated-code engine derives BatchNorm and add statistics; they must equal the read ones."""
-    from resnet_xray.trace import TraceOptions
+def test_engines_agree_and_logits_are_bit_identical(batch, one_pass, monkeypatch):
+    """The generated-code engine derives BatchNorm and add statistics; they must equal the read ones,
+    whether its sums come from the one-pass kernels or from PyTorch's reductions."""
+    from resnet_xray.trace import TraceOptions, kernels
+
+    if one_pass:
+        assert kernels.enabled(), "numba is a pinned dependency: the one-pass kernels must load"
+    else:
+        monkeypatch.setattr(kernels, "_kernels", False)
 
     torch.manual_seed(1)
     model = build_model("resnet18").eval()
@@ -252,3 +259,39 @@ def test_engine_must_be_known(resnet18, image):
 
     with pytest.raises(ValueError, match="engine"):
         trace_model(resnet18, image, TraceOptions(engine="hooks"))
+
+
+def test_non_finite_activations_show_as_nan_not_a_crash(resnet18):
+    """fastmath reassociation only: a NaN in the input must reach the statistics as NaN."""
+    from resnet_xray.trace import TraceOptions, kernels
+
+    assert kernels.enabled()
+    x = torch.randn(1, 3, 64, 64)
+    x[0, 0, 5, 5] = float("nan")
+    for engine in ("codegen", "interpreter"):
+        tr = trace_model(resnet18, x, TraceOptions(engine=engine))
+        conv1 = tr.layer("conv1")
+        assert math.isnan(conv1.mean) and math.isnan(conv1.l2), engine
+
+
+def test_one_pass_kernels_match_float64(tmp_path):
+    import numpy as np
+
+    from resnet_xray.trace import kernels
+
+    assert kernels.enabled()
+    g = torch.Generator().manual_seed(0)
+    for n in (0, 1, 4095, 4096, 4097, 100_003):
+        t = torch.randn(n, generator=g).relu_()
+        t[: n // 3] = -0.0
+        out = np.zeros(3)
+        kernels.flat_stats(t, out)
+        d = t.double()
+        assert out[0] == pytest.approx(d.sum().item(), rel=1e-6, abs=1e-9)
+        assert out[1] == pytest.approx((d * d).sum().item(), rel=1e-6, abs=1e-9)
+        assert out[2] == int((t != 0).sum())  # -0.0 counts as zero here
+    m = torch.randn(7, 5000, generator=g)
+    rows = np.zeros((7, 3))
+    kernels.row_stats(m, rows)
+    assert np.allclose(rows[:, 0], m.double().sum(1).numpy(), rtol=1e-6)
+    assert np.allclose(rows[:, 1], (m.double() ** 2).sum(1).numpy(), rtol=1e-6)

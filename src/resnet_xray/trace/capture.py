@@ -27,6 +27,7 @@ from torch import fx, nn
 
 from ..anatomy.layers import _node_name, _node_type, trace_graph
 from ..interface import class_logits
+from . import kernels
 
 
 @dataclass
@@ -262,7 +263,8 @@ class _StatsInterpreter(fx.Interpreter):
 
 # How the generated code reduces an op's output. Each full pass over a big activation costs memory
 # bandwidth, so an output is read only for what cannot be derived exactly from numbers already in hand:
-#   full      sum, sum of squares, max, min (and zeros after ReLU/max pool): four or five passes
+#   full      sum, sum of squares, max, min (and zeros after ReLU/max pool): two passes on the CPU (one
+#             kernel pass for the sums and zeros, see trace.kernels, one aminmax), else four or five
 #   channels  a conv that feeds an eval-mode BatchNorm: the same four, per channel (as fast as whole-tensor ones)
 #   affine    that BatchNorm: y = a*x + b per channel, so its statistics follow from the conv's per-channel
 #             ones (exact up to float rounding); its output is never read
@@ -338,11 +340,16 @@ class _StatsSink:
         n = len(self.entries)
         self.keep = keep_maps
         self.counts: list[tuple[int, torch.Tensor]] = []  # (entry, count of non-zero elements)
-        self.channels: dict[int, torch.Tensor] = {}  # channels-mode entries: (4, N*C) of sum, norm, max, min
+        self.channels: dict[int, tuple] = {}  # channels-mode entries: per-row (sum, sumsq or its root, max, min)
         self.shapes: list[tuple[int, ...] | None] = [None] * n
         self.dots: set[int] = set()  # blocks whose dot product was written
         self.maps: dict[str, torch.Tensor] = {}
         self.modes: dict[int, str] = {}  # entry -> the mode it was reduced in, for those that ran
+        self.fused: list[int] = []  # entries whose sum, sumsq and count came from the one-pass kernel
+        self.nb = np.zeros((n, 3))  # their [sum, sumsq, non-zero count]
+        self.one_pass = device is not None and device.type == "cpu" and kernels.enabled()
+        # One aminmax pass beats amax + amin with two or more threads, and loses to them on one.
+        self.aminmax = torch.get_num_threads() > 1
 
     def stat(self, t: torch.Tensor, i: int) -> None:
         e = self.entries[i]
@@ -365,28 +372,37 @@ class _StatsSink:
             mode = "full"
         self.modes[i] = mode
         if mode == "affine":
-            pass  # derived from its conv's per-channel numbers; the output is never read
-        elif mode == "channels":
+            return  # derived from its conv's per-channel numbers; the output is never read
+        one_pass = self.one_pass and f.is_contiguous()
+        if mode == "channels":
             v = f.reshape(f.shape[0] * f.shape[1], -1)  # rows are (image, channel): no copy
-            c = torch.empty(4, v.shape[0], device=v.device)
-            torch.sum(v, 1, out=c[0])
-            torch.linalg.vector_norm(v, dim=1, out=c[1])  # squared on read-back
-            torch.amax(v, 1, out=c[2])
-            torch.amin(v, 1, out=c[3])
-            self.channels[i] = c
-        else:
-            flat = f.reshape(-1)
-            out = self.cols[i]
-            if mode != "add":  # an add's sum and sum of squares follow from its terms and their dot product
+            hi, lo = torch.amax(v, 1), torch.amin(v, 1)
+            if one_pass:
+                r = np.empty((v.shape[0], 3))
+                kernels.row_stats(v, r)
+                self.channels[i] = (r[:, 0], r[:, 1], hi, lo)
+            else:
+                self.channels[i] = (v.sum(1), torch.linalg.vector_norm(v, dim=1), hi, lo)  # the norm is squared on read-back
+            return
+        flat = f.reshape(-1)
+        out = self.cols[i]
+        if mode != "add":  # an add's sum and sum of squares follow from its terms and their dot product
+            if one_pass:
+                kernels.flat_stats(flat, self.nb[i])
+                self.fused.append(i)
+            else:
                 torch.sum(flat, 0, out=out[0])
                 torch.dot(flat, flat, out=out[1])
-            if mode != "relu":  # a ReLU's max and min follow from its input's
-                torch.amax(flat, 0, out=out[2])  # amax then amin: faster here than one aminmax
+                if e.count_zeros:
+                    # Counting the float32 words whose bits are not all zero needs no temporary tensor; only a
+                    # negative zero (-0.0) would be miscounted as non-zero, and a ReLU never produces one.
+                    self.counts.append((i, torch.count_nonzero(flat.view(torch.int32))))
+        if mode != "relu":  # a ReLU's max and min follow from its input's
+            if self.aminmax:
+                torch.aminmax(flat, out=(out[3], out[2]))
+            else:
+                torch.amax(flat, 0, out=out[2])
                 torch.amin(flat, 0, out=out[3])
-        if e.count_zeros:
-            # Counting the float32 words whose bits are not all zero needs no temporary tensor; only a
-            # negative zero (-0.0) would be miscounted as non-zero, and a ReLU never produces one.
-            self.counts.append((i, torch.count_nonzero(f.reshape(-1).view(torch.int32))))
 
     def dot(self, f: torch.Tensor, s: torch.Tensor, k: int) -> None:
         """Called just before a block's add: the dot product of F(x) and the shortcut, for their cosine."""
@@ -405,6 +421,10 @@ class _StatsSink:
             vecs[:] = self.buf.double().cpu().numpy()
         dots = dict(zip(sorted(self.dots), self.dot_buf.double().cpu().numpy()[sorted(self.dots)].tolist()))
         counts = dict(zip([i for i, _ in self.counts], torch.stack([c for _, c in self.counts]).tolist())) if self.counts else {}
+        for i in self.fused:
+            vecs[i][:2] = self.nb[i][:2]
+            if self.entries[i].count_zeros:
+                counts[i] = int(self.nb[i][2])
         for i in done:  # an empty output (or one not reduced): zeros, as _finish expects
             if i not in self.modes:
                 vecs[i] = 0.0
@@ -413,17 +433,19 @@ class _StatsSink:
 
     def derive(self, vecs: np.ndarray, dots: dict[int, float]) -> None:
         """Fill in, in place and in execution order, the statistics that were derived rather than read."""
-        chans = {i: c.double().cpu().numpy() for i, c in self.channels.items()}
+        chans = {}
+        for i, (s, q, hi, lo) in self.channels.items():
+            if isinstance(q, torch.Tensor):  # the PyTorch path keeps the per-row norm
+                s, q = s.double().cpu().numpy(), q.double().cpu().numpy() ** 2
+            chans[i] = (s, q, hi.double().cpu().numpy(), lo.double().cpu().numpy())
         for i, mode in self.modes.items():
             e = self.entries[i]
             if mode == "channels":
-                c = chans[i]
-                vecs[i] = [c[0].sum(), np.dot(c[1], c[1]), c[2].max(), c[3].min()]
+                s, q, hi, lo = chans[i]
+                vecs[i] = [s.sum(), q.sum(), hi.max(), lo.min()]
             elif mode == "affine":
-                c, (a, b) = chans[e.src], _bn_affine(e.module)
-                shape = self.shapes[i]
-                s, q, hi, lo = (r.reshape(shape[0], shape[1]) for r in c)  # each (N, C)
-                q = q * q
+                (a, b), shape = _bn_affine(e.module), self.shapes[i]
+                s, q, hi, lo = (r.reshape(shape[0], shape[1]) for r in chans[e.src])  # each (N, C)
                 n = math.prod(shape[2:])
                 # sum(a x + b) = a S + n b;  sum((a x + b)^2) = a^2 Q + 2 a b S + n b^2;  a < 0 swaps max and min
                 vecs[i] = [(a * s + n * b).sum(), (a * a * q + 2 * a * b * s + n * b * b).sum(),
