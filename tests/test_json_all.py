@@ -49,7 +49,7 @@ def test_every_json_command_is_covered():
     assert with_json == COVERED
 
 
-COVERED = {"classify", "preprocess", "anatomy", "trace", "gradflow", "fuse", "export", "quantize", "bench", "finetune",
+COVERED = {"classify", "preprocess", "anatomy", "trace", "gradflow", "report", "fuse", "export", "quantize", "bench", "finetune",
            "finetune-multitask", "bench-data", "evaluate", "optimize"}
 assert COVERED <= {c.name for c in COMMANDS}
 
@@ -67,6 +67,13 @@ def test_classify_preprocess_anatomy_trace(cat_path):
 def test_gradflow(tmp_path):
     doc = run_json("gradflow", "--arch", "resnet18", "--input-size", "32", "--batch-size", "2", "--regime", "batch")
     assert doc["weights"]["pretrained"] is False and "batch" in doc["init"]
+
+
+def test_report(cat_path, tmp_path):
+    doc = run_json("report", cat_path, *R18, "-o", tmp_path / "r", "--sections", "cost", "--no-gradflow", "--quiet")
+    assert Path(doc["html"]) == tmp_path / "r" / "report.html" and Path(doc["html"]).stat().st_size == doc["html_bytes"]
+    assert json.loads(Path(doc["json"]).read_text())["sections"] == ["cost"]
+    assert doc["weights"]["source"] == "random (seed 0)" and doc["total_s"] > 0
 
 
 @pytest.mark.slow

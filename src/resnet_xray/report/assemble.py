@@ -23,6 +23,7 @@ from torch import nn
 
 from ..anatomy import AnatomyOptions, analyze
 from ..errors import XrayError
+from ..options import OptionError, at_least, one_of
 from ..image import load_image
 from ..model import ModelMeta
 from ..viz.cam import CamOptions, cam_figure, check_class_index, compute_cams
@@ -62,7 +63,7 @@ def check_sections(sections: tuple[str, ...] | None) -> tuple[str, ...]:
         return SECTION_IDS
     bad = [s for s in sections if s not in SECTION_IDS]
     if bad or not sections:
-        raise XrayError(f"--sections {','.join(sections)}: unknown {', '.join(bad) or '(empty)'}; choose from {','.join(SECTION_IDS)}")
+        raise OptionError("sections", ",".join(sections), f"unknown {', '.join(bad) or '(empty)'}; choose from {','.join(SECTION_IDS)}")
     return tuple(s for s in SECTION_IDS if s in sections)
 
 
@@ -78,6 +79,17 @@ class ReportOptions:
     gradflow_size: int = 64  # input side for the gradient-flow measurement (its cost grows with the square)
     sections: tuple[str, ...] | None = None  # ids from SECTION_IDS; None: all of them, in the seed's order
     quiet: bool = False  # no progress display
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        one_of("grid_order", self.grid_order, ("top", "first"))
+        at_least("grid_tile", self.grid_tile, 8)
+        if self.cam_class is not None and self.cam_class < 0:
+            raise OptionError("cam_class", self.cam_class, "out of range; class indices start at 0")
+        at_least("gradflow_batch", self.gradflow_batch, 2)  # batch statistics need two images
+        at_least("gradflow_size", self.gradflow_size, 32)
+        if self.sections is not None:
+            self.sections = check_sections(tuple(self.sections))
 
 
 @dataclass
