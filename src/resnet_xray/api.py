@@ -464,8 +464,7 @@ def export(model: LoadedModel | tuple | PathLike, output: PathLike, *, opset: in
     """
     from .deploy.onnx import ExportOptions, check_onnx, check_openvino, export_onnx, remove_export
 
-    opts = ExportOptions(opset=opset, dynamic_batch=dynamic_batch, exporter=exporter, openvino=openvino)
-    opts.check()  # a bad opset is one line before any work
+    opts = ExportOptions(opset=opset, dynamic_batch=dynamic_batch, exporter=exporter, openvino=openvino)  # refuses a bad opset first
     if tensorrt:
         from .deploy.tensorrt import require_tensorrt
 
@@ -528,6 +527,24 @@ def bench(model: LoadedModel | tuple | PathLike, *, output: PathLike | None = No
     if output:
         save_chart(res, output)
     return BenchReport(res, m.weights)
+
+
+def evaluate(models: PathLike | Sequence[PathLike], data: PathLike, **options: Any):
+    """Accuracy of deployed models (``.onnx`` / ``.xml``) on a labelled folder, and each one's agreement with the first.
+
+    Args:
+        models: one deployed model, or several to compare; the first is the reference.
+        data: an ImageFolder (class folders, or a dataset with ``val/``).
+        options: fields of :class:`resnet_xray.deploy.runtime.EvaluateOptions` (``limit``, ``threads``).
+
+    Returns:
+        :class:`resnet_xray.deploy.runtime.EvalResult`; its ``to_dict()`` is ``resnet-xray evaluate --json``.
+    """
+    from .deploy.runtime import EvaluateOptions, evaluate_models
+
+    opts = EvaluateOptions(**options)  # refuses bad values before any model is loaded
+    paths = [models] if isinstance(models, (str, os.PathLike)) else list(models)
+    return evaluate_models(paths, data, limit=opts.limit, threads=opts.threads)
 
 
 def finetune(data: PathLike, out_dir: PathLike, *, resume: bool = False, overwrite: bool = False, **options: Any) -> FinetuneResult:
@@ -610,7 +627,7 @@ class PreprocessResult:
 
 __all__ = [
     "LoadedModel", "load_model", "as_model", "classify", "anatomy", "trace", "gradflow", "report", "fuse", "export",
-    "quantize", "bench", "finetune", "bench_data", "prune", "preprocess",
+    "quantize", "bench", "evaluate", "finetune", "bench_data", "prune", "preprocess",
     "AnatomyResult", "TraceResult", "GradFlowReport", "ReportOutput", "FuseResult", "ExportResult", "QuantizeResult",
     "BenchReport", "FinetuneResult", "DataBenchResult", "PruneReport", "PreprocessResult",
 ]

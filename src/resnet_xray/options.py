@@ -100,11 +100,12 @@ class Flags:
         fields, hints, comments = self._fields()
         for name in self.names:
             f, kind = fields[name], hints[name]
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = _default(f)
             text = self.help.get(name) or comments.get(name, "")
             kw: dict[str, Any] = {"dest": name}
             base, elem = _kind(kind)
-            if base is bool:
+            words = self.choices.get(name)
+            if base is bool and not isinstance(words, dict):
                 flags = self._flags(name, "--no-" if default is True else "--")
                 if default is True and name not in self.help:
                     text = f"turn off: {text}" if text else ""
@@ -114,7 +115,6 @@ class Flags:
                     kw.update(action="store_false" if default else "store_true")
                 parser.add_argument(*flags, help=text, **kw)
                 continue
-            words = self.choices.get(name)
             if isinstance(words, dict):
                 shown = next((w for w, v in words.items() if v == default), default)
                 kw.update(choices=tuple(words), default=shown)
@@ -147,8 +147,7 @@ class Flags:
             if isinstance(words, dict):
                 value = words[value]
             elif base is tuple and value is None:
-                f = fields[name]
-                value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                value = _default(fields[name])
             elif base is tuple and isinstance(value, str):
                 value = split_values(name, value, elem)
             elif base is tuple:
@@ -174,6 +173,15 @@ class Flags:
         import typing
 
         return ({f.name: f for f in dataclasses.fields(self.cls)}, typing.get_type_hints(self.cls), field_comments(self.cls))
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default (None for a field the caller must give)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
 
 
 def _kind(hint: Any) -> tuple[Any, Any]:

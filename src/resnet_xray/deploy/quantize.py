@@ -28,7 +28,7 @@ import torch
 from ..atomic import write_json
 from ..compare import Tolerance, compare
 from ..errors import XrayError
-from ..options import at_least, one_of
+from ..options import at_least, one_of, within
 from ..image import IMAGE_EXTENSIONS, Preprocessing, Skipped, expand_inputs
 from ..image import image_batches as stream_batches
 from .onnx import (
@@ -64,23 +64,12 @@ class QuantizeOptions:
     engine: str = "ort"  # ort: ONNX Runtime QDQ (.onnx) | openvino: NNCF post-training INT8 (.xml)
     time_check: bool = True  # time FP32 and INT8 round-robin and say when INT8 is the slower one here
 
-    def check(self) -> None:
-        if self.method not in METHODS:
-            raise XrayError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.activation_type not in ("uint8", "int8"):
-            raise XrayError(f"activation type {self.activation_type!r}: choose uint8 or int8")
-        if self.max_calib_images is not None and self.max_calib_images < 1:
-            raise XrayError(f"--max-images {self.max_calib_images}: must be at least 1")
-        if not 0.0 <= self.min_agreement <= 1.0:
-            raise XrayError(f"--min-agreement {self.min_agreement}: must lie between 0 and 1")
-        if self.engine not in ("ort", "openvino"):
-            raise XrayError(f"--engine {self.engine!r}: choose ort or openvino")
-        if self.batch_size < 1:
-            raise XrayError(f"batch size {self.batch_size}: must be at least 1")
-
     def __post_init__(self) -> None:
-        one_of("method", self.method, ("minmax", "entropy", "percentile"))
+        one_of("method", self.method, METHODS)
+        one_of("activation_type", self.activation_type, ("uint8", "int8"))
+        one_of("engine", self.engine, ("ort", "openvino"))
         at_least("max_calib_images", self.max_calib_images, 1, allow_none=True)
+        within("min_agreement", self.min_agreement, 0.0, 1.0)
         if self.holdout_every != 0:  # 0 is "hold none out" (optimize scores on its own val split)
             at_least("holdout_every", self.holdout_every, 2)
         at_least("batch_size", self.batch_size, 1)
@@ -292,7 +281,6 @@ def quantize_onnx(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     opts = options or QuantizeOptions()
-    opts.check()
     info = inspect_onnx(fp32_path)
     calib_root = Path(calib_dir)
     files = list_images(calib_root, "--calib")
