@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from .cliutil import add_model_args, model_from_args, print_json, report_skipped, warn_random
-from .options import add_flags, from_args
+from .options import Flags, add_flags, from_args
 
 CLASSIFY_FLAGS = ("topk", "batch_size")  # fields of ClassifyOptions that are flags
 
@@ -65,11 +64,17 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return report_skipped(result.skipped)
 
 
+def _preprocess_flags() -> Flags:
+    from .preprocess import PreprocessOptions
+
+    return Flags(PreprocessOptions, ("output", "weights", "arch"), spelling={"output": ("-o", "--output")},
+                 help={"weights": "use these weights' declared transforms (default: the seed pipeline)",
+                       "arch": "arch for --weights imagenet* (default: resnet50)"})
+
+
 def preprocess_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("image")
-    p.add_argument("-o", "--output", help="PNG of the de-normalised crop")
-    p.add_argument("--weights", default=None, help="use these weights' declared transforms (default: the seed pipeline)")
-    p.add_argument("--arch", default=None, help="arch for --weights imagenet* (default: resnet50)")
+    _preprocess_flags().add(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_preprocess)
 
@@ -77,7 +82,7 @@ def preprocess_args(p: argparse.ArgumentParser) -> None:
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from . import api
 
-    res = api.preprocess(args.image, output=args.output, weights=args.weights, arch=args.arch)
+    res = api.preprocess(args.image, **_preprocess_flags().values(args))
     if args.json:
         print_json(res.to_dict())
         return 0
@@ -119,14 +124,20 @@ def cmd_anatomy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_flags() -> Flags:
+    from .demo import DemoOptions
+
+    return Flags(DemoOptions, ("out_dir", "quiet"), spelling={"out_dir": "--out"},
+                 help={"out_dir": "output folder", "quiet": "no progress display on stderr"})
+
+
 def demo_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
-    p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
-    p.add_argument("--quiet", action="store_true", help="no progress display on stderr")
+    _demo_flags().add(p)
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoOptions, run_demo
+    from .demo import run_demo
 
-    return run_demo(DemoOptions(arch=args.arch or "resnet50", weights=args.weights, out_dir=Path(args.out), quiet=args.quiet))
+    return run_demo(_demo_flags().build(args, arch=args.arch or "resnet50", weights=args.weights))
