@@ -87,12 +87,12 @@ def test_flags_of_every_converted_command_build_their_options_with_the_dataclass
     def parse(*argv):
         return build_parser(argv[0]).parse_args(list(argv))
 
-    assert deploy._bench_flags().build(parse("bench")) == BenchOptions()
-    assert deploy._quantize_flags().build(parse("quantize", "m.onnx", "--calib", "c", "-o", "q.onnx")) == QuantizeOptions()
-    assert prune._prune_flags().build(parse("prune")) == PruneOptions()
+    assert deploy.bench_flags().build(parse("bench")) == BenchOptions()
+    assert deploy.quantize_flags().build(parse("quantize", "m.onnx", "--calib", "c", "-o", "q.onnx")) == QuantizeOptions()
+    assert prune.prune_flags().build(parse("prune")) == PruneOptions()
     assert report._flags().build(parse("report", "x.png")) == ReportOptions()
     args = parse("finetune", "d", "--out", "o")
-    assert train._finetune_flags(False).build(args, arch="resnet50", weights="imagenet") == FinetuneOptions()
+    assert train.finetune_flags(False).build(args, arch="resnet50", weights="imagenet") == FinetuneOptions()
 
 
 def test_generated_flags_spell_and_convert_values():
@@ -102,11 +102,11 @@ def test_generated_flags_spell_and_convert_values():
 
     args = build_parser("quantize").parse_args(["quantize", "m.onnx", "--calib", "c", "-o", "q.onnx", "--reduce-range", "on",
                                                  "--max-images", "7", "--no-time-check", "--eval", "held"])
-    q = deploy._quantize_flags().build(args)
+    q = deploy.quantize_flags().build(args)
     assert (q.reduce_range, q.max_calib_images, q.time_check, q.eval_dir) == (True, 7, False, "held")
-    b = deploy._bench_flags().build(build_parser("bench").parse_args(["bench", "--batch", "1,8", "--no-compile"]))
+    b = deploy.bench_flags().build(build_parser("bench").parse_args(["bench", "--batch", "1,8", "--no-compile"]))
     assert (b.batches, b.compile) == ((1, 8), False)
-    g = trace._gradflow_flags().build(build_parser("gradflow").parse_args(["gradflow", "--regime", "running"]))
+    g = trace.gradflow_flags().build(build_parser("gradflow").parse_args(["gradflow", "--regime", "running"]))
     assert g.regimes == ("running",)
 
 

@@ -94,13 +94,14 @@ class Flags:
     repeat: tuple[str, ...] = ()  # tuple fields given as a repeated flag instead of one comma-separated value
     help: dict[str, str] = field(default_factory=dict)  # replaces the field's comment
     metavar: dict[str, str] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)  # a script's own defaults (see only()); commands use the dataclass's
 
     def add(self, parser: Any) -> None:
         """Add one flag per listed field to ``parser`` (a parser or an argument group)."""
         fields, hints, comments = self._fields()
         for name in self.names:
             f, kind = fields[name], hints[name]
-            default = _default(f)
+            default = self.defaults.get(name, _default(f))
             text = self.help.get(name) or comments.get(name, "")
             kw: dict[str, Any] = {"dest": name}
             base, elem = _kind(kind)
@@ -158,6 +159,13 @@ class Flags:
     def build(self, args: Any, **extra: Any) -> Any:
         """The options dataclass from parsed ``args`` (it validates itself) plus ``extra`` fields."""
         return self.cls(**self.values(args), **extra)
+
+    def only(self, *names: str, defaults: dict[str, Any] | None = None, **spelling: str) -> Flags:
+        """These fields (any of ``cls``), spelled as before unless ``spelling`` says otherwise; none required.
+
+        For scripts (the benchmarks) that take some of a command's options under their own ``defaults``.
+        """
+        return dataclasses.replace(self, names=names, spelling={**self.spelling, **spelling}, required=(), defaults=defaults or {})
 
     def flag(self, name: str) -> str:
         """How field ``name`` is spelled on the command line."""

@@ -19,7 +19,7 @@ from ..units import pct, si
 # --- which options-dataclass fields are flags, and how the few that differ are spelled ---
 
 
-def _export_flags() -> Flags:
+def export_flags() -> Flags:
     from .onnx import ExportOptions
 
     return Flags(ExportOptions, ("opset", "dynamic_batch", "exporter"), choices={"exporter": ("dynamo", "torchscript")},
@@ -27,7 +27,7 @@ def _export_flags() -> Flags:
                        "exporter": "torch.onnx route: dynamo (torch.export) or torchscript (dynamo=False)"})
 
 
-def _quantize_flags() -> Flags:
+def quantize_flags() -> Flags:
     from .quantize import METHODS, QuantizeOptions
 
     return Flags(
@@ -44,7 +44,7 @@ def _quantize_flags() -> Flags:
     )
 
 
-def _bench_flags() -> Flags:
+def bench_flags() -> Flags:
     from .bench import BenchOptions
 
     return Flags(BenchOptions, ("batches", "threads", "repeats", "calib_dir", "compile", "compile_timeout_s"),
@@ -54,7 +54,7 @@ def _bench_flags() -> Flags:
                        "compile": "skip the torch.compile row", "compile_timeout_s": "seconds to allow torch.compile"})
 
 
-def _evaluate_flags() -> Flags:
+def evaluate_flags() -> Flags:
     from .runtime import EvaluateOptions
 
     return Flags(EvaluateOptions, ("limit", "threads"))
@@ -64,7 +64,7 @@ OPTIMIZE_FLAGS = ("data", "out", "max_drop", "target_macs", "prune_steps", "fine
                   "eval_images", "input_size", "threads", "repeats", "mixed_precision", "batch_size", "workers", "seed")
 
 
-def _optimize_flags(names: tuple[str, ...] = OPTIMIZE_FLAGS) -> Flags:
+def optimize_flags(names: tuple[str, ...] = OPTIMIZE_FLAGS) -> Flags:
     from .optimize import OptimizeOptions
 
     return Flags(
@@ -109,7 +109,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .. import api
-    flags = _export_flags()
+    flags = export_flags()
     flags.build(args)  # bad flags fail before the model is built
     res = api.export(model_from_args(args), args.output, **flags.values(args), openvino=not args.no_openvino,
                      check=args.check or [], tensorrt=args.tensorrt, calib=args.calib)
@@ -138,7 +138,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from .. import api
-    options = fields_of(_quantize_flags().build(args, progress=not args.json))  # refuse bad flags before anything is loaded
+    options = fields_of(quantize_flags().build(args, progress=not args.json))  # refuse bad flags before anything is loaded
     want = ".xml" if args.engine == "openvino" else ".onnx"
     if Path(args.output).suffix.lower() != want:
         raise XrayError(f"-o {args.output}: --engine {args.engine} writes a {want} file; name it so")
@@ -197,7 +197,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .. import api
     from .bench import peak_method
 
-    opts = _bench_flags().build(args, progress=not args.json)  # refuse bad flags before the model is built
+    opts = bench_flags().build(args, progress=not args.json)  # refuse bad flags before the model is built
     if args.output:
         from ..atomic import check_writable
 
@@ -231,7 +231,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .. import api
 
-    res = api.evaluate(args.model, args.data, **_evaluate_flags().values(args))
+    res = api.evaluate(args.model, args.data, **evaluate_flags().values(args))
     if args.json:
         print_json(res.to_dict())
         return 0
@@ -276,7 +276,7 @@ def _bench_models(args: argparse.Namespace, opts) -> int:
 def cmd_optimize(args: argparse.Namespace) -> int:
     from .optimize import optimize
 
-    opts = _optimize_flags(OPTIMIZE_FLAGS + ("resume", "overwrite")).build(args, progress=not args.json)
+    opts = optimize_flags(OPTIMIZE_FLAGS + ("resume", "overwrite")).build(args, progress=not args.json)
     res = optimize(args.checkpoint, opts)
     if args.json:
         print_json(res.to_dict())
@@ -310,7 +310,7 @@ def fuse_args(p: argparse.ArgumentParser) -> None:
 def export_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p, allow_nonfinite=True)
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write (plus a .onnx.json sidecar)")
-    _export_flags().add(p)
+    export_flags().add(p)
     p.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO IR (model.xml/.bin) written beside the .onnx")
     p.add_argument("--check", nargs="*", metavar="IMAGES", help="more images/folders to compare on (the bundled photo is always used)")
     p.add_argument("--tensorrt", choices=("fp16", "int8"), help="also build a TensorRT engine (needs tensorrt and a CUDA GPU)")
@@ -323,7 +323,7 @@ def quantize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="FP32 .onnx file (from resnet-xray export)")
     p.add_argument("--calib", required=True, help="folder of calibration images (ImageFolder layout also gives accuracy)")
     p.add_argument("-o", "--output", required=True, help="INT8 .onnx to write (plus a .onnx.json with every choice)")
-    _quantize_flags().add(p)
+    quantize_flags().add(p)
     p.add_argument("--compare-torch", action="store_true",
                    help="also build PyTorch's FX INT8 (x86) from --weights (default: those the sidecar names)")
     add_model_args(p, default_weights="sidecar")
@@ -334,15 +334,15 @@ def quantize_args(p: argparse.ArgumentParser) -> None:
 def evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="ImageFolder (class folders, or a dataset with val/)")
     p.add_argument("--model", action="append", required=True, metavar="PATH", help="a deployed model; repeat to compare")
-    _evaluate_flags().add(p)
+    evaluate_flags().add(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
 
 def optimize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="the trained model (a finetune best.pt)")
-    _optimize_flags().add(p)
-    _optimize_flags(("resume", "overwrite")).add(p.add_mutually_exclusive_group())
+    optimize_flags().add(p)
+    optimize_flags(("resume", "overwrite")).add(p.add_mutually_exclusive_group())
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_optimize)
 
@@ -351,7 +351,7 @@ def bench_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p, default_weights="random")
     p.add_argument("--model", action="append", metavar="PATH",
                    help="time deployed models (.onnx / .xml) instead, round-robin; repeat the flag to compare several")
-    _bench_flags().add(p)
+    bench_flags().add(p)
     p.add_argument("-o", "--output", help="bar chart PNG")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)

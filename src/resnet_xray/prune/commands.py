@@ -14,7 +14,7 @@ PRUNE_FLAGS = ("target_macs", "steps", "importance", "finetune_epochs", "global_
                "batch_size", "workers", "latency_repeats", "threads", "measure_ort", "out")
 
 
-def _prune_flags() -> Flags:
+def prune_flags() -> Flags:
     from .importance import CRITERIA
     from .loop import PruneOptions
 
@@ -33,7 +33,7 @@ def _prune_flags() -> Flags:
     )
 
 
-def _analyze_flags() -> Flags:
+def analyze_flags() -> Flags:
     from .analyze import AnalyzeOptions
 
     return Flags(AnalyzeOptions, ("ratio",), help={"ratio": "with --analyze-only: share of channels to show as dropped"})
@@ -47,10 +47,10 @@ def prune_args(p: argparse.ArgumentParser) -> None:
     )
     add_model_args(p)
     p.add_argument("--data", help="ImageFolder dataset (train/ and val/, or class folders) for fine-tuning, accuracy and taylor gradients")
-    _prune_flags().add(p)
+    prune_flags().add(p)
     g = p.add_argument_group("--analyze-only")
     g.add_argument("--analyze-only", action="store_true", help="print and plot channel importance and what would be dropped; prune nothing")
-    _analyze_flags().add(g)
+    analyze_flags().add(g)
     p.set_defaults(func=cmd_prune)
 
 
@@ -59,7 +59,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     if args.importance == "taylor" and not args.data:
         raise XrayError("--importance taylor needs gradients of the loss: pass --data DIR (or choose l1, l2 or bn-scale)")
-    opts = _prune_flags().build(args, seed=args.seed)  # refuses bad flags, named as typed, before the model is built or the data read
+    opts = prune_flags().build(args, seed=args.seed)  # refuses bad flags, named as typed, before the model is built or the data read
     model, meta = model_from_args(args)
     data = api.prune_data(args.data, meta, opts)
     if args.analyze_only:
@@ -69,7 +69,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             write_importance,
         )
 
-        aopts = _analyze_flags().build(args, importance=opts.importance, global_pruning=opts.global_pruning,
+        aopts = analyze_flags().build(args, importance=opts.importance, global_pruning=opts.global_pruning,
                                        round_to=opts.round_to, out=opts.out)
         groups = analyze_importance(model, aopts, data)
         print(importance_text(groups, aopts))

@@ -8,7 +8,7 @@ from ..cliutil import add_model_args, model_from_args, print_json, warn_random
 from ..options import Flags
 
 
-def _gradflow_flags() -> Flags:
+def gradflow_flags() -> Flags:
     from .gradflow import GradFlowOptions
 
     return Flags(
@@ -56,7 +56,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def cmd_gradflow(args: argparse.Namespace) -> int:
     from .. import api
 
-    options = _gradflow_flags().values(args)
+    options = gradflow_flags().values(args)
     report = api.gradflow(None, output=args.output, quiet=args.quiet, arch=args.arch or "resnet50", weights=args.weights,
                           seed=args.seed, **options)
     if args.json:
@@ -96,7 +96,7 @@ def trace_args(p: argparse.ArgumentParser) -> None:
 
 def gradflow_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p, default_weights="random")
-    _gradflow_flags().add(p)
+    gradflow_flags().add(p)
     p.add_argument("-o", "--output", default=None, help="write the log-scale chart to this PNG")
     p.add_argument("--json", action="store_true", help="all numbers and the explanations as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress display on stderr")

@@ -12,7 +12,7 @@ from ..options import Flags, add_flags
 MAKE_DATASET_FLAGS = ("task", "classes", "per_class", "val_per_class", "size", "seed", "overwrite")
 
 
-def _make_dataset_flags() -> Flags:
+def make_dataset_flags() -> Flags:
     from ..datasets.reference import TASKS, ReferenceOptions
 
     return Flags(ReferenceOptions, MAKE_DATASET_FLAGS, choices={"task": tuple(TASKS)},
@@ -22,7 +22,7 @@ def _make_dataset_flags() -> Flags:
 
 def make_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output folder (gets train/, val/, boxes.csv, dataset.json)")
-    _make_dataset_flags().add(p)
+    make_dataset_flags().add(p)
     p.add_argument("--quiet", action="store_true", help="no progress display on stderr")
     p.set_defaults(func=cmd_make_dataset)
 
@@ -41,7 +41,7 @@ FINETUNE_FLAGS = ("epochs", "batch_size", "lr", "recipe", "optimizer", "weight_d
                   "min_crop_scale", "multitask", "checkpoint_every", "stop_after_steps", "device", "progress")
 
 
-def _finetune_flags(multitask: bool) -> Flags:
+def finetune_flags(multitask: bool) -> Flags:
     from .finetune import FREEZE_MODES, OPTIMIZERS, RECIPES, FinetuneOptions
 
     names = tuple(n for n in FINETUNE_FLAGS if not (multitask and n == "multitask"))  # finetune-multitask fixes it on
@@ -66,7 +66,7 @@ def _finetune_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     p.add_argument("data", help="dataset folder: train/ and val/ class folders, or class folders only")
     p.add_argument("--out", required=True, help="output folder: best.pt, last.pt, metrics.csv, confusion.png, summary.json")
     add_model_args(p, default_weights="imagenet")  # --arch, --weights, --seed (init, shuffling, augmentation)
-    _finetune_flags(multitask).add(p)
+    finetune_flags(multitask).add(p)
     p.add_argument("--class-weight", type=float, default=1.0, help="multi-task: weight of the classification loss")
     p.add_argument("--box-weight", type=float, default=1.0, help="multi-task: weight of the box loss")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -90,7 +90,7 @@ def bench_data_args(p: argparse.ArgumentParser) -> None:
 def cmd_make_dataset(args: argparse.Namespace) -> int:
     from ..datasets.reference import make_reference_dataset
 
-    opts = _make_dataset_flags().build(args)
+    opts = make_dataset_flags().build(args)
     info = make_reference_dataset(args.out, opts, quiet=args.quiet)
     n_train, n_val = info["train_per_class"] * len(info["classes"]), info["val_per_class"] * len(info["classes"])
     print(f"wrote {args.out}: {n_train} train + {n_val} val images, {len(info['classes'])} classes "
@@ -111,7 +111,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     _one_line_warnings()
 
     multitask = args.multitask_default or args.multitask
-    options = {**_finetune_flags(args.multitask_default).values(args), "multitask": multitask}
+    options = {**finetune_flags(args.multitask_default).values(args), "multitask": multitask}
     res = api.finetune(args.data, args.out, resume=args.resume, overwrite=args.overwrite, arch=args.arch, weights=args.weights,
                        seed=args.seed, loss_weights={"class": args.class_weight, "box": args.box_weight}, **options)
     r = res.raw
