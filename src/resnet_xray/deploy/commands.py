@@ -109,6 +109,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .. import api
+
     flags = export_flags()
     flags.build(args)  # bad flags fail before the model is built
     res = api.export(model_from_args(args), args.output, **flags.values(args), openvino=not args.no_openvino,
@@ -121,7 +122,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             ir = f", {res.openvino.name} + .bin (OpenVINO IR)" if res.openvino else ""
             print(f"wrote {res.output} ({si(res.output.stat().st_size)}B, {args.exporter} exporter){ir} and sidecars; "
                   "onnx.checker passed")
-        checks = [("ONNX Runtime", res.check)] + ([("OpenVINO", res.check_openvino)] if res.check_openvino else [])
+        checks = [(n, r) for n, r in (("ONNX Runtime", res.check), ("OpenVINO", res.check_openvino), ("TensorRT", res.check_tensorrt))
+                  if r is not None]
         for name, r in checks:
             print(f"{name} vs eager on {r['images']} image(s): max abs diff {_g(r['max_abs_diff'])} "
                   f"(tolerance {r['tolerance']:.3g}), top-1 agreement {pct(r['top1_agreement'])}, "
@@ -130,8 +132,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"wrote TensorRT {args.tensorrt} engine {res.engine}")
     if res.failed:
         name, r = res.failed[0]
-        print(f"resnet-xray: error: {name} output DIVERGES from eager PyTorch ({r.get('reason')}); nothing written to "
-              f"{args.output}", file=sys.stderr)
+        kept = f"engine removed; {res.output} (which passed its own check) kept" if res.output else f"nothing written to {args.output}"
+        print(f"resnet-xray: error: {name} output DIVERGES from eager PyTorch ({r.get('reason')}); {kept}", file=sys.stderr)
         return 1
     return 0
 
