@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cliutil import add_model_args, model_from_args, print_json, report_skipped, warn_random
+from .cliutil import add_model_args, model_from_args, print_json, print_result, report_skipped, warn_random
 from .options import Flags, add_flags, from_args
 
 CLASSIFY_FLAGS = ("topk", "batch_size")  # fields of ClassifyOptions that are flags
@@ -82,18 +82,16 @@ def preprocess_args(p: argparse.ArgumentParser) -> None:
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from . import api
 
-    res = api.preprocess(args.image, **_preprocess_flags().values(args))
-    if args.json:
-        print_json(res.to_dict())
-        return 0
+    return print_result(args, api.preprocess(args.image, **_preprocess_flags().values(args)), _preprocess_text)
+
+
+def _preprocess_text(res) -> str:
     info = res.info
-    print(f"transforms: {info['transforms']}")
-    print(f"tensor: shape {tuple(info['shape'])}, dtype {info['dtype']}")
-    for c, m, s in zip("RGB", info["channel_mean"], info["channel_std"]):
-        print(f"  channel {c}: mean {m:+.4f}  std {s:.4f}")
+    lines = [f"transforms: {info['transforms']}", f"tensor: shape {tuple(info['shape'])}, dtype {info['dtype']}"]
+    lines += [f"  channel {c}: mean {m:+.4f}  std {s:.4f}" for c, m, s in zip("RGB", info["channel_mean"], info["channel_std"])]
     if info.get("output"):
-        print(f"saved what the network sees to {info['output']}")
-    return 0
+        lines.append(f"saved what the network sees to {info['output']}")
+    return "\n".join(lines)
 
 
 def anatomy_args(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cliutil import add_model_args, print_json
+from ..cliutil import add_model_args, print_json, print_result
 from ..options import Flags, add_flags
 
 
@@ -148,14 +148,15 @@ def _best_text(best: dict) -> str:
 def cmd_bench_data(args: argparse.Namespace) -> int:
     from .. import api
 
-    res = api.bench_data(args.data, **{n: getattr(args, n) for n in BENCH_DATA_FLAGS})
-    if args.json:
-        print_json(res.to_dict())
-        return 0
+    return print_result(args, api.bench_data(args.data, **{n: getattr(args, n) for n in BENCH_DATA_FLAGS}), _bench_data_text)
+
+
+def _bench_data_text(res) -> str:
     r = res.rates
-    print(f"loader alone:      {r['loader_images_per_s']:8.1f} images/s ({r['workers']} workers, batch {r['batch_size']}, {r['image_size']} px)")
-    print(f"model step alone:  {r['step_images_per_s']:8.1f} images/s ({r['arch']}, forward+backward+update, {r['precision']})")
-    print(f"training loop:     {r['loop_images_per_s']:8.1f} images/s, {r['data_wait_fraction']:.1%} of step time waiting for data")
     verdict = "the loader keeps up" if r["data_wait_fraction"] < 0.10 else "input-bound: add --workers or shrink images"
-    print(f"verdict: {verdict}")
-    return 0
+    return "\n".join([
+        f"loader alone:      {r['loader_images_per_s']:8.1f} images/s ({r['workers']} workers, batch {r['batch_size']}, {r['image_size']} px)",
+        f"model step alone:  {r['step_images_per_s']:8.1f} images/s ({r['arch']}, forward+backward+update, {r['precision']})",
+        f"training loop:     {r['loop_images_per_s']:8.1f} images/s, {r['data_wait_fraction']:.1%} of step time waiting for data",
+        f"verdict: {verdict}",
+    ])
