@@ -42,23 +42,23 @@ def calib_subset(src: Path, dst: Path, per_class: int) -> Path:
 
 
 def main() -> int:
+    from resnet_xray.deploy.commands import bench_flags
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--weights", default=None, help="default: out/reference/resnet50/best.pt if present, else random")
     ap.add_argument("--calib", default=None, help="calibration folder (default: the reference train set if present)")
     ap.add_argument("--calib-per-class", type=int, default=10, help="calibration images per class folder")
     ap.add_argument("--eval", default=None, help="held-out folder for INT8 agreement (default: reference val set)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", default="1")
-    ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--input-size", type=int, default=224, help="bench input side (default 224, as in the issue's goals)")
-    ap.add_argument("--compile-timeout", type=int, default=420)
-    ap.add_argument("--no-compile", action="store_true")
+    # the bench command's own flags, from BenchOptions, with this benchmark's defaults (those of the README's figures)
+    bench = bench_flags().only("batches", "threads", "repeats", "input_size", "compile_timeout_s", "compile",
+                               defaults={"threads": 2, "input_size": 224, "compile_timeout_s": 420})
+    bench.add(ap)
     ap.add_argument("--no-agreement", action="store_true", help="skip the INT8 agreement run on --eval")
     ap.add_argument("--out", default="out/bench_deploy")
     args = ap.parse_args()
 
-    from resnet_xray.deploy.bench import BenchOptions, run_bench, save_chart
+    from resnet_xray.deploy.bench import run_bench, save_chart
     from resnet_xray.deploy.quantize import QuantizeOptions, quantize_onnx
     from resnet_xray.model import load_model
 
@@ -74,21 +74,12 @@ def main() -> int:
     model, meta = load_model(args.arch if weights == "random" else None, weights)
     calib = str(calib_subset(Path(calib_src), out / "calib", args.calib_per_class)) if calib_src else None
 
-    opts = BenchOptions(
-        batches=tuple(int(b) for b in args.batch.split(",")),
-        threads=args.threads,
-        repeats=args.repeats,
-        compile=not args.no_compile,
-        compile_timeout_s=args.compile_timeout,
-        calib_dir=calib,
-        input_size=args.input_size,
-        work_dir=str(out / "models"),
-    )
+    opts = bench.build(args, calib_dir=calib, work_dir=str(out / "models"))
     res = run_bench(model, meta, opts)
     save_chart(res, out / "bench.png")
 
     m = res.machine
-    print(f"model: {meta.arch} ({meta.weights}), {res.macs / 1e9:.2f} G MACs per image at {args.input_size} px")
+    print(f"model: {meta.arch} ({meta.weights}), {res.macs / 1e9:.2f} G MACs per image at {opts.input_size} px")
     print(f"machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['threads']} threads, VNNI {'yes' if m['vnni'] else 'no'} "
           f"{m['vnni_flags']}; torch {m['torch']}, onnxruntime {m.get('onnxruntime')}, openvino {m.get('openvino', 'not installed')}")
     print(f"measured CPU FP32 peak (2048^3 matmul, {m['threads']} threads): {res.peak_gflops:.0f} GFLOP/s")

@@ -64,21 +64,17 @@ def goal_rows(res) -> list[tuple[str, str, str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from resnet_xray.deploy.commands import optimize_flags
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="out/reference/resnet50/best.pt")
-    ap.add_argument("--data", default="out/reference/data")
-    ap.add_argument("--out", default="out/bench_optimize")
-    ap.add_argument("--target-macs", type=float, default=0.5)
-    ap.add_argument("--max-drop", type=float, default=1.0)
-    ap.add_argument("--prune-steps", type=int, default=2)
-    ap.add_argument("--finetune-epochs", type=int, default=1)
-    ap.add_argument("--input-size", type=int, default=None, help="default: the checkpoint's crop")
-    ap.add_argument("--eval-images", type=int, default=500)
-    ap.add_argument("--calib-images", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--repeats", type=int, default=40)
-    ap.add_argument("--engines", default="ort,openvino,torch")
-    ap.add_argument("--resume", action="store_true")
+    # the optimize command's own flags, from OptimizeOptions, with this benchmark's defaults: the reference model and
+    # task, pruned to half its MACs (--target-macs 0: no pruning)
+    flags = optimize_flags().only("data", "out", "target_macs", "max_drop", "prune_steps", "finetune_epochs", "input_size",
+                                  "eval_images", "calib_images", "threads", "repeats", "engines", "resume", out="--out",
+                                  defaults={"data": "out/reference/data", "out": "out/bench_optimize", "target_macs": 0.5,
+                                            "eval_images": 500, "repeats": 40})
+    flags.add(ap)
     args = ap.parse_args(argv)
 
     import os
@@ -89,13 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.checkpoint).exists():
         print(f"bench_optimize: {args.checkpoint} not found; train the reference model (docs/train.md) or pass --checkpoint", file=sys.stderr)
         return 2
-    opts = OptimizeOptions(data=args.data, out=args.out, max_drop=args.max_drop, target_macs=args.target_macs or None,
-                           prune_steps=args.prune_steps, finetune_epochs=args.finetune_epochs,
-                           engines=tuple(args.engines.split(",")), calib_images=args.calib_images, eval_images=args.eval_images,
-                           input_size=args.input_size, threads=args.threads, repeats=args.repeats,
-                           resume=args.resume, overwrite=not args.resume)
+    options = flags.values(args)
+    if options["target_macs"] is not None and options["target_macs"] <= 0:
+        options["target_macs"] = None
     try:
-        res = optimize(args.checkpoint, opts)
+        res = optimize(args.checkpoint, OptimizeOptions(**options, overwrite=not args.resume))
     except XrayError as e:
         print(f"bench_optimize: {e}", file=sys.stderr)
         return 2

@@ -29,7 +29,8 @@ from resnet_xray.deploy.bench import time_callable
 from resnet_xray.deploy.onnx import ExportOptions, export_onnx, ort_session
 from resnet_xray.deploy.quantize import QuantizeOptions, quantize_onnx
 from resnet_xray.model import load_model
-from resnet_xray.prune import PruneOptions, prune
+from resnet_xray.prune import prune
+from resnet_xray.prune.commands import prune_flags
 from resnet_xray.prune.loop import loader_options
 from resnet_xray.train.data import make_loaders
 from resnet_xray.units import table
@@ -75,18 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", default="out/reference/resnet50/best.pt")
     p.add_argument("--data", default="out/reference/data")
-    p.add_argument("--target-macs", type=float, default=0.5, help="share of MACs to keep (0.5: half removed)")
-    p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--finetune-epochs", type=int, default=1)
-    p.add_argument("--importance", default="l1")
-    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: half the checkpoint's own, else the trainer's)")
-    p.add_argument("--global", dest="global_pruning", action="store_true")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads for training and every timed path (default: 1)")
-    p.add_argument("--repeats", type=int, default=30)
+    # the prune command's own flags, from PruneOptions, with this benchmark's defaults: two rounds, everything on
+    # one thread (a shared 2-core machine)
+    flags = prune_flags().only("target_macs", "steps", "finetune_epochs", "importance", "lr", "global_pruning", "threads",
+                               "latency_repeats", "batch_size", "workers", latency_repeats="--repeats",
+                               defaults={"steps": 2, "threads": 1, "workers": 1, "latency_repeats": 30})
+    flags.add(p)
     p.add_argument("--blocks", type=int, default=6, help="interleaved timing blocks per path (default: 6)")
     p.add_argument("--calib-images", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=1)
     p.add_argument("--out", default="out/bench_prune")
     args = p.parse_args(argv)
 
@@ -98,19 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     model, meta = load_model(None, args.weights)
     data = make_loaders(args.data, batch_size=args.batch_size, workers=args.workers, seed=0, **loader_options(meta))
     size = data.preprocessing.crop
-    opts = PruneOptions(
-        target_macs=args.target_macs,
-        steps=args.steps,
-        importance=args.importance,
-        finetune_epochs=args.finetune_epochs,
-        lr=args.lr,
-        global_pruning=args.global_pruning,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        threads=args.threads,
-        latency_repeats=args.repeats,
-        out=str(out / "prune"),
-    )
+    opts = flags.build(args, out=str(out / "prune"))
     result = prune(model, meta, opts, data, log=lambda s: print(s, flush=True))
     pruned, pmeta = load_model(None, result.final_checkpoint)
     t_pruned = time.perf_counter()
@@ -146,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             time_callable(fn, warmup=5, repeats=1)
         for _ in range(args.blocks):
             for name, fn in runners.items():
-                blocks[name].append(time_callable(fn, warmup=1, repeats=max(3, args.repeats // args.blocks), min_time_s=0.3).median)
+                blocks[name].append(time_callable(fn, warmup=1, repeats=max(3, opts.latency_repeats // args.blocks), min_time_s=0.3).median)
     stats = {name: BlockStats(float(np.median(v)), float(min(v)), float(max(v)), len(v)) for name, v in blocks.items()}
     for name, st in stats.items():
         print(f"timed {name}: {st.median_ms:.2f} ms (block medians {st.min_ms:.2f}-{st.max_ms:.2f})", flush=True)

@@ -49,7 +49,7 @@ def test_every_json_command_is_covered():
     assert with_json == COVERED
 
 
-COVERED = {"classify", "preprocess", "anatomy", "trace", "gradflow", "fuse", "export", "quantize", "bench", "finetune",
+COVERED = {"classify", "preprocess", "anatomy", "trace", "gradflow", "report", "fuse", "export", "quantize", "bench", "finetune",
            "finetune-multitask", "bench-data", "evaluate", "optimize"}
 assert COVERED <= {c.name for c in COMMANDS}
 
@@ -69,6 +69,13 @@ def test_gradflow(tmp_path):
     assert doc["weights"]["pretrained"] is False and "batch" in doc["init"]
 
 
+def test_report(cat_path, tmp_path):
+    doc = run_json("report", cat_path, *R18, "-o", tmp_path / "r", "--sections", "cost", "--no-gradflow", "--quiet")
+    assert Path(doc["html"]) == tmp_path / "r" / "report.html" and Path(doc["html"]).stat().st_size == doc["html_bytes"]
+    assert json.loads(Path(doc["json"]).read_text())["sections"] == ["cost"]
+    assert doc["weights"]["source"] == "random (seed 0)" and doc["total_s"] > 0
+
+
 @pytest.mark.slow
 def test_fuse_export_quantize(work, tmp_path, cat_path):
     doc = run_json("fuse", *R18, "-o", tmp_path / "fused.pt")
@@ -80,8 +87,23 @@ def test_fuse_export_quantize(work, tmp_path, cat_path):
                    "--method", "entropy", "--max-images", "6", "--min-agreement", "0")
     assert doc["weights"] == {"source": "random (seed 0)", "pretrained": False, "warning": doc["weights"]["warning"]}
     assert Path(doc["int8_model"]).exists()
-    doc = run_json("evaluate", work / "data", "--model", tmp_path / "m.onnx", "--model", tmp_path / "q.onnx")
+    doc = run_json("evaluate", work / "data", "--model", tmp_path / "m.onnx", "--model", tmp_path / "q.onnx", "--threads", "1")
     assert doc["images"] == 4 and doc["weights"]["source"].startswith(str(tmp_path / "m.onnx"))
+    import resnet_xray as rx
+    from resnet_xray.cliutil import dumps
+
+    # the Python verb returns what the command prints
+    res = rx.evaluate([tmp_path / "m.onnx", tmp_path / "q.onnx"], work / "data", threads=1)
+    assert json.loads(dumps(res.to_dict())) == doc
+
+
+def test_evaluate_verb_refuses_bad_options_by_name(tmp_path):
+    import resnet_xray as rx
+    from resnet_xray.options import OptionError
+
+    with pytest.raises(OptionError) as e:
+        rx.evaluate(tmp_path / "missing.onnx", tmp_path, limit=0)  # refused before the (missing) model is opened
+    assert e.value.option == "limit" and str(e.value).startswith("limit 0:")
 
 
 @pytest.mark.slow

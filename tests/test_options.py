@@ -69,3 +69,62 @@ def test_generated_flags_carry_the_dataclass_fields():
 
     opts = DataBenchOptions(**{n: getattr(args, n) for n in BENCH_DATA_FLAGS})
     assert opts == DataBenchOptions(amp=True, steps=3)
+
+
+def test_flags_of_every_converted_command_build_their_options_with_the_dataclass_defaults(tmp_path):
+    """No flag carries a default of its own: parsing nothing gives the dataclass's defaults."""
+    from resnet_xray.cli import build_parser
+    from resnet_xray.deploy import commands as deploy
+    from resnet_xray.deploy.bench import BenchOptions
+    from resnet_xray.deploy.quantize import QuantizeOptions
+    from resnet_xray.prune import commands as prune
+    from resnet_xray.prune.loop import PruneOptions
+    from resnet_xray.report import commands as report
+    from resnet_xray.report.assemble import ReportOptions
+    from resnet_xray.train import commands as train
+    from resnet_xray.train.finetune import FinetuneOptions
+
+    def parse(*argv):
+        return build_parser(argv[0]).parse_args(list(argv))
+
+    assert deploy.bench_flags().build(parse("bench")) == BenchOptions()
+    assert deploy.quantize_flags().build(parse("quantize", "m.onnx", "--calib", "c", "-o", "q.onnx")) == QuantizeOptions()
+    assert prune.prune_flags().build(parse("prune")) == PruneOptions()
+    assert report._flags().build(parse("report", "x.png")) == ReportOptions()
+    args = parse("finetune", "d", "--out", "o")
+    assert train.finetune_flags(False).build(args, arch="resnet50", weights="imagenet") == FinetuneOptions()
+
+
+def test_generated_flags_spell_and_convert_values():
+    from resnet_xray.cli import build_parser
+    from resnet_xray.deploy import commands as deploy
+    from resnet_xray.trace import commands as trace
+
+    args = build_parser("quantize").parse_args(["quantize", "m.onnx", "--calib", "c", "-o", "q.onnx", "--reduce-range", "on",
+                                                 "--max-images", "7", "--no-time-check", "--eval", "held"])
+    q = deploy.quantize_flags().build(args)
+    assert (q.reduce_range, q.max_calib_images, q.time_check, q.eval_dir) == (True, 7, False, "held")
+    b = deploy.bench_flags().build(build_parser("bench").parse_args(["bench", "--batch", "1,8", "--no-compile"]))
+    assert (b.batches, b.compile) == ((1, 8), False)
+    g = trace.gradflow_flags().build(build_parser("gradflow").parse_args(["gradflow", "--regime", "running"]))
+    assert g.regimes == ("running",)
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["bench", "--arch", "resnet18", "--batch", "1,x"], "--batch 1,x"),
+        (["optimize", "ck.pt", "--data", "{tmp}", "-o", "{tmp}/o", "--engines", "ort,tflite"], "--engines tflite"),
+        (["make-dataset", "{tmp}/d", "--classes", "11"], "--classes 11"),
+        (["report", "{cat}", "-o", "{tmp}/r", "--sections", "cost,nope"], "--sections cost,nope"),
+        (["show", "cam", "{cat}", "--class", "-1", "-o", "{tmp}/c.png"], "--class -1"),
+        (["evaluate", "{tmp}", "--model", "{tmp}/m.onnx", "--limit", "0"], "--limit 0"),
+        (["export", "--arch", "resnet18", "--weights", "random", "--opset", "3", "-o", "{tmp}/m.onnx"], "--opset 3"),
+    ],
+)
+def test_generated_flags_refuse_by_the_flag_the_user_typed(argv, flag, cat_path, tmp_path, capsys):
+    argv = [a.format(cat=cat_path, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"error: {flag}:" in err[0], err
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]

@@ -144,7 +144,7 @@ def test_report_sections_subset_and_subject_is_the_file_name(small, tmp_path):
     assert re.findall(r'<section id="(\w+)">', html) == ["kernel", "cost"]
     assert "gradflow" not in doc["timings_s"] and "cam" not in doc["timings_s"]
     assert "looks at astronaut.jpg" in html and doc["subject"] == "astronaut.jpg"
-    with pytest.raises(XrayError, match="--sections"):
+    with pytest.raises(XrayError, match="sections kernels: unknown"):
         build_report(photo, model, meta, ReportOptions(out_dir=tmp_path / "bad", sections=("kernels",)))
     assert not (tmp_path / "bad" / "report.html").exists()
 

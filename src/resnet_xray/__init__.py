@@ -32,6 +32,7 @@ _API = {
     "export": "resnet_xray.api",
     "quantize": "resnet_xray.api",
     "bench": "resnet_xray.api",
+    "evaluate": "resnet_xray.api",
     "bench_data": "resnet_xray.api",
     "finetune": "resnet_xray.api",
     "prune": "resnet_xray.api",

@@ -230,11 +230,12 @@ class ExportResult:
     engine: Path | None = None  # a TensorRT engine, when asked for
     openvino: Path | None = None  # the OpenVINO IR written beside the .onnx
     check_openvino: dict[str, Any] | None = None  # OpenVINO vs eager, the same measure
+    check_tensorrt: dict[str, Any] | None = None  # TensorRT vs eager, the same measure (a failed engine is removed)
 
     @property
     def failed(self) -> list[tuple[str, dict[str, Any]]]:
-        checks = [("ONNX Runtime", self.check)] + ([("OpenVINO", self.check_openvino)] if self.check_openvino else [])
-        return [(name, r) for name, r in checks if not r.get("passed")]
+        checks = [("ONNX Runtime", self.check), ("OpenVINO", self.check_openvino), ("TensorRT", self.check_tensorrt)]
+        return [(name, r) for name, r in checks if r is not None and not r.get("passed")]
 
     @property
     def passed(self) -> bool:
@@ -245,6 +246,8 @@ class ExportResult:
                "engine": str(self.engine) if self.engine else None, "check": self.check, "weights": self.weights.to_dict()}
         if self.check_openvino is not None:
             doc["check_openvino"] = self.check_openvino
+        if self.check_tensorrt is not None:
+            doc["check_tensorrt"] = self.check_tensorrt
         return doc
 
 
@@ -464,8 +467,7 @@ def export(model: LoadedModel | tuple | PathLike, output: PathLike, *, opset: in
     """
     from .deploy.onnx import ExportOptions, check_onnx, check_openvino, export_onnx, remove_export
 
-    opts = ExportOptions(opset=opset, dynamic_batch=dynamic_batch, exporter=exporter, openvino=openvino)
-    opts.check()  # a bad opset is one line before any work
+    opts = ExportOptions(opset=opset, dynamic_batch=dynamic_batch, exporter=exporter, openvino=openvino)  # refuses a bad opset first
     if tensorrt:
         from .deploy.tensorrt import require_tensorrt
 
@@ -485,10 +487,28 @@ def export(model: LoadedModel | tuple | PathLike, output: PathLike, *, opset: in
         res.output = res.openvino = None
         return res
     if tensorrt:
-        from .deploy.tensorrt import TensorRTOptions, build_engine
-
-        res.engine = build_engine(path, path.with_suffix(f".{tensorrt}.engine"), TensorRTOptions(tensorrt, calib))
+        res.engine, res.check_tensorrt = _tensorrt_engine(path, m.module, tensorrt, calib, list(check))
     return res
+
+
+def _tensorrt_engine(onnx_path: Path, module: Any, precision: str, calib: PathLike | None,
+                     check: list[PathLike]) -> tuple[Path | None, dict[str, Any]]:
+    """Build a TensorRT engine from the checked ONNX file and check it against eager PyTorch.
+
+    An engine that fails its check (or whose check cannot run) is removed: (None, the check).
+    """
+    from .deploy.tensorrt import TensorRTOptions, build_engine, check_engine
+
+    engine = build_engine(onnx_path, onnx_path.with_suffix(f".{precision}.engine"), TensorRTOptions(precision, calib))
+    try:
+        rep = check_engine(engine, onnx_path, module, check)
+    except BaseException:
+        engine.unlink(missing_ok=True)
+        raise
+    if not rep["passed"]:
+        engine.unlink(missing_ok=True)
+        return None, rep
+    return engine, rep
 
 
 def quantize(onnx_model: PathLike, calib: PathLike, output: PathLike, *, compare_torch: LoadedModel | tuple | PathLike | None = None,
@@ -528,6 +548,24 @@ def bench(model: LoadedModel | tuple | PathLike, *, output: PathLike | None = No
     if output:
         save_chart(res, output)
     return BenchReport(res, m.weights)
+
+
+def evaluate(models: PathLike | Sequence[PathLike], data: PathLike, **options: Any):
+    """Accuracy of deployed models (``.onnx`` / ``.xml``) on a labelled folder, and each one's agreement with the first.
+
+    Args:
+        models: one deployed model, or several to compare; the first is the reference.
+        data: an ImageFolder (class folders, or a dataset with ``val/``).
+        options: fields of :class:`resnet_xray.deploy.runtime.EvaluateOptions` (``limit``, ``threads``).
+
+    Returns:
+        :class:`resnet_xray.deploy.runtime.EvalResult`; its ``to_dict()`` is ``resnet-xray evaluate --json``.
+    """
+    from .deploy.runtime import EvaluateOptions, evaluate_models
+
+    opts = EvaluateOptions(**options)  # refuses bad values before any model is loaded
+    paths = [models] if isinstance(models, (str, os.PathLike)) else list(models)
+    return evaluate_models(paths, data, limit=opts.limit, threads=opts.threads)
 
 
 def finetune(data: PathLike, out_dir: PathLike, *, resume: bool = False, overwrite: bool = False, **options: Any) -> FinetuneResult:
@@ -610,7 +648,7 @@ class PreprocessResult:
 
 __all__ = [
     "LoadedModel", "load_model", "as_model", "classify", "anatomy", "trace", "gradflow", "report", "fuse", "export",
-    "quantize", "bench", "finetune", "bench_data", "prune", "preprocess",
+    "quantize", "bench", "evaluate", "finetune", "bench_data", "prune", "preprocess",
     "AnatomyResult", "TraceResult", "GradFlowReport", "ReportOutput", "FuseResult", "ExportResult", "QuantizeResult",
     "BenchReport", "FinetuneResult", "DataBenchResult", "PruneReport", "PreprocessResult",
 ]

@@ -12,7 +12,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -99,6 +99,15 @@ def json_output() -> Iterator[None]:
             os.dup2(saved, out_fd)
             os.close(saved)
         _json_sink = None
+
+
+def print_result(args: argparse.Namespace, result: Any, text: Callable[[Any], str]) -> int:
+    """Render a command's typed result: with ``--json`` its ``to_dict()``, else ``text(result)``."""
+    if getattr(args, "json", False):
+        print_json(result.to_dict())
+    else:
+        print(text(result))
+    return 0
 
 
 def report_skipped(skipped) -> int:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from .cliutil import add_model_args, model_from_args, print_json, report_skipped, warn_random
-from .options import add_flags, from_args
+from .cliutil import add_model_args, model_from_args, print_json, print_result, report_skipped, warn_random
+from .options import Flags, add_flags, from_args
 
 CLASSIFY_FLAGS = ("topk", "batch_size")  # fields of ClassifyOptions that are flags
 
@@ -65,11 +64,17 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return report_skipped(result.skipped)
 
 
+def _preprocess_flags() -> Flags:
+    from .preprocess import PreprocessOptions
+
+    return Flags(PreprocessOptions, ("output", "weights", "arch"), spelling={"output": ("-o", "--output")},
+                 help={"weights": "use these weights' declared transforms (default: the seed pipeline)",
+                       "arch": "arch for --weights imagenet* (default: resnet50)"})
+
+
 def preprocess_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("image")
-    p.add_argument("-o", "--output", help="PNG of the de-normalised crop")
-    p.add_argument("--weights", default=None, help="use these weights' declared transforms (default: the seed pipeline)")
-    p.add_argument("--arch", default=None, help="arch for --weights imagenet* (default: resnet50)")
+    _preprocess_flags().add(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_preprocess)
 
@@ -77,18 +82,16 @@ def preprocess_args(p: argparse.ArgumentParser) -> None:
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from . import api
 
-    res = api.preprocess(args.image, output=args.output, weights=args.weights, arch=args.arch)
-    if args.json:
-        print_json(res.to_dict())
-        return 0
+    return print_result(args, api.preprocess(args.image, **_preprocess_flags().values(args)), _preprocess_text)
+
+
+def _preprocess_text(res) -> str:
     info = res.info
-    print(f"transforms: {info['transforms']}")
-    print(f"tensor: shape {tuple(info['shape'])}, dtype {info['dtype']}")
-    for c, m, s in zip("RGB", info["channel_mean"], info["channel_std"]):
-        print(f"  channel {c}: mean {m:+.4f}  std {s:.4f}")
+    lines = [f"transforms: {info['transforms']}", f"tensor: shape {tuple(info['shape'])}, dtype {info['dtype']}"]
+    lines += [f"  channel {c}: mean {m:+.4f}  std {s:.4f}" for c, m, s in zip("RGB", info["channel_mean"], info["channel_std"])]
     if info.get("output"):
-        print(f"saved what the network sees to {info['output']}")
-    return 0
+        lines.append(f"saved what the network sees to {info['output']}")
+    return "\n".join(lines)
 
 
 def anatomy_args(p: argparse.ArgumentParser) -> None:
@@ -119,14 +122,20 @@ def cmd_anatomy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_flags() -> Flags:
+    from .demo import DemoOptions
+
+    return Flags(DemoOptions, ("out_dir", "quiet"), spelling={"out_dir": "--out"},
+                 help={"out_dir": "output folder", "quiet": "no progress display on stderr"})
+
+
 def demo_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
-    p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
-    p.add_argument("--quiet", action="store_true", help="no progress display on stderr")
+    _demo_flags().add(p)
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoOptions, run_demo
+    from .demo import run_demo
 
-    return run_demo(DemoOptions(arch=args.arch or "resnet50", weights=args.weights, out_dir=Path(args.out), quiet=args.quiet))
+    return run_demo(_demo_flags().build(args, arch=args.arch or "resnet50", weights=args.weights))

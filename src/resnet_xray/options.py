@@ -8,6 +8,9 @@ the CLI rewrites that name as the flag the user typed (``topk`` -> ``--topk``).
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import XrayError
@@ -68,28 +71,158 @@ def field_comments(cls: type) -> dict[str, str]:
     return found
 
 
-def add_flags(parser: Any, cls: type, names: tuple[str, ...], *, help: dict[str, str] | None = None) -> None:
-    """Add ``--name`` for each listed field of options dataclass ``cls``: type, default and help from the field."""
-    import dataclasses
+@dataclass(frozen=True)
+class Flags:
+    """Which fields of options dataclass ``cls`` are flags, and how any of them is spelled.
+
+    Everything else (type, default, help, validation) comes from the dataclass, so a
+    command declares its flags once and builds its options from the parsed arguments:
+
+    * ``name: int = 5  # help`` becomes ``--name N`` with that default and help;
+    * a bool defaulting to False is ``--name``; to True, ``--no-name``; to None, both;
+    * a ``tuple[X, ...]`` field is one comma-separated value (``--batch 1,8``), or a
+      repeatable flag when listed in ``repeat``;
+    * ``choices`` lists the words a field accepts, or maps words to values
+      (``--reduce-range auto|on|off`` -> None/True/False).
+    """
+
+    cls: type
+    names: tuple[str, ...]
+    spelling: dict[str, str | tuple[str, ...]] = field(default_factory=dict)  # field -> flag(s), when not --field-name
+    choices: dict[str, tuple[Any, ...] | dict[str, Any]] = field(default_factory=dict)
+    required: tuple[str, ...] = ()  # flags the command cannot run without, whatever the dataclass default
+    repeat: tuple[str, ...] = ()  # tuple fields given as a repeated flag instead of one comma-separated value
+    help: dict[str, str] = field(default_factory=dict)  # replaces the field's comment
+    metavar: dict[str, str] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)  # a script's own defaults (see only()); commands use the dataclass's
+
+    def add(self, parser: Any) -> None:
+        """Add one flag per listed field to ``parser`` (a parser or an argument group)."""
+        fields, hints, comments = self._fields()
+        for name in self.names:
+            f, kind = fields[name], hints[name]
+            default = self.defaults.get(name, _default(f))
+            text = self.help.get(name) or comments.get(name, "")
+            kw: dict[str, Any] = {"dest": name}
+            base, elem = _kind(kind)
+            words = self.choices.get(name)
+            if base is bool and not isinstance(words, dict):
+                flags = self._flags(name, "--no-" if default is True else "--")
+                if default is True and name not in self.help:
+                    text = f"turn off: {text}" if text else ""
+                if default is None:
+                    kw.update(action=argparse.BooleanOptionalAction, default=None)
+                else:
+                    kw.update(action="store_false" if default else "store_true")
+                parser.add_argument(*flags, help=text, **kw)
+                continue
+            if isinstance(words, dict):
+                shown = next((w for w, v in words.items() if v == default), default)
+                kw.update(choices=tuple(words), default=shown)
+            elif base is tuple:
+                if name in self.repeat:
+                    kw.update(action="append", default=None, type=elem, choices=words)
+                    shown = ", ".join(map(str, default or ()))
+                else:
+                    shown = ",".join(map(str, default)) if default else default
+                    kw.update(default=shown)
+            else:
+                kw.update(type=base, default=default, choices=words)
+                shown = default
+            if name in self.required:
+                kw.update(required=True, default=None)
+            elif shown is not None and shown != "" and "(default:" not in text:
+                text = f"{text} (default: {shown})" if text else f"default: {shown}"
+            flags = self._flags(name, "--")
+            kw["metavar"] = self.metavar.get(name) or (None if kw.get("choices") else flags[-1].lstrip("-").upper().replace("-", "_"))
+            parser.add_argument(*flags, help=text, **kw)
+
+    def values(self, args: Any) -> dict[str, Any]:
+        """The listed fields' values from parsed ``args``, converted to the dataclass's types."""
+        fields, hints, _ = self._fields()
+        out = {}
+        for name in self.names:
+            value = getattr(args, name)
+            base, elem = _kind(hints[name])
+            words = self.choices.get(name)
+            if isinstance(words, dict):
+                value = words[value]
+            elif base is tuple and value is None:
+                value = _default(fields[name])
+            elif base is tuple and isinstance(value, str):
+                value = split_values(name, value, elem)
+            elif base is tuple:
+                value = tuple(value)
+            out[name] = value
+        return out
+
+    def build(self, args: Any, **extra: Any) -> Any:
+        """The options dataclass from parsed ``args`` (it validates itself) plus ``extra`` fields."""
+        return self.cls(**self.values(args), **extra)
+
+    def only(self, *names: str, defaults: dict[str, Any] | None = None, **spelling: str) -> Flags:
+        """These fields (any of ``cls``), spelled as before unless ``spelling`` says otherwise; none required.
+
+        For scripts (the benchmarks) that take some of a command's options under their own ``defaults``.
+        """
+        return dataclasses.replace(self, names=names, spelling={**self.spelling, **spelling}, required=(), defaults=defaults or {})
+
+    def flag(self, name: str) -> str:
+        """How field ``name`` is spelled on the command line."""
+        return self._flags(name, "--")[-1]
+
+    def _flags(self, name: str, prefix: str) -> tuple[str, ...]:
+        spelled = self.spelling.get(name)
+        if spelled is None:
+            return (prefix + name.replace("_", "-"),)
+        return (spelled,) if isinstance(spelled, str) else tuple(spelled)
+
+    def _fields(self):
+        import typing
+
+        return ({f.name: f for f in dataclasses.fields(self.cls)}, typing.get_type_hints(self.cls), field_comments(self.cls))
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default (None for a field the caller must give)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _kind(hint: Any) -> tuple[Any, Any]:
+    """(base type, element type) of a field's annotation, Optional removed: ``tuple[int, ...]`` -> (tuple, int)."""
     import typing
 
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    comments = field_comments(cls)
-    for name in names:
-        f = fields[name]
-        kinds = [a for a in typing.get_args(hints[name]) if a is not type(None)] or [hints[name]]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        text = (help or {}).get(name) or comments.get(name, "")
-        flag = "--" + name.replace("_", "-")
-        if kinds[0] is bool:
-            if default:
-                raise ValueError(f"{cls.__name__}.{name} defaults to True: name a --no- flag by hand")
-            parser.add_argument(flag, dest=name, action="store_true", help=text)
-        else:
-            parser.add_argument(flag, dest=name, type=kinds[0], default=default, help=f"{text} (default: {default})")
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return tuple, (args[0] if args else str)
+    if args and typing.get_origin(hint) is not None and not isinstance(args[0], type(Ellipsis)):
+        return _kind(args[0])
+    return hint, None
+
+
+def split_values(option: str, text: str, kind: type = str) -> tuple[Any, ...]:
+    """``"1,8"`` -> ``(1, 8)``: a comma-separated option value, each item converted to ``kind``."""
+    try:
+        return tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+    except ValueError:
+        noun = {int: "integers such as 1,8", float: "numbers such as 0.5,1"}.get(kind, "values")
+        raise OptionError(option, text, f"expected comma-separated {noun}") from None
+
+
+def fields_of(options: Any) -> dict[str, Any]:
+    """An options dataclass's fields as keyword arguments (shallow: values are not copied)."""
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+
+
+def add_flags(parser: Any, cls: type, names: tuple[str, ...], *, help: dict[str, str] | None = None) -> None:
+    """Add ``--name`` for each listed field of options dataclass ``cls`` (see :class:`Flags`)."""
+    Flags(cls, names, help=help or {}).add(parser)
 
 
 def from_args(cls: type, args: Any, names: tuple[str, ...], **extra: Any) -> Any:
     """Build options dataclass ``cls`` from the parsed flags ``names`` (it validates itself)."""
-    return cls(**{n: getattr(args, n) for n in names}, **extra)
+    return Flags(cls, names).build(args, **extra)

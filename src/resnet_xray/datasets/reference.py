@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import XrayError
+from ..options import OptionError, at_least, one_of, within
 from ..image import bundled_cat
 
 GENERATOR_VERSION = 2  # 2: milder stretch, clutter and patterned fills, so 15 CPU minutes suffice
@@ -35,30 +36,28 @@ SPLITS = {"train": 0, "val": 1}
 
 @dataclass
 class ReferenceOptions:
-    classes: int = 10  # how many of SHAPES to use (2..10)
+    classes: int | None = None  # number of shape classes, 2..the task's count (None: all of the task's)
     per_class: int = 200  # training images per class (10 classes x 200 = 2,000)
-    val_per_class: int | None = None  # None: a quarter of per_class, at least 10
+    val_per_class: int | None = None  # validation images per class (None: a quarter of per_class, at least 10)
     size: int = 96  # image side in pixels
     seed: int = 0
     min_scale: float = 0.5  # object size as a fraction of the image side
     max_scale: float = 0.85
     clutter: int = 2  # distractor strokes per image (mean)
-    overwrite: bool = False
+    overwrite: bool = False  # replace an existing non-empty folder
     task: str = "reference"  # reference (SHAPES) or transfer (TRANSFER_SHAPES: a second task for transfer learning)
 
-    def validate(self) -> None:
-        if self.task not in TASKS:
-            raise XrayError(f"--task {self.task!r}: choose one of {', '.join(TASKS)}")
-        if not 2 <= self.classes <= len(TASKS[self.task]):
-            raise XrayError(f"--classes {self.classes}: must be between 2 and {len(TASKS[self.task])} for --task {self.task}")
-        if self.per_class < 1:
-            raise XrayError(f"--per-class {self.per_class}: must be at least 1")
-        if self.val_per_class is not None and self.val_per_class < 1:
-            raise XrayError(f"--val-per-class {self.val_per_class}: must be at least 1")
-        if self.size < 32:
-            raise XrayError(f"--size {self.size}: must be at least 32 pixels")
+    def __post_init__(self) -> None:
+        one_of("task", self.task, tuple(TASKS))
+        if self.classes is None:
+            self.classes = len(TASKS[self.task])
+        within("classes", self.classes, 2, len(TASKS[self.task]))
+        at_least("per_class", self.per_class, 1)
+        at_least("val_per_class", self.val_per_class, 1, allow_none=True)
+        at_least("size", self.size, 32)
+        at_least("clutter", self.clutter, 0)
         if not 0.05 <= self.min_scale <= self.max_scale <= 0.95:
-            raise XrayError(f"scale range {self.min_scale}..{self.max_scale}: need 0.05 <= min <= max <= 0.95")
+            raise OptionError("min_scale", f"{self.min_scale}..{self.max_scale}", "need 0.05 <= min <= max <= 0.95")
 
     @property
     def n_val(self) -> int:
@@ -255,7 +254,6 @@ def make_reference_dataset(out: str | Path, options: ReferenceOptions | None = N
     from ..locks import output_lock
 
     opts = options or ReferenceOptions()
-    opts.validate()
     # Locked beside the folder, not in it: the folder itself is swapped at the end.
     with output_lock(out, None, beside=True):
         return _write_reference_dataset(Path(out), opts, quiet=quiet)

@@ -12,7 +12,70 @@ from pathlib import Path
 
 from ..cliutil import add_model_args, model_from_args, print_json, report_skipped
 from ..errors import XrayError
+from ..options import Flags, fields_of
 from ..units import pct, si
+
+
+# --- which options-dataclass fields are flags, and how the few that differ are spelled ---
+
+
+def export_flags() -> Flags:
+    from .onnx import ExportOptions
+
+    return Flags(ExportOptions, ("opset", "dynamic_batch", "exporter"), choices={"exporter": ("dynamo", "torchscript")},
+                 help={"opset": "ONNX opset (default: the exporter's, 18 for dynamo; 18+ for dynamo, 9+ for torchscript)",
+                       "exporter": "torch.onnx route: dynamo (torch.export) or torchscript (dynamo=False)"})
+
+
+def quantize_flags() -> Flags:
+    from .quantize import METHODS, QuantizeOptions
+
+    return Flags(
+        QuantizeOptions,
+        ("method", "per_channel", "reduce_range", "eval_dir", "max_calib_images", "engine", "min_agreement", "time_check"),
+        spelling={"eval_dir": "--eval", "max_calib_images": "--max-images"},
+        choices={"method": METHODS, "engine": ("ort", "openvino"), "reduce_range": {"auto": None, "on": True, "off": False}},
+        help={"reduce_range": "7-bit weights against U8S8 saturation; auto: on exactly when the CPU lacks VNNI",
+              "eval_dir": "separate held-out folder for the agreement check (default: every 5th --calib image)",
+              "max_calib_images": "use at most this many calibration images",
+              "engine": "ort: ONNX Runtime QDQ .onnx; openvino: NNCF post-training INT8 .xml (often faster on CPUs)",
+              "min_agreement": "top-1 agreement with FP32 required on the held-out images, else nothing is written and exit 1",
+              "time_check": "skip timing FP32 against INT8 on this CPU"},
+    )
+
+
+def bench_flags() -> Flags:
+    from .bench import BenchOptions
+
+    return Flags(BenchOptions, ("batches", "threads", "repeats", "calib_dir", "compile", "compile_timeout_s"),
+                 spelling={"batches": "--batch", "calib_dir": "--calib", "compile_timeout_s": "--compile-timeout"},
+                 help={"batches": "comma-separated batch sizes", "repeats": "timed calls per path (at least)",
+                       "calib_dir": "calibration images for the INT8 rows (default: crops of the bundled photo)",
+                       "compile": "skip the torch.compile row", "compile_timeout_s": "seconds to allow torch.compile"})
+
+
+def evaluate_flags() -> Flags:
+    from .runtime import EvaluateOptions
+
+    return Flags(EvaluateOptions, ("limit", "threads"))
+
+
+OPTIMIZE_FLAGS = ("data", "out", "max_drop", "target_macs", "prune_steps", "finetune_epochs", "engines", "calib_images",
+                  "eval_images", "input_size", "threads", "repeats", "mixed_precision", "batch_size", "workers", "seed")
+
+
+def optimize_flags(names: tuple[str, ...] = OPTIMIZE_FLAGS) -> Flags:
+    from .optimize import OptimizeOptions
+
+    return Flags(
+        OptimizeOptions, names, spelling={"out": ("-o", "--output")}, required=("data", "out"),
+        help={"data": "ImageFolder dataset (train/ for calibration and fine-tuning, val/ for the budget)",
+              "out": "output folder (the winner is OUT/model.onnx or OUT/model.xml)",
+              "target_macs": "also prune to this share of MACs, e.g. 0.5 (default: no pruning)",
+              "engines": "comma-separated: ort, openvino, torch", "eval_images": "val images to score on (default: all)",
+              "mixed_precision": "do not try NNCF accuracy control when INT8 loses too much",
+              "resume": "continue a killed run in OUT (same options)", "overwrite": "replace what OUT holds"},
+    )
 
 
 def _g(v) -> str:
@@ -46,12 +109,11 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .. import api
-    from .onnx import ExportOptions
 
-    ExportOptions(opset=args.opset, dynamic_batch=args.dynamic_batch, exporter=args.exporter).check()  # flags first
-    res = api.export(model_from_args(args), args.output, opset=args.opset, dynamic_batch=args.dynamic_batch,
-                     exporter=args.exporter, openvino=not args.no_openvino, check=args.check or [],
-                     tensorrt=args.tensorrt, calib=args.calib)
+    flags = export_flags()
+    flags.build(args)  # bad flags fail before the model is built
+    res = api.export(model_from_args(args), args.output, **flags.values(args), openvino=not args.no_openvino,
+                     check=args.check or [], tensorrt=args.tensorrt, calib=args.calib)
     report_skipped(res.check["skipped"])
     if args.json:
         print_json(res.to_dict())
@@ -60,7 +122,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             ir = f", {res.openvino.name} + .bin (OpenVINO IR)" if res.openvino else ""
             print(f"wrote {res.output} ({si(res.output.stat().st_size)}B, {args.exporter} exporter){ir} and sidecars; "
                   "onnx.checker passed")
-        checks = [("ONNX Runtime", res.check)] + ([("OpenVINO", res.check_openvino)] if res.check_openvino else [])
+        checks = [(n, r) for n, r in (("ONNX Runtime", res.check), ("OpenVINO", res.check_openvino), ("TensorRT", res.check_tensorrt))
+                  if r is not None]
         for name, r in checks:
             print(f"{name} vs eager on {r['images']} image(s): max abs diff {_g(r['max_abs_diff'])} "
                   f"(tolerance {r['tolerance']:.3g}), top-1 agreement {pct(r['top1_agreement'])}, "
@@ -69,21 +132,15 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"wrote TensorRT {args.tensorrt} engine {res.engine}")
     if res.failed:
         name, r = res.failed[0]
-        print(f"resnet-xray: error: {name} output DIVERGES from eager PyTorch ({r.get('reason')}); nothing written to "
-              f"{args.output}", file=sys.stderr)
+        kept = f"engine removed; {res.output} (which passed its own check) kept" if res.output else f"nothing written to {args.output}"
+        print(f"resnet-xray: error: {name} output DIVERGES from eager PyTorch ({r.get('reason')}); {kept}", file=sys.stderr)
         return 1
     return 0
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from .. import api
-    from .quantize import QuantizeOptions
-
-    rr = {"auto": None, "on": True, "off": False}[args.reduce_range]
-    options = dict(method=args.method, per_channel=args.per_channel, reduce_range=rr, eval_dir=args.eval,
-                   max_calib_images=args.max_images, progress=not args.json, engine=args.engine,
-                   min_agreement=args.min_agreement, time_check=not args.no_time_check)
-    QuantizeOptions(**options)  # refuse bad flags before anything is loaded
+    options = fields_of(quantize_flags().build(args, progress=not args.json))  # refuse bad flags before anything is loaded
     want = ".xml" if args.engine == "openvino" else ".onnx"
     if Path(args.output).suffix.lower() != want:
         raise XrayError(f"-o {args.output}: --engine {args.engine} writes a {want} file; name it so")
@@ -140,23 +197,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .. import api
-    from .bench import BenchOptions, peak_method
+    from .bench import peak_method
 
-    try:
-        batches = tuple(int(b) for b in args.batch.split(","))
-    except ValueError:
-        raise XrayError(f"--batch {args.batch}: expected comma-separated integers such as 1,8") from None
+    opts = bench_flags().build(args, progress=not args.json)  # refuse bad flags before the model is built
     if args.output:
         from ..atomic import check_writable
 
         check_writable(args.output)
     if args.model:
-        return _bench_models(args)
-    options = dict(batches=batches, threads=args.threads, repeats=args.repeats, compile=not args.no_compile,
-                   compile_timeout_s=args.compile_timeout, calib_dir=args.calib, progress=not args.json)
-    opts = BenchOptions(**options)  # refuse bad flags before the model is built
+        return _bench_models(args, opts)
     model = model_from_args(args)
-    report = api.bench(model, output=args.output, **options)
+    report = api.bench(model, output=args.output, **fields_of(opts))
     if args.json:
         print_json(report.to_dict())
         return 0
@@ -180,11 +231,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .runtime import evaluate_models
+    from .. import api
 
-    if args.limit is not None and args.limit < 1:
-        raise XrayError(f"--limit {args.limit}: must be at least 1")
-    res = evaluate_models(args.model, args.data, limit=args.limit, threads=args.threads)
+    res = api.evaluate(args.model, args.data, **evaluate_flags().values(args))
     if args.json:
         print_json(res.to_dict())
         return 0
@@ -196,7 +245,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_models(args: argparse.Namespace) -> int:
+def _bench_models(args: argparse.Namespace, opts) -> int:
     """bench --model A [--model B ...]: deployed artefacts timed round-robin at batch 1 after warm-up."""
     import numpy as np
 
@@ -204,23 +253,21 @@ def _bench_models(args: argparse.Namespace) -> int:
     from .bench import machine_info
     from .runtime import load_deployed, time_models
 
-    if args.repeats < 1:
-        raise XrayError(f"--repeats {args.repeats}: must be at least 1")
-    loaded = {str(p): load_deployed(p, args.threads) for p in args.model}
+    loaded = {str(p): load_deployed(p, opts.threads) for p in args.model}
     sizes = {m.preprocessing.crop for _, m in loaded.values()}
     if len(sizes) != 1:
         raise XrayError(f"--model: the models take different input sizes ({sorted(sizes)}); bench one network at a time")
     size = sizes.pop()
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    stats = time_models({p: (lambda dm=dm: dm.run(x)) for p, (dm, _) in loaded.items()}, repeats=args.repeats,
+    stats = time_models({p: (lambda dm=dm: dm.run(x)) for p, (dm, _) in loaded.items()}, repeats=opts.repeats,
                         progress=None if args.json else (lambda s: print(f"bench: {s}", file=sys.stderr)))
     first = next(iter(stats.values())).median
     rows = [{"model": p, "engine": loaded[p][0].engine, "precision": loaded[p][0].precision, "median_ms": st.median_ms,
              "iqr_ms": st.iqr_ms, "speedup_vs_first": first / st.median} for p, st in stats.items()]
     if args.json:
-        print_json({"rows": rows, "machine": machine_info(args.threads), "method": "batch 1, round-robin after warm-up"})
+        print_json({"rows": rows, "machine": machine_info(opts.threads), "method": "batch 1, round-robin after warm-up"})
         return 0
-    m = machine_info(args.threads)
+    m = machine_info(opts.threads)
     print(f"CPU: {m['cpu']}, {m['threads']} thread(s), VNNI: {'yes' if m['vnni'] else 'no'}; batch 1, round-robin after warm-up")
     print(table(["model", "engine", "precision", "median ms", "IQR ms", "vs first"],
                 [[r["model"], r["engine"], r["precision"], f"{r['median_ms']:.2f}", f"{r['iqr_ms']:.2f}", f"{r['speedup_vs_first']:.2f}x"]
@@ -229,18 +276,9 @@ def _bench_models(args: argparse.Namespace) -> int:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    from .optimize import OptimizeOptions, optimize
+    from .optimize import optimize
 
-    try:
-        engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
-    except AttributeError:
-        engines = ()
-    opts = OptimizeOptions(data=args.data, out=args.output, max_drop=args.max_drop, target_macs=args.target_macs,
-                           prune_steps=args.prune_steps, finetune_epochs=args.finetune_epochs, engines=engines,
-                           calib_images=args.calib_images, eval_images=args.eval_images, input_size=args.input_size,
-                           threads=args.threads, repeats=args.repeats, mixed_precision=not args.no_mixed_precision,
-                           batch_size=args.batch_size, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
-                           seed=args.seed, progress=not args.json)
+    opts = optimize_flags(OPTIMIZE_FLAGS + ("resume", "overwrite")).build(args, progress=not args.json)
     res = optimize(args.checkpoint, opts)
     if args.json:
         print_json(res.to_dict())
@@ -274,11 +312,8 @@ def fuse_args(p: argparse.ArgumentParser) -> None:
 def export_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p, allow_nonfinite=True)
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write (plus a .onnx.json sidecar)")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 18 for dynamo; 18+ for dynamo, 9+ for torchscript)")
+    export_flags().add(p)
     p.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO IR (model.xml/.bin) written beside the .onnx")
-    p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension (default: fixed batch 1)")
-    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
-                   help="torch.onnx route: dynamo (torch.export, default) or torchscript (dynamo=False)")
     p.add_argument("--check", nargs="*", metavar="IMAGES", help="more images/folders to compare on (the bundled photo is always used)")
     p.add_argument("--tensorrt", choices=("fp16", "int8"), help="also build a TensorRT engine (needs tensorrt and a CUDA GPU)")
     p.add_argument("--calib", help="calibration images for --tensorrt int8")
@@ -290,54 +325,26 @@ def quantize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="FP32 .onnx file (from resnet-xray export)")
     p.add_argument("--calib", required=True, help="folder of calibration images (ImageFolder layout also gives accuracy)")
     p.add_argument("-o", "--output", required=True, help="INT8 .onnx to write (plus a .onnx.json with every choice)")
-    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="percentile", help="calibration (default: percentile)")
-    p.add_argument("--per-channel", action="store_true", help="one weight scale per output channel")
-    p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
-                   help="7-bit weights against U8S8 saturation; auto: on exactly when the CPU lacks VNNI")
-    p.add_argument("--eval", help="separate held-out folder for the agreement check (default: every 5th --calib image)")
-    p.add_argument("--max-images", type=int, default=None, help="use at most this many calibration images")
-    p.add_argument("--engine", choices=("ort", "openvino"), default="ort",
-                   help="ort: ONNX Runtime QDQ .onnx (default); openvino: NNCF post-training INT8 .xml (often faster on CPUs)")
-    p.add_argument("--min-agreement", type=float, default=0.9,
-                   help="top-1 agreement with FP32 required on the held-out images, else nothing is written and exit 1 (default: 0.9)")
-    p.add_argument("--no-time-check", action="store_true", help="skip timing FP32 against INT8 on this CPU")
+    quantize_flags().add(p)
     p.add_argument("--compare-torch", action="store_true",
                    help="also build PyTorch's FX INT8 (x86) from --weights (default: those the sidecar names)")
     add_model_args(p, default_weights="sidecar")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_quantize, option_flags={"max_calib_images": "--max-images", "eval_dir": "--eval"})
+    p.set_defaults(func=cmd_quantize)
 
 
 def evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="ImageFolder (class folders, or a dataset with val/)")
     p.add_argument("--model", action="append", required=True, metavar="PATH", help="a deployed model; repeat to compare")
-    p.add_argument("--limit", type=int, default=None, help="use at most this many images, spread over the classes")
-    p.add_argument("--threads", type=int, default=None)
+    evaluate_flags().add(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
 
 def optimize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="the trained model (a finetune best.pt)")
-    p.add_argument("--data", required=True, help="ImageFolder dataset (train/ for calibration and fine-tuning, val/ for the budget)")
-    p.add_argument("-o", "--output", required=True, help="output folder (the winner is OUT/model.onnx or OUT/model.xml)")
-    p.add_argument("--max-drop", type=float, default=1.0, help="accuracy points a candidate may lose against the checkpoint (default: 1.0)")
-    p.add_argument("--target-macs", type=float, default=None, help="also prune to this share of MACs, e.g. 0.5 (default: no pruning)")
-    p.add_argument("--prune-steps", type=int, default=2, help="pruning rounds (default: 2)")
-    p.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning epochs per pruning round (default: 1)")
-    p.add_argument("--engines", default="ort,openvino,torch", help="comma-separated: ort, openvino, torch (default: all)")
-    p.add_argument("--calib-images", type=int, default=128, help="training images to calibrate INT8 on (default: 128)")
-    p.add_argument("--eval-images", type=int, default=None, help="val images to score on (default: all)")
-    p.add_argument("--input-size", type=int, default=None, help="square input side (default: the checkpoint's crop)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads for every engine (default: their own)")
-    p.add_argument("--repeats", type=int, default=30, help="timed batch-1 calls per candidate (default: 30)")
-    p.add_argument("--no-mixed-precision", action="store_true", help="do not try NNCF accuracy control when INT8 loses too much")
-    p.add_argument("--batch-size", type=int, default=32, help="fine-tuning batch (default: 32)")
-    p.add_argument("--workers", type=int, default=0, help="data-loading processes for fine-tuning (default: 0)")
-    p.add_argument("--seed", type=int, default=0)
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--resume", action="store_true", help="continue a killed run in OUT (same options)")
-    g.add_argument("--overwrite", action="store_true", help="replace what OUT holds")
+    optimize_flags().add(p)
+    optimize_flags(("resume", "overwrite")).add(p.add_mutually_exclusive_group())
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_optimize)
 
@@ -346,12 +353,7 @@ def bench_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p, default_weights="random")
     p.add_argument("--model", action="append", metavar="PATH",
                    help="time deployed models (.onnx / .xml) instead, round-robin; repeat the flag to compare several")
-    p.add_argument("--batch", default="1", help="comma-separated batch sizes (default: 1)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads for torch, ORT and OpenVINO")
-    p.add_argument("--repeats", type=int, default=30, help="timed calls per path (at least; default: 30)")
-    p.add_argument("--calib", help="calibration images for the INT8 rows (default: crops of the bundled photo)")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
-    p.add_argument("--compile-timeout", type=int, default=300, help="seconds to allow torch.compile (default: 300)")
+    bench_flags().add(p)
     p.add_argument("-o", "--output", help="bar chart PNG")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_bench, option_flags={"batches": "--batch", "compile_timeout_s": "--compile-timeout", "calib_dir": "--calib"})
+    p.set_defaults(func=cmd_bench)

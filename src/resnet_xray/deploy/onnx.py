@@ -47,17 +47,18 @@ class ExportOptions:
     batch: int = 1  # the example batch size (and the fixed one without dynamic_batch)
     openvino: bool = False  # also write OpenVINO IR (model.xml + model.bin) beside the .onnx
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         import onnx
 
-        if self.exporter not in MIN_OPSET:
-            raise XrayError(f"--exporter {self.exporter!r}: choose dynamo or torchscript")
+        from ..options import OptionError, at_least, one_of
+
+        one_of("exporter", self.exporter, tuple(MIN_OPSET))
         top = onnx.defs.onnx_opset_version()
         if self.opset is not None and not MIN_OPSET[self.exporter] <= self.opset <= top:
-            raise XrayError(f"--opset {self.opset}: the {self.exporter} exporter writes opsets "
-                            f"{MIN_OPSET[self.exporter]} to {top}" + (" (use --exporter torchscript for older ones)" if self.exporter == "dynamo" else ""))
-        if self.batch < 1:
-            raise XrayError(f"batch {self.batch}: must be at least 1")
+            raise OptionError("opset", self.opset, f"the {self.exporter} exporter writes opsets {MIN_OPSET[self.exporter]} to {top}"
+                              + (" (use --exporter torchscript for older ones)" if self.exporter == "dynamo" else ""))
+        at_least("input_size", self.input_size, 32, allow_none=True)
+        at_least("batch", self.batch, 1)
 
 
 def export_onnx(
@@ -81,7 +82,6 @@ def export_onnx(
         The path written.
     """
     opts = options or ExportOptions()
-    opts.check()
     out = check_writable(path)
     pre: Preprocessing = meta.preprocessing if meta is not None else Preprocessing.seed()
     size = opts.input_size or pre.crop

@@ -63,27 +63,28 @@ class OptimizeOptions:
     seed: int = 0
     progress: bool = True
 
-    def check(self) -> None:
-        if not 0.0 <= self.max_drop <= 100.0:
-            raise XrayError(f"--max-drop {self.max_drop}: accuracy points, between 0 and 100")
-        if self.target_macs is not None and not 0.0 < self.target_macs < 1.0:
-            raise XrayError(f"--target-macs {self.target_macs}: must lie strictly between 0 and 1 (the share of MACs to keep)")
-        bad = [e for e in self.engines if e not in ENGINES]
-        if bad or not self.engines:
-            raise XrayError(f"--engines {','.join(self.engines)}: choose from {','.join(ENGINES)}")
+    def __post_init__(self) -> None:
+        from ..options import OptionError, at_least, one_of, within
+
+        within("max_drop", self.max_drop, 0.0, 100.0)  # accuracy points
+        if self.target_macs is not None:
+            within("target_macs", self.target_macs, 0.0, 1.0, open_low=True, open_high=True)  # the share of MACs to keep
+        self.engines = tuple(self.engines)
+        if not self.engines:
+            raise OptionError("engines", "", f"choose from {','.join(ENGINES)}")
+        for e in self.engines:
+            one_of("engines", e, ENGINES)
         for name in ("prune_steps", "calib_images", "repeats", "rounds", "batch_size"):
-            if getattr(self, name) < 1:
-                raise XrayError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
-        if self.finetune_epochs < 0 or self.workers < 0:
-            raise XrayError("--finetune-epochs and --workers must be 0 or more")
-        if self.eval_images is not None and self.eval_images < 1:
-            raise XrayError(f"--eval-images {self.eval_images}: must be at least 1")
-        if self.threads is not None and self.threads < 1:
-            raise XrayError(f"--threads {self.threads}: must be at least 1")
+            at_least(name, getattr(self, name), 1)
+        at_least("finetune_epochs", self.finetune_epochs, 0)
+        at_least("workers", self.workers, 0)
+        at_least("eval_images", self.eval_images, 1, allow_none=True)
+        at_least("input_size", self.input_size, 32, allow_none=True)
+        at_least("threads", self.threads, 1, allow_none=True)
         if self.resume and self.overwrite:
-            raise XrayError("--resume and --overwrite: choose one")
+            raise OptionError("resume", True, "and overwrite: choose one")
         if not Path(self.data).is_dir():
-            raise XrayError(f"--data {self.data}: no such folder")
+            raise OptionError("data", self.data, "no such folder")
 
 
 @dataclass
@@ -227,7 +228,6 @@ def optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str], 
     """
     from ..locks import output_lock
 
-    options.check()
     with output_lock(options.out, "-o", beside=True):  # beside: OUT itself stays empty until the run writes
         return _optimize(checkpoint, options, log=log)
 

@@ -28,7 +28,7 @@ import torch
 from ..atomic import write_json
 from ..compare import Tolerance, compare
 from ..errors import XrayError
-from ..options import at_least, one_of
+from ..options import at_least, one_of, within
 from ..image import IMAGE_EXTENSIONS, Preprocessing, Skipped, expand_inputs
 from ..image import image_batches as stream_batches
 from .onnx import (
@@ -64,23 +64,12 @@ class QuantizeOptions:
     engine: str = "ort"  # ort: ONNX Runtime QDQ (.onnx) | openvino: NNCF post-training INT8 (.xml)
     time_check: bool = True  # time FP32 and INT8 round-robin and say when INT8 is the slower one here
 
-    def check(self) -> None:
-        if self.method not in METHODS:
-            raise XrayError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.activation_type not in ("uint8", "int8"):
-            raise XrayError(f"activation type {self.activation_type!r}: choose uint8 or int8")
-        if self.max_calib_images is not None and self.max_calib_images < 1:
-            raise XrayError(f"--max-images {self.max_calib_images}: must be at least 1")
-        if not 0.0 <= self.min_agreement <= 1.0:
-            raise XrayError(f"--min-agreement {self.min_agreement}: must lie between 0 and 1")
-        if self.engine not in ("ort", "openvino"):
-            raise XrayError(f"--engine {self.engine!r}: choose ort or openvino")
-        if self.batch_size < 1:
-            raise XrayError(f"batch size {self.batch_size}: must be at least 1")
-
     def __post_init__(self) -> None:
-        one_of("method", self.method, ("minmax", "entropy", "percentile"))
+        one_of("method", self.method, METHODS)
+        one_of("activation_type", self.activation_type, ("uint8", "int8"))
+        one_of("engine", self.engine, ("ort", "openvino"))
         at_least("max_calib_images", self.max_calib_images, 1, allow_none=True)
+        within("min_agreement", self.min_agreement, 0.0, 1.0)
         if self.holdout_every != 0:  # 0 is "hold none out" (optimize scores on its own val split)
             at_least("holdout_every", self.holdout_every, 2)
         at_least("batch_size", self.batch_size, 1)
@@ -258,6 +247,21 @@ def ort_runner(path: Path, info: OnnxInfo, threads: int | None = None):
     return run
 
 
+@dataclass
+class _Plan:
+    """What one quantisation run works from, settled before any work: files, splits and choices."""
+
+    info: OnnxInfo  # the FP32 model
+    out: Path
+    calib_root: Path
+    calib: list[Path]  # images to calibrate on
+    eval_root: Path
+    held: list[Path]  # held-out images for the agreement check (empty: too few to hold any out)
+    cpu: CpuInt8Support
+    reduce_range: bool
+    batch: int  # images per forward
+
+
 def quantize_onnx(
     fp32_path: str | os.PathLike,
     calib_dir: str | os.PathLike,
@@ -281,25 +285,44 @@ def quantize_onnx(
         The report: sizes, choices (with the CPU's VNNI support), calibration images used and
         skipped, agreement with FP32 on held-out images, accuracy when labelled.
     """
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        create_calibrator,
-        quantize_static,
-        save_tensors_data,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     opts = options or QuantizeOptions()
-    opts.check()
+    plan = _plan(fp32_path, calib_dir, out_path, opts)
+    workdir = Path(tempfile.mkdtemp(prefix=".quantize-", dir=plan.out.parent))
+    try:
+        if opts.engine == "openvino":
+            tmp_out, calib_used, calib_skipped, fp32_ir = _quantize_openvino(plan.info, plan.calib, workdir, opts, plan.calib_root)
+        else:
+            tmp_out, calib_used, calib_skipped = _quantize_ort(plan, workdir, opts)
+            fp32_ir = None
+        runners, torch_report = _runners(plan, tmp_out, fp32_ir, opts, torch_model)
+        eval_files = plan.held or plan.calib
+        labels_list, label_note = folder_labels(eval_files, plan.eval_root, plan.info.class_names, _num_classes(plan.info))
+        labels = dict(zip(eval_files, labels_list)) if labels_list else None
+        agree = agreement(runners, eval_files, plan.info, plan.batch, opts.progress, labels, opts.min_agreement)
+        speed = _time_fp32_int8(runners, plan.info, plan.batch) if opts.time_check else None
+        report = _report(plan, opts, tmp_out, calib_used, calib_skipped, agree, speed,
+                         label_note if labels is None else f"ImageFolder: {label_note}")
+        if torch_report:
+            report["torch_int8"] = torch_report
+        if not agree["passed"]:
+            report["int8_model"] = None  # a model that fails its check is not written
+            return report
+        _publish(tmp_out, plan, opts.engine, report)
+    except OSError as e:
+        raise XrayError(f"cannot write {plan.out}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return report
+
+
+def _plan(fp32_path: str | os.PathLike, calib_dir: str | os.PathLike, out_path: str | os.PathLike, opts: QuantizeOptions) -> _Plan:
+    """Read the FP32 model, list and split the images, and settle reduce_range and the batch (no work yet)."""
     info = inspect_onnx(fp32_path)
     calib_root = Path(calib_dir)
     files = list_images(calib_root, "--calib")
     out = check_writable(out_path)
     if out.resolve() == info.path.resolve():
         raise XrayError(f"-o {out}: would overwrite the FP32 input; choose another name")
-
     if opts.eval_dir:
         eval_root = Path(opts.eval_dir)
         held = list_images(eval_root, "--eval")
@@ -312,136 +335,139 @@ def quantize_onnx(
     cpu = detect_cpu_int8()
     reduce_range = (not cpu.vnni) if opts.reduce_range is None else bool(opts.reduce_range)
     batch = opts.batch_size if info.fixed_batch is None else info.fixed_batch
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[opts.method]
+    return _Plan(info, out, calib_root, calib, eval_root, held, cpu, reduce_range, batch)
 
+
+def _quantize_ort(plan: _Plan, workdir: Path, opts: QuantizeOptions) -> tuple[Path, int, list[Skipped]]:
+    """ONNX Runtime's static QDQ quantisation into ``workdir``: (INT8 model, images used, images skipped)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    info, calib = plan.info, plan.calib
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[opts.method]
     # ORT's histogram collectors (entropy, percentile) stack every batch's outputs into one
     # array, so a short last batch breaks them; those methods calibrate one image at a time.
-    calib_batch = batch if method == CalibrationMethod.MinMax or info.fixed_batch is not None else 1
+    calib_batch = plan.batch if method == CalibrationMethod.MinMax or info.fixed_batch is not None else 1
     reader = _calibration_reader_class()(calib, info, calib_batch, opts.progress)
-    workdir = Path(tempfile.mkdtemp(prefix=".quantize-", dir=out.parent))
-    try:
-        if opts.engine == "openvino":
-            tmp_out, calib_used, calib_skipped, fp32_ir = _quantize_openvino(info, calib, workdir, opts, calib_root)
-        else:
-            # ORT's calibrators print progress ("Collecting tensor data ...") on stdout: keep stdout for results
-            with contextlib.redirect_stdout(sys.stderr):
-                prep = workdir / "preprocessed.onnx"
-                try:
-                    quant_pre_process(str(info.path), str(prep), skip_symbolic_shape=False)
-                except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs; ONNX's own still runs
-                    quant_pre_process(str(info.path), str(prep), skip_symbolic_shape=True)
-                tmp_out = workdir / "int8.onnx"
-                try:
-                    ranges = None
-                    if method == CalibrationMethod.Entropy:
-                        # quantize_static builds the entropy histogram with as many bins as quantised
-                        # bins (128), which leaves one candidate threshold: the min/max range, so
-                        # "entropy" silently equals minmax. Calibrate here with TensorRT's split instead.
-                        calibrator = create_calibrator(str(prep), augmented_model_path=str(workdir / "augmented.onnx"),
-                                                       calibrate_method=method, extra_options={**ENTROPY_BINS, "symmetric": opts.activation_type == "int8"})
-                        calibrator.collect_data(reader)
-                        ranges = workdir / "ranges.json"
-                        save_tensors_data(calibrator.compute_data(), ranges)
-                    quantize_static(
-                        str(prep),
-                        str(tmp_out),
-                        None if ranges else reader,
-                        calibration_cache_path=str(ranges) if ranges else None,
-                        quant_format=QuantFormat.QDQ,
-                        per_channel=opts.per_channel,
-                        reduce_range=reduce_range,
-                        activation_type=QuantType.QUInt8 if opts.activation_type == "uint8" else QuantType.QInt8,
-                        weight_type=QuantType.QInt8,
-                        calibrate_method=method,
-                        extra_options={"ActivationSymmetric": opts.activation_type == "int8"},
-                    )
-                except Exception:  # noqa: BLE001 - re-raised unless it was our empty reader
-                    if reader.used == 0:
-                        raise XrayError(f"--calib {calib_root}: none of the {len(calib)} calibration images could be read") from None
-                    raise
-                if reader.used == 0:
-                    raise XrayError(f"--calib {calib_root}: none of the {len(calib)} calibration images could be read")
-                calib_used, calib_skipped = reader.used, list(reader.skipped)
+    unreadable = f"--calib {plan.calib_root}: none of the {len(calib)} calibration images could be read"
+    # ORT's calibrators print progress ("Collecting tensor data ...") on stdout: keep stdout for results
+    with contextlib.redirect_stdout(sys.stderr):
+        prep = workdir / "preprocessed.onnx"
+        try:
+            quant_pre_process(str(info.path), str(prep), skip_symbolic_shape=False)
+        except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs; ONNX's own still runs
+            quant_pre_process(str(info.path), str(prep), skip_symbolic_shape=True)
+        tmp_out = workdir / "int8.onnx"
+        try:
+            ranges = _entropy_ranges(prep, workdir, reader, opts) if method == CalibrationMethod.Entropy else None
+            quantize_static(
+                str(prep),
+                str(tmp_out),
+                None if ranges else reader,
+                calibration_cache_path=str(ranges) if ranges else None,
+                quant_format=QuantFormat.QDQ,
+                per_channel=opts.per_channel,
+                reduce_range=plan.reduce_range,
+                activation_type=QuantType.QUInt8 if opts.activation_type == "uint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=method,
+                extra_options={"ActivationSymmetric": opts.activation_type == "int8"},
+            )
+        except Exception:  # noqa: BLE001 - re-raised unless it was our empty reader
+            if reader.used == 0:
+                raise XrayError(unreadable) from None
+            raise
+    if reader.used == 0:
+        raise XrayError(unreadable)
+    return tmp_out, reader.used, list(reader.skipped)
 
-        if opts.engine == "openvino":
-            from .openvino import openvino_runner
 
-            fixed = info.fixed_batch
-            runners: dict[str, Any] = {"openvino_fp32": openvino_runner(fp32_ir, batch=fixed), "openvino_int8": openvino_runner(tmp_out, batch=fixed)}
-        else:
-            int8_info = OnnxInfo(tmp_out, info.input_name, info.input_shape, info.output_name, info.sidecar)
-            runners = {"ort_fp32": ort_runner(info.path, info), "ort_int8": ort_runner(tmp_out, int8_info)}
-        torch_report = None
-        if torch_model is not None:
-            from .torch_int8 import quantize_torch_fx
+def _entropy_ranges(prep: Path, workdir: Path, reader: Any, opts: QuantizeOptions) -> Path:
+    """Entropy calibration with TensorRT's histogram split, saved as ranges for quantize_static.
 
-            tq = quantize_torch_fx(torch_model, calib, info.preprocessing, progress=opts.progress)
-            runners["torch_int8_fx"] = lambda x: tq.model(torch.from_numpy(x)).numpy()
-            torch_report = tq.describe()
-        eval_files = held or calib
-        labels_list, label_note = folder_labels(eval_files, eval_root, info.class_names, _num_classes(info))
-        labels = dict(zip(eval_files, labels_list)) if labels_list else None
-        agree = agreement(runners, eval_files, info, batch, opts.progress, labels, opts.min_agreement)
-        speed = _time_fp32_int8(runners, info, batch) if opts.time_check else None
+    quantize_static builds the entropy histogram with as many bins as quantised bins (128),
+    which leaves one candidate threshold: the min/max range, so "entropy" silently equals
+    minmax. Calibrating here avoids that.
+    """
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator, save_tensors_data
 
-        size_fp32 = info.path.stat().st_size
-        size_int8 = tmp_out.stat().st_size
-        report: dict[str, Any] = {
-            "fp32_model": str(info.path),
-            "int8_model": str(out),
-            "size_fp32_bytes": size_fp32,
-            "size_int8_bytes": size_int8,
-            "compression": size_fp32 / size_int8,
-            "engine": opts.engine,
-            "passed": agree["passed"],
-            "speed": speed,
-            "choices": {
-                "runtime": "onnxruntime " + _ort_version() if opts.engine == "ort" else "openvino " + _ov_version() + ", nncf " + _nncf_version(),
-                "format": "QDQ" if opts.engine == "ort" else "OpenVINO IR (FakeQuantize), NNCF post-training quantisation",
-                "pre_process": "onnxruntime.quantization.shape_inference.quant_pre_process",
-                "method": opts.method,
-                "per_channel": opts.per_channel,
-                "reduce_range": reduce_range,
-                "reduce_range_reason": "set by the user" if opts.reduce_range is not None else cpu.note(),
-                "activation_type": opts.activation_type,
-                "weight_type": "int8",
-                "cpu_vnni": cpu.vnni,
-                "cpu_vnni_flags": cpu.flags,
-            },
-            "options": asdict(opts),
-            "preprocessing": info.preprocessing.to_dict(),
-            "calibration": {
-                "folder": str(calib_root),
-                "images_used": calib_used,
-                "skipped": [asdict(s) for s in calib_skipped],
-            },
-            "held_out": {
-                "folder": str(eval_root),
-                "separate_from_calibration": bool(held),
-                "labels": label_note if labels is None else f"ImageFolder: {label_note}",
-            },
-            "agreement": agree,
-        }
-        if torch_report:
-            report["torch_int8"] = torch_report
-        if not agree["passed"]:
-            report["int8_model"] = None  # a model that fails its check is not written
-            return report
-        side = {**info.sidecar, "quantization": report}
-        side.setdefault("preprocessing", info.preprocessing.to_dict())
-        # model first, then its sidecar: a reader never sees a sidecar describing a missing file
-        if opts.engine == "openvino":
-            os.replace(tmp_out.with_suffix(".bin"), out.with_suffix(".bin"))
-            os.replace(tmp_out, out)
-        else:
-            _embed(tmp_out, side)
-            os.replace(tmp_out, out)
-        write_json(sidecar_path(out), side)
-    except OSError as e:
-        raise XrayError(f"cannot write {out}: {e.strerror or e}") from None
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return report
+    calibrator = create_calibrator(str(prep), augmented_model_path=str(workdir / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.Entropy,
+                                   extra_options={**ENTROPY_BINS, "symmetric": opts.activation_type == "int8"})
+    calibrator.collect_data(reader)
+    ranges = workdir / "ranges.json"
+    save_tensors_data(calibrator.compute_data(), ranges)
+    return ranges
+
+
+def _runners(plan: _Plan, tmp_out: Path, fp32_ir: Path | None, opts: QuantizeOptions,
+             torch_model: torch.nn.Module | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Each path to compare, FP32 reference first, as a numpy-in numpy-out function; and the FX INT8 description."""
+    info = plan.info
+    if opts.engine == "openvino":
+        from .openvino import openvino_runner
+
+        fixed = info.fixed_batch
+        runners: dict[str, Any] = {"openvino_fp32": openvino_runner(fp32_ir, batch=fixed), "openvino_int8": openvino_runner(tmp_out, batch=fixed)}
+    else:
+        int8_info = OnnxInfo(tmp_out, info.input_name, info.input_shape, info.output_name, info.sidecar)
+        runners = {"ort_fp32": ort_runner(info.path, info), "ort_int8": ort_runner(tmp_out, int8_info)}
+    if torch_model is None:
+        return runners, None
+    from .torch_int8 import quantize_torch_fx
+
+    tq = quantize_torch_fx(torch_model, plan.calib, info.preprocessing, progress=opts.progress)
+    runners["torch_int8_fx"] = lambda x: tq.model(torch.from_numpy(x)).numpy()
+    return runners, tq.describe()
+
+
+def _report(plan: _Plan, opts: QuantizeOptions, tmp_out: Path, calib_used: int, calib_skipped: list[Skipped],
+            agree: dict[str, Any], speed: dict[str, Any] | None, labels: str) -> dict[str, Any]:
+    """The report written into the INT8 model's sidecar: sizes, every choice, the images, the agreement."""
+    info, ort = plan.info, opts.engine == "ort"
+    size_fp32, size_int8 = info.path.stat().st_size, tmp_out.stat().st_size
+    return {
+        "fp32_model": str(info.path),
+        "int8_model": str(plan.out),
+        "size_fp32_bytes": size_fp32,
+        "size_int8_bytes": size_int8,
+        "compression": size_fp32 / size_int8,
+        "engine": opts.engine,
+        "passed": agree["passed"],
+        "speed": speed,
+        "choices": {
+            "runtime": "onnxruntime " + _ort_version() if ort else "openvino " + _ov_version() + ", nncf " + _nncf_version(),
+            "format": "QDQ" if ort else "OpenVINO IR (FakeQuantize), NNCF post-training quantisation",
+            "pre_process": "onnxruntime.quantization.shape_inference.quant_pre_process",
+            "method": opts.method,
+            "per_channel": opts.per_channel,
+            "reduce_range": plan.reduce_range,
+            "reduce_range_reason": "set by the user" if opts.reduce_range is not None else plan.cpu.note(),
+            "activation_type": opts.activation_type,
+            "weight_type": "int8",
+            "cpu_vnni": plan.cpu.vnni,
+            "cpu_vnni_flags": plan.cpu.flags,
+        },
+        "options": asdict(opts),
+        "preprocessing": info.preprocessing.to_dict(),
+        "calibration": {"folder": str(plan.calib_root), "images_used": calib_used, "skipped": [asdict(s) for s in calib_skipped]},
+        "held_out": {"folder": str(plan.eval_root), "separate_from_calibration": bool(plan.held), "labels": labels},
+        "agreement": agree,
+    }
+
+
+def _publish(tmp_out: Path, plan: _Plan, engine: str, report: dict[str, Any]) -> None:
+    """Move the checked INT8 model into place, then its sidecar: a reader never sees a sidecar describing a missing file."""
+    out, info = plan.out, plan.info
+    side = {**info.sidecar, "quantization": report}
+    side.setdefault("preprocessing", info.preprocessing.to_dict())
+    if engine == "openvino":
+        os.replace(tmp_out.with_suffix(".bin"), out.with_suffix(".bin"))
+        os.replace(tmp_out, out)
+    else:
+        _embed(tmp_out, side)
+        os.replace(tmp_out, out)
+    write_json(sidecar_path(out), side)
 
 
 def _embed(path: Path, side: dict[str, Any]) -> None:

@@ -152,9 +152,22 @@ def accuracy_of(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
     return None if labels is None else float((logits.argmax(1) == labels).mean())
 
 
+@dataclass
+class EvaluateOptions:
+    limit: int | None = None  # use at most this many images, spread over the classes (None: all)
+    threads: int | None = None  # intra-op threads for every engine (None: their own)
+
+    def __post_init__(self) -> None:
+        from ..options import at_least
+
+        at_least("limit", self.limit, 1, allow_none=True)
+        at_least("threads", self.threads, 1, allow_none=True)
+
+
 def evaluate_models(paths: list[str | os.PathLike], data: str | os.PathLike, *, tolerance: Tolerance | None = None,
                     limit: int | None = None, threads: int | None = None) -> EvalResult:
     """Accuracy of each deployed model on ``data`` and its agreement with the first one."""
+    EvaluateOptions(limit=limit, threads=threads)  # refuses bad values before any model is loaded
     from .quantize import folder_labels  # noqa: F401 - import cycle guard for the lazy loaders
 
     if not paths:

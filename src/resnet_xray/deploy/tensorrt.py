@@ -124,6 +124,32 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, o
     return write_bytes(out, bytes(serialized), "--tensorrt")
 
 
+def check_engine(engine_path: str | os.PathLike, onnx_path: str | os.PathLike, model: torch.nn.Module,
+                 images: list[str | os.PathLike] | None = None) -> dict[str, Any]:
+    """TensorRT vs eager PyTorch on real images: the one equivalence check, as for ONNX Runtime and INT8.
+
+    The images are the bundled photo plus ``images``, preprocessed with the ONNX sidecar's
+    pipeline (the engine was built from that file). FP16 and INT8 engines move logits by
+    design, so the check gates on the decision (top-1 agreement), as the INT8 routes do.
+
+    Returns:
+        The export check's report (``passed``, ``reason``, ``max_abs_diff``, ``top1_agreement`` ...).
+    """
+    from ..compare import Tolerance, compare
+    from ..image import bundled_cat, load_batch
+    from ..interface import class_logits
+    from .onnx import _check_dict
+
+    info = inspect_onnx(onnx_path)
+    names, x, skipped = load_batch([bundled_cat(), *(images or [])], info.preprocessing)
+    runner = TensorRTRunner(engine_path)
+    with torch.inference_mode():
+        got = torch.cat([runner(x[i : i + 1]).float().cpu() for i in range(x.shape[0])])  # engines are built for batch 1
+        ref = class_logits(model.eval()(x)).float()
+    eq = compare(ref, got, tolerance=Tolerance.reduced_precision(), names=("eager", "tensorrt"))
+    return _check_dict(eq, len(names), skipped)
+
+
 class TensorRTRunner:
     """Run a serialised engine on CUDA tensors; ``runner(x)`` returns the logits tensor."""
 

@@ -37,9 +37,6 @@ class AnalyzeOptions:
     out: str | None = None  # folder for importance.json and importance.png
 
     def __post_init__(self) -> None:
-        self.check()
-
-    def check(self) -> None:
         if not 0.0 < self.ratio < 1.0:
             raise OptionError("ratio", self.ratio, "must lie strictly between 0 and 1 (share of channels dropped)")
         at_least("round_to", self.round_to, 1)
@@ -69,7 +66,6 @@ def analyze_importance(model: nn.Module, options: AnalyzeOptions, data: Any = No
     Returns:
         one entry per DepGraph group, in network order.
     """
-    options.check()
     check_criterion(options.importance, data is not None)
     work = copy.deepcopy(model).eval()
     if options.importance == "taylor":

@@ -57,9 +57,6 @@ class PruneOptions:
     out: str = "out/prune"
 
     def __post_init__(self) -> None:
-        self.check()
-
-    def check(self) -> None:
         if not 0.0 < self.target_macs < 1.0:
             raise OptionError("target_macs", self.target_macs,
                               "must lie strictly between 0 and 1 (the share of MACs to keep; 0.5 removes half)")
@@ -198,13 +195,49 @@ def prune(
     """
     from ..locks import output_lock
 
-    options.check()
     with output_lock(options.out, "--out"):
         return _prune_locked(model, meta, options, data, trainer=trainer, log=log)
 
 
+@dataclass
+class _Run:
+    """What every step of one pruning run shares."""
+
+    options: PruneOptions
+    data: Any  # a DataBundle, or None: prune without fine-tuning or accuracy
+    trainer: Trainer | None
+    out: Path
+    input_size: int
+    session: str  # marks the rounds measured by this process (a resumed run re-measures the older ones)
+    save_meta: ModelMeta  # what every round's checkpoint records, before its own widths
+    log: Callable[[str], None]
+
+
 def _prune_locked(model: nn.Module, meta: ModelMeta, options: PruneOptions, data: Any, *, trainer: Trainer | None,
                   log: Callable[[str], None]) -> PruneResult:
+    run = _start(model, meta, options, data, trainer, log)
+    model = model.eval()
+    state = _baseline(run, model, meta)
+    baseline, rounds = state["baseline"], state["rounds"]
+    current = model
+    if rounds:
+        last = run.out / rounds[-1]["checkpoint"]
+        current, _ = load_model(None, last)
+        log(f"resuming after round {len(rounds)}/{options.steps} from {last}")
+    targets = round_targets(options)
+    for k in range(len(rounds), options.steps):
+        current, record = _prune_round(run, current, k, targets[k], baseline)
+        rounds.append(record)
+        write_json(run.out / STATE_FILE, state)  # the round counts as completed from here on
+        log(f"round {k + 1}/{options.steps}: {_describe(record, baseline)} ({record['seconds']} s)")
+    if not rounds:
+        raise XrayError("no rounds to report")  # unreachable: steps >= 1
+    return _finish(run, model, current, meta, state)
+
+
+def _start(model: nn.Module, meta: ModelMeta, options: PruneOptions, data: Any, trainer: Trainer | None,
+           log: Callable[[str], None]) -> _Run:
+    """Refuse what cannot be pruned, pick the trainer, create the output folder."""
     check_criterion(options.importance, data is not None)
     if meta.find("heads"):
         raise XrayError(f"--weights {meta.weights}: pruning multi-task checkpoints is not supported; prune a single-head classifier")
@@ -226,7 +259,6 @@ def _prune_locked(model: nn.Module, meta: ModelMeta, options: PruneOptions, data
     except OSError as e:
         raise XrayError(f"--out {out}: cannot create ({e.strerror})") from None
     input_size = options.input_size or (data.preprocessing.crop if data is not None else meta.preprocessing.crop)
-    session = uuid.uuid4().hex[:12]
     # The source's changes (a replaced classifier, earlier pruning) stay; each round adds its widths.
     save_meta = replace(
         meta,
@@ -235,79 +267,78 @@ def _prune_locked(model: nn.Module, meta: ModelMeta, options: PruneOptions, data
         options=None,
         changes=list(meta.changes) or changes_of(model, meta.arch),  # metadata made by hand records none
     )
-    state = _load_state(out, options, meta)
-    write_json(out / OPTIONS_FILE, {"options": options.to_dict(), "source": {"arch": meta.arch, "weights": meta.weights}, "input_size": input_size})
+    return _Run(options, data, trainer, out, input_size, uuid.uuid4().hex[:12], save_meta, log)
 
-    model = model.eval()
-    base_cost = measure_cost(model, input_size)
-    base_lat = measure_latency(model, input_size, repeats=options.latency_repeats, ort=options.measure_ort, threads=options.threads)
+
+def _baseline(run: _Run, model: nn.Module, meta: ModelMeta) -> dict[str, Any]:
+    """The run's state (an earlier run's, when resuming) with the unpruned model measured now."""
+    options = run.options
+    state = _load_state(run.out, options, meta)
+    write_json(run.out / OPTIONS_FILE, {"options": options.to_dict(), "source": {"arch": meta.arch, "weights": meta.weights},
+                                        "input_size": run.input_size})
+    base_cost = measure_cost(model, run.input_size)
+    base_lat = measure_latency(model, run.input_size, repeats=options.latency_repeats, ort=options.measure_ort, threads=options.threads)
     if state is None:
         baseline: dict[str, Any] = {"round": 0, **base_cost.to_dict(), "macs_rel": 1.0, "params_rel": 1.0}
-        if data is not None:
-            baseline.update(_accuracy(trainer.evaluate(model, data)))
-        state = {"source": {"arch": meta.arch, "weights": meta.weights}, "options": options.to_dict(), "input_size": input_size, "baseline": baseline, "rounds": []}
-    baseline = state["baseline"]
-    baseline.update(base_lat.to_dict(), session=session)
-    log(f"baseline: {_describe(baseline, baseline)}")
+        if run.data is not None:
+            baseline.update(_accuracy(run.trainer.evaluate(model, run.data)))
+        state = {"source": {"arch": meta.arch, "weights": meta.weights}, "options": options.to_dict(), "input_size": run.input_size,
+                 "baseline": baseline, "rounds": []}
+    state["baseline"].update(base_lat.to_dict(), session=run.session)
+    run.log(f"baseline: {_describe(state['baseline'], state['baseline'])}")
+    return state
 
-    rounds: list[dict[str, Any]] = state["rounds"]
-    current = model
-    if rounds:
-        last = out / rounds[-1]["checkpoint"]
-        current, _ = load_model(None, last)
-        log(f"resuming after round {len(rounds)}/{options.steps} from {last}")
-    targets = round_targets(options)
-    for k in range(len(rounds), options.steps):
-        t0 = time.perf_counter()
-        torch.manual_seed(options.seed + k + 1)
-        if options.importance == "taylor":
-            accumulate_gradients(current, data.train, options.taylor_batches)
-        shrink = prune_to_macs(
-            current,
-            round(targets[k] * baseline["macs"]),
-            criterion=options.importance,
-            input_size=input_size,
-            global_pruning=options.global_pruning,
-            round_to=options.round_to,
-        )
-        current.zero_grad(set_to_none=True)
-        current = shrink.model.eval()
-        record: dict[str, Any] = {"round": k + 1, "target_macs_rel": targets[k], "channel_ratio": shrink.channel_ratio}
-        if data is not None:
-            record["accuracy_pruned"] = _accuracy(trainer.evaluate(current, data))["accuracy"]
-            if options.finetune_epochs > 0:
-                trainer.finetune(current, data, options.finetune_epochs)
-                current.eval()
-            record.update(_accuracy(trainer.evaluate(current, data)))
-        cost = measure_cost(current, input_size)
-        record.update(cost.to_dict(), macs_rel=cost.macs / baseline["macs"], params_rel=cost.params / baseline["params"])
-        record.update(measure_latency(current, input_size, repeats=options.latency_repeats, ort=options.measure_ort, threads=options.threads).to_dict())
-        record["session"] = session
-        record["seconds"] = round(time.perf_counter() - t0, 1)
-        name = f"round_{k + 1:02d}.pt"
-        widths = PrunedWidths.of(current, round=k + 1, criterion=options.importance, macs=cost.macs, baseline_macs=baseline["macs"], input_size=input_size)
-        save_checkpoint(out / name, current, save_meta.with_change(widths), options=options.to_dict())
-        record["checkpoint"] = name
-        rounds.append(record)
-        write_json(out / STATE_FILE, state)  # the round counts as completed from here on
-        log(f"round {k + 1}/{options.steps}: {_describe(record, baseline)} ({record['seconds']} s)")
 
-    if not rounds:
-        raise XrayError("no rounds to report")  # unreachable: steps >= 1
-    _remeasure_round_robin(out, model, baseline, rounds, session, input_size, options)
-    final = out / FINAL_CHECKPOINT
-    if rounds[-1]["session"] == session or not final.exists():
-        widths = PrunedWidths.of(current, round=len(rounds), criterion=options.importance, macs=rounds[-1]["macs"], baseline_macs=baseline["macs"], input_size=input_size)
-        save_checkpoint(final, current, save_meta.with_change(widths), options=options.to_dict())
-    write_json(out / STATE_FILE, state)
+def _prune_round(run: _Run, current: nn.Module, k: int, target: float, baseline: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """Round ``k + 1``: importance -> prune to ``target`` of the baseline MACs -> fine-tune -> measure -> save."""
+    options, data, trainer = run.options, run.data, run.trainer
+    t0 = time.perf_counter()
+    torch.manual_seed(options.seed + k + 1)
+    if options.importance == "taylor":
+        accumulate_gradients(current, data.train, options.taylor_batches)
+    shrink = prune_to_macs(current, round(target * baseline["macs"]), criterion=options.importance, input_size=run.input_size,
+                           global_pruning=options.global_pruning, round_to=options.round_to)
+    current.zero_grad(set_to_none=True)
+    current = shrink.model.eval()
+    record: dict[str, Any] = {"round": k + 1, "target_macs_rel": target, "channel_ratio": shrink.channel_ratio}
+    if data is not None:
+        record["accuracy_pruned"] = _accuracy(trainer.evaluate(current, data))["accuracy"]
+        if options.finetune_epochs > 0:
+            trainer.finetune(current, data, options.finetune_epochs)
+            current.eval()
+        record.update(_accuracy(trainer.evaluate(current, data)))
+    cost = measure_cost(current, run.input_size)
+    record.update(cost.to_dict(), macs_rel=cost.macs / baseline["macs"], params_rel=cost.params / baseline["params"])
+    record.update(measure_latency(current, run.input_size, repeats=options.latency_repeats, ort=options.measure_ort,
+                                  threads=options.threads).to_dict())
+    record["session"] = run.session
+    record["seconds"] = round(time.perf_counter() - t0, 1)
+    name = f"round_{k + 1:02d}.pt"
+    widths = PrunedWidths.of(current, round=k + 1, criterion=options.importance, macs=cost.macs, baseline_macs=baseline["macs"],
+                             input_size=run.input_size)
+    save_checkpoint(run.out / name, current, run.save_meta.with_change(widths), options=options.to_dict())
+    record["checkpoint"] = name
+    return current, record
 
-    stages = stage_table(model, current)
-    rounds_txt = rounds_table(baseline, rounds)
+
+def _finish(run: _Run, model: nn.Module, current: nn.Module, meta: ModelMeta, state: dict[str, Any]) -> PruneResult:
+    """Re-time every round side by side, save the final model, and write the tables and the plot."""
     from .figures import plot_rounds
 
-    plot = plot_rounds(baseline, rounds, out / PLOT_FILE, title=f"{meta.arch}, {options.importance}, {'global' if options.global_pruning else 'per-group'} ranking")
+    options, out, baseline, rounds = run.options, run.out, state["baseline"], state["rounds"]
+    _remeasure_round_robin(out, model, baseline, rounds, run.session, run.input_size, options)
+    final = out / FINAL_CHECKPOINT
+    if rounds[-1]["session"] == run.session or not final.exists():
+        widths = PrunedWidths.of(current, round=len(rounds), criterion=options.importance, macs=rounds[-1]["macs"],
+                                 baseline_macs=baseline["macs"], input_size=run.input_size)
+        save_checkpoint(final, current, run.save_meta.with_change(widths), options=options.to_dict())
+    write_json(out / STATE_FILE, state)
+    stages = stage_table(model, current)
+    rounds_txt = rounds_table(baseline, rounds)
+    plot = plot_rounds(baseline, rounds, out / PLOT_FILE,
+                       title=f"{meta.arch}, {options.importance}, {'global' if options.global_pruning else 'per-group'} ranking")
     write_text(out / SUMMARY_FILE, rounds_txt + "\n\nchannels per stage (before -> after)\n" + stages + "\n")
-    return PruneResult(out, baseline, rounds, final, stages, rounds_txt, plot, list(getattr(data, "skipped", []) or []))
+    return PruneResult(out, baseline, rounds, final, stages, rounds_txt, plot, list(getattr(run.data, "skipped", []) or []))
 
 
 def _accuracy(metrics: dict[str, float]) -> dict[str, float]:

@@ -83,21 +83,16 @@ def make_pruner(
     )
 
 
-def prune_channels(
-    model: nn.Module,
-    criterion: str,
-    channel_ratio: float,
-    *,
-    global_pruning: bool,
-    round_to: int | None,
-    cache: dict[Any, torch.Tensor] | None = None,
-) -> nn.Module:
-    """A pruned deep copy of ``model`` (``model`` itself is untouched; gradients come along for taylor)."""
+def prune_channels(model: nn.Module, criterion: str, channel_ratio: float, **how: Any) -> nn.Module:
+    """A pruned deep copy of ``model`` (``model`` itself is untouched; gradients come along for taylor).
+
+    ``how``: :func:`make_pruner`'s keywords (``global_pruning``, ``round_to``, ``cache``).
+    """
     pruned = copy.deepcopy(model)
     copy_gradients(model, pruned)
     was_training = pruned.training
     pruned.eval()
-    make_pruner(pruned, criterion, channel_ratio, global_pruning=global_pruning, round_to=round_to, cache=cache).step()
+    make_pruner(pruned, criterion, channel_ratio, **how).step()
     pruned.train(was_training)
     for p in pruned.parameters():
         p.grad = None

@@ -13,6 +13,7 @@ import json
 import os
 import time
 from contextlib import contextmanager
+from functools import cached_property
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from torch import nn
 
 from ..anatomy import AnatomyOptions, analyze
 from ..errors import XrayError
+from ..options import OptionError, at_least, one_of
 from ..image import load_image
 from ..model import ModelMeta
 from ..viz.cam import CamOptions, cam_figure, check_class_index, compute_cams
@@ -62,7 +64,7 @@ def check_sections(sections: tuple[str, ...] | None) -> tuple[str, ...]:
         return SECTION_IDS
     bad = [s for s in sections if s not in SECTION_IDS]
     if bad or not sections:
-        raise XrayError(f"--sections {','.join(sections)}: unknown {', '.join(bad) or '(empty)'}; choose from {','.join(SECTION_IDS)}")
+        raise OptionError("sections", ",".join(sections), f"unknown {', '.join(bad) or '(empty)'}; choose from {','.join(SECTION_IDS)}")
     return tuple(s for s in SECTION_IDS if s in sections)
 
 
@@ -78,6 +80,17 @@ class ReportOptions:
     gradflow_size: int = 64  # input side for the gradient-flow measurement (its cost grows with the square)
     sections: tuple[str, ...] | None = None  # ids from SECTION_IDS; None: all of them, in the seed's order
     quiet: bool = False  # no progress display
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        one_of("grid_order", self.grid_order, ("top", "first"))
+        at_least("grid_tile", self.grid_tile, 8)
+        if self.cam_class is not None and self.cam_class < 0:
+            raise OptionError("cam_class", self.cam_class, "out of range; class indices start at 0")
+        at_least("gradflow_batch", self.gradflow_batch, 2)  # batch statistics need two images
+        at_least("gradflow_size", self.gradflow_size, 32)
+        if self.sections is not None:
+            self.sections = check_sections(tuple(self.sections))
 
 
 @dataclass
@@ -169,14 +182,56 @@ def build_report(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, op
         return _build(image, model, meta, opts, chosen, out_dir, _Clock(bar))
 
 
+@dataclass
+class _Page:
+    """One report in the making: the forward pass every section reads, and what the sections add."""
+
+    model: nn.Module
+    meta: ModelMeta
+    opts: ReportOptions
+    chosen: tuple[str, ...]
+    clock: _Clock
+    img: Any  # the PIL image
+    x: Any  # the preprocessed batch of one
+    rgb: np.ndarray  # what the network sees, de-normalised
+    anatomy: Any
+    names: list[str]  # anatomy layer names, in order
+    proj: str | None  # the first block with a projection shortcut
+    fuse_layer: str | None  # the 1x1 conv the channels section explains
+    cap: Any  # the trace with the kept maps
+    data: dict[str, Any] = field(default_factory=dict)  # report.json
+    pics: dict[str, Any] = field(default_factory=dict)  # data URIs for the page
+
+    @property
+    def wlabel(self) -> str:
+        return self.meta.weights
+
+    @cached_property
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return {s.name: s.to_dict() for s in self.cap.trace.layers}
+
+    @cached_property
+    def convs(self) -> dict[str, nn.Conv2d]:
+        return conv_layers(self.model)
+
+
 def _build(image, model: nn.Module, meta: ModelMeta, opts: ReportOptions, chosen: tuple[str, ...], out_dir: Path,
            clock: _Clock) -> ReportResult:
-    from . import story
-    from .html import render_html
-
     t0 = time.perf_counter()
+    page = _forward(image, model, meta, opts, chosen, clock)
+    _summary(page, image)
+    for sid, build in _SECTIONS:
+        if sid in chosen:
+            build(page)
+        if sid == "stages":  # the kept maps are not needed past this point: free them before the backward passes
+            page.cap.trace.maps.clear()
+            page.cap.maps.clear()
+    return _write(page, out_dir, t0)
+
+
+def _forward(image, model: nn.Module, meta: ModelMeta, opts: ReportOptions, chosen: tuple[str, ...], clock: _Clock) -> _Page:
+    """Load the image, measure the anatomy, and run the one traced forward pass, keeping the maps the sections draw."""
     model.eval()
-    wlabel = meta.weights
     with clock.section("load"):
         img = load_image(image)
         x = meta.preprocessing(img).unsqueeze(0)
@@ -185,12 +240,12 @@ def _build(image, model: nn.Module, meta: ModelMeta, opts: ReportOptions, chosen
         anatomy = analyze(model, meta.arch, AnatomyOptions(input_size=x.shape[-1]))
     names = [r.name for r in anatomy.layers]
     proj = _projection_block(model)
+    fuse_layer = "layer1.0.conv1" if "layer1.0.conv1" in names else None
     keep: set[str] = set()
     if "stages" in chosen or "conv1" in chosen:
         keep |= {r.name for r in anatomy.layers if r.type in GRID_TYPES and len(r.output_shape) == 3}
     if {"kernel", "conv1"} & set(chosen):
         keep.add("conv1")
-    fuse_layer = "layer1.0.conv1" if "layer1.0.conv1" in names else None
     if "channels" in chosen and fuse_layer:
         keep |= {fuse_layer, names[names.index(fuse_layer) - 1]}
     if "shortcuts" in chosen and proj:
@@ -199,146 +254,202 @@ def _build(image, model: nn.Module, meta: ModelMeta, opts: ReportOptions, chosen
         keep |= {names[first - 1], f"{proj}.downsample.1"} | ({f_name} if f_name else set())
     with clock.section("trace"):
         cap = capture(model, x, keep)
-        trace = cap.trace
-    stem = Path(str(image)).name
-    data: dict[str, Any] = {"image": str(image), "subject": stem, "weights": weights_info(meta), "model": meta.to_dict(),
-                            "options": asdict(opts), "sections": list(chosen)}
-    pics: dict[str, Any] = {}
-    interpret = bool(meta.pretrained)  # interpretive captions only for trained weights, and only measured ones
+    return _Page(model, meta, opts, chosen, clock, img, x, rgb, anatomy, names, proj, fuse_layer, cap)
 
-    probs = cap.logits.float().softmax(dim=1)[0]
+
+def _summary(page: _Page, image) -> None:
+    """What every report carries whatever its sections: provenance, prediction, input, blocks, totals."""
+    meta, img = page.meta, page.img
+    page.data.update({"image": str(image), "subject": Path(str(image)).name, "weights": weights_info(meta), "model": meta.to_dict(),
+                      "options": asdict(page.opts), "sections": list(page.chosen)})
+    probs = page.cap.logits.float().softmax(dim=1)[0]
     top = probs.topk(min(5, probs.numel()))
-    data["prediction"] = [
+    page.data["prediction"] = [
         {"index": int(i), "label": meta.class_names[int(i)] if int(i) < len(meta.class_names) else f"class_{int(i)}", "prob": float(p)}
         for p, i in zip(top.values, top.indices)
     ]
     thumb = img.copy()
     thumb.thumbnail((640, 640))
-    pics["original"] = array_uri(np.asarray(thumb), "JPEG", 88)
-    pics["seen"] = array_uri(rgb, "PNG")
-    data["input"] = {"original_size": list(img.size), "tensor_shape": list(x.shape), "transforms": meta.preprocessing.source}
-    data["blocks"] = [b.to_dict() for b in trace.blocks]
-    data["anatomy"] = {k: v for k, v in anatomy.to_dict().items() if k != "layers"}
-    stats = {s.name: s.to_dict() for s in trace.layers}
+    page.pics["original"] = array_uri(np.asarray(thumb), "JPEG", 88)
+    page.pics["seen"] = array_uri(page.rgb, "PNG")
+    page.data["input"] = {"original_size": list(img.size), "tensor_shape": list(page.x.shape), "transforms": meta.preprocessing.source}
+    page.data["blocks"] = [b.to_dict() for b in page.cap.trace.blocks]
+    page.data["anatomy"] = {k: v for k, v in page.anatomy.to_dict().items() if k != "layers"}
 
-    if "input" in chosen:
-        with clock.section("input"):
-            data["preprocessing"], fig = story.preprocessing_steps(img, meta.preprocessing, x, wlabel)
-            pics["preprocessing"] = jpeg_uri(fig)
 
-    convs = conv_layers(model)
-    if "kernel" in chosen and "conv1" in convs and convs["conv1"].in_channels == 3:
-        with clock.section("kernel"):
-            data["kernel_worked"], fig = story.kernel_worked(convs["conv1"], x, cap.maps["conv1"], rgb, wlabel)
-            pics["kernel_worked"] = png_uri(fig)
+def _input_section(page: _Page) -> None:
+    from . import story
 
-    if "channels" in chosen and fuse_layer and fuse_layer in convs and convs[fuse_layer].groups == 1:
-        with clock.section("channels"):
-            src = names[names.index(fuse_layer) - 1]
-            data["fusion"], fig = story.channel_fusion(convs[fuse_layer], fuse_layer, cap.maps[src], cap.maps[fuse_layer], wlabel)
-            data["fusion"]["input_from"] = src
-            pics["fusion"] = png_uri(fig)
+    with page.clock.section("input"):
+        page.data["preprocessing"], fig = story.preprocessing_steps(page.img, page.meta.preprocessing, page.x, page.wlabel)
+        page.pics["preprocessing"] = jpeg_uri(fig)
 
-    if "conv1" in chosen and "conv1" in convs:
-        with clock.section("conv1"):
-            fig, caption = kernel_figure(model, KernelsOptions("conv1"))
-            pics["conv1"] = png_uri(stamp(fig, wlabel))
-            data["conv1_kernels"] = {"caption": caption}
-            if interpret and convs["conv1"].in_channels == 3:
-                counts = story.classify_kernels(convs["conv1"].weight)
-                counts["random_init_baseline"] = story.kernel_baseline(convs["conv1"])
-                data["conv1_kernels"]["measured"] = counts
-            fmap_name = "relu" if "relu" in cap.maps else "conv1"
-            g = feature_grid(fmap_name, cap.maps[fmap_name], "first", 64)
-            pics["conv1_maps"] = jpeg_uri(stamp(feature_figure(g), wlabel))
-            data["conv1_maps"] = {"layer": fmap_name, "caption": g.caption(), "zero_frac": stats.get(fmap_name, {}).get("zero_frac")}
 
-    if "bottleneck" in chosen:
-        with clock.section("bottleneck"):
-            from ..trace import walkthrough
+def _kernel_section(page: _Page) -> None:
+    from . import story
 
-            try:
-                data["walkthrough"] = walkthrough(model, block="layer1.0", trace=trace).to_dict()
-                pics["walkthrough"] = png_uri(story.walkthrough_figure(data["walkthrough"]["steps"], "layer1.0", wlabel))
-            except (ValueError, KeyError, AttributeError) as e:  # a model without a torchvision layer1.0 block
-                data["walkthrough"] = {"unavailable": str(e)}
+    conv1 = page.convs.get("conv1")
+    if conv1 is None or conv1.in_channels != 3:
+        return
+    with page.clock.section("kernel"):
+        page.data["kernel_worked"], fig = story.kernel_worked(conv1, page.x, page.cap.maps["conv1"], page.rgb, page.wlabel)
+        page.pics["kernel_worked"] = png_uri(fig)
 
-    if "shortcuts" in chosen:
-        with clock.section("shortcuts"):
-            if proj is None:
-                data["shortcuts"] = {"unavailable": "this model has no projection shortcut"}
-            else:
-                first = next(i for i, n in enumerate(names) if n.startswith(proj + "."))
-                f_name = next(n for n in (f"{proj}.bn3", f"{proj}.bn2") if n in names)
-                data["shortcuts"], terms = story.shortcut_options(model.get_submodule(proj), proj, cap.maps[names[first - 1]],
-                                                                  cap.maps[f"{proj}.downsample.1"], cap.maps[f_name])
-                pics["shortcuts"] = png_uri(story.shortcut_figure(*terms, proj, wlabel))
-                data["shortcuts"]["projections"] = [{"block": b.name, "shortcut_from": b.shortcut_from} for b in trace.blocks if b.projection]
-                data["shortcuts"]["identity_blocks"] = sum(not b.projection for b in trace.blocks)
 
-    if "stages" in chosen:
-        with clock.section("stages"):
-            layers = []
-            for r in anatomy.layers:
-                entry: dict[str, Any] = {**r.to_dict(), "stats": stats.get(r.name)}
-                if r.type == "bn":
-                    entry["grid_note"] = "no grid: per channel, a BatchNorm output is an affine rescaling of the conv output above it"
-                if r.name in cap.maps and r.type in GRID_TYPES:
-                    g = feature_grid(r.name, cap.maps[r.name], opts.grid_order, 64, opts.grid_tile)
-                    entry["grid"] = {"channels": g.channels, "order": g.order, "vmin": g.vmin, "vmax": g.vmax, "caption": g.caption()}
-                    pics.setdefault("grids", {})[r.name] = data_uri(grid_jpeg(g), "image/jpeg")
-                if r.type == "conv" and r.name in convs:
-                    kimg, kcap = kernel_image(convs[r.name], r.name, max_side=128)
-                    entry["kernel_picture"] = kcap
-                    pics.setdefault("kernels", {})[r.name] = array_uri(kimg)
-                layers.append(entry)
-            data["layers"] = layers
-            stages = stage_outputs(anatomy.layers)
-            pics["stages"] = jpeg_uri(stamp(stages_figure(rgb, stages, cap.maps, StagesOptions(channels=8)), wlabel))
-            sheets = []
-            rf = {r.name: r.receptive_field for r in anatomy.layers}
-            for st in stages:
-                g = feature_grid(st.layer, cap.maps[st.layer], "top", 64)
-                pics.setdefault("stage_grids", {})[st.stage] = jpeg_uri(stamp(feature_figure(g), wlabel))
-                s_stats = stats.get(st.layer, {})
-                sheets.append({"stage": st.stage, "layer": st.layer, "shape": list(st.shape), "channels": g.channels, "vmin": g.vmin,
-                               "vmax": g.vmax, "receptive_field": rf.get(st.layer), "zero_frac": s_stats.get("zero_frac")})
-            data["stages"] = sheets
-    trace.maps.clear()  # the kept maps are not needed past this point: free them before the backward passes
-    cap.maps.clear()
+def _channels_section(page: _Page) -> None:
+    from . import story
 
-    if "residual" in chosen:
-        with clock.section("residual"):
-            from ..viz.residual import plot_residual_contributions
+    layer, convs, names = page.fuse_layer, page.convs, page.names
+    if not layer or layer not in convs or convs[layer].groups != 1:
+        return
+    with page.clock.section("channels"):
+        src = names[names.index(layer) - 1]
+        page.data["fusion"], fig = story.channel_fusion(convs[layer], layer, page.cap.maps[src], page.cap.maps[layer], page.wlabel)
+        page.data["fusion"]["input_from"] = src
+        page.pics["fusion"] = png_uri(fig)
 
-            pics["residual"] = _plot_to_uri(plot_residual_contributions, trace.blocks, weights=wlabel)
 
-    if "gradflow" in chosen:
-        with clock.section("gradflow"):
-            data["gradflow"], pics["gradflow"] = _gradflow(meta, opts)
+def _conv1_section(page: _Page) -> None:
+    from . import story
 
-    if "cam" in chosen:
-        with clock.section("cam"):
-            res = compute_cams(model, x, meta.class_names, CamOptions(class_index=opts.cam_class, methods=opts.cam_methods))
-            pics["cam"] = jpeg_uri(stamp(cam_figure(rgb, res), wlabel))
-            data["cam"] = res.to_dict()
+    convs, maps, wlabel = page.convs, page.cap.maps, page.wlabel
+    if "conv1" not in convs:
+        return
+    with page.clock.section("conv1"):
+        fig, caption = kernel_figure(page.model, KernelsOptions("conv1"))
+        page.pics["conv1"] = png_uri(stamp(fig, wlabel))
+        page.data["conv1_kernels"] = {"caption": caption}
+        if page.meta.pretrained and convs["conv1"].in_channels == 3:  # interpretive counts only for trained weights
+            counts = story.classify_kernels(convs["conv1"].weight)
+            counts["random_init_baseline"] = story.kernel_baseline(convs["conv1"])
+            page.data["conv1_kernels"]["measured"] = counts
+        fmap_name = "relu" if "relu" in maps else "conv1"
+        g = feature_grid(fmap_name, maps[fmap_name], "first", 64)
+        page.pics["conv1_maps"] = jpeg_uri(stamp(feature_figure(g), wlabel))
+        page.data["conv1_maps"] = {"layer": fmap_name, "caption": g.caption(), "zero_frac": page.stats.get(fmap_name, {}).get("zero_frac")}
 
-    if "cost" in chosen:
-        with clock.section("cost"):
-            from .html import STAGE_LABELS
 
-            pics["cost"] = png_uri(story.cost_figure(data["anatomy"]["breakdown"]["by_stage"], STAGE_LABELS, wlabel))
-    if "conclusion" in chosen:
-        with clock.section("conclusion"):
-            if "stages" in data:
-                pics["conclusion"] = png_uri(story.conclusion_figure(data["stages"], wlabel))
+def _bottleneck_section(page: _Page) -> None:
+    from ..trace import walkthrough
+    from . import story
 
+    with page.clock.section("bottleneck"):
+        try:
+            page.data["walkthrough"] = walkthrough(page.model, block="layer1.0", trace=page.cap.trace).to_dict()
+            page.pics["walkthrough"] = png_uri(story.walkthrough_figure(page.data["walkthrough"]["steps"], "layer1.0", page.wlabel))
+        except (ValueError, KeyError, AttributeError) as e:  # a model without a torchvision layer1.0 block
+            page.data["walkthrough"] = {"unavailable": str(e)}
+
+
+def _shortcuts_section(page: _Page) -> None:
+    from . import story
+
+    proj, names, maps, blocks = page.proj, page.names, page.cap.maps, page.cap.trace.blocks
+    with page.clock.section("shortcuts"):
+        if proj is None:
+            page.data["shortcuts"] = {"unavailable": "this model has no projection shortcut"}
+            return
+        first = next(i for i, n in enumerate(names) if n.startswith(proj + "."))
+        f_name = next(n for n in (f"{proj}.bn3", f"{proj}.bn2") if n in names)
+        shortcuts, terms = story.shortcut_options(page.model.get_submodule(proj), proj, maps[names[first - 1]],
+                                                  maps[f"{proj}.downsample.1"], maps[f_name])
+        page.pics["shortcuts"] = png_uri(story.shortcut_figure(*terms, proj, page.wlabel))
+        shortcuts["projections"] = [{"block": b.name, "shortcut_from": b.shortcut_from} for b in blocks if b.projection]
+        shortcuts["identity_blocks"] = sum(not b.projection for b in blocks)
+        page.data["shortcuts"] = shortcuts
+
+
+def _stages_section(page: _Page) -> None:
+    with page.clock.section("stages"):
+        page.data["layers"] = [_layer_entry(page, r) for r in page.anatomy.layers]
+        stages = stage_outputs(page.anatomy.layers)
+        page.pics["stages"] = jpeg_uri(stamp(stages_figure(page.rgb, stages, page.cap.maps, StagesOptions(channels=8)), page.wlabel))
+        rf = {r.name: r.receptive_field for r in page.anatomy.layers}
+        stats = page.stats
+        sheets = []
+        for st in stages:
+            g = feature_grid(st.layer, page.cap.maps[st.layer], "top", 64)
+            page.pics.setdefault("stage_grids", {})[st.stage] = jpeg_uri(stamp(feature_figure(g), page.wlabel))
+            sheets.append({"stage": st.stage, "layer": st.layer, "shape": list(st.shape), "channels": g.channels, "vmin": g.vmin,
+                           "vmax": g.vmax, "receptive_field": rf.get(st.layer), "zero_frac": stats.get(st.layer, {}).get("zero_frac")})
+        page.data["stages"] = sheets
+
+
+def _layer_entry(page: _Page, r) -> dict[str, Any]:
+    """One row of the layer navigator: the anatomy row, its statistics, its grid and its kernels."""
+    opts, maps, convs = page.opts, page.cap.maps, page.convs
+    entry: dict[str, Any] = {**r.to_dict(), "stats": page.stats.get(r.name)}
+    if r.type == "bn":
+        entry["grid_note"] = "no grid: per channel, a BatchNorm output is an affine rescaling of the conv output above it"
+    if r.name in maps and r.type in GRID_TYPES:
+        g = feature_grid(r.name, maps[r.name], opts.grid_order, 64, opts.grid_tile)
+        entry["grid"] = {"channels": g.channels, "order": g.order, "vmin": g.vmin, "vmax": g.vmax, "caption": g.caption()}
+        page.pics.setdefault("grids", {})[r.name] = data_uri(grid_jpeg(g), "image/jpeg")
+    if r.type == "conv" and r.name in convs:
+        kimg, kcap = kernel_image(convs[r.name], r.name, max_side=128)
+        entry["kernel_picture"] = kcap
+        page.pics.setdefault("kernels", {})[r.name] = array_uri(kimg)
+    return entry
+
+
+def _residual_section(page: _Page) -> None:
+    from ..viz.residual import plot_residual_contributions
+
+    with page.clock.section("residual"):
+        page.pics["residual"] = _plot_to_uri(plot_residual_contributions, page.cap.trace.blocks, weights=page.wlabel)
+
+
+def _gradflow_section(page: _Page) -> None:
+    with page.clock.section("gradflow"):
+        page.data["gradflow"], page.pics["gradflow"] = _gradflow(page.meta, page.opts)
+
+
+def _cam_section(page: _Page) -> None:
+    with page.clock.section("cam"):
+        res = compute_cams(page.model, page.x, page.meta.class_names,
+                           CamOptions(class_index=page.opts.cam_class, methods=page.opts.cam_methods))
+        page.pics["cam"] = jpeg_uri(stamp(cam_figure(page.rgb, res), page.wlabel))
+        page.data["cam"] = res.to_dict()
+
+
+def _cost_section(page: _Page) -> None:
+    from . import story
+    from .html import STAGE_LABELS
+
+    with page.clock.section("cost"):
+        page.pics["cost"] = png_uri(story.cost_figure(page.data["anatomy"]["breakdown"]["by_stage"], STAGE_LABELS, page.wlabel))
+
+
+def _conclusion_section(page: _Page) -> None:
+    from . import story
+
+    with page.clock.section("conclusion"):
+        if "stages" in page.data:
+            page.pics["conclusion"] = png_uri(story.conclusion_figure(page.data["stages"], page.wlabel))
+
+
+# The order the sections are built in (the page shows them in SECTION_IDS order): everything that reads
+# the kept maps first, so they can be freed before the backward passes of gradflow and CAM.
+_SECTIONS = (
+    ("input", _input_section), ("kernel", _kernel_section), ("channels", _channels_section), ("conv1", _conv1_section),
+    ("bottleneck", _bottleneck_section), ("shortcuts", _shortcuts_section), ("stages", _stages_section),
+    ("residual", _residual_section), ("gradflow", _gradflow_section), ("cam", _cam_section), ("cost", _cost_section),
+    ("conclusion", _conclusion_section),
+)
+assert {sid for sid, _ in _SECTIONS} == set(SECTION_IDS)
+
+
+def _write(page: _Page, out_dir: Path, t0: float) -> ReportResult:
+    """report.json and the self-contained report.html, each written atomically."""
+    from .html import render_html
+
+    clock = page.clock
     with clock.section("write"):
-        data["timings_s"] = clock.seconds
-        data["timings_s"]["total_before_write"] = round(time.perf_counter() - t0, 3)
-        data["cpu_s"] = clock.cpu
-        doc = jsonable(data)
-        html = render_html(doc, pics)
+        page.data["timings_s"] = clock.seconds
+        page.data["timings_s"]["total_before_write"] = round(time.perf_counter() - t0, 3)
+        page.data["cpu_s"] = clock.cpu
+        doc = jsonable(page.data)
+        html = render_html(doc, page.pics)
         json_path = write_bytes_atomic(json.dumps(doc, indent=1).encode(), out_dir / "report.json")
         html_path = write_bytes_atomic(html.encode("utf-8"), out_dir / "report.html")
     return ReportResult(html_path, json_path, clock.seconds, len(html.encode("utf-8")), round(time.perf_counter() - t0, 3))

@@ -5,23 +5,41 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cliutil import add_model_args, model_from_args, warn_random
+from ..cliutil import add_model_args, model_from_args, print_json, warn_random
+from ..options import Flags
+
+
+def _flags() -> Flags:
+    from .assemble import ReportOptions
+
+    return Flags(
+        ReportOptions, ("out_dir", "cam_class", "gradflow", "sections", "quiet"),
+        spelling={"out_dir": ("-o", "--output"), "cam_class": "--class"},
+        metavar={"sections": "IDS", "out_dir": "OUTPUT"},
+        help={"out_dir": "output folder", "cam_class": "Grad-CAM class index (default: the prediction)",
+              "gradflow": "leave out the gradient-flow section (its slowest part)",
+              "sections": "comma-separated subset, kept in the seed's order: input,kernel,channels,conv1,bottleneck,shortcuts,"
+                          "stages,residual,gradflow,cost,cam,conclusion (default: all)",
+              "quiet": "no progress display on stderr"},
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .. import api
     from ..atomic import writable_dir
     from ..image import load_image
-    from .assemble import check_sections
+    from ..options import fields_of
 
-    # Bad flags fail before the model is built or anything is written.
-    sections = check_sections(tuple(s.strip() for s in args.sections.split(",") if s.strip())) if args.sections else None
+    opts = _flags().build(args)  # bad flags fail before the model is built or anything is written
     load_image(args.image)  # a bad image fails here, before the model is built
     model = model_from_args(args)  # before the folder: a refused model must not leave an empty output folder behind
-    writable_dir(args.output)
+    writable_dir(opts.out_dir)
     warn_random(model.meta)
-    res = api.report(model, args.image, args.output, cam_class=args.class_index, gradflow=not args.no_gradflow,
-                     sections=sections, quiet=args.quiet)
+    options = fields_of(opts)
+    res = api.report(model, args.image, options.pop("out_dir"), **options)
+    if args.json:
+        print_json(res.to_dict())
+        return 0
     slowest = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(res.seconds.items(), key=lambda kv: -kv[1])[:4] if k != "total_before_write")
     print(f"wrote {res.html} ({res.html_bytes / 1e6:.1f} MB, self-contained) and {res.json}")
     print(f"time: {res.total_s:.1f} s (slowest: {slowest})")
@@ -31,12 +49,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("image")
-    p.add_argument("-o", "--output", default="out/report", help="output folder (default: out/report)")
-    p.add_argument("--class", dest="class_index", type=int, default=None, help="Grad-CAM class index (default: the prediction)")
-    p.add_argument("--no-gradflow", action="store_true", help="leave out the gradient-flow section (its slowest part)")
-    p.add_argument("--sections", default=None, metavar="IDS",
-                   help="comma-separated subset, kept in the seed's order: input,kernel,channels,conv1,bottleneck,shortcuts,"
-                        "stages,residual,gradflow,cost,cam,conclusion (default: all)")
-    p.add_argument("--quiet", action="store_true", help="no progress display on stderr")
+    _flags().add(p)
     add_model_args(p)
+    p.add_argument("--json", action="store_true", help="what was written, the time per section and the weights' provenance, as JSON")
     p.set_defaults(func=cmd_report)

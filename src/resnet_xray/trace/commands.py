@@ -3,7 +3,21 @@
 from __future__ import annotations
 
 import argparse
+
 from ..cliutil import add_model_args, model_from_args, print_json, warn_random
+from ..options import Flags
+
+
+def gradflow_flags() -> Flags:
+    from .gradflow import GradFlowOptions
+
+    return Flags(
+        GradFlowOptions, ("batch_size", "input_size", "steps", "lr", "data", "regimes", "device"),
+        spelling={"regimes": "--regime"},
+        choices={"regimes": {"both": ("batch", "running"), "batch": ("batch",), "running": ("running",)}},
+        help={"regimes": "BatchNorm on batch statistics (train mode), running statistics (eval mode), or both",
+              "data": "class-per-subfolder image folder to train on instead of a synthetic batch"},
+    )
 
 
 def _fmt(v: float) -> str:
@@ -42,22 +56,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def cmd_gradflow(args: argparse.Namespace) -> int:
     from .. import api
 
-    regimes = ("batch", "running") if args.regime == "both" else (args.regime,)
-    report = api.gradflow(
-        None,
-        output=args.output,
-        arch=args.arch or "resnet50",
-        weights=args.weights,
-        batch_size=args.batch_size,
-        input_size=args.input_size,
-        steps=args.steps,
-        lr=args.lr,
-        seed=args.seed,
-        data=args.data,
-        regimes=regimes,
-        device=args.device,
-        quiet=args.quiet,
-    )
+    options = gradflow_flags().values(args)
+    report = api.gradflow(None, output=args.output, quiet=args.quiet, arch=args.arch or "resnet50", weights=args.weights,
+                          seed=args.seed, **options)
     if args.json:
         print_json(report.to_dict())
         return 0
@@ -95,15 +96,8 @@ def trace_args(p: argparse.ArgumentParser) -> None:
 
 def gradflow_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p, default_weights="random")
-    p.add_argument("--batch-size", type=int, default=8, help="synthetic batch size (default: 8)")
-    p.add_argument("--input-size", type=int, default=224, help="square input side (default: 224)")
-    p.add_argument("--steps", type=int, default=0, help="repeat the measurement after N SGD steps (default: 0)")
-    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate for --steps (default: 0.01)")
-    p.add_argument("--data", default=None, help="class-per-subfolder image folder to train on instead of a synthetic batch")
-    p.add_argument("--regime", choices=("both", "batch", "running"), default="both",
-                   help="BatchNorm on batch statistics (train mode), running statistics (eval mode), or both")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    gradflow_flags().add(p)
     p.add_argument("-o", "--output", default=None, help="write the log-scale chart to this PNG")
     p.add_argument("--json", action="store_true", help="all numbers and the explanations as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress display on stderr")
-    p.set_defaults(func=cmd_gradflow, option_flags={"regimes": "--regime"})
+    p.set_defaults(func=cmd_gradflow)

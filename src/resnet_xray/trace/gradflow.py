@@ -39,14 +39,14 @@ NETWORKS = ("resnet", "plain")
 class GradFlowOptions:
     arch: str = "resnet50"  # any torchvision ResNet; plain-N is derived from it
     weights: str = "random"  # random measures at initialisation, as the seed's argument is about
-    batch_size: int = 8  # batch statistics need more than one image
+    batch_size: int = 8  # synthetic batch size; batch statistics need more than one image
     input_size: int = 224  # square side of the synthetic images
     steps: int = 0  # SGD steps before a second measurement (0: initialisation only)
     lr: float = 0.01  # SGD learning rate for --steps (momentum 0.9)
     seed: int = 0  # model init, synthetic batch and labels
     data: str | None = None  # image folder (class per subfolder) to train on instead of the synthetic batch
     regimes: tuple[str, ...] = ("batch", "running")  # see REGIMES
-    device: str = "cpu"
+    device: str = "cpu"  # torch device
     num_classes: int = 1000
 
     def __post_init__(self) -> None:

@@ -36,7 +36,16 @@ METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "
 class CamOptions:
     class_index: int | None = None  # None: the predicted class
     layer: str = "layer4"  # module whose output the maps are computed on (the last stage)
-    methods: tuple[str, ...] = ("gradcam", "gradcam++")  # the first is the headline Grad-CAM
+    methods: tuple[str, ...] = ("gradcam", "gradcam++")  # Grad-CAM is always drawn first, as the headline
+
+    def __post_init__(self) -> None:
+        from ..options import OptionError, one_of
+
+        if self.class_index is not None and self.class_index < 0:
+            raise OptionError("class_index", self.class_index, "out of range; class indices start at 0")
+        for m in self.methods:
+            one_of("methods", m, CAM_METHODS)
+        self.methods = tuple(dict.fromkeys(("gradcam", *self.methods)))
 
 
 @dataclass

@@ -23,6 +23,12 @@ class FeaturesOptions:
     channels: str = "first"  # first: channels 0..63 as in the seed; top: the 64 with the highest mean activation
     count: int = 64  # tiles in the grid (8 x 8)
 
+    def __post_init__(self) -> None:
+        from ..options import at_least, one_of
+
+        one_of("channels", self.channels, ("first", "top"))
+        at_least("count", self.count, 1)
+
 
 @dataclass
 class FeatureGrid:
