@@ -463,74 +463,79 @@ class _Instrumented:
 
     def __init__(self, model: nn.Module, fused: bool = True):
         gm = trace_graph(model)
-        mods = dict(gm.named_modules())
-        entries: list[_Entry] = []
-        index: dict[fx.Node, int] = {}
+        self.mods = dict(gm.named_modules())
+        self.entries: list[_Entry] = []
+        self.index: dict[fx.Node, int] = {}  # tabulated node -> its entry
         for n in gm.graph.nodes:
             if n.op not in ("call_module", "call_function", "call_method"):
                 continue
-            mod = mods.get(n.target) if n.op == "call_module" else None
+            mod = self.mods.get(n.target) if n.op == "call_module" else None
             ltype = _node_type(n, mod)
-            if ltype is None:
-                continue
-            index[n] = len(entries)
-            entries.append(_Entry(_node_name(n), ltype, ltype in ZERO_COUNTED, module=mod))
+            if ltype is not None:
+                self.index[n] = len(self.entries)
+                self.entries.append(_Entry(_node_name(n), ltype, ltype in ZERO_COUNTED, module=mod))
+        self.blocks, dot_args = self._plan_blocks(fused)
+        if fused:
+            self._plan_derived()
+        self.sink = _StatsSink(self.entries, len(dot_args))
+        g = gm.graph
+        for k, (add, f, s) in enumerate(dot_args):
+            with g.inserting_before(add):
+                g.call_function(self.sink.dot, (f, s, k))
+        for n, i in self.index.items():
+            with g.inserting_after(n):
+                g.call_function(self.sink.stat, (n, i))
+        gm.recompile()
+        self.gm = gm
 
-        def tabulated(a: fx.Node) -> fx.Node:
-            # Look through pass-through modules (the nn.Identity left where a BatchNorm was fused away).
-            while a not in index and a.op == "call_module" and len(a.all_input_nodes) == 1:
-                if not isinstance(mods.get(a.target), nn.Identity):
-                    break
-                a = a.all_input_nodes[0]
-            return a
+    def _tabulated(self, a: fx.Node) -> fx.Node:
+        # Look through pass-through modules (the nn.Identity left where a BatchNorm was fused away).
+        while a not in self.index and a.op == "call_module" and len(a.all_input_nodes) == 1:
+            if not isinstance(self.mods.get(a.target), nn.Identity):
+                break
+            a = a.all_input_nodes[0]
+        return a
 
+    def _plan_blocks(self, fused: bool) -> tuple[list[_BlockPlan], list[tuple[fx.Node, fx.Node, fx.Node]]]:
+        """Each residual add's block: which term is F(x), which the shortcut, and the ReLU after it;
+        with the (add, residual term, shortcut term) nodes that get a dot-product call before the add."""
+        entries, index = self.entries, self.index
         blocks: list[_BlockPlan] = []
-        dot_args: list[tuple[fx.Node, fx.Node, fx.Node]] = []  # (add, residual term, shortcut term) as the graph has them
+        dot_args: list[tuple[fx.Node, fx.Node, fx.Node]] = []
         for n, i in index.items():
-            if entries[i].type != "add":
-                continue
             args = [a for a in n.args[:2] if isinstance(a, fx.Node)]
-            if len(args) != 2:
+            if entries[i].type != "add" or len(args) != 2:
                 continue
-            terms = [tabulated(a) for a in args]
+            terms = [self._tabulated(a) for a in args]
             if not all(t in index for t in terms):
                 continue
             block = _block_of(entries[i].name)
             names = [entries[index[t]].name for t in terms]
             # F(x) comes from inside the block's main path; the other term is x or its projection.
             is_res = [nm.startswith(block + ".") and not nm.startswith(block + ".downsample") for nm in names]
-            if is_res.count(True) != 1:
+            relu = next((index[u] for u in n.users if u in index and entries[index[u]].type == "relu"), None)
+            if is_res.count(True) != 1 or relu is None:
                 continue
             ri, si = (0, 1) if is_res[0] else (1, 0)
-            relu = next((index[u] for u in n.users if u in index and entries[index[u]].type == "relu"), None)
-            if relu is None:
-                continue
             if fused and terms[ri] is args[ri] and terms[si] is args[si]:
                 entries[i].mode, entries[i].terms = "add", (index[terms[ri]], index[terms[si]], len(dot_args))
             blocks.append(_BlockPlan(block, index[terms[ri]], index[terms[si]], i, relu))
             dot_args.append((n, args[ri], args[si]))
-        if fused:
-            for n, i in index.items():
-                e = entries[i]
-                src = n.all_input_nodes[0] if len(n.all_input_nodes) == 1 else None
-                if e.type == "bn" and isinstance(e.module, nn.BatchNorm2d) and src in index and entries[index[src]].type == "conv" \
-                        and len(src.users) == 1:
-                    entries[index[src]].mode = "channels"
-                    e.mode, e.src = "affine", index[src]
-                elif e.type == "relu" and src in index and n.op == "call_module":
-                    e.mode, e.src = "relu", index[src]
+        return blocks, dot_args
 
-        self.entries, self.blocks = entries, blocks
-        self.sink = _StatsSink(entries, len(dot_args))
-        g = gm.graph
-        for k, (add, f, s) in enumerate(dot_args):
-            with g.inserting_before(add):
-                g.call_function(self.sink.dot, (f, s, k))
+    def _plan_derived(self) -> None:
+        """Mark the conv -> BatchNorm pairs (per-channel read, affine derivation) and the ReLUs whose
+        max and min follow from their input's (see MODES)."""
+        entries, index = self.entries, self.index
         for n, i in index.items():
-            with g.inserting_after(n):
-                g.call_function(self.sink.stat, (n, i))
-        gm.recompile()
-        self.gm = gm
+            e = entries[i]
+            src = n.all_input_nodes[0] if len(n.all_input_nodes) == 1 else None
+            if e.type == "bn" and isinstance(e.module, nn.BatchNorm2d) and src in index and entries[index[src]].type == "conv" \
+                    and len(src.users) == 1:
+                entries[index[src]].mode = "channels"
+                e.mode, e.src = "affine", index[src]
+            elif e.type == "relu" and src in index and n.op == "call_module":
+                e.mode, e.src = "relu", index[src]
 
     def run(self, x: torch.Tensor, keep_maps: set[str]) -> tuple[Any, list[LayerStats], list[BlockStats], dict[str, torch.Tensor]]:
         s = self.sink

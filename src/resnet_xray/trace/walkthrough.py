@@ -184,60 +184,16 @@ def walkthrough(model: nn.Module, x: torch.Tensor | None = None, block: str = "l
     if not idx or idx[0] == 0:
         raise ValueError(f"{block}: not found in the trace")
     before = layers[idx[0] - 1]
-    roles = ROLES_BOTTLENECK if isinstance(blk, Bottleneck) else ROLES_BASIC
-    steps: list[Step] = []
-    prev_out = before.shape
-    f_shape = None
-    for i in idx:
-        r = layers[i]
-        local = r.name[len(block) + 1:]
-        mod = _module(model, r.name) if r.type in ("conv", "bn") else None
-        if local == "downsample.0":
-            in_shape = before.shape  # the projection reads the block's input
-        elif r.type == "add":
-            in_shape = f_shape or prev_out
-        else:
-            in_shape = prev_out
-        if r.type == "conv" and isinstance(mod, nn.Conv2d):
-            what = _conv_what(mod)
-            macs = math.prod(r.shape[1:]) * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
-        elif r.type == "bn":
-            what, macs = f"BatchNorm {math.prod(r.shape[1:2])}", math.prod(r.shape[1:])
-        elif r.type == "add":
-            what, macs = "add F(x) + shortcut", math.prod(r.shape[1:])
-        else:
-            what, macs = "ReLU" if r.type == "relu" else r.type, math.prod(r.shape[1:])
-        role = roles.get(local, "")
-        if local == "conv3" and isinstance(mod, nn.Conv2d):
-            role = f"1x1 expand to {mod.out_channels} channels"
-        steps.append(Step(name=r.name, what=what, role=role, in_shape=tuple(in_shape), out_shape=tuple(r.shape),
-                          params=_params(mod) if mod is not None else 0, macs=macs, l2=r.l2, zero_frac=r.zero_frac))
-        if local in ("bn3",) or (isinstance(blk, BasicBlock) and local == "bn2"):
-            f_shape = r.shape
-        if not local.startswith("downsample"):
-            prev_out = r.shape
-
     stats = next((b for b in trace.blocks if b.name == block), None)
     if stats is None:
         raise ValueError(f"{block}: the trace has no residual numbers for it")
-    stage_name, i_blk = block.split(".")
-    stage = getattr(model, stage_name)
-    later = None
-    if int(i_blk) + 1 < len(stage):
-        c1 = stage[int(i_blk) + 1].conv1
-        later = (c1.in_channels, c1.out_channels)
-    projections = []
-    for name, m in model.named_modules():
-        if isinstance(m, (Bottleneck, BasicBlock)) and m.downsample is not None:
-            d = m.downsample[0]
-            projections.append({"block": name, "in": d.in_channels, "out": d.out_channels, "stride": d.stride[0]})
     out_ch = blk.conv3.out_channels if isinstance(blk, Bottleneck) else blk.conv2.out_channels
     stride = blk.conv2.stride[0] if isinstance(blk, Bottleneck) else blk.conv1.stride[0]
     return Walkthrough(
         block=block,
         kind=type(blk).__name__,
         input_from=before.name,
-        steps=steps,
+        steps=_steps(model, blk, block, before, [layers[i] for i in idx]),
         shortcut="projection" if blk.downsample is not None else "identity",
         in_channels=blk.conv1.in_channels,
         out_channels=out_ch,
@@ -247,9 +203,68 @@ def walkthrough(model: nn.Module, x: torch.Tensor | None = None, block: str = "l
         residual_norm=stats.residual_norm,
         shortcut_norm=stats.shortcut_norm,
         cosine=stats.cosine,
-        later_reduce=later,
-        stage_projections=projections,
+        later_reduce=_later_reduce(model, block),
+        stage_projections=_projections(model),
     )
+
+
+def _steps(model: nn.Module, blk: nn.Module, block: str, before, rows: list) -> list[Step]:
+    """One :class:`Step` per traced op of the block, each with the shape it reads and writes."""
+    roles = ROLES_BOTTLENECK if isinstance(blk, Bottleneck) else ROLES_BASIC
+    steps: list[Step] = []
+    prev_out, f_shape = before.shape, None
+    for r in rows:
+        local = r.name[len(block) + 1:]
+        mod = _module(model, r.name) if r.type in ("conv", "bn") else None
+        if local == "downsample.0":
+            in_shape = before.shape  # the projection reads the block's input
+        elif r.type == "add":
+            in_shape = f_shape or prev_out
+        else:
+            in_shape = prev_out
+        what, macs = _op(r, mod)
+        role = roles.get(local, "")
+        if local == "conv3" and isinstance(mod, nn.Conv2d):
+            role = f"1x1 expand to {mod.out_channels} channels"
+        steps.append(Step(name=r.name, what=what, role=role, in_shape=tuple(in_shape), out_shape=tuple(r.shape),
+                          params=_params(mod) if mod is not None else 0, macs=macs, l2=r.l2, zero_frac=r.zero_frac))
+        if local in ("bn3",) or (isinstance(blk, BasicBlock) and local == "bn2"):
+            f_shape = r.shape
+        if not local.startswith("downsample"):
+            prev_out = r.shape
+    return steps
+
+
+def _op(r, mod: nn.Module | None) -> tuple[str, int]:
+    """What a traced op does, in words, and its multiply-accumulates for this input."""
+    if r.type == "conv" and isinstance(mod, nn.Conv2d):
+        macs = math.prod(r.shape[1:]) * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+        return _conv_what(mod), macs
+    if r.type == "bn":
+        return f"BatchNorm {math.prod(r.shape[1:2])}", math.prod(r.shape[1:])
+    if r.type == "add":
+        return "add F(x) + shortcut", math.prod(r.shape[1:])
+    return ("ReLU" if r.type == "relu" else r.type), math.prod(r.shape[1:])
+
+
+def _later_reduce(model: nn.Module, block: str) -> tuple[int, int] | None:
+    """(in, out) channels of the next block's first 1x1 conv in the same stage, if there is one."""
+    stage_name, i_blk = block.split(".")
+    stage = getattr(model, stage_name)
+    if int(i_blk) + 1 >= len(stage):
+        return None
+    c1 = stage[int(i_blk) + 1].conv1
+    return (c1.in_channels, c1.out_channels)
+
+
+def _projections(model: nn.Module) -> list[dict]:
+    """Every projection shortcut of the model: block, channels in and out, stride."""
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, (Bottleneck, BasicBlock)) and m.downsample is not None:
+            d = m.downsample[0]
+            out.append({"block": name, "in": d.in_channels, "out": d.out_channels, "stride": d.stride[0]})
+    return out
 
 
 def _module(model: nn.Module, name: str) -> nn.Module | None:
