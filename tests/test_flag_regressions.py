@@ -20,3 +20,31 @@ def test_bench_data_refuses_values_that_crashed(tmp_path, kw, flag):
 
     with pytest.raises(XrayError, match=flag):
         bench_data(tmp_path, DataBenchOptions(arch="resnet18", **kw))
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+@pytest.mark.parametrize("argv", [["classify", "{cat}", "--arch", "resnet18", "--weights", "random"],
+                                  ["make-dataset", "{tmp}/ds", "--classes", "2", "--per-class", "1", "--size", "32"],
+                                  ["bench-data", "{tmp}", "--arch", "resnet18"],
+                                  ["finetune", "{tmp}", "--out", "{tmp}/ft", "--arch", "resnet18", "--weights", "random"],
+                                  ["optimize", "{tmp}/c.pt", "--data", "{tmp}", "-o", "{tmp}/opt"]],
+                         ids=lambda a: a[0] if isinstance(a, list) else None)
+def test_seed_out_of_range_is_one_line(argv, seed, tmp_path, cat_path, capsys):
+    """--seed 2**64 crashed torch.manual_seed, and -1 NumPy's default_rng (found by the flag properties)."""
+    from resnet_xray.cli import main
+
+    argv = [a.format(cat=cat_path, tmp=tmp_path) for a in argv]
+    assert main([*argv, f"--seed={seed}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--seed {seed}: must lie in [0, 4294967295]") and "\n" not in err
+    assert not (tmp_path / "ds").exists() and not (tmp_path / "ft").exists()
+
+
+@pytest.mark.parametrize("threads", [0, -1, -(2**63) - 1])
+def test_deployed_model_threads_below_one_is_refused(threads):
+    """ONNX Runtime took --threads 0 as its default and crashed with a TypeError on < -2**31 (bench --model, evaluate)."""
+    from resnet_xray.deploy.runtime import load_deployed
+    from resnet_xray.options import OptionError
+
+    with pytest.raises(OptionError, match=f"threads {threads}: must be at least 1"):
+        load_deployed("missing.onnx", threads)

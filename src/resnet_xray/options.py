@@ -51,6 +51,14 @@ def one_of(option: str, value: Any, allowed: tuple[Any, ...]) -> None:
         raise OptionError(option, value, f"choose one of: {', '.join(map(str, allowed))}")
 
 
+# The seeds every RNG we feed accepts: torch.manual_seed, NumPy's default_rng (no negatives), random.
+SEED_MAX = 2**32 - 1
+
+
+def seed_in_range(option: str, value: int) -> None:
+    within(option, value, 0, SEED_MAX)
+
+
 # --- flags generated from the dataclass: field -> --field-name, its type, default and comment ---
 
 

@@ -56,7 +56,9 @@ def load_deployed(path: str | os.PathLike, threads: int | None = None, flag: str
             does not fit the model (crop size, class count).
     """
     from ..model import ModelMeta
+    from ..options import at_least
 
+    at_least("threads", threads, 1, allow_none=True)  # ONNX Runtime takes 0 as "default" and crashes on < 0
     p = Path(path)
     engine = engine_of(p, flag)
     if engine == "onnxruntime":
