@@ -52,7 +52,7 @@ def _command_lines(tmp: Path, inputs: dict[str, Path]) -> dict[str, list[str]]:
         "demo": ["demo", *NET, "--out", str(tmp / "demo"), "--quiet"],
         "trace": ["trace", cat, *NET],
         "gradflow": ["gradflow", *NET, "--batch-size", "2", "--input-size", "32"],
-        "show features": ["show", "features", cat, "--layer", "layer1.0.relu_2", *NET, "-o", str(tmp / "f.png")],
+        "show features": ["show", "features", cat, "--layer", "layer1.0.relu_1", *NET, "-o", str(tmp / "f.png")],
         "show kernels": ["show", "kernels", *NET, "--count", "4", "-o", str(tmp / "k.png")],
         "show cam": ["show", "cam", cat, "--method", "gradcam", *NET, "-o", str(tmp / "c.png")],
         "show stages": ["show", "stages", cat, "--channels", "2", *NET, "-o", str(tmp / "s.png")],
