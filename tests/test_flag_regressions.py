@@ -48,3 +48,16 @@ def test_deployed_model_threads_below_one_is_refused(threads):
 
     with pytest.raises(OptionError, match=f"threads {threads}: must be at least 1"):
         load_deployed("missing.onnx", threads)
+
+
+@pytest.mark.parametrize("argv", [["classify", "x.png", "--topk=--"], ["anatomy", "--input-size=--"], ["trace", "x.png", "--seed=--"],
+                                  ["show", "kernels", "--count=--"], ["evaluate", "d", "--model", "m.onnx", "--limit=--"]])
+def test_flag_equals_double_dash_is_refused_naming_the_flag(argv, capsys):
+    """`--topk=--` reached the commands as [] (CPython 3.11 argparse) and crashed with a TypeError (flag properties)."""
+    from resnet_xray.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    flag = argv[-1].split("=")[0]
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"error: argument {flag}: expected one value")
