@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from resnet_xray.errors import XrayError
@@ -61,3 +63,17 @@ def test_flag_equals_double_dash_is_refused_naming_the_flag(argv, capsys):
     assert e.value.code == 2
     flag = argv[-1].split("=")[0]
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"error: argument {flag}: expected one value")
+
+
+@pytest.mark.parametrize("lr", [1e300, 3.5e38, math.inf, math.nan, 0.0, -1.0])
+def test_learning_rates_beyond_any_use_are_refused(lr):
+    """--lr 1e300 passed the checks and crashed SGD ("cannot be converted to type float without overflow") in
+    gradflow, finetune and prune (found by the flag properties)."""
+    from resnet_xray.options import OptionError
+    from resnet_xray.prune.loop import PruneOptions
+    from resnet_xray.trace.gradflow import GradFlowOptions
+
+    for make in (lambda: GradFlowOptions(lr=lr), lambda: FinetuneOptions(arch="resnet18", lr=lr), lambda: PruneOptions(lr=lr)):
+        with pytest.raises(OptionError, match=r"lr .*: must lie in \(0, 100\]"):
+            make()
+    GradFlowOptions(lr=100.0), FinetuneOptions(arch="resnet18", lr=100.0), PruneOptions(lr=100.0)  # the bound itself is allowed

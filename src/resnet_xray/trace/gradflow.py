@@ -50,7 +50,7 @@ class GradFlowOptions:
     num_classes: int = 1000
 
     def __post_init__(self) -> None:
-        from ..options import OptionError, at_least, one_of
+        from ..options import OptionError, at_least, learning_rate, one_of
 
         for r in self.regimes:
             one_of("regimes", r, tuple(REGIMES))
@@ -59,8 +59,7 @@ class GradFlowOptions:
             raise OptionError("batch_size", self.batch_size, "batch statistics need at least 2 images")
         at_least("input_size", self.input_size, 32)
         at_least("steps", self.steps, 0)
-        if not self.lr > 0:
-            raise OptionError("lr", self.lr, "must be a positive number")
+        learning_rate("lr", self.lr)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
