@@ -77,3 +77,17 @@ def test_learning_rates_beyond_any_use_are_refused(lr):
         with pytest.raises(OptionError, match=r"lr .*: must lie in \(0, 100\]"):
             make()
     GradFlowOptions(lr=100.0), FinetuneOptions(arch="resnet18", lr=100.0), PruneOptions(lr=100.0)  # the bound itself is allowed
+
+
+def test_gradflow_after_steps_that_kill_every_gradient(capsys, one_thread):
+    """gradflow --steps 2 --lr 1 zeroes the gradients (dead ReLUs): 0/0 RMS ratios were a ZeroDivisionError."""
+    from resnet_xray.cli import main
+
+    assert main(["gradflow", "--arch", "resnet18", "--weights", "random", "--batch-size", "2", "--input-size", "32",
+                 "--steps", "2", "--lr", "1"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    # Whether every gradient dies depends on the CPU's rounding; the ratios it met do not.
+    from resnet_xray.trace.gradflow import _times, rms_ratio
+
+    assert math.isnan(rms_ratio(0.0, 0.0)) and rms_ratio(1.0, 0.0) == math.inf and rms_ratio(0.0, 2.0) == 0.0
+    assert _times(rms_ratio(0.0, 0.0)) == "nanx" and _times(0.0) == "0x"
