@@ -91,3 +91,20 @@ def test_gradflow_after_steps_that_kill_every_gradient(capsys, one_thread):
 
     assert math.isnan(rms_ratio(0.0, 0.0)) and rms_ratio(1.0, 0.0) == math.inf and rms_ratio(0.0, 2.0) == 0.0
     assert _times(rms_ratio(0.0, 0.0)) == "nanx" and _times(0.0) == "0x"
+
+
+def test_too_few_evaluation_images_name_the_flag_not_the_folder(tmp_path):
+    """optimize --eval-images 1 was told "--data ...: only one class folder" of a two-class folder (flag properties)."""
+    from PIL import Image
+
+    from resnet_xray.deploy.runtime import labelled_batches
+    from resnet_xray.image import Preprocessing
+
+    for c in ("a", "b"):
+        (tmp_path / "val" / c).mkdir(parents=True)
+        Image.new("RGB", (40, 40), (9, 99, 199)).save(tmp_path / "val" / c / "x.png")
+    pre = Preprocessing(resize=40, crop=32)
+    _, labels, how, _ = labelled_batches(tmp_path, pre, ["a", "b"], limit=1, limit_flag="--eval-images")
+    assert labels is None and how == "only one class folder among the 1 image(s) that --eval-images 1 keeps"
+    _, labels, _, _ = labelled_batches(tmp_path, pre, ["a", "b"], limit=2)
+    assert labels.tolist() == [0, 1]

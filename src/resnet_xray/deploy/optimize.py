@@ -272,7 +272,8 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
         run.stage("evaluation images")
         from .runtime import labelled_batches
 
-        val_x, val_y, how, _ = labelled_batches(opts.data, pre, meta.class_names, batch=16, limit=opts.eval_images)
+        val_x, val_y, how, _ = labelled_batches(opts.data, pre, meta.class_names, batch=16, limit=opts.eval_images,
+                                                limit_flag="--eval-images")
         if val_y is None:
             raise XrayError(f"--data {opts.data}: needs labelled val images (val/<class>/<image>): {how}")
         calib = _calibration_files(opts)
