@@ -81,3 +81,14 @@ def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path):
         assert row2["train_loss"] == pytest.approx(row1["train_loss"], rel=1e-4, abs=1e-5)
     model, meta = load_model(None, two / "best.pt")
     assert meta.class_names == ["circle", "square", "triangle"]
+
+
+def test_elastic_run_on_the_shared_store_is_warned():
+    """torchrun 2.14.1 reuses round 1's bootstrap store after a restart (pytorch#135712): the worker says so."""
+    from resnet_xray.train.distributed import shared_store_warning
+
+    shared = {"TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_MAX_RESTARTS": "1"}
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in shared_store_warning(shared)
+    assert shared_store_warning({**shared, "TORCHELASTIC_USE_AGENT_STORE": "False"}) is None  # the variable was set
+    assert shared_store_warning({**shared, "TORCHELASTIC_MAX_RESTARTS": "0"}) is None  # no restarts, no reuse
+    assert shared_store_warning({}) is None  # not under torchrun

@@ -84,8 +84,12 @@ def test_classify_and_evaluate_model_for_each_artefact_type(reference, capsys) -
     with torch.inference_mode():  # and the FP32 artefact scores what the eager model scores
         t = PRE.transform()
         pairs = [(t(img), p.parent.name) for p, img in ImageStream([data / "val"])]
-        eager = sum(model_names(reference)[int(model(x[None]).argmax())] == n for x, n in pairs) / len(pairs)
-    assert report["models"][0]["accuracy"] == pytest.approx(eager)
+        logits = [model(x[None])[0] for x, _ in pairs]
+        eager = sum(model_names(reference)[int(z.argmax())] == n for z, (_, n) in zip(logits, pairs)) / len(pairs)
+    # ONNX Runtime and torch round differently (by CPU and kernel): only an image whose top two
+    # logits lie within that rounding may change its answer, so only those may move the accuracy.
+    close = sum(float(v[0] - v[1]) < 1e-3 for v in (z.topk(2).values for z in logits))
+    assert abs(report["models"][0]["accuracy"] - eager) * len(pairs) <= close + 1e-9
 
 
 def model_names(reference) -> list[str]:

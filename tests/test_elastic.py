@@ -37,8 +37,12 @@ def _free_port() -> int:
 
 
 def _env():
-    # A fresh bootstrap store per rendezvous round: torchrun otherwise reuses round 1's store,
-    # and restarted workers can read a dead worker's address from it (docs/distributed.md).
+    # Works around a torch 2.14.1 bug, not our usage: with the shared store (the default),
+    # DynamicRendezvousHandler.next_rendezvous makes the workers' TCP store once and keeps it
+    # across restart rounds with no per-round prefix, so restarted gloo workers can read a dead
+    # worker's address ("connectFullMesh ... Connection refused"), and a node that stops being
+    # rank 0 keeps its own old store (pytorch#135712). With the variable, every round's rank 0
+    # publishes a fresh address. It is read by the launcher: users must export it (docs/distributed.md).
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path),
             "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 

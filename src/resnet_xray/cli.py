@@ -124,10 +124,23 @@ def _subparsers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> li
     return chain[::-1]
 
 
+def refuse_empty_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 naming the flag for ``--flag=--``: CPython 3.11's argparse stores [] there, unconverted.
+
+    Every command would otherwise meet a list where it expects a number (a TypeError traceback).
+    """
+    for p in _subparsers(parser, args):
+        for a in p._actions:
+            if isinstance(a, argparse._StoreAction) and a.option_strings and a.nargs is None \
+                    and isinstance(getattr(args, a.dest, None), list):
+                p.error(f"argument {'/'.join(a.option_strings)}: expected one value")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(chosen_command(argv))
     args = parser.parse_args(argv)
+    refuse_empty_values(parser, args)
     try:
         if getattr(args, "json", False):
             from .cliutil import json_output

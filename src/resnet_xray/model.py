@@ -118,6 +118,9 @@ def load_model(
     Returns:
         ``(model, meta)`` with the model in eval mode on the CPU.
     """
+    from .options import seed_in_range
+
+    seed_in_range("seed", seed)
     w = str(weights)
     if w in WEIGHT_ALIASES:
         return _load_torchvision(arch or DEFAULT_ARCH, w, progress=progress)

@@ -51,6 +51,25 @@ def one_of(option: str, value: Any, allowed: tuple[Any, ...]) -> None:
         raise OptionError(option, value, f"choose one of: {', '.join(map(str, allowed))}")
 
 
+# The seeds every RNG we feed accepts: torch.manual_seed, NumPy's default_rng (no negatives), random.
+SEED_MAX = 2**32 - 1
+
+
+def seed_in_range(option: str, value: int) -> None:
+    within(option, value, 0, SEED_MAX)
+
+
+# Any larger rate diverges at the first step; past float32's range (3.4e38) the optimizers crash.
+LR_MAX = 100.0
+
+
+def learning_rate(option: str, value: float | None, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or not 0 < value <= LR_MAX:  # NaN fails both comparisons
+        raise OptionError(option, value, f"must lie in (0, {LR_MAX:g}]")
+
+
 # --- flags generated from the dataclass: field -> --field-name, its type, default and comment ---
 
 

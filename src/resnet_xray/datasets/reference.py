@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import XrayError
-from ..options import OptionError, at_least, one_of, within
+from ..options import OptionError, at_least, one_of, seed_in_range, within
 from ..image import bundled_cat
 
 GENERATOR_VERSION = 2  # 2: milder stretch, clutter and patterned fills, so 15 CPU minutes suffice
@@ -56,6 +56,7 @@ class ReferenceOptions:
         at_least("val_per_class", self.val_per_class, 1, allow_none=True)
         at_least("size", self.size, 32)
         at_least("clutter", self.clutter, 0)
+        seed_in_range("seed", self.seed)
         if not 0.05 <= self.min_scale <= self.max_scale <= 0.95:
             raise OptionError("min_scale", f"{self.min_scale}..{self.max_scale}", "need 0.05 <= min <= max <= 0.95")
 

@@ -64,7 +64,7 @@ class OptimizeOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from ..options import OptionError, at_least, one_of, within
+        from ..options import OptionError, at_least, one_of, seed_in_range, within
 
         within("max_drop", self.max_drop, 0.0, 100.0)  # accuracy points
         if self.target_macs is not None:
@@ -81,6 +81,7 @@ class OptimizeOptions:
         at_least("eval_images", self.eval_images, 1, allow_none=True)
         at_least("input_size", self.input_size, 32, allow_none=True)
         at_least("threads", self.threads, 1, allow_none=True)
+        seed_in_range("seed", self.seed)
         if self.resume and self.overwrite:
             raise OptionError("resume", True, "and overwrite: choose one")
         if not Path(self.data).is_dir():
@@ -271,7 +272,8 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
         run.stage("evaluation images")
         from .runtime import labelled_batches
 
-        val_x, val_y, how, _ = labelled_batches(opts.data, pre, meta.class_names, batch=16, limit=opts.eval_images)
+        val_x, val_y, how, _ = labelled_batches(opts.data, pre, meta.class_names, batch=16, limit=opts.eval_images,
+                                                limit_flag="--eval-images")
         if val_y is None:
             raise XrayError(f"--data {opts.data}: needs labelled val images (val/<class>/<image>): {how}")
         calib = _calibration_files(opts)

@@ -56,7 +56,9 @@ def load_deployed(path: str | os.PathLike, threads: int | None = None, flag: str
             does not fit the model (crop size, class count).
     """
     from ..model import ModelMeta
+    from ..options import at_least
 
+    at_least("threads", threads, 1, allow_none=True)  # ONNX Runtime takes 0 as "default" and crashes on < 0
     p = Path(path)
     engine = engine_of(p, flag)
     if engine == "onnxruntime":
@@ -122,20 +124,25 @@ class EvalResult:
 
 
 def labelled_batches(data: str | os.PathLike, pre: Preprocessing, class_names: list[str], batch: int = 16,
-                     limit: int | None = None) -> tuple[list[torch.Tensor], np.ndarray | None, str, list]:
-    """Preprocessed batches of a folder (its ``val/`` split when there is one) and labels from its class folders."""
+                     limit: int | None = None, limit_flag: str = "--limit") -> tuple[list[torch.Tensor], np.ndarray | None, str, list]:
+    """Preprocessed batches of a folder (its ``val/`` split when there is one) and labels from its class folders.
+
+    ``limit_flag`` names the flag that set ``limit``, for when too few images leave one class.
+    """
     from ..image import Skipped
     from .quantize import folder_labels, image_batches, list_images
 
     root = Path(data)
     if (root / "val").is_dir():
         root = root / "val"
-    files = list_images(root, "--data")
+    files = every = list_images(root, "--data")
     if limit:
         # every k-th file keeps each class represented when only some are used
         step = max(1, len(files) // limit)
         files = files[::step][:limit]
     labels, how = folder_labels(files, root, class_names, len(class_names))
+    if labels is None and len(files) < len(every) and folder_labels(every, root, class_names, len(class_names))[0]:
+        how = f"{how} among the {len(files)} image(s) that {limit_flag} {limit} keeps"  # the folder has more
     index = dict(zip(files, labels)) if labels else None
     skipped: list[Skipped] = []
     xs, ys = [], []

@@ -7,7 +7,6 @@ an interrupted run picks up after its last completed round with nothing lost.
 from __future__ import annotations
 
 import json
-import math
 import time
 import uuid
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from torch import nn
 from ..atomic import write_json, write_text
 from ..errors import XrayError
 from ..model import ModelMeta, changes_of, load_model, save_checkpoint
-from ..options import OptionError, at_least, one_of
+from ..options import OptionError, at_least, learning_rate, one_of
 from ..units import pct, si, table
 from .importance import CRITERIA, accumulate_gradients, check_criterion
 from .measure import measure_cost, measure_latency
@@ -65,8 +64,7 @@ class PruneOptions:
         at_least("finetune_epochs", self.finetune_epochs, 0)
         at_least("round_to", self.round_to, 1)
         at_least("input_size", self.input_size, 32, allow_none=True)
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise OptionError("lr", self.lr, "must be a positive number")
+        learning_rate("lr", self.lr, allow_none=True)
         at_least("batch_size", self.batch_size, 1)
         at_least("workers", self.workers, 0)
         at_least("taylor_batches", self.taylor_batches, 1)

@@ -55,6 +55,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 def cmd_gradflow(args: argparse.Namespace) -> int:
     from .. import api
+    from .gradflow import rms_ratio
 
     options = gradflow_flags().values(args)
     report = api.gradflow(None, output=args.output, quiet=args.quiet, arch=args.arch or "resnet50", weights=args.weights,
@@ -70,7 +71,7 @@ def cmd_gradflow(args: argparse.Namespace) -> int:
             print(f"== {regime} regime, {title} ==")
             print(f"{'stage boundary':<16} {opts.arch + ' RMS':>16} {'plain RMS':>12} {'plain/resnet':>13}")
             for a, b in zip(r.boundaries, p.boundaries):
-                print(f"{a['name']:<16} {a['rms']:16.4g} {b['rms']:12.4g} {b['rms'] / a['rms']:13.4g}")
+                print(f"{a['name']:<16} {a['rms']:16.4g} {b['rms']:12.4g} {rms_ratio(b['rms'], a['rms']):13.4g}")
             if r.blocks:
                 print(f"{'block':<10} {'shortcut':<11} {'|dL/dx|':>10} {'|shortcut|':>11} {'|residual|':>11} {'share':>6} {'rel.err':>9}")
                 for b in r.blocks:

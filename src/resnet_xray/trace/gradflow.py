@@ -50,7 +50,7 @@ class GradFlowOptions:
     num_classes: int = 1000
 
     def __post_init__(self) -> None:
-        from ..options import OptionError, at_least, one_of
+        from ..options import OptionError, at_least, learning_rate, one_of
 
         for r in self.regimes:
             one_of("regimes", r, tuple(REGIMES))
@@ -59,8 +59,7 @@ class GradFlowOptions:
             raise OptionError("batch_size", self.batch_size, "batch statistics need at least 2 images")
         at_least("input_size", self.input_size, 32)
         at_least("steps", self.steps, 0)
-        if not self.lr > 0:
-            raise OptionError("lr", self.lr, "must be a positive number")
+        learning_rate("lr", self.lr)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -143,16 +142,17 @@ class GradFlowResult:
         r_in, p_in = res.rms(first), plain.rms(first)
         r_out, p_out = res.rms(last), plain.rms(last)
         lines = [f"{REGIMES[regime]}, {when}:"]
-        ratio = p_in / r_in if r_in > 0 else math.inf
+        ratio = rms_ratio(p_in, r_in)
         lines.append(
             f"- At the stem boundary ({first}) the gradient RMS is {r_in:.3g} for {arch} and {p_in:.3g} for plain: "
             f"plain's is {_times(ratio)} {arch}'s."
         )
         for name, g, a, b in (("ResNet", res, r_out, r_in), ("plain", plain, p_out, p_in)):
-            f = b / a if a > 0 else math.inf
+            f = rms_ratio(b, a)
+            change = ("is 0 at both ends" if math.isnan(f) else f"grows {f:.3g}x" if f > 1
+                      else f"shrinks {1 / f:.3g}x" if f > 0 else "vanishes")
             lines.append(
-                f"- {name}: from the last stage ({last}, RMS {a:.3g}) back to the stem ({b:.3g}) the gradient "
-                f"{'grows' if f > 1 else 'shrinks'} {f if f >= 1 else 1 / f:.3g}x."
+                f"- {name}: from the last stage ({last}, RMS {a:.3g}) back to the stem ({b:.3g}) the gradient {change}."
             )
         cr = [c["norm"] for c in res.convs if "downsample" not in c["name"]]
         cp = [c["norm"] for c in plain.convs if "downsample" not in c["name"]]
@@ -191,6 +191,13 @@ class GradFlowResult:
                 f"{arch}, whose identity terms carry the gradient past every block."
             )
         return "\n".join(lines)
+
+
+def rms_ratio(num: float, den: float) -> float:
+    """``num / den`` for gradient RMS values, which can be exactly 0 (dead ReLUs after a large step)."""
+    if den > 0:
+        return num / den
+    return math.nan if num == 0 else math.inf
 
 
 def _times(r: float) -> str:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import XrayError
 from ..model import build_model
-from ..options import at_least
+from ..options import at_least, seed_in_range
 from .data import make_loaders
 from .finetune import FinetuneOptions, make_optimizer, resolve_precision
 
@@ -36,6 +36,7 @@ class DataBenchOptions:
         at_least("workers", self.workers, 0)
         at_least("image_size", self.image_size, 32, allow_none=True)
         at_least("steps", self.steps, 1)
+        seed_in_range("seed", self.seed)
 
 
 def _train_step(model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor, precision, device: torch.device) -> None:

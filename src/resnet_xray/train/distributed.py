@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -32,6 +33,23 @@ class DistContext:
         return self.rank == 0
 
 
+def shared_store_warning(env: dict[str, str] | None = None) -> str | None:
+    """The warning for an elastic run whose restarts would reuse round 1's bootstrap store, else None.
+
+    torchrun 2.14.1 (c10d rendezvous, ``TORCHELASTIC_USE_AGENT_STORE=True`` by default) makes
+    the workers' TCP store once, in the first round, and keeps it across restarts with no
+    per-round key prefix: restarted workers can read a dead worker's gloo address from it
+    ("connectFullMesh ... Connection refused"), and a launcher that was rank 0 and is not any
+    more keeps pointing at its own old store (pytorch/pytorch#135712; #182375 fixed only the
+    opposite rank change). The variable is read by the launcher, so a worker can only warn.
+    """
+    env = os.environ if env is None else env
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or int(env.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) < 1:
+        return None
+    return ("warning: elastic restarts with torchrun's shared rendezvous store can fail to reconnect "
+            "(pytorch#135712); export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun on every node")
+
+
 def init_from_env(device_kind: str = "cpu") -> DistContext:
     """Join the process group torchrun describes in the environment; a no-op for one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -45,6 +63,9 @@ def init_from_env(device_kind: str = "cpu") -> DistContext:
         if backend == "nccl":
             torch.cuda.set_device(local)
         dist.init_process_group(backend=backend)
+    warning = shared_store_warning()
+    if warning and rank == 0:
+        print(warning, file=sys.stderr)
     return DistContext(world, rank, local, backend)
 
 

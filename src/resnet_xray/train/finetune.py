@@ -26,7 +26,7 @@ from ..errors import XrayError
 from ..interface import ReplacedClassifier, class_logits, reset_classifier
 from ..locks import output_lock
 from ..model import ModelMeta, changes_of, check_arch, check_changes_rebuild, load_model, save_checkpoint
-from ..options import OptionError, at_least, one_of, within
+from ..options import OptionError, at_least, learning_rate, one_of, seed_in_range, within
 from . import distributed as D
 from .checkpoint import load_training_state, remove_stale_temporaries, save_training_state, set_rng_state
 from .data import DataBundle, make_loaders, steps_per_epoch
@@ -94,9 +94,9 @@ class FinetuneOptions:
         if self.optimizer is not None:
             one_of("optimizer", self.optimizer, OPTIMIZERS)
         at_least("epochs", self.epochs, 1)
+        seed_in_range("seed", self.seed)
         at_least("batch_size", self.batch_size, 1)
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise OptionError("lr", self.lr, "must be a positive number")
+        learning_rate("lr", self.lr, allow_none=True)
         if self.weight_decay is not None and not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise OptionError("weight_decay", self.weight_decay, "must be 0 or more")
         within("label_smoothing", self.label_smoothing, 0, 1, open_high=True)
