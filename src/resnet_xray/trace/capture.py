@@ -16,6 +16,7 @@ Only the maps asked for in :class:`TraceOptions` outlive the pass.
 from __future__ import annotations
 
 import math
+import operator
 import os
 import weakref
 from dataclasses import asdict, dataclass, field
@@ -477,6 +478,12 @@ class _Instrumented:
         self.blocks, dot_args = self._plan_blocks(fused)
         if fused:
             self._plan_derived()
+        for add, f, _ in dot_args:
+            # torch.fx records torchvision's `out += identity` as an out-of-place add (a Proxy has no
+            # __iadd__): a fresh tensor per block and its page faults. Where F(x) has no other user the
+            # in-place add the model itself runs gives the same bits without that allocation.
+            if add.target is operator.add and add.args[0] is f and len(f.users) == 1 and add.args[1] is not f:
+                add.target = operator.iadd
         self.sink = _StatsSink(self.entries, len(dot_args))
         g = gm.graph
         for k, (add, f, s) in enumerate(dot_args):
