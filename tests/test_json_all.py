@@ -45,12 +45,18 @@ def work(tmp_path_factory) -> Path:
 def test_every_json_command_is_covered():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    with_json = {n for n, p in sub.choices.items() if any(a.dest == "json" for a in p._actions)}
+    def has_json(p) -> bool:  # show's pictures are sub-sub-commands: each must have it
+        subs = [a for a in p._actions if a.dest == "picture"]
+        if subs:
+            return all(has_json(q) for q in subs[0].choices.values())
+        return any(a.dest == "json" for a in p._actions)
+
+    with_json = {n for n, p in sub.choices.items() if has_json(p)}
     assert with_json == COVERED
 
 
 COVERED = {"classify", "preprocess", "anatomy", "trace", "gradflow", "report", "fuse", "export", "quantize", "bench", "finetune",
-           "finetune-multitask", "bench-data", "evaluate", "optimize"}
+           "finetune-multitask", "bench-data", "evaluate", "optimize", "show", "make-dataset"}
 assert COVERED <= {c.name for c in COMMANDS}
 
 
@@ -151,3 +157,19 @@ def test_json_output_diverts_third_party_prints_at_the_fd_level():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert json.loads(r.stdout) == {"a": None, "b": [None, 1.5]}
     assert "python noise" in r.stderr and "C noise" in r.stderr
+
+
+def test_show_and_make_dataset_match_their_verbs(cat_path, tmp_path):
+    import resnet_xray as rx
+    from resnet_xray.cliutil import dumps
+
+    doc = run_json("show", "kernels", *R18, "-o", tmp_path / "k.png", "--count", "8")
+    assert Path(doc["path"]) == tmp_path / "k.png" and doc["picture"] == "kernels" and doc["weights"]["pretrained"] is False
+    res = rx.show(rx.load_model("resnet18", weights="random"), "kernels", tmp_path / "k2.png", count=8)
+    assert {**json.loads(dumps(res.to_dict())), "path": doc["path"]} == doc
+    doc = run_json("show", "features", cat_path, *R18, "--layer", "layer1.0.relu_1", "-o", tmp_path / "f.png")
+    assert doc["layer"] == "layer1.0.relu_1" and len(doc["channels"]) == 64 and (tmp_path / "f.png").stat().st_size > 0
+    doc = run_json("make-dataset", tmp_path / "d", "--classes", "2", "--per-class", "2", "--val-per-class", "1", "--size", "32")
+    assert doc["classes"] and doc["weights"]["source"] is None and (tmp_path / "d" / "train").is_dir()
+    res = rx.make_dataset(tmp_path / "d2", classes=2, per_class=2, val_per_class=1, size=32)
+    assert {**json.loads(dumps(res.to_dict())), "out": doc["out"]} == doc

@@ -37,6 +37,8 @@ _API = {
     "finetune": "resnet_xray.api",
     "prune": "resnet_xray.api",
     "preprocess": "resnet_xray.api",
+    "show": "resnet_xray.api",
+    "make_dataset": "resnet_xray.api",
     "WeightsInfo": "resnet_xray.provenance",
     "XrayError": "resnet_xray.errors",
     "OptionError": "resnet_xray.options",

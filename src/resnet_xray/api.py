@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import XrayError
+from .options import OptionError
 from .provenance import WeightsInfo
 
 if TYPE_CHECKING:  # imported for annotations only: importing them loads torch
@@ -637,6 +638,77 @@ def preprocess(image: PathLike, *, output: PathLike | None = None, weights: str 
     return PreprocessResult(info, w)
 
 
+PICTURES = ("features", "kernels", "cam", "stages")
+
+
+@dataclass
+class ShowResult:
+    picture: str  # features | kernels | cam | stages
+    path: Path  # the PNG written
+    caption: str  # what the picture shows, as the CLI prints it
+    details: dict[str, Any]  # the picture's numbers (channels drawn, CAM class and probability ...)
+    weights: WeightsInfo
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"picture": self.picture, "path": str(self.path), "caption": self.caption, **self.details,
+                "weights": self.weights.to_dict()}
+
+
+def show(model: LoadedModel | tuple | PathLike, picture: str, output: PathLike, image: PathLike | None = None,
+         **options: Any) -> ShowResult:
+    """Draw one picture as a PNG: ``features`` (a layer's feature maps), ``kernels`` (a conv's filters),
+    ``cam`` (Grad-CAM and friends) or ``stages`` (one sheet per stage). ``options`` are fields of the
+    picture's options dataclass (FeaturesOptions, KernelsOptions, CamOptions, StagesOptions)."""
+    from .viz import show as _show
+
+    if picture not in PICTURES:
+        raise OptionError(f"picture {picture!r}: choose one of {', '.join(PICTURES)}")
+    if picture != "kernels" and image is None:
+        raise OptionError(f"picture {picture}: needs an image")
+    m = as_model(model)
+    if picture == "features":
+        from .viz.features import FeaturesOptions
+
+        path, grid = _show.show_features(image, m.module, m.meta, output, FeaturesOptions(**options))
+        return ShowResult(picture, Path(path), grid.caption(), {"layer": grid.layer, "channels": list(grid.channels)}, m.weights)
+    if picture == "kernels":
+        from .viz.kernels import KernelsOptions
+
+        path, caption = _show.show_kernels(m.module, output, KernelsOptions(**options), weights=m.meta.weights)
+        return ShowResult(picture, Path(path), caption, {}, m.weights)
+    if picture == "cam":
+        from .viz.cam import METHOD_TITLES, CamOptions, format_prob
+
+        path, r = _show.show_cam(image, m.module, m.meta, output, CamOptions(**options))
+        caption = (f"class #{r.class_index} {r.label} (p = {format_prob(r.prob)}, {'predicted' if r.predicted else 'requested'}); "
+                   f"{', '.join(METHOD_TITLES[k] for k in r.maps)} on {r.layer}")
+        return ShowResult(picture, Path(path), caption, {"class_index": r.class_index, "label": r.label, "prob": r.prob,
+                                                         "predicted": r.predicted, "methods": list(r.maps), "layer": r.layer},
+                          m.weights)
+    from .viz.stages import StagesOptions
+
+    path = _show.show_stages(image, m.module, m.meta, output, StagesOptions(**options))
+    return ShowResult(picture, Path(path), "one sheet per stage", {}, m.weights)
+
+
+@dataclass
+class DatasetResult:
+    info: dict[str, Any]  # classes, per-class counts, size, generator version, task ...
+    out: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        # generated images, no model: the provenance object says so, as in every --json
+        return {**self.info, "out": str(self.out), "weights": WeightsInfo.none("no model: a generated dataset").to_dict()}
+
+
+def make_dataset(out: PathLike, *, quiet: bool = True, **options: Any) -> DatasetResult:
+    """Generate the reference task (or its transfer task) into ``out``: train/, val/, boxes.csv, dataset.json.
+    ``options`` are fields of :class:`resnet_xray.datasets.reference.ReferenceOptions`."""
+    from .datasets.reference import ReferenceOptions, make_reference_dataset
+
+    return DatasetResult(make_reference_dataset(out, ReferenceOptions(**options), quiet=quiet), Path(out))
+
+
 @dataclass
 class PreprocessResult:
     info: dict[str, Any]  # image, original_size, transforms, shape, dtype, channel_mean/std, output
@@ -648,7 +720,7 @@ class PreprocessResult:
 
 __all__ = [
     "LoadedModel", "load_model", "as_model", "classify", "anatomy", "trace", "gradflow", "report", "fuse", "export",
-    "quantize", "bench", "evaluate", "finetune", "bench_data", "prune", "preprocess",
+    "quantize", "bench", "evaluate", "finetune", "bench_data", "prune", "preprocess", "show", "make_dataset",
     "AnatomyResult", "TraceResult", "GradFlowReport", "ReportOutput", "FuseResult", "ExportResult", "QuantizeResult",
-    "BenchReport", "FinetuneResult", "DataBenchResult", "PruneReport", "PreprocessResult",
+    "BenchReport", "FinetuneResult", "DataBenchResult", "PruneReport", "PreprocessResult", "ShowResult", "DatasetResult",
 ]

@@ -24,6 +24,7 @@ def make_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output folder (gets train/, val/, boxes.csv, dataset.json)")
     make_dataset_flags().add(p)
     p.add_argument("--quiet", action="store_true", help="no progress display on stderr")
+    p.add_argument("--json", action="store_true", help="print what was written (classes, counts, size) as JSON")
     p.set_defaults(func=cmd_make_dataset)
 
 
@@ -88,10 +89,16 @@ def bench_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_make_dataset(args: argparse.Namespace) -> int:
-    from ..datasets.reference import make_reference_dataset
+    import dataclasses
+
+    from .. import api
 
     opts = make_dataset_flags().build(args)
-    info = make_reference_dataset(args.out, opts, quiet=args.quiet)
+    res = api.make_dataset(args.out, quiet=args.quiet or args.json, **dataclasses.asdict(opts))
+    if args.json:
+        print_json(res.to_dict())
+        return 0
+    info = res.info
     n_train, n_val = info["train_per_class"] * len(info["classes"]), info["val_per_class"] * len(info["classes"])
     print(f"wrote {args.out}: {n_train} train + {n_val} val images, {len(info['classes'])} classes "
           f"({', '.join(info['classes'])}), {info['size']}x{info['size']} px, boxes in boxes.csv")

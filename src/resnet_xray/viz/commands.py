@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from ..atomic import check_writable
@@ -40,44 +41,19 @@ def _flags(picture: str) -> Flags:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Build the picture's options (refusing bad values before the model is built), draw it, say where it went."""
+    from .. import api
+    from ..cliutil import print_json
+
     opts = _flags(args.picture).build(args)
     check_writable(args.output)
-    model, meta = model_from_args(args)
-    return {"features": _features, "kernels": _kernels, "cam": _cam, "stages": _stages}[args.picture](args, model, meta, opts)
-
-
-def _features(args, model, meta, opts) -> int:
-    from .show import show_features
-
-    path, grid = show_features(args.image, model, meta, args.output, opts)
-    print(f"{grid.caption()}\nwrote {path}")
-    return 0
-
-
-def _kernels(args, model, meta, opts) -> int:
-    from .show import show_kernels
-
-    path, caption = show_kernels(model, args.output, opts, weights=meta.weights)
-    print(f"{caption}\nwrote {path}")
-    if not meta.pretrained:
+    model = api.LoadedModel(*model_from_args(args))
+    res = api.show(model, args.picture, args.output, getattr(args, "image", None), **dataclasses.asdict(opts))
+    if args.json:
+        print_json(res.to_dict())
+        return 0
+    print(f"{res.caption}\nwrote {res.path}" if args.picture != "stages" else f"wrote {res.path}")
+    if args.picture == "kernels" and not model.meta.pretrained:
         print("note: random weights; the kernels are initialisation noise, not learned filters", file=sys.stderr)
-    return 0
-
-
-def _cam(args, model, meta, opts) -> int:
-    from .cam import METHOD_TITLES, format_prob
-    from .show import show_cam
-
-    path, r = show_cam(args.image, model, meta, args.output, opts)
-    print(f"class #{r.class_index} {r.label} (p = {format_prob(r.prob)}, {'predicted' if r.predicted else 'requested'}); "
-          f"{', '.join(METHOD_TITLES[m] for m in r.maps)} on {r.layer}\nwrote {path}")
-    return 0
-
-
-def _stages(args, model, meta, opts) -> int:
-    from .show import show_stages
-
-    print(f"wrote {show_stages(args.image, model, meta, args.output, opts)}")
     return 0
 
 
@@ -98,4 +74,5 @@ def show_args(show: argparse.ArgumentParser) -> None:
         _flags(name).add(p)
         add_model_args(p)
         _output(p, f"{name}.png")
+        p.add_argument("--json", action="store_true", help="print the picture's path, caption and numbers as JSON")
         p.set_defaults(func=cmd_show)
