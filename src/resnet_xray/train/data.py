@@ -263,52 +263,8 @@ class ShardSampler(torch.utils.data.Sampler):
 
 
 # Native runtimes whose thread pools do not survive fork(): with one loaded, forked DataLoader
-# workers crashed the parent with SIGSEGV (an in-process quantize or export, then finetune --workers 1;
-# reproduced after the deploy tests in one pytest process: exit 139 on the first run with kept-alive
-# workers). Workers then start from a forkserver instead, which forks a clean interpreter that
-# never loaded them: 4 of 4 such runs passed where the forked one crashed (docs/train.md).
+# workers crashed the parent with SIGSEGV (an in-process quantize or export, then finetune --workers 1).
 FORK_UNSAFE_MODULES = ("openvino", "onnxruntime")
-
-
-def main_is_reimport_safe() -> bool:
-    """Whether a forkserver/spawn worker may import ``__main__`` without re-running a user's script.
-
-    Workers started that way re-import the main module unless it ran as ``-m pkg`` (its name ends
-    in ``__main__``: ``python -m resnet_xray``, ``python -m pytest``, ``torchrun -m``) or has no
-    file (a REPL, a notebook); the ``resnet-xray`` console script guards its call. A plain script
-    without ``if __name__ == "__main__"`` would start training again inside every worker.
-    """
-    main = sys.modules.get("__main__")
-    if main is None:
-        return True
-    spec = getattr(main, "__spec__", None)
-    if spec is not None:
-        return spec.name == "__main__" or spec.name.endswith(".__main__")
-    file = getattr(main, "__file__", None)
-    return file is None or Path(file).name == "resnet-xray"
-
-
-def worker_start(workers: int) -> dict[str, Any]:
-    """DataLoader arguments for ``workers`` processes: forked, or from a forkserver when forking is unsafe.
-
-    Returns ``num_workers`` (0 when no safe way exists) and, for workers, how they start.
-    """
-    loaded = [m for m in FORK_UNSAFE_MODULES if m in sys.modules]
-    if workers == 0 or not loaded:
-        # Not persistent: kept-alive forked workers behind our generator __iter__ crashed the parent
-        # with SIGSEGV in a finalizer after an in-process quantize (CPython 3.11.7, torch 2.14.1).
-        # Re-forking the workers each epoch costs well under a second.
-        return dict(num_workers=workers, **(dict(persistent_workers=False, prefetch_factor=4) if workers else {}))
-    names = " and ".join(loaded)
-    if main_is_reimport_safe():
-        # Persistent: a forkserver worker costs 1-3 s to start (it imports torch), paid once per loader.
-        log.warning("%s is loaded in this process, and forked DataLoader workers crash it: workers start from a "
-                    "forkserver instead (a few seconds once)", names)
-        return dict(num_workers=workers, multiprocessing_context="forkserver", persistent_workers=True, prefetch_factor=4)
-    log.warning("%s is loaded in this process and forked DataLoader workers crash it; loading data in the main "
-                "process (guard your script with `if __name__ == \"__main__\":` or run training in its own "
-                "process to use --workers)", names)
-    return dict(num_workers=0)
 
 
 class SkippingLoader(DataLoader):
@@ -436,7 +392,17 @@ def make_loaders(
         world, rank = dist.get_world_size(), dist.get_rank()
     skipped: list[Skipped] = []
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
-    common: dict[str, Any] = dict(pin_memory=pin, skipped=skipped, **worker_start(workers))
+    loaded = [m for m in FORK_UNSAFE_MODULES if m in sys.modules]
+    if workers > 0 and loaded:
+        log.warning("%s is loaded in this process and forked DataLoader workers crash it; loading data in the main "
+                    "process (run training in its own process to use --workers)", " and ".join(loaded))
+        workers = 0
+    common: dict[str, Any] = dict(num_workers=workers, pin_memory=pin, skipped=skipped)
+    if workers > 0:
+        # Not persistent: kept-alive workers behind our generator __iter__ crashed the parent with
+        # SIGSEGV in a finalizer (an in-process quantize, then finetune --workers 1; CPython 3.11.7,
+        # torch 2.14.1). Re-forking the workers each epoch costs well under a second.
+        common.update(persistent_workers=False, prefetch_factor=4)
 
     train_ds = FolderDataset(train_s, train_transform(pre, min_crop_scale=min_crop_scale, crop=not multitask), seed=seed, boxes=train_boxes, flip=multitask,
                            box_geometry=pre if multitask else None)
