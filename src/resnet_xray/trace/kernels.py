@@ -36,13 +36,8 @@ def _compile():
 
 
 def enabled() -> bool:
-    """Whether the one-pass kernels can run here (numba importable); compiles or loads them once."""
+    """Whether the one-pass kernels can run here (numba importable); imports them once (numba compiles on first call)."""
     return bool(_compile())
-
-
-def usable(t: torch.Tensor) -> bool:
-    """Whether ``t`` can go through the kernels without a copy."""
-    return t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() and bool(_compile())
 
 
 def flat_stats(t: torch.Tensor, out: np.ndarray) -> None:
