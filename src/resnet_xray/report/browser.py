@@ -60,7 +60,7 @@ class Browser:
         self._session: str | None = None
 
     def __enter__(self) -> Browser:
-        self._profile = tempfile.TemporaryDirectory(prefix="xray-chromium-")
+        self._profile = tempfile.TemporaryDirectory(prefix="xray-chromium-", ignore_cleanup_errors=True)
         cmd_r, self._cmd_w = os.pipe()
         self._out_r, out_w = os.pipe()
 
