@@ -29,8 +29,10 @@ def test_optimize_end_to_end_with_pruning_then_resume(task, tmp_path, capsys) ->
     root, ckpt = task
     out = tmp_path / "opt"
     opts = OptimizeOptions(data=str(root / "data"), out=str(out), max_drop=100.0, target_macs=0.5, prune_steps=1,
-                           finetune_epochs=1, calib_images=4, repeats=3, rounds=1, threads=1, batch_size=4, progress=False)
+                           finetune_epochs=1, calib_images=4, repeats=3, rounds=1, threads=1, batch_size=4, progress=False,
+                           timing_size=80)
     res = optimize(str(ckpt), opts, log=lambda s: None)
+    assert res.timing_size == 80 and sorted(p.name for p in (out / "work" / "timing").glob("*.80px.onnx"))
     names = {c.name for c in res.candidates}
     for prefix in ("", "pruned "):
         for n in ("eager fp32", "ort fp32", "openvino fp32", "ort int8", "openvino int8 (qdq)", "openvino int8 (nncf)", "torch int8 (fx)"):
@@ -59,6 +61,24 @@ def test_optimize_end_to_end_with_pruning_then_resume(task, tmp_path, capsys) ->
     again = optimize(str(ckpt), OptimizeOptions(**{**opts.__dict__, "resume": True}), log=lambda s: None)
     assert {p: p.stat().st_mtime_ns for p in (out / "work").iterdir()} == before
     assert {c.name for c in again.candidates} == names
+
+
+def test_a_deployed_file_reshaped_for_timing_computes_what_eager_does_at_that_size(task, tmp_path) -> None:
+    from resnet_xray.compare import Tolerance, compare
+    from resnet_xray.deploy.onnx import ExportOptions, export_onnx
+    from resnet_xray.deploy.runtime import runner_at_size
+    from resnet_xray.model import load_model
+
+    _, ckpt = task
+    model, meta = load_model(None, ckpt)
+    onnx_path = export_onnx(model.eval(), tmp_path / "m.onnx", ExportOptions(exporter="torchscript", openvino=True, input_size=64), meta)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.inference_mode():
+        ref = model(x).numpy()
+    for path in (onnx_path, onnx_path.with_suffix(".xml")):
+        got = runner_at_size(path, 96, 1, tmp_path / "timing")(x.numpy())
+        assert got.shape == ref.shape
+        assert compare(ref, got, tolerance=Tolerance.float32()).passed, path
 
 
 def test_optimize_refuses_bad_options_in_one_line(task, tmp_path, capsys) -> None:

@@ -185,3 +185,24 @@ def test_transfer_task_draws_new_shapes(tmp_path):
     assert info["classes"] == ["hexagon", "diamond", "ellipse", "trapezoid", "semicircle"] and info["task"] == "transfer"
     ref = make_reference_dataset(tmp_path / "r", ReferenceOptions(classes=2, per_class=2, size=SIZE))
     assert "task" not in ref  # the reference task's dataset.json (and images) are as before
+
+
+def test_zero_init_residual_makes_every_block_the_identity_for_random_weights_only(tmp_path):
+    names = ["a", "b", "c"]
+    model, _ = F.build_for_finetune(_opts(arch="resnet50", zero_init_residual=True).resolved(), names)
+    blocks = [m for m in model.modules() if type(m).__name__ == "Bottleneck"]
+    assert len(blocks) == 16 and all(float(b.bn3.weight.abs().max()) == 0 for b in blocks)
+    # a block whose branch is zero passes its shortcut through: relu(x + 0) for an identity block
+    x = torch.randn(2, 256, 8, 8).relu()
+    with torch.inference_mode():
+        assert torch.equal(model.eval().layer1[1](x), x)
+    # the default keeps torchvision's init, and a checkpoint's weights are never touched
+    plain, _ = F.build_for_finetune(_opts(arch="resnet18").resolved(), names)
+    assert all(float(m.bn2.weight.min()) == 1 for m in plain.modules() if type(m).__name__ == "BasicBlock")
+    ck = tmp_path / "r18.pt"
+    from resnet_xray.model import ModelMeta, save_checkpoint
+    from resnet_xray.image import Preprocessing
+
+    save_checkpoint(ck, plain, ModelMeta("resnet18", "random", names, Preprocessing(resize=32, crop=32), False))
+    loaded, _ = F.build_for_finetune(_opts(arch="resnet18", weights=str(ck), zero_init_residual=True).resolved(), names)
+    assert all(float(m.bn2.weight.min()) == 1 for m in loaded.modules() if type(m).__name__ == "BasicBlock")

@@ -61,7 +61,7 @@ def evaluate_flags() -> Flags:
 
 
 OPTIMIZE_FLAGS = ("data", "out", "max_drop", "target_macs", "prune_steps", "finetune_epochs", "engines", "calib_images",
-                  "eval_images", "input_size", "threads", "repeats", "mixed_precision", "batch_size", "workers", "seed")
+                  "eval_images", "input_size", "timing_size", "threads", "repeats", "mixed_precision", "batch_size", "workers", "seed")
 
 
 def optimize_flags(names: tuple[str, ...] = OPTIMIZE_FLAGS) -> Flags:
@@ -72,7 +72,9 @@ def optimize_flags(names: tuple[str, ...] = OPTIMIZE_FLAGS) -> Flags:
         help={"data": "ImageFolder dataset (train/ for calibration and fine-tuning, val/ for the budget)",
               "out": "output folder (the winner is OUT/model.onnx or OUT/model.xml)",
               "target_macs": "also prune to this share of MACs, e.g. 0.5 (default: no pruning)",
-              "engines": "comma-separated: ort, openvino, torch", "eval_images": "val images to score on (default: all)",
+              "engines": "comma-separated: ort, openvino, torch",
+              "timing_size": "time every candidate at this square side, e.g. 224 (default: the accuracy size)",
+              "eval_images": "val images to score on (default: all)",
               "mixed_precision": "do not try NNCF accuracy control when INT8 loses too much",
               "resume": "continue a killed run in OUT (same options)", "overwrite": "replace what OUT holds"},
     )
@@ -285,7 +287,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     else:
         m = res.machine
         print(f"CPU: {m['cpu']}, {m['threads']} thread(s), VNNI: {'yes' if m['vnni'] else 'no'}; FP32 checkpoint accuracy "
-              f"{pct(res.baseline_accuracy)}, budget {res.max_drop} points")
+              f"{pct(res.baseline_accuracy)}, budget {res.max_drop} points; latency at {res.timing_size} px, batch 1")
         print(res.table())
         for c in res.candidates:
             if c.fp32_layers:

@@ -52,6 +52,9 @@ class OptimizeOptions:
     calib_images: int = 128  # training images used to calibrate INT8
     eval_images: int | None = None  # val images to score on (None: all)
     input_size: int | None = None  # square side (None: the checkpoint's crop)
+    # Latency is a property of the architecture, accuracy of the weights: a model trained at 64 px
+    # can be scored at 64 px and timed at the 224 px it would be deployed at (None: input_size).
+    timing_size: int | None = None
     threads: int | None = None  # intra-op threads for every engine's timing (None: their defaults)
     repeats: int = 30  # timed batch-1 calls per candidate, spread over rounds
     rounds: int = 5
@@ -80,6 +83,7 @@ class OptimizeOptions:
         at_least("workers", self.workers, 0)
         at_least("eval_images", self.eval_images, 1, allow_none=True)
         at_least("input_size", self.input_size, 32, allow_none=True)
+        at_least("timing_size", self.timing_size, 32, allow_none=True)
         at_least("threads", self.threads, 1, allow_none=True)
         seed_in_range("seed", self.seed)
         if self.resume and self.overwrite:
@@ -124,6 +128,7 @@ class OptimizeResult:
     options: OptimizeOptions
     seconds: float
     weights: dict[str, Any] | None = None  # provenance of the checkpoint the chain started from
+    timing_size: int | None = None  # the square side every candidate was timed at
 
     def to_dict(self) -> dict[str, Any]:
         from ..compare import Equivalence  # noqa: F401 - checks are already dicts
@@ -139,6 +144,7 @@ class OptimizeResult:
             "machine": self.machine,
             "options": asdict(self.options),
             "timing_method": "batch 1, every candidate timed round-robin in one process after warm-up; median",
+            "timing_size": self.timing_size,
             "seconds": self.seconds,
             "weights": self.weights,
         }
@@ -288,13 +294,14 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
         _score(cands, runners, val_x, val_y, ref_logits)
         if opts.mixed_precision and "openvino" in opts.engines:
             _mixed(run, variants, cands, runners, val_x, val_y, base_acc, ref_logits)
-        run.stage(f"timing {len(runners)} candidates round-robin (batch 1, {opts.rounds} rounds after warm-up)")
-        _time(run, cands, runners, size)
+        tsize = opts.timing_size or size
+        run.stage(f"timing {len(runners)} candidates round-robin (batch 1, {tsize} px, {opts.rounds} rounds after warm-up)")
+        _time(run, cands, runners, tsize if tsize == size else _runners_at(run, cands, runners, tsize))
     winner = _pick(cands, base_acc, opts.max_drop)
     winner_path = _publish(run, winner) if winner else None
     chart = _chart(cands, run.out / CHART_FILE, base_acc, opts.max_drop)
     res = OptimizeResult(run.out, base_acc, opts.max_drop, cands, winner, winner_path, chart, machine_info(opts.threads), opts,
-                         round(time.perf_counter() - t_start, 1), WeightsInfo.of(meta).to_dict())
+                         round(time.perf_counter() - t_start, 1), WeightsInfo.of(meta).to_dict(), opts.timing_size or size)
     write_json(run.out / REPORT_FILE, res.to_dict())
     run.mark("finished", True)
     return res
@@ -473,6 +480,16 @@ def fp32_pre(c: Candidate) -> Any:
     from .runtime import load_deployed
 
     return load_deployed(c.path)[1].preprocessing
+
+
+def _runners_at(run: _Run, cands: list[Candidate], runners: dict[str, Any], size: int) -> int:
+    """Swap every file candidate's runner for the same file reshaped to ``size`` (eager ones take any size)."""
+    from .runtime import runner_at_size
+
+    for c in cands:
+        if c.path:
+            runners[c.name] = runner_at_size(c.path, size, run.opts.threads, run.work / "timing")
+    return size
 
 
 def _time(run: _Run, cands: list[Candidate], runners: dict[str, Any], size: int) -> None:

@@ -203,6 +203,41 @@ def evaluate_models(paths: list[str | os.PathLike], data: str | os.PathLike, *, 
 # --- timing ---
 
 
+def runner_at_size(path: str | os.PathLike, size: int, threads: int | None, work: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """A batch-1 runner over the file with its input reshaped to ``size`` x ``size``, for timing only.
+
+    A ResNet's convolutions and global pooling take any spatial size, so the same weights and
+    quantisation parameters run at another resolution; the ONNX copy with the new input shape
+    goes to ``work``. Nothing here checks outputs: the scored candidate is the file itself.
+    """
+    p = Path(path)
+    if engine_of(p) == "openvino":
+        from .openvino import compile_cpu, inspect_ir
+
+        model, _ = inspect_ir(p)
+        model.reshape({model.inputs[0].get_any_name(): [1, 3, size, size]})
+        request = compile_cpu(model, threads).create_infer_request()
+        return lambda x: np.array(request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})[0])
+    import onnx
+
+    from ..atomic import atomic_path
+    from .onnx import ort_session
+
+    proto = onnx.load(str(p))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    for d, v in zip(dims, (1, 3, size, size)):
+        d.Clear()
+        d.dim_value = v
+    del proto.graph.value_info[:]  # inferred shapes of the old size would contradict the new input
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / f"{p.stem}.{size}px.onnx"
+    with atomic_path(out) as tmp:
+        onnx.save(proto, str(tmp))
+    sess = ort_session(out, threads, spin=False)  # as ort_runner, so both sizes are timed alike
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})[0]
+
+
 def time_models(runners: dict[str, Callable[[], Any]], *, warmup: int = 5, repeats: int = 30, rounds: int = 5,
                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time zero-argument callables round-robin after a warm-up: a burst of load hits all alike.

@@ -38,7 +38,7 @@ def finetune_multitask_args(p: argparse.ArgumentParser) -> None:
 
 # FinetuneOptions fields that are flags (arch, weights and seed come from the shared model flags)
 FINETUNE_FLAGS = ("epochs", "batch_size", "lr", "recipe", "optimizer", "weight_decay", "warmup_epochs", "freeze", "layer_lr_decay",
-                  "label_smoothing", "amp", "channels_last", "progressive", "ema", "tta_flip", "compile", "workers", "image_size",
+                  "label_smoothing", "amp", "channels_last", "zero_init_residual", "progressive", "ema", "tta_flip", "compile", "workers", "image_size",
                   "min_crop_scale", "multitask", "checkpoint_every", "stop_after_steps", "device", "progress")
 
 
@@ -58,6 +58,8 @@ def finetune_flags(multitask: bool) -> Flags:
                              "(default: off; auto = 2/3, 5/6, 1 of the input size)",
               "ema": "average the weights with this decay, validate the average late in the run, keep the better "
                      "as best.pt; 0: off (default: off; 0.99 suits ~60 steps/epoch)",
+              "zero_init_residual": "--weights random: start each residual block as the identity (its last BatchNorm "
+                                    "scale at 0); default: the recipe's",
               "progress": "no progress bars or per-epoch lines on stderr"},
     )
 
