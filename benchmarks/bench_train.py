@@ -13,7 +13,7 @@ Two more modes:
 
     # the issue-14 reference run: make-dataset if needed, the README's finetune command, the goal line
     python benchmarks/bench_train.py out/reference/data --reference [--epochs 12] [--amp]
-    # the recipe ablation: the fast recipe, and the same with one piece taken away, one run each
+    # the recipe ablation: the fast recipe, and the same with one piece taken away or added, one run each
     python benchmarks/bench_train.py out/small/data --ablation --arch resnet18 --epochs 6
 """
 
@@ -132,10 +132,11 @@ def cpu_line() -> str:
     return f"{model} ({', '.join(want) or 'no avx2'}" + (f"; PyTorch held to {cap})" if cap else ")")
 
 
-ABLATION = {  # one piece of the fast recipe taken away per row
-    "fast recipe (all pieces)": {},
-    "- progressive resizing": {"progressive": "off"},
-    "- EMA": {"ema": 0.0},
+ABLATION = {  # one piece of the fast recipe taken away (-) or an optional one added (+) per row
+    "fast recipe (defaults)": {},
+    "+ progressive resizing": {"progressive": "auto"},
+    "+ EMA 0.99": {"ema": 0.99},
+    "- zero-init residual": {"zero_init_residual": False},
     "- channels-last": {"channels_last": False},
     "+ test-time flip": {"tta_flip": True},
     "classic (sgd, fixed size, crop 0.35)": {"recipe": "classic"},

@@ -45,11 +45,11 @@ def _model(seed: int = 0) -> nn.Module:
 
 def test_recipe_defaults_follow_the_starting_weights():
     fast = FinetuneOptions(weights="random").resolved()
-    assert (fast.recipe, fast.optimizer, fast.channels_last, fast.ema, fast.progressive, fast.min_crop_scale) == (
-        "fast", "adamw", True, 0.0, "off", 0.8)
+    assert (fast.recipe, fast.optimizer, fast.channels_last, fast.ema, fast.progressive, fast.min_crop_scale,
+            fast.zero_init_residual) == ("fast", "adamw", True, 0.0, "off", 0.8, True)
     classic = FinetuneOptions(weights="imagenet").resolved()
-    assert (classic.recipe, classic.optimizer, classic.channels_last, classic.ema, classic.progressive) == (
-        "classic", "sgd", False, 0.0, "off")
+    assert (classic.recipe, classic.optimizer, classic.channels_last, classic.ema, classic.progressive,
+            classic.zero_init_residual) == ("classic", "sgd", False, 0.0, "off", False)
     # An explicit piece wins over the recipe.
     picked = FinetuneOptions(weights="random", ema=0.99, progressive="auto", optimizer="sgd").resolved()
     assert (picked.ema, picked.progressive, picked.optimizer) == (0.99, "auto", "sgd")
@@ -197,7 +197,7 @@ def test_zero_init_residual_makes_every_block_the_identity_for_random_weights_on
     with torch.inference_mode():
         assert torch.equal(model.eval().layer1[1](x), x)
     # the default keeps torchvision's init, and a checkpoint's weights are never touched
-    plain, _ = F.build_for_finetune(_opts(arch="resnet18").resolved(), names)
+    plain, _ = F.build_for_finetune(_opts(arch="resnet18", zero_init_residual=False).resolved(), names)
     assert all(float(m.bn2.weight.min()) == 1 for m in plain.modules() if type(m).__name__ == "BasicBlock")
     ck = tmp_path / "r18.pt"
     from resnet_xray.model import ModelMeta, save_checkpoint

@@ -42,8 +42,9 @@ RECIPES = ("auto", "fast", "classic")  # auto: fast for --weights random, classi
 # Pieces of the fast from-scratch recipe (issue 14); docs/train.md has the ablation behind each value.
 # Progressive resizing and EMA are built and tested but off: in the measured ablation the first
 # cost 8.8 points for 20% less time, the second changed nothing and costs validation passes.
+# Zero-init residuals are on: +4.8 val points after two ResNet-50 epochs (docs/train.md).
 FAST_RECIPE: dict[str, Any] = {"optimizer": "adamw", "min_crop_scale": 0.8, "channels_last": True, "ema": 0.0,
-                               "progressive": "off", "zero_init_residual": False}
+                               "progressive": "off", "zero_init_residual": True}
 CLASSIC_RECIPE: dict[str, Any] = {"optimizer": "sgd", "min_crop_scale": 0.35, "channels_last": False, "ema": 0.0,
                                   "progressive": "off", "zero_init_residual": False}
 # Options that shape the schedule or the data a step sees: a --resume must keep them.
