@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     m = res.machine
     print(f"CPU: {m['cpu']} ({os.cpu_count()} logical cores), flags: {cpu_flags()}; {m['threads']} thread(s); "
           f"load average {os.getloadavg()[0]:.1f} at the end")
-    print(f"model: {args.checkpoint}; data: {args.data}; accuracy at {args.input_size or 'the checkpoint crop'} px, "
+    print(f"model: {args.checkpoint}; data: {args.data}; accuracy at {f'{args.input_size} px' if args.input_size else 'the checkpoint size'}, "
           f"timed at {res.timing_size} px; "
           f"budget {args.max_drop} points; target MACs {args.target_macs}; {res.seconds:.0f} s")
     print()

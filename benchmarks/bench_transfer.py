@@ -69,11 +69,16 @@ def main() -> None:
         results[name] = (r["best"]["accuracy"], minutes)
         print(f"| {name} | {kw['epochs']} | {r['best']['accuracy']:.1%} | {minutes:.2f} |", flush=True)
     scratch_acc, scratch_min = results["from scratch"]
-    best_name = max((n for n in results if n not in ("from scratch", "fc only, frozen backbone")), key=lambda n: results[n][0])
-    acc, minutes = results[best_name]
-    print(f"\ntransferred ({best_name}) - scratch: {100 * (acc - scratch_acc):+.1f} points "
-          f"({minutes:.1f} vs {scratch_min:.1f} min); goal >= +20 points at equal wall time: "
-          f"{'MET' if acc - scratch_acc >= 0.20 and minutes <= scratch_min * 1.1 else 'NOT MET'}")
+    # the goal holds if some transferred route beats scratch by 20 points in no more wall time (10% noise allowed)
+    met = []
+    for name, (acc, minutes) in results.items():
+        if name in ("from scratch", "fc only, frozen backbone"):
+            continue
+        ok = acc - scratch_acc >= 0.20 and minutes <= scratch_min * 1.1
+        met.append(ok)
+        print(f"{name} - scratch: {100 * (acc - scratch_acc):+.1f} points ({minutes:.2f} vs {scratch_min:.2f} min): "
+              f"{'MET' if ok else 'NOT MET'}")
+    print(f"goal >= +20 points over scratch at equal wall time: {'MET' if any(met) else 'NOT MET'}")
     fc_min = results["fc only, frozen backbone"][1]
     print(f"fc only: {fc_min:.2f} min; goal < 1 minute: {'MET' if fc_min < 1 else 'NOT MET'}")
 

@@ -14,9 +14,13 @@ from ..errors import XrayError
 DPI = 110
 
 
-def new_figure(width_in: float, height_in: float) -> Figure:
-    """A figure that belongs to no pyplot state, so nothing leaks between calls or threads."""
-    return Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
+def new_figure(width_in: float, height_in: float, layout: str | None = "constrained") -> Figure:
+    """A figure that belongs to no pyplot state, so nothing leaks between calls or threads.
+
+    ``layout=None`` for dense grids of images: constrained layout measures every axes' text on
+    each draw, which cost most of the report's stage sheet.
+    """
+    return Figure(figsize=(width_in, height_in), dpi=DPI, layout=layout)
 
 
 def figure_png(fig: Figure, dpi: int = DPI) -> bytes:

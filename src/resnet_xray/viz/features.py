@@ -60,7 +60,9 @@ def feature_grid(layer: str, fmap: torch.Tensor, order: str = "first", count: in
 def feature_figure(grid: FeatureGrid) -> Figure:
     """The seed's ``visualize_feature`` 8 x 8 grid, with layer name, shape and colour bar on the figure."""
     rows, cols = grid_shape(len(grid.channels))
-    fig = new_figure(7.6, 7.0 * rows / cols + 0.3)
+    height = 7.0 * rows / cols + 0.3
+    fig = new_figure(7.6, height, layout=None)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.1 / height, top=1 - 0.35 / height)  # the colour bar takes its share
     ax = fig.add_subplot()
     vmax = grid.vmax if grid.vmax > grid.vmin else grid.vmin + 1e-6
     im = ax.imshow(np.ma.masked_invalid(grid.image), cmap=FEATURE_CMAP, vmin=grid.vmin, vmax=vmax, interpolation="nearest")

@@ -57,7 +57,11 @@ def stages_figure(rgb: np.ndarray, stages: list[StageOutput], maps: dict[str, to
     """
     opts = options or StagesOptions()
     n = opts.channels
-    fig = new_figure(1.25 * (n + 1) + 0.6, 1.45 * len(stages) + 0.6)
+    width, height = 1.25 * (n + 1) + 0.6, 1.45 * len(stages) + 0.6
+    fig = new_figure(width, height, layout=None)
+    # fixed margins: room for the three-line row labels on the left and the title on top
+    fig.subplots_adjust(left=1.05 / width, right=1 - 0.1 / width, bottom=0.15 / height, top=1 - 0.45 / height,
+                        wspace=0.08, hspace=0.25)
     axes = fig.subplots(len(stages), n + 1, squeeze=False)
     for row, st in zip(axes, stages):
         fmap = maps[st.layer]
