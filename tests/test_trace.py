@@ -293,5 +293,8 @@ def test_one_pass_kernels_match_float64(tmp_path):
     m = torch.randn(7, 5000, generator=g)
     rows = np.zeros((7, 3))
     kernels.row_stats(m, rows)
-    assert np.allclose(rows[:, 0], m.double().sum(1).numpy(), rtol=1e-6)
+    # A float32 sum's rounding error scales with the sum of |x|, not with the (cancelling) result; how it
+    # splits over SIMD lanes differs between AVX2 and AVX-512 builds, so bound it by sum |x|.
+    l1 = m.double().abs().sum(1).numpy()
+    assert np.all(np.abs(rows[:, 0] - m.double().sum(1).numpy()) <= 1e-6 * l1)
     assert np.allclose(rows[:, 1], (m.double() ** 2).sum(1).numpy(), rtol=1e-6)
