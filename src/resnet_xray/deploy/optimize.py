@@ -296,12 +296,14 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
             _mixed(run, variants, cands, runners, val_x, val_y, base_acc, ref_logits)
         tsize = opts.timing_size or size
         run.stage(f"timing {len(runners)} candidates round-robin (batch 1, {tsize} px, {opts.rounds} rounds after warm-up)")
-        _time(run, cands, runners, tsize if tsize == size else _runners_at(run, cands, runners, tsize))
+        if tsize != size:
+            _runners_at(run, cands, runners, tsize)
+        _time(run, cands, runners, tsize)
     winner = _pick(cands, base_acc, opts.max_drop)
     winner_path = _publish(run, winner) if winner else None
     chart = _chart(cands, run.out / CHART_FILE, base_acc, opts.max_drop)
     res = OptimizeResult(run.out, base_acc, opts.max_drop, cands, winner, winner_path, chart, machine_info(opts.threads), opts,
-                         round(time.perf_counter() - t_start, 1), WeightsInfo.of(meta).to_dict(), opts.timing_size or size)
+                         round(time.perf_counter() - t_start, 1), WeightsInfo.of(meta).to_dict(), tsize)
     write_json(run.out / REPORT_FILE, res.to_dict())
     run.mark("finished", True)
     return res
@@ -482,14 +484,13 @@ def fp32_pre(c: Candidate) -> Any:
     return load_deployed(c.path)[1].preprocessing
 
 
-def _runners_at(run: _Run, cands: list[Candidate], runners: dict[str, Any], size: int) -> int:
+def _runners_at(run: _Run, cands: list[Candidate], runners: dict[str, Any], size: int) -> None:
     """Swap every file candidate's runner for the same file reshaped to ``size`` (eager ones take any size)."""
     from .runtime import runner_at_size
 
     for c in cands:
         if c.path:
             runners[c.name] = runner_at_size(c.path, size, run.opts.threads, run.work / "timing")
-    return size
 
 
 def _time(run: _Run, cands: list[Candidate], runners: dict[str, Any], size: int) -> None:
