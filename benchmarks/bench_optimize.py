@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default="out/reference/resnet50/best.pt")
     # the optimize command's own flags, from OptimizeOptions, with this benchmark's defaults: the reference model and
     # task, pruned to half its MACs (--target-macs 0: no pruning)
-    flags = optimize_flags().only("data", "out", "target_macs", "max_drop", "prune_steps", "finetune_epochs", "input_size",
+    flags = optimize_flags().only("data", "out", "target_macs", "max_drop", "prune_steps", "finetune_epochs", "importance", "input_size",
                                   "timing_size",
                                   "eval_images", "calib_images", "threads", "repeats", "engines", "resume", out="--out",
                                   defaults={"data": "out/reference/data", "out": "out/bench_optimize", "target_macs": 0.5,

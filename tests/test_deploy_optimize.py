@@ -9,6 +9,7 @@ import torch
 
 from resnet_xray.cli import main
 from resnet_xray.deploy.optimize import Candidate, OptimizeOptions, optimize, pareto_front
+from resnet_xray.errors import XrayError
 from resnet_xray.image import Preprocessing
 from resnet_xray.model import ModelMeta, build_model, save_checkpoint
 
@@ -41,6 +42,8 @@ def test_optimize_end_to_end_with_pruning_then_resume(task, tmp_path, capsys) ->
     assert all(c.reason for c in res.candidates)
     pruned = [c for c in res.candidates if c.pruned]
     assert all(0.3 < c.macs_rel < 0.7 for c in pruned)
+    # optimize ranks channels by gradients on its data unless told otherwise
+    assert json.loads((out / "prune" / "prune_options.json").read_text())["options"]["importance"] == "taylor"
     # the winner is the fastest deployable candidate that was not dropped
     ok = [c for c in res.candidates if c.deployable and c.status != "dropped"]
     assert res.winner is min(ok, key=lambda c: c.latency_ms)
@@ -89,6 +92,8 @@ def test_optimize_refuses_bad_options_in_one_line(task, tmp_path, capsys) -> Non
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and extra[0] in err[0]
     assert not (tmp_path / "o").exists()
+    with pytest.raises(XrayError, match="importance"):
+        OptimizeOptions(data=str(root / "data"), importance="random")
 
 
 def test_pareto_front() -> None:

@@ -60,19 +60,21 @@ def evaluate_flags() -> Flags:
     return Flags(EvaluateOptions, ("limit", "threads"))
 
 
-OPTIMIZE_FLAGS = ("data", "out", "max_drop", "target_macs", "prune_steps", "finetune_epochs", "engines", "calib_images",
+OPTIMIZE_FLAGS = ("data", "out", "max_drop", "target_macs", "prune_steps", "finetune_epochs", "importance", "engines", "calib_images",
                   "eval_images", "input_size", "timing_size", "threads", "repeats", "mixed_precision", "batch_size", "workers", "seed")
 
 
 def optimize_flags(names: tuple[str, ...] = OPTIMIZE_FLAGS) -> Flags:
+    from ..prune.importance import CRITERIA
     from .optimize import OptimizeOptions
 
     return Flags(
-        OptimizeOptions, names, spelling={"out": ("-o", "--output")}, required=("data", "out"),
+        OptimizeOptions, names, spelling={"out": ("-o", "--output")}, required=("data", "out"), choices={"importance": CRITERIA},
         help={"data": "ImageFolder dataset (train/ for calibration and fine-tuning, val/ for the budget)",
               "out": "output folder (the winner is OUT/model.onnx or OUT/model.xml)",
               "target_macs": "also prune to this share of MACs, e.g. 0.5 (default: no pruning)",
               "engines": "comma-separated: ort, openvino, torch",
+              "importance": "channel criterion for --target-macs; taylor ranks channels by gradients on --data",
               "timing_size": "time every candidate at this square side, e.g. 224 (default: the accuracy size)",
               "eval_images": "val images to score on (default: all)",
               "mixed_precision": "do not try NNCF accuracy control when INT8 loses too much",
