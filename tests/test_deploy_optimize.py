@@ -85,6 +85,32 @@ def test_a_deployed_file_reshaped_for_timing_computes_what_eager_does_at_that_si
         assert compare(ref, got, tolerance=Tolerance.float32()).passed, path
 
 
+def test_optimize_prunes_with_the_crops_the_checkpoint_was_trained_with(task, tmp_path, monkeypatch) -> None:
+    # Recovery with heavier crops than training used (make_loaders' 0.35 against a recipe's 0.8) cost the
+    # reference ResNet-50 points; optimize must fine-tune on the loaders `prune` itself would build.
+    import torchvision.transforms as T
+
+    import resnet_xray.prune.loop as loop
+
+    root, _ = task
+    names = sorted(p.name for p in (root / "data" / "train").iterdir())
+    meta = ModelMeta("resnet18", "random (test)", names, Preprocessing(resize=72, crop=64), True)
+    ckpt = save_checkpoint(tmp_path / "recipe.pt", build_model("resnet18", num_classes=len(names)).eval(), meta,
+                           options={"optimizer": "adamw", "lr": 1e-3, "min_crop_scale": 0.8})
+    seen = []
+
+    def stop(model, meta, options, data, **kw):
+        seen.append(data)
+        raise RuntimeError("stop after the loaders are built")
+
+    monkeypatch.setattr(loop, "prune", stop)
+    opts = OptimizeOptions(data=str(root / "data"), out=str(tmp_path / "o"), target_macs=0.5, progress=False)
+    with pytest.raises(RuntimeError, match="stop after"):
+        optimize(str(ckpt), opts, log=lambda s: None)
+    crops = [t for t in seen[0].train.dataset.transform.transforms if isinstance(t, T.RandomResizedCrop)]
+    assert [c.scale for c in crops] == [(0.8, 1.0)]
+
+
 def test_optimize_refuses_bad_options_in_one_line(task, tmp_path, capsys) -> None:
     root, ckpt = task
     for extra in (["--max-drop", "-1"], ["--target-macs", "1.5"], ["--engines", "ort,tflite"]):
