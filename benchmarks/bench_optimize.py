@@ -36,6 +36,8 @@ def cpu_flags() -> str:
 
 
 def goal_rows(res) -> list[tuple[str, str, str, str]]:
+    from resnet_xray.deploy.optimize import fastest
+
     by = {c.name: c for c in res.candidates}
     win = res.winner
     rows: list[tuple[str, str, str, str]] = []
@@ -58,7 +60,7 @@ def goal_rows(res) -> list[tuple[str, str, str, str]]:
     int8 = [c for c in unpruned if c.precision.startswith("int8") and c.deployable and c.latency_ms and c.status != "dropped"]
     if fp32 and int8:
         best_fp32 = min(fp32, key=lambda c: c.latency_ms)
-        ours = min(int8, key=lambda c: c.latency_ms)
+        ours = fastest(int8)  # what optimize would deploy unpruned: a latency tie goes to the better agreement
         rows.append((f"unpruned default INT8 ({ours.name}) vs best FP32 ({best_fp32.name})", ratio(best_fp32.latency_ms, ours.latency_ms),
                      ">= 1.3x AVX2, >= 2.5x VNNI/AMX", ""))
         rows.append((f"top-1 agreement of {ours.name} with FP32", f"{ours.agreement:.1%}", ">= 99%",
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "timing_size",
                                   "eval_images", "calib_images", "threads", "repeats", "engines", "resume", out="--out",
                                   defaults={"data": "out/reference/data", "out": "out/bench_optimize", "target_macs": 0.5,
-                                            "eval_images": 500, "repeats": 40, "timing_size": 224})
+                                            "eval_images": 500, "repeats": 200, "timing_size": 224})
     flags.add(ap)
     args = ap.parse_args(argv)
 

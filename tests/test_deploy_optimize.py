@@ -128,3 +128,20 @@ def test_pareto_front() -> None:
 
     cands = [c("slow-good", 10, 0.9), c("fast-bad", 2, 0.5), c("dominated", 11, 0.8), c("mid", 5, 0.85)]
     assert [x.name for x in pareto_front(cands)] == ["fast-bad", "mid", "slow-good"]
+
+
+def test_a_latency_tie_goes_to_the_candidate_that_agrees_more_with_fp32() -> None:
+    from resnet_xray.deploy.optimize import LATENCY_TIE, _pick
+
+    def c(name, ms, agree, precision="int8"):
+        return Candidate(name, "openvino", precision, False, 1.0, f"{name}.xml", accuracy=0.89, agreement=agree, latency_ms=ms)
+
+    fp32 = c("fp32", 20.0, 1.0, "fp32")
+    quick, close, far = c("nncf", 5.90, 0.986), c("qdq", 5.90 * (1 + LATENCY_TIE / 2), 0.992), c("ort", 7.0, 0.999)
+    win = _pick([fp32, quick, close, far], 0.89, 1.0)
+    assert win is close and "agrees more" in win.reason and quick.status == "kept"
+    # outside the tie the faster one wins, whatever it agrees
+    close.latency_ms = 5.90 * (1 + 2 * LATENCY_TIE)
+    for x in (quick, close, far):
+        x.status = "pending"
+    assert _pick([fp32, quick, close, far], 0.89, 1.0) is quick
