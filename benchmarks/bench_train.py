@@ -191,7 +191,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=FinetuneOptions.workers)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--amp", action="store_true", help="also time ours with --amp --channels-last (the recipe has no CPU AMP)")
+    ap.add_argument("--amp", action="store_true", help="throughput: also time ours with --amp --channels-last; --reference: train with --amp")
     ap.add_argument("--reference", action="store_true", help="the issue-14 reference run and its goal line")
     ap.add_argument("--ablation", action="store_true", help="the recipe ablation table (one run per row)")
     ap.add_argument("--epochs", type=int, default=12, help="--reference / --ablation: epochs per run")
@@ -203,7 +203,9 @@ def main() -> None:
               f"load average {os.getloadavg()[0]:.1f}", flush=True)
     if a.reference:
         out = a.out or str(Path(a.data).parent / a.arch)
-        reference_run(a.data, out, a.arch, a.epochs, ["--batch-size", str(a.batch_size), "--workers", str(a.workers), *extra])
+        # --amp is this script's own flag (it would otherwise be swallowed here and the run would train in fp32).
+        amp = ["--amp"] if a.amp else []
+        reference_run(a.data, out, a.arch, a.epochs, ["--batch-size", str(a.batch_size), "--workers", str(a.workers), *amp, *extra])
         return
     if extra:
         ap.error(f"unrecognised arguments: {' '.join(extra)}")
