@@ -14,7 +14,7 @@ Two more modes:
     # the issue-14 reference run: make-dataset if needed, the README's finetune command, the goal line
     python benchmarks/bench_train.py out/reference/data --reference [--epochs 12] [--amp]
     # the recipe ablation: the fast recipe, and the same with one piece taken away or added, one run each
-    python benchmarks/bench_train.py out/small/data --ablation --arch resnet18 --epochs 6
+    python benchmarks/bench_train.py out/small/data --ablation --arch resnet18 --epochs 6 [--amp]
 """
 
 from __future__ import annotations
@@ -165,7 +165,8 @@ ABLATION = {  # one piece of the fast recipe taken away (-) or an optional one a
 }
 
 
-def ablation(data: str, out: str, arch: str, epochs: int, batch: int, workers: int, rows: list[int] | None = None) -> None:
+def ablation(data: str, out: str, arch: str, epochs: int, batch: int, workers: int, rows: list[int] | None = None,
+             amp: bool = False) -> None:
     """Each row one uninterrupted finetune run, same seed, back to back: best validation accuracy and minutes."""
     from resnet_xray.train.finetune import finetune
 
@@ -174,7 +175,7 @@ def ablation(data: str, out: str, arch: str, epochs: int, batch: int, workers: i
         if rows is not None and i not in rows:
             continue
         opts = FinetuneOptions(arch=arch, weights="random", epochs=epochs, batch_size=batch, workers=workers,
-                               progress=False, **kw)
+                               amp=amp, progress=False, **kw)
         t0 = time.perf_counter()
         r = finetune(data, opts, Path(out, name.split(" (")[0].replace(" ", "_").strip("+-_")))
         minutes = (time.perf_counter() - t0) / 60
@@ -191,7 +192,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=FinetuneOptions.workers)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--amp", action="store_true", help="throughput: also time ours with --amp --channels-last; --reference: train with --amp")
+    ap.add_argument("--amp", action="store_true", help="throughput: also time ours with --amp --channels-last; --reference, --ablation: train with --amp")
     ap.add_argument("--reference", action="store_true", help="the issue-14 reference run and its goal line")
     ap.add_argument("--ablation", action="store_true", help="the recipe ablation table (one run per row)")
     ap.add_argument("--epochs", type=int, default=12, help="--reference / --ablation: epochs per run")
@@ -211,7 +212,7 @@ def main() -> None:
         ap.error(f"unrecognised arguments: {' '.join(extra)}")
     if a.ablation:
         ablation(a.data, a.out or str(Path(a.data).parent / "ablation"), a.arch, a.epochs, a.batch_size, a.workers,
-                 [int(i) for i in a.rows.split(",")] if a.rows else None)
+                 [int(i) for i in a.rows.split(",")] if a.rows else None, amp=a.amp)
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; {a.arch} {a.size}px, "
           f"batch {a.batch_size}, {a.workers} workers, {a.steps} timed steps, {a.rounds} alternating rounds")
