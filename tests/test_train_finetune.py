@@ -134,6 +134,23 @@ def test_epoch_metrics_reach_tensorboard(tiny, tmp_path):
         assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6), key
 
 
+def test_final_evaluation_reuses_the_last_epochs_unless_steps_came_after(tiny, monkeypatch):
+    calls = []
+    real = F._validate
+    monkeypatch.setattr(F, "_validate", lambda run, model: calls.append(run.global_step) or real(run, model))
+    model, data = _model(), _data(tiny)
+    result = fit(model, data, _opts(epochs=2))
+    assert len(calls) == 2  # one per epoch; the final one is the second epoch's, not a third pass
+    again = evaluate(model, data.val)
+    assert result["final"]["accuracy"] == again["accuracy"] == result["history"][-1]["val_accuracy"]
+    assert result["final"]["loss"] == pytest.approx(again["loss"], rel=1e-6)
+    assert torch.equal(result["final"]["confusion"], again["confusion"])
+    calls.clear()
+    steps = len(data.train)
+    fit(_model(), data, _opts(epochs=2, stop_after_steps=steps + 1))  # stopped one step into epoch 2
+    assert calls == [steps, steps + 1]  # epoch 1's, then the stopped weights evaluated afresh
+
+
 def test_nonfinite_loss_stops_without_writing_nan_weights(tiny, tmp_path):
     model = _model()
     with torch.no_grad():

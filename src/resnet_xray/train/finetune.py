@@ -76,7 +76,7 @@ class FinetuneOptions:
     zero_init_residual: bool | None = None
     tta_flip: bool = False  # validate on the mean of the image's and its mirror's logits (2x evaluation cost)
     compile: bool = False  # torch.compile the model for training steps (eager fallback if it fails)
-    workers: int = 2  # DataLoader processes per training process
+    workers: int | None = None  # DataLoader processes per training process; None: 2, or 0 on a machine with 2 CPUs or fewer
     seed: int = 0  # init, shuffling and augmentation
     image_size: int | None = None  # None: the dataset's native size, else 224
     min_crop_scale: float | None = None  # RandomResizedCrop's smallest area; None: the recipe's (0.8 fast, 0.35 classic)
@@ -117,7 +117,7 @@ class FinetuneOptions:
         if self.batch_size == 1 and self.freeze != "backbone":
             # Found by tests/test_hypothesis_flags.py: a training BatchNorm fails on a batch of one.
             raise OptionError("batch_size", 1, "BatchNorm cannot train on one image per step; use 2 or more (or --freeze backbone)")
-        at_least("workers", self.workers, 0)
+        at_least("workers", self.workers, 0, allow_none=True)
         at_least("image_size", self.image_size, 32, allow_none=True)
         at_least("checkpoint_every", self.checkpoint_every, 0)
         at_least("stop_after_steps", self.stop_after_steps, 1, allow_none=True)
@@ -504,6 +504,7 @@ class _Run:
     t_start: float = field(default_factory=time.perf_counter)
     t_first: float | None = None  # end of the first step: startup (workers, first batch) excluded from rates
     first_step: int = 0
+    last_val: tuple[int, dict[str, Any]] | None = None  # (global step, evaluation) of the live weights
 
     @property
     def main(self) -> bool:
@@ -803,6 +804,7 @@ def _end_epoch(run: _Run, epoch: int, stats: _StepStats, seconds: float) -> None
         raise XrayError(f"no readable training images: every file of the train split was skipped{first}; nothing was saved")
     D.average_buffers(run.model, ctx)
     val = _validate(run, run.model)
+    run.last_val = (run.global_step, val)
     ema_val = _validate(run, run.ema.module) if run.ema is not None and _ema_due(run, epoch) else None
     row = {
         "epoch": epoch + 1,
@@ -865,7 +867,9 @@ def _save_last(run: _Run, epoch: int, step_in_epoch: int) -> None:
 def _finish(run: _Run) -> dict[str, Any]:
     """Final evaluation, confusion matrix, and the result dictionary."""
     t_loop_end = time.perf_counter()
-    final = _validate(run, run.model)
+    # The last epoch's evaluation when no step came after it: the same weights, a pass saved.
+    seen = run.last_val
+    final = seen[1] if seen is not None and seen[0] == run.global_step else _validate(run, run.model)
     weight_diff = D.max_weight_difference(run.model, run.ctx, run.device)
     if run.out is not None and run.main:
         save_confusion_png(final["confusion"], run.data.class_names, run.out / "confusion.png",
