@@ -36,7 +36,7 @@ from torchvision import transforms as T
 
 from resnet_xray.model import build_model
 from resnet_xray.train.bench import DataBenchOptions, bench_data
-from resnet_xray.train.data import make_loaders
+from resnet_xray.train.data import default_workers, make_loaders
 from resnet_xray.train.finetune import FinetuneOptions, fit
 
 
@@ -191,7 +191,7 @@ def main() -> None:
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=FinetuneOptions.workers)
+    ap.add_argument("--workers", type=int, default=None, help="loader processes (default: finetune's: 2, or 0 on 2 CPUs or fewer)")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--amp", action="store_true", help="throughput: also time ours with --amp --channels-last; --reference, --ablation: train with --amp")
@@ -201,6 +201,8 @@ def main() -> None:
     ap.add_argument("--rows", default=None, help="--ablation: which rows to run, e.g. 0,1,2,5 (default: all)")
     ap.add_argument("--out", default=None, help="--reference / --ablation: output folder (default: beside DATA)")
     a, extra = ap.parse_known_args()
+    if a.workers is None:
+        a.workers = default_workers()
     if a.reference or a.ablation:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
               f"load average {os.getloadavg()[0]:.1f}", flush=True)

@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6, help="epochs of the scratch and whole-network rows")
     ap.add_argument("--fc-epochs", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="loader processes (default: finetune's)")
     ap.add_argument("--out", default=None, help="default: beside DATA")
     a = ap.parse_args()
     ck = torch.load(a.backbone, map_location="cpu", weights_only=True)

@@ -130,3 +130,45 @@ def test_workers_fall_back_to_the_main_process_when_a_fork_unsafe_runtime_is_loa
     assert "openvino" in caplog.text and "--workers" in caplog.text
     x, _ = next(iter(loaders.train))  # and it still loads
     assert x.shape[0] == 4
+
+
+def test_decoded_image_cache_reads_each_file_once_and_changes_no_batch(tiny, monkeypatch):
+    from resnet_xray.train import data as data_mod
+
+    reads: list[str] = []
+    real = data_mod.load_image
+    monkeypatch.setattr(data_mod, "load_image", lambda p: reads.append(str(p)) or real(p))
+    cached = make_loaders(tiny, batch_size=4, workers=0, seed=11)  # workers 0: the cache is on
+    fresh = make_loaders(tiny, batch_size=4, workers=1, seed=11)  # forked workers: no cache
+    assert cached.train.dataset.cache_bytes > 0 and fresh.train.dataset.cache_bytes == 0
+    for epoch in range(2):
+        for loaders in (cached, fresh):
+            loaders.train.sampler.set_epoch(epoch)
+        for (xa, ya), (xb, yb) in zip(cached.train, fresh.train, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)  # re-augmented from the cached image, bit for bit
+    n_train = cached.info["train_images"]
+    assert len(reads) == n_train  # the main process read each training file once over two epochs
+    assert len(cached.train.dataset._cache) == n_train
+
+
+def test_decoded_image_cache_stops_at_its_byte_cap(tiny):
+    from resnet_xray.train.data import FolderDataset, scan_split
+
+    samples, _ = scan_split(tiny / "train")
+    one = SIZE * SIZE * 3
+    ds = FolderDataset(samples, lambda img: img, cache_bytes=2 * one + one // 2)
+    for i in range(len(ds)):
+        ds[i]
+    assert len(ds._cache) == 2 and ds._cached == 2 * one
+
+
+def test_default_workers_follow_the_cpu_count(tiny, monkeypatch):
+    from resnet_xray.train import data as data_mod
+
+    monkeypatch.setattr(data_mod, "usable_cpus", lambda: 2)
+    assert data_mod.default_workers() == 0
+    auto = make_loaders(tiny, batch_size=4, seed=0)
+    assert auto.train.num_workers == 0 and auto.info["workers"] == 0 and auto.train.dataset.cache_bytes > 0
+    monkeypatch.setattr(data_mod, "usable_cpus", lambda: 8)
+    assert data_mod.default_workers() == 2
+    assert make_loaders(tiny, batch_size=4, seed=0).train.num_workers == 2

@@ -47,7 +47,7 @@ class PruneOptions:
     input_size: int | None = None  # MACs/latency at this square side; None: the data's (or model's) crop
     lr: float | None = None  # fine-tuning peak rate; None: half the checkpoint's own (see training_recipe), else the trainer's
     batch_size: int = 32  # images per fine-tuning / evaluation step
-    workers: int = 2  # data-loading processes
+    workers: int | None = None  # data-loading processes; None: 2, or 0 on a machine with 2 CPUs or fewer
     taylor_batches: int = 8  # batches whose gradients feed the taylor criterion
     latency_repeats: int = 20  # timed batch-1 runs per measurement (median reported)
     measure_ort: bool = True  # also export each round to ONNX and time it in ONNX Runtime
@@ -66,7 +66,7 @@ class PruneOptions:
         at_least("input_size", self.input_size, 32, allow_none=True)
         learning_rate("lr", self.lr, allow_none=True)
         at_least("batch_size", self.batch_size, 1)
-        at_least("workers", self.workers, 0)
+        at_least("workers", self.workers, 0, allow_none=True)
         at_least("taylor_batches", self.taylor_batches, 1)
         at_least("latency_repeats", self.latency_repeats, 1)
         at_least("threads", self.threads, 1, allow_none=True)

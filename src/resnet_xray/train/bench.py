@@ -24,7 +24,7 @@ RESIDENT_BATCHES = 8  # distinct in-memory batches the model-step timing cycles 
 class DataBenchOptions:
     arch: str = "resnet50"  # the model whose training step is timed (random weights: only its shape matters)
     batch_size: int = 32  # images per step
-    workers: int = DEFAULT_WORKERS  # loader processes; the finetune default, so the answer describes a default run
+    workers: int | None = DEFAULT_WORKERS  # loader processes; the finetune default, so the answer describes a default run
     image_size: int | None = None  # input side; None: the dataset's native size, else 224
     steps: int = 20  # timed steps per measurement (after one warm-up step)
     amp: bool = False  # bf16 autocast on CPU, fp16 on CUDA, as finetune --amp
@@ -33,7 +33,7 @@ class DataBenchOptions:
 
     def __post_init__(self) -> None:
         at_least("batch_size", self.batch_size, 1)
-        at_least("workers", self.workers, 0)
+        at_least("workers", self.workers, 0, allow_none=True)
         at_least("image_size", self.image_size, 32, allow_none=True)
         at_least("steps", self.steps, 1)
         seed_in_range("seed", self.seed)
@@ -130,7 +130,7 @@ def bench_data(data_dir: str | Path, options: DataBenchOptions | None = None) ->
     return {
         "arch": o.arch,
         "batch_size": o.batch_size,
-        "workers": o.workers,
+        "workers": data.info["workers"],
         "image_size": data.preprocessing.crop,
         "precision": precision.name,
         "device": str(device),
