@@ -12,7 +12,7 @@ fraction of our loop with the default worker count. Prints measured numbers only
 Two more modes:
 
     # the issue-14 reference run: make-dataset if needed, the README's finetune command, the goal line
-    python benchmarks/bench_train.py out/reference/data --reference [--epochs 12] [--amp]
+    python benchmarks/bench_train.py out/reference/data --reference [--epochs 14] [--amp]
     # the recipe ablation: the fast recipe, and the same with one piece taken away or added, one run each
     python benchmarks/bench_train.py out/small/data --ablation --arch resnet18 --epochs 6 [--amp]
 """
@@ -197,12 +197,14 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true", help="throughput: also time ours with --amp --channels-last; --reference, --ablation: train with --amp")
     ap.add_argument("--reference", action="store_true", help="the issue-14 reference run and its goal line")
     ap.add_argument("--ablation", action="store_true", help="the recipe ablation table (one run per row)")
-    ap.add_argument("--epochs", type=int, default=12, help="--reference / --ablation: epochs per run")
+    ap.add_argument("--epochs", type=int, default=None, help="--reference / --ablation: epochs per run (default: 14 / 12)")
     ap.add_argument("--rows", default=None, help="--ablation: which rows to run, e.g. 0,1,2,5 (default: all)")
     ap.add_argument("--out", default=None, help="--reference / --ablation: output folder (default: beside DATA)")
     a, extra = ap.parse_known_args()
     if a.workers is None:
         a.workers = default_workers()
+    if a.epochs is None:
+        a.epochs = 14 if a.reference else 12
     if a.reference or a.ablation:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
               f"load average {os.getloadavg()[0]:.1f}", flush=True)
