@@ -291,10 +291,21 @@ def test_one_pass_kernels_match_float64(tmp_path):
         assert out[1] == pytest.approx((d * d).sum().item(), rel=1e-6, abs=1e-9)
         assert out[2] == int((t != 0).sum())  # -0.0 counts as zero here
     m = torch.randn(7, 5000, generator=g)
-    rows = np.zeros((7, 3))
-    kernels.row_stats(m, rows)
+    m[1] = -m[1].abs()  # all negative: the order keys of negative floats run backwards
+    m[2, :100] = -0.0
+    m[2, 100:] = 0.0
+    m[3, 17], m[3, 4999] = float("inf"), float("-inf")
+    m[4] = m[4].abs() * 1e-40  # subnormals
+    rows = np.stack([r.astype(np.float64) for r in kernels.row_extremes(m)], 1)
+    finite = [0, 1, 2, 4, 5, 6]
     # A float32 sum's rounding error scales with the sum of |x|, not with the (cancelling) result; how it
     # splits over SIMD lanes differs between AVX2 and AVX-512 builds, so bound it by sum |x|.
     l1 = m.double().abs().sum(1).numpy()
-    assert np.all(np.abs(rows[:, 0] - m.double().sum(1).numpy()) <= 1e-6 * l1)
-    assert np.allclose(rows[:, 1], (m.double() ** 2).sum(1).numpy(), rtol=1e-6)
+    assert np.all(np.abs(rows[finite, 0] - m.double().sum(1).numpy()[finite]) <= 1e-6 * l1[finite])
+    assert np.allclose(rows[finite, 1], (m.double() ** 2).sum(1).numpy()[finite], rtol=1e-6)
+    assert np.array_equal(rows[:, 2], m.amax(1).double().numpy())  # extremes exact, bit for bit
+    assert np.array_equal(rows[:, 3], m.amin(1).double().numpy())
+    assert rows[2, 2] == 0 and rows[2, 3] == 0 and np.isnan(rows[3, 0])
+    short = torch.randn(3, 49, generator=g)  # a 7x7 map: one short block per row
+    _, _, hi, lo = kernels.row_extremes(short)
+    assert np.array_equal(hi, short.amax(1).numpy()) and np.array_equal(lo, short.amin(1).numpy())

@@ -45,7 +45,50 @@ def flat(x, out):
     sums(x, out.reshape(1, 3), 0)
 
 
+# Min and max on integer order keys: a float32's bits, with the magnitude bits flipped for negative
+# numbers, order like the floats themselves (NaN aside). Integer max/min reductions vectorise;
+# float ones do not (their NaN rules block it). A NaN shows in the sum, and the caller then reads
+# the extremes with PyTorch instead.
+@njit(fastmath=FASTMATH, nogil=True, cache=True, boundscheck=False, inline="always")
+def chunk_extremes(y, yi):  # float32 sum and sum of squares, int32 max and min keys of a short 1-D slice
+    s = np.float32(0)
+    q = np.float32(0)
+    hi = np.int32(-2147483648)
+    lo = np.int32(2147483647)
+    for j in range(y.shape[0]):
+        v = y[j]
+        s += v
+        q += v * v
+        i = yi[j]
+        k = i ^ ((i >> 31) & np.int32(0x7FFFFFFF))
+        hi = max(hi, k)
+        lo = min(lo, k)
+    return s, q, hi, lo
+
+
 @njit(fastmath=FASTMATH, nogil=True, cache=True, boundscheck=False)
-def rows(x, out):  # x: (R, K); out: (R, 3)
+def rows_extremes(x, out, bits):
+    """x: (R, K) float32. out: (R, 2) float64 = [sum, sum of squares] per row; bits: (R, 2) int32 = the
+    float32 bit patterns of [max, min] per row (the caller views them as float32)."""
+    xi = x.view(np.int32)
     for r in range(x.shape[0]):
-        sums(x[r], out, r)
+        y = x[r]
+        yi = xi[r]
+        S = 0.0
+        Q = 0.0
+        hi = np.int32(-2147483648)
+        lo = np.int32(2147483647)
+        full = y.shape[0] // BLOCK * BLOCK
+        for b0 in range(0, full, BLOCK):
+            s, q, h, l = chunk_extremes(y[b0:b0 + BLOCK], yi[b0:b0 + BLOCK])
+            S += s
+            Q += q
+            hi = max(hi, h)
+            lo = min(lo, l)
+        s, q, h, l = chunk_extremes(y[full:], yi[full:])
+        out[r, 0] = S + s
+        out[r, 1] = Q + q
+        hi = max(hi, h)
+        lo = min(lo, l)
+        bits[r, 0] = hi ^ ((hi >> 31) & np.int32(0x7FFFFFFF))  # the order key back to the float's bits
+        bits[r, 1] = lo ^ ((lo >> 31) & np.int32(0x7FFFFFFF))

@@ -363,8 +363,9 @@ class _StatsSink:
         if f.dtype != torch.float32:
             f = f.float()
         mode = e.mode if f.dim() >= 2 else "full"
-        if mode == "channels" and math.prod(f.shape[2:]) < CHANNEL_MIN_AREA:
-            mode = "full"  # small maps: per-row reductions cost more than the BatchNorm pass they save
+        one_pass = self.one_pass and f.is_contiguous()
+        if mode == "channels" and not one_pass and math.prod(f.shape[2:]) < CHANNEL_MIN_AREA:
+            mode = "full"  # small maps: PyTorch's per-row reductions cost more than the BatchNorm pass they save
         elif mode == "affine" and (self.modes.get(e.src) != "channels" or e.module.training or not self.bn_stats[i]):
             mode = "full"  # its conv was not reduced per channel, or the BatchNorm uses batch statistics
         elif mode == "relu" and self.shapes[e.src] is None:
@@ -374,16 +375,15 @@ class _StatsSink:
         self.modes[i] = mode
         if mode == "affine":
             return  # derived from its conv's per-channel numbers; the output is never read
-        one_pass = self.one_pass and f.is_contiguous()
         if mode == "channels":
             v = f.reshape(f.shape[0] * f.shape[1], -1)  # rows are (image, channel): no copy
-            hi, lo = torch.amax(v, 1), torch.amin(v, 1)
-            if one_pass:
-                r = np.empty((v.shape[0], 3))
-                kernels.row_stats(v, r)
-                self.channels[i] = (r[:, 0], r[:, 1], hi, lo)
+            if one_pass:  # one pass for all four, at any map size
+                s, q, hi, lo = kernels.row_extremes(v)
+                if np.isnan(s).any():  # the order keys do not rank a NaN: PyTorch's extremes propagate it
+                    hi, lo = torch.amax(v, 1), torch.amin(v, 1)
+                self.channels[i] = (s, q, hi, lo)
             else:
-                self.channels[i] = (v.sum(1), torch.linalg.vector_norm(v, dim=1), hi, lo)  # the norm is squared on read-back
+                self.channels[i] = (v.sum(1), torch.linalg.vector_norm(v, dim=1), torch.amax(v, 1), torch.amin(v, 1))  # the norm is squared on read-back
             return
         flat = f.reshape(-1)
         out = self.cols[i]
@@ -438,7 +438,9 @@ class _StatsSink:
         for i, (s, q, hi, lo) in self.channels.items():
             if isinstance(q, torch.Tensor):  # the PyTorch path keeps the per-row norm
                 s, q = s.double().cpu().numpy(), q.double().cpu().numpy() ** 2
-            chans[i] = (s, q, hi.double().cpu().numpy(), lo.double().cpu().numpy())
+            if isinstance(hi, torch.Tensor):
+                hi, lo = hi.double().cpu().numpy(), lo.double().cpu().numpy()
+            chans[i] = (s, q, hi, lo)
         for i, mode in self.modes.items():
             e = self.entries[i]
             if mode == "channels":
