@@ -204,7 +204,9 @@ class FolderDataset(Dataset):
                 self._cached += size
         # A private RNG stream per (seed, epoch, index): resumable and worker-count independent.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            # The CPU generator only: torch.manual_seed also queues lazy CUDA/XPU/MTIA seeding, each with a
+            # formatted stack trace, ~1 ms per sample on a machine without those devices.
+            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
             flipped = self.flip and bool(torch.rand(()) < 0.5)
             if flipped:
                 img = TF.hflip(img)
