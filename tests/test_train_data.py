@@ -135,6 +135,7 @@ def test_workers_fall_back_to_the_main_process_when_a_fork_unsafe_runtime_is_loa
 def test_decoded_image_cache_reads_each_file_once_and_changes_no_batch(tiny, monkeypatch):
     from resnet_xray.train import data as data_mod
 
+    monkeypatch.setattr(data_mod, "FORK_UNSAFE_MODULES", ())  # other tests may have loaded onnxruntime/openvino
     reads: list[str] = []
     real = data_mod.load_image
     monkeypatch.setattr(data_mod, "load_image", lambda p: reads.append(str(p)) or real(p))
@@ -165,6 +166,7 @@ def test_decoded_image_cache_stops_at_its_byte_cap(tiny):
 def test_default_workers_follow_the_cpu_count(tiny, monkeypatch):
     from resnet_xray.train import data as data_mod
 
+    monkeypatch.setattr(data_mod, "FORK_UNSAFE_MODULES", ())  # other tests may have loaded onnxruntime/openvino
     monkeypatch.setattr(data_mod, "usable_cpus", lambda: 2)
     assert data_mod.default_workers() == 0
     auto = make_loaders(tiny, batch_size=4, seed=0)
