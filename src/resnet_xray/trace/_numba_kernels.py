@@ -49,6 +49,11 @@ def flat(x, out):
 # numbers, order like the floats themselves (NaN aside). Integer max/min reductions vectorise;
 # float ones do not (their NaN rules block it). A NaN shows in the sum, and the caller then reads
 # the extremes with PyTorch instead.
+@njit(nogil=True, cache=True, inline="always")
+def order_key(i):  # its own inverse: maps a float's bits to its key, and a key back to the bits
+    return i ^ ((i >> 31) & np.int32(0x7FFFFFFF))
+
+
 @njit(fastmath=FASTMATH, nogil=True, cache=True, boundscheck=False, inline="always")
 def chunk_extremes(y, yi):  # float32 sum and sum of squares, int32 max and min keys of a short 1-D slice
     s = np.float32(0)
@@ -59,8 +64,7 @@ def chunk_extremes(y, yi):  # float32 sum and sum of squares, int32 max and min 
         v = y[j]
         s += v
         q += v * v
-        i = yi[j]
-        k = i ^ ((i >> 31) & np.int32(0x7FFFFFFF))
+        k = order_key(yi[j])
         hi = max(hi, k)
         lo = min(lo, k)
     return s, q, hi, lo
@@ -88,7 +92,5 @@ def rows_extremes(x, out, bits):
         s, q, h, l = chunk_extremes(y[full:], yi[full:])
         out[r, 0] = S + s
         out[r, 1] = Q + q
-        hi = max(hi, h)
-        lo = min(lo, l)
-        bits[r, 0] = hi ^ ((hi >> 31) & np.int32(0x7FFFFFFF))  # the order key back to the float's bits
-        bits[r, 1] = lo ^ ((lo >> 31) & np.int32(0x7FFFFFFF))
+        bits[r, 0] = order_key(max(hi, h))
+        bits[r, 1] = order_key(min(lo, l))

@@ -296,8 +296,8 @@ def default_workers() -> int:
     return 0 if usable_cpus() <= 2 else 2
 
 
-# Decoded pixels kept in memory when loading in the main process: the reference task's
-# 2500 images are 69 MB; an ImageNet-sized folder stops caching at this cap.
+# Decoded pixels kept in memory per split when loading in the main process: the reference
+# task's 2500 images are 69 MB; an ImageNet-sized folder stops caching at this cap.
 CACHE_BYTES = 1 << 30
 
 
