@@ -205,11 +205,22 @@ def test_trace_follows_plain_network_and_back(resnet18, image):
     assert_close(again.logits, normal, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("one_pass", [True, False], ids=["numba-kernels", "torch-reductions"])
+@pytest.mark.parametrize("one_pass,threads", [(True, 1), (True, 2), (False, 2)],
+                         ids=["numba-serial", "numba-parallel", "torch-reductions"])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_engines_agree_and_logits_are_bit_identical(batch, one_pass, monkeypatch):
-    """The generated-code engine derives BatchNorm and add statistics; they must equal the read ones,
-    whether its sums come from the one-pass kernels or from PyTorch's reductions."""
+def test_engines_agree_and_logits_are_bit_identical(batch, one_pass, threads, monkeypatch):
+    """The generated-code engine derives BatchNorm, add and post-add ReLU statistics; they must equal
+    the read ones, whether its sums come from the one-pass kernels (serial or split over threads) or
+    from PyTorch's reductions."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _engines_agree(batch, one_pass, monkeypatch)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _engines_agree(batch, one_pass, monkeypatch):
     from resnet_xray.trace import TraceOptions, kernels
 
     if one_pass:
@@ -274,18 +285,21 @@ def test_non_finite_activations_show_as_nan_not_a_crash(resnet18):
         assert math.isnan(conv1.mean) and math.isnan(conv1.l2), engine
 
 
-def test_one_pass_kernels_match_float64(tmp_path):
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+def test_one_pass_kernels_match_float64(parallel):
     import numpy as np
 
     from resnet_xray.trace import kernels
 
     assert kernels.enabled()
+    if parallel and kernels.threads(2) < 2:
+        pytest.skip("numba cannot run its parallel loops on OpenMP here")
     g = torch.Generator().manual_seed(0)
     for n in (0, 1, 4095, 4096, 4097, 100_003):
         t = torch.randn(n, generator=g).relu_()
         t[: n // 3] = -0.0
         out = np.zeros(3)
-        kernels.flat_stats(t, out)
+        kernels.flat_stats(t, out, parallel)
         d = t.double()
         assert out[0] == pytest.approx(d.sum().item(), rel=1e-6, abs=1e-9)
         assert out[1] == pytest.approx((d * d).sum().item(), rel=1e-6, abs=1e-9)
@@ -296,7 +310,7 @@ def test_one_pass_kernels_match_float64(tmp_path):
     m[2, 100:] = 0.0
     m[3, 17], m[3, 4999] = float("inf"), float("-inf")
     m[4] = m[4].abs() * 1e-40  # subnormals
-    rows = np.stack([r.astype(np.float64) for r in kernels.row_extremes(m)], 1)
+    rows = np.stack([r.astype(np.float64) for r in kernels.row_extremes(m, parallel)], 1)
     finite = [0, 1, 2, 4, 5, 6]
     # A float32 sum's rounding error scales with the sum of |x|, not with the (cancelling) result; how it
     # splits over SIMD lanes differs between AVX2 and AVX-512 builds, so bound it by sum |x|.
@@ -307,5 +321,52 @@ def test_one_pass_kernels_match_float64(tmp_path):
     assert np.array_equal(rows[:, 3], m.amin(1).double().numpy())
     assert rows[2, 2] == 0 and rows[2, 3] == 0 and np.isnan(rows[3, 0])
     short = torch.randn(3, 49, generator=g)  # a 7x7 map: one short block per row
-    _, _, hi, lo = kernels.row_extremes(short)
+    _, _, hi, lo = kernels.row_extremes(short, parallel)
     assert np.array_equal(hi, short.amax(1).numpy()) and np.array_equal(lo, short.amin(1).numpy())
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+def test_residual_kernel_is_the_add_and_relu_read_back(parallel):
+    """kernels.residual reduces y = f + s and relu(y) from f and s alone: its extremes must be those of
+    PyTorch's own add bit for bit, its sums those of float64, at ragged lengths and across blocks."""
+    import numpy as np
+
+    from resnet_xray.trace import kernels
+
+    assert kernels.enabled()
+    if parallel and kernels.threads(2) < 2:
+        pytest.skip("numba cannot run its parallel loops on OpenMP here")
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 49, 4095, 4096, 4097, 100_003):
+        f, s = torch.randn(n, generator=g), torch.randn(n, generator=g)
+        s[: n // 4] = -f[: n // 4]  # exact zeros (+0.0): not counted as active
+        out, hi, lo = kernels.residual(f, s, parallel)
+        y = f + s
+        r = y.relu().double()
+        assert hi == y.max().item() and lo == y.min().item()
+        d = y.double()
+        fs = f.double() * s.double()
+        l1 = [d.abs().sum(), (d * d).sum(), fs.abs().sum(), r.sum(), (r * r).sum()]
+        want = [d.sum(), (d * d).sum(), fs.sum(), r.sum(), (r * r).sum()]
+        for k in range(5):  # float32 partial sums: the error scales with the sum of |terms|
+            assert abs(out[k] - want[k].item()) <= 1e-6 * l1[k].item() + 1e-9, (n, k)
+        assert out[5] == int((y > 0).sum())
+    f = torch.randn(5000, generator=g)
+    f[17] = float("nan")
+    out, _, _ = kernels.residual(f, torch.zeros(5000), parallel)
+    assert np.isnan(out[0])  # the caller then reads the add's output instead
+
+
+def test_relu6_is_read_not_derived():
+    """A ReLU's max follows from its input's; a ReLU6's does not (it clamps at 6). The generated-code
+    engine once derived both alike and reported a ReLU6 max of 100."""
+    from torch import nn
+
+    from resnet_xray.trace import TraceOptions
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6()).eval()
+    x = torch.randn(1, 3, 20, 20) * 50
+    for engine in ("codegen", "interpreter"):
+        tr = trace_model(m, x, TraceOptions(engine=engine))
+        assert tr.layer("0").max > 6 and tr.layer("1").max == 6.0, engine

@@ -1,12 +1,19 @@
-"""The numba loops behind :mod:`resnet_xray.trace.kernels` (imported only when a trace first needs them)."""
+"""The numba loops behind :mod:`resnet_xray.trace.kernels` (imported only when a trace first needs them).
+
+Each reduction comes twice: a serial loop, and a ``parallel=True`` one that splits the same blocks (or
+rows) over threads. The parallel ones run on numba's OpenMP layer, which shares the libgomp thread
+pool PyTorch already has loaded, so a trace's reductions run on the same warm threads as its convolutions.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 BLOCK = 4096
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}  # not nnan/ninf: a NaN activation must still show up as NaN
+INT_MIN = -2147483648
+INT_MAX = 2147483647
 
 
 # A fixed trip count over a slice is what LLVM vectorises; a loop bounded by min(...) it does not.
@@ -24,25 +31,33 @@ def chunk(y):  # float32 sum, sum of squares and non-zero count of a short 1-D s
 
 
 @njit(fastmath=FASTMATH, nogil=True, cache=True, boundscheck=False)
-def sums(y, out, k):  # out[k] = [sum, sum of squares, non-zero count] of 1-D y, float64 across blocks
+def flat(x, out):  # out = [sum, sum of squares, non-zero count] of 1-D x, float32 in blocks, float64 across
     S = 0.0
     Q = 0.0
     C = 0
-    full = y.shape[0] // BLOCK * BLOCK
-    for b0 in range(0, full, BLOCK):
-        s, q, c = chunk(y[b0:b0 + BLOCK])
+    for b in range((x.shape[0] + BLOCK - 1) // BLOCK):
+        s, q, c = chunk(x[b * BLOCK:(b + 1) * BLOCK])
         S += s
         Q += q
         C += c
-    s, q, c = chunk(y[full:])
-    out[k, 0] = S + s
-    out[k, 1] = Q + q
-    out[k, 2] = C + c
+    out[0] = S
+    out[1] = Q
+    out[2] = C
 
 
-@njit(fastmath=FASTMATH, nogil=True, cache=True, boundscheck=False)
-def flat(x, out):
-    sums(x, out.reshape(1, 3), 0)
+@njit(fastmath=FASTMATH, nogil=True, cache=True, boundscheck=False, parallel=True)
+def flat_par(x, out):  # flat, its blocks split over threads
+    S = 0.0
+    Q = 0.0
+    C = 0
+    for b in prange((x.shape[0] + BLOCK - 1) // BLOCK):
+        s, q, c = chunk(x[b * BLOCK:(b + 1) * BLOCK])
+        S += s
+        Q += q
+        C += c
+    out[0] = S
+    out[1] = Q
+    out[2] = C
 
 
 # Min and max on integer order keys: a float32's bits, with the magnitude bits flipped for negative
@@ -58,8 +73,8 @@ def order_key(i):  # its own inverse: maps a float's bits to its key, and a key 
 def chunk_extremes(y, yi):  # float32 sum and sum of squares, int32 max and min keys of a short 1-D slice
     s = np.float32(0)
     q = np.float32(0)
-    hi = np.int32(-2147483648)
-    lo = np.int32(2147483647)
+    hi = np.int32(INT_MIN)
+    lo = np.int32(INT_MAX)
     for j in range(y.shape[0]):
         v = y[j]
         s += v
@@ -70,27 +85,114 @@ def chunk_extremes(y, yi):  # float32 sum and sum of squares, int32 max and min 
     return s, q, hi, lo
 
 
+@njit(fastmath=FASTMATH, nogil=True, cache=True, boundscheck=False, inline="always")
+def row_extremes(x, xi, r, out, bits):  # one row of rows_extremes
+    y = x[r]
+    yi = xi[r]
+    S = 0.0
+    Q = 0.0
+    hi = np.int32(INT_MIN)
+    lo = np.int32(INT_MAX)
+    for b in range((y.shape[0] + BLOCK - 1) // BLOCK):
+        s, q, h, l = chunk_extremes(y[b * BLOCK:(b + 1) * BLOCK], yi[b * BLOCK:(b + 1) * BLOCK])
+        S += s
+        Q += q
+        hi = max(hi, h)
+        lo = min(lo, l)
+    out[r, 0] = S
+    out[r, 1] = Q
+    bits[r, 0] = order_key(hi)
+    bits[r, 1] = order_key(lo)
+
+
 @njit(fastmath=FASTMATH, nogil=True, cache=True, boundscheck=False)
 def rows_extremes(x, out, bits):
     """x: (R, K) float32. out: (R, 2) float64 = [sum, sum of squares] per row; bits: (R, 2) int32 = the
     float32 bit patterns of [max, min] per row (the caller views them as float32)."""
     xi = x.view(np.int32)
     for r in range(x.shape[0]):
-        y = x[r]
-        yi = xi[r]
-        S = 0.0
-        Q = 0.0
-        hi = np.int32(-2147483648)
-        lo = np.int32(2147483647)
-        full = y.shape[0] // BLOCK * BLOCK
-        for b0 in range(0, full, BLOCK):
-            s, q, h, l = chunk_extremes(y[b0:b0 + BLOCK], yi[b0:b0 + BLOCK])
-            S += s
-            Q += q
-            hi = max(hi, h)
-            lo = min(lo, l)
-        s, q, h, l = chunk_extremes(y[full:], yi[full:])
-        out[r, 0] = S + s
-        out[r, 1] = Q + q
-        bits[r, 0] = order_key(max(hi, h))
-        bits[r, 1] = order_key(min(lo, l))
+        row_extremes(x, xi, r, out, bits)
+
+
+@njit(fastmath=FASTMATH, nogil=True, cache=True, boundscheck=False, parallel=True)
+def rows_extremes_par(x, out, bits):  # rows_extremes, its rows split over threads
+    xi = x.view(np.int32)
+    for r in prange(x.shape[0]):
+        row_extremes(x, xi, r, out, bits)
+
+
+# A residual block's add, y = F + S, and the ReLU after it, from one read of F and S. A float32 add is
+# rounded once, so F + S here is bit for bit the sum PyTorch's add writes (and its ReLU then clamps).
+@njit(fastmath=FASTMATH, nogil=True, cache=True, boundscheck=False, inline="always")
+def chunk_residual(f, s, y, acc, b):
+    """One short slice: y = f + s into the scratch ``y``, then into acc[b] the float32 partials
+    [sum y, sum y^2, sum f*s, sum relu(y), sum relu(y)^2, count y > 0] and int32 max/min keys of y."""
+    d = np.float32(0)
+    for j in range(f.shape[0]):
+        y[j] = f[j] + s[j]
+        d += f[j] * s[j]
+    yi = y[:f.shape[0]].view(np.int32)
+    sy = np.float32(0)
+    qy = np.float32(0)
+    sr = np.float32(0)
+    qr = np.float32(0)
+    c = np.int32(0)
+    hi = np.int32(INT_MIN)
+    lo = np.int32(INT_MAX)
+    for j in range(f.shape[0]):
+        v = y[j]
+        r = v if v > 0 else np.float32(0)
+        sy += v
+        qy += v * v
+        sr += r
+        qr += r * r
+        c += np.int32(v > 0)
+        k = order_key(yi[j])
+        hi = max(hi, k)
+        lo = min(lo, k)
+    acc[b, 0] = sy
+    acc[b, 1] = qy
+    acc[b, 2] = d
+    acc[b, 3] = sr
+    acc[b, 4] = qr
+    acc[b, 5] = c
+    acc[b, 6] = hi
+    acc[b, 7] = lo
+
+
+@njit(fastmath=FASTMATH, nogil=True, cache=True, boundscheck=False, inline="always")
+def combine_residual(acc, out, bits):
+    """Per-block partials -> out = [sum y, sum y^2, F.S, sum relu(y), sum relu(y)^2, count y > 0] (float64)
+    and bits = the float32 bit patterns of [max y, min y]."""
+    for k in range(6):
+        out[k] = 0.0
+    hi = np.int32(INT_MIN)
+    lo = np.int32(INT_MAX)
+    for b in range(acc.shape[0]):
+        for k in range(6):
+            out[k] += acc[b, k]
+        hi = max(hi, np.int32(acc[b, 6]))
+        lo = min(lo, np.int32(acc[b, 7]))
+    bits[0] = order_key(hi)
+    bits[1] = order_key(lo)
+
+
+@njit(fastmath=FASTMATH, nogil=True, cache=True, boundscheck=False)
+def residual(f, s, out, bits):
+    """f, s: 1-D float32 of one length (F(x) and the shortcut). See combine_residual for out and bits."""
+    nb = (f.shape[0] + BLOCK - 1) // BLOCK
+    acc = np.empty((nb, 8))
+    y = np.empty(BLOCK, np.float32)
+    for b in range(nb):
+        chunk_residual(f[b * BLOCK:(b + 1) * BLOCK], s[b * BLOCK:(b + 1) * BLOCK], y, acc, b)
+    combine_residual(acc, out, bits)
+
+
+@njit(fastmath=FASTMATH, nogil=True, cache=True, boundscheck=False, parallel=True)
+def residual_par(f, s, out, bits):  # residual, its blocks split over threads (each with its own scratch)
+    nb = (f.shape[0] + BLOCK - 1) // BLOCK
+    acc = np.empty((nb, 8))
+    for b in prange(nb):
+        y = np.empty(BLOCK, np.float32)
+        chunk_residual(f[b * BLOCK:(b + 1) * BLOCK], s[b * BLOCK:(b + 1) * BLOCK], y, acc, b)
+    combine_residual(acc, out, bits)

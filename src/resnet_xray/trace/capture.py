@@ -324,6 +324,8 @@ class _StatsSink:
         self.n_dots = n_dots
         # Per entry, whether its BatchNorm can ever be an affine map (fixed at build; train/eval is checked per pass).
         self.bn_stats = [isinstance(e.module, nn.BatchNorm2d) and e.module.running_var is not None for e in entries]
+        self._affine_key: list | None = None  # what the cached BatchNorm maps were computed from (see _affine)
+        self._affine_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.device: torch.device | None = None
         self.reset(set())
 
@@ -348,7 +350,12 @@ class _StatsSink:
         self.modes: dict[int, str] = {}  # entry -> the mode it was reduced in, for those that ran
         self.fused: list[int] = []  # entries whose sum, sumsq and count came from the one-pass kernel
         self.nb = np.zeros((n, 3))  # their [sum, sumsq, non-zero count]
+        # A block's add and its ReLU, reduced from one read of the add's terms (kernels.residual):
+        # per dot index, [sum y, sum y^2, F.S, sum relu(y), sum relu(y)^2, count y > 0, max y, min y].
+        self.res = np.full((max(self.n_dots, 1), 8), np.nan)
+        self.res_done: set[int] = set()
         self.one_pass = device is not None and device.type == "cpu" and kernels.enabled()
+        self.par = self.one_pass and kernels.threads(torch.get_num_threads()) > 1
         # One aminmax pass beats amax + amin with two or more threads, and loses to them on one.
         self.aminmax = torch.get_num_threads() > 1
 
@@ -357,28 +364,40 @@ class _StatsSink:
         self.shapes[i] = tuple(t.shape)
         if self.keep and e.name in self.keep:
             self.maps[e.name] = t.detach().clone()  # a clone: the in-place ReLU that follows would change it
+        # The derived modes first, before any look at the tensor: these calls are about half of all,
+        # and their source's checks (device, size, dtype) already passed when it was read.
+        mode = e.mode
+        if mode == "affine":
+            if self.modes.get(e.src) == "channels" and not e.module.training and self.bn_stats[i]:
+                self.modes[i] = "affine"  # derived from its conv's per-channel numbers; the output is never read
+                return
+        elif mode == "add":
+            if e.terms[2] in self.res_done and not np.isnan(self.res[e.terms[2], 0]):
+                self.modes[i] = "add-read"  # kernels.residual read its terms: nothing left to read here
+                return
+        elif mode == "relu" and self.modes.get(e.src) == "add-read":
+            self.modes[i] = "relu-read"  # the ReLU after that add, from the same read
+            return
         f = t.detach()
         if f.numel() == 0 or f.device != self.device:
             return  # empty (zeros, as _finish expects) or on a device the buffers are not on (not tabulated)
         if f.dtype != torch.float32:
             f = f.float()
-        mode = e.mode if f.dim() >= 2 else "full"
+        mode = mode if f.dim() >= 2 else "full"
         one_pass = self.one_pass and f.is_contiguous()
         if mode == "channels" and not one_pass and math.prod(f.shape[2:]) < CHANNEL_MIN_AREA:
             mode = "full"  # small maps: PyTorch's per-row reductions cost more than the BatchNorm pass they save
-        elif mode == "affine" and (self.modes.get(e.src) != "channels" or e.module.training or not self.bn_stats[i]):
+        elif mode == "affine":
             mode = "full"  # its conv was not reduced per channel, or the BatchNorm uses batch statistics
         elif mode == "relu" and self.shapes[e.src] is None:
             mode = "full"
         elif mode == "add" and e.terms[2] not in self.dots:
             mode = "full"
         self.modes[i] = mode
-        if mode == "affine":
-            return  # derived from its conv's per-channel numbers; the output is never read
         if mode == "channels":
             v = f.reshape(f.shape[0] * f.shape[1], -1)  # rows are (image, channel): no copy
             if one_pass:  # one pass for all four, at any map size
-                s, q, hi, lo = kernels.row_extremes(v)
+                s, q, hi, lo = kernels.row_extremes(v, self.par)
                 if np.isnan(s).any():  # the order keys do not rank a NaN: PyTorch's extremes propagate it
                     hi, lo = torch.amax(v, 1), torch.amin(v, 1)
                 self.channels[i] = (s, q, hi, lo)
@@ -389,7 +408,7 @@ class _StatsSink:
         out = self.cols[i]
         if mode != "add":  # an add's sum and sum of squares follow from its terms and their dot product
             if one_pass:
-                kernels.flat_stats(flat, self.nb[i])
+                kernels.flat_stats(flat, self.nb[i], self.par)
                 self.fused.append(i)
             else:
                 torch.sum(flat, 0, out=out[0])
@@ -410,17 +429,26 @@ class _StatsSink:
         f, s = f.detach(), s.detach()
         if f.device != self.device or f.numel() == 0:
             return
+        if (self.one_pass and f.dtype == s.dtype == torch.float32 and f.shape == s.shape and f.is_contiguous()
+                and s.is_contiguous()):
+            r, hi, lo = kernels.residual(f, s, self.par)
+            self.res[k, :6], self.res[k, 6], self.res[k, 7] = r, hi, lo
+            self.res_done.add(k)
+            self.dots.add(k)
+            return
         torch.dot(f.reshape(-1).float(), s.reshape(-1).float(), out=self.dot_cols[k])
         self.dots.add(k)
 
-    def read_back(self) -> tuple[list[int], np.ndarray, dict[int, int], dict[int, float]]:
+    def read_back(self) -> tuple[list[int], list[list[float]], dict[int, int], dict[int, float]]:
         """The entries that ran, their [sum, sumsq, max, min] in float64 (derived ones filled in), their
         non-zero counts, and the blocks' dot products: one device-to-host copy per kind of number."""
         done = [i for i, sh in enumerate(self.shapes) if sh is not None]
         vecs = np.zeros((len(self.entries), 4))
         if self.modes:
             vecs[:] = self.buf.double().cpu().numpy()
-        dots = dict(zip(sorted(self.dots), self.dot_buf.double().cpu().numpy()[sorted(self.dots)].tolist()))
+        read = sorted(self.dots - self.res_done)
+        dots = dict(zip(read, self.dot_buf.double().cpu().numpy()[read].tolist()))
+        dots.update((k, float(self.res[k, 2])) for k in self.res_done)
         counts = dict(zip([i for i, _ in self.counts], torch.stack([c for _, c in self.counts]).tolist())) if self.counts else {}
         for i in self.fused:
             vecs[i][:2] = self.nb[i][:2]
@@ -429,11 +457,12 @@ class _StatsSink:
         for i in done:  # an empty output (or one not reduced): zeros, as _finish expects
             if i not in self.modes:
                 vecs[i] = 0.0
-        self.derive(vecs, dots)
-        return done, vecs, counts, dots
+        return done, self.derive(vecs, dots, counts), counts, dots
 
-    def derive(self, vecs: np.ndarray, dots: dict[int, float]) -> None:
-        """Fill in, in place and in execution order, the statistics that were derived rather than read."""
+    def derive(self, vecs: np.ndarray, dots: dict[int, float], counts: dict[int, int]) -> list[list[float]]:
+        """The statistics that were derived rather than read filled in: the per-channel ones (convs and
+        their BatchNorms) all at once, then the rest in execution order (on plain lists: per-element
+        numpy access costs more than the arithmetic)."""
         chans = {}
         for i, (s, q, hi, lo) in self.channels.items():
             if isinstance(q, torch.Tensor):  # the PyTorch path keeps the per-row norm
@@ -441,24 +470,69 @@ class _StatsSink:
             if isinstance(hi, torch.Tensor):
                 hi, lo = hi.double().cpu().numpy(), lo.double().cpu().numpy()
             chans[i] = (s, q, hi, lo)
+        ch = list(chans)
+        if ch:
+            s, q, hi, lo, starts = _segments([chans[i] for i in ch])
+            vecs[ch] = np.stack([np.add.reduceat(s, starts), np.add.reduceat(q, starts),
+                                 np.maximum.reduceat(hi, starts), np.minimum.reduceat(lo, starts)], 1)
+        aff = [i for i, mode in self.modes.items() if mode == "affine"]
+        if aff:
+            s, q, hi, lo, starts = _segments([chans[self.entries[i].src] for i in aff])
+            a, b, n = self._affine(aff)  # per row (image, channel), as the rows of s, q, hi, lo
+            # sum(a x + b) = a S + n b;  sum((a x + b)^2) = a^2 Q + 2 a b S + n b^2;  a < 0 swaps max and min
+            pos = a >= 0
+            vecs[aff] = np.stack([np.add.reduceat(a * s + n * b, starts),
+                                  np.add.reduceat(a * a * q + 2 * a * b * s + n * b * b, starts),
+                                  np.maximum.reduceat(np.where(pos, a * hi, a * lo) + b, starts),
+                                  np.minimum.reduceat(np.where(pos, a * lo, a * hi) + b, starts)], 1)
+        rows, res = vecs.tolist(), self.res.tolist()
         for i, mode in self.modes.items():
             e = self.entries[i]
-            if mode == "channels":
-                s, q, hi, lo = chans[i]
-                vecs[i] = [s.sum(), q.sum(), hi.max(), lo.min()]
-            elif mode == "affine":
-                (a, b), shape = _bn_affine(e.module), self.shapes[i]
-                s, q, hi, lo = (r.reshape(shape[0], shape[1]) for r in chans[e.src])  # each (N, C)
-                n = math.prod(shape[2:])
-                # sum(a x + b) = a S + n b;  sum((a x + b)^2) = a^2 Q + 2 a b S + n b^2;  a < 0 swaps max and min
-                vecs[i] = [(a * s + n * b).sum(), (a * a * q + 2 * a * b * s + n * b * b).sum(),
-                           (np.where(a >= 0, a * hi, a * lo) + b).max(), (np.where(a >= 0, a * lo, a * hi) + b).min()]
-            elif mode == "relu":
-                vecs[i][2], vecs[i][3] = max(vecs[e.src][2], 0.0), max(vecs[e.src][3], 0.0)
+            v = rows[i]
+            if mode == "relu":
+                v[2], v[3] = max(rows[e.src][2], 0.0), max(rows[e.src][3], 0.0)
+            elif mode == "add-read":
+                r = res[e.terms[2]]
+                rows[i] = [r[0], r[1], r[6], r[7]]
+            elif mode == "relu-read":
+                r = res[self.entries[e.src].terms[2]]
+                rows[i] = [r[3], r[4], max(r[6], 0.0), max(r[7], 0.0)]
+                counts[i] = int(r[5])
             elif mode == "add":
                 fi, si, k = e.terms
-                vecs[i][0] = vecs[fi][0] + vecs[si][0]
-                vecs[i][1] = vecs[fi][1] + vecs[si][1] + 2.0 * dots[k]
+                v[0] = rows[fi][0] + rows[si][0]
+                v[1] = rows[fi][1] + rows[si][1] + 2.0 * dots[k]
+        return rows
+
+    def _affine(self, aff: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The BatchNorms' (a, b) of ``aff``'s entries, one per (image, channel) row, and each row's pixel
+        count; kept while no BatchNorm tensor was replaced or changed (their version counters) and shapes hold."""
+        key = [tuple(self.shapes[i]) for i in aff]
+        for i in aff:
+            m = self.entries[i].module
+            key.append(m.eps)
+            for t in (*m._buffers.values(), *m._parameters.values()):
+                if t is not None:
+                    key.append((id(t), t._version))
+        if self._affine_key == key:
+            return self._affine_rows
+        a, b, n = [], [], []
+        for i in aff:
+            shape = self.shapes[i]
+            ai, bi = _bn_affine(self.entries[i].module)
+            a.append(np.tile(ai, shape[0]))
+            b.append(np.tile(bi, shape[0]))
+            n.append(np.full(shape[0] * shape[1], math.prod(shape[2:]), np.float64))
+        self._affine_key, self._affine_rows = key, (np.concatenate(a), np.concatenate(b), np.concatenate(n))
+        return self._affine_rows
+
+
+def _segments(rows: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """Concatenated (s, q, hi, lo) rows of several entries (float64), and where each entry's rows start."""
+    lengths = [len(r[0]) for r in rows]
+    starts = np.zeros(len(rows), np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    return (*(np.concatenate([r[k] for r in rows]).astype(np.float64, copy=False) for k in range(4)), starts)
 
 
 class _Instrumented:
@@ -526,7 +600,7 @@ class _Instrumented:
             if is_res.count(True) != 1 or relu is None:
                 continue
             ri, si = (0, 1) if is_res[0] else (1, 0)
-            if fused and terms[ri] is args[ri] and terms[si] is args[si]:
+            if fused and terms[ri] is args[ri] and terms[si] is args[si] and not n.kwargs:  # no alpha=
                 entries[i].mode, entries[i].terms = "add", (index[terms[ri]], index[terms[si]], len(dot_args))
             blocks.append(_BlockPlan(block, index[terms[ri]], index[terms[si]], i, relu))
             dot_args.append((n, args[ri], args[si]))
@@ -543,7 +617,7 @@ class _Instrumented:
                     and len(src.users) == 1:
                 entries[index[src]].mode = "channels"
                 e.mode, e.src = "affine", index[src]
-            elif e.type == "relu" and src in index and n.op == "call_module":
+            elif e.type == "relu" and src in index and type(e.module) is nn.ReLU:  # not ReLU6: it clamps at 6 too
                 e.mode, e.src = "relu", index[src]
 
     def run(self, x: torch.Tensor, keep_maps: set[str]) -> tuple[Any, list[LayerStats], list[BlockStats], dict[str, torch.Tensor]]:
@@ -555,7 +629,7 @@ class _Instrumented:
             done, vecs, counts, dots = s.read_back()
             if not done:
                 return out, [], [], s.maps
-            rows = {i: _finish(self.entries[i].name, self.entries[i].type, s.shapes[i], [*vecs[i].tolist(), counts.get(i, -1)])
+            rows = {i: _finish(self.entries[i].name, self.entries[i].type, s.shapes[i], [*vecs[i], counts.get(i, -1)])
                     for i in done}
             blocks = [_block_stats(b.name, rows[b.residual], rows[b.shortcut], rows[b.add], rows[b.relu], dots[k])
                       for k, b in enumerate(self.blocks) if k in dots]
@@ -600,7 +674,7 @@ def traced_graph(model: nn.Module) -> fx.GraphModule:
     return gm
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def trace_model(model: nn.Module, x: torch.Tensor, options: TraceOptions | None = None) -> Trace:
     """Run ``model`` once on ``x`` and record every operation's output statistics.
 
