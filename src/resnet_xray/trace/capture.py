@@ -325,7 +325,7 @@ class _StatsSink:
         # Per entry, whether its BatchNorm can ever be an affine map (fixed at build; train/eval is checked per pass).
         self.bn_stats = [isinstance(e.module, nn.BatchNorm2d) and e.module.running_var is not None for e in entries]
         self._affine_key: list | None = None  # what the cached BatchNorm maps were computed from (see _affine)
-        self._affine_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._affine_rows: tuple[np.ndarray, ...] | None = None
         self.device: torch.device | None = None
         self.reset(set())
 
@@ -472,19 +472,20 @@ class _StatsSink:
             chans[i] = (s, q, hi, lo)
         ch = list(chans)
         if ch:
-            s, q, hi, lo, starts = _segments([chans[i] for i in ch])
+            seg = _segments([chans[i] for i in ch])
+            s, q, hi, lo, starts = seg
             vecs[ch] = np.stack([np.add.reduceat(s, starts), np.add.reduceat(q, starts),
                                  np.maximum.reduceat(hi, starts), np.minimum.reduceat(lo, starts)], 1)
         aff = [i for i, mode in self.modes.items() if mode == "affine"]
         if aff:
-            s, q, hi, lo, starts = _segments([chans[self.entries[i].src] for i in aff])
-            a, b, n = self._affine(aff)  # per row (image, channel), as the rows of s, q, hi, lo
+            srcs = [self.entries[i].src for i in aff]
+            # Usually every per-channel conv feeds a BatchNorm: the same rows, in the same order.
+            s, q, hi, lo, starts = seg if srcs == ch else _segments([chans[i] for i in srcs])
+            a, b, nb, a2, ab2, nbb, pos = self._affine(aff)  # per row (image, channel), as the rows of s, q, hi, lo
             # sum(a x + b) = a S + n b;  sum((a x + b)^2) = a^2 Q + 2 a b S + n b^2;  a < 0 swaps max and min
-            pos = a >= 0
-            vecs[aff] = np.stack([np.add.reduceat(a * s + n * b, starts),
-                                  np.add.reduceat(a * a * q + 2 * a * b * s + n * b * b, starts),
-                                  np.maximum.reduceat(np.where(pos, a * hi, a * lo) + b, starts),
-                                  np.minimum.reduceat(np.where(pos, a * lo, a * hi) + b, starts)], 1)
+            top, bottom = np.where(pos, hi, lo), np.where(pos, lo, hi)
+            vecs[aff] = np.stack([np.add.reduceat(a * s + nb, starts), np.add.reduceat(a2 * q + ab2 * s + nbb, starts),
+                                  np.maximum.reduceat(a * top + b, starts), np.minimum.reduceat(a * bottom + b, starts)], 1)
         rows, res = vecs.tolist(), self.res.tolist()
         for i, mode in self.modes.items():
             e = self.entries[i]
@@ -504,9 +505,10 @@ class _StatsSink:
                 v[1] = rows[fi][1] + rows[si][1] + 2.0 * dots[k]
         return rows
 
-    def _affine(self, aff: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The BatchNorms' (a, b) of ``aff``'s entries, one per (image, channel) row, and each row's pixel
-        count; kept while no BatchNorm tensor was replaced or changed (their version counters) and shapes hold."""
+    def _affine(self, aff: list[int]) -> tuple[np.ndarray, ...]:
+        """The BatchNorms' (a, b) of ``aff``'s entries, one per (image, channel) row, with the products the
+        derivation needs (n b, a^2, 2 a b, n b^2 for n pixels a row, and a >= 0); kept while no BatchNorm
+        tensor was replaced or changed (their version counters) and the shapes hold."""
         key = [tuple(self.shapes[i]) for i in aff]
         for i in aff:
             m = self.entries[i].module
@@ -523,7 +525,8 @@ class _StatsSink:
             a.append(np.tile(ai, shape[0]))
             b.append(np.tile(bi, shape[0]))
             n.append(np.full(shape[0] * shape[1], math.prod(shape[2:]), np.float64))
-        self._affine_key, self._affine_rows = key, (np.concatenate(a), np.concatenate(b), np.concatenate(n))
+        a, b, n = np.concatenate(a), np.concatenate(b), np.concatenate(n)
+        self._affine_key, self._affine_rows = key, (a, b, n * b, a * a, 2 * a * b, n * b * b, a >= 0)
         return self._affine_rows
 
 
