@@ -687,7 +687,9 @@ def trace_model(model: nn.Module, x: torch.Tensor, options: TraceOptions | None 
         options: which layers' full output maps to keep.
 
     Returns:
-        A :class:`Trace`; ``trace.logits`` equals ``model(x)``.
+        A :class:`Trace`; ``trace.logits`` equals ``model(x)``. The pass runs under
+        ``torch.inference_mode`` (as a plain forward for inference does), so the logits and the kept
+        maps are inference tensors: ``.clone()`` one outside that mode before autograd or an in-place op.
     """
     opts = options or TraceOptions()
     if opts.engine not in ENGINES:
