@@ -30,34 +30,25 @@ def chunk(y):  # float32 sum, sum of squares and non-zero count of a short 1-D s
     return s, q, c
 
 
+@njit(fastmath=FASTMATH, nogil=True, cache=True, boundscheck=False, inline="always")
+def flat_block(x, acc, b):  # acc[b] = chunk of block b of 1-D x
+    acc[b, 0], acc[b, 1], acc[b, 2] = chunk(x[b * BLOCK:(b + 1) * BLOCK])
+
+
 @njit(fastmath=FASTMATH, nogil=True, cache=True, boundscheck=False)
 def flat(x, out):  # out = [sum, sum of squares, non-zero count] of 1-D x, float32 in blocks, float64 across
-    S = 0.0
-    Q = 0.0
-    C = 0
-    for b in range((x.shape[0] + BLOCK - 1) // BLOCK):
-        s, q, c = chunk(x[b * BLOCK:(b + 1) * BLOCK])
-        S += s
-        Q += q
-        C += c
-    out[0] = S
-    out[1] = Q
-    out[2] = C
+    acc = np.empty(((x.shape[0] + BLOCK - 1) // BLOCK, 3))
+    for b in range(acc.shape[0]):
+        flat_block(x, acc, b)
+    out[:] = acc.sum(0)
 
 
 @njit(fastmath=FASTMATH, nogil=True, cache=True, boundscheck=False, parallel=True)
 def flat_par(x, out):  # flat, its blocks split over threads
-    S = 0.0
-    Q = 0.0
-    C = 0
-    for b in prange((x.shape[0] + BLOCK - 1) // BLOCK):
-        s, q, c = chunk(x[b * BLOCK:(b + 1) * BLOCK])
-        S += s
-        Q += q
-        C += c
-    out[0] = S
-    out[1] = Q
-    out[2] = C
+    acc = np.empty(((x.shape[0] + BLOCK - 1) // BLOCK, 3))
+    for b in prange(acc.shape[0]):
+        flat_block(x, acc, b)
+    out[:] = acc.sum(0)
 
 
 # Min and max on integer order keys: a float32's bits, with the magnitude bits flipped for negative
@@ -124,40 +115,19 @@ def rows_extremes_par(x, out, bits):  # rows_extremes, its rows split over threa
 # A residual block's add, y = F + S, and the ReLU after it, from one read of F and S. A float32 add is
 # rounded once, so F + S here is bit for bit the sum PyTorch's add writes (and its ReLU then clamps).
 @njit(fastmath=FASTMATH, nogil=True, cache=True, boundscheck=False, inline="always")
-def chunk_residual(f, s, y, acc, b):
-    """One short slice: y = f + s into the scratch ``y``, then into acc[b] the float32 partials
-    [sum y, sum y^2, sum f*s, sum relu(y), sum relu(y)^2, count y > 0] and int32 max/min keys of y."""
+def chunk_residual(f, s, y, r, acc, b):
+    """One short slice: y = f + s and r = relu(y) into the scratch ``y`` and ``r``, then into acc[b] the
+    float32 partials [sum y, sum y^2, sum f*s, sum r, sum r^2, count r != 0] and int32 max/min keys of y."""
+    n = f.shape[0]
     d = np.float32(0)
-    for j in range(f.shape[0]):
-        y[j] = f[j] + s[j]
+    for j in range(n):
+        v = f[j] + s[j]
+        y[j] = v
+        r[j] = v if v > 0 else np.float32(0)
         d += f[j] * s[j]
-    yi = y[:f.shape[0]].view(np.int32)
-    sy = np.float32(0)
-    qy = np.float32(0)
-    sr = np.float32(0)
-    qr = np.float32(0)
-    c = np.int32(0)
-    hi = np.int32(INT_MIN)
-    lo = np.int32(INT_MAX)
-    for j in range(f.shape[0]):
-        v = y[j]
-        r = v if v > 0 else np.float32(0)
-        sy += v
-        qy += v * v
-        sr += r
-        qr += r * r
-        c += np.int32(v > 0)
-        k = order_key(yi[j])
-        hi = max(hi, k)
-        lo = min(lo, k)
-    acc[b, 0] = sy
-    acc[b, 1] = qy
-    acc[b, 2] = d
-    acc[b, 3] = sr
-    acc[b, 4] = qr
-    acc[b, 5] = c
-    acc[b, 6] = hi
-    acc[b, 7] = lo
+    acc[b, 0], acc[b, 1], hi, lo = chunk_extremes(y[:n], y[:n].view(np.int32))
+    acc[b, 3], acc[b, 4], acc[b, 5] = chunk(r[:n])
+    acc[b, 2], acc[b, 6], acc[b, 7] = d, hi, lo
 
 
 @njit(fastmath=FASTMATH, nogil=True, cache=True, boundscheck=False, inline="always")
@@ -183,8 +153,9 @@ def residual(f, s, out, bits):
     nb = (f.shape[0] + BLOCK - 1) // BLOCK
     acc = np.empty((nb, 8))
     y = np.empty(BLOCK, np.float32)
+    r = np.empty(BLOCK, np.float32)
     for b in range(nb):
-        chunk_residual(f[b * BLOCK:(b + 1) * BLOCK], s[b * BLOCK:(b + 1) * BLOCK], y, acc, b)
+        chunk_residual(f[b * BLOCK:(b + 1) * BLOCK], s[b * BLOCK:(b + 1) * BLOCK], y, r, acc, b)
     combine_residual(acc, out, bits)
 
 
@@ -194,5 +165,6 @@ def residual_par(f, s, out, bits):  # residual, its blocks split over threads (e
     acc = np.empty((nb, 8))
     for b in prange(nb):
         y = np.empty(BLOCK, np.float32)
-        chunk_residual(f[b * BLOCK:(b + 1) * BLOCK], s[b * BLOCK:(b + 1) * BLOCK], y, acc, b)
+        r = np.empty(BLOCK, np.float32)
+        chunk_residual(f[b * BLOCK:(b + 1) * BLOCK], s[b * BLOCK:(b + 1) * BLOCK], y, r, acc, b)
     combine_residual(acc, out, bits)
