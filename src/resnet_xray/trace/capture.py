@@ -269,10 +269,14 @@ class _StatsInterpreter(fx.Interpreter):
 #   channels  a conv that feeds an eval-mode BatchNorm: the same four, per channel (as fast as whole-tensor ones)
 #   affine    that BatchNorm: y = a*x + b per channel, so its statistics follow from the conv's per-channel
 #             ones (exact up to float rounding); its output is never read
-#   relu      a ReLU whose input is tabulated: sum, sum of squares and zeros read; min/max = max(input's, 0)
+#   relu      an nn.ReLU whose input is tabulated: sum, sum of squares and zeros read; min/max = max(input's, 0)
 #   add       a block's add: sum and sum of squares from F(x), the shortcut and their dot product
-#             (||F+S||^2 = ||F||^2 + ||S||^2 + 2 F.S, needed anyway for the cosine); max and min read
-MODES = ("full", "channels", "affine", "relu", "add")
+#             (||F+S||^2 = ||F||^2 + ||S||^2 + 2 F.S, needed anyway for the cosine); max and min read.
+#             On the CPU with numba it runs as add-read instead: kernels.residual reads F(x) and the
+#             shortcut once before the add, and nothing is read after it
+#   add-read, relu-read
+#             that add, and the nn.ReLU right after it, from kernels.residual's numbers alone
+MODES = ("full", "channels", "affine", "relu", "add", "add-read", "relu-read")
 CHANNEL_MIN_AREA = 256  # per-channel reductions pay off only on maps of at least this many pixels (16x16)
 
 
