@@ -1,8 +1,8 @@
 """The numba loops behind :mod:`resnet_xray.trace.kernels` (imported only when a trace first needs them).
 
 Each reduction comes twice: a serial loop, and a ``parallel=True`` one that splits the same blocks (or
-rows) over threads. The parallel ones run on numba's OpenMP layer, which shares the libgomp thread
-pool PyTorch already has loaded, so a trace's reductions run on the same warm threads as its convolutions.
+rows) over threads. The parallel ones run on numba's OpenMP layer (numba's own libgomp pool, loaded
+beside PyTorch's: its other layers contend with PyTorch's spinning workers, see kernels.threads).
 """
 
 from __future__ import annotations

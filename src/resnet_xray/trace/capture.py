@@ -376,7 +376,7 @@ class _StatsSink:
                 self.modes[i] = "affine"  # derived from its conv's per-channel numbers; the output is never read
                 return
         elif mode == "add":
-            if e.terms[2] in self.res_done and not np.isnan(self.res[e.terms[2], 0]):
+            if not np.isnan(self.res[e.terms[2], 0]):  # NaN: not reduced this pass, or y holds a NaN
                 self.modes[i] = "add-read"  # kernels.residual read its terms: nothing left to read here
                 return
         elif mode == "relu" and self.modes.get(e.src) == "add-read":

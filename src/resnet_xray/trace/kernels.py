@@ -9,9 +9,9 @@ pass also finds each row's maximum and minimum, on integer order keys of the flo
 reductions vectorise; float min/max do not, for their NaN rules). A residual block's add and the
 ReLU after it are reduced from one read of the add's two terms (:func:`residual`).
 
-With more than one thread each loop splits its blocks or rows over numba's OpenMP threads (the
-libgomp pool PyTorch itself runs on); the serial loops run otherwise, or where numba cannot use
-OpenMP here (its other layers contend with PyTorch's spinning threads: several times slower).
+With more than one thread each loop splits its blocks or rows over numba's OpenMP threads (a
+libgomp pool of numba's own, beside PyTorch's); the serial loops run otherwise, or where numba cannot
+use OpenMP here (its other layers contend with PyTorch's spinning threads: several times slower).
 
 Without numba (or for a tensor that is not contiguous float32 on the CPU) the caller uses
 PyTorch's reductions instead; the numbers agree to float rounding. The loops are compiled on
