@@ -37,7 +37,7 @@ def finetune_multitask_args(p: argparse.ArgumentParser) -> None:
 
 
 # FinetuneOptions fields that are flags (arch, weights and seed come from the shared model flags)
-FINETUNE_FLAGS = ("epochs", "batch_size", "lr", "recipe", "optimizer", "weight_decay", "warmup_epochs", "freeze", "layer_lr_decay",
+FINETUNE_FLAGS = ("epochs", "batch_size", "lr", "recipe", "optimizer", "muon_lr", "muon_stages", "ns_steps", "weight_decay", "warmup_epochs", "freeze", "layer_lr_decay",
                   "label_smoothing", "amp", "channels_last", "zero_init_residual", "progressive", "ema", "tta_flip", "compile", "workers", "image_size",
                   "min_crop_scale", "multitask", "checkpoint_every", "stop_after_steps", "device", "progress")
 
@@ -49,10 +49,15 @@ def finetune_flags(multitask: bool) -> Flags:
     return Flags(
         FinetuneOptions, names,
         choices={"recipe": RECIPES, "optimizer": OPTIMIZERS, "freeze": FREEZE_MODES, "device": ("auto", "cpu", "cuda")},
-        metavar={"layer_lr_decay": "D", "progressive": "SIZES", "ema": "DECAY"},
+        metavar={"layer_lr_decay": "D", "progressive": "SIZES", "ema": "DECAY", "muon_stages": "STAGES", "ns_steps": "N"},
         help={"lr": "peak learning rate (default: the recipe's, scaled by the batch a step really sees)",
               "recipe": "defaults for the pieces below: fast (from scratch: adamw, channels-last, min-crop-scale 0.8) "
                         "or classic (sgd, crop 0.35); auto: fast for --weights random",
+              "optimizer": "sgd (momentum, nesterov), adamw, or muon (Muon on the convs of --muon-stages, AdamW at --lr "
+                           "on the stem, fc, norms and biases); default: the recipe's",
+              "muon_lr": "--optimizer muon: peak rate of the Muon group, scheduled like --lr",
+              "muon_stages": "--optimizer muon: stages whose convs Muon trains, e.g. layer1,layer2,layer3, or all",
+              "ns_steps": "--optimizer muon: Newton-Schulz iterations per step (each costs a few GEMMs per conv)",
               "layer_lr_decay": "discriminative learning rates: layer4 trains at lr*D, layer3 at lr*D^2, ...",
               "progressive": "progressive resizing: train sides per phase, e.g. 64,80,96 (last = input size), auto, or off "
                              "(default: off; auto = 2/3, 5/6, 1 of the input size)",

@@ -34,7 +34,7 @@ from .heads import Heads, MultiTaskResNet, attach_heads, box_loss, box_metrics, 
 from .metrics import TensorBoardLog, per_class_accuracy, save_confusion_png, write_history_csv, write_text_atomic
 
 FREEZE_MODES = ("none", "backbone", "gradual")
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "muon")  # muon: Muon on the hidden convs, AdamW on the rest (train/muon.py)
 STAGES = ("layer4", "layer3", "layer2", "layer1", "stem")  # the order ``gradual`` unfreezes them
 
 
@@ -50,7 +50,8 @@ CLASSIC_RECIPE: dict[str, Any] = {"optimizer": "sgd", "min_crop_scale": 0.35, "c
                                   "progressive": "off", "zero_init_residual": False}
 # Options that shape the schedule or the data a step sees: a --resume must keep them.
 RESUME_KEYS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "warmup_epochs", "freeze", "layer_lr_decay", "label_smoothing",
-               "image_size", "min_crop_scale", "progressive", "ema", "seed", "multitask", "zero_init_residual")
+               "image_size", "min_crop_scale", "progressive", "ema", "seed", "multitask", "zero_init_residual", "muon_lr", "muon_stages",
+               "ns_steps")
 
 
 @dataclass
@@ -61,7 +62,10 @@ class FinetuneOptions:
     batch_size: int = 32  # per process
     lr: float | None = None  # None: the recipe's peak rate, scaled by the effective global batch
     recipe: str = "auto"  # fills every piece left at None: fast (from scratch) or classic (fine-tuning)
-    optimizer: str | None = None  # sgd (momentum, nesterov) or adamw; None: the recipe's
+    optimizer: str | None = None  # sgd (momentum, nesterov), adamw, or muon (Muon on hidden convs + AdamW); None: the recipe's
+    muon_lr: float = 0.02  # --optimizer muon: peak rate of the Muon group (--lr is the AdamW groups')
+    muon_stages: str = "layer1,layer2,layer3"  # --optimizer muon: stages whose convs Muon trains ("all": layer1-4)
+    ns_steps: int = 5  # --optimizer muon: Newton-Schulz iterations per step
     weight_decay: float | None = None  # None: 1e-4 for sgd, 0.05 for adamw; never on norms and biases
     warmup_epochs: float = 1.0  # linear warm-up before the cosine decay; big steps on a fresh head wreck features
     freeze: str = "none"  # none, backbone (train the head only) or gradual (one more stage per epoch)
@@ -99,6 +103,9 @@ class FinetuneOptions:
         if self.optimizer is not None:
             one_of("optimizer", self.optimizer, OPTIMIZERS)
         at_least("epochs", self.epochs, 1)
+        learning_rate("muon_lr", self.muon_lr)
+        parse_stages(self.muon_stages)
+        within("ns_steps", self.ns_steps, 1, 99, allow_none=False)
         seed_in_range("seed", self.seed)
         at_least("batch_size", self.batch_size, 1)
         learning_rate("lr", self.lr, allow_none=True)
@@ -135,6 +142,17 @@ class FinetuneOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def parse_stages(text: str) -> list[str]:
+    """``"layer1,layer2"`` -> ``["layer1", "layer2"]``; ``"all"``: layer1-4."""
+    allowed = ["layer1", "layer2", "layer3", "layer4"]
+    if text == "all":
+        return allowed
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names or any(n not in allowed for n in names):
+        raise OptionError("muon_stages", text, f"must be 'all' or a comma-separated subset of {','.join(allowed)}")
+    return names
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -265,7 +283,7 @@ def default_lr(options: FinetuneOptions, effective_batch: int, pretrained: bool)
     0.1 per 256); AdamW the square-root rule (Malladi et al.), from 1e-3 per 32, the
     peak tuned on the reference task.
     """
-    if options.optimizer == "adamw":
+    if options.optimizer in ("adamw", "muon"):  # muon: the rate of its AdamW groups
         lr = 1e-3 * math.sqrt(effective_batch / 32)
     else:
         lr = 0.1 * effective_batch / 256
@@ -290,17 +308,35 @@ def stage_lr_scales(model: nn.Module, decay: float) -> dict[int, float]:
 
 def make_optimizer(model: nn.Module, options: FinetuneOptions, lr: float) -> torch.optim.Optimizer:
     name = options.optimizer or "sgd"
-    wd = options.weight_decay if options.weight_decay is not None else {"sgd": 1e-4, "adamw": 0.05}[name]
+    wd = options.weight_decay if options.weight_decay is not None else {"sgd": 1e-4, "adamw": 0.05, "muon": 0.05}[name]
     scales = stage_lr_scales(model, options.layer_lr_decay) if options.layer_lr_decay != 1.0 else {}
-    by_group: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    muon = {id(p) for p in muon_params(model, options.muon_stages)} if name == "muon" else set()
+    by_group: dict[tuple[bool, float, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
-        by_group.setdefault((scales.get(id(p), 1.0), p.ndim > 1), []).append(p)
-    # No decay on norms and biases; one group per (lr scale, decay) so the schedule scales them all alike.
-    groups = [{"params": ps, "lr": lr * scale, "weight_decay": wd if decays else 0.0}
-              for (scale, decays), ps in sorted(by_group.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))]
+        by_group.setdefault((id(p) in muon, scales.get(id(p), 1.0), p.ndim > 1), []).append(p)
+    # No decay on norms and biases; one group per (kind, lr scale, decay) so the schedule scales them all alike.
+    groups = [{"params": ps, "lr": (options.muon_lr if is_muon else lr) * scale, "weight_decay": wd if decays else 0.0}
+              | ({"muon": is_muon} if name == "muon" else {})
+              for (is_muon, scale, decays), ps in sorted(by_group.items(), key=lambda kv: (not kv[0][0], -kv[0][1], not kv[0][2]))]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    if name == "muon":
+        from .muon import Muon
+
+        return Muon(groups, lr=lr, ns_steps=options.ns_steps)
     return torch.optim.AdamW(groups, lr=lr)
+
+
+def _optimizer_text(o: FinetuneOptions, lr: float) -> str:
+    if o.optimizer == "muon":
+        return f"muon lr {o.muon_lr:.3g} on the {o.muon_stages} convs ({o.ns_steps} Newton-Schulz steps) + adamw lr {lr:.3g}"
+    return f"{o.optimizer} lr {lr:.3g}"
+
+
+def muon_params(model: nn.Module, stages: str) -> list[nn.Parameter]:
+    """The conv kernels ``--optimizer muon`` hands to Muon: every conv in the named backbone stages."""
+    b = _backbone(model)
+    return [m.weight for s in parse_stages(stages) for m in getattr(b, s).modules() if isinstance(m, nn.Conv2d)]
 
 
 class WarmupCosine:
@@ -657,7 +693,7 @@ def _announce(run: _Run) -> None:
               f"EMA {o.ema:g}" if o.ema else "", "channels-last" if o.channels_last else "",
               "zero-init residuals" if o.zero_init_residual and o.weights == "random" else "", "test-time flip" if o.tta_flip else "", "compiled" if o.compile else ""]
     _say(f"training {o.arch} on {n_train} images ({len(run.data.class_names)} classes) x {o.epochs} epochs: "
-         f"{run.steps} steps/epoch of {run.effective_batch}{capped}, {o.optimizer} lr {run.lr:.3g}, {run.precision.name}, "
+         f"{run.steps} steps/epoch of {run.effective_batch}{capped}, {_optimizer_text(o, run.lr)}, {run.precision.name}, "
          f"{run.device}{f', {run.ctx.world_size} processes' if run.ctx.enabled else ''}; recipe {o.recipe}"
          + "".join(f", {p}" for p in pieces if p), run.main and run.out is not None)
 

@@ -1,0 +1,126 @@
+"""--optimizer muon: Muon on the hidden convs, AdamW on the rest (train/muon.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from resnet_xray.datasets import ReferenceOptions, make_reference_dataset
+from resnet_xray.errors import XrayError
+from resnet_xray.model import build_model
+from resnet_xray.train.data import make_loaders
+from resnet_xray.train.finetune import FinetuneOptions, fit, make_optimizer, muon_params
+from resnet_xray.train.muon import Muon, orthogonalize
+
+
+@pytest.mark.parametrize("shape", [(16, 40), (40, 16), (24, 24)])
+def test_muon_matches_torch_muon_on_matrices(shape):
+    torch.manual_seed(0)
+    w = torch.randn(*shape)
+    ref_w, our_w = w.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = torch.optim.Muon([ref_w], lr=0.02, weight_decay=0.1)
+    ours = Muon([{"params": [our_w], "muon": True}], lr=0.02, weight_decay=0.1, ns_dtype=torch.bfloat16)
+    for _ in range(4):
+        g = torch.randn(*shape)
+        ref_w.grad, our_w.grad = g.clone(), g.clone()
+        ref.step()
+        ours.step()
+    assert torch.equal(ref_w, our_w)  # same arithmetic: bit for bit
+    assert not torch.equal(our_w, w)
+
+
+def test_adamw_groups_match_torch_adamw():
+    torch.manual_seed(0)
+    ps = [torch.randn(5, 3), torch.randn(7)]
+    ref_p = [p.clone().requires_grad_() for p in ps]
+    our_p = [p.clone().requires_grad_() for p in ps]
+    ref = torch.optim.AdamW([{"params": ref_p[:1], "weight_decay": 0.05}, {"params": ref_p[1:], "weight_decay": 0.0}], lr=1e-3)
+    ours = Muon([{"params": our_p[:1], "weight_decay": 0.05}, {"params": our_p[1:], "weight_decay": 0.0}], lr=1e-3)
+    for _ in range(5):
+        for a, b in zip(ref_p, our_p):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        ref.step()
+        ours.step()
+    for a, b in zip(ref_p, our_p):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+
+
+def test_float32_iteration_orthogonalises():
+    torch.manual_seed(0)
+    g = torch.randn(32, 144)
+    o = orthogonalize(g, steps=5)
+    s = torch.linalg.svdvals(o)
+    # The quintic trades exactness for speed: singular values land near 1 (about 0.7 to 1.2), not at 1.
+    assert o.dtype == torch.float32 and s.min() > 0.5 and s.max() < 1.5
+    assert torch.linalg.svdvals(g).max() / torch.linalg.svdvals(g).min() > 2  # the input was not already orthogonal
+
+
+def test_conv_kernels_update_in_their_own_layout():
+    """A channels-last kernel is updated as an out x (in*kh*kw) matrix, the same numbers as a contiguous one."""
+    torch.manual_seed(0)
+    w = torch.randn(8, 4, 3, 3)
+    g = torch.randn(8, 4, 3, 3)
+    got = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        p = nn.Parameter(w.clone().to(memory_format=fmt))
+        p.grad = g.clone().to(memory_format=fmt)
+        Muon([{"params": [p], "muon": True}], lr=0.1, ns_dtype=torch.float32).step()
+        got.append(p.detach().contiguous())
+    torch.testing.assert_close(got[1], got[0], rtol=1e-5, atol=1e-6)
+    assert (got[0] - w).abs().max() > 1e-3
+
+
+def test_muon_group_refuses_vectors():
+    with pytest.raises(ValueError, match="2 or more dimensions"):
+        Muon([{"params": [nn.Parameter(torch.zeros(3))], "muon": True}])
+
+
+def test_make_optimizer_gives_muon_the_stage_convs_only():
+    model = build_model("resnet18", num_classes=3)
+    opts = FinetuneOptions(arch="resnet18", weights="random", optimizer="muon", muon_stages="layer1,layer2", muon_lr=0.03)
+    opt = make_optimizer(model, opts, 1e-3)
+    muon = {id(p) for g in opt.param_groups if g["muon"] for p in g["params"]}
+    convs = {id(m.weight) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n.startswith(("layer1.", "layer2."))}
+    assert muon == convs and len(convs) == 9  # layer1: 2 blocks x 2 convs; layer2: the same + its downsample
+    assert {g["lr"] for g in opt.param_groups if g["muon"]} == {0.03}
+    assert {g["lr"] for g in opt.param_groups if not g["muon"]} == {1e-3}
+    # the stem, fc, norms and biases stay with AdamW; norms and biases without decay
+    other = {id(p): g["weight_decay"] for g in opt.param_groups if not g["muon"] for p in g["params"]}
+    assert id(model.conv1.weight) in other and id(model.fc.weight) in other and other[id(model.bn1.weight)] == 0.0
+    assert {id(p) for p in muon_params(model, "all")} >= convs
+
+
+def test_bad_muon_options_are_one_line_errors():
+    with pytest.raises(XrayError, match="muon_stages|muon-stages"):
+        FinetuneOptions(optimizer="muon", muon_stages="layer5")
+    with pytest.raises(XrayError, match="ns_steps|ns-steps"):
+        FinetuneOptions(optimizer="muon", ns_steps=0)
+
+
+@pytest.mark.slow
+def test_muon_run_resumes_to_the_same_weights(tmp_path):
+    root = tmp_path / "data"
+    make_reference_dataset(root, ReferenceOptions(classes=3, per_class=6, val_per_class=3, size=32, seed=2))
+    opts = FinetuneOptions(arch="resnet18", weights="random", epochs=2, batch_size=4, workers=0, seed=0, progress=False,
+                           lr=1e-3, warmup_epochs=0.5, optimizer="muon", muon_stages="all", ns_steps=3)
+
+    def model():
+        torch.manual_seed(0)
+        return build_model("resnet18", num_classes=3)
+
+    def data():
+        return make_loaders(root, batch_size=4, workers=0, seed=0)
+
+    straight = model()
+    start = {k: v.clone() for k, v in straight.state_dict().items()}
+    fit(straight, data(), opts, out_dir=tmp_path / "a")
+    fit(model(), data(), dataclasses.replace(opts, stop_after_steps=3), out_dir=tmp_path / "b")
+    resumed = build_model("resnet18", num_classes=3)
+    fit(resumed, data(), opts, out_dir=tmp_path / "b", resume=True)
+    for k, v in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+    assert (straight.layer1[0].conv1.weight - start["layer1.0.conv1.weight"]).abs().max() > 1e-3
