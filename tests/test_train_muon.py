@@ -124,3 +124,42 @@ def test_muon_run_resumes_to_the_same_weights(tmp_path):
     for k, v in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
     assert (straight.layer1[0].conv1.weight - start["layer1.0.conv1.weight"]).abs().max() > 1e-3
+
+
+# --- --stem-init whiten (train/stem.py) ---
+
+
+def test_whitened_stem_decorrelates_patches():
+    from resnet_xray.train.stem import whiten_stem
+
+    torch.manual_seed(0)
+    # Smooth, channel-correlated images: neighbouring pixels and colours move together, as in photos.
+    base = nn.functional.avg_pool2d(torch.randn(64, 1, 70, 70), 5, stride=1)
+    images = torch.cat([base, 0.8 * base + 0.2 * torch.randn_like(base), base.roll(1, dims=3)], dim=1)
+    conv = nn.Conv2d(3, 16, 7, stride=2, padding=3, bias=False).requires_grad_(False)
+    evals = whiten_stem(conv, images, eps=1e-6)
+    assert torch.all(evals[:-1] >= evals[1:])  # largest variance first
+    out = nn.functional.conv2d(images, conv.weight[:8], stride=4).permute(1, 0, 2, 3).reshape(8, -1)
+    cov = torch.cov(out)
+    torch.testing.assert_close(cov, torch.eye(8), atol=0.05, rtol=0)  # unit variance, uncorrelated
+    torch.testing.assert_close(conv.weight[8:], -conv.weight[:8])  # each filter and its negative
+    before = nn.Conv2d(3, 16, 7, stride=2, padding=3, bias=False).requires_grad_(False)
+    out0 = nn.functional.conv2d(images, before.weight[:8], stride=4).permute(1, 0, 2, 3).reshape(8, -1)
+    assert (torch.corrcoef(out0) - torch.eye(8)).abs().max() > 0.2  # the default init's outputs correlate
+
+
+@pytest.mark.slow
+def test_finetune_whitens_the_stem_of_random_weights_only(tmp_path):
+    from resnet_xray.train.finetune import finetune
+
+    root = tmp_path / "data"
+    make_reference_dataset(root, ReferenceOptions(classes=3, per_class=6, val_per_class=3, size=32, seed=2))
+    kw = dict(arch="resnet18", epochs=1, batch_size=4, workers=0, seed=0, progress=False, stop_after_steps=1, lr=1e-9,
+              optimizer="adamw", weight_decay=0.0)
+    finetune(root, FinetuneOptions(weights="random", stem_init="whiten", **kw), tmp_path / "w")
+    finetune(root, FinetuneOptions(weights="random", stem_init="default", **kw), tmp_path / "d")
+    w = torch.load(tmp_path / "w" / "last.pt", weights_only=True)["state_dict"]["conv1.weight"]
+    d = torch.load(tmp_path / "d" / "last.pt", weights_only=True)["state_dict"]["conv1.weight"]
+    torch.testing.assert_close(w[32:], -w[:32], atol=1e-6, rtol=1e-4)  # lr 1e-9: one step leaves the init
+    assert not torch.allclose(d[32:], -d[:32], atol=1e-3)
+    assert w.flatten(1).norm(dim=1)[:32].std() > 0  # scaled per direction, not a copy of the default

@@ -38,17 +38,17 @@ def finetune_multitask_args(p: argparse.ArgumentParser) -> None:
 
 # FinetuneOptions fields that are flags (arch, weights and seed come from the shared model flags)
 FINETUNE_FLAGS = ("epochs", "batch_size", "lr", "recipe", "optimizer", "muon_lr", "muon_stages", "ns_steps", "weight_decay", "warmup_epochs", "freeze", "layer_lr_decay",
-                  "label_smoothing", "amp", "channels_last", "zero_init_residual", "progressive", "ema", "tta_flip", "compile", "workers", "image_size",
+                  "label_smoothing", "amp", "channels_last", "zero_init_residual", "stem_init", "progressive", "ema", "tta_flip", "compile", "workers", "image_size",
                   "min_crop_scale", "multitask", "checkpoint_every", "stop_after_steps", "device", "progress")
 
 
 def finetune_flags(multitask: bool) -> Flags:
-    from .finetune import FREEZE_MODES, OPTIMIZERS, RECIPES, FinetuneOptions
+    from .finetune import FREEZE_MODES, OPTIMIZERS, RECIPES, STEM_INITS, FinetuneOptions
 
     names = tuple(n for n in FINETUNE_FLAGS if not (multitask and n == "multitask"))  # finetune-multitask fixes it on
     return Flags(
         FinetuneOptions, names,
-        choices={"recipe": RECIPES, "optimizer": OPTIMIZERS, "freeze": FREEZE_MODES, "device": ("auto", "cpu", "cuda")},
+        choices={"recipe": RECIPES, "optimizer": OPTIMIZERS, "freeze": FREEZE_MODES, "stem_init": STEM_INITS, "device": ("auto", "cpu", "cuda")},
         metavar={"layer_lr_decay": "D", "progressive": "SIZES", "ema": "DECAY", "muon_stages": "STAGES", "ns_steps": "N"},
         help={"lr": "peak learning rate (default: the recipe's, scaled by the batch a step really sees)",
               "recipe": "defaults for the pieces below: fast (from scratch: adamw, channels-last, min-crop-scale 0.8) "
@@ -63,6 +63,8 @@ def finetune_flags(multitask: bool) -> Flags:
                              "(default: off; auto = 2/3, 5/6, 1 of the input size)",
               "ema": "average the weights with this decay, validate the average late in the run, keep the better "
                      "as best.pt; 0: off (default: off; 0.99 suits ~60 steps/epoch)",
+              "stem_init": "--weights random: whiten starts conv1 as the whitening filters of the training images' "
+                           "7x7 patches (and their negatives); default keeps torchvision's init. Default: the recipe's",
               "zero_init_residual": "--weights random: start each residual block as the identity (its last BatchNorm "
                                     "scale at 0); default: the recipe's",
               "progress": "no progress bars or per-epoch lines on stderr"},

@@ -38,7 +38,8 @@ OPTIMIZERS = ("sgd", "adamw", "muon")  # muon: Muon on the hidden convs, AdamW o
 STAGES = ("layer4", "layer3", "layer2", "layer1", "stem")  # the order ``gradual`` unfreezes them
 
 
-RECIPES = ("auto", "fast", "classic")  # auto: fast for --weights random, classic otherwise
+RECIPES = ("auto", "fast", "classic")
+STEM_INITS = ("default", "whiten")  # auto: fast for --weights random, classic otherwise
 # Pieces of the fast from-scratch recipe (issue 14); docs/train.md has the ablation behind each value.
 # Progressive resizing and EMA are built and tested but off: in the measured ablation the first
 # cost 8.8 points for 20% less time, the second changed nothing and costs validation passes.
@@ -51,7 +52,7 @@ CLASSIC_RECIPE: dict[str, Any] = {"optimizer": "sgd", "min_crop_scale": 0.35, "c
 # Options that shape the schedule or the data a step sees: a --resume must keep them.
 RESUME_KEYS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "warmup_epochs", "freeze", "layer_lr_decay", "label_smoothing",
                "image_size", "min_crop_scale", "progressive", "ema", "seed", "multitask", "zero_init_residual", "muon_lr", "muon_stages",
-               "ns_steps")
+               "ns_steps", "stem_init")
 
 
 @dataclass
@@ -78,6 +79,9 @@ class FinetuneOptions:
     # Random weights only: each block's last BatchNorm scale starts at 0, so every block starts as the
     # identity and the network as a shallow one (Goyal et al. 2017; timm's zero_init_last). None: the recipe's
     zero_init_residual: bool | None = None
+    # Random weights only: "whiten" starts conv1 as the whitening filters of the training images' patches
+    # (airbench's first layer; train/stem.py), "default" keeps torchvision's init. None: the recipe's
+    stem_init: str | None = None
     tta_flip: bool = False  # validate on the mean of the image's and its mirror's logits (2x evaluation cost)
     compile: bool = False  # torch.compile the model for training steps (eager fallback if it fails)
     workers: int | None = None  # DataLoader processes per training process; None: 2, or 0 on a machine with 2 CPUs or fewer
@@ -102,6 +106,8 @@ class FinetuneOptions:
         one_of("freeze", self.freeze, FREEZE_MODES)
         if self.optimizer is not None:
             one_of("optimizer", self.optimizer, OPTIMIZERS)
+        if self.stem_init is not None:
+            one_of("stem_init", self.stem_init, STEM_INITS)
         at_least("epochs", self.epochs, 1)
         learning_rate("muon_lr", self.muon_lr)
         parse_stages(self.muon_stages)
@@ -691,7 +697,8 @@ def _announce(run: _Run) -> None:
     capped = f" (--batch-size {o.batch_size} is more than the {n_train} training images)" if asked > run.effective_batch else ""
     pieces = [f"sizes {'/'.join(str(s) for s in sorted(set(run.sizes)))}" if len(set(run.sizes)) > 1 else "",
               f"EMA {o.ema:g}" if o.ema else "", "channels-last" if o.channels_last else "",
-              "zero-init residuals" if o.zero_init_residual and o.weights == "random" else "", "test-time flip" if o.tta_flip else "", "compiled" if o.compile else ""]
+              "zero-init residuals" if o.zero_init_residual and o.weights == "random" else "",
+              "whitened stem" if o.stem_init == "whiten" and o.weights == "random" else "", "test-time flip" if o.tta_flip else "", "compiled" if o.compile else ""]
     _say(f"training {o.arch} on {n_train} images ({len(run.data.class_names)} classes) x {o.epochs} epochs: "
          f"{run.steps} steps/epoch of {run.effective_batch}{capped}, {_optimizer_text(o, run.lr)}, {run.precision.name}, "
          f"{run.device}{f', {run.ctx.world_size} processes' if run.ctx.enabled else ''}; recipe {o.recipe}"
@@ -966,6 +973,19 @@ def build_for_finetune(options: FinetuneOptions, class_names: list[str]) -> tupl
     return model, meta
 
 
+def whiten_stem_from(model: nn.Module, data: DataBundle, images: int = 256) -> None:
+    """``--stem-init whiten``: conv1 from the patch statistics of up to ``images`` training crops, spread over the set."""
+    from .data import BadSample
+    from .stem import whiten_stem
+
+    ds = data.train.dataset
+    k = min(images, len(ds))
+    picks = sorted({round(i * (len(ds) - 1) / max(1, k - 1)) for i in range(k)})
+    xs = [item[0] for item in (ds[(i, 0)] for i in picks) if not isinstance(item, BadSample)]
+    if xs:  # no readable image: fit() reports that with its own one-line error
+        whiten_stem(_backbone(model).conv1, torch.stack(xs))
+
+
 def zero_init_residual(model: nn.Module) -> int:
     """Zero the scale of the last BatchNorm of every residual branch; returns how many."""
     from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -1035,6 +1055,8 @@ def _finetune_locked(data_dir: str | Path, options: FinetuneOptions, out_dir: st
                             seed=options.seed, distributed=ctx.enabled, multitask=options.multitask,
                             min_crop_scale=options.min_crop_scale)
         model, meta = build_for_finetune(options, data.class_names)
+        if options.stem_init == "whiten" and options.weights == "random" and not resume:
+            whiten_stem_from(model, data)
         result = fit(model, data, options, out_dir=out_dir, resume=resume, pretrained=meta.pretrained, meta=meta)
         result["out_dir"] = str(out_dir)
         result["data"] = data.info
