@@ -45,11 +45,11 @@ def _model(seed: int = 0) -> nn.Module:
 
 def test_recipe_defaults_follow_the_starting_weights():
     fast = FinetuneOptions(weights="random").resolved()
-    assert (fast.recipe, fast.optimizer, fast.channels_last, fast.ema, fast.progressive, fast.min_crop_scale,
-            fast.zero_init_residual) == ("fast", "adamw", True, 0.0, "off", 0.8, False)
+    assert (fast.recipe, fast.optimizer, fast.stem_init, fast.warmup_epochs, fast.channels_last, fast.ema, fast.progressive,
+            fast.min_crop_scale, fast.zero_init_residual) == ("fast", "muon", "whiten", 0.5, True, 0.0, "off", 0.8, False)
     classic = FinetuneOptions(weights="imagenet").resolved()
-    assert (classic.recipe, classic.optimizer, classic.channels_last, classic.ema, classic.progressive,
-            classic.zero_init_residual) == ("classic", "sgd", False, 0.0, "off", False)
+    assert (classic.recipe, classic.optimizer, classic.stem_init, classic.warmup_epochs, classic.channels_last, classic.ema,
+            classic.progressive, classic.zero_init_residual) == ("classic", "sgd", "default", 1.0, False, 0.0, "off", False)
     # An explicit piece wins over the recipe.
     picked = FinetuneOptions(weights="random", ema=0.99, progressive="auto", optimizer="sgd").resolved()
     assert (picked.ema, picked.progressive, picked.optimizer) == (0.99, "auto", "sgd")

@@ -51,8 +51,8 @@ def finetune_flags(multitask: bool) -> Flags:
         choices={"recipe": RECIPES, "optimizer": OPTIMIZERS, "freeze": FREEZE_MODES, "stem_init": STEM_INITS, "device": ("auto", "cpu", "cuda")},
         metavar={"layer_lr_decay": "D", "progressive": "SIZES", "ema": "DECAY", "muon_stages": "STAGES", "ns_steps": "N"},
         help={"lr": "peak learning rate (default: the recipe's, scaled by the batch a step really sees)",
-              "recipe": "defaults for the pieces below: fast (from scratch: adamw, channels-last, min-crop-scale 0.8) "
-                        "or classic (sgd, crop 0.35); auto: fast for --weights random",
+              "recipe": "defaults for the pieces below: fast (from scratch: muon, whitened stem, warm-up 0.5, channels-last, "
+                        "min-crop-scale 0.8) or classic (sgd, warm-up 1, crop 0.35); auto: fast for --weights random",
               "optimizer": "sgd (momentum, nesterov), adamw, or muon (Muon on the convs of --muon-stages, AdamW at --lr "
                            "on the stem, fc, norms and biases); default: the recipe's",
               "muon_lr": "--optimizer muon: peak rate of the Muon group, scheduled like --lr",
