@@ -38,7 +38,8 @@ EPOCHS = 3
 def _finetune_args(data, out, batch: int) -> list[str]:
     return ["-m", "resnet_xray", "finetune", str(data), "--out", str(out), "--arch", "resnet18", "--weights", "random",
             "--epochs", str(EPOCHS), "--batch-size", str(batch), "--workers", "0", "--lr", "0.05", "--warmup-epochs", "0",
-            "--label-smoothing", "0", "--freeze", "backbone", "--seed", "3", "--no-progress", "--device", "cpu"]
+            "--label-smoothing", "0", "--freeze", "backbone", "--seed", "3", "--no-progress", "--device", "cpu",
+            "--stem-init", "default"]  # the frozen stem is compared with torchvision's init below
 
 
 def _env():

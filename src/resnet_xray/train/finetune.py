@@ -1058,7 +1058,8 @@ def _finetune_locked(data_dir: str | Path, options: FinetuneOptions, out_dir: st
                             seed=options.seed, distributed=ctx.enabled, multitask=options.multitask,
                             min_crop_scale=options.min_crop_scale)
         model, meta = build_for_finetune(options, data.class_names)
-        if options.stem_init == "whiten" and options.weights == "random" and not resume:
+        if options.stem_init == "whiten" and options.weights == "random":
+            # Also under --resume: a run killed before its first checkpoint starts over from this init.
             whiten_stem_from(model, data)
         result = fit(model, data, options, out_dir=out_dir, resume=resume, pretrained=meta.pretrained, meta=meta)
         result["out_dir"] = str(out_dir)
