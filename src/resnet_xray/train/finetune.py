@@ -153,7 +153,7 @@ class FinetuneOptions:
 
 def parse_stages(text: str) -> list[str]:
     """``"layer1,layer2"`` -> ``["layer1", "layer2"]``; ``"all"``: layer1-4."""
-    allowed = ["layer1", "layer2", "layer3", "layer4"]
+    allowed = [s for s in reversed(STAGES) if s != "stem"]  # layer1 .. layer4
     if text == "all":
         return allowed
     names = [t.strip() for t in text.split(",") if t.strip()]

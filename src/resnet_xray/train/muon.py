@@ -15,8 +15,6 @@ param group says whether it is a Muon group (``"muon": True``) and carries its o
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 from torch import nn
 
@@ -35,12 +33,6 @@ def orthogonalize(g: torch.Tensor, steps: int, dtype: torch.dtype = torch.float3
         gram = x @ x.T
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return (x.T if tall else x).to(g.dtype)
-
-
-def muon_param_names(model: nn.Module, stages: Iterable[str] = ("layer1", "layer2", "layer3", "layer4")) -> list[str]:
-    """The hidden conv weights Muon should own: every conv inside the named stages (not the stem, not fc)."""
-    prefixes = tuple(f"{s}." for s in stages)
-    return [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n.startswith(prefixes)]
 
 
 class Muon(torch.optim.Optimizer):
@@ -69,15 +61,18 @@ class Muon(torch.optim.Optimizer):
             if group["muon"] and any(p.ndim < 2 for p in group["params"]):
                 raise ValueError("a Muon group holds weight matrices or conv kernels (2 or more dimensions) only")
         self.ns_dtype = ns_dtype
+        self._cpu_dtype: torch.dtype | None = None
 
     def _dtype(self, p: torch.Tensor) -> torch.dtype:
         if self.ns_dtype is not None:
             return self.ns_dtype
         if p.is_cuda:
             return torch.bfloat16
-        from .finetune import cpu_supports_bf16
+        if self._cpu_dtype is None:  # probed once, not per kernel and step
+            from .finetune import cpu_supports_bf16
 
-        return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+            self._cpu_dtype = torch.bfloat16 if cpu_supports_bf16() else torch.float32
+        return self._cpu_dtype
 
     @torch.no_grad()
     def step(self, closure=None):
