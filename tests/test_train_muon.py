@@ -13,7 +13,7 @@ from resnet_xray.errors import XrayError
 from resnet_xray.model import build_model
 from resnet_xray.train.data import make_loaders
 from resnet_xray.train.finetune import FinetuneOptions, fit, make_optimizer, muon_params
-from resnet_xray.train.muon import Muon, orthogonalize
+from resnet_xray.train.muon import NS_COEFFICIENTS, Muon, orthogonalize
 
 
 @pytest.mark.parametrize("shape", [(16, 40), (40, 16), (24, 24)])
@@ -57,6 +57,30 @@ def test_float32_iteration_orthogonalises():
     # The quintic trades exactness for speed: singular values land near 1 (about 0.7 to 1.2), not at 1.
     assert o.dtype == torch.float32 and s.min() > 0.5 and s.max() < 1.5
     assert torch.linalg.svdvals(g).max() / torch.linalg.svdvals(g).min() > 2  # the input was not already orthogonal
+
+
+def _plain_newton_schulz(g: torch.Tensor, steps: int) -> torch.Tensor:
+    a, b, c = NS_COEFFICIENTS
+    x = g.T if g.size(0) > g.size(1) else g
+    x = x / x.norm()
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if g.size(0) > g.size(1) else x
+
+
+@pytest.mark.parametrize("shape", [(64, 576), (576, 64), (40, 100), (48, 64)])
+@pytest.mark.parametrize("steps", [1, 3, 5])
+def test_gram_form_is_the_same_polynomial(shape, steps):
+    """Wide float matrices take the Gram form: in float64 it equals the plain iteration to rounding,
+    and in float32 it stays within 1e-4 of float64: over 10x closer than torch.optim.Muon's bfloat16 iteration."""
+    torch.manual_seed(0)
+    g = torch.randn(*shape, dtype=torch.float64) @ torch.diag(torch.logspace(-3, 0, shape[1], dtype=torch.float64))
+    ref = _plain_newton_schulz(g, steps)
+    torch.testing.assert_close(orthogonalize(g, steps, torch.float64), ref, rtol=0, atol=1e-12)
+    err = lambda y: ((y.double() - ref).norm() / ref.norm()).item()  # noqa: E731
+    ours, bf16 = err(orthogonalize(g.float(), steps)), err(_plain_newton_schulz(g.bfloat16(), steps))
+    assert ours < 1e-4 and 10 * ours < bf16
 
 
 def test_conv_kernels_update_in_their_own_layout():

@@ -16,23 +16,53 @@ param group says whether it is a Muon group (``"muon": True``) and carries its o
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch.optim.adamw import adamw
 
 NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)  # torch.optim.Muon's (Keller Jordan's) quintic
 
 
 def orthogonalize(g: torch.Tensor, steps: int, dtype: torch.dtype = torch.float32, eps: float = 1e-7) -> torch.Tensor:
-    """Newton-Schulz approximation of U V^T for ``g = U S V^T`` (2-D), returned in ``g``'s dtype."""
+    """Newton-Schulz approximation of U V^T for ``g = U S V^T`` (2-D), returned in ``g``'s dtype.
+
+    In float32, a matrix more than 1.5 times as wide as it is tall takes the Gram form
+    (:func:`_gram_newton_schulz`): the same polynomial, fewer multiply-adds. bfloat16 keeps
+    torch.optim.Muon's form, where the Gram matrix's squared condition would cost accuracy.
+    """
     a, b, c = NS_COEFFICIENTS
     x = g.to(dtype)
     tall = x.size(0) > x.size(1)
     if tall:  # iterate on the smaller Gram matrix
         x = x.T
     x = x / x.norm().clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
-    for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    m, n = x.shape
+    if dtype in (torch.float32, torch.float64) and 2 * n > 3 * m:
+        x = _gram_newton_schulz(x, steps)
+    else:
+        for _ in range(steps):
+            gram = x @ x.T
+            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return (x.T if tall else x).to(g.dtype)
+
+
+def _gram_newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """``steps`` Newton-Schulz iterations on a wide ``x`` (m x n), done on m x m matrices.
+
+    Each iterate is ``Q x`` with ``Q`` a polynomial in ``G = x x^T``, so everything commutes:
+    with ``R = Q^2 G`` and ``P = aI + bR + cR^2``, the step is ``Q <- P Q`` and ``R <- P^2 R``.
+    That is ``4mn m + 18 m^3`` multiply-adds for 3 steps against ``12 m^2 n + 6 m^3``: 2.1x fewer
+    for ResNet-50's 256 x 2304 layer3 kernels, 1.6x for its 256 x 1024 ones.
+    """
+    a, b, c = NS_COEFFICIENTS
+    r = x @ x.T
+    eye = torch.eye(r.size(0), dtype=r.dtype, device=r.device)
+    q = None
+    for i in range(steps):
+        r2 = r @ r
+        p = torch.add(r, r2, alpha=c / b).mul_(b).add_(eye, alpha=a)  # a I + b R + c R^2
+        q = p if q is None else p @ q
+        if i + 1 < steps:
+            r = p @ p @ r
+    return q @ x
 
 
 class Muon(torch.optim.Optimizer):
@@ -81,20 +111,20 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if wd:
-                    p.mul_(1 - lr * wd)
-                if group["muon"]:
-                    self._muon_update(p, state, group, lr)
-                else:
-                    self._adamw_update(p, state, group, lr)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if group["muon"]:
+                for p in params:
+                    self._muon_update(p, self.state[p], group)
+            else:
+                self._adamw_update(params, group)
         return loss
 
-    def _muon_update(self, p: torch.Tensor, state: dict, group: dict, lr: float) -> None:
+    def _muon_update(self, p: torch.Tensor, state: dict, group: dict) -> None:
+        lr, wd = group["lr"], group["weight_decay"]
+        if wd:
+            p.mul_(1 - lr * wd)
         g = p.grad
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(g)
@@ -108,17 +138,17 @@ class Muon(torch.optim.Optimizer):
         scale = max(1.0, rows / matrix.shape[1]) ** 0.5
         p.add_(o.reshape(p.shape), alpha=-lr * scale)  # reshape: a channels-last kernel takes its own layout
 
-    def _adamw_update(self, p: torch.Tensor, state: dict, group: dict, lr: float) -> None:
-        g = p.grad
-        if "step" not in state:
-            state["step"] = torch.zeros((), dtype=torch.float32)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    def _adamw_update(self, params: list[torch.Tensor], group: dict) -> None:
+        # torch's fused AdamW kernel: one pass over each tensor (benchmarks/bench_optimizer.py times it
+        # against a per-tensor loop and torch.optim.AdamW's default, foreach).
+        for p in params:
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        states = [self.state[p] for p in params]
         b1, b2 = group["betas"]
-        state["step"] += 1
-        t = float(state["step"])
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        m.lerp_(g, 1 - b1)
-        v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = (v / (1 - b2**t)).sqrt_().add_(group["eps"])
-        p.addcdiv_(m, denom, value=-lr / (1 - b1**t))
+        adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
+              [s["step"] for s in states], fused=params[0].device.type in ("cpu", "cuda"), amsgrad=False, beta1=b1, beta2=b2, lr=group["lr"],
+              weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
