@@ -53,7 +53,7 @@ def main() -> None:
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
 
-    def built(name: str, **kw):
+    def built(name: str):
         groups = make_optimizer(model, FinetuneOptions(optimizer=name, ns_steps=a.ns_steps), 2e-3).param_groups
         return [{k: g[k] for k in ("params", "lr", "weight_decay")} for g in groups]
 

@@ -327,8 +327,8 @@ def make_optimizer(model: nn.Module, options: FinetuneOptions, lr: float) -> tor
     groups = [{"params": ps, "lr": (options.muon_lr if is_muon else lr) * scale, "weight_decay": wd if decays else 0.0}
               | ({"muon": is_muon} if name == "muon" else {})
               for (is_muon, scale, decays), ps in sorted(by_group.items(), key=lambda kv: (not kv[0][0], -kv[0][1], not kv[0][2]))]
-    # fused: one kernel pass a tensor. On a CPU torch's default (foreach) took 38 ms (SGD) and 118 ms (AdamW)
-    # a ResNet-50 step, fused 12 and 16 ms (benchmarks/bench_optimizer.py).
+    # fused: one kernel pass a tensor. On a CPU torch's default (foreach) took 2.6x as long or more a
+    # ResNet-50 step (benchmarks/bench_optimizer.py).
     fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, fused=fused)

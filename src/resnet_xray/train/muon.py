@@ -49,8 +49,8 @@ def _gram_newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
 
     Each iterate is ``Q x`` with ``Q`` a polynomial in ``G = x x^T``, so everything commutes:
     with ``R = Q^2 G`` and ``P = aI + bR + cR^2``, the step is ``Q <- P Q`` and ``R <- P^2 R``.
-    That is ``4mn m + 18 m^3`` multiply-adds for 3 steps against ``12 m^2 n + 6 m^3``: 2.1x fewer
-    for ResNet-50's 256 x 2304 layer3 kernels, 1.6x for its 256 x 1024 ones.
+    For 3 steps that is ``2 m^2 n + 9 m^3`` multiply-adds against the plain form's ``6 m^2 n + 3 m^3``:
+    2.1x fewer for ResNet-50's 256 x 2304 layer3 kernels, 1.6x for its 256 x 1024 ones.
     """
     a, b, c = NS_COEFFICIENTS
     r = x @ x.T
@@ -150,5 +150,5 @@ class Muon(torch.optim.Optimizer):
         states = [self.state[p] for p in params]
         b1, b2 = group["betas"]
         adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
-              [s["step"] for s in states], fused=params[0].device.type in ("cpu", "cuda"), amsgrad=False, beta1=b1, beta2=b2, lr=group["lr"],
-              weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+              [s["step"] for s in states], fused=params[0].device.type in ("cpu", "cuda"), amsgrad=False,
+              beta1=b1, beta2=b2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
