@@ -187,3 +187,32 @@ def test_finetune_whitens_the_stem_of_random_weights_only(tmp_path):
     torch.testing.assert_close(w[32:], -w[:32], atol=1e-6, rtol=1e-4)  # lr 1e-9: one step leaves the init
     assert not torch.allclose(d[32:], -d[:32], atol=1e-3)
     assert w.flatten(1).norm(dim=1)[:32].std() > 0  # scaled per direction, not a copy of the default
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_finetune_steps_fused_and_a_resume_stays_fused(name):
+    """finetune's SGD/AdamW step with torch's fused kernel, the same numbers as the foreach path, and a
+    checkpoint saved by a foreach optimizer (before fusing) resumes on the fused path with its state."""
+    from resnet_xray.train.finetune import load_optimizer_state
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=3)
+    ours = make_optimizer(model, FinetuneOptions(optimizer=name), 1e-3)
+    assert all(g["fused"] for g in ours.param_groups)
+    old = type(ours)([dict(g, fused=None) for g in ours.param_groups])  # what a pre-fusing run saved
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    before = [p.detach().clone() for p in model.parameters()]
+    old.step()
+    foreach_result = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p, b in zip(model.parameters(), before):
+            p.copy_(b)
+    ours.step()
+    for p, want in zip(model.parameters(), foreach_result):
+        torch.testing.assert_close(p, want, rtol=1e-5, atol=1e-6)
+    load_optimizer_state(ours, old.state_dict())
+    assert all(g["fused"] for g in ours.param_groups)
+    key = "momentum_buffer" if name == "sgd" else "exp_avg"
+    p0 = next(model.parameters())
+    torch.testing.assert_close(ours.state[p0][key], old.state[p0][key])

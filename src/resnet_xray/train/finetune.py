@@ -662,6 +662,18 @@ def _prepare_out(out_dir: str | Path | None, main: bool) -> Path | None:
     return out
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict``, keeping this build's ``fused``/``foreach`` choice.
+
+    torch restores every group option from the checkpoint, so a run saved before the steps were
+    fused would resume on the slower foreach path; how to step is not training state.
+    """
+    how = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, keep in zip(optimizer.param_groups, how):
+        group.update(keep)
+
+
 def _restore(run: _Run) -> None:
     """Continue from ``last.pt``: weights, optimizer, schedule, EMA, RNGs and position."""
     last = run.out / "last.pt" if run.out is not None else None
@@ -672,7 +684,7 @@ def _restore(run: _Run) -> None:
     ck = load_training_state(last, arch=run.options.arch, class_names=run.data.class_names, heads=heads)
     _check_same_run(ck.get("options") or {}, run.options, last)
     run.model.load_state_dict(ck["state_dict"])
-    run.optimizer.load_state_dict(ck["optimizer"])
+    load_optimizer_state(run.optimizer, ck["optimizer"])
     run.scheduler.load_state_dict(ck["scheduler"])
     if ck.get("scaler") and run.scaler.is_enabled():
         run.scaler.load_state_dict(ck["scaler"])
