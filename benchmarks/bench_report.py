@@ -1,6 +1,6 @@
 """The report's cost for one 224x224 image with ResNet-50: wall time, peak memory, trace overhead.
 
-Run:  .venv/bin/python benchmarks/bench_report.py [--arch resnet50] [--repeats 5] [--no-gradflow]
+Run:  .venv/bin/python benchmarks/bench_report.py [--arch resnet50] [--repeats 25] [--no-gradflow]
 The report runs as `resnet-xray report` in a child process, so its wall time includes
 start-up and its peak resident memory (targets: under 2 GB) is the child's alone.
 Trace overhead (target: at most 1.25x a plain forward) comes from bench_trace.py,
@@ -58,7 +58,7 @@ def run_report(arch: str, gradflow: bool) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet50")
-    ap.add_argument("--repeats", type=int, default=5, help="alternating plain/trace repeats for the overhead")
+    ap.add_argument("--repeats", type=int, default=25, help="alternating plain/trace repeats for the overhead")  # 5 let the ratio flip across 1.25x
     ap.add_argument("--no-gradflow", action="store_true", help="time the report without its gradient-flow section")
     args = ap.parse_args()
 
