@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +34,20 @@ def cpu_flags() -> str:
         return "unknown"
     want = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
     return ", ".join(f for f in want if f in flags) or "none of avx2/avx512/vnni/amx"
+
+
+def held_isa() -> str:
+    """What the ISA caps in the environment hold back, or '' (the caps are set on a CPU that has more)."""
+    held = []
+    if os.environ.get("ATEN_CPU_CAPABILITY"):
+        held.append(f"PyTorch to {os.environ['ATEN_CPU_CAPABILITY']}")
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        held.append(f"oneDNN and OpenVINO to {os.environ['ONEDNN_MAX_CPU_ISA']}")
+    if not held:
+        return ""
+    # ONNX Runtime's MLAS picks its kernels from cpuid alone: its rows keep the CPU's full ISA.
+    return ("held: " + ", ".join(held) + " (ONNX Runtime has no such switch: its rows run at this CPU's full ISA); "
+            "an approximation of a CPU with only that ISA, not a measurement of one")
 
 
 def goal_rows(res) -> list[tuple[str, str, str, str]]:
@@ -83,8 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     flags.add(ap)
     args = ap.parse_args(argv)
 
-    import os
-
     from resnet_xray.deploy.optimize import OptimizeOptions, optimize
     from resnet_xray.errors import XrayError
 
@@ -102,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     m = res.machine
     print(f"CPU: {m['cpu']} ({os.cpu_count()} logical cores), flags: {cpu_flags()}; {m['threads']} thread(s); "
           f"load average {os.getloadavg()[0]:.1f} at the end")
+    if held_isa():
+        print(held_isa())
     print(f"model: {args.checkpoint}; data: {args.data}; accuracy at {f'{args.input_size} px' if args.input_size else 'the checkpoint size'}, "
           f"timed at {res.timing_size} px; "
           f"budget {args.max_drop} points; target MACs {args.target_macs}; {res.seconds:.0f} s")
@@ -113,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'goal':{w}s}  {'measured':>10s}  {'target':30s}  note")
     for name, got, target, note in rows:
         print(f"{name:{w}s}  {got:>10s}  {target:30s}  {note}")
-    Path(args.out, "goals.json").write_text(json.dumps({"rows": rows, "cpu_flags": cpu_flags(), "machine": m}, indent=2))
+    Path(args.out, "goals.json").write_text(json.dumps({"rows": rows, "cpu_flags": cpu_flags(), "held_isa": held_isa() or None,
+                                                       "machine": m}, indent=2))
     return 0
 
 
