@@ -20,7 +20,7 @@ import torch
 from bench_train import cpu_line
 from resnet_xray.model import build_model
 from resnet_xray.train.finetune import FinetuneOptions, cpu_supports_bf16, make_optimizer, muon_params
-from resnet_xray.train.muon import NS_COEFFICIENTS, orthogonalize
+from resnet_xray.train.muon import orthogonalize, plain_newton_schulz
 
 
 def median_ms(fn, steps: int) -> float:
@@ -31,14 +31,6 @@ def median_ms(fn, steps: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return sorted(times)[len(times) // 2] * 1e3
-
-
-def plain_newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
-    a, b, c = NS_COEFFICIENTS
-    for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x
 
 
 def main() -> None:

@@ -329,12 +329,12 @@ def make_optimizer(model: nn.Module, options: FinetuneOptions, lr: float) -> tor
               for (is_muon, scale, decays), ps in sorted(by_group.items(), key=lambda kv: (not kv[0][0], -kv[0][1], not kv[0][2]))]
     # fused: one kernel pass a tensor. On a CPU torch's default (foreach) took 2.6x as long or more a
     # ResNet-50 step (benchmarks/bench_optimizer.py).
-    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
+    from .muon import Muon, fused_step_supported
+
+    fused = fused_step_supported(model.parameters())
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, fused=fused)
     if name == "muon":
-        from .muon import Muon
-
         return Muon(groups, lr=lr, ns_steps=options.ns_steps)
     return torch.optim.AdamW(groups, lr=lr, fused=fused)
 

@@ -28,20 +28,29 @@ def orthogonalize(g: torch.Tensor, steps: int, dtype: torch.dtype = torch.float3
     (:func:`_gram_newton_schulz`): the same polynomial, fewer multiply-adds. bfloat16 keeps
     torch.optim.Muon's form, where the Gram matrix's squared condition would cost accuracy.
     """
-    a, b, c = NS_COEFFICIENTS
     x = g.to(dtype)
     tall = x.size(0) > x.size(1)
     if tall:  # iterate on the smaller Gram matrix
         x = x.T
     x = x / x.norm().clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
     m, n = x.shape
-    if dtype in (torch.float32, torch.float64) and 2 * n > 3 * m:
-        x = _gram_newton_schulz(x, steps)
-    else:
-        for _ in range(steps):
-            gram = x @ x.T
-            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    wide_float = dtype in (torch.float32, torch.float64) and 2 * n > 3 * m
+    x = _gram_newton_schulz(x, steps) if wide_float else plain_newton_schulz(x, steps)
     return (x.T if tall else x).to(g.dtype)
+
+
+def plain_newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """torch.optim.Muon's iteration on a normalised wide ``x``: ``x <- a x + (b G + c G^2) x``, ``G = x x^T``."""
+    a, b, c = NS_COEFFICIENTS
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x
+
+
+def fused_step_supported(params) -> bool:
+    """Whether torch's fused SGD/AdamW kernels take these parameters (CPU and CUDA tensors)."""
+    return all(p.device.type in ("cpu", "cuda") for p in params)
 
 
 def _gram_newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
@@ -150,5 +159,5 @@ class Muon(torch.optim.Optimizer):
         states = [self.state[p] for p in params]
         b1, b2 = group["betas"]
         adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
-              [s["step"] for s in states], fused=params[0].device.type in ("cpu", "cuda"), amsgrad=False,
+              [s["step"] for s in states], fused=fused_step_supported(params), amsgrad=False,
               beta1=b1, beta2=b2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
