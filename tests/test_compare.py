@@ -44,3 +44,16 @@ def test_top1_gate_and_batches() -> None:
     m = torch.nn.Linear(3, 4)
     batches = [torch.randn(2, 3), torch.randn(3, 3)]
     assert compare(m, m, batches).images == 5
+
+
+def test_per_input_figures_name_the_inputs_that_flip_and_the_typical_error() -> None:
+    ref = np.eye(4)[[0, 1, 2, 3, 0, 1, 2, 3]] * 5.0
+    cand = ref + 0.01  # every input moves a little...
+    cand[5] = np.eye(4)[3] * 30.0  # ...one moves a lot and flips
+    cand[6] = np.eye(4)[0] * 5.0  # another flips with a small change of scale
+    eq = compare(ref, cand, tolerance=Tolerance.reduced_precision(0.0))
+    assert eq.disagreements == [5, 6] and eq.top1_agreement == 6 / 8
+    assert eq.max_abs_diff == 30.0 and math.isclose(eq.median_input_diff, 0.01)  # the worst input is not the typical one
+    d = eq.to_dict()
+    assert d["disagreements"] == [5, 6] and json.loads(json.dumps(d))["median_input_diff"] == eq.median_input_diff
+    assert compare(ref, ref).disagreements == []

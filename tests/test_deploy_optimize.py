@@ -40,6 +40,11 @@ def test_optimize_end_to_end_with_pruning_then_resume(task, tmp_path, capsys) ->
             assert prefix + n in names
     assert all(c.latency_ms and c.latency_ms > 0 and c.accuracy is not None and c.status in ("winner", "kept", "dropped") for c in res.candidates)
     assert all(c.reason for c in res.candidates)
+    # where a candidate's top-1 differs from the checkpoint's, it names the val images (the check lists their indices)
+    assert any(c.disagreements for c in res.candidates)
+    for c in res.candidates:
+        assert len(c.disagreements) == min(20, len(c.check["disagreements"])) == round((1 - c.agreement) * c.check["images"])
+        assert all((root / "data" / f).is_file() and f.startswith("val") for f in c.disagreements)
     pruned = [c for c in res.candidates if c.pruned]
     assert all(0.3 < c.macs_rel < 0.7 for c in pruned)
     # optimize ranks channels by gradients on its data unless told otherwise
@@ -145,3 +150,24 @@ def test_a_latency_tie_goes_to_the_candidate_that_agrees_more_with_fp32() -> Non
     for x in (quick, close, far):
         x.status = "pending"
     assert _pick([fp32, quick, close, far], 0.89, 1.0) is quick
+
+
+def test_the_summary_names_the_val_images_int8_flips(task, tmp_path, capsys, monkeypatch) -> None:
+    from resnet_xray.deploy import optimize as opt_mod
+    from resnet_xray.deploy.optimize import OptimizeResult
+
+    root, ckpt = task
+    check = {"images": 500, "median_input_diff": 0.12, "max_abs_diff": 21.2}
+    int8 = Candidate("openvino int8 (nncf)", "openvino", "int8", False, 1.0, str(tmp_path / "m.xml"), accuracy=0.93, agreement=0.988,
+                     check=check, latency_ms=20.0, speedup=4.0, status="winner", reason="fastest within budget",
+                     disagreements=["val/star/star_00012.png", "val/heart/heart_00001.png", "val/ring/ring_00003.png", "val/x/x.png"])
+    fp32 = Candidate("openvino fp32", "openvino", "fp32", False, 1.0, str(tmp_path / "f.xml"), accuracy=0.93, agreement=1.0,
+                     check={**check, "median_input_diff": 0.0}, latency_ms=40.0, speedup=2.0, status="kept", reason="within budget")
+    res = OptimizeResult(tmp_path, 0.93, 1.0, [int8, fp32], int8, tmp_path / "model.xml", None,
+                         {"cpu": "test CPU", "threads": 2, "vnni": False}, OptimizeOptions(data=str(root / "data")), 1.0, None, 224)
+    monkeypatch.setattr(opt_mod, "optimize", lambda checkpoint, opts: res)
+    assert main(["optimize", str(ckpt), "--data", str(root / "data"), "-o", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert ("openvino int8 (nncf): differs from FP32 on 6 of 500 val images (logit error per image: median 0.12, max 21.2), "
+            "e.g. val/star/star_00012.png, val/heart/heart_00001.png, val/ring/ring_00003.png\n") in out
+    assert "openvino fp32: differs" not in out

@@ -104,7 +104,7 @@ def test_too_few_evaluation_images_name_the_flag_not_the_folder(tmp_path):
         (tmp_path / "val" / c).mkdir(parents=True)
         Image.new("RGB", (40, 40), (9, 99, 199)).save(tmp_path / "val" / c / "x.png")
     pre = Preprocessing(resize=40, crop=32)
-    _, labels, how, _ = labelled_batches(tmp_path, pre, ["a", "b"], limit=1, limit_flag="--eval-images")
+    _, labels, how, _, _ = labelled_batches(tmp_path, pre, ["a", "b"], limit=1, limit_flag="--eval-images")
     assert labels is None and how == "only one class folder among the 1 image(s) that --eval-images 1 keeps"
-    _, labels, _, _ = labelled_batches(tmp_path, pre, ["a", "b"], limit=2)
+    _, labels, _, _, _ = labelled_batches(tmp_path, pre, ["a", "b"], limit=2)
     assert labels.tolist() == [0, 1]

@@ -18,6 +18,9 @@ from typing import Any
 import numpy as np
 
 
+MAX_LISTED = 100  # disagreeing inputs listed by index; the agreement figure counts them all
+
+
 @dataclass(frozen=True)
 class Tolerance:
     """What a candidate must meet to count as the same model."""
@@ -56,6 +59,9 @@ class Equivalence:
     kl: float  # mean KL(reference || candidate) of the softmax, nats
     finite: bool  # every output of both was finite
     tolerance: Tolerance = field(default_factory=Tolerance)
+    # Per input: INT8 error is rarely spread evenly, so say how the typical input fares and which ones flip.
+    median_input_diff: float = 0.0  # median over inputs of each input's max abs logit diff
+    disagreements: list[int] = field(default_factory=list)  # indices of inputs whose top-1 differs (the first 100)
     passed: bool = False
     reason: str = ""  # why it failed; empty when passed
 
@@ -150,9 +156,12 @@ def compare(
         top5 = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ta, tb)])) if n else 1.0
         lp, lq = _log_softmax(ref), _log_softmax(cand)
         kl = float((np.exp(lp) * (lp - lq)).sum(1).mean()) if n else 0.0
+        median_input = float(np.median(diff.max(1))) if n else 0.0
     if not finite:
-        max_abs_diff = mean_abs_diff = kl = math.nan
-    eq = Equivalence(names[0], names[1], n, max_abs_diff, mean_abs_diff, max_abs_logit, top1, top5, kl, finite, tol)
+        max_abs_diff = mean_abs_diff = kl = median_input = math.nan
+    flips = np.flatnonzero(ref.argmax(1) != cand.argmax(1))[:MAX_LISTED].tolist() if n else []
+    eq = Equivalence(names[0], names[1], n, max_abs_diff, mean_abs_diff, max_abs_logit, top1, top5, kl, finite, tol,
+                     median_input_diff=median_input, disagreements=[int(i) for i in flips])
     eq.reason = _failure(eq)
     eq.passed = not eq.reason
     return eq

@@ -294,6 +294,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         for c in res.candidates:
             if c.fp32_layers:
                 print(f"{c.name}: layers kept in FP32: {', '.join(c.fp32_layers)}")
+        for c in res.candidates:
+            if c.precision != "fp32" and not c.pruned and c.deployable and c.check and c.disagreements:
+                print(f"{c.name}: differs from FP32 on {c.check['images'] - round(c.agreement * c.check['images'])} of "
+                      f"{c.check['images']} val images (logit error per image: median {c.check['median_input_diff']:.3g}, "
+                      f"max {c.check['max_abs_diff']:.3g}), e.g. {', '.join(c.disagreements[:3])}")
         if res.winner:
             print(f"winner: {res.winner.name}, {res.winner.speedup:.2f}x eager FP32 -> {res.winner_path} "
                   f"(resnet-xray classify --model {res.winner_path} IMAGES)")

@@ -114,6 +114,7 @@ class Candidate:
     iqr_ms: float | None = None
     speedup: float | None = None  # vs the eager FP32 checkpoint, same rounds
     fp32_layers: list[str] = field(default_factory=list)  # layers mixed precision left in FP32
+    disagreements: list[str] = field(default_factory=list)  # val images whose top-1 differs from the checkpoint's (the first 20)
     status: str = "pending"  # winner | kept | dropped
     reason: str = ""
 
@@ -285,8 +286,9 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
         run.stage("evaluation images")
         from .runtime import labelled_batches
 
-        val_x, val_y, how, _ = labelled_batches(opts.data, pre, meta.class_names, batch=16, limit=opts.eval_images,
-                                                limit_flag="--eval-images")
+        val_x, val_y, how, _, val_files = labelled_batches(opts.data, pre, meta.class_names, batch=16, limit=opts.eval_images,
+                                                           limit_flag="--eval-images")
+        val_names = [_rel(f, opts.data) for f in val_files]
         if val_y is None:
             raise XrayError(f"--data {opts.data}: needs labelled val images (val/<class>/<image>): {how}")
         calib = _calibration_files(opts)
@@ -298,9 +300,9 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
         runners: dict[str, Callable[[np.ndarray], Any]] = {}
         for prefix, m, macs_rel in variants:
             _variant(run, prefix, m, meta, macs_rel, calib, pre, cands, runners, val_x, val_y, base_acc)
-        _score(cands, runners, val_x, val_y, ref_logits)
+        _score(cands, runners, val_x, val_y, ref_logits, val_names)
         if opts.mixed_precision and "openvino" in opts.engines:
-            _mixed(run, variants, cands, runners, val_x, val_y, base_acc, ref_logits)
+            _mixed(run, variants, cands, runners, val_x, val_y, base_acc, ref_logits, val_names)
         tsize = opts.timing_size or size
         run.stage(f"timing {len(runners)} candidates round-robin (batch 1, {tsize} px, {opts.rounds} rounds after warm-up)")
         if tsize != size:
@@ -441,7 +443,15 @@ def _quantize_ort(fp32: Path, calib: list[Path], out: Path) -> None:
         raise XrayError(f"{fp32}: ONNX Runtime INT8 gave non-finite outputs")
 
 
-def _score(cands: list[Candidate], runners: dict[str, Any], val_x: Any, val_y: np.ndarray, ref_logits: np.ndarray) -> None:
+def _rel(f: Path, data: str) -> str:
+    try:
+        return str(Path(f).relative_to(data))
+    except ValueError:
+        return str(f)
+
+
+def _score(cands: list[Candidate], runners: dict[str, Any], val_x: Any, val_y: np.ndarray, ref_logits: np.ndarray,
+           val_names: list[str]) -> None:
     for c in cands:
         if c.accuracy is not None:
             continue
@@ -451,10 +461,11 @@ def _score(cands: list[Candidate], runners: dict[str, Any], val_x: Any, val_y: n
         tol = Tolerance.float32() if c.precision == "fp32" and not c.pruned else Tolerance.reduced_precision(0.0)
         eq = compare(ref_logits, z, tolerance=tol, names=("fp32 checkpoint", c.name))
         c.agreement, c.check = eq.top1_agreement, eq.to_dict()
+        c.disagreements = [val_names[i] for i in eq.disagreements[:20]]
 
 
 def _mixed(run: _Run, variants: list, cands: list[Candidate], runners: dict[str, Any], val_x: Any, val_y: np.ndarray,
-           base_acc: float, ref_logits: np.ndarray) -> None:
+           base_acc: float, ref_logits: np.ndarray, val_names: list[str]) -> None:
     """NNCF accuracy control where plain NNCF INT8 lost more than the budget."""
     from .openvino import quantize_nncf
     from .quantize import image_batches
@@ -484,7 +495,7 @@ def _mixed(run: _Run, variants: list, cands: list[Candidate], runners: dict[str,
         c = Candidate(name, "openvino", "int8+fp32", bool(prefix), macs_rel, str(out), fp32_layers=list(done["fp32_layers"]))
         cands.append(c)
         runners[name] = dm.run
-        _score([c], runners, val_x, val_y, ref_logits)
+        _score([c], runners, val_x, val_y, ref_logits, val_names)
 
 
 def fp32_pre(c: Candidate) -> Any:

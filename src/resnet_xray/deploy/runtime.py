@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -123,8 +123,16 @@ class EvalResult:
                 "weights": self.weights}
 
 
+class Labelled(NamedTuple):
+    xs: list[torch.Tensor]  # preprocessed NCHW batches
+    ys: np.ndarray | None  # labels from the class folders (None: the folder has none)
+    how: str  # how the labels were found, or why not
+    skipped: list  # files that could not be read
+    files: list[Path]  # the images in xs, in order
+
+
 def labelled_batches(data: str | os.PathLike, pre: Preprocessing, class_names: list[str], batch: int = 16,
-                     limit: int | None = None, limit_flag: str = "--limit") -> tuple[list[torch.Tensor], np.ndarray | None, str, list]:
+                     limit: int | None = None, limit_flag: str = "--limit") -> Labelled:
     """Preprocessed batches of a folder (its ``val/`` split when there is one) and labels from its class folders.
 
     ``limit_flag`` names the flag that set ``limit``, for when too few images leave one class.
@@ -145,14 +153,15 @@ def labelled_batches(data: str | os.PathLike, pre: Preprocessing, class_names: l
         how = f"{how} among the {len(files)} image(s) that {limit_flag} {limit} keeps"  # the folder has more
     index = dict(zip(files, labels)) if labels else None
     skipped: list[Skipped] = []
-    xs, ys = [], []
+    xs, ys, read = [], [], []
     for names, x in image_batches(files, pre, batch, skipped, "evaluate", False):
         xs.append(torch.from_numpy(x))
+        read.extend(names)
         if index is not None:
             ys.extend(index[n] for n in names)
     if not xs:
         raise XrayError(f"--data {root}: none of the {len(files)} images could be read")
-    return xs, (np.array(ys) if index is not None else None), how, skipped
+    return Labelled(xs, (np.array(ys) if index is not None else None), how, skipped, read)
 
 
 def accuracy_of(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
@@ -184,7 +193,7 @@ def evaluate_models(paths: list[str | os.PathLike], data: str | os.PathLike, *, 
     for (m, meta), p in zip(loaded[1:], paths[1:]):
         if meta.preprocessing.crop != first_meta.preprocessing.crop or len(meta.class_names) != len(first_meta.class_names):
             raise XrayError(f"--model {p}: takes other inputs or classes than {paths[0]}; compare models of one network")
-    xs, ys, how, skipped = labelled_batches(data, first_meta.preprocessing, first_meta.class_names, limit=limit)
+    xs, ys, how, skipped, _ = labelled_batches(data, first_meta.preprocessing, first_meta.class_names, limit=limit)
     from ..compare import as_logits
 
     with torch.inference_mode():
