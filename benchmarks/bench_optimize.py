@@ -88,7 +88,7 @@ def goal_rows(res) -> list[tuple[str, str, str, str]]:
                      ">= 1.3x AVX2, >= 2.5x VNNI/AMX", ""))
         rows.append((f"top-1 agreement of {ours.name} with FP32", f"{ours.agreement:.1%}", ">= 99%",
                      (f"on {ours.check['images']} val images; per-image logit error median {ours.check['median_input_diff']:.3g}, "
-                      f"max {ours.check['max_abs_diff']:.3g}") if ours.check else ""))
+                      f"max {ours.check['max_abs_diff']:.3g}") if ours.check and ours.check.get("finite") else ""))
     return rows
 
 

@@ -157,7 +157,7 @@ def test_the_summary_names_the_val_images_int8_flips(task, tmp_path, capsys, mon
     from resnet_xray.deploy.optimize import OptimizeResult
 
     root, ckpt = task
-    check = {"images": 500, "median_input_diff": 0.12, "max_abs_diff": 21.2}
+    check = {"images": 500, "median_input_diff": 0.12, "max_abs_diff": 21.2, "finite": True}
     int8 = Candidate("openvino int8 (nncf)", "openvino", "int8", False, 1.0, str(tmp_path / "m.xml"), accuracy=0.93, agreement=0.988,
                      check=check, latency_ms=20.0, speedup=4.0, status="winner", reason="fastest within budget",
                      disagreements=["val/star/star_00012.png", "val/heart/heart_00001.png", "val/ring/ring_00003.png", "val/x/x.png"])
@@ -165,9 +165,13 @@ def test_the_summary_names_the_val_images_int8_flips(task, tmp_path, capsys, mon
                      check={**check, "median_input_diff": 0.0}, latency_ms=40.0, speedup=2.0, status="kept", reason="within budget")
     res = OptimizeResult(tmp_path, 0.93, 1.0, [int8, fp32], int8, tmp_path / "model.xml", None,
                          {"cpu": "test CPU", "threads": 2, "vnni": False}, OptimizeOptions(data=str(root / "data")), 1.0, None, 224)
+    broken = Candidate("ort int8", "onnxruntime", "int8", False, 1.0, str(tmp_path / "q.onnx"), accuracy=0.1, agreement=0.1,
+                       check={"images": 500, "median_input_diff": None, "max_abs_diff": None, "finite": False}, latency_ms=9.0,
+                       status="dropped", reason="non-finite outputs", disagreements=["val/a.png"])
+    res.candidates.append(broken)
     monkeypatch.setattr(opt_mod, "optimize", lambda checkpoint, opts: res)
     assert main(["optimize", str(ckpt), "--data", str(root / "data"), "-o", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert ("openvino int8 (nncf): differs from FP32 on 6 of 500 val images (logit error per image: median 0.12, max 21.2), "
             "e.g. val/star/star_00012.png, val/heart/heart_00001.png, val/ring/ring_00003.png\n") in out
-    assert "openvino fp32: differs" not in out
+    assert "openvino fp32: differs" not in out and "ort int8: differs" not in out  # NaN figures are not printed as numbers

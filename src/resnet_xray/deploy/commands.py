@@ -295,7 +295,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             if c.fp32_layers:
                 print(f"{c.name}: layers kept in FP32: {', '.join(c.fp32_layers)}")
         for c in res.candidates:
-            if c.precision != "fp32" and not c.pruned and c.deployable and c.check and c.disagreements:
+            if c.precision != "fp32" and not c.pruned and c.deployable and c.check and c.check.get("finite") and c.disagreements:
                 print(f"{c.name}: differs from FP32 on {c.check['images'] - round(c.agreement * c.check['images'])} of "
                       f"{c.check['images']} val images (logit error per image: median {c.check['median_input_diff']:.3g}, "
                       f"max {c.check['max_abs_diff']:.3g}), e.g. {', '.join(c.disagreements[:3])}")
