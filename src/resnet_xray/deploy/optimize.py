@@ -288,7 +288,7 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
 
         val_x, val_y, how, _, val_files = labelled_batches(opts.data, pre, meta.class_names, batch=16, limit=opts.eval_images,
                                                            limit_flag="--eval-images")
-        val_names = [_rel(f, opts.data) for f in val_files]
+        val_names = [str(f.relative_to(opts.data)) for f in val_files]  # found under DATA/val, so always relative
         if val_y is None:
             raise XrayError(f"--data {opts.data}: needs labelled val images (val/<class>/<image>): {how}")
         calib = _calibration_files(opts)
@@ -441,13 +441,6 @@ def _quantize_ort(fp32: Path, calib: list[Path], out: Path) -> None:
                                                             time_check=False, min_agreement=0.0))
     if not rep["passed"]:
         raise XrayError(f"{fp32}: ONNX Runtime INT8 gave non-finite outputs")
-
-
-def _rel(f: Path, data: str) -> str:
-    try:
-        return str(Path(f).relative_to(data))
-    except ValueError:
-        return str(f)
 
 
 def _score(cands: list[Candidate], runners: dict[str, Any], val_x: Any, val_y: np.ndarray, ref_logits: np.ndarray,
