@@ -31,6 +31,56 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".json")
 
 
+def artefact_files(path: str | os.PathLike) -> list[Path]:
+    """Every file a deployed model consists of: ``.xml`` + ``.bin``, or ``.onnx`` + its external data.
+
+    Sidecars are descriptions, not the model, so they are left out. External data named
+    outside the model's folder is not followed (loading refuses it anyway).
+    """
+    p = Path(path)
+    files = [p]
+    if p.suffix.lower() == ".xml":
+        files.append(p.with_suffix(".bin"))
+    elif p.suffix.lower() == ".onnx":
+        files += onnx_external_files(p)
+    return [f for f in dict.fromkeys(files) if f.is_file()]
+
+
+def onnx_external_files(path: Path) -> list[Path]:
+    """The external-data files an ONNX model names, resolved inside its own folder."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not ONNX: nothing beside it to count
+        return []
+
+    def tensors(graph: Any) -> Any:  # initializers, and constants inside nodes and their subgraphs
+        yield from graph.initializer
+        for node in graph.node:
+            for a in node.attribute:
+                if a.HasField("t"):
+                    yield a.t
+                yield from a.tensors
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    yield from tensors(g)
+
+    folder = path.parent.resolve()
+    out: list[Path] = []
+    for t in tensors(proto.graph):
+        if uses_external_data(t):
+            f = (folder / ExternalDataInfo(t).location).resolve()
+            if f.parent == folder or folder in f.parents:
+                out.append(f)
+    return out
+
+
+def artefact_bytes(path: str | os.PathLike) -> int:
+    """The size on disk of a deployed model, all of its files together (see :func:`artefact_files`)."""
+    return sum(f.stat().st_size for f in artefact_files(path))
+
+
 def embedded_meta(side: dict[str, Any]) -> dict[str, Any]:
     """The fields that go inside the artefact (a sidecar also holds export options and reports)."""
     return {k: side[k] for k in META_FIELDS if k in side}

@@ -123,8 +123,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         print_json(res.to_dict())
     else:
         if res.output:
-            ir = f", {res.openvino.name} + .bin (OpenVINO IR)" if res.openvino else ""
-            print(f"wrote {res.output} ({si(res.output.stat().st_size)}B, {args.exporter} exporter){ir} and sidecars; "
+            from .artefact import artefact_bytes
+
+            ir = f", {res.openvino.name} + .bin ({si(artefact_bytes(res.openvino))}B, OpenVINO IR)" if res.openvino else ""
+            print(f"wrote {res.output} ({si(artefact_bytes(res.output))}B, {args.exporter} exporter){ir} and sidecars; "
                   "onnx.checker passed")
         checks = [(n, r) for n, r in (("ONNX Runtime", res.check), ("OpenVINO", res.check_openvino), ("TensorRT", res.check_tensorrt))
                   if r is not None]

@@ -31,6 +31,7 @@ from ..errors import XrayError
 from ..options import at_least, one_of, within
 from ..image import IMAGE_EXTENSIONS, Preprocessing, Skipped, expand_inputs
 from ..image import image_batches as stream_batches
+from .artefact import artefact_bytes
 from .onnx import (
     OnnxInfo,
     check_writable,
@@ -425,7 +426,7 @@ def _report(plan: _Plan, opts: QuantizeOptions, tmp_out: Path, calib_used: int, 
             agree: dict[str, Any], speed: dict[str, Any] | None, labels: str) -> dict[str, Any]:
     """The report written into the INT8 model's sidecar: sizes, every choice, the images, the agreement."""
     info, ort = plan.info, opts.engine == "ort"
-    size_fp32, size_int8 = info.path.stat().st_size, tmp_out.stat().st_size
+    size_fp32, size_int8 = artefact_bytes(info.path), artefact_bytes(tmp_out)  # .xml + .bin, .onnx + external data
     return {
         "fp32_model": str(info.path),
         "int8_model": str(plan.out),
