@@ -57,32 +57,97 @@ class Checkpoint:
 
 def safe_load(path: Path, what: str) -> Any:
     """``torch.load(weights_only=True)``; a file that would run code is refused, naming the global it needs."""
+    refuse_deployed(path, what)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a refusal below says it better
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
-            raise XrayError(f"{what} {path}: refused: loading it would run code ({_blocked_global(path, str(e))}), "
-                            "which a weights file never needs") from None
+            raise XrayError(f"{what} {path}: {_refusal(path, str(e))}") from None
         raise XrayError(f"{what} {path}: not a loadable weights file ({_first_line(e)})") from None
     except Exception as e:  # noqa: BLE001 - any failure to parse is the file's fault
+        if not zipfile.is_zipfile(path) and not _is_pickle(path):
+            raise XrayError(f"{what} {path}: {NOT_TORCH}") from None
         raise XrayError(f"{what} {path}: not a loadable weights file ({_first_line(e)})") from None
+
+
+NOT_TORCH = "not a PyTorch weights file (neither torch's zip format nor a pickle)"
 
 
 def _first_line(e: BaseException) -> str:
     return (str(e).splitlines()[0] if str(e) else type(e).__name__)[:200]
 
 
-def _blocked_global(path: Path, message: str) -> str:
+def _refusal(path: Path, message: str) -> str:
+    """Why torch's weights-only loader stopped, in one clause: a global it would call, or not a pickle at all."""
     m = re.search(r"GLOBAL ([\w.]+)", message)
     if m:
-        return f"it calls {m.group(1)}"
+        return f"refused: loading it would run code (it calls {m.group(1)}), which a weights file never needs"
     names = _pickle_globals(path)
     risky = [n for n in names if not n.startswith("torch.") and n != "collections.OrderedDict"]
     if risky:
-        return f"it calls {risky[0]}"
-    return "it uses pickle instructions that a weights file never needs"
+        return f"refused: loading it would run code (it calls {risky[0]}), which a weights file never needs"
+    if not _is_pickle(path):
+        return NOT_TORCH
+    op = re.search(r"Unsupported operand (\d+)", message)
+    name = _opcode_name(int(op.group(1))) if op else None
+    return f"refused: it uses a pickle instruction{f' ({name})' if name else ''} that torch's safe loader does not read"
+
+
+def _opcode_name(code: int) -> str | None:
+    return next((o.name for o in pickletools.opcodes if o.code == chr(code)), None)
+
+
+def _is_pickle(path: Path, limit: int = 1 << 20) -> bool:
+    """Whether the file opens with one well-formed pickle (read with pickletools: nothing is executed)."""
+    try:
+        with open(path, "rb") as f:
+            for op, _, pos in pickletools.genops(f):
+                if op.name == "STOP":
+                    return True
+                if pos > limit:
+                    return True  # well-formed so far, and too long to read to the end
+    except Exception:  # noqa: BLE001 - any parse error means it is not a pickle
+        return False
+    return False
+
+
+# Deployed artefacts take --model; passed as --weights they would reach torch.load and read as garbage.
+_MODEL_FLAG_USERS = "classify, evaluate and bench take it"
+
+
+def deployed_kind(path: Path) -> str | None:
+    """Which deployed model format ``path`` holds, by its first bytes or its suffix; None for anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None  # torch's zip format or a pickle, whatever the name (Hugging Face's pytorch_model.bin)
+    suffix = path.suffix.lower()
+    # ModelProto opens with field 1 (ir_version, a one-byte varint), then a length-delimited field.
+    if suffix == ".onnx" or (len(head) > 2 and head[0] == 0x08 and 0 < head[1] < 0x80 and head[2] & 0x07 == 2):
+        return "an ONNX model"
+    if suffix == ".xml" or head.lstrip().startswith(b"<?xml") or b"<net " in head:
+        return "an OpenVINO IR model"
+    if suffix == ".bin":
+        return "OpenVINO IR weights"
+    return None
+
+
+def refuse_deployed(path: Path, what: str) -> None:
+    """Refuse a deployed model given where weights belong, naming the flag that takes it."""
+    kind = deployed_kind(path)
+    if kind is None:
+        return
+    target = path
+    if kind == "OpenVINO IR weights":  # --model takes the .xml; the .bin beside it is read with it
+        target = path.with_suffix(".xml")
+        kind += f" (the .bin beside {target.name})" if target.exists() else " (an IR's .bin)"
+    raise XrayError(f"{what} {path}: {kind}, a deployed file, not PyTorch weights: pass --model {target} "
+                    f"({_MODEL_FLAG_USERS})")
 
 
 def _pickle_globals(path: Path, limit: int = 16 << 20) -> list[str]:

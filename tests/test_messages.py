@@ -1,0 +1,81 @@
+"""What a user reads: refusals that name the right flag, suggestions for mistyped flags, plain sentences."""
+
+from __future__ import annotations
+
+import pytest
+
+from resnet_xray.cli import main
+
+# The first bytes of a real ONNX file (ModelProto: ir_version 10, producer "pytorch"), then filler.
+ONNX_HEAD = bytes.fromhex("080a1207707974 6f726368 1a0c322e31342e31".replace(" ", "")) + b"\x00" * 64
+OPENVINO_XML = b'<?xml version="1.0"?>\n<net name="onnx_Frontend_IR" version="11">\n\t<layers>\n</layers>\n</net>\n'
+
+
+def _run(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "content", "expect"), [
+    ("model.onnx", ONNX_HEAD, "--model"),
+    ("renamed.pt", ONNX_HEAD, "--model"),  # recognised by its bytes, not only its suffix
+    ("model.xml", OPENVINO_XML, "--model"),
+    ("model.bin", b"\xea\xc9\x62\xbc" * 64, "--model"),
+])
+def test_deployed_file_as_weights_names_model_flag(tmp_path, capsys, cat_path, name, content, expect):
+    path = tmp_path / name
+    path.write_bytes(content)
+    if name.endswith(".bin"):
+        (tmp_path / "model.xml").write_bytes(OPENVINO_XML)
+    code, err = _run(capsys, "classify", str(cat_path), "--weights", str(path))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert expect in lines[0] and "would run code" not in lines[0] and "pickle" not in lines[0]
+    if name.endswith(".bin"):
+        assert "model.xml" in lines[0]  # the file --model wants is the .xml beside it
+
+
+@pytest.mark.parametrize("content", ["png", b"hello world\n"])
+def test_not_a_pickle_is_not_called_code(tmp_path, capsys, cat_path, content):
+    path = tmp_path / "photo.pt"
+    path.write_bytes(cat_path.read_bytes() if content == "png" else content)
+    code, err = _run(capsys, "classify", str(cat_path), "--weights", str(path))
+    assert code == 2 and "would run code" not in err and "not a PyTorch weights file" in err, err
+
+
+def test_refusal_clause_is_not_doubled(tmp_path):
+    import pickle
+
+    from resnet_xray.checkpoint import safe_load
+    from resnet_xray.errors import XrayError
+
+    path = tmp_path / "set.pt"  # a well-formed pickle, with an instruction torch's safe loader does not read
+    path.write_bytes(pickle.dumps({"x": {1, 2}}, protocol=4))
+    with pytest.raises(XrayError) as e:
+        safe_load(path, "--weights")
+    msg = str(e.value)
+    assert msg.startswith(f"--weights {path}: refused") and msg.count("never needs") <= 1, msg
+    assert "would run code" not in msg  # nothing in a set runs code
+
+
+@pytest.mark.parametrize(("argv", "suggestion"), [
+    (["classify", "x.png", "--top-k", "3"], "--topk"),
+    (["classify", "x.png", "--top-k=3"], "--topk"),
+    (["anatomy", "--input_size", "96"], "--input-size"),
+])
+def test_wrong_flag_suggests_nearest(capsys, argv, suggestion):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"did you mean {suggestion}?" in err, err
+    assert f"usage: resnet-xray {argv[0]}" in err, err  # the subcommand's usage, not the top level's
+
+
+def test_wrong_flag_without_near_match_still_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["classify", "x.png", "--zzzzqqq"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unrecognized arguments: --zzzzqqq" in err and "did you mean" not in err
+    assert "usage: resnet-xray classify" in err
