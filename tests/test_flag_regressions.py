@@ -48,7 +48,7 @@ def test_deployed_model_threads_below_one_is_refused(threads):
     from resnet_xray.deploy.runtime import load_deployed
     from resnet_xray.options import OptionError
 
-    with pytest.raises(OptionError, match=f"threads {threads}: must be at least 1"):
+    with pytest.raises(OptionError, match=rf"threads {threads}: must lie in \[1, "):
         load_deployed("missing.onnx", threads)
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from .image import ImageStream, Skipped, image_batches
 from .interface import split_outputs
 from .model import ModelMeta
-from .options import at_least
+from .options import at_least, batch_fits
 from .provenance import WeightsInfo
 
 
@@ -25,7 +25,7 @@ class ClassifyOptions:
 
     def __post_init__(self) -> None:
         at_least("topk", self.topk, 1)
-        at_least("batch_size", self.batch_size, 1)
+        batch_fits("batch_size", self.batch_size, None)
 
 
 @dataclass

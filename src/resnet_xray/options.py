@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,58 @@ def learning_rate(option: str, value: float | None, *, allow_none: bool = False)
         return
     if value is None or not 0 < value <= LR_MAX:  # NaN fails both comparisons
         raise OptionError(option, value, f"must lie in (0, {LR_MAX:g}]")
+
+
+# --- upper bounds that follow from the machine: a value past them cannot run here, so it is refused ---
+
+# The largest square side a size option takes, as the checkpoint schema bounds preprocessing: at 4096 px
+# ResNet-18 (the smallest) keeps ~10 GB of activations per training image, 334x its 224 px need.
+MAX_IMAGE_SIDE = 4096
+# Bytes per input pixel of one image, measured on ResNet-18 (the smallest; larger ResNets need more):
+INFER_BYTES_PER_PIXEL = 76  # a forward pass: the float input (12) beside the stem's 64-channel output (64)
+TRAIN_BYTES_PER_PIXEL = 600  # every layer's output, kept for the backward pass (ResNet-152 keeps 9x this)
+# matplotlib's Agg renderer draws at most 2**16 pixels a side.
+MAX_FIGURE_PX = 2**16
+
+
+def image_side(option: str, value: int | None, low: int = 32, *, allow_none: bool = False) -> None:
+    """A square input side in pixels: from ``low`` to :data:`MAX_IMAGE_SIDE`."""
+    within(option, value, low, MAX_IMAGE_SIDE, allow_none=allow_none)
+
+
+def max_threads() -> int:
+    """Threads (or worker processes) past four per logical core only queue for the same cores."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def thread_count(option: str, value: int | None, *, low: int = 1, allow_none: bool = True) -> None:
+    """Intra-op threads or loader processes: from ``low`` to :func:`max_threads`."""
+    within(option, value, low, max_threads(), allow_none=allow_none)
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory (64 GiB where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 64 << 30
+
+
+def batch_fits(option: str, value: int | None, side: int | None, *, training: bool = False, allow_none: bool = False) -> None:
+    """A batch size whose activations at ``side`` px (None: the smallest side, 32) fit in this machine's memory."""
+    if value is None and allow_none:
+        return
+    side = side or 32
+    per_image = side * side * (TRAIN_BYTES_PER_PIXEL if training else INFER_BYTES_PER_PIXEL)
+    most = max(1, memory_bytes() // per_image)
+    if value is None or not 1 <= value <= most:
+        raise OptionError(option, value, f"must lie in [1, {most}] (at {side} px a larger batch's activations exceed "
+                                         f"this machine's {memory_bytes() / 2**30:.0f} GiB of memory)")
+
+
+def figure_items(option: str, value: int | None, px_per_item: float, fixed_px: float = 0.0) -> None:
+    """A count of tiles drawn side by side, ``px_per_item`` wide each: the picture must fit :data:`MAX_FIGURE_PX`."""
+    within(option, value, 1, int((MAX_FIGURE_PX - fixed_px) // px_per_item))
 
 
 # --- flags generated from the dataclass: field -> --field-name, its type, default and comment ---

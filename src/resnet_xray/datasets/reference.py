@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import XrayError
-from ..options import OptionError, at_least, one_of, seed_in_range, within
+from ..options import OptionError, at_least, image_side, one_of, seed_in_range, within
 from ..image import bundled_cat
 
 GENERATOR_VERSION = 2  # 2: milder stretch, clutter and patterned fills, so 15 CPU minutes suffice
@@ -54,7 +54,7 @@ class ReferenceOptions:
         within("classes", self.classes, 2, len(TASKS[self.task]))
         at_least("per_class", self.per_class, 1)
         at_least("val_per_class", self.val_per_class, 1, allow_none=True)
-        at_least("size", self.size, 32)
+        image_side("size", self.size)
         at_least("clutter", self.clutter, 0)
         seed_in_range("seed", self.seed)
         if not 0.05 <= self.min_scale <= self.max_scale <= 0.95:

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..compare import Tolerance, as_logits, compare
 from ..errors import XrayError
-from ..options import OptionError, at_least
+from ..options import OptionError, at_least, batch_fits, image_side, thread_count
 from ..image import bundled_cat, load_image
 from ..units import table
 from ..interface import ClassLogits, unwrap
@@ -146,16 +146,16 @@ class BenchOptions:
     def __post_init__(self) -> None:
         if not self.batches:
             raise OptionError("batches", "", "give at least one batch size")
+        image_side("input_size", self.input_size, allow_none=True)
         for b in self.batches:
-            at_least("batches", b, 1)
-        at_least("threads", self.threads, 1, allow_none=True)
+            batch_fits("batches", b, self.input_size)
+        thread_count("threads", self.threads)
         at_least("warmup", self.warmup, 0)
         at_least("repeats", self.repeats, 1)
         at_least("min_time_s", self.min_time_s, 0)
         at_least("rounds", self.rounds, 1)
         at_least("compile_timeout_s", self.compile_timeout_s, 1)
         at_least("calib_images", self.calib_images, 1)
-        at_least("input_size", self.input_size, 32, allow_none=True)
 
 
 @dataclass
@@ -321,11 +321,9 @@ def run_bench(model: nn.Module, meta: Any, options: BenchOptions | None = None) 
     from ..anatomy import AnatomyOptions, analyze
 
     opts = options or BenchOptions()
-    if not opts.batches or any(b < 1 for b in opts.batches):
-        raise XrayError(f"--batch {','.join(map(str, opts.batches))}: batch sizes must be positive integers")
-    if opts.threads is not None and opts.threads < 1:
-        raise XrayError(f"--threads {opts.threads}: must be at least 1")
     size = opts.input_size or meta.preprocessing.crop
+    for b in opts.batches:  # the options checked them at the smallest side; the model's crop is known now
+        batch_fits("batches", b, size)
     model = model.eval()
     if isinstance(model(torch.zeros(1, 3, size, size)), dict):
         model = ClassLogits(model).eval()

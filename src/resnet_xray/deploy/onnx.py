@@ -50,15 +50,15 @@ class ExportOptions:
     def __post_init__(self) -> None:
         import onnx
 
-        from ..options import OptionError, at_least, one_of
+        from ..options import OptionError, batch_fits, image_side, one_of
 
         one_of("exporter", self.exporter, tuple(MIN_OPSET))
         top = onnx.defs.onnx_opset_version()
         if self.opset is not None and not MIN_OPSET[self.exporter] <= self.opset <= top:
             raise OptionError("opset", self.opset, f"the {self.exporter} exporter writes opsets {MIN_OPSET[self.exporter]} to {top}"
                               + (" (use --exporter torchscript for older ones)" if self.exporter == "dynamo" else ""))
-        at_least("input_size", self.input_size, 32, allow_none=True)
-        at_least("batch", self.batch, 1)
+        image_side("input_size", self.input_size, allow_none=True)
+        batch_fits("batch", self.batch, self.input_size)
 
 
 def export_onnx(

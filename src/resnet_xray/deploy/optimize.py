@@ -72,7 +72,7 @@ class OptimizeOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from ..options import OptionError, at_least, one_of, seed_in_range, within
+        from ..options import OptionError, at_least, batch_fits, image_side, one_of, seed_in_range, thread_count, within
         from ..prune.importance import CRITERIA
 
         within("max_drop", self.max_drop, 0.0, 100.0)  # accuracy points
@@ -87,11 +87,12 @@ class OptimizeOptions:
             at_least(name, getattr(self, name), 1)
         at_least("finetune_epochs", self.finetune_epochs, 0)
         one_of("importance", self.importance, CRITERIA)
-        at_least("workers", self.workers, 0)
+        thread_count("workers", self.workers, low=0, allow_none=False)
         at_least("eval_images", self.eval_images, 1, allow_none=True)
-        at_least("input_size", self.input_size, 32, allow_none=True)
-        at_least("timing_size", self.timing_size, 32, allow_none=True)
-        at_least("threads", self.threads, 1, allow_none=True)
+        image_side("input_size", self.input_size, allow_none=True)
+        image_side("timing_size", self.timing_size, allow_none=True)
+        batch_fits("batch_size", self.batch_size, self.input_size, training=True)
+        thread_count("threads", self.threads)
         seed_in_range("seed", self.seed)
         if self.resume and self.overwrite:
             raise OptionError("resume", True, "and overwrite: choose one")

@@ -28,7 +28,7 @@ import torch
 from ..atomic import write_json
 from ..compare import Tolerance, compare
 from ..errors import XrayError
-from ..options import at_least, one_of, within
+from ..options import at_least, batch_fits, one_of, within
 from ..image import IMAGE_EXTENSIONS, Preprocessing, Skipped, expand_inputs
 from ..image import image_batches as stream_batches
 from .artefact import artefact_bytes
@@ -73,7 +73,7 @@ class QuantizeOptions:
         within("min_agreement", self.min_agreement, 0.0, 1.0)
         if self.holdout_every != 0:  # 0 is "hold none out" (optimize scores on its own val split)
             at_least("holdout_every", self.holdout_every, 2)
-        at_least("batch_size", self.batch_size, 1)
+        batch_fits("batch_size", self.batch_size, None)
 
 
 @dataclass

@@ -56,9 +56,9 @@ def load_deployed(path: str | os.PathLike, threads: int | None = None, flag: str
             does not fit the model (crop size, class count).
     """
     from ..model import ModelMeta
-    from ..options import at_least
+    from ..options import thread_count
 
-    at_least("threads", threads, 1, allow_none=True)  # ONNX Runtime takes 0 as "default" and crashes on < 0
+    thread_count("threads", threads)  # ONNX Runtime takes 0 as "default" and crashes on < 0; libgomp dies on 100000
     p = Path(path)
     engine = engine_of(p, flag)
     if engine == "onnxruntime":
@@ -174,10 +174,10 @@ class EvaluateOptions:
     threads: int | None = None  # intra-op threads for every engine (None: their own)
 
     def __post_init__(self) -> None:
-        from ..options import at_least
+        from ..options import at_least, thread_count
 
         at_least("limit", self.limit, 1, allow_none=True)
-        at_least("threads", self.threads, 1, allow_none=True)
+        thread_count("threads", self.threads)
 
 
 def evaluate_models(paths: list[str | os.PathLike], data: str | os.PathLike, *, tolerance: Tolerance | None = None,

@@ -20,7 +20,7 @@ from torch import nn
 from ..atomic import write_json, write_text
 from ..errors import XrayError
 from ..model import ModelMeta, changes_of, load_model, save_checkpoint
-from ..options import OptionError, at_least, learning_rate, one_of
+from ..options import OptionError, at_least, batch_fits, image_side, learning_rate, one_of, thread_count
 from ..units import pct, si, table
 from .importance import CRITERIA, accumulate_gradients, check_criterion
 from .measure import measure_cost, measure_latency
@@ -63,13 +63,13 @@ class PruneOptions:
         one_of("importance", self.importance, CRITERIA)
         at_least("finetune_epochs", self.finetune_epochs, 0)
         at_least("round_to", self.round_to, 1)
-        at_least("input_size", self.input_size, 32, allow_none=True)
+        image_side("input_size", self.input_size, allow_none=True)
         learning_rate("lr", self.lr, allow_none=True)
-        at_least("batch_size", self.batch_size, 1)
-        at_least("workers", self.workers, 0, allow_none=True)
+        batch_fits("batch_size", self.batch_size, self.input_size, training=True)
+        thread_count("workers", self.workers, low=0)
         at_least("taylor_batches", self.taylor_batches, 1)
         at_least("latency_repeats", self.latency_repeats, 1)
-        at_least("threads", self.threads, 1, allow_none=True)
+        thread_count("threads", self.threads)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..anatomy import AnatomyOptions, analyze
 from ..errors import XrayError
-from ..options import OptionError, at_least, one_of
+from ..options import OptionError, at_least, batch_fits, image_side, one_of
 from ..image import load_image
 from ..model import ModelMeta
 from ..viz.cam import CamOptions, cam_figure, check_class_index, compute_cams
@@ -88,7 +88,8 @@ class ReportOptions:
         if self.cam_class is not None and self.cam_class < 0:
             raise OptionError("cam_class", self.cam_class, "out of range; class indices start at 0")
         at_least("gradflow_batch", self.gradflow_batch, 2)  # batch statistics need two images
-        at_least("gradflow_size", self.gradflow_size, 32)
+        image_side("gradflow_size", self.gradflow_size)
+        batch_fits("gradflow_batch", self.gradflow_batch, self.gradflow_size, training=True)
         if self.sections is not None:
             self.sections = check_sections(tuple(self.sections))
 

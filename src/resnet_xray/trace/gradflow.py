@@ -50,14 +50,15 @@ class GradFlowOptions:
     num_classes: int = 1000
 
     def __post_init__(self) -> None:
-        from ..options import OptionError, at_least, learning_rate, one_of
+        from ..options import OptionError, at_least, batch_fits, image_side, learning_rate, one_of
 
         for r in self.regimes:
             one_of("regimes", r, tuple(REGIMES))
         at_least("batch_size", self.batch_size, 1)
         if self.batch_size < 2 and "batch" in self.regimes:
             raise OptionError("batch_size", self.batch_size, "batch statistics need at least 2 images")
-        at_least("input_size", self.input_size, 32)
+        image_side("input_size", self.input_size)
+        batch_fits("batch_size", self.batch_size, self.input_size, training=True)
         at_least("steps", self.steps, 0)
         learning_rate("lr", self.lr)
 

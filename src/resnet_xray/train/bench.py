@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import XrayError
 from ..model import build_model
-from ..options import at_least, seed_in_range
+from ..options import at_least, batch_fits, image_side, seed_in_range, thread_count
 from .data import make_loaders
 from .finetune import FinetuneOptions, make_optimizer, resolve_precision
 
@@ -32,9 +32,9 @@ class DataBenchOptions:
     seed: int = 0  # model init and shuffling
 
     def __post_init__(self) -> None:
-        at_least("batch_size", self.batch_size, 1)
-        at_least("workers", self.workers, 0, allow_none=True)
-        at_least("image_size", self.image_size, 32, allow_none=True)
+        image_side("image_size", self.image_size, allow_none=True)
+        batch_fits("batch_size", self.batch_size, self.image_size, training=True)
+        thread_count("workers", self.workers, low=0)
         at_least("steps", self.steps, 1)
         seed_in_range("seed", self.seed)
 

@@ -26,7 +26,7 @@ from ..errors import XrayError
 from ..interface import ReplacedClassifier, class_logits, reset_classifier
 from ..locks import output_lock
 from ..model import ModelMeta, changes_of, check_arch, check_changes_rebuild, load_model, save_checkpoint
-from ..options import OptionError, at_least, learning_rate, one_of, seed_in_range, within
+from ..options import OptionError, at_least, batch_fits, image_side, learning_rate, one_of, seed_in_range, thread_count, within
 from . import distributed as D
 from .checkpoint import load_training_state, remove_stale_temporaries, save_training_state, set_rng_state
 from .data import DataBundle, make_loaders, steps_per_epoch
@@ -131,8 +131,9 @@ class FinetuneOptions:
         if self.batch_size == 1 and self.freeze != "backbone":
             # Found by tests/test_hypothesis_flags.py: a training BatchNorm fails on a batch of one.
             raise OptionError("batch_size", 1, "BatchNorm cannot train on one image per step; use 2 or more (or --freeze backbone)")
-        at_least("workers", self.workers, 0, allow_none=True)
-        at_least("image_size", self.image_size, 32, allow_none=True)
+        thread_count("workers", self.workers, low=0)
+        image_side("image_size", self.image_size, allow_none=True)
+        batch_fits("batch_size", self.batch_size, self.image_size, training=True)
         at_least("checkpoint_every", self.checkpoint_every, 0)
         at_least("stop_after_steps", self.stop_after_steps, 1, allow_none=True)
         one_of("device", self.device, ("auto", "cpu", "cuda"))
