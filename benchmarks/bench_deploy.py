@@ -146,6 +146,18 @@ def main() -> int:
                      f"{r.speedup:.2f}x | {r.gflops:.0f} | {share} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print(f"\nwrote {out}/bench.json, {out}/table.md, {out}/bench.png")
+
+    from records import write_record
+
+    write_record("bench_deploy", {
+        "arch": meta.arch, "weights": str(meta.weights), "input_size": opts.input_size, "threads": m["threads"],
+        "peak_gflops": res.peak_gflops,
+        "rows": [{"path": r.path, "batch": r.batch, "status": r.status, "note": r.note,
+                  "median_ms": r.stats.median_ms if r.stats else None, "iqr_ms": r.stats.iqr_ms if r.stats else None,
+                  "images_per_s": r.throughput, "speedup": r.speedup, "gflops": r.gflops, "peak_share": r.peak_share}
+                 for r in res.rows],
+        "int8_top1_agreement": agreement["paths"]["ort_int8"]["top1_agreement"] if agreement else None,
+    })
     return 0
 
 

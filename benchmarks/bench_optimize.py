@@ -34,6 +34,8 @@ import os
 import sys
 from pathlib import Path
 
+from records import write_record
+
 
 def cpu_flags() -> str:
     try:
@@ -139,7 +141,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:{w}s}  {got:>10s}  {target:30s}  {note}")
     Path(args.out, "goals.json").write_text(json.dumps({"rows": rows, "cpu_flags": cpu_flags(), "held_isa": held_isa() or None,
                                                        "machine": m}, indent=2))
+    write_record("bench_optimize", optimize_figures(res, args.checkpoint))
     return 0
+
+
+def optimize_figures(res, checkpoint: str) -> dict:
+    """The figures of one optimize run that the Results tables show, as plain numbers."""
+    from resnet_xray.deploy.optimize import fastest
+
+    by = {c.name: c for c in res.candidates}
+    win, peer, eager = res.winner, by.get("openvino int8 (nncf)"), by.get("eager fp32")
+    unpruned = [c for c in res.candidates if not c.pruned]
+    fp32 = [c for c in unpruned if c.precision == "fp32" and c.latency_ms]
+    int8 = [c for c in unpruned if c.precision.startswith("int8") and c.deployable and c.latency_ms and c.status != "dropped"]
+    best_fp32, ours = (min(fp32, key=lambda c: c.latency_ms), fastest(int8)) if fp32 and int8 else (None, None)
+
+    def ratio(a, b):
+        return a.latency_ms / b.latency_ms if a and b and a.latency_ms and b.latency_ms else None
+
+    return {
+        "checkpoint": checkpoint, "baseline_accuracy": res.baseline_accuracy, "max_drop_points": res.max_drop,
+        "timing_size": res.timing_size, "seconds": res.seconds,
+        "winner": win.name if win else None, "winner_ms": win.latency_ms if win else None,
+        "winner_accuracy": win.accuracy if win else None,
+        "winner_vs_peer": ratio(peer, win), "winner_vs_eager": ratio(eager, win),
+        "unpruned_int8": ours.name if ours else None, "best_fp32": best_fp32.name if best_fp32 else None,
+        "unpruned_int8_vs_fp32": ratio(best_fp32, ours), "unpruned_int8_agreement": ours.agreement if ours else None,
+        "candidates": [{"name": c.name, "latency_ms": c.latency_ms, "accuracy": c.accuracy, "agreement": c.agreement,
+                        "status": c.status} for c in res.candidates],
+    }
 
 
 if __name__ == "__main__":

@@ -63,8 +63,10 @@ def main() -> None:
         muon.ns_dtype = torch.bfloat16
         rows[f"Muon, bfloat16 iteration ({a.ns_steps} steps)"] = muon
     print("\n| optimizer | step ms (median) |\n|---|---|")
+    step_ms = {}
     for name, opt in rows.items():
-        print(f"| {name} | {median_ms(opt.step, a.steps):.1f} |", flush=True)
+        step_ms[name] = median_ms(opt.step, a.steps)
+        print(f"| {name} | {step_ms[name]:.1f} |", flush=True)
 
     mats = [p.grad.reshape(p.shape[0], -1) for p in muon_params(model, FinetuneOptions().muon_stages)]
     mats = [(m.T if m.shape[0] > m.shape[1] else m).contiguous() for m in mats]
@@ -73,6 +75,11 @@ def main() -> None:
     ours = median_ms(lambda: [orthogonalize(m, a.ns_steps) for m in mats], a.steps)
     print(f"\nNewton-Schulz alone, float32, {len(mats)} matrices: plain form {plain:.1f} ms, "
           f"ours (Gram form where wide) {ours:.1f} ms: {plain / ours:.2f}x")
+
+    from records import write_record
+
+    write_record("bench_optimizer", {"arch": a.arch, "steps": a.steps, "ns_steps": a.ns_steps, "threads": torch.get_num_threads(),
+                                     "step_ms": step_ms, "newton_schulz_plain_ms": plain, "newton_schulz_gram_ms": ours})
 
 
 if __name__ == "__main__":

@@ -192,6 +192,17 @@ def main(argv: list[str] | None = None) -> int:
         "quantization_agreement": qreport.get("agreement"),
     }
     (out / "bench_prune.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+
+    from records import write_record
+
+    write_record("bench_prune", {
+        "arch": meta.arch, "weights": args.weights, "input_size": size, "importance": args.importance, "steps": args.steps,
+        "finetune_epochs": args.finetune_epochs, "threads": args.threads,
+        "macs_before": base_macs, "macs_after": macs, "macs_kept": macs / base_macs,
+        "latency_ms": {k: v.median_ms for k, v in stats.items()}, "accuracy": acc,
+        "accuracy_lost_fp32_points": fp32_loss, "accuracy_lost_int8_points": int8_loss,
+        "ort_fp32_speedup": ort_speedup, "pruned_int8_vs_eager": int8_speedup,
+    })
     return 0
 
 

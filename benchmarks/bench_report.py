@@ -88,6 +88,14 @@ def main() -> None:
     print(f"  peak RSS {rep['peak_rss_mb']:.0f} MB < {RSS_TARGET_MB} MB: {'met' if rep['peak_rss_mb'] < RSS_TARGET_MB else 'NOT met'}")
     print(f"  trace {stats_only['ratio_median']:.2f}x <= {TRACE_TARGET}x: {'met' if stats_only['ratio_median'] <= TRACE_TARGET else 'NOT met'}")
 
+    from records import write_record
+
+    write_record("bench_report", {"arch": args.arch, "gradflow": not args.no_gradflow, "wall_s": rep["wall_s"], "cpu_s": rep["cpu_s"],
+                                  "peak_rss_mb": rep["peak_rss_mb"], "html_mb": rep["html_mb"], "plain_forward_s": plain,
+                                  "trace_ratio": stats_only["ratio_median"], "trace_ratio_with_maps": with_maps["ratio_median"],
+                                  "repeats": args.repeats, "goals": {"wall_s": WALL_TARGET_S, "rss_mb": RSS_TARGET_MB,
+                                                                     "trace_ratio": TRACE_TARGET}})
+
 
 if __name__ == "__main__":
     main()

@@ -75,6 +75,12 @@ def main() -> None:
     print(f"{'classify (1 image, random weights) / import torch, torchvision':<58s} {classify_s / torch_s:9.2f}x "
           f"{'<= 1.5x':>8s}  {'yes' if classify_s / torch_s <= 1.5 else 'NO'}")
 
+    from records import write_record
+
+    write_record("bench_startup", {"arch": a.arch, "repeats": a.repeats, "median_s": med, "help_s": help_s,
+                                   "import_torch_s": torch_s, "classify_s": classify_s,
+                                   "classify_vs_import_torch": classify_s / torch_s, "goals": {"help_s": 0.5, "classify_ratio": 1.5}})
+
 
 if __name__ == "__main__":
     main()

@@ -127,11 +127,12 @@ def main() -> None:
     print(f"CPU: {cpu_description()}")
     print(f"goal: trace (statistics of every layer) <= {GOAL}x a plain forward, {args.arch} at {args.size} px, "
           f"engine {engines[0]}; traced logits bit-identical to the plain forward (checked)")
-    verdicts = []
+    verdicts, runs = [], []
     for threads in [int(t) for t in args.threads.split(",") if t]:
         torch.set_num_threads(threads)
         load0 = os.getloadavg()[0]
         r = measure_trace_overhead(args.arch, args.size, args.repeats, args.device, engines=engines)
+        runs.append(r)
         print(f"\n{r['arch']} on {'x'.join(map(str, r['input']))}, {r['device']}, torch threads {r['threads']}, "
               f"{r['repeats']} round-robin repeats; load average {load0:.2f} -> {os.getloadavg()[0]:.2f}")
         print(f"  {'':<22} {'median':>10} {'best':>10} {'ratio (median)':>15} {'ratio (best)':>13} {'CPU-time ratio':>15}"
@@ -146,6 +147,11 @@ def main() -> None:
                         f"({'met' if met else 'NOT met'}; paired {r['ratio_paired']:.3f}x, "
                         f"{'met' if r['ratio_paired'] <= GOAL else 'NOT met'})")
     print(f"\ngoal <= {GOAL}x ({engines[0]}, median ratio) on {cpu_description().split(',')[0]}: " + "; ".join(verdicts))
+    if args.device == "cpu":
+        from records import write_record
+
+        write_record("bench_trace", {"arch": args.arch, "size": args.size, "engine": engines[0], "goal": GOAL,
+                                     "runs": [{k: v for k, v in r.items() if k != "engines"} for r in runs]})
 
 
 if __name__ == "__main__":

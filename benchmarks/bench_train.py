@@ -119,6 +119,14 @@ def reference_run(data: str, out: str, arch: str, epochs: int, extra: list[str])
     print(f"\nreference run: {arch}, {epochs} epochs, {torch.get_num_threads()} threads, {cpu_line()}: final {final:.1%}, "
           f"best {best:.1%} (best.pt), {minutes:.1f} min wall")
     print("\n".join(goal_lines(reached, cpu_kind())))
+    from records import write_record
+
+    write_record("bench_train_reference", {
+        "arch": arch, "epochs": epochs, "args": extra, "threads": torch.get_num_threads(),
+        "final_accuracy": final, "best_accuracy": best, "minutes": minutes,
+        "minutes_to": {f"{goal:.2f}": reached.get(goal) for goal, _, _ in GOALS},
+        "epoch_accuracy": [float(r["val_accuracy"]) for r in rows],
+    })
 
 
 def goal_lines(reached: dict[float, float], here: str | None) -> list[str]:
@@ -253,6 +261,11 @@ def main() -> None:
     print("\n| loop | images/s (best of rounds) | vs recipe |\n|---|---|---|")
     for k, v in best.items():
         print(f"| {k} | {v:.1f} | {v / best['recipe']:.2f}x |")
+    from records import write_record
+
+    write_record("bench_train_throughput", {"arch": a.arch, "size": a.size, "batch_size": a.batch_size, "workers": a.workers,
+                                            "steps": a.steps, "rounds": a.rounds, "threads": torch.get_num_threads(),
+                                            "images_per_s": best})
     d = bench_data(a.data, DataBenchOptions(arch=a.arch, batch_size=a.batch_size, image_size=a.size, steps=a.steps))
     print(f"\ndata wait with the default {d['workers']} workers: {d['data_wait_fraction']:.1%} of step time "
           f"(loader alone {d['loader_images_per_s']:.0f} img/s, model step alone {d['step_images_per_s']:.1f} img/s)")

@@ -47,11 +47,18 @@ def main() -> None:
     a = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; "
           f"{a.arch} {a.size}px batch 32, AdamW, channels-last")
+    rounds = []
     for r in range(a.rounds):
         eager, e_first = rate(a.arch, a.size, a.steps, False)
         comp, c_first = rate(a.arch, a.size, a.steps, True)
+        rounds.append({"eager_images_per_s": eager, "compiled_images_per_s": comp, "eager_first_step_s": e_first,
+                       "compiled_first_step_s": c_first})
         print(f"round {r + 1}: eager {eager:.1f} img/s (first step {e_first:.1f} s), compiled {comp:.1f} img/s "
               f"(first step {c_first:.1f} s): compiled/eager {comp / eager:.2f}x", flush=True)
+
+    from records import write_record
+
+    write_record("bench_train_compile", {"arch": a.arch, "size": a.size, "steps": a.steps, "rounds": rounds})
 
 
 if __name__ == "__main__":

@@ -82,6 +82,11 @@ def main() -> None:
     fc_min = results["fc only, frozen backbone"][1]
     print(f"fc only: {fc_min:.2f} min; goal < 1 minute: {'MET' if fc_min < 1 else 'NOT MET'}")
 
+    from records import write_record
+
+    write_record("bench_transfer", {"backbone": a.backbone, "size": size, "epochs": a.epochs, "fc_epochs": a.fc_epochs,
+                                    "runs": {name: {"best_accuracy": acc, "minutes": minutes} for name, (acc, minutes) in results.items()}})
+
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,247 @@
+"""Render the Results tables of README.md and docs/*.md from the records in benchmarks/results/.
+
+A table lives between two markers, ``<!-- results:ID -->`` and ``<!-- /results:ID -->``; this
+script replaces what lies between them with the table that the records give. Every row names
+its CPU kind; a table whose benchmark has no record yet says so and names the command that
+makes one. Nothing in a table is typed by hand.
+
+    python benchmarks/results.py           # rewrite the tables
+    python benchmarks/results.py --check   # exit 1 when a table differs from what the records give
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from records import RESULTS_DIR, ROOT, load_records  # noqa: E402
+
+Row = list[str]
+MARKER = re.compile(r"(<!-- results:([a-z0-9-]+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
+
+
+def _ms(v: Any) -> str:
+    return f"{v:.1f}" if isinstance(v, (int, float)) else "n/a"
+
+
+def _x(v: Any) -> str:
+    return f"{v:.2f}x" if isinstance(v, (int, float)) else "n/a"
+
+
+def _pct(v: Any) -> str:
+    return f"{v:.1%}" if isinstance(v, (int, float)) else "n/a"
+
+
+def _pts(v: Any) -> str:
+    return f"{v:+.1f}" if isinstance(v, (int, float)) else "n/a"
+
+
+def _min(v: Any) -> str:
+    return f"{v:.1f} min" if isinstance(v, (int, float)) else "not reached"
+
+
+@dataclass(frozen=True)
+class Table:
+    records: tuple[str, ...]  # record names whose rows this table shows, in order
+    header: tuple[str, ...]  # the columns after "CPU"
+    rows: Callable[[dict[str, Any]], Iterable[Row]]  # one record -> its rows (without the CPU cell)
+    commands: tuple[str, ...]  # what makes each record, named in a row where none exists yet
+
+
+def deploy_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    f = rec["figures"]
+    for r in f["rows"]:
+        if r["status"] == "ok":
+            yield [f"{f['arch']} {f['input_size']} px", r["path"], str(r["batch"]), _ms(r["median_ms"]), _x(r["speedup"])]
+        else:
+            yield [f"{f['arch']} {f['input_size']} px", r["path"], str(r["batch"]), r["status"], ""]
+
+
+def deploy_full_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    f = rec["figures"]
+    for r in f["rows"]:
+        if r["status"] != "ok":
+            yield [r["path"], str(r["batch"]), r["status"], "", "", "", "", ""]
+            continue
+        share = f"{r['peak_share']:.0%}" if isinstance(r.get("peak_share"), (int, float)) else ""
+        gflops = f"{r['gflops']:.0f}" if isinstance(r.get("gflops"), (int, float)) else ""
+        yield [r["path"], str(r["batch"]), _ms(r["median_ms"]), _ms(r["iqr_ms"]), _ms(r["images_per_s"]), _x(r["speedup"]),
+               gflops, share]
+
+
+def optimize_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    f = rec["figures"]
+    drop = (100 * (f["winner_accuracy"] - f["baseline_accuracy"])
+            if isinstance(f.get("winner_accuracy"), (int, float)) and isinstance(f.get("baseline_accuracy"), (int, float)) else None)
+    yield [f["winner"] or "none within budget", _ms(f["winner_ms"]), _x(f["winner_vs_peer"]), _x(f["winner_vs_eager"]), _pts(drop),
+           _x(f["unpruned_int8_vs_fp32"]), _pct(f["unpruned_int8_agreement"])]
+
+
+def optimize_candidate_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    for c in rec["figures"]["candidates"]:
+        yield [c["name"], _ms(c["latency_ms"]), _pct(c["accuracy"]), _pct(c["agreement"]), c["status"]]
+
+
+def prune_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    f = rec["figures"]
+    yield [f"{f['arch']} {f['input_size']} px, {f['importance']}, {f['steps']} x {f['finetune_epochs']} epochs", _pct(f["macs_kept"]),
+           _pts(-f["accuracy_lost_fp32_points"]), _x(f["ort_fp32_speedup"]), _x(f["pruned_int8_vs_eager"]),
+           _pts(-f["accuracy_lost_int8_points"])]
+
+
+def train_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    f = rec["figures"]
+    to = f.get("minutes_to", {})
+    precision = "bf16 autocast" if "--amp" in f.get("args", []) else "fp32"
+    yield [f"{f['arch']}, {f['epochs']} epochs, {precision}", _min(to.get("0.85")), _min(to.get("0.90")), _pct(f["final_accuracy"]),
+           _min(f["minutes"])]
+
+
+def trace_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    f = rec["figures"]
+    if rec["name"] == "bench_trace":
+        for r in f["runs"]:
+            yield [f"trace / plain forward, {f['arch']} {f['size']} px, {r['threads']} thread{'s' if r['threads'] != 1 else ''}", _x(r["ratio_median"]),
+                   f"<= {f['goal']}x"]
+    else:
+        g = f["goals"]
+        yield [f"`report`, {f['arch']}, wall time (fresh process)", f"{f['wall_s']:.1f} s", f"<= {g['wall_s']:.0f} s"]
+        yield [f"`report`, {f['arch']}, peak RSS", f"{f['peak_rss_mb']:.0f} MB", f"< {g['rss_mb']} MB"]
+
+
+def startup_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    f = rec["figures"]
+    g = f["goals"]
+    yield ["`resnet-xray --help`", f"{f['help_s']:.2f} s", f"<= {g['help_s']} s"]
+    yield [f"`classify` (1 image, {f['arch']}, random weights) / `import torch, torchvision`", _x(f["classify_vs_import_torch"]),
+           f"<= {g['classify_ratio']}x"]
+
+
+def throughput_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    f = rec["figures"]
+    ips = f["images_per_s"]
+    for name, v in ips.items():
+        yield [f"{f['arch']} {f['size']} px, batch {f['batch_size']}", name, f"{v:.1f}", _x(v / ips["recipe"])]
+
+
+def optimizer_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    f = rec["figures"]
+    for name, v in f["step_ms"].items():
+        yield [f["arch"], name, _ms(v)]
+
+
+def transfer_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    for name, r in rec["figures"]["runs"].items():
+        yield [name, _pct(r["best_accuracy"]), f"{r['minutes']:.2f}"]
+
+
+TABLES: dict[str, Table] = {
+    "deploy": Table(("bench_deploy",), ("model", "path", "batch", "median ms", "vs eager FP32"), deploy_rows,
+                    ("python benchmarks/bench_deploy.py",)),
+    "deploy-full": Table(("bench_deploy",), ("path", "batch", "median ms", "IQR ms", "img/s", "vs eager FP32", "GFLOP/s",
+                                             "% of FP32 peak"), deploy_full_rows, ("python benchmarks/bench_deploy.py",)),
+    "optimize": Table(("bench_optimize",), ("winner", "ms", "vs unpruned OpenVINO INT8", "vs eager FP32", "accuracy (points)",
+                                            "unpruned INT8 vs best FP32", "INT8 agreement"), optimize_rows,
+                      ("python benchmarks/bench_optimize.py --checkpoint out/reference/resnet50/best.pt --data out/reference/data",)),
+    "optimize-candidates": Table(("bench_optimize",), ("candidate", "ms", "accuracy", "agreement with FP32", "status"),
+                                 optimize_candidate_rows,
+                                 ("python benchmarks/bench_optimize.py --checkpoint out/reference/resnet50/best.pt --data out/reference/data",)),
+    "prune": Table(("bench_prune",), ("run", "MACs kept", "accuracy, pruned FP32 (points)", "ORT FP32 pruned vs unpruned",
+                                      "pruned ORT INT8 vs unpruned eager", "accuracy, pruned INT8 (points)"), prune_rows,
+                   ("python benchmarks/bench_prune.py --weights out/reference/resnet50/best.pt --data out/reference/data",)),
+    "train": Table(("bench_train_reference",), ("run", "to 85%", "to 90%", "final accuracy", "wall time"), train_rows,
+                   ("python benchmarks/bench_train.py out/reference/data --reference --arch resnet50 --amp",)),
+    "trace": Table(("bench_trace", "bench_report"), ("measurement", "measured", "goal"), trace_rows,
+                   ("python benchmarks/bench_trace.py --repeats 25 --threads 2,1 --engines codegen",
+                    "python benchmarks/bench_report.py")),
+    "startup": Table(("bench_startup",), ("measurement", "measured", "goal"), startup_rows, ("python benchmarks/bench_startup.py",)),
+    "train-throughput": Table(("bench_train_throughput",), ("setting", "loop", "images/s", "vs recipe"), throughput_rows,
+                              ("python benchmarks/bench_train.py out/reference/data --amp",)),
+    "optimizer-step": Table(("bench_optimizer",), ("model", "optimizer", "step ms"), optimizer_rows,
+                            ("python benchmarks/bench_optimizer.py --arch resnet50",)),
+    "transfer": Table(("bench_transfer",), ("run", "best val accuracy", "minutes"), transfer_rows,
+                      ("python benchmarks/bench_transfer.py out/reference/resnet50/best.pt out/transfer/data",)),
+}
+
+
+def render(table_id: str, records: dict[str, list[dict[str, Any]]]) -> str:
+    """The Markdown for one table: the table, then one line per record naming its command, date and revision."""
+    t = TABLES[table_id]
+    header = ("CPU", *t.header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    sources = []
+    found = [rec for name in t.records for rec in records.get(name, [])]
+    for rec in found:
+        for row in t.rows(rec):
+            lines.append("| " + " | ".join([rec["cpu"]["kind"], *row]) + " |")
+        rev = (rec.get("git") or {}).get("revision") or "unknown"
+        dirty = " with uncommitted changes" if (rec.get("git") or {}).get("dirty") else ""
+        load = rec.get("load_average")
+        load_s = f", load average {load[0]:.1f}" if load else ""
+        sources.append(f"`{rec['command']}` on {rec['date'][:10]}, revision {rev[:10]}{dirty}, "
+                       f"{rec['cpu']['model']} ({rec['cpu']['logical_cores']} logical cores, {rec['cpu']['run']}{load_s})")
+    for name, command in zip(t.records, t.commands):
+        if not records.get(name):
+            lines.append("| " + " | ".join([f"no record yet: run `{command}`", *[""] * len(t.header)]) + " |")
+    out = "\n".join(lines) + "\n"
+    if sources:
+        out += "\n" + "\n".join(f"{'Source' if i == 0 else 'and'}: {s}" + ("  " if i < len(sources) - 1 else "")
+                                for i, s in enumerate(sources)) + "\n"
+    return out
+
+
+def documents(root: Path = ROOT) -> list[Path]:
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def rendered(text: str, records: dict[str, list[dict[str, Any]]], where: str = "") -> str:
+    """``text`` with every marked table replaced by what the records give."""
+    def sub(m: re.Match) -> str:
+        if m.group(2) not in TABLES:
+            raise SystemExit(f"results: {where}: unknown table {m.group(2)!r} (known: {', '.join(TABLES)})")
+        return m.group(1) + render(m.group(2), records) + m.group(4)
+
+    return MARKER.sub(sub, text)
+
+
+def stale(root: Path = ROOT, results_dir: Path | None = None) -> list[Path]:
+    """The documents whose tables differ from what the records give."""
+    records = load_records(results_dir or RESULTS_DIR)
+    return [p for p in documents(root) if p.exists() and rendered(p.read_text(), records, str(p)) != p.read_text()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 when a table differs from the records")
+    args = ap.parse_args(argv)
+    records = load_records()
+    changed = []
+    for path in documents():
+        if not path.exists():
+            continue
+        text = path.read_text()
+        new = rendered(text, records, str(path.relative_to(ROOT)))
+        if new != text:
+            changed.append(path.relative_to(ROOT))
+            if not args.check:
+                path.write_text(new)
+    if args.check:
+        if changed:
+            print("results: tables differ from benchmarks/results/ in " + ", ".join(map(str, changed))
+                  + "; run python benchmarks/results.py", file=sys.stderr)
+            return 1
+        print("results: every table matches its records")
+        return 0
+    print("results: rewrote " + (", ".join(map(str, changed)) if changed else "nothing (already current)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
