@@ -73,6 +73,64 @@ def test_batch_bound_follows_memory_and_image_side(monkeypatch):
     # training keeps every layer's output: 600 bytes per pixel, 30 MB per 224 px image
     most = (4 << 30) // (224 * 224 * options.TRAIN_BYTES_PER_PIXEL)
     GradFlowOptions(input_size=224, batch_size=most)
-    with pytest.raises(OptionError, match=rf"batch_size {most + 1}: must lie in \[1, {most}\] \(at 224 px .* 4 GiB of memory\)"):
+    with pytest.raises(OptionError, match=rf"batch_size {most + 1}: must lie in \[1, {most}\] \(at 224 px .* 4.29 GB of memory\)"):
         GradFlowOptions(input_size=224, batch_size=most + 1)
     GradFlowOptions(input_size=64, batch_size=most + 1)  # smaller images: more of them fit
+
+
+# --- weights files: a zip member's declared size is checked before torch.load allocates it ---
+
+
+def _zip_bomb(path, claim: int) -> None:
+    """A torch.save archive whose one storage member inflates from ~claim/1000 bytes to ``claim`` zero bytes."""
+    import io
+    import zipfile
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"fc.weight": torch.zeros(4)}, buf)
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    with zipfile.ZipFile(path, "w") as out:
+        for info in src.infolist():
+            if not info.filename.endswith("/data/0"):
+                out.writestr(info, src.read(info))
+                continue
+            member = zipfile.ZipInfo(info.filename)
+            member.compress_type = zipfile.ZIP_DEFLATED
+            with out.open(member, "w", force_zip64=True) as f:
+                for _ in range(claim >> 20):
+                    f.write(bytes(1 << 20))
+
+
+def test_zip_member_claiming_more_than_it_holds_is_refused_unread(tmp_path, monkeypatch, cat_path, capsys):
+    """A 1 MB .pth whose member claimed 1 GiB made torch.load allocate the 1 GiB (4 GiB: 6.7 GB of RSS)."""
+    import torch
+
+    bomb = tmp_path / "bomb.pth"
+    _zip_bomb(bomb, 64 << 20)
+    assert bomb.stat().st_size < 1 << 20
+
+    def never(*a, **k):
+        raise AssertionError("torch.load reached")
+
+    monkeypatch.setattr(torch, "load", never)
+    rc = main(["classify", str(cat_path), "--weights", str(bomb)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err, err
+    assert f"--weights {bomb}: member 'archive/data/0' claims 67,108,864 bytes" in err and "refused unread" in err
+
+
+def test_zip_members_must_fit_in_memory_and_real_checkpoints_pass(tmp_path, monkeypatch):
+    import torch
+
+    from resnet_xray import checkpoint
+    from resnet_xray.errors import XrayError
+
+    good = tmp_path / "good.pt"
+    torch.save({"fc.weight": torch.randn(1000, 16)}, good)
+    checkpoint.check_zip_sizes(good, "--weights")  # torch.save stores members as they are
+    assert checkpoint.safe_load(good, "--weights")["fc.weight"].shape == (1000, 16)
+    monkeypatch.setattr(options, "memory_bytes", lambda: 32 << 10)
+    with pytest.raises(XrayError, match=r"members claim \d+\.\d+ kB, more than this machine.s 32\.77 kB of memory"):
+        checkpoint.check_zip_sizes(good, "--weights")

@@ -58,6 +58,7 @@ class Checkpoint:
 def safe_load(path: Path, what: str) -> Any:
     """``torch.load(weights_only=True)``; a file that would run code is refused, naming the global it needs."""
     refuse_deployed(path, what)
+    check_zip_sizes(path, what)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a refusal below says it better
@@ -73,6 +74,40 @@ def safe_load(path: Path, what: str) -> Any:
 
 
 NOT_TORCH = "not a PyTorch weights file (neither torch's zip format nor a pickle)"
+# torch.save stores its members uncompressed; weights recompressed by hand shrink a few times at most,
+# while a decompression bomb's zeros deflate ~1000x.
+MAX_ZIP_RATIO = 100
+
+
+def check_zip_sizes(path: Path, what: str) -> None:
+    """Refuse a zip whose members claim more bytes than it can honestly hold, before torch.load allocates them.
+
+    torch's reader allocates each member's declared size: a 4 MB file whose member claims 4 GiB
+    would take 4 GiB of memory. A member may inflate at most :data:`MAX_ZIP_RATIO` times, a stored
+    one not at all, and all of them together must fit in this machine's memory.
+    """
+    from .options import memory_bytes
+    from .units import si
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # torch.load names what is wrong with it
+    size = path.stat().st_size
+    for m in members:
+        stored = m.compress_type == zipfile.ZIP_STORED
+        if m.compress_size > size or (stored and m.file_size != m.compress_size) or (
+                m.file_size > MAX_ZIP_RATIO * max(m.compress_size, 1024)):
+            raise XrayError(f"{what} {path}: member {m.filename!r} claims {m.file_size:,} bytes from {m.compress_size:,} "
+                            f"in a {size:,}-byte file; refused unread (not a weights file, or a decompression bomb)")
+    total = sum(m.file_size for m in members)
+    if total > memory_bytes():
+        raise XrayError(f"{what} {path}: its members claim {si(total)}B, more than this machine's "
+                        f"{si(memory_bytes())}B of memory; refused unread")
+
 
 
 def _first_line(e: BaseException) -> str:

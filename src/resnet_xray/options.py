@@ -114,8 +114,10 @@ def batch_fits(option: str, value: int | None, side: int | None, *, training: bo
     per_image = side * side * (TRAIN_BYTES_PER_PIXEL if training else INFER_BYTES_PER_PIXEL)
     most = max(1, memory_bytes() // per_image)
     if value is None or not 1 <= value <= most:
+        from .units import si
+
         raise OptionError(option, value, f"must lie in [1, {most}] (at {side} px a larger batch's activations exceed "
-                                         f"this machine's {memory_bytes() / 2**30:.0f} GiB of memory)")
+                                         f"this machine's {si(memory_bytes())}B of memory)")
 
 
 def figure_items(option: str, value: int | None, px_per_item: float, fixed_px: float = 0.0) -> None:
