@@ -1,0 +1,296 @@
+"""The README and the guides: links resolve, commands parse, no diary, tables match their records."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+import shlex
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+PAGES = [README, *DOCS, ROOT / "CHANGELOG.md"]
+FENCE = re.compile(r"^(```|~~~)")
+LINK = re.compile(r"!?\[(?:[^\]\[]|\[[^\]]*\])*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+DIARY = re.compile(r"\bsessions? [0-9]|\bturn [0-9]", re.I)
+README_MAX_BYTES = 15 * 1024
+
+
+def _module(name: str):
+    """A module of benchmarks/ (not a package), imported by path."""
+    if name in sys.modules:
+        return sys.modules[name]
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def prose_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) outside fenced code blocks."""
+    out, fenced = [], False
+    for i, line in enumerate(text.splitlines(), 1):
+        if FENCE.match(line.lstrip()):
+            fenced = not fenced
+            continue
+        if not fenced:
+            out.append((i, line))
+    return out
+
+
+def code_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, logical line) inside fenced code blocks, backslash continuations joined."""
+    out, fenced, pending, start = [], False, "", 0
+    for i, line in enumerate(text.splitlines(), 1):
+        if FENCE.match(line.lstrip()):
+            fenced = not fenced
+            continue
+        if not fenced:
+            continue
+        if not pending:
+            start = i
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        out.append((start, pending + line))
+        pending = ""
+    return out
+
+
+def github_slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: inline markup dropped, lower case, punctuation removed, spaces to '-'."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # [text](url) -> text
+    text = text.replace("`", "").replace("*", "")
+    text = re.sub(r"<[^>]+>", "", text)
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
+@cache
+def anchors(path: Path) -> frozenset[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    for _, line in prose_lines(path.read_text()):
+        m = re.match(r"^(#{1,6})\s+(.*?)\s*#*\s*$", line)
+        if not m:
+            continue
+        slug = github_slug(m.group(2))
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return frozenset(out)
+
+
+def links(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for i, line in prose_lines(path.read_text()):
+        line = re.sub(r"`[^`]*`", "", line)  # code spans are not links
+        found += [(i, m.group(1)) for m in LINK.finditer(line)]
+    return found
+
+
+def test_github_slug_matches_githubs_rules():
+    assert github_slug("Checkpoints that survive `kill -9`, and `--resume`") == "checkpoints-that-survive-kill--9-and---resume"
+    assert github_slug("Finding: why INT8 gains less on an AVX2-only CPU") == "finding-why-int8-gains-less-on-an-avx2-only-cpu"
+    assert github_slug("Trace: every layer's output, one forward pass") == "trace-every-layers-output-one-forward-pass"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_and_anchor_resolves(page):
+    if not page.exists():
+        pytest.skip(f"{page.name} does not exist")
+    broken = []
+    for line, target in links(page):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+            continue
+        file_part, _, anchor = target.partition("#")
+        dest = (page.parent / file_part).resolve() if file_part else page
+        if not dest.exists():
+            broken.append(f"{page.name}:{line}: {target} (no such file)")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            broken.append(f"{page.name}:{line}: {target} (no heading gives #{anchor})")
+    assert not broken, "\n".join(broken)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_no_development_diary(page):
+    if not page.exists():
+        pytest.skip(f"{page.name} does not exist")
+    hits = [f"{page.name}:{i}: {line.strip()}" for i, line in enumerate(page.read_text().splitlines(), 1) if DIARY.search(line)]
+    assert not hits, "\n".join(hits)
+
+
+def test_readme_is_a_landing_page():
+    text = README.read_text()
+    assert len(text.encode()) <= README_MAX_BYTES, f"README.md is {len(text.encode())} bytes, over {README_MAX_BYTES}"
+    first_block = re.search(r"```\n(.*?)```", text, re.S).group(1)
+    assert first_block.splitlines()[0].startswith("make demo") and first_block.splitlines()[1].startswith("make test")
+    for table in ("deploy", "optimize", "prune", "train", "trace"):
+        assert f"<!-- results:{table} -->" in text, f"README has no {table} results table"
+
+
+# --- commands in code blocks, checked against the real parser (never run) ---
+
+def command_args(line: str) -> list[str] | None:
+    """The arguments after `resnet-xray` (or `-m resnet_xray`) in a code line, or None if it runs neither."""
+    line = line.strip()
+    if line.startswith("$ "):
+        line = line[2:]
+    if not re.search(r"(^|\s)resnet-xray(\s|$)|-m\s+resnet_xray\s", line):
+        return None
+    try:
+        tokens = shlex.split(line, comments=True)
+    except ValueError as e:
+        raise AssertionError(f"cannot split {line!r}: {e}") from None
+    while tokens and (re.match(r"^[A-Z_][A-Z0-9_]*=", tokens[0]) or tokens[0] in ("time", "sudo")):
+        tokens = tokens[1:]
+    if tokens and tokens[0] == "resnet-xray":
+        return tokens[1:]
+    for i in range(len(tokens) - 1):
+        if tokens[i] == "-m" and tokens[i + 1] == "resnet_xray":
+            return tokens[i + 2:]
+    return None
+
+
+@cache
+def parser() -> argparse.ArgumentParser:
+    from resnet_xray.cli import build_parser
+
+    return build_parser()
+
+
+def subparsers(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            return dict(a.choices)
+    return {}
+
+
+def check_command(args: list[str]) -> str | None:
+    """Why ``args`` is not a real subcommand with real flags, or None."""
+    words = [a.strip("[]").rstrip(",") for a in args]
+    words = [w for w in words if w and w != "..."]
+    p = parser()
+    positional = [w for w in words if not w.startswith("-")]
+    chain = [p]
+    for w in positional:
+        subs = subparsers(chain[-1])
+        if not subs:
+            break
+        if w not in subs:
+            return f"{w!r} is not a command here (known: {', '.join(subs)})"
+        chain.append(subs[w])
+    if len(chain) == 1 and "--help" not in words and "--version" not in words:
+        return "no subcommand"
+    known = {s for a in chain[-1]._actions for s in a.option_strings}
+    for w in words:
+        if w.startswith("-") and not re.match(r"^-\d", w) and w != "-":
+            flag = w.split("=", 1)[0]
+            if flag not in known:
+                return f"{flag} is not a flag of `{' '.join(['resnet-xray', *positional[:len(chain) - 1]])}`"
+    return None
+
+
+def test_the_command_checker_can_fail():
+    assert check_command(["classify", "cat.png", "--topk", "3"]) is None
+    assert check_command(["show", "features", "cat.png", "--layer", "conv1", "[--channels", "first|top]"]) is None
+    assert "not a flag" in check_command(["classify", "cat.png", "--no-such-flag"])
+    assert "not a command" in check_command(["clasify", "cat.png"])
+    assert command_args("$ OMP_NUM_THREADS=1 resnet-xray anatomy --summary  # a comment") == ["anatomy", "--summary"]
+    assert command_args("torchrun --nproc_per_node=2 -m resnet_xray finetune DATA --out DIR") == ["finetune", "DATA", "--out", "DIR"]
+    assert command_args("resnet-xray: error: --topk 0: must be at least 1") is None
+
+
+@pytest.mark.slow  # builds the full parser, which imports every command module (torch included)
+def test_every_command_in_a_code_block_parses():
+    bad, seen = [], 0
+    for page in PAGES:
+        if not page.exists():
+            continue
+        for line_no, line in code_lines(page.read_text()):
+            args = command_args(line)
+            if args is None:
+                continue
+            seen += 1
+            why = check_command(args)
+            if why:
+                bad.append(f"{page.name}:{line_no}: {line.strip()}\n    {why}")
+    assert seen >= 20, f"only {seen} commands found in code blocks: is the scan broken?"
+    assert not bad, "\n".join(bad)
+
+
+# --- results tables and benchmark records ---
+
+def test_results_tables_match_the_records():
+    results = _module("results")
+    assert results.stale() == [], "run python benchmarks/results.py"
+    assert results.main(["--check"]) == 0
+
+
+def test_check_fails_when_a_table_drifts(tmp_path):
+    results = _module("results")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("<!-- results:prune -->\n| typed | by hand |\n<!-- /results:prune -->\n")
+    assert results.stale(tmp_path, tmp_path / "none") == [tmp_path / "README.md"]
+    text = results.rendered((tmp_path / "README.md").read_text(), {})
+    assert "no record yet: run `python benchmarks/bench_prune.py" in text and "typed" not in text
+    (tmp_path / "README.md").write_text(text)
+    assert results.stale(tmp_path, tmp_path / "none") == []
+
+
+EPYC = "model name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx fma avx2\n"
+XEON = "model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\nflags\t\t: avx2 avx512f avx512_vnni amx_tile amx_int8 amx_bf16\n"
+
+
+def test_cpu_kind_names_model_isa_and_held_kernels():
+    records = _module("records")
+    assert records.cpu_info(EPYC, {})["kind"] == "AMD EPYC, AVX2"
+    xeon = records.cpu_info(XEON, {})
+    assert xeon["kind"] == "Intel Xeon, AMX" and xeon["run"] == "native" and "amx_int8" in xeon["flags"]
+    held = records.cpu_info(XEON, {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert held["kind"] == "Intel Xeon, AMX held to AVX2" and held["run"] == "held to AVX2"
+    # an AVX2-only CPU with the same caps set runs natively: nothing is held back
+    assert records.cpu_info(EPYC, {"ATEN_CPU_CAPABILITY": "avx2"})["run"] == "native"
+    vnni = "model name\t: AMD EPYC 9B14\nflags\t\t: avx2 avx512f avx512_vnni\n"
+    assert records.cpu_info(vnni, {})["kind"] == "AMD EPYC, AVX-512 VNNI"
+
+
+def test_records_of_different_cpu_kinds_do_not_overwrite_each_other(tmp_path, capsys):
+    records = _module("records")
+    results = _module("results")
+    argv = ["benchmarks/bench_startup.py", "--repeats", "1"]
+    figures = {"arch": "resnet18", "repeats": 1, "median_s": {}, "help_s": 0.1, "import_torch_s": 2.0, "classify_s": 2.4,
+               "classify_vs_import_torch": 1.2, "goals": {"help_s": 0.5, "classify_ratio": 1.5}}
+    a = records.write_record("bench_startup", figures, argv=argv, results_dir=tmp_path, cpu=records.cpu_info(EPYC, {}))
+    b = records.write_record("bench_startup", {**figures, "help_s": 0.2}, argv=argv, results_dir=tmp_path,
+                             cpu=records.cpu_info(XEON, {}))
+    again = records.write_record("bench_startup", {**figures, "help_s": 0.3}, argv=argv, results_dir=tmp_path,
+                                 cpu=records.cpu_info(EPYC, {}))
+    assert a == again != b and sorted(p.name for p in tmp_path.iterdir()) == [
+        "bench_startup.amd-epyc-avx2.json", "bench_startup.intel-xeon-amx.json"]
+    doc = json.loads(a.read_text())
+    assert doc["figures"]["help_s"] == 0.3 and doc["command"] == "python benchmarks/bench_startup.py --repeats 1"
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", doc["date"]) and "revision" in doc["git"]
+    loaded = records.load_records(tmp_path)
+    assert [r["cpu"]["kind"] for r in loaded["bench_startup"]] == ["AMD EPYC, AVX2", "Intel Xeon, AMX"]
+    table = results.render("startup", loaded)
+    rows = [line for line in table.splitlines() if line.startswith("| AMD EPYC") or line.startswith("| Intel Xeon")]
+    assert len(rows) == 4 and "0.30 s" in table and "0.20 s" in table  # each row names its CPU kind
+    assert "no record yet" not in table
+
+
+def test_a_record_refuses_bad_names_and_writes_nan_as_null(tmp_path, capsys):
+    records = _module("records")
+    with pytest.raises(ValueError):
+        records.write_record("../x", {}, results_dir=tmp_path, cpu=records.cpu_info(EPYC, {}))
+    path = records.write_record("bench_x", {"v": float("nan")}, argv=["x.py"], results_dir=tmp_path, cpu=records.cpu_info(EPYC, {}))
+    assert json.loads(path.read_text())["figures"]["v"] is None
+    assert not list(tmp_path.glob(".*tmp"))  # the temporary file was renamed into place
