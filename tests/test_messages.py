@@ -79,3 +79,16 @@ def test_wrong_flag_without_near_match_still_exits_2(capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and "unrecognized arguments: --zzzzqqq" in err and "did you mean" not in err
     assert "usage: resnet-xray classify" in err
+
+
+def test_wrong_flag_is_named_even_when_a_required_one_is_missing(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "ds", "--modle", "a.onnx"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "did you mean --model?" in err and "usage: resnet-xray evaluate" in err, err
+
+
+def test_mistyped_command_is_suggested(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["clasify", "x.png"])
+    assert e.value.code == 2 and "did you mean 'classify'?" in capsys.readouterr().err

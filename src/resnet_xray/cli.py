@@ -11,7 +11,9 @@ exit status 2; an option refused by its options dataclass is named by its flag.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import re
 import os
 import sys
 from collections.abc import Callable
@@ -74,12 +76,60 @@ COMMANDS: tuple[Command, ...] = (
 ALL = "*"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with "did you mean --topk?" for a mistyped flag or command, from the parser that owns it.
+
+    Subcommand parsers are of this class too (argparse makes them ``type(parent)``), so an error
+    raised while parsing a command's flags shows that command's usage.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._seen = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):  # type: ignore[override]
+        unknown = self.unknown_flags(getattr(self, "_seen", []))
+        if unknown and "unrecognized arguments" not in message:
+            message = f"{message}; unrecognized arguments: {' '.join(unknown)}"  # the typo is the likelier cause
+        hint = self.suggestion(unknown) if unknown else _choice_hint(message)
+        super().error(message + hint)
+
+    def unknown_flags(self, argv: list[str]) -> list[str]:
+        """The ``--flags`` in ``argv`` that this parser has not declared (``--x=1`` counts as ``--x``)."""
+        out = []
+        for a in argv:
+            if a == "--":
+                break
+            name = a.split("=", 1)[0]
+            if a.startswith("--") and not any(o.startswith(name) for o in self._option_string_actions):
+                out.append(name)
+        return out
+
+    def suggestion(self, unknown: list[str]) -> str:
+        """"; did you mean --topk?" for the first unknown flag close to a declared one, else ""."""
+        known = [o for o in self._option_string_actions if o.startswith("--")]
+        for name in unknown:
+            near = difflib.get_close_matches(name.replace("_", "-"), known, n=1, cutoff=0.6)
+            if near:
+                return f"; did you mean {near[0]}?"
+        return ""
+
+
+def _choice_hint(message: str) -> str:
+    """"; did you mean 'classify'?" for argparse's "invalid choice: 'clasify' (choose from ...)"."""
+    m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if not m:
+        return ""
+    near = difflib.get_close_matches(m.group(1), re.findall(r"'([^']*)'", m.group(2)), n=1, cutoff=0.6)
+    return f"; did you mean '{near[0]}'?" if near else ""
+
+
 def build_parser(only: str | None = ALL) -> argparse.ArgumentParser:
     """The parser with every command's flags; with ``only``, just that command's (None: none).
 
     The commands left out still appear, with their help line, in ``resnet-xray --help``.
     """
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="resnet-xray",
         description="Take a torchvision ResNet apart layer by layer, then make it fast and useful.",
     )
@@ -139,7 +189,10 @@ def refuse_empty_values(parser: argparse.ArgumentParser, args: argparse.Namespac
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(chosen_command(argv))
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # refused by the (sub)command that was typed, with its usage and the nearest flag
+        inner = _subparsers(parser, args)[0]
+        inner.error(f"unrecognized arguments: {' '.join(extras)}")
     refuse_empty_values(parser, args)
     try:
         if getattr(args, "json", False):
