@@ -208,6 +208,11 @@ def rendered(text: str, records: dict[str, list[dict[str, Any]]], where: str = "
             raise SystemExit(f"results: {where}: unknown table {m.group(2)!r} (known: {', '.join(TABLES)})")
         return m.group(1) + render(m.group(2), records) + m.group(4)
 
+    opened = re.findall(r"<!-- results:([a-z0-9-]+) -->", text)
+    closed = [m.group(2) for m in MARKER.finditer(text)]
+    if opened != closed:
+        unclosed = sorted(set(opened) - set(closed)) or opened
+        raise SystemExit(f"results: {where}: table marker without its closing <!-- /results:ID -->: {', '.join(unclosed)}")
     return MARKER.sub(sub, text)
 
 

@@ -103,10 +103,7 @@ def test_github_slug_matches_githubs_rules():
     assert github_slug("Trace: every layer's output, one forward pass") == "trace-every-layers-output-one-forward-pass"
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
-def test_every_relative_link_and_anchor_resolves(page):
-    if not page.exists():
-        pytest.skip(f"{page.name} does not exist")
+def broken_links(page: Path) -> list[str]:
     broken = []
     for line, target in links(page):
         if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
@@ -117,7 +114,23 @@ def test_every_relative_link_and_anchor_resolves(page):
             broken.append(f"{page.name}:{line}: {target} (no such file)")
         elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             broken.append(f"{page.name}:{line}: {target} (no heading gives #{anchor})")
+    return broken
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_and_anchor_resolves(page):
+    if not page.exists():
+        pytest.skip(f"{page.name} does not exist")
+    broken = broken_links(page)
     assert not broken, "\n".join(broken)
+
+
+def test_the_link_checker_can_fail(tmp_path):
+    (tmp_path / "b.md").write_text("# Title\n## A `flag`, here\n```\n# not a heading\n```\n")
+    page = tmp_path / "a.md"
+    page.write_text("[ok](b.md#a-flag-here) [ok](#top) ![pic](b.md) `[not a link](nowhere.md)`\n"
+                    "[gone](c.md) [bad anchor](b.md#not-a-heading) [web](https://example.org/x)\n# Top\n")
+    assert broken_links(page) == ["a.md:2: c.md (no such file)", "a.md:2: b.md#not-a-heading (no heading gives #not-a-heading)"]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
@@ -244,6 +257,9 @@ def test_check_fails_when_a_table_drifts(tmp_path):
     assert "no record yet: run `python benchmarks/bench_prune.py" in text and "typed" not in text
     (tmp_path / "README.md").write_text(text)
     assert results.stale(tmp_path, tmp_path / "none") == []
+    (tmp_path / "README.md").write_text("<!-- results:prune -->\n| typed |\n")
+    with pytest.raises(SystemExit, match="without its closing"):
+        results.stale(tmp_path, tmp_path / "none")
 
 
 EPYC = "model name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx fma avx2\n"
