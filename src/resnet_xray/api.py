@@ -613,15 +613,18 @@ def prune(model: LoadedModel | tuple | PathLike, data: PathLike | None = None, *
     return PruneReport(res, m.weights)
 
 
-def prune_data(data: PathLike | None, meta: ModelMeta, opts: Any):
-    """Loaders for pruning's fine-tuning and evaluation, sized as ``opts`` says (None without data)."""
+def prune_data(data: PathLike | None, meta: ModelMeta, opts: Any, *, skip_flag: str | None = None):
+    """Loaders for pruning's fine-tuning and evaluation, sized as ``opts`` says (None without data).
+
+    ``skip_flag``: the option that sets ``opts.skip_unreadable``, named when a folder cannot be read.
+    """
     if not data:
         return None
     from .prune.loop import loader_options
     from .train.data import make_loaders
 
     return make_loaders(data, image_size=opts.input_size, batch_size=opts.batch_size, workers=opts.workers, seed=opts.seed,
-                        **loader_options(meta))
+                        skip_unreadable=opts.skip_unreadable, skip_flag=skip_flag, **loader_options(meta))
 
 
 def preprocess(image: PathLike, *, output: PathLike | None = None, weights: str | None = None, arch: str | None = None) -> PreprocessResult:

@@ -263,8 +263,42 @@ def _scan_candidate(f: Path) -> bool:
     return not stat.S_ISREG(st.st_mode) or f.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given, folders expanded (recursively, sorted) to their image files.
+class UnreadableFolderError(XrayError):
+    """A folder under an input could not be listed: its images would be missing without a word."""
+
+
+def folder_images(folder: str | Path, *, skip_unreadable: bool = False, skipped: list[Skipped] | None = None,
+                  flag: str | None = None) -> list[Path]:
+    """The image files under ``folder``, recursively and sorted: the one folder listing.
+
+    FIFOs, sockets, symlink loops and dangling links are included, so loading reports them as
+    skipped. A folder (``folder`` itself or any below it) that cannot be listed raises
+    :class:`UnreadableFolderError` naming it: ``Path.rglob`` and a bare ``iterdir`` loop passed it
+    over in silence, and a class folder that vanished trained a model with a class fewer. With
+    ``skip_unreadable`` it is appended to ``skipped`` instead. ``flag`` is the option that allows
+    skipping, named in the message where the command has one.
+    """
+    found: list[Path] = []
+
+    def unreadable(e: OSError) -> None:
+        where = e.filename if e.filename is not None else folder
+        reason = e.strerror or str(e)
+        if not skip_unreadable:
+            allow = f", or pass {flag} to go on without it" if flag else " or move it out of the input"
+            raise UnreadableFolderError(f"{where}: cannot read this folder ({reason}); its images would be left out. "
+                                        f"Fix its permissions{allow}")
+        if skipped is not None:
+            skipped.append(Skipped(str(where), f"folder cannot be read ({reason})"))
+
+    # os.walk does not descend into symlinked folders (as rglob did), and lists dangling links and loops as files.
+    for top, _dirs, names in os.walk(folder, onerror=unreadable):
+        found.extend(f for f in (Path(top) / n for n in names) if _scan_candidate(f))
+    return sorted(found)
+
+
+def expand_inputs(inputs: Iterable[str | Path], *, skip_unreadable: bool = False, skipped: list[Skipped] | None = None,
+                  flag: str | None = None) -> list[Path]:
+    """Files as given, folders expanded (recursively, sorted) by :func:`folder_images`.
 
     FIFOs, sockets, symlink loops and dangling links met in a folder are included too, so
     :class:`ImageStream` lists them as skipped with their reason.
@@ -273,7 +307,7 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if _scan_candidate(f)))
+            files.extend(folder_images(p, skip_unreadable=skip_unreadable, skipped=skipped, flag=flag))
         else:
             files.append(p)
     return files
@@ -289,9 +323,10 @@ class ImageStream:
 
     inputs: Iterable[str | Path]
     skipped: list[Skipped] = field(default_factory=list)
+    skip_unreadable: bool = False  # an unreadable folder goes into ``skipped`` instead of raising
 
     def __post_init__(self) -> None:
-        self.files = expand_inputs(self.inputs)
+        self.files = expand_inputs(self.inputs, skip_unreadable=self.skip_unreadable, skipped=self.skipped)
 
     def __len__(self) -> int:
         return len(self.files)

@@ -7,6 +7,7 @@ class names go with the outputs and which preprocessing the weights expect.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import threading
@@ -380,9 +381,34 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise XrayError(f"cannot create directory {path.parent}: {e.strerror}") from None
-    with atomic_path(path, fsync=True) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as raw:
+        sink = _WriteErrors(raw)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError:
+            # torch's zip writer reports a failed write (a full disk) as an opaque RuntimeError;
+            # re-raise the OSError underneath, which atomic_path turns into one line naming the file.
+            if sink.error is not None:
+                raise sink.error from None
+            raise
     return path
+
+
+class _WriteErrors(io.RawIOBase):
+    """A file wrapper that keeps the ``OSError`` of a failed write, which torch.save would hide."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
 
 
 def random_weights_warning(meta: ModelMeta) -> str | None:

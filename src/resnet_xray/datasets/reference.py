@@ -261,6 +261,8 @@ def make_reference_dataset(out: str | Path, options: ReferenceOptions | None = N
 
 
 def _write_reference_dataset(out: Path, opts: ReferenceOptions, *, quiet: bool) -> dict:
+    if out.exists() and not out.is_dir():  # never replaced, not even with --overwrite: it is not a dataset
+        raise XrayError(f"{out}: exists and is not a folder; choose another name")
     if out.exists() and any(out.iterdir()) and not opts.overwrite:
         raise XrayError(f"{out}: exists and is not empty; pass --overwrite or choose another folder")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -11,7 +11,7 @@ from ..options import Flags
 
 
 PRUNE_FLAGS = ("target_macs", "steps", "importance", "finetune_epochs", "global_pruning", "round_to", "input_size", "lr",
-               "batch_size", "workers", "latency_repeats", "threads", "measure_ort", "out")
+               "batch_size", "workers", "latency_repeats", "threads", "measure_ort", "out", "skip_unreadable")
 
 
 def prune_flags() -> Flags:
@@ -29,7 +29,9 @@ def prune_flags() -> Flags:
               "input_size": "square side for MACs and latency (default: the data's or model's crop)",
               "lr": "fine-tuning peak learning rate (default: half the checkpoint's own, else the trainer's)",
               "measure_ort": "skip the ONNX Runtime latency column",
-              "out": "output folder; rerunning with the same options resumes"},
+              "out": "output folder; rerunning with the same options resumes",
+              "skip_unreadable": "go on without --data folders that cannot be read (they are listed with the skipped "
+                                 "files); default: refuse, naming the folder"},
     )
 
 
@@ -61,7 +63,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise XrayError("--importance taylor needs gradients of the loss: pass --data DIR (or choose l1, l2 or bn-scale)")
     opts = prune_flags().build(args, seed=args.seed)  # refuses bad flags, named as typed, before the model is built or the data read
     model, meta = model_from_args(args)
-    data = api.prune_data(args.data, meta, opts)
+    data = api.prune_data(args.data, meta, opts, skip_flag="--skip-unreadable")
     if args.analyze_only:
         from .analyze import (
             analyze_importance,

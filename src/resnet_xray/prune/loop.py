@@ -54,6 +54,7 @@ class PruneOptions:
     threads: int | None = None  # intra-op threads for the latency runs (None: torch's and ORT's defaults)
     seed: int = 0
     out: str = "out/prune"
+    skip_unreadable: bool = False  # leave out --data folders that cannot be read (listed as skipped) instead of refusing
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target_macs < 1.0:

@@ -39,7 +39,7 @@ def finetune_multitask_args(p: argparse.ArgumentParser) -> None:
 # FinetuneOptions fields that are flags (arch, weights and seed come from the shared model flags)
 FINETUNE_FLAGS = ("epochs", "batch_size", "lr", "recipe", "optimizer", "muon_lr", "muon_stages", "ns_steps", "weight_decay", "warmup_epochs", "freeze", "layer_lr_decay",
                   "label_smoothing", "amp", "channels_last", "zero_init_residual", "stem_init", "progressive", "ema", "tta_flip", "compile", "workers", "image_size",
-                  "min_crop_scale", "multitask", "checkpoint_every", "stop_after_steps", "device", "progress")
+                  "min_crop_scale", "multitask", "checkpoint_every", "stop_after_steps", "device", "progress", "skip_unreadable")
 
 
 def finetune_flags(multitask: bool) -> Flags:
@@ -67,7 +67,9 @@ def finetune_flags(multitask: bool) -> Flags:
                            "7x7 patches (and their negatives); default keeps torchvision's init. Default: the recipe's",
               "zero_init_residual": "--weights random: start each residual block as the identity (its last BatchNorm "
                                     "scale at 0); default: the recipe's",
-              "progress": "no progress bars or per-epoch lines on stderr"},
+              "progress": "no progress bars or per-epoch lines on stderr",
+              "skip_unreadable": "train without dataset folders that cannot be read (they are listed with the skipped "
+                                 "files); default: refuse the dataset, naming the folder"},
     )
 
 
@@ -77,8 +79,8 @@ def _finetune_args(p: argparse.ArgumentParser, multitask: bool) -> None:
     p.add_argument("--out", required=True, help="output folder: best.pt, last.pt, metrics.csv, confusion.png, summary.json")
     add_model_args(p, default_weights="imagenet")  # --arch, --weights, --seed (init, shuffling, augmentation)
     finetune_flags(multitask).add(p)
-    p.add_argument("--class-weight", type=float, default=1.0, help="multi-task: weight of the classification loss")
-    p.add_argument("--box-weight", type=float, default=1.0, help="multi-task: weight of the box loss")
+    p.add_argument("--class-weight", type=float, default=1.0, help="multi-task: weight of the classification loss (finite, above 0)")
+    p.add_argument("--box-weight", type=float, default=1.0, help="multi-task: weight of the box loss (finite, above 0)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in OUT (default: refuse)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -26,7 +26,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from ..errors import XrayError
-from ..image import IMAGE_EXTENSIONS, Preprocessing, Skipped, load_image
+from ..image import IMAGE_EXTENSIONS, Preprocessing, Skipped, folder_images, load_image
 
 log = logging.getLogger(__name__)
 
@@ -38,31 +38,48 @@ BOXES_CSV = "boxes.csv"
 # --- finding the images ---
 
 
-def _class_folders(root: Path) -> list[str]:
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+@dataclass
+class _Scan:
+    """How one dataset scan treats folders it cannot list (the --skip-unreadable choice) and where it notes them."""
+
+    skip_unreadable: bool = False
+    skipped: list[Skipped] = field(default_factory=list)
+    flag: str | None = None  # the command's option that allows skipping, named in the refusal
+
+    def class_folders(self, root: Path) -> list[str]:
+        try:
+            return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        except OSError as e:
+            raise XrayError(f"{root}: cannot read this folder ({e.strerror or e})") from None
+
+    def files(self, folder: Path) -> list[Path]:
+        # The one folder listing (image.folder_images): a sub-folder it cannot read is an error, or noted as skipped.
+        return folder_images(folder, skip_unreadable=self.skip_unreadable, skipped=self.skipped, flag=self.flag)
 
 
-def _files(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def scan_split(root: Path, class_names: list[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
+def scan_split(root: Path, class_names: list[str] | None = None, *, scan: _Scan | None = None,
+               ) -> tuple[list[tuple[Path, int]], list[str]]:
     """``(path, label)`` pairs of an ImageFolder tree, and its sorted class names.
 
     A class folder without a single image file is not a class: it would become an output
-    that no image ever trains (issue 12). It is left out, with a one-line warning.
+    that no image ever trains (issue 12). It is left out, with a one-line warning. A class
+    folder that cannot be read is an error naming it, unless the scan skips unreadable folders.
     """
+    scan = scan or _Scan()
+    listed: dict[str, list[Path]] = {}
     if class_names is None:
         names = []
-        for c in _class_folders(root):
-            if _files(root / c):
+        for c in scan.class_folders(root):
+            listed[c] = scan.files(root / c)
+            if listed[c]:
                 names.append(c)
             else:
-                warnings.warn(f"{root / c}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); not used as a class",
-                              EmptyClassWarning, stacklevel=2)
+                warnings.warn(f"{root / c}: no {'readable ' if scan.skip_unreadable else ''}images "
+                              f"({', '.join(sorted(IMAGE_EXTENSIONS))}); not used as a class", EmptyClassWarning, stacklevel=2)
     else:
         names = class_names
-    samples = [(f, i) for i, c in enumerate(names) if (root / c).is_dir() for f in _files(root / c)]
+    samples = [(f, i) for i, c in enumerate(names) if (root / c).is_dir()
+               for f in (listed[c] if c in listed else scan.files(root / c))]
     return samples, names
 
 
@@ -70,26 +87,39 @@ class EmptyClassWarning(UserWarning):
     """A class folder with no images was left out of the class list."""
 
 
-def find_splits(data_dir: str | Path, *, seed: int = 0) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]], list[str]]:
+def find_splits(data_dir: str | Path, *, seed: int = 0, skip_unreadable: bool = False, skipped: list[Skipped] | None = None,
+                skip_flag: str | None = None) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]], list[str]]:
     """Train and val samples: from ``train/`` and ``val/`` if present, else a stratified split.
 
+    Args:
+        skip_unreadable: leave out folders that cannot be read (noted in ``skipped``)
+            instead of refusing the dataset.
+        skipped: where unreadable folders are noted.
+        skip_flag: the command's option that sets ``skip_unreadable``, named in the refusal.
+
     Raises:
-        XrayError: the folder is missing, has no class folders, or no images.
+        XrayError: the folder is missing, has no class folders, or no images; or a folder
+            in it cannot be read (without ``skip_unreadable``).
     """
     root = Path(data_dir)
-    if not root.is_dir():
+    scan = _Scan(skip_unreadable, skipped if skipped is not None else [], skip_flag)
+    try:
+        found, split = root.is_dir(), (root / "train").is_dir()
+    except OSError as e:  # pathlib raises for EACCES
+        raise XrayError(f"{root}: cannot read this folder ({e.strerror or e})") from None
+    if not found:
         raise XrayError(f"{root}: no such dataset folder (expected train/ and val/ class folders, or class folders)")
-    if (root / "train").is_dir():
-        train, names = scan_split(root / "train")
+    if split:
+        train, names = scan_split(root / "train", scan=scan)
         val_root = root / "val" if (root / "val").is_dir() else root / "valid"
         if not val_root.is_dir():
             raise XrayError(f"{root}: has train/ but no val/ folder")
-        extra = [c for c in _class_folders(val_root) if c not in names and _files(val_root / c)]
+        extra = [c for c in scan.class_folders(val_root) if c not in names and scan.files(val_root / c)]
         if extra:
             raise XrayError(f"{val_root}: class folder {extra[0]!r} is not in {root / 'train'}")
-        val, _ = scan_split(val_root, names)
+        val, _ = scan_split(val_root, names, scan=scan)
     else:
-        samples, names = scan_split(root)
+        samples, names = scan_split(root, scan=scan)
         rng = random.Random(seed)
         train, val = [], []
         for label in range(len(names)):
@@ -381,6 +411,8 @@ def make_loaders(
     multitask: bool = False,
     min_crop_scale: float = 0.35,
     pin_memory: bool | None = None,
+    skip_unreadable: bool = False,
+    skip_flag: str | None = None,
 ) -> DataBundle:
     """Train and val loaders for an image folder.
 
@@ -397,6 +429,9 @@ def make_loaders(
         min_crop_scale: smallest RandomResizedCrop area; the recipe's 0.08 would often
             cut small objects out of the frame.
         pin_memory: default: when CUDA is available.
+        skip_unreadable: leave out folders that cannot be read, listing them with the
+            skipped files, instead of refusing the dataset.
+        skip_flag: the command's option that sets ``skip_unreadable``, named when a folder is refused.
 
     Returns:
         A :class:`DataBundle`.
@@ -409,7 +444,9 @@ def make_loaders(
         raise XrayError(f"--workers {workers}: must be 0 or more")
     if image_size is not None and image_size < 32:
         raise XrayError(f"--image-size {image_size}: must be at least 32")
-    train_s, val_s, names = find_splits(data_dir, seed=seed)
+    skipped: list[Skipped] = []
+    train_s, val_s, names = find_splits(data_dir, seed=seed, skip_unreadable=skip_unreadable, skipped=skipped,
+                                        skip_flag=skip_flag)
     pre = preprocessing_for(data_dir, image_size, whole=multitask)
     root = Path(data_dir)
     train_boxes = val_boxes = None
@@ -432,7 +469,6 @@ def make_loaders(
         import torch.distributed as dist
 
         world, rank = dist.get_world_size(), dist.get_rank()
-    skipped: list[Skipped] = []
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     loaded = [m for m in FORK_UNSAFE_MODULES if m in sys.modules]
     if workers > 0 and loaded:

@@ -33,6 +33,12 @@ from .data import DataBundle, make_loaders, steps_per_epoch
 from .heads import Heads, MultiTaskResNet, attach_heads, box_loss, box_metrics, multitask_spec
 from .metrics import TensorBoardLog, per_class_accuracy, save_confusion_png, write_history_csv, write_text_atomic
 
+class TrainingFailed(XrayError):
+    """The run could not train (no optimiser step was possible): a failure of the run, exit status 1."""
+
+    exit_code = 1
+
+
 FREEZE_MODES = ("none", "backbone", "gradual")
 OPTIMIZERS = ("sgd", "adamw", "muon")  # muon: Muon on the hidden convs, AdamW on the rest (train/muon.py)
 STAGES = ("layer4", "layer3", "layer2", "layer1", "stem")  # the order ``gradual`` unfreezes them
@@ -90,7 +96,10 @@ class FinetuneOptions:
     image_size: int | None = None  # None: the dataset's native size, else 224
     min_crop_scale: float | None = None  # RandomResizedCrop's smallest area; None: the recipe's (0.8 fast, 0.35 classic)
     multitask: bool = False  # classification + box heads on one backbone (needs boxes.csv)
+    # Multi-task loss = sum of weight * loss per head; each weight finite and above 0 (NaN skipped every step,
+    # a negative one trained to make that head worse).
     loss_weights: dict[str, float] = field(default_factory=lambda: {"class": 1.0, "box": 1.0})
+    skip_unreadable: bool = False  # leave out dataset folders that cannot be read (listed as skipped) instead of refusing
     checkpoint_every: int = 0  # also write last.pt every N optimizer steps (0: at epoch ends only)
     stop_after_steps: int | None = None  # end early (after checkpointing) at this global step: time-boxed runs
     max_nonfinite: int = 3  # consecutive non-finite losses tolerated (steps skipped) before giving up
@@ -136,6 +145,10 @@ class FinetuneOptions:
         batch_fits("batch_size", self.batch_size, self.image_size, training=True)
         at_least("checkpoint_every", self.checkpoint_every, 0)
         at_least("stop_after_steps", self.stop_after_steps, 1, allow_none=True)
+        at_least("max_nonfinite", self.max_nonfinite, 1)
+        for head, w in self.loss_weights.items():
+            if not (isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w > 0):
+                raise OptionError(f"{head}_weight", w, "must be a finite number above 0")
         one_of("device", self.device, ("auto", "cpu", "cuda"))
         if self.device == "cuda" and not torch.cuda.is_available():
             raise XrayError("--device cuda: no CUDA device is available here")
@@ -499,7 +512,6 @@ class _StepStats:
     box_loss: float = 0.0
     wait_s: float = 0.0
     nonfinite: int = 0
-    nonfinite_run: int = 0  # consecutive, for max_nonfinite
 
 
 def _loss(out, y: torch.Tensor, box: torch.Tensor | None, options: FinetuneOptions) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -554,6 +566,8 @@ class _Run:
     t_first: float | None = None  # end of the first step: startup (workers, first batch) excluded from rates
     first_step: int = 0
     last_val: tuple[int, dict[str, Any]] | None = None  # (global step, evaluation) of the live weights
+    updates: int = 0  # optimiser steps taken by this call (a non-finite loss skips its step)
+    nonfinite_run: int = 0  # consecutive non-finite losses, across epoch ends, for max_nonfinite
 
     @property
     def main(self) -> bool:
@@ -790,7 +804,9 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[_StepStats | None, float]:
                                 ips=f"{stats.seen * run.ctx.world_size / max(el, 1e-9):.1f}", refresh=False)
                 bar.update(1)
             at_stop = o.stop_after_steps is not None and run.global_step >= o.stop_after_steps
-            if at_stop or (o.checkpoint_every and run.global_step % o.checkpoint_every == 0 and run.step_in_epoch < run.steps):
+            if at_stop:
+                _check_trained(run, stats, epoch)
+            if at_stop or (o.checkpoint_every and run.updates and run.global_step % o.checkpoint_every == 0 and run.step_in_epoch < run.steps):
                 _save_last(run, epoch, run.step_in_epoch)
             if at_stop:
                 run.stopped_early = True
@@ -812,19 +828,20 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, box: torch.Tensor |
     if not D.all_true(bool(torch.isfinite(loss)), run.ctx, run.device):
         # Skip the update on every rank together: one NaN step must not poison the weights.
         optimizer.zero_grad(set_to_none=True)
-        stats.nonfinite_run += 1
+        run.nonfinite_run += 1
         stats.nonfinite += 1
         _say(f"non-finite loss at epoch {epoch + 1} step {run.step_in_epoch + 1}: step skipped", run.main)
-        if stats.nonfinite_run >= o.max_nonfinite:
-            raise XrayError(
-                f"training stopped: {stats.nonfinite_run} non-finite losses in a row (epoch {epoch + 1}, step {run.step_in_epoch + 1}); "
+        if run.nonfinite_run >= o.max_nonfinite:
+            raise TrainingFailed(
+                f"training stopped: {run.nonfinite_run} non-finite losses in a row (epoch {epoch + 1}, step {run.step_in_epoch + 1}); "
                 f"no NaN weights were saved; lower --lr or run without --amp")
     else:
-        stats.nonfinite_run = 0
+        run.nonfinite_run = 0
         optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(optimizer)
         run.scaler.update()
+        run.updates += 1
         if run.ema is not None:
             run.ema.update(run.model)
         stats.loss += float(loss.detach()) * len(y)
@@ -864,6 +881,7 @@ def _end_epoch(run: _Run, epoch: int, stats: _StepStats, seconds: float) -> None
     if tr_seen == 0 and stats.nonfinite == 0:
         first = f" (first: {run.data.skipped[0].path}: {run.data.skipped[0].reason})" if run.data.skipped else ""
         raise XrayError(f"no readable training images: every file of the train split was skipped{first}; nothing was saved")
+    _check_trained(run, stats, epoch)
     D.average_buffers(run.model, ctx)
     val = _validate(run, run.model)
     run.last_val = (run.global_step, val)
@@ -904,6 +922,21 @@ def _end_epoch(run: _Run, epoch: int, stats: _StepStats, seconds: float) -> None
             save_checkpoint(run.out / "best.pt", weights, run.meta,
                             metrics={"val_accuracy": score["accuracy"], "epoch": epoch + 1, "weights": which}, **run.extra)
     _save_last(run, epoch + 1, 0)
+
+
+def _check_trained(run: _Run, stats: _StepStats, epoch: int) -> None:
+    """Fail before anything is published when no optimiser step was taken: by this call, or in this epoch.
+
+    Every step skipped as non-finite (fewer than ``max_nonfinite`` per epoch) would otherwise
+    validate and publish the untrained weights as best.pt, and exit 0.
+    """
+    if run.updates and stats.seen:
+        return
+    if stats.nonfinite:  # the same on every rank: the skip decision is all-reduced
+        what = ("so no optimiser step was taken; no best.pt or last.pt was written" if not run.updates
+                else f"in epoch {epoch + 1}; its weights were not saved")
+        raise TrainingFailed(f"training failed: every loss was non-finite ({stats.nonfinite} steps skipped) {what}. "
+                             f"Check --class-weight and --box-weight, lower --lr, or run without --amp")
 
 
 def _validate(run: _Run, model: nn.Module) -> dict[str, Any]:
@@ -1072,7 +1105,8 @@ def _finetune_locked(data_dir: str | Path, options: FinetuneOptions, out_dir: st
     try:
         data = make_loaders(data_dir, image_size=options.image_size, batch_size=options.batch_size, workers=options.workers,
                             seed=options.seed, distributed=ctx.enabled, multitask=options.multitask,
-                            min_crop_scale=options.min_crop_scale)
+                            min_crop_scale=options.min_crop_scale, skip_unreadable=options.skip_unreadable,
+                            skip_flag="--skip-unreadable")
         model, meta = build_for_finetune(options, data.class_names)
         if options.stem_init == "whiten" and options.weights == "random":
             # Also under --resume: a run killed before its first checkpoint starts over from this init.
