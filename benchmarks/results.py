@@ -179,7 +179,12 @@ def render(table_id: str, records: dict[str, list[dict[str, Any]]]) -> str:
     sources = []
     found = [rec for name in t.records for rec in records.get(name, [])]
     for rec in found:
-        for row in t.rows(rec):
+        try:
+            rows = list(t.rows(rec))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            raise SystemExit(f"results: the {rec['name']} record for {rec['cpu']['kind']} cannot fill table {table_id!r}: "
+                             f"{type(e).__name__}: {e}") from None
+        for row in rows:
             lines.append("| " + " | ".join([rec["cpu"]["kind"], *row]) + " |")
         rev = (rec.get("git") or {}).get("revision") or "unknown"
         dirty = " with uncommitted changes" if (rec.get("git") or {}).get("dirty") else ""

@@ -10,6 +10,7 @@ import shlex
 import sys
 from functools import cache
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -316,3 +317,80 @@ def test_a_record_refuses_bad_names_and_writes_nan_as_null(tmp_path, capsys):
     path = records.write_record("bench_x", {"v": float("nan")}, argv=["x.py"], results_dir=tmp_path, cpu=records.cpu_info(EPYC, {}))
     assert json.loads(path.read_text())["figures"]["v"] is None
     assert not list(tmp_path.glob(".*tmp"))  # the temporary file was renamed into place
+
+
+# Figures shaped as each benchmark's write_record call builds them (benchmarks/bench_*.py, end of main).
+FAKE_FIGURES = {
+    "bench_deploy": {"arch": "resnet50", "weights": "random", "input_size": 224, "threads": 2, "peak_gflops": 200.0,
+                     "rows": [{"path": "eager fp32", "batch": 1, "status": "ok", "note": "", "median_ms": 80.0, "iqr_ms": 5.0,
+                               "images_per_s": 12.5, "speedup": 1.0, "gflops": 102.0, "peak_share": 0.51},
+                              {"path": "ort int8", "batch": 1, "status": "skipped", "note": "no calib", "median_ms": None,
+                               "iqr_ms": None, "images_per_s": None, "speedup": None, "gflops": None, "peak_share": None}],
+                     "int8_top1_agreement": None},
+    "bench_optimize": {"checkpoint": "best.pt", "baseline_accuracy": 0.996, "max_drop_points": 1.0, "timing_size": 224,
+                       "seconds": 500.0, "winner": "pruned openvino int8 (nncf)", "winner_ms": 3.7, "winner_accuracy": 0.994,
+                       "winner_vs_peer": 1.22, "winner_vs_eager": 20.6, "unpruned_int8": "openvino int8 (qdq)",
+                       "best_fp32": "openvino fp32", "unpruned_int8_vs_fp32": 6.7, "unpruned_int8_agreement": 1.0,
+                       "candidates": [{"name": "eager fp32", "latency_ms": 77.0, "accuracy": 0.996, "agreement": 1.0,
+                                       "status": "kept"}]},
+    "bench_prune": {"arch": "resnet50", "weights": "best.pt", "input_size": 96, "importance": "l1", "steps": 2,
+                    "finetune_epochs": 3, "threads": 1, "macs_before": 7.5e8, "macs_after": 3.7e8, "macs_kept": 0.496,
+                    "latency_ms": {"unpruned eager FP32": 31.0}, "accuracy": {"unpruned eager FP32": 0.896},
+                    "accuracy_lost_fp32_points": -0.4, "accuracy_lost_int8_points": -1.0, "ort_fp32_speedup": 1.81,
+                    "pruned_int8_vs_eager": 13.7},
+    "bench_train_reference": {"arch": "resnet50", "epochs": 5, "args": ["--batch-size", "32", "--workers", "0", "--amp"],
+                              "threads": 2, "final_accuracy": 0.948, "best_accuracy": 0.948, "minutes": 3.0,
+                              "minutes_to": {"0.85": 2.1, "0.90": None}, "epoch_accuracy": [0.1, 0.948]},
+    "bench_train_throughput": {"arch": "resnet50", "size": 96, "batch_size": 32, "workers": 0, "steps": 12, "rounds": 2,
+                               "threads": 2, "images_per_s": {"recipe": 26.8, "ours": 27.4}},
+    "bench_optimizer": {"arch": "resnet50", "steps": 9, "ns_steps": 3, "threads": 2, "step_ms": {"SGD, fused (finetune's)": 20.0},
+                        "newton_schulz_plain_ms": 90.0, "newton_schulz_gram_ms": 60.0},
+    "bench_transfer": {"backbone": "best.pt", "size": 64, "epochs": 6, "fc_epochs": 5,
+                       "runs": {"from scratch": {"best_accuracy": 0.36, "minutes": 1.09}}},
+    "bench_report": {"arch": "resnet50", "gradflow": True, "wall_s": 15.2, "cpu_s": 16.5, "peak_rss_mb": 1256.0, "html_mb": 4.9,
+                     "plain_forward_s": 0.07, "trace_ratio": 1.2, "trace_ratio_with_maps": 1.3, "repeats": 25,
+                     "goals": {"wall_s": 20.0, "rss_mb": 2048, "trace_ratio": 1.25}},
+    "bench_trace": {"arch": "resnet50", "size": 224, "engine": "codegen", "goal": 1.25,
+                    "runs": [{"threads": 2, "ratio_median": 1.23, "ratio_paired": 1.22}]},
+    "bench_startup": {"arch": "resnet18", "repeats": 3, "median_s": {}, "help_s": 0.2, "import_torch_s": 7.0, "classify_s": 8.0,
+                      "classify_vs_import_torch": 1.14, "goals": {"help_s": 0.5, "classify_ratio": 1.5}},
+}
+
+
+def test_every_table_renders_records_shaped_as_the_benchmarks_write_them(tmp_path, capsys):
+    records, results = _module("records"), _module("results")
+    cpu = records.cpu_info(XEON, {})
+    for name, figures in FAKE_FIGURES.items():
+        records.write_record(name, figures, argv=[f"benchmarks/{name}.py"], results_dir=tmp_path, cpu=cpu)
+    loaded = records.load_records(tmp_path)
+    assert set(loaded) == set(FAKE_FIGURES)
+    for table_id in results.TABLES:
+        text = results.render(table_id, loaded)
+        assert "no record yet" not in text, table_id
+        assert "| Intel Xeon, AMX |" in text, table_id  # every row names its CPU kind
+    assert "| Intel Xeon, AMX | resnet50, 5 epochs, bf16 autocast | 2.1 min | not reached | 94.8% | 3.0 min |" in results.render("train", loaded)
+    assert "| skipped |" in results.render("deploy", loaded)
+    broken = {**loaded, "bench_prune": [{**loaded["bench_prune"][0], "figures": {"arch": "resnet50"}}]}
+    with pytest.raises(SystemExit, match="cannot fill table 'prune'"):
+        results.render("prune", broken)
+
+
+def test_bench_optimize_figures_fill_the_optimize_tables(tmp_path, capsys):
+    from resnet_xray.deploy.optimize import Candidate
+
+    records, results, bench = _module("records"), _module("results"), _module("bench_optimize")
+
+    def cand(name, engine, precision, pruned, ms, path="m.xml", status="kept"):
+        return Candidate(name, engine, precision, pruned, 0.5 if pruned else 1.0, path, accuracy=0.99, agreement=1.0,
+                         latency_ms=ms, status=status)
+
+    cands = [cand("eager fp32", "eager", "fp32", False, 80.0, path=None), cand("openvino fp32", "openvino", "fp32", False, 40.0),
+             cand("openvino int8 (nncf)", "openvino", "int8", False, 20.0),
+             cand("pruned openvino int8 (nncf)", "openvino", "int8", True, 10.0, status="winner")]
+    res = SimpleNamespace(candidates=cands, winner=cands[-1], baseline_accuracy=0.995, max_drop=1.0, timing_size=224, seconds=1.0)
+    figures = bench.optimize_figures(res, "best.pt")
+    assert figures["winner_vs_peer"] == 2.0 and figures["winner_vs_eager"] == 8.0 and figures["unpruned_int8_vs_fp32"] == 2.0
+    records.write_record("bench_optimize", figures, argv=["benchmarks/bench_optimize.py"], results_dir=tmp_path,
+                         cpu=records.cpu_info(EPYC, {}))
+    table = results.render("optimize", records.load_records(tmp_path))
+    assert "| AMD EPYC, AVX2 | pruned openvino int8 (nncf) | 10.0 | 2.00x | 8.00x | -0.5 | 2.00x | 100.0% |" in table
