@@ -142,6 +142,13 @@ def transfer_rows(rec: dict[str, Any]) -> Iterable[Row]:
         yield [name, _pct(r["best_accuracy"]), f"{r['minutes']:.2f}"]
 
 
+def hostile_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    for family, f in rec["figures"]["families"].items():
+        codes = " ".join(f"{k}: {v}" for k, v in f["exit_codes"].items())
+        yield [family, str(f["cases"]), codes, str(f["tracebacks"]), str(f["hangs"]), f"{f['max_peak_rss_mb']:.0f}",
+               str(f["files_left"]), str(f["inputs_damaged"]), str(f["not_as_expected"])]
+
+
 TABLES: dict[str, Table] = {
     "deploy": Table(("bench_deploy",), ("model", "path", "batch", "median ms", "vs eager FP32"), deploy_rows,
                     ("python benchmarks/bench_deploy.py",)),
@@ -166,6 +173,8 @@ TABLES: dict[str, Table] = {
                               ("python benchmarks/bench_train.py out/reference/data --amp",)),
     "optimizer-step": Table(("bench_optimizer",), ("model", "optimizer", "step ms"), optimizer_rows,
                             ("python benchmarks/bench_optimizer.py --arch resnet50",)),
+    "hostile": Table(("bench_hostile",), ("family", "cases", "exit codes", "tracebacks", "hangs", "peak RSS MB", "files left",
+                                          "inputs damaged", "not as expected"), hostile_rows, ("python benchmarks/bench_hostile.py",)),
     "transfer": Table(("bench_transfer",), ("run", "best val accuracy", "minutes"), transfer_rows,
                       ("python benchmarks/bench_transfer.py out/reference/resnet50/best.pt out/transfer/data",)),
 }

@@ -352,6 +352,10 @@ FAKE_FIGURES = {
                      "goals": {"wall_s": 20.0, "rss_mb": 2048, "trace_ratio": 1.25}},
     "bench_trace": {"arch": "resnet50", "size": 224, "engine": "codegen", "goal": 1.25,
                     "runs": [{"threads": 2, "ratio_median": 1.23, "ratio_paired": 1.22}]},
+    "bench_hostile": {"families": {"memory": {"cases": 3, "skipped": 0, "exit_codes": {"0": 1, "2": 2}, "tracebacks": 0, "hangs": 0,
+                                              "over_memory_cap": 0, "max_peak_rss_mb": 834.0, "files_left": 0,
+                                              "inputs_damaged": 0, "not_as_expected": 0}},
+                      "cases": [], "timeout_s": 60, "mem_cap_gb": 4, "as_limit_gb": 8, "repeats": 1, "all_as_expected": True},
     "bench_startup": {"arch": "resnet18", "repeats": 3, "median_s": {}, "help_s": 0.2, "import_torch_s": 7.0, "classify_s": 8.0,
                       "classify_vs_import_torch": 1.14, "goals": {"help_s": 0.5, "classify_ratio": 1.5}},
 }
