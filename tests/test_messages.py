@@ -92,3 +92,33 @@ def test_mistyped_command_is_suggested(capsys):
     with pytest.raises(SystemExit) as e:
         main(["clasify", "x.png"])
     assert e.value.code == 2 and "did you mean 'classify'?" in capsys.readouterr().err
+
+
+def _small_checkpoint(tmp_path, crop: int = 96):
+    import torch
+
+    from resnet_xray.image import Preprocessing
+    from resnet_xray.model import ModelMeta, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=3).eval()
+    meta = ModelMeta("resnet18", "t", ["a", "b", "c"], Preprocessing(resize=crop, crop=crop), True)
+    return save_checkpoint(tmp_path / "small.pt", model, meta), model
+
+
+def test_anatomy_measures_at_the_models_crop_and_says_so(tmp_path, capsys):
+    import json
+
+    from resnet_xray.anatomy import AnatomyOptions, analyze
+
+    path, model = _small_checkpoint(tmp_path, crop=96)
+    assert main(["anatomy", "--weights", str(path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["input_size"] == 96  # as prune, export and bench measure this model, not at 224
+    assert doc["totals"]["macs"] == analyze(model, "resnet18", AnatomyOptions(input_size=96)).totals.macs
+    assert main(["anatomy", "--weights", str(path), "--summary"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("resnet18 at 96x96 input (the crop its preprocessing declares")
+    assert "MACs, conv + fc, at 96x96)" in text and "* macs at 96x96:" in text
+    assert main(["anatomy", "--weights", str(path), "--input-size", "128", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["input_size"] == 128  # the flag still wins

@@ -359,13 +359,13 @@ def classify(model: LoadedModel | tuple | PathLike, images: Iterable[PathLike], 
     return result
 
 
-def anatomy(model: LoadedModel | tuple | PathLike, *, input_size: int = 224) -> AnatomyResult:
-    """The measured layer table, Table 1 stages, totals and breakdowns at ``input_size``."""
+def anatomy(model: LoadedModel | tuple | PathLike, *, input_size: int | None = None) -> AnatomyResult:
+    """The measured layer table, Table 1 stages, totals and breakdowns at ``input_size`` (None: the model's crop)."""
     from .anatomy import AnatomyOptions, analyze
 
     opts = AnatomyOptions(input_size=input_size)
     m = as_model(model)
-    return AnatomyResult(analyze(m.module, m.arch, opts), m.weights)
+    return AnatomyResult(analyze(m.module, m.arch, opts, crop=m.meta.preprocessing.crop), m.weights)
 
 
 def trace(model: LoadedModel | tuple | PathLike, image: PathLike, *, walkthrough: bool = False) -> TraceResult:

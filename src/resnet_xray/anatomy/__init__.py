@@ -25,13 +25,13 @@ __all__ = [
 
 @dataclass
 class AnatomyOptions:
-    input_size: int = 224  # side of the square input; shapes, MACs and RFs depend on it
+    input_size: int | None = None  # side of the square input (shapes, MACs and RFs depend on it); None: the model's crop
 
     def __post_init__(self) -> None:
-        from ..options import MAX_IMAGE_SIDE, OptionError
+        from ..options import OptionError
 
-        if not 32 <= self.input_size <= MAX_IMAGE_SIDE:  # 32: five stride-2 steps
-            raise OptionError("input_size", self.input_size, f"must lie in [32, {MAX_IMAGE_SIDE}] (32: five stride-2 steps)")
+        if self.input_size is not None and self.input_size < 32:
+            raise OptionError("input_size", self.input_size, "must be at least 32 (five stride-2 steps)")
 
 
 @dataclass
@@ -42,11 +42,14 @@ class Anatomy:
     stages: list[StageRow]
     totals: Totals
     breakdown: Breakdown
+    # Where input_size came from, said beside the figures: MACs at 224 px and at 96 px differ 5x.
+    input_size_from: str = "given"  # "given" | "the model's crop" | "default"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "arch": self.arch,
             "input_size": self.input_size,
+            "input_size_from": self.input_size_from,
             "conventions": {
                 "macs": "multiply-accumulates for conv and fc rows; element operations for bn, relu, add and pooling rows",
                 "flops": "2 x macs (a multiply-add counted as two floating-point operations)",
@@ -61,15 +64,26 @@ class Anatomy:
         }
 
 
-def analyze(model: nn.Module, arch: str = "resnet", options: AnatomyOptions | None = None) -> Anatomy:
-    """Measure ``model`` on a 1x3xSxS input: nothing in the result is typed in."""
+# The side torchvision's ImageNet weights are evaluated at; used when neither a size nor a model's crop is known.
+DEFAULT_INPUT_SIZE = 224
+
+
+def analyze(model: nn.Module, arch: str = "resnet", options: AnatomyOptions | None = None, *,
+            crop: int | None = None) -> Anatomy:
+    """Measure ``model`` on a 1x3xSxS input: nothing in the result is typed in.
+
+    S is ``options.input_size``, else ``crop`` (the model's preprocessing), else 224.
+    """
     opts = options or AnatomyOptions()
-    rows = layer_table(model, opts.input_size)
+    size, source = ((opts.input_size, "given") if opts.input_size else
+                    (crop, "the model's crop") if crop else (DEFAULT_INPUT_SIZE, "default"))
+    rows = layer_table(model, size)
     return Anatomy(
         arch=arch,
-        input_size=opts.input_size,
+        input_size=size,
         layers=rows,
         stages=stage_table(model, rows),
         totals=totals(model, rows),
         breakdown=breakdown(model, rows),
+        input_size_from=source,
     )

@@ -65,13 +65,19 @@ NOTE = ("* macs: multiply-accumulates for conv and fc rows; element operations f
         "and pooling rows. Shares of macs are shares of all counted operations.")
 
 
+def size_text(a: Anatomy) -> str:
+    """"96x96 input (the model's crop; --input-size to change)": said wherever MACs are."""
+    why = {"the model's crop": "the crop its preprocessing declares", "default": "the ImageNet size"}.get(a.input_size_from)
+    return f"{a.input_size}x{a.input_size} input" + (f" ({why}; --input-size to change)" if why else "")
+
+
 def summary_text(a: Anatomy) -> str:
     return "\n\n".join([
-        f"{a.arch} at {a.input_size}x{a.input_size}",
+        f"{a.arch} at {size_text(a)}",
         stages_text(a),
         totals_text(a),
         breakdown_text(a),
-        NOTE,
+        NOTE.replace("* macs:", f"* macs at {a.input_size}x{a.input_size}:"),
     ])
 
 
