@@ -234,3 +234,17 @@ def test_make_dataset_onto_an_existing_file(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == [f"resnet-xray: error: {target}: exists and is not a folder; choose another name"]
     assert target.read_text() == "keep me"
+
+
+def test_tensorboard_logs_on_a_full_disk_are_one_line(tmp_path, capfd):
+    pytest.importorskip("torch.utils.tensorboard")
+    import threading
+
+    from resnet_xray.train.metrics import TensorBoardLog
+
+    with disk_fills_at(16), pytest.raises(XrayError, match=r"tb: cannot write TensorBoard logs \(File too large\)"):
+        TensorBoardLog(tmp_path / "tb")
+    for t in threading.enumerate():  # its writer thread prints its own traceback, if any, as it ends
+        if type(t).__module__.startswith("tensorboard."):
+            t.join(10)
+    assert "Traceback" not in capfd.readouterr().err

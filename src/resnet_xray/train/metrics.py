@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_path, write_text
+from ..errors import XrayError
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -31,6 +32,24 @@ def write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
+def _quiet_writer_threads() -> None:
+    """Keep a failed write in TensorBoard's writer thread off stderr: the main thread gets the same
+    error on its next call and reports it in one line. Other threads' errors print as before."""
+    import threading
+
+    previous = threading.excepthook
+    if getattr(previous, "quiets_tensorboard", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+            return
+        previous(args)
+
+    hook.quiets_tensorboard = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
 class TensorBoardLog:
     """Scalars to TensorBoard if the package is installed; silently nothing otherwise."""
 
@@ -42,7 +61,15 @@ class TensorBoardLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional (pip install resnet-xray[tensorboard])
             return
-        self.writer = SummaryWriter(str(log_dir))
+        self.log_dir = log_dir
+        _quiet_writer_threads()
+        try:
+            self.writer = SummaryWriter(str(log_dir))
+        except OSError as e:  # a full disk, met by its writer thread and re-raised here
+            raise self._error(e) from None
+
+    def _error(self, e: OSError) -> XrayError:
+        return XrayError(f"{self.log_dir}: cannot write TensorBoard logs ({e.strerror or e})")
 
     @property
     def active(self) -> bool:
@@ -51,14 +78,23 @@ class TensorBoardLog:
     def epoch(self, row: dict[str, Any]) -> None:
         if self.writer is None:
             return
-        for k, v in row.items():
-            if isinstance(v, (int, float)) and k != "epoch":
-                self.writer.add_scalar(k, v, row["epoch"])
-        self.writer.flush()
+        try:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self.writer.add_scalar(k, v, row["epoch"])
+            self.writer.flush()
+        except OSError as e:
+            self.writer = None  # nothing more can be written; close() must not raise it again
+            raise self._error(e) from None
 
     def close(self) -> None:
+        # Called on the way out of a failed run too: raising here would hide why it failed.
         if self.writer is not None:
-            self.writer.close()
+            writer, self.writer = self.writer, None
+            try:
+                writer.close()
+            except OSError:
+                pass
 
 
 def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
