@@ -436,14 +436,19 @@ def _check_batch(images: Sequence[PathLike], meta: ModelMeta):
 
 def fuse(model: LoadedModel | tuple | PathLike, output: PathLike | None = None, *, check: Sequence[PathLike] = ()) -> FuseResult:
     """Fold every BatchNorm into the conv before it; compare with the unfused model; save only if the check passes."""
+    if output is not None:
+        from .atomic import check_writable
+        from .locks import file_lock
+
+        with file_lock(output, "-o"):  # one writer per output file
+            return _fuse(model, check_writable(output), check)
+    return _fuse(model, None, check)
+
+
+def _fuse(model: LoadedModel | tuple | PathLike, out: Path | None, check: Sequence[PathLike]) -> FuseResult:
     from .deploy.fuse import FusedBatchNorm, fuse_model, fusion_report
     from .model import save_checkpoint
 
-    out = None
-    if output is not None:
-        from .atomic import check_writable
-
-        out = check_writable(output)
     m = as_model(model)
     fused = fuse_model(m.module)
     _, x, skipped = _check_batch(check, m.meta)
@@ -463,32 +468,30 @@ def export(model: LoadedModel | tuple | PathLike, output: PathLike, *, opset: in
            calib: PathLike | None = None) -> ExportResult:
     """Export to ONNX (and OpenVINO IR), each checked against eager PyTorch; optionally a TensorRT engine.
 
-    When a check fails, every file written is removed, ``result.output`` is None and
-    ``result.passed`` is False; the CLI exits 1 then.
+    The files are written and checked under temporary names and replace an earlier export at
+    ``output`` only when every check passes. When one fails, the earlier files are left as they
+    were, ``result.output`` is None and ``result.passed`` is False; the CLI exits 1 then.
+    ``output`` is locked for the run (:func:`resnet_xray.locks.file_lock`).
     """
-    from .deploy.onnx import ExportOptions, check_onnx, check_openvino, export_onnx, remove_export
+    from .atomic import check_suffix
+    from .deploy.onnx import ExportFailed, ExportOptions, export_checked
+    from .locks import file_lock
 
     opts = ExportOptions(opset=opset, dynamic_batch=dynamic_batch, exporter=exporter, openvino=openvino)  # refuses a bad opset first
+    check_suffix(output, "-o", (".onnx",))
     if tensorrt:
         from .deploy.tensorrt import require_tensorrt
 
         require_tensorrt()  # fail in one line before the export, not after
     m = as_model(model)
-    path = export_onnx(m.module, output, opts, m.meta)
-    xml = path.with_suffix(".xml") if openvino else None
     try:
-        rep = check_onnx(path, m.module, list(check))
-        rep_ov = check_openvino(xml, m.module, list(check)) if xml else None
-    except BaseException:
-        remove_export(path)
-        raise
-    res = ExportResult(Path(path), rep, m.weights, None, xml, rep_ov)
-    if res.failed:
-        remove_export(path)
-        res.output = res.openvino = None
-        return res
-    if tensorrt:
-        res.engine, res.check_tensorrt = _tensorrt_engine(path, m.module, tensorrt, calib, list(check))
+        with file_lock(output, "-o"):
+            path, rep, rep_ov = export_checked(m.module, output, opts, m.meta, list(check))
+            res = ExportResult(path, rep, m.weights, None, path.with_suffix(".xml") if openvino else None, rep_ov)
+            if tensorrt:
+                res.engine, res.check_tensorrt = _tensorrt_engine(path, m.module, tensorrt, calib, list(check))
+    except ExportFailed as e:
+        return ExportResult(None, e.check, m.weights, None, None, e.check_openvino)
     return res
 
 

@@ -113,9 +113,8 @@ def check_writable(path: str | os.PathLike, flag: str = "-o", *, kind: str = "fi
     """
     p = Path(path)
     if kind == "file":
-        if suffixes is not None and p.suffix.lower() not in suffixes:
-            first = next(s for s in suffixes if s)
-            raise XrayError(f"{flag} {p}: written as {first.lstrip('.').upper()}; use a {first} name")
+        if suffixes is not None:
+            check_suffix(p, flag, suffixes)
         if p.is_dir():
             raise XrayError(f"{flag} {p}: is a directory; give a file name")
         folder = p.parent if str(p.parent) else Path(".")
@@ -143,6 +142,224 @@ def check_writable(path: str | os.PathLike, flag: str = "-o", *, kind: str = "fi
     return p
 
 
+def check_suffix(path: str | os.PathLike, flag: str, suffixes: tuple[str, ...]) -> Path:
+    """Refuse a file name whose suffix is not one of ``suffixes`` (lower case; ``""`` allows none), touching nothing."""
+    p = Path(path)
+    if p.suffix.lower() not in suffixes:
+        first = next(s for s in suffixes if s)
+        raise XrayError(f"{flag} {p}: written as {first.lstrip('.').upper()}; use a {first} name")
+    return p
+
+
+def remove_stale_dirs(folder: str | os.PathLike, prefix: str) -> list[Path]:
+    """Remove the work folders ``<prefix><pid>-*`` in ``folder`` whose process is gone (killed runs); returns them.
+
+    A folder whose process still runs is left alone, as are names without a pid.
+    """
+    import shutil
+
+    from .locks import pid_alive
+
+    gone = []
+    for p in sorted(Path(folder).glob(f"{prefix}*-*")):
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if p.is_dir() and not p.is_symlink() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p)
+    return gone
+
+
 def writable_dir(path: str | os.PathLike, flag: str = "-o") -> Path:
     """Create folder ``path`` (and parents) and check that a file can be written in it."""
     return check_writable(path, flag, kind="dir")
+
+
+# --- what an output may replace ---
+
+
+def refuse_inputs(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], flag: str = "-o") -> None:
+    """Refuse an output that is, contains or lies inside one of the command's inputs.
+
+    ``inputs`` maps each input's flag to its path (None or a missing path: skipped). Paths are
+    compared resolved, so a symlink or ``..`` spelling of an input is caught too.
+    """
+    o = Path(out).resolve()
+    for name, p in inputs.items():
+        if p is None or not Path(p).exists():
+            continue
+        i = Path(p).resolve()
+        if o == i:
+            how = "is"
+        elif i in o.parents:
+            how = "lies inside"
+        elif o in i.parents:
+            how = "contains"
+        else:
+            continue
+        raise XrayError(f"{flag} {out}: {how} the input {name} {p}; choose another {'file' if o.suffix else 'folder'}")
+
+
+def earlier_output(folder: str | os.PathLike, flag: str | None, *, command: str, marker: str, resume: bool | None = False,
+                   overwrite: bool = False) -> bool:
+    """Whether ``folder`` holds an earlier ``command`` run that may be resumed or replaced.
+
+    A missing or empty folder: False. A non-empty folder without ``marker`` (the command's own
+    state file) was not written by ``command``: refused whatever the flags, and the message does
+    not offer ``--overwrite``, which must never delete what a person or another command put there.
+    With the marker, ``resume`` or ``overwrite`` lets it through (True); otherwise it is refused
+    with the hints (``resume=None``: the command cannot resume, so only ``--overwrite``).
+    """
+    f = Path(folder)
+    where = f"{flag} {f}" if flag else str(f)
+    if not f.is_dir() or not any(f.iterdir()):
+        return False
+    if not (f / marker).is_file():
+        raise XrayError(f"{where}: is not empty and was not written by {command} (no {marker}); choose another folder")
+    if not (resume or overwrite):
+        hint = "pass --overwrite to replace it" if resume is None else "pass --resume to continue it or --overwrite to replace it"
+        raise XrayError(f"{where}: holds an earlier {command} output; {hint}")
+    return True
+
+
+# --- folders a failed command made, and files replaced as a set ---
+
+
+@contextmanager
+def removed_if_failed(path: str | os.PathLike) -> Iterator[Path]:
+    """Remove the folders on the way to ``path`` (itself included) that did not exist, if the block fails and they are empty.
+
+    A command that fails must not leave a half-made output folder behind; one that held files
+    already (a resumable run's checkpoints) is left alone.
+    """
+    path = Path(path)
+    made = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    try:
+        yield path
+    except BaseException:
+        for p in made:
+            try:
+                p.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                break  # not empty (or not a folder): the ones above it are not empty either
+        raise
+
+
+@contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, so a few renames are not cut in half."""
+    import signal
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, OSError, ValueError):  # no pthread_sigmask (Windows): renames stay unguarded
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a signal that came meanwhile is delivered now
+
+
+class StagedFiles:
+    """A set of files (a model and its sidecars) built under temporary names, then swapped in whole.
+
+    The new files are written into a hidden staging folder beside the targets, under their final
+    names, and checked there. :meth:`commit` moves every old target into a backup folder, the new
+    files into place, and drops the backup; a target the new set does not have is removed, so no
+    stale piece of the old set stays beside the new one. A failure or Ctrl-C during the swap rolls
+    back to the old set. A run killed outright (SIGKILL) mid-swap leaves its backup folder, and the
+    next :class:`StagedFiles` on the same targets puts the old set back first. Without a commit the
+    old set is untouched. Use it while holding the targets' lock.
+    """
+
+    MOVING_IN = ".moving-in"  # in the backup folder once every old file is in it
+
+    def __init__(self, targets: list[Path], flag: str | None = "-o"):
+        self.targets = [Path(t) for t in targets]
+        first = self.targets[0]
+        self.folder, self.flag = first.parent, flag
+        self.stage = self._name("stage", os.getpid())
+        self.committed = False
+
+    def _name(self, kind: str, pid: int | str) -> Path:
+        return self.folder / f".{self.targets[0].name}.{kind}-{pid}"
+
+    def path(self, target: str | os.PathLike) -> Path:
+        """Where the new version of ``target`` is written before the swap."""
+        return self.stage / Path(target).name
+
+    def __enter__(self) -> StagedFiles:
+        self.recover()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.stage.mkdir()
+        except OSError as e:
+            raise XrayError(f"{self._where()}: cannot write in {self.folder} ({e.strerror or e})") from None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import shutil
+
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+    def _where(self) -> str:
+        return f"{self.flag} {self.targets[0]}" if self.flag else str(self.targets[0])
+
+    def recover(self) -> None:
+        """Finish or undo what a killed run left: stale staging folders go; an interrupted swap is rolled back."""
+        import shutil
+
+        from .locks import pid_alive
+
+        prefix = f".{self.targets[0].name}."
+        for p in sorted(self.folder.glob(f"{prefix}*-*")):
+            kind, _, pid = p.name[len(prefix):].rpartition("-")
+            if kind not in ("stage", "old", "done") or not pid.isdigit() or (pid_alive(int(pid)) and int(pid) != os.getpid()):
+                continue
+            if kind == "old":  # the swap did not finish: the old set comes back whole
+                moving_in = (p / self.MOVING_IN).exists()
+                for t in self.targets:
+                    if (p / t.name).exists():
+                        os.replace(p / t.name, t)
+                    elif moving_in:
+                        t.unlink(missing_ok=True)  # had no old version: what is there came from that run's stage
+            shutil.rmtree(p, ignore_errors=True)
+
+    def commit(self) -> list[Path]:
+        """Swap the staged files in for the targets; returns the targets now in place."""
+        import shutil
+
+        backup = self._name("old", os.getpid())
+        moved_old: list[Path] = []
+        moved_new: list[Path] = []
+        try:
+            with deferred_signals():
+                try:
+                    backup.mkdir()
+                    for t in self.targets:
+                        if t.exists() or t.is_symlink():
+                            os.replace(t, backup / t.name)
+                            moved_old.append(t)
+                    (backup / self.MOVING_IN).touch()  # from here on, a target with no old copy is a new file
+                    for t in self.targets:
+                        if self.path(t).exists():
+                            os.replace(self.path(t), t)
+                            moved_new.append(t)
+                    # renamed before it is emptied: a run killed while deleting it leaves nothing to roll back
+                    done = self._name("done", os.getpid())
+                    os.replace(backup, done)
+                except BaseException:
+                    for t in moved_new:
+                        os.replace(t, self.path(t))
+                    for t in moved_old:
+                        os.replace(backup / t.name, t)
+                    shutil.rmtree(backup, ignore_errors=True)
+                    raise
+        except OSError as e:
+            raise XrayError(f"{self._where()}: cannot replace ({e.strerror or e}); the earlier files are unchanged") from None
+        shutil.rmtree(done, ignore_errors=True)
+        self.committed = True
+        return moved_new

@@ -4,6 +4,8 @@ Two runs with the same ``--out`` used to delete each other's temp files and leav
 mixing one run's ``best.pt`` with another's ``last.pt``. :func:`output_lock` makes the second
 writer stop at once with one line (exit 2). The lock is an OS file lock (``flock`` via
 ``filelock``), so a killed run releases it with its process; no stale lock survives a crash.
+The lock file is removed when the lock is released, and a command that fails removes the
+output folder it had only just made, so no run leaves a stray ``.resnet-xray.lock`` behind.
 
 Usage (any command that writes a folder)::
 
@@ -58,9 +60,31 @@ def output_lock(folder: str | os.PathLike, flag: str | None = "--out", *, beside
             or the folder cannot be created.
 
     Re-entrant within one process (the pruner fine-tunes into its own folder), so nested
-    commands do not lock themselves out.
+    commands do not lock themselves out. When the block fails, the folders this call made
+    are removed again if nothing was written in them.
     """
+    from .atomic import removed_if_failed
+
     folder = Path(folder)
+    with removed_if_failed(folder):
+        with _held(folder, flag, beside):
+            yield folder
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike, flag: str | None = "-o") -> Iterator[Path]:
+    """The lock for a file output and the files written with it (``model.onnx``, ``model.xml``, ``.bin``, sidecars).
+
+    Keyed on the name without its last suffix, beside it, so ``export -o m.onnx`` and
+    ``quantize --engine openvino -o m.xml``, which both write ``m.xml``, exclude each other.
+    """
+    path = Path(path)
+    with output_lock(path.with_suffix(""), flag, beside=True):
+        yield path
+
+
+@contextmanager
+def _held(folder: Path, flag: str | None, beside: bool) -> Iterator[None]:
     where = f"{flag} {folder}" if flag else str(folder)
     lock_file, note = lock_paths(folder, beside=beside)
     try:
@@ -68,7 +92,7 @@ def output_lock(folder: str | os.PathLike, flag: str | None = "--out", *, beside
     except OSError as e:
         raise XrayError(f"{where}: cannot create ({e.strerror})") from None
     # is_singleton: one lock object per path in this process, so nesting counts instead of deadlocking.
-    # preserve_lock_file: unlinking on release races with a waiter that has just opened it.
+    # preserve_lock_file: filelock itself never unlinks; the holder does, below, while it still holds the lock.
     lock = FileLock(lock_file, timeout=0, is_singleton=True, preserve_lock_file=True)
     try:
         lock.acquire()
@@ -87,11 +111,17 @@ def output_lock(folder: str | os.PathLike, flag: str | None = "--out", *, beside
                                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
             except OSError:
                 pass  # the note only improves a message
-        yield folder
+        yield
     finally:
         if first:
             try:
                 note.unlink(missing_ok=True)
+                # Unlinked while still held: a process that opened the old file in the meantime gets
+                # its flock on an unlinked inode once we let go, which filelock (4.x) sees (st_nlink 0)
+                # and does not count as acquired, so it stops with "in use" rather than sharing the lock.
+                # One that opens the name after the unlink creates a fresh file and locks that; by then
+                # this process only releases, touching nothing in the folder.
+                lock_file.unlink(missing_ok=True)
             except OSError:
                 pass
         lock.release()

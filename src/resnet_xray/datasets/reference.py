@@ -261,10 +261,12 @@ def make_reference_dataset(out: str | Path, options: ReferenceOptions | None = N
 
 
 def _write_reference_dataset(out: Path, opts: ReferenceOptions, *, quiet: bool) -> dict:
+    from ..atomic import earlier_output
+
     if out.exists() and not out.is_dir():  # never replaced, not even with --overwrite: it is not a dataset
         raise XrayError(f"{out}: exists and is not a folder; choose another name")
-    if out.exists() and any(out.iterdir()) and not opts.overwrite:
-        raise XrayError(f"{out}: exists and is not empty; pass --overwrite or choose another folder")
+    # --overwrite replaces only a dataset this command made (its dataset.json), never another folder
+    earlier_output(out, None, command="make-dataset", marker="dataset.json", resume=None, overwrite=opts.overwrite)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -78,7 +78,8 @@ def optimize_flags(names: tuple[str, ...] = OPTIMIZE_FLAGS) -> Flags:
               "timing_size": "time every candidate at this square side, e.g. 224 (default: the accuracy size)",
               "eval_images": "val images to score on (default: all)",
               "mixed_precision": "do not try NNCF accuracy control when INT8 loses too much",
-              "resume": "continue a killed run in OUT (same options)", "overwrite": "replace what OUT holds"},
+              "resume": "continue a killed run in OUT (same options)",
+              "overwrite": "replace an earlier optimize run in OUT (only what optimize wrote; never an input)"},
     )
 
 
@@ -114,8 +115,11 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .. import api
 
+    from ..atomic import check_suffix
+
     flags = export_flags()
     flags.build(args)  # bad flags fail before the model is built
+    check_suffix(args.output, "-o", (".onnx",))  # export -o m.txt wrote ONNX that --model then refused
     res = api.export(model_from_args(args), args.output, **flags.values(args), openvino=not args.no_openvino,
                      check=args.check or [], tensorrt=args.tensorrt, calib=args.calib)
     report_skipped(res.check["skipped"])
@@ -138,7 +142,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"wrote TensorRT {args.tensorrt} engine {res.engine}")
     if res.failed:
         name, r = res.failed[0]
-        kept = f"engine removed; {res.output} (which passed its own check) kept" if res.output else f"nothing written to {args.output}"
+        kept = (f"engine removed; {res.output} (which passed its own check) kept" if res.output
+                else f"nothing written to {args.output} (what was there is unchanged)")
         print(f"resnet-xray: error: {name} output DIVERGES from eager PyTorch ({r.get('reason')}); {kept}", file=sys.stderr)
         return 1
     return 0

@@ -321,13 +321,55 @@ def _check_dict(eq: Equivalence, images: int, skipped: list) -> dict[str, Any]:
     return report
 
 
-def remove_export(path: Path) -> None:
-    """Remove what export wrote for ``path``: the .onnx, its sidecar, and the OpenVINO IR beside it."""
-    from .openvino import remove_ir
+def export_files(path: Path) -> list[Path]:
+    """Every file an export to ``path`` may write (model, IR, sidecars, engines): the set that is replaced whole."""
+    xml = path.with_suffix(".xml")
+    return [path, sidecar_path(path), xml, xml.with_suffix(".bin"), sidecar_path(xml),
+            *(path.with_suffix(f".{precision}.engine") for precision in ("fp16", "int8"))]
 
-    for p in (path, sidecar_path(path)):
+
+def remove_export(path: Path) -> None:
+    """Remove what export wrote for ``path``: the .onnx, its sidecar, the OpenVINO IR and engines beside it."""
+    for p in export_files(path):
         p.unlink(missing_ok=True)
-    remove_ir(path.with_suffix(".xml"))
+
+
+class ExportFailed(Exception):
+    """A check of the new export failed: nothing was replaced. Carries the reports for the caller to print."""
+
+    def __init__(self, check: dict[str, Any], check_openvino: dict[str, Any] | None):
+        super().__init__("the exported model diverges from eager PyTorch")
+        self.check, self.check_openvino = check, check_openvino
+
+
+def export_checked(model: nn.Module, path: str | os.PathLike, options: ExportOptions, meta: Any = None,
+                   check: Iterable[str | os.PathLike] = ()) -> tuple[Path, dict[str, Any], dict[str, Any] | None]:
+    """Export ``model`` and check it (ONNX Runtime, and OpenVINO when asked) before anything at ``path`` changes.
+
+    The new files are written and checked under temporary names beside ``path``; only when every
+    check passes do they replace the earlier export's files, as one set (see
+    :class:`~resnet_xray.atomic.StagedFiles`): a failed check, an error or Ctrl-C leaves the earlier
+    export whole, and no piece of it (an IR the new export does not write) survives beside the new one.
+    Hold ``path``'s :func:`~resnet_xray.locks.file_lock` around it.
+
+    Returns:
+        The ``.onnx`` path and the ONNX Runtime and OpenVINO (or None) check reports.
+
+    Raises:
+        ExportFailed: a check failed; the earlier files are unchanged.
+    """
+    from ..atomic import StagedFiles
+
+    out = Path(path)
+    check = list(check)
+    with StagedFiles(export_files(out)) as stage:
+        staged = export_onnx(model, stage.path(out), options, meta)
+        rep = check_onnx(staged, model, check)
+        rep_ov = check_openvino(staged.with_suffix(".xml"), model, check) if options.openvino else None
+        if not rep.get("passed") or (rep_ov is not None and not rep_ov.get("passed")):
+            raise ExportFailed(rep, rep_ov)
+        stage.commit()
+    return out, rep, rep_ov
 
 
 @torch.inference_mode()

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import check_writable, write_json
+from ..atomic import check_writable, earlier_output, refuse_inputs, write_json
 from ..compare import Tolerance, as_logits, compare
 from ..errors import XrayError
 from ..provenance import WeightsInfo
@@ -36,6 +36,8 @@ ENGINES = ("ort", "openvino", "torch")
 STATE_FILE = "optimize_state.json"
 REPORT_FILE = "optimize.json"
 CHART_FILE = "latency_accuracy.png"
+# The winner, as classify --model takes it: one of these sets, never pieces of two.
+PUBLISHED = ("model.onnx", "model.onnx.json", "model.xml", "model.bin", "model.xml.json")
 
 
 @dataclass
@@ -204,34 +206,45 @@ class _Run:
 
 
 def _result_options(o: OptimizeOptions) -> dict[str, Any]:
+    # engines: a run started without OpenVINO has no FP32 IR for a resumed one to quantise
     keep = ("data", "target_macs", "prune_steps", "finetune_epochs", "importance", "calib_images", "input_size", "seed")
-    return {k: getattr(o, k) for k in keep}
+    return {**{k: getattr(o, k) for k in keep}, "engines": list(o.engines)}
+
+
+# What optimize writes in OUT: all that --overwrite may remove (anything else there is left alone).
+OWN_ENTRIES = (STATE_FILE, REPORT_FILE, CHART_FILE, "work", "prune", *PUBLISHED)
 
 
 def prepare_out(opts: OptimizeOptions) -> dict[str, Any] | None:
-    """Refuse to mix runs: a non-empty OUT needs --resume (same options) or --overwrite."""
+    """Refuse to mix runs: a non-empty OUT must be an earlier optimize run, and then needs --resume (same options) or --overwrite."""
     import json
 
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         raise XrayError(f"-o {out}: exists and is not a folder")
-    busy = out.is_dir() and any(out.iterdir())
     state = None
-    if busy:
+    if earlier_output(out, "-o", command="optimize", marker=STATE_FILE, resume=opts.resume, overwrite=opts.overwrite):
         if opts.overwrite:
-            shutil.rmtree(out)
-        elif opts.resume:
+            for name in OWN_ENTRIES:
+                p = out / name
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink(missing_ok=True)
+        else:
             sp = out / STATE_FILE
-            if not sp.exists():
-                raise XrayError(f"-o {out}: not an optimize folder (no {STATE_FILE}); choose another or --overwrite")
             try:
                 state = json.loads(sp.read_text())
-            except ValueError:
+                saved = state["options"]
+                state["done"].keys()
+            except (ValueError, KeyError, TypeError, AttributeError):
                 raise XrayError(f"{sp}: unreadable; rerun with --overwrite") from None
-            if state.get("options") != _result_options(opts):
-                raise XrayError(f"-o {out}: was started with other options ({state.get('options')}); use the same ones or --overwrite")
-        else:
-            raise XrayError(f"-o {out}: is not empty; pass --resume to continue that run or --overwrite to replace it")
+            now = _result_options(opts)
+            # a key an older state file lacks is not held against it
+            changed = [k for k in now if k in saved and saved[k] != now[k]]
+            if changed:
+                was = ", ".join(f"--{k.replace('_', '-')} {saved[k]}" for k in changed)
+                raise XrayError(f"-o {out}: was started with {was}; resume with the same options or pass --overwrite")
     check_writable(out, "-o", kind="dir")  # creates it, or one line saying why not
     return state
 
@@ -244,6 +257,7 @@ def optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str], 
     """
     from ..locks import output_lock
 
+    refuse_inputs(options.out, {"--data": options.data, "checkpoint": checkpoint})
     with output_lock(options.out, "-o", beside=True):  # beside: OUT itself stays empty until the run writes
         return _optimize(checkpoint, options, log=log)
 
@@ -274,6 +288,8 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
     if state:
         run.state = state
         log(f"optimize: resuming in {run.out} ({', '.join(state['done']) or 'nothing'} done)")
+    else:
+        write_json(run.state_path, run.state)  # now, so a run killed in its first stage can be resumed
     run.work.mkdir(exist_ok=True)
     size = opts.input_size or meta.preprocessing.crop
     pre = meta.preprocessing if size == meta.preprocessing.crop else dataclasses.replace(
@@ -310,7 +326,7 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
             _runners_at(run, cands, runners, tsize)
         _time(run, cands, runners, tsize)
     winner = _pick(cands, base_acc, opts.max_drop)
-    winner_path = _publish(run, winner) if winner else None
+    winner_path = _publish(run, winner)
     chart = _chart(cands, run.out / CHART_FILE, base_acc, opts.max_drop)
     res = OptimizeResult(run.out, base_acc, opts.max_drop, cands, winner, winner_path, chart, machine_info(opts.threads), opts,
                          round(time.perf_counter() - t_start, 1), WeightsInfo.of(meta).to_dict(), tsize)
@@ -432,9 +448,11 @@ def _quantize_ort(fp32: Path, calib: list[Path], out: Path) -> None:
     import os
     import tempfile
 
+    from ..atomic import remove_stale_dirs
     from .quantize import QuantizeOptions, quantize_onnx
 
-    with tempfile.TemporaryDirectory(prefix=".calib-", dir=out.parent) as tmp:
+    remove_stale_dirs(out.parent, ".calib-")  # a killed run's links
+    with tempfile.TemporaryDirectory(prefix=f".calib-{os.getpid()}-", dir=out.parent) as tmp:
         for i, f in enumerate(calib):
             os.symlink(f.resolve(), Path(tmp) / f"{i:05d}{f.suffix}")
         # agreement is scored later on the val split, against the checkpoint itself; here only a sanity gate
@@ -565,19 +583,27 @@ def _pick(cands: list[Candidate], base_acc: float, max_drop: float) -> Candidate
     return win
 
 
-def _publish(run: _Run, win: Candidate) -> Path:
-    """Copy the winner to OUT/model.onnx or OUT/model.xml (+ .bin, sidecar), atomically per file."""
-    from ..atomic import atomic_path
+def _publish(run: _Run, win: Candidate | None) -> Path | None:
+    """Copy the winner to OUT/model.onnx or OUT/model.xml (+ .bin, sidecar), replacing the earlier winner's set whole.
+
+    An earlier run's winner is removed with it, whatever its engine (and when there is no
+    winner now): OUT never holds files of two runs' winners beside the one optimize.json names.
+    """
+    from ..atomic import StagedFiles
     from .artefact import sidecar_path
 
-    src = Path(win.path)
-    dest = run.out / f"model{src.suffix}"
-    pairs = [(src.with_suffix(".bin"), dest.with_suffix(".bin"))] if src.suffix == ".xml" else []
-    pairs += [(sidecar_path(src), sidecar_path(dest)), (src, dest)]  # the model file last
-    for s, d in pairs:
-        if s.exists():
-            with atomic_path(d) as tmp:
-                shutil.copyfile(s, tmp)
+    dest = None
+    with StagedFiles([run.out / n for n in PUBLISHED]) as stage:
+        if win is not None:
+            src = Path(win.path)
+            dest = run.out / f"model{src.suffix}"
+            pairs = [(src, dest), (sidecar_path(src), sidecar_path(dest))]
+            if src.suffix == ".xml":
+                pairs.append((src.with_suffix(".bin"), dest.with_suffix(".bin")))
+            for s, d in pairs:
+                if s.exists():
+                    shutil.copyfile(s, stage.path(d))
+        stage.commit()
     return dest
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import write_json
+from ..atomic import StagedFiles, remove_stale_dirs, write_json
 from ..compare import Tolerance, compare
 from ..errors import XrayError
 from ..options import at_least, batch_fits, one_of, within
@@ -286,9 +286,21 @@ def quantize_onnx(
         The report: sizes, choices (with the CPU's VNNI support), calibration images used and
         skipped, agreement with FP32 on held-out images, accuracy when labelled.
     """
+    from ..locks import file_lock
+
     opts = options or QuantizeOptions()
+    with file_lock(out_path, "-o"):  # one writer per output
+        return _quantize_locked(fp32_path, calib_dir, out_path, opts, torch_model)
+
+
+WORKDIR_PREFIX = ".quantize-"  # beside -o: .quantize-<pid>-<random>, so a later run can tell a killed run's folder
+
+
+def _quantize_locked(fp32_path: str | os.PathLike, calib_dir: str | os.PathLike, out_path: str | os.PathLike,
+                     opts: QuantizeOptions, torch_model: torch.nn.Module | None) -> dict[str, Any]:
+    remove_stale_dirs(Path(out_path).parent, WORKDIR_PREFIX)  # left by runs killed outright (SIGKILL, power loss)
     plan = _plan(fp32_path, calib_dir, out_path, opts)
-    workdir = Path(tempfile.mkdtemp(prefix=".quantize-", dir=plan.out.parent))
+    workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=plan.out.parent))
     try:
         if opts.engine == "openvino":
             tmp_out, calib_used, calib_skipped, fp32_ir = _quantize_openvino(plan.info, plan.calib, workdir, opts, plan.calib_root)
@@ -458,17 +470,19 @@ def _report(plan: _Plan, opts: QuantizeOptions, tmp_out: Path, calib_used: int, 
 
 
 def _publish(tmp_out: Path, plan: _Plan, engine: str, report: dict[str, Any]) -> None:
-    """Move the checked INT8 model into place, then its sidecar: a reader never sees a sidecar describing a missing file."""
+    """Swap the checked INT8 model and its sidecar (and .bin) in for any earlier ones, as one set."""
     out, info = plan.out, plan.info
     side = {**info.sidecar, "quantization": report}
     side.setdefault("preprocessing", info.preprocessing.to_dict())
-    if engine == "openvino":
-        os.replace(tmp_out.with_suffix(".bin"), out.with_suffix(".bin"))
-        os.replace(tmp_out, out)
-    else:
-        _embed(tmp_out, side)
-        os.replace(tmp_out, out)
-    write_json(sidecar_path(out), side)
+    targets = [out, sidecar_path(out)] + ([out.with_suffix(".bin")] if engine == "openvino" else [])
+    with StagedFiles(targets) as stage:
+        if engine == "openvino":
+            os.replace(tmp_out.with_suffix(".bin"), stage.path(out.with_suffix(".bin")))
+        else:
+            _embed(tmp_out, side)
+        os.replace(tmp_out, stage.path(out))
+        write_json(stage.path(sidecar_path(out)), side)
+        stage.commit()
 
 
 def _embed(path: Path, side: dict[str, Any]) -> None:

@@ -1092,6 +1092,9 @@ def finetune(data_dir: str | Path, options: FinetuneOptions, out_dir: str | Path
     with ExitStack() as held:
         if ctx.is_main:
             try:
+                from ..atomic import refuse_inputs
+
+                refuse_inputs(out_dir, {"--data": data_dir, "--weights": options.weights}, "--out")
                 held.enter_context(output_lock(out_dir, "--out"))
                 claim_run_folder(out_dir, resume=resume, overwrite=overwrite)
             except XrayError:
