@@ -10,9 +10,9 @@ copies of what it needs from a template. The template is built once with the com
 plus small hostile files (ONNX graphs from onnx.helper, a NaN checkpoint, a zip whose member
 inflates to 4 GiB) written by a helper process. For each case the harness records the exit code,
 whether stderr holds a Python traceback, whether it hung (killed at --timeout), the child's peak
-RSS (``os.wait4``: that one process's rusage), whether the process tree's RSS passed --mem-cap-gb
-(polled from /proc, then killed: a blow-up is a failure, not a swapped machine), the files left
-behind (locks, ``*.tmp-*``, ``.quantize-*`` work folders, outputs a refused command must not
+RSS (``os.wait4``: that one process's rusage), whether its process tree's memory (PSS, so pages
+a forked worker shares count once) passed --mem-cap-gb (polled from /proc, then killed: a blow-up
+is a failure, not a swapped machine), the files left behind (locks, ``*.tmp-*``, ``.quantize-*`` work folders, outputs a refused command must not
 leave), and whether its inputs (dataset, checkpoint, earlier export) are byte for byte intact.
 Each case states what it expects; a case that does not get it is listed with the reason.
 
@@ -232,7 +232,7 @@ class Result:
     hung: bool
     over_cap: bool
     peak_rss_mb: float  # the command's own process, from os.wait4
-    tree_rss_mb: float  # the largest sum over its process tree that the watchdog saw
+    tree_pss_mb: float  # the largest PSS summed over its process tree that the watchdog saw
     wall_s: float
     left: list[str] = field(default_factory=list)  # files left behind
     damaged: list[str] = field(default_factory=list)  # inputs changed, added or removed
@@ -268,6 +268,11 @@ def _unreadable_class(d: Path) -> None:
         os.chown(d / "home", NOBODY, NOBODY)
 
 
+def _whole_report(d: Path, rc: int | None) -> str | None:
+    j, h = (d / "rep" / "report.json").exists(), (d / "rep" / "report.html").exists()
+    return "rep/report.json without rep/report.html" if j and not h else None
+
+
 def _needs_chart(d: Path, rc: int | None) -> str | None:
     return "exit 0 but no chart.png" if rc == 0 and not (d / "chart.png").exists() else None
 
@@ -284,6 +289,7 @@ SETUP = (
 CHEAP_OPT = " --engines ort --calib-images 8 --repeats 3 --finetune-epochs 1 --no-mixed-precision"
 TRAIN = " --arch resnet18 --weights random --epochs 1 --no-progress"
 ONE_LINE = "exit 2, one line, no traceback"
+STALE_WORK = ".quantize-4194303-x1y2"  # a killed run's work folder: <prefix><pid>-<random>, a pid past any pid_max
 
 
 def catalogue() -> list[Case]:
@@ -395,8 +401,13 @@ def catalogue() -> list[Case]:
     cases += [
         _case(f, "finetune with weights that cannot load", "finetune ds --out ftw --arch resnet18 --weights missing.pt "
               "--epochs 1 --no-progress", ONE_LINE + "; no ftw/ left", absent=("ftw",)),
-        _case(f, "quantize, a plain run", "quantize exp/model.onnx --calib ds/train -o q/m.int8.onnx --max-images 8 "
-              "--no-time-check", "exit 0; no lock or .quantize-* folder left", rc={0}),
+        _case(f, "quantize beside a killed run's work folder", "quantize exp/model.onnx --calib ds/train -o q/m.int8.onnx "
+              "--max-images 8 --no-time-check", "exit 0; the dead run's .quantize-* folder removed, no new one left", rc={0},
+              prepare=_write(f"q/{STALE_WORK}/m.onnx", "half-made"), absent=(f"q/{STALE_WORK}",)),
+        _case(f, "report, a plain run", "report x.png --arch resnet18 --weights random --no-gradflow -o rep --quiet",
+              "exit 0; no lock left in rep/", rc={0}),
+        _case(f, "report on a full disk", "report x.png --arch resnet18 --weights random --no-gradflow -o rep --quiet",
+              "exit 1 or 2 in one line; never report.json without report.html", rc={1, 2}, fsize=1 << 20, check=_whole_report),
     ]
 
     f = "classify-images"
@@ -424,14 +435,25 @@ class Proc:
     stdout: str
     stderr: str
     peak_rss_mb: float
-    tree_rss_mb: float
+    tree_pss_mb: float
     wall_s: float
     hung: bool
     over_cap: bool
 
 
-def _tree_rss_mb(pid: int) -> float:
-    """RSS summed over ``pid`` and its descendants (DataLoader workers, spawned helpers)."""
+def _memory(pid: int) -> int:
+    """Bytes of ``pid``'s proportional set size (shared pages split among their users), else its RSS."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+def _tree_pss_mb(pid: int) -> float:
+    """Memory of ``pid`` and its descendants (DataLoader workers, helpers): PSS, so forked copies count once."""
     total, stack, seen = 0, [pid], set()
     while stack:
         p = stack.pop()
@@ -439,7 +461,7 @@ def _tree_rss_mb(pid: int) -> float:
             continue
         seen.add(p)
         try:
-            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * PAGE
+            total += _memory(p)
             for t in os.listdir(f"/proc/{p}/task"):
                 stack += [int(c) for c in Path(f"/proc/{p}/task/{t}/children").read_text().split()]
         except (OSError, ValueError, IndexError):
@@ -449,7 +471,7 @@ def _tree_rss_mb(pid: int) -> float:
 
 def execute(argv: list[str], cwd: Path, *, timeout: float, mem_cap_mb: float, as_limit: int | None = None,
             fsize: int | None = None, env: dict[str, str] | None = None) -> Proc:
-    """Run ``argv`` in a new session; kill the whole group at ``timeout`` s or past ``mem_cap_mb`` of tree RSS."""
+    """Run ``argv`` in a new session; kill the whole group at ``timeout`` s or past ``mem_cap_mb`` of tree PSS."""
 
     def limits() -> None:  # in the child, before exec
         if as_limit:
@@ -468,7 +490,7 @@ def execute(argv: list[str], cwd: Path, *, timeout: float, mem_cap_mb: float, as
             done, status, ru = os.wait4(p.pid, os.WNOHANG)
             if done:
                 break
-            tree = max(tree, _tree_rss_mb(p.pid))
+            tree = max(tree, _tree_pss_mb(p.pid))
             if not killed and (tree > mem_cap_mb or time.perf_counter() - t > timeout):
                 over, hung = tree > mem_cap_mb, tree <= mem_cap_mb
                 _kill_group(p.pid)
@@ -566,13 +588,13 @@ def judge(case: Case, folder: Path, proc: Proc, before: set[str], guarded: dict[
     damaged = _diff(guarded, digest(folder, case.guard))
     err_lines = proc.stderr.strip().splitlines()
     r = Result(case.family, case.name, case.command, case.expect, proc.rc, TRACEBACK in proc.stderr, proc.hung, proc.over_cap,
-               round(proc.peak_rss_mb, 1), round(proc.tree_rss_mb, 1), round(proc.wall_s, 2), left, damaged,
+               round(proc.peak_rss_mb, 1), round(proc.tree_pss_mb, 1), round(proc.wall_s, 2), left, damaged,
                message=err_lines[-1][:160] if err_lines else "")
     fails = r.failures
     if proc.hung:
         fails.append(f"hung: killed after {proc.wall_s:.0f} s")
     elif proc.over_cap:
-        fails.append(f"memory: killed at {proc.tree_rss_mb / 1024:.1f} GiB of RSS")
+        fails.append(f"memory: killed at {proc.tree_pss_mb / 1024:.1f} GiB (PSS of its process tree)")
     elif proc.rc not in case.rc:
         fails.append(f"exit {proc.rc}, expected {'/'.join(map(str, sorted(case.rc)))}")
     if r.traceback:
@@ -629,7 +651,7 @@ def merge(runs: list[Result]) -> Result:
     if len(runs) == 1:
         return r
     r.peak_rss_mb = max(x.peak_rss_mb for x in runs)
-    r.tree_rss_mb = max(x.tree_rss_mb for x in runs)
+    r.tree_pss_mb = max(x.tree_pss_mb for x in runs)
     r.wall_s = round(statistics.median(x.wall_s for x in runs), 2)
     r.traceback, r.hung, r.over_cap = (any(getattr(x, k) for x in runs) for k in ("traceback", "hung", "over_cap"))
     r.left = sorted({p for x in runs for p in x.left})
@@ -690,7 +712,7 @@ def print_summary(by_family: dict[str, list[Result]], mem_cap_gb: float) -> bool
     print("-" * len(head))
     print(f"{'all':<16} {total['cases']:>5}  {'':<22} {total['tracebacks']:>3} {total['hangs']:>4} {total['over_memory_cap']:>4} "
           f"{'':>11} {total['files_left']:>4} {total['inputs_damaged']:>7} {total['not_as_expected']:>15}")
-    print(f"must be 0: TB (tracebacks), hang, >cap (tree RSS over {mem_cap_gb:g} GiB), left (files left behind), damaged")
+    print(f"must be 0: TB (tracebacks), hang, >cap (tree PSS over {mem_cap_gb:g} GiB), left (files left behind), damaged")
     failing = [r for rs in by_family.values() for r in rs if not r.as_expected]
     if failing:
         print("\nnot as expected:")
@@ -713,9 +735,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the cases and what each expects, run nothing")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds before a case counts as hung (default: 60)")
     ap.add_argument("--mem-cap-gb", type=float, default=4.0,
-                    help="kill a case whose process tree passes this RSS (default: 4; a normal run peaks near 1.2)")
+                    help="kill a case whose process tree passes this PSS (default: 4; a normal run peaks near 1.2)")
     ap.add_argument("--as-limit-gb", type=float, default=12.0,
-                    help="RLIMIT_AS of each case, a backstop to the RSS watchdog (default: 12; export reserves ~5 GiB)")
+                    help="RLIMIT_AS of each case, a backstop to the memory watchdog (default: 12; export reserves ~5 GiB)")
     ap.add_argument("--repeats", type=int, default=1, help="classify-images: runs per input (max RSS, median time)")
     ap.add_argument("--keep", type=Path, default=None, help="build every case folder here and keep them")
     ap.add_argument("--make-fixtures", type=Path, default=None, help=argparse.SUPPRESS)  # helper process
@@ -775,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {cpu_name()}; load average {load0[0]:.1f} before, {load1[0]:.1f} after (shared machine); "
           f"{time.perf_counter() - t0:.0f} s in all")
     print(f"each case: a fresh process in its own folder, timeout {args.timeout:g} s, killed past {args.mem_cap_gb:g} GiB "
-          f"of tree RSS (RLIMIT_AS {args.as_limit_gb:g} GiB), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}\n")
+          f"of tree PSS (RLIMIT_AS {args.as_limit_gb:g} GiB), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}\n")
     ok = print_summary(by_family, args.mem_cap_gb)
 
     from records import write_record
