@@ -23,7 +23,7 @@ Families: setup (the template's own commands), data-loss, memory, wrong-results,
 messages, leftovers, classify-images (hostile images: the goals are peak RSS <= 1.2x the cat's,
 wall <= 10 s, exit 0 or 2 without a traceback).
 
-Usage: python benchmarks/bench_hostile.py [--family NAME ...] [--list] [--timeout 60]
+Usage: python benchmarks/bench_hostile.py [--family NAME ...] [--list] [--timeout 90]
        [--mem-cap-gb 4] [--repeats 1] [--keep DIR]
 Exit status 1 when any case is not as expected (every traceback, hang, memory kill, leftover file
 and damaged input is one).
@@ -245,10 +245,17 @@ class Result:
         return not self.failures and not self.skipped
 
 
+# Commands that train, export or calibrate: slow on a loaded 2-core machine, so a longer wait before "hung".
+HEAVY, HEAVY_TIMEOUT_S = {"finetune", "optimize", "export", "quantize", "report"}, 240.0
+
+
 def _case(family: str, name: str, args: str, expect: str, **kw) -> Case:
     if "rc" in kw and not isinstance(kw["rc"], frozenset):
         kw["rc"] = frozenset(kw["rc"])
-    return Case(family, name, tuple(shlex.split(args)), expect, **kw)
+    argv = tuple(shlex.split(args))
+    if argv[0] in HEAVY:
+        kw.setdefault("timeout", HEAVY_TIMEOUT_S)
+    return Case(family, name, argv, expect, **kw)
 
 
 def _write(rel: str, text: str = "not a folder\n") -> Callable[[Path], None]:
@@ -733,7 +740,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", action="append", choices=FAMILIES, help="run only this family (repeat for more)")
     ap.add_argument("--list", action="store_true", help="list the cases and what each expects, run nothing")
-    ap.add_argument("--timeout", type=float, default=60.0, help="seconds before a case counts as hung (default: 60)")
+    ap.add_argument("--timeout", type=float, default=90.0,
+                    help=f"seconds before a case counts as hung (default: 90; {HEAVY_TIMEOUT_S:.0f} for {', '.join(sorted(HEAVY))})")
     ap.add_argument("--mem-cap-gb", type=float, default=4.0,
                     help="kill a case whose process tree passes this PSS (default: 4; a normal run peaks near 1.2)")
     ap.add_argument("--as-limit-gb", type=float, default=12.0,
@@ -796,7 +804,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"CPU: {cpu_name()}; load average {load0[0]:.1f} before, {load1[0]:.1f} after (shared machine); "
           f"{time.perf_counter() - t0:.0f} s in all")
-    print(f"each case: a fresh process in its own folder, timeout {args.timeout:g} s, killed past {args.mem_cap_gb:g} GiB "
+    print(f"each case: a fresh process in its own folder, timeout {args.timeout:g} s ({HEAVY_TIMEOUT_S:g} s for "
+          f"{', '.join(sorted(HEAVY))}), killed past {args.mem_cap_gb:g} GiB "
           f"of tree PSS (RLIMIT_AS {args.as_limit_gb:g} GiB), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}\n")
     ok = print_summary(by_family, args.mem_cap_gb)
 
