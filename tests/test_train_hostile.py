@@ -144,12 +144,15 @@ def test_chmod_000_class_folder_as_another_user(tiny):
 # --- loss weights, and runs that never step ---
 
 
-@pytest.mark.parametrize("value", [math.nan, math.inf, -1.0, 0.0])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -1.0])
 @pytest.mark.parametrize("head", ["class", "box"])
-def test_loss_weights_must_be_finite_and_positive(head, value):
-    with pytest.raises(OptionError, match="must be a finite number above 0") as e:
+def test_loss_weights_must_be_finite_and_not_negative(head, value):
+    with pytest.raises(OptionError, match="must be a finite number, 0 or more") as e:
         FinetuneOptions(multitask=True, loss_weights={"class": 1.0, "box": 1.0, head: value})
     assert e.value.option == f"{head}_weight"
+    FinetuneOptions(multitask=True, loss_weights={"class": 1.0, "box": 1.0, head: 0.0})  # one head left untrained
+    with pytest.raises(OptionError, match="at least one loss weight must be above 0"):
+        FinetuneOptions(multitask=True, loss_weights={"class": 0.0, "box": 0.0})
 
 
 @pytest.mark.parametrize("value", ["nan", "-1"])
@@ -157,7 +160,7 @@ def test_class_weight_flag_is_refused_in_one_line(tiny, tmp_path, capsys, value)
     rc = main(["finetune", str(tiny), "--out", str(tmp_path / "ft"), "--multitask", "--class-weight", value,
                "--arch", "resnet18", "--weights", "random", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err == [f"resnet-xray: error: --class-weight {float(value)}: must be a finite number above 0"]
+    assert rc == 2 and err == [f"resnet-xray: error: --class-weight {float(value)}: must be a finite number, 0 or more"]
 
 
 def test_a_run_that_never_steps_fails_and_publishes_nothing(tiny, tmp_path):

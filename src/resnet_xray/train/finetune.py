@@ -96,8 +96,8 @@ class FinetuneOptions:
     image_size: int | None = None  # None: the dataset's native size, else 224
     min_crop_scale: float | None = None  # RandomResizedCrop's smallest area; None: the recipe's (0.8 fast, 0.35 classic)
     multitask: bool = False  # classification + box heads on one backbone (needs boxes.csv)
-    # Multi-task loss = sum of weight * loss per head; each weight finite and above 0 (NaN skipped every step,
-    # a negative one trained to make that head worse).
+    # Multi-task loss = sum of weight * loss per head: each finite and 0 or more (0 leaves a head untrained),
+    # not all 0. NaN skipped every step; a negative weight trained that head to be worse.
     loss_weights: dict[str, float] = field(default_factory=lambda: {"class": 1.0, "box": 1.0})
     skip_unreadable: bool = False  # leave out dataset folders that cannot be read (listed as skipped) instead of refusing
     checkpoint_every: int = 0  # also write last.pt every N optimizer steps (0: at epoch ends only)
@@ -147,8 +147,11 @@ class FinetuneOptions:
         at_least("stop_after_steps", self.stop_after_steps, 1, allow_none=True)
         at_least("max_nonfinite", self.max_nonfinite, 1)
         for head, w in self.loss_weights.items():
-            if not (isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w > 0):
-                raise OptionError(f"{head}_weight", w, "must be a finite number above 0")
+            if not (isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0):
+                raise OptionError(f"{head}_weight", w, "must be a finite number, 0 or more")
+        if self.loss_weights and not any(self.loss_weights.values()):
+            head = next(iter(self.loss_weights))
+            raise OptionError(f"{head}_weight", 0, "at least one loss weight must be above 0, or nothing trains")
         one_of("device", self.device, ("auto", "cpu", "cuda"))
         if self.device == "cuda" and not torch.cuda.is_available():
             raise XrayError("--device cuda: no CUDA device is available here")
