@@ -2,7 +2,7 @@
 
 - ``ci`` (default): a few derandomised examples per property, so ``make test`` stays fast and repeatable.
 - ``slow`` (alias ``thorough``): 500 examples per property, random seeds; run by hand with
-  ``RESNET_XRAY_HYPOTHESIS=slow pytest -m slow tests/test_hypothesis_*.py`` (see README "Reliability").
+  ``RESNET_XRAY_HYPOTHESIS=slow pytest -m slow tests/test_hypothesis_*.py`` (see docs/reliability.md).
 """
 
 from __future__ import annotations
