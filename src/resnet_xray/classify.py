@@ -7,14 +7,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from .errors import XrayError
 from .image import ImageStream, Skipped, image_batches
 from .interface import split_outputs
 from .model import ModelMeta
 from .options import at_least, batch_fits
 from .provenance import WeightsInfo
+
+
+class OutputError(XrayError):
+    """The model ran, but gave no readable class scores (NaN, Inf or none at all): a failed run, exit status 1."""
+
+    exit_code = 1
+
+
+def check_scores(logits: torch.Tensor | np.ndarray, names: list[str], model: str) -> None:
+    """Refuse class scores no label can be read from: argmax over NaN picks a class, softmax prints "nan%"."""
+    z = torch.as_tensor(logits)
+    if z.dim() != 2 or z.shape[1] == 0:
+        raise OutputError(f"{model}: gives no class scores (output shape {list(z.shape)} for {len(names)} image(s))")
+    bad = (~torch.isfinite(z)).any(dim=1)
+    if bool(bad.any()):
+        first = names[int(bad.nonzero()[0, 0])] if len(names) == len(bad) else "?"
+        raise OutputError(f"{model}: its outputs hold NaN or Inf for {int(bad.sum())} of {len(bad)} image(s) (first: {first}); "
+                          "no prediction can be read from them")
 
 
 @dataclass
@@ -74,6 +94,7 @@ def classify(
     for paths, x in image_batches(stream, transform, opts.batch_size, progress=bar, desc="classify"):
         names = [str(p) for p in paths]
         logits, extra = split_outputs(model(x))
+        check_scores(logits, names, str(meta.weights))
         probs = logits.float().softmax(dim=1)
         top = probs.topk(k, dim=1)
         for i, name in enumerate(names):

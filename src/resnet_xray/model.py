@@ -51,7 +51,7 @@ class ModelMeta:
     weights: str  # where the weights came from, in words a user recognises
     class_names: list[str]
     preprocessing: Preprocessing
-    pretrained: bool  # False for random init: labels are then meaningless
+    pretrained: bool | None  # False for random init: labels are then meaningless; None: the file does not say
     # The ordered structural changes since torchvision's ``arch`` (resnet_xray.spec); every
     # save writes them all and every load replays them, so no caller copies structure by hand.
     changes: list[Change] = field(default_factory=list)
@@ -313,6 +313,13 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, a
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
         raise XrayError(f"--weights {path}: does not fit {arch}: {'; '.join(parts)}")
+    # load_state_dict casts silently: int8 codes would load as float weights, their scales lost
+    cast = [k for k in own if own[k].is_floating_point() and not state[k].is_floating_point()]
+    if cast:
+        k = cast[0]
+        raise XrayError(f"--weights {path}: {len(cast)} tensor(s) hold {str(state[k].dtype).removeprefix('torch.')} values where "
+                        f"the model takes {str(own[k].dtype).removeprefix('torch.')} (first: {k}); refused, as quantized codes "
+                        "without their scales are no weights. Save the float weights (dequantize first)")
     model.load_state_dict(state)
 
 

@@ -88,6 +88,13 @@ def image_side(option: str, value: int | None, low: int = 32, *, allow_none: boo
     within(option, value, low, MAX_IMAGE_SIDE, allow_none=allow_none)
 
 
+def check_declared_side(where: str, side: int) -> None:
+    """A model file's declared input side: past :data:`MAX_IMAGE_SIDE` it is refused before any image is made that size."""
+    if side > MAX_IMAGE_SIDE:
+        raise XrayError(f"{where}: declares a {side}x{side} px input; at most {MAX_IMAGE_SIDE} px is supported "
+                        f"(one image would hold {side * side * INFER_BYTES_PER_PIXEL / 1e9:.1f} GB of activations)")
+
+
 def max_threads() -> int:
     """Threads (or worker processes) past four per logical core only queue for the same cores."""
     return 4 * (os.cpu_count() or 1)

@@ -14,6 +14,10 @@ RANDOM_WEIGHTS_WARNING = (
     "WARNING: using RANDOM weights; the labels below are meaningless. "
     "Pass --weights imagenet with network access, or --weights PATH to a saved file."
 )
+UNKNOWN_WEIGHTS_WARNING = (
+    "WARNING: unknown weights: the model file does not say which weights it holds (no description or sidecar), "
+    "so the labels below may be meaningless."
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,8 @@ class WeightsInfo:
     @classmethod
     def of(cls, meta: Any) -> WeightsInfo:
         """From a :class:`~resnet_xray.model.ModelMeta` (anything with ``weights`` and ``pretrained``)."""
+        if meta.pretrained is None:  # a deployed file without a description: neither trained nor random is known
+            return cls(str(meta.weights), False, UNKNOWN_WEIGHTS_WARNING)
         pretrained = bool(meta.pretrained)
         return cls(str(meta.weights), pretrained, None if pretrained else RANDOM_WEIGHTS_WARNING)
 

@@ -264,6 +264,9 @@ def _bench_models(args: argparse.Namespace, opts) -> int:
     from .bench import machine_info
     from .runtime import load_deployed, time_models
 
+    if opts.batches != (1,):  # it times batch 1 alone; another --batch was once dropped without a word
+        raise XrayError(f"--batch {','.join(map(str, opts.batches))}: bench --model times batch 1 only; "
+                        "drop --batch, or bench the checkpoint (--weights) at other batch sizes")
     loaded = {str(p): load_deployed(p, opts.threads) for p in args.model}
     sizes = {m.preprocessing.crop for _, m in loaded.values()}
     if len(sizes) != 1:

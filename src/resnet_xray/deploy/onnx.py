@@ -29,6 +29,7 @@ from ..compare import Equivalence, Tolerance, compare
 from ..errors import XrayError
 from ..image import Preprocessing, bundled_cat, load_batch
 from ..interface import ClassLogits, class_logits
+from ..options import check_declared_side
 from .artefact import merge_meta, onnx_embedded, read_sidecar, set_onnx_embedded, sidecar_path
 
 INPUT_NAME = "input"
@@ -226,6 +227,7 @@ def inspect_onnx(path: str | os.PathLike, flag: str = "") -> OnnxInfo:
         raise XrayError(f"{where}: input {inp.name!r} has shape {dims}, expected an NCHW image [N, 3, H, W]")
     if dims[2] != dims[3]:
         raise XrayError(f"{where}: input {inp.name!r} is {dims[2]}x{dims[3]}; only square inputs (a centre crop) are supported")
+    check_declared_side(where, int(dims[2]))
     if len(proto.graph.output) < 1:
         raise XrayError(f"{where}: the graph has no output")
     out_dims = proto.graph.output[0].type.tensor_type.shape.dim

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..atomic import temp_path, write_json
 from ..errors import XrayError
+from ..options import check_declared_side
 from .artefact import merge_meta, openvino_embedded, read_sidecar, set_openvino_embedded, sidecar_path
 
 
@@ -98,6 +99,7 @@ def inspect_ir(path: str | os.PathLike, flag: str = "") -> tuple[Any, IrInfo]:
     dims: list[int | str] = [d.get_length() if d.is_static else "batch" for d in ps]
     if len(dims) != 4 or dims[1] != 3 or not all(isinstance(d, int) and d >= 8 for d in dims[2:]) or dims[2] != dims[3]:
         raise XrayError(f"{where}: input has shape {dims}, expected a square NCHW image [N, 3, S, S]")
+    check_declared_side(where, int(dims[2]))
     out_ps = model.outputs[0].get_partial_shape()
     num_classes = out_ps[-1].get_length() if out_ps.rank.is_static and out_ps[-1].is_static else None
     sidecar, side_p = read_sidecar(p)

@@ -34,7 +34,18 @@ class DeployedModel(nn.Module):
         self.run, self.engine, self.path, self.precision = run, engine, path, precision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self.run(x.detach().float().contiguous().numpy()), dtype=np.float32))
+        from ..classify import OutputError
+
+        try:
+            out = np.asarray(self.run(x.detach().float().contiguous().numpy()), dtype=np.float32)
+        except XrayError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the engine's own words, in one line: the file does not run
+            raise XrayError(f"{self.path}: {self.engine} cannot run it ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+        if out.ndim != 2 or out.shape[0] != x.shape[0]:
+            raise OutputError(f"{self.path}: gives an output of shape {list(out.shape)} for {x.shape[0]} image(s); "
+                              "a classifier gives [images, classes]")
+        return torch.from_numpy(out)
 
     def extra_repr(self) -> str:
         return f"{self.path}, {self.engine}, {self.precision}"
@@ -48,13 +59,32 @@ def engine_of(path: str | os.PathLike, flag: str = "--model") -> str:
     return eng
 
 
+def in_batches_of(run: Callable[[np.ndarray], np.ndarray], batch: int) -> Callable[[np.ndarray], np.ndarray]:
+    """``run`` over a model with a fixed batch: any number of images in chunks of ``batch``, the last padded with zeros."""
+
+    def chunked(x: np.ndarray) -> np.ndarray:
+        outs = []
+        for i in range(0, len(x), batch):
+            part = x[i : i + batch]
+            pad = np.zeros((batch - len(part), *x.shape[1:]), x.dtype)
+            outs.append(np.asarray(run(np.concatenate([part, pad]) if len(pad) else part))[: len(part)])
+        return np.concatenate(outs)
+
+    return chunked
+
+
 def load_deployed(path: str | os.PathLike, threads: int | None = None, flag: str = "--model"):
     """``(DeployedModel, ModelMeta)`` for an ``.onnx`` or ``.xml`` file.
+
+    One image of zeros is run through it on loading, so a model that gives no class scores is
+    refused before any work (and before ``bench`` times it).
 
     Raises:
         XrayError: not such a file, or its description (embedded or sidecar) is malformed or
             does not fit the model (crop size, class count).
+        resnet_xray.classify.OutputError: it runs, but gives no class scores.
     """
+    from ..classify import OutputError
     from ..model import ModelMeta
     from ..options import thread_count
 
@@ -66,32 +96,40 @@ def load_deployed(path: str | os.PathLike, threads: int | None = None, flag: str
         from .quantize import ort_runner
 
         info = inspect_onnx(p, flag)
-        desc, size, n_out = info.sidecar, info.image_size, None
-        run = ort_runner(p, info, threads)
+        desc, size, n_out, declared = info.sidecar, info.image_size, None, info.input_shape[0]
         pre = info.preprocessing
     else:
         from .artefact import check_preprocessing
         from .openvino import inspect_ir, openvino_runner
 
         _, ir = inspect_ir(p, flag)
-        desc, size, n_out = ir.meta, ir.image_size, ir.num_classes
-        fixed = ir.input_shape[0] if isinstance(ir.input_shape[0], int) else None
-        run = openvino_runner(p, threads, batch=fixed)
+        desc, size, n_out, declared = ir.meta, ir.image_size, ir.num_classes, ir.input_shape[0]
         pre = (check_preprocessing(desc["preprocessing"], f"{flag} {p}", size) if desc.get("preprocessing")
                else Preprocessing(resize=round(size * 256 / 224), crop=size, source=f"seed pipeline scaled to {size} px (no description found)"))
+    if isinstance(declared, int) and declared < 1:
+        raise XrayError(f"{flag} {p}: declares a batch of {declared} images; export it with a batch of 1 or --dynamic-batch")
+    fixed = declared if isinstance(declared, int) else None
+    run = ort_runner(p, info, threads) if engine == "onnxruntime" else openvino_runner(p, threads, batch=fixed)
+    if fixed and fixed > 1:  # the engines refuse any other batch: pad to it
+        run = in_batches_of(run, fixed)
     precision = "int8" if desc.get("quantization") else "fp32"
-    n = n_out or desc.get("num_classes") or len(desc.get("class_names") or []) or None
-    if n is None:
-        n = int(run(np.zeros((1, 3, size, size), np.float32)).shape[1])
+    model = DeployedModel(run, engine, p, precision).eval()
+    with torch.inference_mode():
+        scores = int(model(torch.zeros(1, 3, size, size)).shape[1])
+    if scores == 0:
+        raise OutputError(f"{flag} {p}: gives no class scores (an output of 0 values per image)")
+    n = n_out or desc.get("num_classes") or len(desc.get("class_names") or []) or scores
+    if n != scores:
+        raise XrayError(f"{flag} {p}: gives {scores} scores per image, but its description names {n} classes")
     names = desc.get("class_names") or [f"class_{i}" for i in range(n)]
     meta = ModelMeta(
         arch=desc.get("arch") or "unknown",
         weights=f"{p} ({engine} {precision}; from {desc.get('weights', 'unknown weights')})",
         class_names=list(names),
         preprocessing=pre,
-        pretrained=bool(desc.get("weights")) and not str(desc.get("weights", "")).startswith("random"),
+        pretrained=None if not desc.get("weights") else not str(desc["weights"]).startswith("random"),
     )
-    return DeployedModel(run, engine, p, precision).eval(), meta
+    return model, meta
 
 
 # --- accuracy and agreement over labelled folders ---
@@ -193,11 +231,14 @@ def evaluate_models(paths: list[str | os.PathLike], data: str | os.PathLike, *, 
     for (m, meta), p in zip(loaded[1:], paths[1:]):
         if meta.preprocessing.crop != first_meta.preprocessing.crop or len(meta.class_names) != len(first_meta.class_names):
             raise XrayError(f"--model {p}: takes other inputs or classes than {paths[0]}; compare models of one network")
-    xs, ys, how, skipped, _ = labelled_batches(data, first_meta.preprocessing, first_meta.class_names, limit=limit)
+    xs, ys, how, skipped, files = labelled_batches(data, first_meta.preprocessing, first_meta.class_names, limit=limit)
+    from ..classify import check_scores
     from ..compare import as_logits
 
     with torch.inference_mode():
         logits = [np.concatenate([as_logits(m(x)) for x in xs]) for m, _ in loaded]
+    for z, p in zip(logits, paths):  # argmax over NaN would score as a class, and accuracy print as valid
+        check_scores(z, [str(f) for f in files], str(p))
     tol = tolerance or Tolerance.reduced_precision()
     rows = []
     for i, ((m, _), z) in enumerate(zip(loaded, logits)):
