@@ -115,6 +115,17 @@ def test_finetune_cli_refuses_an_unreadable_class_folder(tiny, tmp_path, monkeyp
     assert not (tmp_path / "ft" / "best.pt").exists()
 
 
+def test_finetune_cli_skip_unreadable_trains_and_says_what_it_left_out(tiny, tmp_path, monkeypatch, capsys):
+    deny(monkeypatch, tiny / "val" / "triangle")
+    rc = main(["finetune", str(tiny), "--out", str(tmp_path / "ft"), "--arch", "resnet18", "--weights", "random",
+               "--epochs", "1", "--batch-size", "4", "--workers", "0", "--recipe", "classic", "--no-progress",
+               "--skip-unreadable"])
+    out = capsys.readouterr().out
+    assert rc == 0 and (tmp_path / "ft" / "best.pt").exists()
+    assert f"  {tiny / 'val' / 'triangle'}: folder cannot be read (Permission denied)" in out.splitlines()
+    assert "triangle - (no val images)" in out  # not "triangle 0%"
+
+
 def _nobody_can_run_python() -> bool:
     if shutil.which("setpriv") is None or os.geteuid() != 0:
         return False

@@ -142,7 +142,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     print(f"validation accuracy: {final['accuracy']:.1%} of {final['images']} images ({_best_text(r['best'])}); "
           f"loss {final['loss']:.3f}"
           + (f"; box IoU {final['box_iou']:.3f}, L1 {final['box_l1']:.3f}" if "box_iou" in final else ""))
-    print("per-class accuracy: " + ", ".join(f"{c} {a:.0%}" for c, a in zip(r["class_names"], final["per_class_accuracy"])))
+    counts = final["confusion"].sum(dim=1).tolist()  # a class with no val images (a folder skipped) has no accuracy
+    print("per-class accuracy: " + ", ".join(f"{c} {a:.0%}" if n else f"{c} - (no val images)"
+                                             for c, a, n in zip(r["class_names"], final["per_class_accuracy"], counts)))
     m, sec = divmod(round(r["seconds"]), 60)
     print(f"{r['global_step']} steps in {m} min {sec} s ({r['precision']}, {r['device']}"
           + (f", {r['world_size']} processes, max weight difference between ranks {r['rank_weight_max_diff']:.3g}" if r["world_size"] > 1 else "")
