@@ -85,6 +85,15 @@ def test_overwrite_refuses_a_folder_the_command_did_not_write_and_does_not_sugge
     assert main(["make-dataset", str(other), "--classes", "2", "--per-class", "1", "--size", "32", "--overwrite", "--quiet"]) == 2
     assert "not written by make-dataset" in _one_line(capsys)
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    # nor a dataset someone has added files to (the whole folder is swapped out)
+    ds = tmp_path / "ds"
+    args = ["make-dataset", str(ds), "--classes", "2", "--per-class", "1", "--val-per-class", "1", "--size", "32", "--quiet"]
+    assert main(args) == 0
+    (ds / "notes.txt").write_text("mine")
+    assert main([*args, "--overwrite"]) == 2
+    assert "notes.txt" in _one_line(capsys) and (ds / "notes.txt").exists()
+    (ds / "notes.txt").unlink()
+    assert main([*args, "--overwrite"]) == 0
     # finetune does not write its run into its own data
     assert main(["finetune", str(root / "ds"), "--out", str(root / "ds" / "val"), "--arch", "resnet18", "--weights", "random",
                  "--overwrite"]) == 2

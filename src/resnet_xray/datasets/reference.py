@@ -266,7 +266,12 @@ def _write_reference_dataset(out: Path, opts: ReferenceOptions, *, quiet: bool) 
     if out.exists() and not out.is_dir():  # never replaced, not even with --overwrite: it is not a dataset
         raise XrayError(f"{out}: exists and is not a folder; choose another name")
     # --overwrite replaces only a dataset this command made (its dataset.json), never another folder
-    earlier_output(out, None, command="make-dataset", marker="dataset.json", resume=None, overwrite=opts.overwrite)
+    if earlier_output(out, None, command="make-dataset", marker="dataset.json", resume=None, overwrite=opts.overwrite):
+        # the whole folder is swapped out, so a file someone added beside the splits would go with it
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in ("train", "val", "boxes.csv", "dataset.json"))
+        if foreign:
+            raise XrayError(f"{out}: also holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
+                            "which make-dataset did not write; move them away or choose another folder")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
