@@ -115,6 +115,7 @@ def test_finetune_cli_refuses_an_unreadable_class_folder(tiny, tmp_path, monkeyp
     assert not (tmp_path / "ft" / "best.pt").exists()
 
 
+@pytest.mark.slow  # trains and writes ResNet-18 checkpoints: over 10 s on a busy 2-CPU machine
 def test_finetune_cli_skip_unreadable_trains_and_says_what_it_left_out(tiny, tmp_path, monkeypatch, capsys):
     deny(monkeypatch, tiny / "val" / "triangle")
     rc = main(["finetune", str(tiny), "--out", str(tmp_path / "ft"), "--arch", "resnet18", "--weights", "random",
@@ -231,6 +232,7 @@ def test_checkpoint_on_a_full_disk_is_one_line_naming_the_file(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no temp file, no half-written checkpoint
 
 
+@pytest.mark.slow  # trains and writes ResNet-18 checkpoints: over 10 s on a busy 2-CPU machine
 def test_finetune_and_resume_on_a_full_disk(tiny, tmp_path):
     data = make_loaders(tiny, batch_size=4, workers=0)
     fit(_model(), data, _opts(epochs=2, stop_after_steps=1), out_dir=tmp_path)
