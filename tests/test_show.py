@@ -75,3 +75,19 @@ def test_unreadable_image_exits_2(tmp_path, capsys):
     bad.write_bytes(b"not an image")
     assert main(["show", "cam", str(bad), *R18, "-o", str(tmp_path / "c.png")]) == 2
     assert "bad.jpg" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("picture", ["features", "cam", "stages", "kernels"])
+def test_untrained_weights_are_said_in_the_terminal_and_the_title(tmp_path, cat_path, capsys, monkeypatch, picture):
+    """Only `kernels` used to say so, and only in the terminal; the picture had a small grey corner label."""
+    from resnet_xray.viz import show as show_mod
+
+    drawn = []
+    real_save = show_mod.save_figure
+    monkeypatch.setattr(show_mod, "save_figure", lambda fig, path, *a, **k: drawn.append(fig) or real_save(fig, path, *a, **k))
+    image = [] if picture == "kernels" else [str(cat_path)]
+    extra = ["--layer", "layer1.0.relu_1"] if picture == "features" else ["--channels", "2"] if picture == "stages" else []
+    assert main(["show", picture, *image, *extra, *R18, "-o", str(tmp_path / "p.png")]) == 0
+    warning = "WARNING: random (seed 0) weights, never trained: nothing in this picture was learned"
+    assert warning in capsys.readouterr().err
+    assert " ".join(drawn[0].get_suptitle().split()).startswith(warning)

@@ -680,7 +680,7 @@ def show(model: LoadedModel | tuple | PathLike, picture: str, output: PathLike, 
     if picture == "kernels":
         from .viz.kernels import KernelsOptions
 
-        path, caption = _show.show_kernels(m.module, output, KernelsOptions(**options), weights=m.meta.weights)
+        path, caption = _show.show_kernels(m.module, output, KernelsOptions(**options), weights=m.meta)
         return ShowResult(picture, Path(path), caption, {}, m.weights)
     if picture == "cam":
         from .viz.cam import METHOD_TITLES, CamOptions, format_prob

@@ -189,6 +189,7 @@ class BenchResult:
     options: BenchOptions
     notes: list[str] = field(default_factory=list)
     agreement: dict[str, Any] | None = None  # INT8 vs FP32 on the calibration hold-out
+    model: str = ""  # arch and weights, named in the chart's title
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -338,7 +339,7 @@ def run_bench(model: nn.Module, meta: Any, options: BenchOptions | None = None) 
         peak = measure_fp32_peak()
         bench = _Bench(model, meta, opts, size, macs, peak, work)
         bench.run()
-    return BenchResult(bench.rows, macs, peak, machine_info(opts.threads), opts, bench.notes, bench.agreement)
+    return BenchResult(bench.rows, macs, peak, machine_info(opts.threads), opts, bench.notes, bench.agreement, f"{meta.arch} ({meta.weights})")
 
 
 class _Bench:
@@ -656,42 +657,96 @@ class _Skip(Exception):
     """A path that cannot run here (missing package or hardware); shown as skipped, not failed."""
 
 
-def save_chart(result: BenchResult, path: str | os.PathLike) -> Path:
-    """A horizontal bar chart of median latency with IQR whiskers, one group per batch size."""
-    import matplotlib
+@dataclass
+class ChartBar:
+    """One bar of the latency chart."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    label: str  # the path or model file, as the table names it
+    stats: TimingStats
+    speedup: float | None  # against the chart's reference, written beside the bar
+    kind: str  # eager | int8 | fp: the bar's colour
+    peer: bool = False  # OpenVINO: hatched
 
-    from ..atomic import write_bytes
-    from .onnx import check_writable
 
-    out = check_writable(path)
+BAR_COLOURS = {"eager": "tab:gray", "int8": "tab:orange", "fp": "tab:blue"}
+BAR_KINDS = {"eager": "eager PyTorch (the baseline)", "int8": "INT8", "fp": "FP32 / FP16 engine"}
+
+
+def latency_figure(bars: list[ChartBar], title: str, speedup_of: str) -> Any:
+    """Horizontal bars of median latency with interquartile whiskers; each bar's figures on the right, a legend below."""
+    from matplotlib.patches import Patch
+
+    from ..viz.canvas import new_figure
+
+    fig = new_figure(8.5, 0.4 * len(bars) + 2.2)
+    ax = fig.add_subplot()
+    y = np.arange(len(bars))[::-1]
+    med = [b.stats.median_ms for b in bars]
+    err = np.array([[b.stats.median_ms - b.stats.p25 * 1e3 for b in bars], [b.stats.p75 * 1e3 - b.stats.median_ms for b in bars]])
+    drawn = ax.barh(y, med, xerr=err.clip(0), color=[BAR_COLOURS[b.kind] for b in bars], capsize=3)
+    for bar, b in zip(drawn, bars):
+        bar.set_hatch("//" if b.peer else "")
+    ax.set_yticks(y, [b.label for b in bars], fontsize=8)
+    # the figures stand in their own column right of the axes, where no whisker can reach them
+    right = ax.secondary_yaxis("right")
+    right.set_yticks(y, [f"{b.stats.median_ms:.2f} ms" + (f" ({b.speedup:.2f}x)" if b.speedup else "") for b in bars], fontsize=8)
+    right.tick_params(length=0)
+    ax.set_ylim(-0.6, len(bars) - 0.4)
+    ax.set_xlim(0, max(b.stats.p75 * 1e3 for b in bars) * 1.05)
+    ax.set_xlabel(f"latency, ms (median; whiskers: interquartile range); speed-up against {speedup_of}")
+    ax.set_title(title, fontsize=9)
+    handles = [Patch(color=BAR_COLOURS[k], label=BAR_KINDS[k]) for k in BAR_KINDS if any(b.kind == k for b in bars)]
+    if any(b.peer for b in bars):
+        handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="//", label="OpenVINO"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+    return fig
+
+
+def bar_kind(name: str) -> str:
+    return "eager" if name.startswith("eager") else "int8" if "int8" in name else "fp"
+
+
+def bench_figure(result: BenchResult) -> Any:
+    """The chart of one ``bench`` run: every path that ran, at every batch size."""
     ok = [r for r in result.rows if r.status == "ok"]
     if not ok:
         raise XrayError("no path ran, nothing to chart")
-    fig, ax = plt.subplots(figsize=(8, 0.4 * len(ok) + 1.5))
-    labels = [f"{r.path} (b{r.batch})" for r in ok]
-    med = [r.stats.median_ms for r in ok]
-    err = np.array([[r.stats.median_ms - r.stats.p25 * 1e3 for r in ok], [r.stats.p75 * 1e3 - r.stats.median_ms for r in ok]])
-    # grey: the eager baselines; orange: INT8; blue: other FP paths; hatched: peer runtimes (OpenVINO)
-    colors = ["tab:gray" if r.path.startswith("eager") else "tab:orange" if "int8" in r.path else "tab:blue" for r in ok]
-    hatches = ["//" if r.path.startswith("openvino") else "" for r in ok]
-    y = np.arange(len(ok))[::-1]
-    bars = ax.barh(y, med, xerr=err, color=colors, capsize=3)
-    for bar, h in zip(bars, hatches):
-        bar.set_hatch(h)
-    ax.set_yticks(y, labels)
-    for yi, r in zip(y, ok):
-        ax.text(r.stats.p75 * 1e3, yi, f"  {r.stats.median_ms:.1f} ms ({r.speedup:.2f}x)" if r.speedup else "", va="center", fontsize=8)
-    ax.set_xlabel("latency, ms (median; whiskers: interquartile range)")
+    bars = [ChartBar(f"{r.path} (b{r.batch})", r.stats, r.speedup, bar_kind(r.path), r.path.startswith("openvino")) for r in ok]
     m = result.machine
-    ax.set_title(f"{m.get('cpu', '')[:50]}, {m.get('threads')} threads", fontsize=9)
-    fig.tight_layout()
-    import io
+    title = f"{result.model}\n{m.get('cpu', '')[:60]}, {m.get('threads')} thread(s)".strip()
+    return latency_figure(bars, title, "eager FP32 at the same batch")
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    write_bytes(out, buf.getvalue(), fsync=True)
+
+def save_chart(result: BenchResult, path: str | os.PathLike) -> Path:
+    """Write :func:`bench_figure` to ``path`` (PNG, atomically)."""
+    from .onnx import check_writable
+
+    out = check_writable(path)
+    return _write_png(bench_figure(result), out)
+
+
+def save_models_chart(stats: dict[str, TimingStats], kinds: dict[str, tuple[str, str]], machine: dict[str, Any],
+                      path: str | os.PathLike) -> Path:
+    """The chart of ``bench --model A --model B ...``: one bar per deployed file, speed-ups against the first.
+
+    Args:
+        stats: timings per model file, in the order given.
+        kinds: (engine, precision) per model file.
+    """
+    from .onnx import check_writable
+
+    out = check_writable(path)
+    first = next(iter(stats.values())).median
+    bars = [ChartBar(f"{p} ({kinds[p][0]} {kinds[p][1]})", st, first / st.median,
+                     "int8" if "int8" in kinds[p][1] else "fp", kinds[p][0] == "openvino") for p, st in stats.items()]
+    title = (f"{len(stats)} deployed model(s), batch 1, timed round-robin\n"
+             f"{machine.get('cpu', '')[:60]}, {machine.get('threads')} thread(s)")
+    return _write_png(latency_figure(bars, title, f"the first, {next(iter(stats))}"), out)
+
+
+def _write_png(fig: Any, out: Path) -> Path:
+    from ..atomic import write_bytes
+    from ..viz.canvas import figure_png
+
+    write_bytes(out, figure_png(fig, dpi=120), fsync=True)
     return out

@@ -278,14 +278,21 @@ def _bench_models(args: argparse.Namespace, opts) -> int:
     first = next(iter(stats.values())).median
     rows = [{"model": p, "engine": loaded[p][0].engine, "precision": loaded[p][0].precision, "median_ms": st.median_ms,
              "iqr_ms": st.iqr_ms, "speedup_vs_first": first / st.median} for p, st in stats.items()]
-    if args.json:
-        print_json({"rows": rows, "machine": machine_info(opts.threads), "method": "batch 1, round-robin after warm-up"})
-        return 0
     m = machine_info(opts.threads)
+    if args.output:
+        from .bench import save_models_chart
+
+        save_models_chart(stats, {p: (dm.engine, dm.precision) for p, (dm, _) in loaded.items()}, m, args.output)
+    if args.json:
+        print_json({"rows": rows, "machine": m, "method": "batch 1, round-robin after warm-up",
+                    "chart": str(args.output) if args.output else None})
+        return 0
     print(f"CPU: {m['cpu']}, {m['threads']} thread(s), VNNI: {'yes' if m['vnni'] else 'no'}; batch 1, round-robin after warm-up")
     print(table(["model", "engine", "precision", "median ms", "IQR ms", "vs first"],
                 [[r["model"], r["engine"], r["precision"], f"{r['median_ms']:.2f}", f"{r['iqr_ms']:.2f}", f"{r['speedup_vs_first']:.2f}x"]
                  for r in rows], "lllrrr"))
+    if args.output:
+        print(f"chart: {args.output}")
     return 0
 
 

@@ -160,13 +160,18 @@ class OptimizeResult:
             "weights": self.weights,
         }
 
-    def table(self) -> str:
+    def table(self, why_width: int = 48) -> str:
+        """One row per candidate, fastest first; a long "why" goes on to further lines, broken between words."""
+        import textwrap
+
         rows = []
         for c in sorted(self.candidates, key=lambda c: (c.latency_ms is None, c.latency_ms or 0)):
+            why = textwrap.wrap(c.reason, why_width, break_long_words=False) or [""]
             rows.append([c.name, f"{c.macs_rel:.2f}", pct(c.accuracy) if c.accuracy is not None else "",
                          pct(c.agreement) if c.agreement is not None else "",
                          f"{c.latency_ms:.2f}" if c.latency_ms else "", f"{c.speedup:.2f}x" if c.speedup else "",
-                         c.status, c.reason[:48]])
+                         c.status, why[0]])
+            rows += [[""] * 7 + [more] for more in why[1:]]
         return table(["candidate", "MACs", "accuracy", "agree", "ms", "speed-up", "status", "why"], rows, "lrrrrrll")
 
 
@@ -615,38 +620,56 @@ def pareto_front(cands: list[Candidate]) -> list[Candidate]:
                   key=lambda c: c.latency_ms)
 
 
-def _chart(cands: list[Candidate], path: Path, base_acc: float, max_drop: float) -> Path | None:
-    import io
+ENGINE_COLOURS = {"eager": "tab:gray", "onnxruntime": "tab:blue", "openvino": "tab:green", "torch": "tab:orange"}
 
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def optimize_figure(cands: list[Candidate], base_acc: float, max_drop: float) -> Any:
+    """Accuracy against latency for every scored candidate, each named beside the chart; None when none was timed."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import LogFormatter
 
-    from ..atomic import write_bytes
+    from ..viz.canvas import new_figure
+    from ..viz.labels import column_height_in, label_points
 
     pts = [c for c in cands if c.latency_ms and c.accuracy is not None]
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(8, 5))
-    colour = {"eager": "tab:gray", "onnxruntime": "tab:blue", "openvino": "tab:green", "torch": "tab:orange"}
+    fig = new_figure(9.0, max(5.0, column_height_in(len(pts)) + 2.2))
+    ax = fig.add_subplot()
     for c in pts:
-        ax.scatter(c.latency_ms, c.accuracy * 100, color=colour.get(c.engine, "k"), marker="s" if c.pruned else "o",
-                   edgecolor="red" if c.status == "winner" else "none", s=60, zorder=3)
-        ax.annotate(c.name, (c.latency_ms, c.accuracy * 100), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.scatter(c.latency_ms, c.accuracy * 100, color=ENGINE_COLOURS.get(c.engine, "k"), marker="s" if c.pruned else "o",
+                   edgecolor="red" if c.status == "winner" else "none", linewidths=1.5, s=60, zorder=3)
+    handles = [Line2D([], [], ls="", marker="o", color=ENGINE_COLOURS.get(e, "k"), label=e)
+               for e in dict.fromkeys(c.engine for c in pts)]
+    if any(c.pruned for c in pts):
+        handles.append(Line2D([], [], ls="", marker="s", color="0.4", label="pruned"))
+    if any(c.status == "winner" for c in pts):
+        handles.append(Line2D([], [], ls="", marker="o", color="white", markeredgecolor="red", markeredgewidth=1.5, label="winner"))
     front = pareto_front(pts)
-    ax.plot([c.latency_ms for c in front], [c.accuracy * 100 for c in front], "k--", lw=1, label="Pareto front", zorder=2)
-    ax.axhline((base_acc * 100) - max_drop, color="red", lw=0.8, ls=":", label=f"budget: FP32 - {max_drop} points")
+    if len(front) > 1:  # one point is no line: the legend names only what is drawn
+        ax.step([c.latency_ms for c in front], [c.accuracy * 100 for c in front], "k--", where="post", lw=1, zorder=2)
+        handles.append(Line2D([], [], color="k", ls="--", lw=1, label="Pareto front"))
+    ax.axhline((base_acc * 100) - max_drop, color="red", lw=0.8, ls=":")
+    handles.append(Line2D([], [], color="red", lw=0.8, ls=":", label=f"budget: FP32 - {max_drop} points"))
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))  # 3, 10, 30 rather than 3x10^0
+    ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     ax.set_xlabel("batch-1 latency, ms (median, log scale)")
     ax.set_ylabel("val top-1 accuracy, %")
-    ax.legend(fontsize=8)
-    ax.set_title("optimize: candidates (squares: pruned; red edge: winner)", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return write_bytes(path, buf.getvalue())
+    ax.set_title("optimize: accuracy against latency, every candidate", fontsize=9)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8, frameon=False)
+    label_points(ax, [c.latency_ms for c in pts], [c.accuracy * 100 for c in pts], [c.name for c in pts],
+                 colours=["#b00000" if c.status == "winner" else "black" for c in pts],
+                 weights=["bold" if c.status == "winner" else "normal" for c in pts])
+    return fig
+
+
+def _chart(cands: list[Candidate], path: Path, base_acc: float, max_drop: float) -> Path | None:
+    from ..atomic import write_bytes
+    from ..viz.canvas import figure_png
+
+    fig = optimize_figure(cands, base_acc, max_drop)
+    return None if fig is None else write_bytes(path, figure_png(fig))
 
 
 __all__ = ["Candidate", "OptimizeOptions", "OptimizeResult", "optimize", "pareto_front"]

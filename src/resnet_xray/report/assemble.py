@@ -204,8 +204,11 @@ class _Page:
     pics: dict[str, Any] = field(default_factory=dict)  # data URIs for the page
 
     @property
-    def wlabel(self) -> str:
-        return self.meta.weights
+    def wlabel(self) -> Any:
+        """What every picture is stamped with: the weights' source, and whether they were trained."""
+        from ..provenance import WeightsInfo
+
+        return WeightsInfo.of(self.meta)
 
     @cached_property
     def stats(self) -> dict[str, dict[str, Any]]:
@@ -394,10 +397,10 @@ def _layer_entry(page: _Page, r) -> dict[str, Any]:
 
 
 def _residual_section(page: _Page) -> None:
-    from ..viz.residual import plot_residual_contributions
+    from ..viz.residual import residual_figure
 
     with page.clock.section("residual"):
-        page.pics["residual"] = _plot_to_uri(plot_residual_contributions, page.cap.trace.blocks, weights=page.wlabel)
+        page.pics["residual"] = png_uri(residual_figure(page.cap.trace.blocks, page.wlabel))
 
 
 def _gradflow_section(page: _Page) -> None:
@@ -456,19 +459,9 @@ def _write(page: _Page, out_dir: Path, t0: float) -> ReportResult:
     return ReportResult(html_path, json_path, clock.seconds, len(html.encode("utf-8")), round(time.perf_counter() - t0, 3))
 
 
-def _plot_to_uri(plot, *args, **kwargs) -> str:
-    """Run one of the trace package's ``plot_*(..., path)`` functions and embed the PNG it writes."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "plot.png"
-        plot(*args, path, **kwargs)
-        return data_uri(path.read_bytes(), "image/png")
-
-
 def _gradflow(meta: ModelMeta, opts: ReportOptions) -> tuple[dict[str, Any], str]:
     from ..trace.gradflow import GradFlowOptions, measure_gradflow
-    from ..viz.gradflow import plot_gradflow
+    from ..viz.gradflow import gradflow_figure
 
     # At initialisation (random weights), as the seed's argument is about; the report's model is not changed.
     gopts = GradFlowOptions(arch=meta.arch, weights="random", batch_size=opts.gradflow_batch, input_size=opts.gradflow_size)
@@ -480,5 +473,5 @@ def _gradflow(meta: ModelMeta, opts: ReportOptions) -> tuple[dict[str, Any], str
         first = r.boundaries[1]["name"]
         said.append(f"{regime} statistics: at {first} the plain network's gradient RMS is {p.rms(first) / r.rms(first):.3g}x ResNet's")
     doc["summary"] = (f"At initialisation, {meta.arch} against the same network without shortcuts; " + "; ".join(said) + ".")
-    return doc, _plot_to_uri(plot_gradflow, res)
+    return doc, png_uri(gradflow_figure(res))
 

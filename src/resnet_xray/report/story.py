@@ -31,7 +31,7 @@ COLOUR_SHARE = 0.85  # noise puts about 2/3 there by chance
 
 # 1. Preprocessing ------------------------------------------------------------------------------------
 
-def preprocessing_steps(img: Image.Image, pp: Preprocessing, x: torch.Tensor, weights: str) -> tuple[dict[str, Any], Figure]:
+def preprocessing_steps(img: Image.Image, pp: Preprocessing, x: torch.Tensor, weights: Any) -> tuple[dict[str, Any], Figure]:
     """Redo Resize, CenterCrop, ToTensor and Normalize one at a time; each step's picture and numbers."""
     interp = T.InterpolationMode(pp.interpolation)
     resized = T.Resize(pp.resize, interpolation=interp, antialias=True)(img)
@@ -60,13 +60,14 @@ def preprocessing_steps(img: Image.Image, pp: Preprocessing, x: torch.Tensor, we
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0, 0].imshow(img)
-    axes[0, 0].set_title(f"1. the file: {img.size[0]}x{img.size[1]}", fontsize=8)
+    # two short lines per title: a portrait photo leaves a narrow column, and long titles ran into each other
+    axes[0, 0].set_title(f"1. the file\n{img.size[0]}x{img.size[1]}", fontsize=8)
     axes[0, 1].imshow(resized)
     axes[0, 1].add_patch(Rectangle((left, top), pp.crop, pp.crop, fill=False, edgecolor="yellow", linewidth=1.5))
-    axes[0, 1].set_title(f"2. Resize({pp.resize}): {rw}x{rh}, crop box in yellow", fontsize=8)
+    axes[0, 1].set_title(f"2. Resize({pp.resize}): {rw}x{rh}\ncrop box in yellow", fontsize=8)
     axes[0, 2].imshow(cropped)
     means = ", ".join(f"{m:.2f}" for m in data["to_tensor"]["mean"])
-    axes[0, 2].set_title(f"3. CenterCrop({pp.crop}) + ToTensor: 0..1, RGB means {means}", fontsize=8)
+    axes[0, 2].set_title(f"3. CenterCrop({pp.crop}) + ToTensor: 0..1\nRGB means {means}", fontsize=8)
     lim = float(norm.abs().max())
     for c, name in enumerate("RGB"):
         ax = axes[1, c]
@@ -74,12 +75,12 @@ def preprocessing_steps(img: Image.Image, pp: Preprocessing, x: torch.Tensor, we
         ax.set_title(f"4. Normalize, {name}: (x-{pp.mean[c]:.3f})/{pp.std[c]:.3f}\nmean {data['normalize']['mean'][c]:+.2f}, "
                      f"range [{data['normalize']['min'][c]:.2f}, {data['normalize']['max'][c]:.2f}]", fontsize=7)
     fig.colorbar(im, ax=axes[1, :].tolist(), shrink=0.8, label="network input value")
-    return data, stamp(fig, weights)
+    return data, stamp(fig, weights, warn=False)  # no weight goes into preprocessing
 
 
 # 2. One kernel, one output value by hand ---------------------------------------------------------------
 
-def kernel_worked(conv: nn.Conv2d, x: torch.Tensor, out: torch.Tensor, rgb: np.ndarray, weights: str) -> tuple[dict[str, Any], Figure]:
+def kernel_worked(conv: nn.Conv2d, x: torch.Tensor, out: torch.Tensor, rgb: np.ndarray, weights: Any) -> tuple[dict[str, Any], Figure]:
     """One conv1 filter at one output position: the products summed by hand, against the real output.
 
     Args:
@@ -117,23 +118,23 @@ def kernel_worked(conv: nn.Conv2d, x: torch.Tensor, out: torch.Tensor, rgb: np.n
         a.set_yticks([])
     ax[0].imshow(rgb)
     ax[0].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), kw, kh, fill=False, edgecolor="yellow", linewidth=1.5))
-    ax[0].set_title(f"input: filter #{k} at rows {y0}..{y0 + kh - 1}, cols {x0}..{x0 + kw - 1}", fontsize=7)
+    ax[0].set_title(f"input: filter #{k} at\nrows {y0}..{y0 + kh - 1}, cols {x0}..{x0 + kw - 1}", fontsize=7)
     zoom = rgb[max(y0, 0):y0 + kh, max(x0, 0):x0 + kw]
     ax[1].imshow(zoom if zoom.size else np.zeros((kh, kw, 3), np.uint8), interpolation="nearest")
-    ax[1].set_title(f"the {kh}x{kw} patch it sees", fontsize=7)
+    ax[1].set_title(f"the {kh}x{kw} patch\nit sees", fontsize=7)
     m = float(w[k].abs().max()) or 1.0
     ax[2].imshow(((w[k] / (2 * m)) + 0.5).clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
-    ax[2].set_title(f"filter #{k} ({w.shape[1]}x{kh}x{kw}); grey = 0", fontsize=7)
+    ax[2].set_title(f"filter #{k} ({w.shape[1]}x{kh}x{kw})\ngrey = 0", fontsize=7)
     lim = float(ch.abs().max()) or 1.0
     ax[3].imshow(ch.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
     ax[3].plot([ox], [oy], marker="s", markersize=6, markerfacecolor="none", markeredgecolor="black")
-    ax[3].set_title(f"its output map {o.shape[1]}x{o.shape[2]}; square = ({oy}, {ox}) = {real:.4g}", fontsize=7)
+    ax[3].set_title(f"its output map {o.shape[1]}x{o.shape[2]}\nsquare = ({oy}, {ox}) = {real:.4g}", fontsize=7)
     return data, stamp(fig, weights)
 
 
 # 3. Channels fuse ------------------------------------------------------------------------------------
 
-def channel_fusion(conv: nn.Conv2d, name: str, inp: torch.Tensor, out: torch.Tensor, weights: str,
+def channel_fusion(conv: nn.Conv2d, name: str, inp: torch.Tensor, out: torch.Tensor, weights: Any,
                    top: int = 4) -> tuple[dict[str, Any], Figure]:
     """One output channel of ``conv`` as the sum of its input channels' contributions; the top ones drawn.
 
@@ -263,7 +264,7 @@ def shortcut_options(block: nn.Module, name: str, block_input: torch.Tensor, sho
 
 # Charts for the sections whose numbers come from the trace and the anatomy ----------------------------
 
-def shortcut_figure(a: torch.Tensor | None, b: torch.Tensor, f: torch.Tensor, block: str, weights: str) -> Figure:
+def shortcut_figure(a: torch.Tensor | None, b: torch.Tensor, f: torch.Tensor, block: str, weights: Any) -> Figure:
     """Per-channel scale (std) of option A's output, option B's output and F(x), sorted: what the BatchNorm evens out."""
     fig = new_figure(7.0, 2.8)
     ax = fig.add_subplot()
@@ -281,7 +282,7 @@ def shortcut_figure(a: torch.Tensor | None, b: torch.Tensor, f: torch.Tensor, bl
     return stamp(fig, weights)
 
 
-def walkthrough_figure(steps: list[dict[str, Any]], block: str, weights: str) -> Figure:
+def walkthrough_figure(steps: list[dict[str, Any]], block: str, weights: Any) -> Figure:
     """The norm of each step's output in the block, labelled with its shape."""
     fig = new_figure(8.0, 3.0)
     ax = fig.add_subplot()
@@ -298,7 +299,7 @@ def walkthrough_figure(steps: list[dict[str, Any]], block: str, weights: str) ->
     return stamp(fig, weights)
 
 
-def cost_figure(by_stage: dict[str, dict[str, Any]], labels: dict[str, str], weights: str) -> Figure:
+def cost_figure(by_stage: dict[str, dict[str, Any]], labels: dict[str, str], weights: Any) -> Figure:
     """Parameter and multiply-add shares per stage, side by side."""
     fig = new_figure(7.0, 2.8)
     ax = fig.add_subplot()
@@ -310,10 +311,10 @@ def cost_figure(by_stage: dict[str, dict[str, Any]], labels: dict[str, str], wei
     ax.set_ylabel("% of the model")
     ax.set_title("Where the parameters and the compute are, by stage (measured)", fontsize=9)
     ax.legend(fontsize=7)
-    return stamp(fig, weights)
+    return stamp(fig, weights, warn=False)  # shares of the architecture, whatever the weights
 
 
-def conclusion_figure(stages: list[dict[str, Any]], weights: str) -> Figure:
+def conclusion_figure(stages: list[dict[str, Any]], weights: Any) -> Figure:
     """Receptive field, channels and map side per stage: the hierarchy in three numbers."""
     fig = new_figure(7.0, 2.6)
     ax = fig.add_subplot()
@@ -325,4 +326,4 @@ def conclusion_figure(stages: list[dict[str, Any]], weights: str) -> Figure:
     ax.set_xticks(xs, [s["stage"] for s in stages], fontsize=7)
     ax.set_title("Kernels see more, channels multiply, maps shrink: this run's numbers per stage", fontsize=9)
     ax.legend(fontsize=7)
-    return stamp(fig, weights)
+    return stamp(fig, weights, warn=False)  # shapes and receptive fields, whatever the weights

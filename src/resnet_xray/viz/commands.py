@@ -43,17 +43,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     """Build the picture's options (refusing bad values before the model is built), draw it, say where it went."""
     from .. import api
     from ..cliutil import print_json
+    from .canvas import weights_warning
 
     opts = _flags(args.picture).build(args)
     check_writable(args.output)
     model = api.LoadedModel(*model_from_args(args))
     res = api.show(model, args.picture, args.output, getattr(args, "image", None), **dataclasses.asdict(opts))
+    warning = weights_warning(res.weights)  # the line the picture's title carries
+    if warning:
+        print(warning, file=sys.stderr)
     if args.json:
         print_json(res.to_dict())
         return 0
     print(f"{res.caption}\nwrote {res.path}" if args.picture != "stages" else f"wrote {res.path}")
-    if args.picture == "kernels" and not model.meta.pretrained:
-        print("note: random weights; the kernels are initialisation noise, not learned filters", file=sys.stderr)
     return 0
 
 

@@ -60,9 +60,11 @@ def feature_grid(layer: str, fmap: torch.Tensor, order: str = "first", count: in
 def feature_figure(grid: FeatureGrid) -> Figure:
     """The seed's ``visualize_feature`` 8 x 8 grid, with layer name, shape and colour bar on the figure."""
     rows, cols = grid_shape(len(grid.channels))
-    height = 7.0 * rows / cols + 0.3
-    fig = new_figure(7.6, height, layout=None)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.1 / height, top=1 - 0.35 / height)  # the colour bar takes its share
+    width, bar, pad = 7.6, 0.15, 0.01  # the colour bar takes its share of the width, and its labels sit in that share
+    image_w = width * 0.96 * (1 - bar - pad)
+    height = image_w * grid.image.shape[0] / grid.image.shape[1] + 0.45  # no empty band above or below the grid
+    fig = new_figure(width, height, layout=None)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.1 / height, top=1 - 0.35 / height)
     ax = fig.add_subplot()
     vmax = grid.vmax if grid.vmax > grid.vmin else grid.vmin + 1e-6
     im = ax.imshow(np.ma.masked_invalid(grid.image), cmap=FEATURE_CMAP, vmin=grid.vmin, vmax=vmax, interpolation="nearest")
@@ -78,7 +80,7 @@ def feature_figure(grid: FeatureGrid) -> Figure:
     if len(grid.channels) < 64:
         which = f"all {len(grid.channels)} channels" if grid.order == "first" else f"{len(grid.channels)} channels, most active first"
     ax.set_title(f"{grid.layer}  |  output {shape} (C x H x W)  |  {which}", fontsize=9)
-    cb = fig.colorbar(im, ax=ax, shrink=0.8, pad=0.01)
+    cb = fig.colorbar(im, ax=ax, shrink=0.8, fraction=bar, pad=pad)
     cb.set_label("activation (one scale for all tiles)", fontsize=8)
     cb.ax.tick_params(labelsize=7)
     return fig

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from ..trace.gradflow import REGIMES, GradFlowResult, NetGrad
+from ..units import times
 from .canvas import new_figure, save_figure
 
 COLOURS = {"resnet": "tab:blue", "plain": "tab:red"}
@@ -17,15 +20,17 @@ def _label(net: NetGrad, arch: str) -> str:
 
 
 def plot_gradflow(res: GradFlowResult, path: str | os.PathLike) -> Path:
-    """Write the gradient-flow figure to ``path`` (PNG, atomically).
+    """Write :func:`gradflow_figure` to ``path`` (PNG, atomically); returns the path written."""
+    return save_figure(gradflow_figure(res), path)
+
+
+def gradflow_figure(res: GradFlowResult) -> Figure:
+    """The gradient-flow figure.
 
     One row per BatchNorm regime. Left: gradient RMS per element at each stage
     boundary, input side on the left. Right: the norm of each conv weight's gradient
     in forward order (main path only, so ResNet and plain line up). Solid lines are
     the first measurement; dashed ones, if any, come after ``options.steps`` SGD steps.
-
-    Returns:
-        The path written.
     """
     regimes = list(res.init)
     fig = new_figure(11, 3.6 * len(regimes))
@@ -48,7 +53,7 @@ def plot_gradflow(res: GradFlowResult, path: str | os.PathLike) -> Path:
         r, p = res.init[regime]["resnet"], res.init[regime]["plain"]
         first = r.boundaries[1]["name"]
         ratio = p.rms(first) / r.rms(first)
-        how = f"{ratio:.3g}x" if ratio >= 1 else f"1/{1 / ratio:.3g}"
+        how = times(ratio)
         ax_b.set_title(f"{REGIMES[regime]}\nstage-boundary gradient RMS (plain/ResNet at {first}: {how})", fontsize=9)
         ax_b.set_yscale("log")
         ax_b.set_ylabel("RMS of dL/d(activation)")
@@ -61,4 +66,4 @@ def plot_gradflow(res: GradFlowResult, path: str | os.PathLike) -> Path:
     o = res.options
     fig.suptitle(f"{arch} vs plain, batch {o.batch_size} of {o.input_size}x{o.input_size}, "
                  f"weights {o.weights}, seed {o.seed}", fontsize=10)
-    return save_figure(fig, path)
+    return fig

@@ -6,20 +6,25 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
 
 from ..trace import BlockStats
 from .canvas import new_figure, save_figure, stamp
 
 
-def plot_residual_contributions(blocks: Sequence[BlockStats], path: str | os.PathLike, weights: str | None = None) -> Path:
-    """Write a chart over all residual blocks (16 in ResNet-50) to ``path`` (PNG, atomically).
+def plot_residual_contributions(blocks: Sequence[BlockStats], path: str | os.PathLike, weights: Any = None) -> Path:
+    """Write :func:`residual_figure` to ``path`` (PNG, atomically); returns the path written."""
+    return save_figure(residual_figure(blocks, weights), path)
+
+
+def residual_figure(blocks: Sequence[BlockStats], weights: Any = None) -> Figure:
+    """A chart over all residual blocks (16 in ResNet-50).
 
     Top: ||F(x)|| and ||shortcut|| per block on a log scale, projection blocks marked.
     Bottom: their ratio, and the cosine between F(x) and the shortcut and the fraction
-    of active output units on a second axis.
-
-    Returns:
-        The path written.
+    of active output units on a second axis. ``weights`` is named under it (see :func:`stamp`).
     """
     if not blocks:
         raise ValueError("no residual blocks to plot")
@@ -53,4 +58,4 @@ def plot_residual_contributions(blocks: Sequence[BlockStats], path: str | os.Pat
     labels = bottom.get_legend_handles_labels()[1] + second.get_legend_handles_labels()[1]
     bottom.legend(handles, labels, fontsize=7, loc="upper left", ncols=3)
     bottom.set_xticks(list(xs), names, rotation=45, fontsize=7)
-    return save_figure(stamp(fig, weights), path)
+    return stamp(fig, weights)

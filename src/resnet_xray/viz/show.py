@@ -31,14 +31,14 @@ def show_features(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, o
     check_feature_layer(opts.layer, layer_rows(model, x.shape[-1]))
     cap = capture(model, x, [opts.layer])
     grid = feature_grid(opts.layer, cap.maps[opts.layer], opts.channels, opts.count)
-    return save_figure(stamp(feature_figure(grid), meta.weights), output), grid
+    return save_figure(stamp(feature_figure(grid), meta), output), grid
 
 
 def show_kernels(model: nn.Module, output: str | os.PathLike, options: KernelsOptions | None = None,
-                 weights: str | None = None) -> tuple[Path, str]:
+                 weights: ModelMeta | str | None = None) -> tuple[Path, str]:
     """Write a conv layer's kernels to ``output``; returns the path and the caption.
 
-    ``weights`` (``meta.weights``) is printed in the picture's corner.
+    ``weights`` (the ModelMeta, or a label) is named under the picture, with a warning in its title when untrained.
     """
     opts = options or KernelsOptions()
     check_count(opts.count)
@@ -52,7 +52,7 @@ def show_cam(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, output
     x = image_tensor(image, meta)
     result = compute_cams(model, x, meta.class_names, options)
     rgb = meta.preprocessing.denormalize(x[0])
-    return save_figure(stamp(cam_figure(rgb, result), meta.weights), output), result
+    return save_figure(stamp(cam_figure(rgb, result), meta), output), result
 
 
 def show_stages(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, output: str | os.PathLike,
@@ -62,4 +62,4 @@ def show_stages(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, out
     stages = stage_outputs(layer_rows(model, x.shape[-1]))
     cap = capture(model, x, [s.layer for s in stages])
     rgb = meta.preprocessing.denormalize(x[0])
-    return save_figure(stamp(stages_figure(rgb, stages, cap.maps, options), meta.weights), output)
+    return save_figure(stamp(stages_figure(rgb, stages, cap.maps, options), meta), output)
