@@ -79,8 +79,6 @@ MAX_IMAGE_SIDE = 4096
 # Bytes per input pixel of one image, measured on ResNet-18 (the smallest; larger ResNets need more):
 INFER_BYTES_PER_PIXEL = 76  # a forward pass: the float input (12) beside the stem's 64-channel output (64)
 TRAIN_BYTES_PER_PIXEL = 600  # every layer's output, kept for the backward pass (ResNet-152 keeps 9x this)
-# matplotlib's Agg renderer draws at most 2**16 pixels a side.
-MAX_FIGURE_PX = 2**16
 
 
 def image_side(option: str, value: int | None, low: int = 32, *, allow_none: bool = False) -> None:
@@ -125,11 +123,6 @@ def batch_fits(option: str, value: int | None, side: int | None, *, training: bo
 
         raise OptionError(option, value, f"must lie in [1, {most}] (at {side} px a larger batch's activations exceed "
                                          f"this machine's {si(memory_bytes())}B of memory)")
-
-
-def figure_items(option: str, value: int | None, px_per_item: float, fixed_px: float = 0.0) -> None:
-    """A count of tiles drawn side by side, ``px_per_item`` wide each: the picture must fit :data:`MAX_FIGURE_PX`."""
-    within(option, value, 1, int((MAX_FIGURE_PX - fixed_px) // px_per_item))
 
 
 # --- flags generated from the dataclass: field -> --field-name, its type, default and comment ---

@@ -14,18 +14,15 @@ from .features import FEATURE_CMAP
 from .maps import pick_channels
 
 
-TILE_IN, MARGIN_IN = 1.25, 0.6  # a tile's width and the row label's, in inches
-
-
 @dataclass
 class StagesOptions:
     channels: int = 8  # tiles per row: the most active channels of each stage's output
 
     def __post_init__(self) -> None:
-        from ..options import figure_items
-        from .canvas import DPI
+        from ..options import within
 
-        figure_items("channels", self.channels, TILE_IN * DPI, (TILE_IN + MARGIN_IN) * DPI)  # the input, then n tiles
+        # Every ResNet's stem has 64 channels: more would leave its row blank, and 475 a row took 170 s to draw.
+        within("channels", self.channels, 1, 64)
 
 
 @dataclass
@@ -61,7 +58,7 @@ def stages_figure(rgb: np.ndarray, stages: list[StageOutput], maps: dict[str, to
     """
     opts = options or StagesOptions()
     n = opts.channels
-    width, height = TILE_IN * (n + 1) + MARGIN_IN, 1.45 * len(stages) + 0.6
+    width, height = 1.25 * (n + 1) + 0.6, 1.45 * len(stages) + 0.6
     fig = new_figure(width, height, layout=None)
     # fixed margins: room for the three-line row labels on the left and the title on top
     fig.subplots_adjust(left=1.05 / width, right=1 - 0.1 / width, bottom=0.15 / height, top=1 - 0.45 / height,
