@@ -57,8 +57,8 @@ class _Scan:
         return folder_images(folder, skip_unreadable=self.skip_unreadable, skipped=self.skipped, flag=self.flag)
 
 
-def scan_split(root: Path, class_names: list[str] | None = None, *, scan: _Scan | None = None,
-               ) -> tuple[list[tuple[Path, int]], list[str]]:
+def scan_split(root: Path, class_names: list[str] | None = None, *,
+               scan: _Scan | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
     """``(path, label)`` pairs of an ImageFolder tree, and its sorted class names.
 
     A class folder without a single image file is not a class: it would become an output
