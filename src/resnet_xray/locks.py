@@ -52,7 +52,8 @@ def _owner_text(note: Path) -> str:
 
 
 @contextmanager
-def output_lock(folder: str | os.PathLike, flag: str | None = "--out", *, beside: bool = False) -> Iterator[Path]:
+def output_lock(folder: str | os.PathLike, flag: str | None = "--out", *, beside: bool = False,
+                shown: str | os.PathLike | None = None) -> Iterator[Path]:
     """Hold the exclusive lock on ``folder`` (created if missing) for the block; yield the folder.
 
     Raises:
@@ -61,13 +62,14 @@ def output_lock(folder: str | os.PathLike, flag: str | None = "--out", *, beside
 
     Re-entrant within one process (the pruner fine-tunes into its own folder), so nested
     commands do not lock themselves out. When the block fails, the folders this call made
-    are removed again if nothing was written in them.
+    are removed again if nothing was written in them. ``shown``: the name messages give
+    (default: ``folder``).
     """
     from .atomic import removed_if_failed
 
     folder = Path(folder)
     with removed_if_failed(folder):
-        with _held(folder, flag, beside):
+        with _held(folder, flag, beside, Path(shown or folder)):
             yield folder
 
 
@@ -79,13 +81,13 @@ def file_lock(path: str | os.PathLike, flag: str | None = "-o") -> Iterator[Path
     ``quantize --engine openvino -o m.xml``, which both write ``m.xml``, exclude each other.
     """
     path = Path(path)
-    with output_lock(path.with_suffix(""), flag, beside=True):
+    with output_lock(path.with_suffix(""), flag, beside=True, shown=path):
         yield path
 
 
 @contextmanager
-def _held(folder: Path, flag: str | None, beside: bool) -> Iterator[None]:
-    where = f"{flag} {folder}" if flag else str(folder)
+def _held(folder: Path, flag: str | None, beside: bool, shown: Path) -> Iterator[None]:
+    where = f"{flag} {shown}" if flag else str(shown)
     lock_file, note = lock_paths(folder, beside=beside)
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +101,7 @@ def _held(folder: Path, flag: str | None, beside: bool) -> Iterator[None]:
     except Timeout:
         raise XrayError(
             f"{where}: in use by another resnet-xray run{_owner_text(note)}; "
-            f"wait for it to finish or choose another folder"
+            f"wait for it to finish or choose another {'folder' if shown == folder else 'name'}"
         ) from None
     except OSError as e:
         raise XrayError(f"{where}: cannot lock ({e.strerror or e})") from None

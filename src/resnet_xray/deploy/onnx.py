@@ -330,12 +330,6 @@ def export_files(path: Path) -> list[Path]:
             *(path.with_suffix(f".{precision}.engine") for precision in ("fp16", "int8"))]
 
 
-def remove_export(path: Path) -> None:
-    """Remove what export wrote for ``path``: the .onnx, its sidecar, the OpenVINO IR and engines beside it."""
-    for p in export_files(path):
-        p.unlink(missing_ok=True)
-
-
 class ExportFailed(Exception):
     """A check of the new export failed: nothing was replaced. Carries the reports for the caller to print."""
 

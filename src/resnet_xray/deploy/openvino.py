@@ -63,11 +63,6 @@ def write_ir(onnx_path: Path, xml_path: Path, side: dict[str, Any]) -> Path:
     return save_ir(model, xml_path, {**side, "format": "resnet-xray openvino sidecar", "openvino": ov.__version__})
 
 
-def remove_ir(xml_path: Path) -> None:
-    for p in (xml_path, xml_path.with_suffix(".bin"), sidecar_path(xml_path)):
-        p.unlink(missing_ok=True)
-
-
 @dataclass
 class IrInfo:
     path: Path
