@@ -122,3 +122,52 @@ def test_anatomy_measures_at_the_models_crop_and_says_so(tmp_path, capsys):
     assert "MACs, conv + fc, at 96x96)" in text and "* macs at 96x96:" in text
     assert main(["anatomy", "--weights", str(path), "--input-size", "128", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["input_size"] == 128  # the flag still wins
+
+
+# --- generated sentences: numbers a learner can read ---
+
+
+def test_number_phrasing():
+    from resnet_xray.units import below, num, of_count, times
+
+    assert times(0.000976, "ResNet's") == "1/1,020 of ResNet's"  # not "0.000976x ResNet's"
+    assert times(0.0165, "ResNet's") == "1/60.6 of ResNet's"
+    assert times(0.62, "ResNet's") == "62% of ResNet's"
+    assert times(1.94, "ResNet's") == "1.94x ResNet's" and times(0.0171) == "1/58.5"
+    assert below(9.8e-08) == "less than 1/10,000,000"  # not "to 1e-07"
+    assert below(0) == "0" and below(0.002) == "0.002"
+    assert of_count(0, 12, "identity blocks") == "none of the 12 identity blocks"  # not "0 of the 12"
+    assert of_count(12, 12, "identity blocks") == "all 12 identity blocks"
+    assert of_count(3, 12, "identity blocks") == "3 of the 12 identity blocks"
+    assert num(5.4e-05) == "0.000054" and num(0.00328) == "0.00328" and num(1.2e6) == "1,200,000"
+
+
+def _prose(html: str) -> str:
+    """The report's sentences: tables, scripts, styles and pictures left out."""
+    import html as h
+    import re
+
+    for pattern in (r"<script.*?</script>", r"<style.*?</style>", r"<table.*?</table>", r"<img[^>]*>"):
+        html = re.sub(pattern, " ", html, flags=re.S)
+    return h.unescape(re.sub(r"<[^>]+>", " ", html))
+
+
+@pytest.mark.slow
+def test_report_sentences_have_no_e_notation_zero_counts_or_tiny_ratios(tmp_path):
+    import dataclasses
+    import re
+
+    from resnet_xray.image import Preprocessing, bundled_cat
+    from resnet_xray.model import load_model
+    from resnet_xray.report import ReportOptions, build_report
+
+    model, meta = load_model("resnet18", "random")
+    meta = dataclasses.replace(meta, preprocessing=Preprocessing(resize=64, crop=64))
+    res = build_report(bundled_cat(), model, meta, ReportOptions(
+        out_dir=tmp_path, sections=("kernel", "channels", "residual", "gradflow", "conclusion"),
+        gradflow_batch=2, gradflow_size=32, quiet=True))
+    text = _prose(res.html.read_text(encoding="utf-8"))
+    assert not re.findall(r"\d(?:\.\d+)?e[-+]?\d+", text)  # "1e-07", "2.6e-08", "5.4e-05"
+    assert not re.findall(r"\b0 of (?:the )?\d", text)  # "In 0 of the 5 identity blocks"
+    assert not re.findall(r"\b0\.\d+x\b", text)  # "0.000976x ResNet's"
+    assert "differ by" in text and "identity blocks" in text

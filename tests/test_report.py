@@ -158,7 +158,9 @@ def test_interpretive_caption_only_for_trained_weights_and_measured(small, tmp_p
     doc, html = json.loads(res.json.read_text()), res.html.read_text(encoding="utf-8")
     counts = classify_kernels(model.conv1.weight)
     caption = re.search(r'<p class="interp">(.*?)</p>', html).group(1)
-    assert f"{counts['oriented_edges']} of 64 look like oriented edges" in caption
+    from resnet_xray.units import of_count
+
+    assert f"{of_count(counts['oriented_edges'], 64, 'filters')} look like oriented edges" in caption
     assert doc["conv1_kernels"]["measured"]["oriented_edges"] == counts["oriented_edges"]
     assert doc["weights"] == {"source": "a trained checkpoint", "pretrained": True, "warning": None}
 

@@ -460,18 +460,20 @@ def _write(page: _Page, out_dir: Path, t0: float) -> ReportResult:
 
 
 def _gradflow(meta: ModelMeta, opts: ReportOptions) -> tuple[dict[str, Any], str]:
-    from ..trace.gradflow import GradFlowOptions, measure_gradflow
+    from ..trace.gradflow import GradFlowOptions, measure_gradflow, rms_ratio
+    from ..units import times
     from ..viz.gradflow import gradflow_figure
 
     # At initialisation (random weights), as the seed's argument is about; the report's model is not changed.
     gopts = GradFlowOptions(arch=meta.arch, weights="random", batch_size=opts.gradflow_batch, input_size=opts.gradflow_size)
     res = measure_gradflow(gopts, quiet=True)  # the report's own display already names this stage
     doc = res.to_dict()
-    said = []
+    said, first, of = [], "", f"{meta.arch}'s"
     for regime, nets in res.init.items():
         r, p = nets["resnet"], nets["plain"]
         first = r.boundaries[1]["name"]
-        said.append(f"{regime} statistics: at {first} the plain network's gradient RMS is {p.rms(first) / r.rms(first):.3g}x ResNet's")
-    doc["summary"] = (f"At initialisation, {meta.arch} against the same network without shortcuts; " + "; ".join(said) + ".")
+        said.append(f"{times(rms_ratio(p.rms(first), r.rms(first)), of)} with {regime} statistics")
+    doc["summary"] = (f"At initialisation, the gradient RMS at the stem boundary ({first}) of the same network without "
+                      f"shortcuts is " + " and ".join(said) + ".")
     return doc, png_uri(gradflow_figure(res))
 

@@ -11,7 +11,7 @@ from html import escape
 from importlib import resources
 from typing import Any
 
-from ..units import pct, si
+from ..units import below, count_of, num, of_count, pct, si
 from ..viz.cam import format_prob
 
 # He et al.'s stage names beside torchvision's module names (Table 1 counts the max pool into conv2_x).
@@ -147,7 +147,7 @@ def _kernel(doc: dict[str, Any], pics: dict[str, Any]) -> str:
             f"{k['input_rows'][0]}–{k['input_rows'][1]} and columns {k['input_cols'][0]}–{k['input_cols'][1]}: {k['terms']} products of "
             f"input × weight, summed. The R channel gives {pc[0]:+.4f}, G {pc[1]:+.4f}, B {pc[2]:+.4f}"
             f"{', bias ' + format(k['bias'], '+.4f') if k['bias'] else ''}: {k['by_hand']:+.5f} by hand; the real conv1 "
-            f"output there is {k['real']:+.5f} (difference {k['abs_diff']:.1e}).")
+            f"output there is {k['real']:+.5f} (the two differ by {below(k['abs_diff'])}).")
     rows = [[f"{i}"] + [f"{v:+.3f}" for v in row] for i, row in enumerate(k["patch_R"])]
     wrows = [[f"{i}"] + [f"{v:+.3f}" for v in row] for i, row in enumerate(k["weights_R"])]
     head = ["row"] + [str(j) for j in range(len(k["patch_R"][0]))]
@@ -168,7 +168,8 @@ def _channels(doc: dict[str, Any], pics: dict[str, Any]) -> str:
             f"Channel #{f['out_channel']} of {escape(f['layer'])} ({f['kernel']}×{f['kernel']} conv on {escape(f['input_from'])}'s output), "
             f"the most active one on this image, is drawn below as its {len(f['top'])} largest contributions, input channels {tops}, "
             f"plus the rest. Those {len(f['top'])} alone make up {pct(f['top_share'])} of the output's norm (as a partial sum). "
-            f"Summed by hand, all {f['in_channels']} contributions reproduce the real output to {f['max_abs_diff']:.1e}.")
+            f"Summed by hand, all {f['in_channels']} contributions reproduce the real output (the largest difference is "
+            f"{below(f['max_abs_diff'])}).")
     return section("channels", "How do channels fuse into features?", _fig(pics["fusion"], "channel fusion"), lead)
 
 
@@ -185,9 +186,12 @@ def _conv1(doc: dict[str, Any], pics: dict[str, Any]) -> str:
     meas = c.get("measured")
     if meas:  # trained weights only (assemble computes it only then)
         base = meas["random_init_baseline"]
-        body = interp(f"conv1 kernels: {meas['oriented_edges']} of {meas['count']} look like oriented edges and "
-                      f"{meas['colour_opponent']} are colour-opponent, by a measured criterion ({escape(meas['criterion'])}). "
-                      f"A random initialisation of the same shape gives {base['oriented_edges']} and {base['colour_opponent']}.") + body
+        co = meas["colour_opponent"]
+        body = interp(f"conv1 kernels: {of_count(meas['oriented_edges'], meas['count'], 'filters')} look like oriented edges and "
+                      f"{co or 'none'} {'is' if co == 1 else 'are'} colour-opponent, by a measured criterion "
+                      f"({escape(meas['criterion'])}). A random initialisation of the same shape gives "
+                      f"{count_of(base['oriented_edges'], 'oriented edge')} and "
+                      f"{count_of(base['colour_opponent'], 'colour-opponent filter')}.") + body
     return section("conv1", "What do the first kernels and their feature maps look like?", body, lead)
 
 
@@ -226,7 +230,7 @@ def _stages(doc: dict[str, Any], pics: dict[str, Any]) -> str:
     grids = "".join(
         f'<figure>{_img(pics["stage_grids"][s["stage"]], s["layer"], "fig")}<figcaption>{escape(s["stage"])}: {escape(s["layer"])}, '
         f'output {_shape(s["shape"])}, receptive field {s["receptive_field"]} px; 64 most active channels, colour scale '
-        f'[{s["vmin"]:.3g}, {s["vmax"]:.3g}]</figcaption></figure>'
+        f'[{num(s["vmin"])}, {num(s["vmax"])}]</figcaption></figure>'
         for s in doc["stages"]
     )
     nav = (
@@ -258,11 +262,15 @@ def _residual(doc: dict[str, Any], pics: dict[str, Any]) -> str:
     rows = [[escape(b["name"]), "projection" if b["projection"] else "identity", _num(b["residual_norm"], ".2f"), _num(b["shortcut_norm"], ".2f"),
              _num(b["ratio"], ".3f"), _num(b["cosine"], "+.3f"), pct(b["active_frac"]) if b["active_frac"] is not None else "n/a"] for b in bl]
     ident = [b for b in bl if not b["projection"] and b["ratio"] is not None]
-    small = sum(b["ratio"] < 1 for b in ident)
     lead = (f"How much each of the {len(bl)} blocks changes its input: the norm of the residual branch F(x) against the shortcut it is "
-            f"added to, and the cosine between them. In {small} of the {len(ident)} identity blocks ‖F(x)‖ is smaller than ‖x‖"
-            + (f" (median ratio {sorted(b['ratio'] for b in ident)[len(ident) // 2]:.2f})" if ident else "")
-            + ": there the shortcut carries the larger of the two terms.")
+            f"added to, and the cosine between them.")
+    if ident:
+        small = sum(b["ratio"] < 1 for b in ident)
+        median = f" (median ‖F(x)‖/‖x‖ {sorted(b['ratio'] for b in ident)[len(ident) // 2]:.2f})"
+        lead += (f" In {of_count(small, len(ident), 'identity blocks')} is ‖F(x)‖ smaller than ‖x‖{median}: "
+                 + ("in every one the residual branch F(x) is the larger of the two terms." if small == 0 else
+                    "in each the shortcut carries the larger of the two terms." if small == len(ident) else
+                    "there the shortcut carries the larger of the two terms."))
     body = _img(pics["residual"], "residual contributions", "fig") + _table(
         ["block", "shortcut", "‖F(x)‖", "‖shortcut‖", "ratio", "cosine", "ReLU active"], rows)
     return section("residual", "How much does each block change its input?", body, lead)
@@ -322,7 +330,7 @@ def _conclusion(doc: dict[str, Any], pics: dict[str, Any]) -> str:
     k = doc.get("kernel_worked")
     if k:
         parts.append(f"<b>Local perception (kernels).</b> One conv1 filter saw a {k['kernel'][0]}×{k['kernel'][1]} patch and {k['terms']} "
-                     f"products summed to {k['by_hand']:+.4f}, the real output to {k['abs_diff']:.0e}.")
+                     f"products summed to {k['by_hand']:+.4f}, which is the real output (the two differ by {below(k['abs_diff'])}).")
     f = doc.get("fusion")
     if f:
         parts.append(f"<b>Feature combination (channels).</b> Channel #{f['out_channel']} of {escape(f['layer'])} mixed all "
@@ -335,8 +343,9 @@ def _conclusion(doc: dict[str, Any], pics: dict[str, Any]) -> str:
     if bl:
         ident = [b["ratio"] for b in bl if not b["projection"] and b["ratio"] is not None]
         if ident:
-            parts.append(f"<b>Residuals.</b> Across {len(bl)} blocks the identity path carried the larger term in "
-                         f"{sum(r < 1 for r in ident)} of {len(ident)} identity blocks.")
+            carried = sum(r < 1 for r in ident)
+            parts.append(f"<b>Residuals.</b> The identity path carried the larger term in {of_count(carried, len(ident), 'identity blocks')}"
+                         + (": in every one the residual branch F(x) outweighed it." if carried == 0 else "."))
     g = doc.get("gradflow")
     if g and g.get("summary"):
         parts.append(f"<b>Gradients.</b> {escape(g['summary'])}")

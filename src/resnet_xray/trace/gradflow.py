@@ -27,6 +27,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ..errors import XrayError
 from ..interface import class_logits, get_classifier
+from ..units import below, num, of_count, times
 
 REGIMES = {
     "batch": "BatchNorm on batch statistics (train mode)",
@@ -136,6 +137,7 @@ class GradFlowResult:
         nets = self.phase(phase)[regime]
         res, plain = nets["resnet"], nets["plain"]
         arch = self.options.arch
+        of = f"{arch}'s"
         when = "at initialisation" if phase == "init" and self.options.weights == "random" else (
             f"after {self.options.steps} SGD steps" if phase == "trained" else f"with weights {self.options.weights}"
         )
@@ -145,22 +147,22 @@ class GradFlowResult:
         lines = [f"{REGIMES[regime]}, {when}:"]
         ratio = rms_ratio(p_in, r_in)
         lines.append(
-            f"- At the stem boundary ({first}) the gradient RMS is {r_in:.3g} for {arch} and {p_in:.3g} for plain: "
-            f"plain's is {_times(ratio)} {arch}'s."
+            f"- At the stem boundary ({first}) the gradient RMS is {num(r_in)} for {arch} and {num(p_in)} for plain: "
+            f"plain's is {times(ratio, of)}."
         )
         for name, g, a, b in (("ResNet", res, r_out, r_in), ("plain", plain, p_out, p_in)):
             f = rms_ratio(b, a)
-            change = ("is 0 at both ends" if math.isnan(f) else f"grows {f:.3g}x" if f > 1
-                      else f"shrinks {1 / f:.3g}x" if f > 0 else "vanishes")
+            change = ("is 0 at both ends" if math.isnan(f) else f"grows {times(f)}" if f > 1
+                      else f"shrinks {times(1 / f)}" if f > 0 else "vanishes")
             lines.append(
-                f"- {name}: from the last stage ({last}, RMS {a:.3g}) back to the stem ({b:.3g}) the gradient {change}."
+                f"- {name}: from the last stage ({last}, RMS {num(a)}) back to the stem ({num(b)}) the gradient {change}."
             )
         cr = [c["norm"] for c in res.convs if "downsample" not in c["name"]]
         cp = [c["norm"] for c in plain.convs if "downsample" not in c["name"]]
         if cr and cp and cr[0] > 0:
             lines.append(
-                f"- First conv weight gradient: {arch} {cr[0]:.3g}, plain {cp[0]:.3g} ({_times(cp[0] / cr[0])}); "
-                f"last conv: {arch} {cr[-1]:.3g}, plain {cp[-1]:.3g}."
+                f"- First conv weight gradient: {arch} {num(cr[0])}, plain {num(cp[0])} ({times(cp[0] / cr[0], of)}); "
+                f"last conv: {arch} {num(cr[-1])}, plain {num(cp[-1])}."
             )
         ident = [b for b in res.blocks if b.shortcut == "identity"]
         if ident:
@@ -170,25 +172,25 @@ class GradFlowResult:
             lines.append(
                 f"- At the {len(ident)} identity blocks the identity term's share of |identity|+|residual| is "
                 f"{min(shares):.2f}-{max(shares):.2f} (median {statistics.median(shares):.2f}); the two terms add up "
-                f"to autograd's gradient within a relative error of {worst:.1e}."
+                f"to autograd's gradient (relative error {below(worst)})."
             )
             lines.append(
-                f"  The identity term is the larger of the two at {larger} of {len(ident)} identity blocks; either way "
+                f"  The identity term is the larger of the two at {of_count(larger, len(ident), 'identity blocks')}; either way "
                 "it hands each block's output gradient to the block's input unchanged, whatever F does to it."
             )
         r_gain, p_gain = r_in / r_out if r_out > 0 else math.inf, p_in / p_out if p_out > 0 else math.inf
         if ratio > 1:
             lines.append(
                 "- Here the shortcut-free network gets the larger gradient at the input side: its stage-by-stage gains "
-                f"multiply to {p_gain:.3g}x from the last stage to the stem, against {r_gain:.3g}x for {arch}. Without "
+                f"multiply to {times(p_gain)} from the last stage to the stem, against {times(r_gain)} for {arch}. Without "
                 "the identity path nothing holds a block's gain near 1. A larger gradient is not a better one: "
                 "it is a less stable step for SGD."
             )
         else:
-            trend = "shrink the signal" if p_gain < 1 else "grow it, but less than ResNet's"
+            trend = "they shrink the signal" if p_gain < 1 else "they grow it, but less than ResNet's"
             lines.append(
                 "- Here the shortcut-free network gets the smaller gradient at the input side: its stage-by-stage gains "
-                f"multiply to {p_gain:.3g}x from the last stage to the stem ({trend}), against {r_gain:.3g}x for "
+                f"multiply to {times(p_gain)} from the last stage to the stem ({trend}), against {times(r_gain)} for "
                 f"{arch}, whose identity terms carry the gradient past every block."
             )
         return "\n".join(lines)
@@ -199,12 +201,6 @@ def rms_ratio(num: float, den: float) -> float:
     if den > 0:
         return num / den
     return math.nan if num == 0 else math.inf
-
-
-def _times(r: float) -> str:
-    if not math.isfinite(r) or r <= 0:
-        return f"{r:.3g}x"
-    return f"{r:.3g}x" if r >= 1 else f"1/{1 / r:.3g} of"
 
 
 # --- the blocks, re-run with their intermediate tensors kept ---
