@@ -98,6 +98,10 @@ def test_overwrite_refuses_a_folder_the_command_did_not_write_and_does_not_sugge
     assert main(["finetune", str(root / "ds"), "--out", str(root / "ds" / "val"), "--arch", "resnet18", "--weights", "random",
                  "--overwrite"]) == 2
     assert "lies inside the input --data" in _one_line(capsys)
+    # ... nor over the checkpoint it starts from
+    assert main(["finetune", str(root / "ds"), "--out", str(ckpt.parent), "--arch", "resnet18", "--weights", str(ckpt),
+                 "--overwrite"]) == 2
+    assert "contains the input --weights" in _one_line(capsys) and ckpt.exists()
 
 
 def test_optimize_overwrite_removes_only_what_optimize_wrote(task, tmp_path) -> None:

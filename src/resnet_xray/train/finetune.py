@@ -1097,7 +1097,8 @@ def finetune(data_dir: str | Path, options: FinetuneOptions, out_dir: str | Path
             try:
                 from ..atomic import refuse_inputs
 
-                refuse_inputs(out_dir, {"--data": data_dir, "--weights": options.weights}, "--out")
+                # --weights ft/best.pt --out ft --overwrite would delete the weights it starts from (a resume ignores --weights)
+                refuse_inputs(out_dir, {"--data": data_dir, "--weights": None if resume else options.weights}, "--out")
                 held.enter_context(output_lock(out_dir, "--out"))
                 claim_run_folder(out_dir, resume=resume, overwrite=overwrite)
             except XrayError:
