@@ -30,6 +30,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from resnet_xray import options
 from resnet_xray.cli import build_parser, main
 from resnet_xray.image import bundled_cat
 
@@ -41,6 +42,11 @@ COST_CAPS = {"--epochs": 1, "--per-class": 3, "--val-per-class": 2, "--classes":
              "--checkpoint-every": 4, "--warmup-epochs": 2.0, "--repeats": 2, "--latency-repeats": 2, "--count": 8,
              "--channels": 4, "--max-images": 4, "--calib-images": 4, "--eval-images": 2, "--limit": 4, "--threads": 2,
              "--prune-steps": 1, "--finetune-epochs": 1, "--compile-timeout": 60}
+
+# Past these the options refuse a value in one line, before any work: such values are drawn uncapped.
+REFUSED_ABOVE = {**dict.fromkeys(("--size", "--image-size", "--input-size", "--timing-size"), options.MAX_IMAGE_SIDE),
+                 "--threads": options.max_threads(), "--workers": options.max_threads(), "--channels": 64,
+                 "--batch-size": options.memory_bytes() // (32 * 32 * options.INFER_BYTES_PER_PIXEL)}
 
 NET = ["--arch", "resnet18", "--weights", "random"]
 
@@ -127,7 +133,7 @@ def _cap(flag: str, text: str) -> str:
         v = float(text)
     except ValueError:
         return text
-    if cap is not None and math.isfinite(v) and v > cap:
+    if cap is not None and math.isfinite(v) and cap < v <= REFUSED_ABOVE.get(flag, math.inf):
         return str(type(cap)(cap))
     return text
 
