@@ -77,7 +77,7 @@ def test_unreadable_image_exits_2(tmp_path, capsys):
     assert "bad.jpg" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("picture", ["features", "cam", "stages", "kernels"])
+@pytest.mark.parametrize("picture", ["features", pytest.param("cam", marks=pytest.mark.slow), "stages", "kernels"])
 def test_untrained_weights_are_said_in_the_terminal_and_the_title(tmp_path, cat_path, capsys, monkeypatch, picture):
     """Only `kernels` used to say so, and only in the terminal; the picture had a small grey corner label."""
     from resnet_xray.viz import show as show_mod
