@@ -318,3 +318,12 @@ def test_int8_weights_are_refused_not_cast_to_float(tmp_path, cat_path, capsys):
     assert "102 tensor(s) hold int8 values where the model takes float32 (first: conv1.weight); refused" in err
     save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(tmp_path / "h.safetensors"))
     assert _run(["classify", cat_path, "--weights", tmp_path / "h.safetensors"], capsys)[0] == 0  # float16 widens exactly
+
+
+def test_progressive_sizes_have_the_same_bound():
+    from resnet_xray.errors import XrayError
+    from resnet_xray.train.finetune import parse_sizes
+
+    assert parse_sizes(f"64,{MAX_IMAGE_SIDE}") == [64, MAX_IMAGE_SIDE]
+    with pytest.raises(XrayError, match=r"--progressive '64,100000': sizes must lie in \[16, 4096\] and increase"):
+        parse_sizes("64,100000")

@@ -185,8 +185,10 @@ def parse_sizes(text: str) -> list[int]:
         sizes = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise XrayError(f"--progressive {text!r}: give sizes like 64,80,96, or auto, or off") from None
-    if not sizes or any(s < 16 for s in sizes) or sizes != sorted(sizes):
-        raise XrayError(f"--progressive {text!r}: sizes must be at least 16 and increasing, like 64,80,96")
+    from ..options import MAX_IMAGE_SIDE
+
+    if not sizes or any(not 16 <= s <= MAX_IMAGE_SIDE for s in sizes) or sizes != sorted(sizes):
+        raise XrayError(f"--progressive {text!r}: sizes must lie in [16, {MAX_IMAGE_SIDE}] and increase, like 64,80,96")
     return sizes
 
 
