@@ -248,7 +248,11 @@ def removed_if_failed(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextmanager
 def deferred_signals() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block ends, so a few renames are not cut in half."""
+    """Hold SIGINT and SIGTERM for this thread until the block ends, so a few renames are not cut in half.
+
+    Best effort: a signal another thread (an ONNX Runtime or OpenMP worker) takes still lands,
+    so :meth:`StagedFiles.commit` rolls back on an interrupt and its next user recovers after a kill.
+    """
     import signal
 
     held = {signal.SIGINT, signal.SIGTERM}
@@ -279,10 +283,8 @@ class StagedFiles:
 
     def __init__(self, targets: list[Path], flag: str | None = "-o"):
         self.targets = [Path(t) for t in targets]
-        first = self.targets[0]
-        self.folder, self.flag = first.parent, flag
+        self.folder, self.flag = self.targets[0].parent, flag
         self.stage = self._name("stage", os.getpid())
-        self.committed = False
 
     def _name(self, kind: str, pid: int | str) -> Path:
         return self.folder / f".{self.targets[0].name}.{kind}-{pid}"
@@ -361,5 +363,4 @@ class StagedFiles:
         except OSError as e:
             raise XrayError(f"{self._where()}: cannot replace ({e.strerror or e}); the earlier files are unchanged") from None
         shutil.rmtree(done, ignore_errors=True)
-        self.committed = True
         return moved_new
