@@ -210,6 +210,13 @@ def test_an_export_without_the_ir_removes_the_earlier_ir(model, tmp_path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.json"]
 
 
+def test_fuse_refuses_to_replace_the_checkpoint_it_reads(task, capsys) -> None:
+    _, ckpt = task
+    before = ckpt.read_bytes()
+    assert main(["fuse", "--weights", str(ckpt), "-o", str(ckpt)]) == 2
+    assert "is the input --weights" in _one_line(capsys) and ckpt.read_bytes() == before
+
+
 def test_export_refuses_a_file_name_that_is_not_onnx(tmp_path, capsys) -> None:
     assert main(["export", "--arch", "resnet18", "--weights", "random", "-o", str(tmp_path / "m.txt")]) == 2
     assert ".onnx" in _one_line(capsys)

@@ -89,8 +89,9 @@ def _g(v) -> str:
 
 def cmd_fuse(args: argparse.Namespace) -> int:
     from .. import api
-    from ..atomic import check_writable
+    from ..atomic import check_writable, refuse_inputs
 
+    refuse_inputs(args.output, {"--weights": args.weights})  # -o ft/best.pt would replace the trained checkpoint
     out = check_writable(args.output)  # before the model is built
     res = api.fuse(model_from_args(args), out, check=args.check or [])
     report_skipped(res.skipped)
