@@ -134,12 +134,27 @@ def build_parser(only: str | None = ALL) -> argparse.ArgumentParser:
         description="Take a torchvision ResNet apart layer by layer, then make it fast and useful.",
     )
     parser.add_argument("--version", action="version", version=f"resnet-xray {__version__}")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for c in COMMANDS:
         p = sub.add_parser(c.name, help=c.help, description=c.help)
         if only == ALL or c.name == only:
             c.add_arguments()(p)
+            _add_verbose(p)
     return parser
+
+
+VERBOSE_HELP = "show third-party libraries' own messages (ONNX Runtime's calibration settings, torch's CUDA probe)"
+
+
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    """``--verbose`` after the command too (``classify x.png --verbose``), and after a picture of ``show``."""
+    # SUPPRESS: left out, it must not reset a --verbose given before the command
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_verbose(child)
 
 
 def chosen_command(argv: list[str]) -> str | None:
@@ -187,7 +202,10 @@ def refuse_empty_values(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .quiet import hide_known_log_noise, verbose_mode
+
     argv = sys.argv[1:] if argv is None else list(argv)
+    hide_known_log_noise()
     parser = build_parser(chosen_command(argv))
     args, extras = parser.parse_known_args(argv)
     if extras:  # refused by the (sub)command that was typed, with its usage and the nearest flag
@@ -195,12 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         inner.error(f"unrecognized arguments: {' '.join(extras)}")
     refuse_empty_values(parser, args)
     try:
-        if getattr(args, "json", False):
-            from .cliutil import json_output
+        with verbose_mode(args.verbose):
+            if getattr(args, "json", False):
+                from .cliutil import json_output
 
-            with json_output():
-                return int(args.func(args) or 0)
-        return int(args.func(args) or 0)
+                with json_output():
+                    return int(args.func(args) or 0)
+            return int(args.func(args) or 0)
     except OptionError as e:
         print(f"resnet-xray: error: {e.with_flag(flag_for(parser, args, e.option))}", file=sys.stderr)
         return e.exit_code

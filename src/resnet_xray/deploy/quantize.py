@@ -11,11 +11,9 @@ through the model's own preprocessing (from the export sidecar).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -28,6 +26,7 @@ import torch
 from ..atomic import StagedFiles, remove_stale_dirs, write_json
 from ..compare import Tolerance, compare
 from ..errors import XrayError
+from ..quiet import stdout_silenced
 from ..options import at_least, batch_fits, one_of, within
 from ..image import IMAGE_EXTENSIONS, Preprocessing, Skipped, expand_inputs
 from ..image import image_batches as stream_batches
@@ -363,8 +362,9 @@ def _quantize_ort(plan: _Plan, workdir: Path, opts: QuantizeOptions) -> tuple[Pa
     calib_batch = plan.batch if method == CalibrationMethod.MinMax or info.fixed_batch is not None else 1
     reader = _calibration_reader_class()(calib, info, calib_batch, opts.progress)
     unreadable = f"--calib {plan.calib_root}: none of the {len(calib)} calibration images could be read"
-    # ORT's calibrators print progress ("Collecting tensor data ...") on stdout: keep stdout for results
-    with contextlib.redirect_stdout(sys.stderr):
+    # ORT's calibrators print their settings ("Number of histogram bins", "Percentile : ...") on
+    # stdout; they tell a user nothing, so they are dropped (--verbose shows them on stderr)
+    with stdout_silenced():
         prep = workdir / "preprocessed.onnx"
         try:
             quant_pre_process(str(info.path), str(prep), skip_symbolic_shape=False)
