@@ -115,13 +115,14 @@ def batch_fits(option: str, value: int | None, side: int | None, *, training: bo
     """A batch size whose activations at ``side`` px (None: the smallest side, 32) fit in this machine's memory."""
     if value is None and allow_none:
         return
+    at = f"at {side} px" if side else "even at the smallest input, 32 px,"
     side = side or 32
     per_image = side * side * (TRAIN_BYTES_PER_PIXEL if training else INFER_BYTES_PER_PIXEL)
     most = max(1, memory_bytes() // per_image)
     if value is None or not 1 <= value <= most:
         from .units import si
 
-        raise OptionError(option, value, f"must lie in [1, {most}] (at {side} px a larger batch's activations exceed "
+        raise OptionError(option, value, f"must lie in [1, {most}] ({at} a larger batch's activations exceed "
                                          f"this machine's {si(memory_bytes())}B of memory)")
 
 
