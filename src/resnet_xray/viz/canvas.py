@@ -1,4 +1,4 @@
-"""Writing figures: PNG files replaced atomically, or PNG bytes for embedding in the report."""
+"""Writing figures (PNG files replaced atomically, or bytes for the report) and saying which weights made each."""
 
 from __future__ import annotations
 
