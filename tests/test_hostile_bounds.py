@@ -327,3 +327,25 @@ def test_progressive_sizes_have_the_same_bound():
     assert parse_sizes(f"64,{MAX_IMAGE_SIDE}") == [64, MAX_IMAGE_SIDE]
     with pytest.raises(XrayError, match=r"--progressive '64,100000': sizes must lie in \[16, 4096\] and increase"):
         parse_sizes("64,100000")
+
+
+@pytest.mark.parametrize("description, pretrained, warning", [
+    (None, None, "WARNING: unknown weights"),
+    ({"weights": "random (seed 0)"}, False, "WARNING: using RANDOM weights"),
+    ({"weights": "random (seed 0)", "pretrained": True}, True, None),  # what export records wins over the name
+    ({"weights": "ft/best.pt", "pretrained": False}, False, "WARNING: using RANDOM weights"),
+    ({"weights": "ft/best.pt"}, True, None),  # an older sidecar, without "pretrained"
+])
+def test_deployed_weights_provenance_from_the_description(description, pretrained, warning, tmp_path):
+    import json
+
+    from resnet_xray.deploy.runtime import load_deployed
+    from resnet_xray.provenance import WeightsInfo
+
+    m = _onnx(tmp_path / "m.onnx", ["N", 3, 32, 32])
+    if description is not None:
+        (tmp_path / "m.onnx.json").write_text(json.dumps(description))
+    meta = load_deployed(m)[1]
+    assert meta.pretrained is pretrained
+    info = WeightsInfo.of(meta)
+    assert info.warning is None if warning is None else info.warning.startswith(warning), info

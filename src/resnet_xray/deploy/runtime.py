@@ -122,12 +122,14 @@ def load_deployed(path: str | os.PathLike, threads: int | None = None, flag: str
     if n != scores:
         raise XrayError(f"{flag} {p}: gives {scores} scores per image, but its description names {n} classes")
     names = desc.get("class_names") or [f"class_{i}" for i in range(n)]
+    said = desc.get("pretrained")  # older descriptions lack it; none at all: the weights are unknown, not random
+    pretrained = said if isinstance(said, bool) else None if not desc.get("weights") else not str(desc["weights"]).startswith("random")
     meta = ModelMeta(
         arch=desc.get("arch") or "unknown",
         weights=f"{p} ({engine} {precision}; from {desc.get('weights', 'unknown weights')})",
         class_names=list(names),
         preprocessing=pre,
-        pretrained=None if not desc.get("weights") else not str(desc["weights"]).startswith("random"),
+        pretrained=pretrained,
     )
     return model, meta
 
