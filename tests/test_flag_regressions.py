@@ -87,10 +87,11 @@ def test_gradflow_after_steps_that_kill_every_gradient(capsys, one_thread):
                  "--steps", "2", "--lr", "1"]) == 0
     assert "Traceback" not in capsys.readouterr().err
     # Whether every gradient dies depends on the CPU's rounding; the ratios it met do not.
-    from resnet_xray.trace.gradflow import _times, rms_ratio
+    from resnet_xray.trace.gradflow import rms_ratio
+    from resnet_xray.units import times
 
     assert math.isnan(rms_ratio(0.0, 0.0)) and rms_ratio(1.0, 0.0) == math.inf and rms_ratio(0.0, 2.0) == 0.0
-    assert _times(rms_ratio(0.0, 0.0)) == "nanx" and _times(0.0) == "0x"
+    assert times(rms_ratio(0.0, 0.0)) == "nanx" and times(0.0) == "0x" and times(math.inf) == "infx"
 
 
 def test_too_few_evaluation_images_name_the_flag_not_the_folder(tmp_path):
