@@ -242,3 +242,16 @@ def test_ort_calibration_settings_are_not_printed_unless_verbose(tmp_path, capfd
     assert main([*argv, "-o", str(tmp_path / "v.int8.onnx"), "--verbose"]) == 0
     out, err = capfd.readouterr()
     assert "Number of histogram bins" in err and "Number of histogram bins" not in out
+
+
+@pytest.mark.parametrize(("ratios", "said"), [
+    ([1.2, 1.3, 1.4], "In none of the 3 identity blocks is ‖F(x)‖ smaller than ‖x‖"),  # was "In 0 of the 3 ..."
+    ([0.5, 0.6, 0.7], "In all 3 identity blocks ‖F(x)‖ is smaller than ‖x‖"),
+    ([0.5, 1.3, 1.4], "In 1 of the 3 identity blocks ‖F(x)‖ is smaller than ‖x‖"),
+])
+def test_residual_sentence_says_counts_plainly(ratios, said):
+    from resnet_xray.report.html import _residual
+
+    blocks = [{"name": f"layer1.{i}", "projection": False, "ratio": r, "residual_norm": 1.0, "shortcut_norm": 1.0,
+               "cosine": 0.0, "active_frac": 0.5} for i, r in enumerate(ratios)]
+    assert said in _residual({"blocks": blocks}, {"residual": "data:image/png;base64,"})

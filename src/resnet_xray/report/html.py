@@ -267,7 +267,8 @@ def _residual(doc: dict[str, Any], pics: dict[str, Any]) -> str:
     if ident:
         small = sum(b["ratio"] < 1 for b in ident)
         median = f" (median ‖F(x)‖/‖x‖ {sorted(b['ratio'] for b in ident)[len(ident) // 2]:.2f})"
-        lead += (f" In {of_count(small, len(ident), 'identity blocks')} is ‖F(x)‖ smaller than ‖x‖{median}: "
+        verb = "is ‖F(x)‖" if small == 0 else "‖F(x)‖ is"  # "In none of them is F(x) smaller", "In 3 of them F(x) is smaller"
+        lead += (f" In {of_count(small, len(ident), 'identity blocks')} {verb} smaller than ‖x‖{median}: "
                  + ("in every one the residual branch F(x) is the larger of the two terms." if small == 0 else
                     "in each the shortcut carries the larger of the two terms." if small == len(ident) else
                     "there the shortcut carries the larger of the two terms."))
