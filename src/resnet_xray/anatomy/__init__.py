@@ -28,10 +28,10 @@ class AnatomyOptions:
     input_size: int | None = None  # side of the square input (shapes, MACs and RFs depend on it); None: the model's crop
 
     def __post_init__(self) -> None:
-        from ..options import OptionError
+        from ..options import MAX_IMAGE_SIDE, OptionError
 
-        if self.input_size is not None and self.input_size < 32:
-            raise OptionError("input_size", self.input_size, "must be at least 32 (five stride-2 steps)")
+        if self.input_size is not None and not 32 <= self.input_size <= MAX_IMAGE_SIDE:  # 32: five stride-2 steps
+            raise OptionError("input_size", self.input_size, f"must lie in [32, {MAX_IMAGE_SIDE}] (32: five stride-2 steps)")
 
 
 @dataclass
