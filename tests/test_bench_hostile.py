@@ -71,9 +71,20 @@ def test_clean_refusal_is_as_expected(tmp_path):
 
 
 def test_expected_words_on_stderr_are_checked(tmp_path):
-    r = _run(_py("import sys; print('usage: x', file=sys.stderr); sys.exit(2)", stderr_has=("did you mean",),
-                 stderr_lacks=("usage",)), tmp_path)
+    r = _run(_py("import sys; print('usage: x\\nresnet-xray x: error: bad', file=sys.stderr); sys.exit(2)",
+                 stderr_has=("did you mean",), stderr_lacks=("usage",)), tmp_path)
     assert r.failures == ["stderr lacks 'did you mean'", "stderr holds 'usage'"]
+
+
+@pytest.mark.parametrize("stderr, why", [
+    ("usage: x\nresnet-xray x: error: bad", None),
+    ("", "no 'resnet-xray: error:' line on stderr"),
+    ("resnet-xray: error: a\nresnet-xray: error: a", "2 error lines"),
+    ("resnet-xray: error: a\nmore words", "the error line is not the last line of stderr"),
+])
+def test_a_refusal_is_one_error_line(tmp_path, stderr, why):
+    r = _run(_py(f"import sys; sys.stderr.write({stderr!r}); sys.exit(2)"), tmp_path)
+    assert r.failures == ([why] if why else [])
 
 
 def test_a_hang_is_killed_at_the_timeout(tmp_path):
@@ -89,7 +100,7 @@ def test_a_memory_blow_up_is_killed_at_the_cap(tmp_path):
 
 
 def test_family_figures_and_summary(tmp_path, capsys):
-    good = _run(_py("raise SystemExit(2)", name="good"), tmp_path)
+    good = _run(_py("import sys; sys.stderr.write('resnet-xray: error: refused'); sys.exit(2)", name="good"), tmp_path)
     bad = _run(_py("open('x.tmp-9', 'w'); raise RuntimeError", name="bad"), tmp_path)
     f = bh.family_figures([good, bad])
     assert f["cases"] == 2 and f["exit_codes"] == {"1": 1, "2": 1}
