@@ -293,7 +293,7 @@ def test_a_model_file_without_description_has_unknown_not_random_weights(tmp_pat
     assert rc == 0 and "WARNING: unknown weights" in err and "RANDOM" not in err and "--weights imagenet" not in err, err
     assert main(["classify", str(cat_path), "--model", str(m), "--json"]) == 0
     weights = json.loads(capsys.readouterr().out)["weights"]
-    assert weights["pretrained"] is False and weights["warning"].startswith("WARNING: unknown weights")
+    assert weights["warning"].startswith("WARNING: unknown weights")
 
 
 def test_bench_model_refuses_a_batch_it_would_not_time(tmp_path, capsys):
