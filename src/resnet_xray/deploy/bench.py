@@ -3,7 +3,8 @@
 Each path is warmed up and timed over many repeats; the table gives the median and
 the interquartile range (IQR) of the latency, throughput, speed-up over eager FP32,
 and the achieved GFLOP/s (2 x the model's MACs from ``anatomy``, per second) against
-this CPU's FP32 peak measured with a large matmul.
+this CPU's FP32 peak (:mod:`.peak`: the best engine GEMM or the ISA bound, raised to any
+FP32 path that passes it, so no share exceeds 100%).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..image import bundled_cat, load_image
 from ..units import table
 from ..interface import ClassLogits, unwrap
 from .fuse import fuse_model
+from .peak import Peak, measure_fp32_peak
 
 
 @dataclass
@@ -101,30 +103,6 @@ def stats_of(times: list[float]) -> TimingStats:
     )
 
 
-PEAK_SIZES = (1024, 2048, 3072)
-PEAK_METHOD = "best of {n} float32 GEMMs ({sizes}) after warm-up, at {threads} thread(s), torch.mm"
-
-
-def measure_fp32_peak(sizes: tuple[int, ...] = PEAK_SIZES, repeats: int = 8) -> float:
-    """This CPU's FP32 matmul rate in GFLOP/s, at torch's current thread count.
-
-    The best (fastest) of ``repeats`` timed calls of each of several large square GEMMs,
-    after two warm-up calls each: the highest rate the BLAS reaches here, so that an FP32
-    path measured at the same thread count cannot exceed 100%. INT8 paths do other
-    arithmetic and are not put against it.
-    """
-    best = 0.0
-    for n in sizes:
-        a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
-        stats = time_callable(lambda: torch.mm(a, b, out=c), warmup=2, repeats=repeats)
-        best = max(best, 2 * n**3 / stats.min / 1e9)
-    return best
-
-
-def peak_method(threads: int | None = None) -> str:
-    return PEAK_METHOD.format(n=len(PEAK_SIZES), sizes=", ".join(f"{n}^3" for n in PEAK_SIZES), threads=threads or torch.get_num_threads())
-
-
 @dataclass
 class BenchOptions:
     batches: tuple[int, ...] = (1,)  # batch sizes to time
@@ -169,7 +147,7 @@ class BenchRow:
     throughput: float | None = None  # images/s
     speedup: float | None = None  # vs eager FP32 at the same batch
     gflops: float | None = None  # achieved, 2 x MACs x batch / median
-    peak_share: float | None = None  # gflops / measured CPU FP32 peak (CPU FP32 rows only)
+    peak_share: float | None = None  # gflops / the CPU FP32 peak (CPU FP32 rows only; never above 1)
     check: dict[str, Any] | None = None  # compare() against eager FP32 on the timing input
 
     def to_dict(self) -> dict[str, Any]:
@@ -184,19 +162,24 @@ class BenchRow:
 class BenchResult:
     rows: list[BenchRow]
     macs: int  # per image, from anatomy
-    peak_gflops: float  # measured CPU FP32 matmul rate
+    peak_gflops: float  # the CPU FP32 peak every share is taken of (raised to any path that passed the estimate)
     machine: dict[str, Any]
     options: BenchOptions
     notes: list[str] = field(default_factory=list)
     agreement: dict[str, Any] | None = None  # INT8 vs FP32 on the calibration hold-out
     model: str = ""  # arch and weights, named in the chart's title
+    peak: Peak | None = None  # how the peak was estimated, and whether a path raised it
+
+    def peak_method(self) -> str:
+        return self.peak.method() if self.peak else "given"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "rows": [r.to_dict() for r in self.rows],
             "macs_per_image": self.macs,
             "cpu_fp32_peak_gflops": self.peak_gflops,
-            "peak_method": peak_method(self.options.threads),
+            "peak_method": self.peak_method(),
+            "peak": self.peak.to_dict() if self.peak else None,
             "machine": self.machine,
             "options": asdict(self.options),
             "notes": self.notes,
@@ -317,7 +300,7 @@ def run_bench(model: nn.Module, meta: Any, options: BenchOptions | None = None) 
 
     Returns:
         The rows (each ``ok``, ``skipped`` with the reason, or ``failed`` with the error),
-        the MACs, the measured CPU FP32 peak and the machine description.
+        the MACs, the CPU FP32 peak (raised to any FP32 path measured above it) and the machine description.
     """
     from ..anatomy import AnatomyOptions, analyze
 
@@ -336,22 +319,23 @@ def run_bench(model: nn.Module, meta: Any, options: BenchOptions | None = None) 
             work.mkdir(parents=True, exist_ok=True)
         else:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="resnet-xray-bench-")))
-        peak = measure_fp32_peak()
-        bench = _Bench(model, meta, opts, size, macs, peak, work)
+        bench = _Bench(model, meta, opts, size, macs, measure_fp32_peak(opts.threads), work)
         bench.run()
-    return BenchResult(bench.rows, macs, peak, machine_info(opts.threads), opts, bench.notes, bench.agreement, f"{meta.arch} ({meta.weights})")
+    return BenchResult(bench.rows, macs, bench.peak.gflops, machine_info(opts.threads), opts, bench.notes, bench.agreement,
+                       f"{meta.arch} ({meta.weights})", bench.peak)
 
 
 class _Bench:
     """The state one benchmark run shares between its rows."""
 
-    def __init__(self, model: nn.Module, meta: Any, opts: BenchOptions, size: int, macs: int, peak: float, work: Path):
+    def __init__(self, model: nn.Module, meta: Any, opts: BenchOptions, size: int, macs: int, peak: Peak, work: Path):
         self.model, self.meta, self.opts, self.size, self.macs, self.peak, self.work = model, meta, opts, size, macs, peak, work
         self.rows: list[BenchRow] = []
         self.notes: list[str] = []
         self.agreement: dict[str, Any] | None = None
         self.onnx_fp32: Path | None = None
         self.onnx_int8: Path | None = None
+        self.int8_failed: str | None = None  # why there is no INT8 model to time, when quantisation refused one
         pre = meta.preprocessing
         self.pre = pre if pre.crop == size else dataclasses.replace(pre, resize=round(pre.resize * size / pre.crop), crop=size)
         self.pending: list[tuple[BenchRow, Callable[[], Any], bool]] = []
@@ -377,6 +361,9 @@ class _Bench:
         except _Skip as e:
             self.rows.append(BenchRow(name, batch, device, "skipped", str(e)))
             return
+        except _Failed as e:
+            self.rows.append(BenchRow(name, batch, device, "failed", str(e)))
+            return
         except XrayError:
             raise
         except Exception as e:  # noqa: BLE001 - one failing path must not hide the others
@@ -398,12 +385,10 @@ class _Bench:
             for row, fn, _ in self.pending:
                 samples[id(row)] += sample_times(fn, per_round, self.opts.min_time_s / rounds)
         ref = None
-        for row, fn, cpu in self.pending:
+        for row, fn, _ in self.pending:
             row.stats = stats_of(samples[id(row)])
             row.throughput = row.batch / row.stats.median
             row.gflops = 2 * self.macs * row.batch / row.stats.median / 1e9
-            # INT8 rows do other arithmetic than the FP32 peak measures; a share of it would mislead
-            row.peak_share = row.gflops / self.peak if cpu and "int8" not in row.path else None
             out = _host_logits(fn())
             if row.path == "eager fp32":
                 ref = out
@@ -418,6 +403,7 @@ class _Bench:
             self._cpu_rows(b)
             self._cuda_rows(b)
             self.time_pending()  # per batch, so only one batch's models and inputs are held at once
+        self._peak_shares()
         for b in self.opts.batches:
             base = next((r for r in self.rows if r.path == "eager fp32" and r.batch == b and r.status == "ok"), None)
             for r in self.rows:
@@ -427,6 +413,18 @@ class _Bench:
             if "ort int8" in ok and "ort fp32" in ok and ok["ort int8"].stats.median >= ok["ort fp32"].stats.median:
                 self.notes.append(f"ORT INT8 is SLOWER than ORT FP32 on this CPU at batch {b} ({ok['ort int8'].stats.median_ms:.1f} vs "
                                   f"{ok['ort fp32'].stats.median_ms:.1f} ms): not recommended here; use OpenVINO INT8")
+
+    def _peak_shares(self) -> None:
+        """Each CPU FP32 row's share of the peak, after raising the peak to any row measured above it."""
+        # INT8 rows do other arithmetic than the FP32 peak measures; a share of it would mislead
+        fp32 = [r for r in self.rows if r.status == "ok" and r.device == "cpu" and "int8" not in r.path]
+        if not fp32:
+            return
+        top = max(fp32, key=lambda r: r.gflops)
+        if self.peak.raise_to(top.path, top.batch, top.gflops):
+            self.notes.append(self.peak.raise_note())
+        for r in fp32:
+            r.peak_share = min(1.0, r.gflops / self.peak.gflops)
 
     # --- artefacts shared by several rows ---
 
@@ -453,9 +451,17 @@ class _Bench:
         report = quantize_onnx(
             self.onnx_fp32, calib, self.work / "model.int8.onnx", QuantizeOptions(per_channel=True, progress=self.opts.progress)
         )
-        self.onnx_int8 = Path(report["int8_model"])
         self.agreement = report["agreement"]
         self.notes.append(f"ORT INT8: {report['choices']['reduce_range_reason']}")
+        if report["int8_model"] is None:  # quantize writes no model that fails its agreement check
+            bad = next((r["check"]["reason"] for r in report["agreement"]["paths"].values()
+                        if r.get("check") and not r["check"]["passed"]), "its agreement check failed")
+            untrained = getattr(self.meta, "pretrained", None) is False
+            hint = "; untrained weights leave near-ties that INT8 flips: give trained --weights" if untrained else ""
+            self.int8_failed = f"INT8 model fails its check against FP32 ({bad}){hint}"
+            self.notes.append(f"ORT/OpenVINO INT8 rows not timed: {self.int8_failed}")
+        else:
+            self.onnx_int8 = Path(report["int8_model"])
 
     # --- rows ---
 
@@ -483,11 +489,16 @@ class _Bench:
         if self.opts.compile:
             self.add("torch.compile", b, "cpu", lambda: self._compiled(x))
         self.add("ort fp32", b, "cpu", lambda: self._ort(self.onnx_fp32, x))
-        self.add("ort int8", b, "cpu", lambda: self._ort(self.onnx_int8, x))
+        self.add("ort int8", b, "cpu", lambda: self._ort(self._int8(), x))
         self.add("pytorch int8 (fx x86)", b, "cpu", lambda: self._torch_int8(x))
         self.add("openvino fp32", b, "cpu", lambda: self._openvino(self.onnx_fp32, x, "f32"))
-        self.add("openvino int8", b, "cpu", lambda: self._openvino(self.onnx_int8, x, "f32"))
+        self.add("openvino int8", b, "cpu", lambda: self._openvino(self._int8(), x, "f32"))
         self.add("openvino int8 (nncf)", b, "cpu", lambda: self._openvino(self._nncf_ir(), x, "f32"))
+
+    def _int8(self) -> Path | None:
+        if self.int8_failed:
+            raise _Failed(self.int8_failed)
+        return self.onnx_int8
 
     def _compiled(self, x: torch.Tensor) -> Callable[[], Any]:
         import torch._inductor.config as inductor_config
@@ -655,6 +666,10 @@ def _host_logits(out: Any) -> np.ndarray | None:
 
 class _Skip(Exception):
     """A path that cannot run here (missing package or hardware); shown as skipped, not failed."""
+
+
+class _Failed(Exception):
+    """A path whose model an earlier step refused; shown as failed with that step's reason alone."""
 
 
 @dataclass

@@ -209,7 +209,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .. import api
-    from .bench import peak_method
 
     opts = bench_flags().build(args, progress=not args.json)  # refuse bad flags before the model is built
     if args.output:
@@ -228,7 +227,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"{meta.arch} ({meta.weights}), {si(res.macs)} MACs per image at {opts.input_size or meta.preprocessing.crop} px")
     print(f"CPU: {m['cpu']}, {m['threads']} thread(s) of {m['logical_cores']}, VNNI: {'yes' if m['vnni'] else 'no'}"
           + (f"; GPU: {m['cuda']}" if m.get("cuda") else ""))
-    print(f"measured CPU FP32 peak: {res.peak_gflops:.0f} GFLOP/s ({peak_method(opts.threads)}); % peak for FP32 CPU rows only")
+    print(f"CPU FP32 peak: {res.peak_gflops:.0f} GFLOP/s ({res.peak_method()}); % peak for FP32 CPU rows only")
     print(res.table())
     for n in res.notes:
         print(f"note: {n}")
@@ -269,6 +268,10 @@ def _bench_models(args: argparse.Namespace, opts) -> int:
         raise XrayError(f"--batch {','.join(map(str, opts.batches))}: bench --model times batch 1 only; "
                         "drop --batch, or bench the checkpoint (--weights) at other batch sizes")
     loaded = {str(p): load_deployed(p, opts.threads) for p in args.model}
+    for p, (dm, _) in loaded.items():  # padded to its batch, one image would be timed as several
+        if (dm.fixed_batch or 1) > 1:
+            raise XrayError(f"--model {p}: has a fixed batch of {dm.fixed_batch}; bench --model times batch 1 "
+                            "(export it with a batch of 1 or --dynamic-batch)")
     sizes = {m.preprocessing.crop for _, m in loaded.values()}
     if len(sizes) != 1:
         raise XrayError(f"--model: the models take different input sizes ({sorted(sizes)}); bench one network at a time")
