@@ -352,3 +352,11 @@ def test_deployed_weights_provenance_from_the_description(description, pretraine
         assert not (info.warning or "").startswith("WARNING: using RANDOM weights"), info
     else:
         assert info.warning.startswith(warning), info
+
+
+def test_bench_refuses_a_fixed_batch_it_would_time_as_one_image(tmp_path, capsys):
+    """Padded to its batch of 4, one image's latency would be four images' (ONNX Runtime's InvalidArgument before)."""
+    m = _onnx(tmp_path / "b4.onnx", [4, 3, 32, 32])
+    rc, err = _run(["bench", "--model", m, "--repeats", "1"], capsys)
+    assert rc == 2 and err.endswith(f"--model {m}: has a fixed batch of 4; bench --model times batch 1 "
+                                    "(export it with a batch of 1 or --dynamic-batch)"), err

@@ -29,9 +29,11 @@ ENGINES = {".onnx": "onnxruntime", ".xml": "openvino"}
 class DeployedModel(nn.Module):
     """A deployed artefact behind ``nn.Module``'s call: NCHW float tensor in, logits tensor out."""
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], engine: str, path: Path, precision: str):
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], engine: str, path: Path, precision: str,
+                 fixed_batch: int | None = None):
         super().__init__()
         self.run, self.engine, self.path, self.precision = run, engine, path, precision
+        self.fixed_batch = fixed_batch  # images per engine call when the file fixes it; other batches are padded to it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from ..classify import OutputError
@@ -113,7 +115,7 @@ def load_deployed(path: str | os.PathLike, threads: int | None = None, flag: str
     if fixed and fixed > 1:  # the engines refuse any other batch: pad to it
         run = in_batches_of(run, fixed)
     precision = "int8" if desc.get("quantization") else "fp32"
-    model = DeployedModel(run, engine, p, precision).eval()
+    model = DeployedModel(run, engine, p, precision, fixed).eval()
     with torch.inference_mode():
         scores = int(model(torch.zeros(1, 3, size, size)).shape[1])
     if scores == 0:
@@ -124,12 +126,18 @@ def load_deployed(path: str | os.PathLike, threads: int | None = None, flag: str
     names = desc.get("class_names") or [f"class_{i}" for i in range(n)]
     said = desc.get("pretrained")  # older descriptions lack it; none at all: the weights are unknown, not random
     pretrained = said if isinstance(said, bool) else None if not desc.get("weights") else not str(desc["weights"]).startswith("random")
+    from ..provenance import Provenance, sidecar_provenance
+
+    provenance = sidecar_provenance(desc)  # the checkpoint's record of training, carried by the export
+    if provenance is None and pretrained:
+        provenance = Provenance(None, "the model's description predates the record of training")
     meta = ModelMeta(
         arch=desc.get("arch") or "unknown",
         weights=f"{p} ({engine} {precision}; from {desc.get('weights', 'unknown weights')})",
         class_names=list(names),
         preprocessing=pre,
-        pretrained=pretrained,
+        pretrained=pretrained if provenance is None else pretrained and provenance.trained is not False,
+        provenance=provenance,
     )
     return model, meta
 
