@@ -10,6 +10,9 @@ A checkpoint is a dict of plain data (loadable with ``torch.load(weights_only=Tr
     changes         [dict]  the ordered structural changes (resnet_xray.spec), each {"kind": ...}
     options         dict    options of the run that wrote it (optional)
     metrics         dict    (optional)
+    provenance      dict    whether the weights are trained and the training runs they had
+                            (resnet_xray.provenance.Provenance; optional: files without it
+                            are inspected, and "unknown" where nothing says either way)
 
 plus, in training checkpoints, the training state (``train/checkpoint.py``).
 :func:`parse_checkpoint` checks every field and raises one line naming the file and
@@ -32,6 +35,7 @@ import torch
 
 from .errors import XrayError
 from .image import Preprocessing
+from .provenance import Provenance
 from .spec import Change, SpecError, changes_from_data, change_type
 
 FORMAT_VERSION = 2
@@ -51,6 +55,7 @@ class Checkpoint:
     preprocessing: Preprocessing | None = None
     changes: list[Change] = field(default_factory=list)
     options: dict[str, Any] | None = None
+    provenance: Provenance | None = None  # None: the file does not record its training
     format_version: int | None = None  # None: not our format (a plain or foreign state_dict)
     legacy: bool = False  # the changes were rebuilt from format-1 keys (or guessed from shapes)
 
@@ -256,6 +261,11 @@ def parse_checkpoint(obj: Any, path: Path, what: str = "--weights") -> Checkpoin
     ck.options = options
     if obj.get("metrics") is not None and not isinstance(obj["metrics"], dict):
         raise bad("metrics", f"must be a dict, found {type(obj['metrics']).__name__}")
+    if obj.get("provenance") is not None:
+        try:
+            ck.provenance = Provenance.from_data(obj["provenance"])
+        except ValueError as e:
+            raise XrayError(f"{what} {path}: checkpoint field 'provenance'{e if str(e)[:1] in '. ' else ': ' + str(e)}") from None
 
     if version >= 2:
         for k in ("pruned_spec", "heads", "fused_pairs"):

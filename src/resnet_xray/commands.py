@@ -45,6 +45,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     else:
         warn_random(result.weights)
         print(f"weights: {result.weights.source}; transforms: {result.transforms}")
+        print(result.weights.trained_line())
         for p in result.results:
             print(p.image)
             for t in p.topk:

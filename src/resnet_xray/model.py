@@ -25,6 +25,7 @@ from .checkpoint import FORMAT_VERSION, STRUCTURE_KEYS, Checkpoint, nonfinite_te
 from .errors import XrayError
 from .image import Preprocessing
 from .interface import get_classifier
+from .provenance import Provenance
 from .spec import Change, SpecError, changes_to_data, describe, infer_changes, replay
 
 ARCHS = (
@@ -56,6 +57,9 @@ class ModelMeta:
     # save writes them all and every load replays them, so no caller copies structure by hand.
     changes: list[Change] = field(default_factory=list)
     options: dict[str, Any] | None = None  # options of the run that wrote the checkpoint (its training recipe)
+    # Whether the weights are known to be trained, why, and the training runs they had; every
+    # save writes it whole, so fuse, prune and export carry it on. None: nothing records it.
+    provenance: Provenance | None = None
 
     def with_change(self, change: Change) -> ModelMeta:
         """This metadata with one more structural change at the end of the list."""
@@ -71,6 +75,7 @@ class ModelMeta:
             "weights": self.weights,
             "preprocessing": self.preprocessing.to_dict(),
             "pretrained": self.pretrained,
+            "trained": None if self.provenance is None else self.provenance.trained_value,
             "changes": [c.describe() for c in self.changes],
             "num_classes": len(self.class_names),
         }
@@ -129,7 +134,9 @@ def load_model(
         arch = check_arch(arch or DEFAULT_ARCH)
         torch.manual_seed(seed)
         model = build_model(arch).eval()
-        meta = ModelMeta(arch, f"random (seed {seed})", imagenet_categories(arch), Preprocessing.seed(), False)
+        source = f"random (seed {seed})"
+        meta = ModelMeta(arch, source, imagenet_categories(arch), Preprocessing.seed(), False,
+                         provenance=Provenance.random_init(source))
         return model, meta
     return _load_file(Path(w), arch, allow_nonfinite=allow_nonfinite)
 
@@ -151,12 +158,14 @@ def _load_torchvision(arch: str, alias: str, *, progress: bool) -> tuple[nn.Modu
     except (OSError, RuntimeError) as e:  # URLError is an OSError; a bad hash is a RuntimeError
         raise XrayError(f"could not fetch {arch} {wts.name} weights ({e}); pass --weights PATH, or put the file at {cached}") from None
     model.load_state_dict(state)
+    source = f"torchvision {type(wts).__name__}.{wts.name}"
     meta = ModelMeta(
         arch=arch,
-        weights=f"torchvision {type(wts).__name__}.{wts.name}",
+        weights=source,
         class_names=list(wts.meta["categories"]),
         preprocessing=Preprocessing.from_weights(wts),
         pretrained=True,
+        provenance=Provenance.imagenet(source),
     )
     return model.eval(), meta
 
@@ -286,16 +295,61 @@ def _load_file(path: Path, arch: str | None, *, allow_nonfinite: bool = False) -
     elif num_classes is not None and len(class_names) != num_classes:
         raise XrayError(f"--weights {path}: {len(class_names)} class names but the classifier has {num_classes} outputs")
 
+    provenance = ck.provenance or inspect_training(path, state, arch, ours=ck.format_version is not None)
     meta = ModelMeta(
         arch=arch,
         weights=str(path),
         class_names=list(class_names),
         preprocessing=ck.preprocessing or Preprocessing.seed(),
-        pretrained=True,
+        pretrained=provenance.trained is not False,
         changes=list(changes),
         options=ck.options,
+        provenance=provenance,
     )
     return model.eval(), meta
+
+
+# BatchNorm's initial state: what a layer holds until a training-mode forward pass or an optimiser step touches it.
+_BN_INITIAL = {"running_mean": 0.0, "running_var": 1.0, "weight": 1.0, "bias": 0.0}
+
+
+def inspect_training(path: Path, state: dict[str, torch.Tensor], arch: str, *, ours: bool = False) -> Provenance:
+    """What a weights file that does not record its training shows of it.
+
+    torchvision's own published file (its name and hash prefix match) is trained on ImageNet.
+    Otherwise the BatchNorm layers are read: if every one still holds its initial statistics
+    (running_mean 0, running_var 1, weight 1, bias 0), no training ever touched the weights.
+    Anything else cannot tell trained weights from weights that only saw data, so it is "unknown".
+    """
+    if _is_torchvision_file(path, arch):
+        return Provenance.imagenet(f"{path.name} (torchvision's published {arch} file, hash checked)")
+    older = "an older resnet-xray checkpoint that does not record its training" if ours else "the file does not record its training"
+    layers = [k[: -len(".running_mean")] for k in state if k.endswith(".running_mean")]
+    if not layers:
+        return Provenance(None, f"{older}, and it has no BatchNorm layers to inspect (folded into the convolutions?)")
+    for layer in layers:
+        for name, value in _BN_INITIAL.items():
+            t = state.get(f"{layer}.{name}")
+            if t is not None and not bool((t == value).all()):
+                return Provenance(None, f"{older}; its BatchNorm statistics have moved from their initial values "
+                                        f"(first: {layer}.{name}), so it has seen data, but not necessarily been trained")
+    return Provenance(False, f"every one of the {len(layers)} BatchNorm layers still holds its initial "
+                             "statistics (running_mean 0, running_var 1, weight 1, bias 0): no training step ever touched it")
+
+
+def _is_torchvision_file(path: Path, arch: str) -> bool:
+    """Whether ``path`` is one of torchvision's published files for ``arch``, by name and the hash prefix in it."""
+    import hashlib
+
+    names = {os.path.basename(urlparse(w.url).path) for w in weights_enum(arch)}
+    if path.name not in names:
+        return False
+    prefix = path.stem.rsplit("-", 1)[-1]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest().startswith(prefix)
 
 
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
@@ -336,6 +390,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: ModelMeta, 
     structural = sorted(set(extra) & set(STRUCTURE_KEYS))
     if structural:
         raise TypeError(f"save_checkpoint: {structural[0]!r} is structure; record it in meta.changes (meta.with_change(...))")
+    if "provenance" in extra:
+        raise TypeError("save_checkpoint: 'provenance' travels in meta.provenance, which every save writes whole")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if not meta.changes:  # metadata made by hand for a model changed by hand: read the changes off it
         meta = replace(meta, changes=changes_of(model, meta.arch))
@@ -353,6 +409,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: ModelMeta, 
         "preprocessing": meta.preprocessing.to_dict(),
         "state_dict": state,
         "changes": changes_to_data(meta.changes),
+        **({"provenance": meta.provenance.to_data()} if meta.provenance is not None else {}),
         **extra,
     }
     return atomic_torch_save(ckpt, path)

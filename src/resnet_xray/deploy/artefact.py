@@ -21,7 +21,7 @@ from ..errors import XrayError
 from ..image import Preprocessing
 
 META_KEY = "resnet_xray"  # ONNX metadata_props key; OpenVINO rt_info path [META_KEY, "meta"]
-META_FIELDS = ("arch", "weights", "class_names", "preprocessing", "num_classes")
+META_FIELDS = ("arch", "weights", "class_names", "preprocessing", "num_classes", "pretrained", "trained", "trained_evidence", "training")
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 
 

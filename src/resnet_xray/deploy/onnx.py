@@ -112,6 +112,7 @@ def export_onnx(
     }
     if meta is not None:
         side.update(arch=meta.arch, weights=meta.weights, pretrained=bool(meta.pretrained), class_names=list(meta.class_names))
+        side.update(sidecar_fields(meta.provenance))  # trained / trained_evidence / training, as the checkpoint had them
     with atomic_path(out) as tmp:
         try:
             _run_exporter(model, example, tmp, opts)

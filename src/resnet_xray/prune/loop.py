@@ -221,7 +221,8 @@ def _prune_locked(model: nn.Module, meta: ModelMeta, options: PruneOptions, data
     current = model
     if rounds:
         last = run.out / rounds[-1]["checkpoint"]
-        current, _ = load_model(None, last)
+        current, last_meta = load_model(None, last)
+        run.save_meta = replace(run.save_meta, provenance=last_meta.provenance)  # the finished rounds' training
         log(f"resuming after round {len(rounds)}/{options.steps} from {last}")
     targets = round_targets(options)
     for k in range(len(rounds), options.steps):
@@ -306,6 +307,8 @@ def _prune_round(run: _Run, current: nn.Module, k: int, target: float, baseline:
             trainer.finetune(current, data, options.finetune_epochs)
             current.eval()
         record.update(_accuracy(trainer.evaluate(current, data)))
+        if options.finetune_epochs > 0:
+            run.save_meta = _after_finetune(run, record["accuracy"])
     cost = measure_cost(current, run.input_size)
     record.update(cost.to_dict(), macs_rel=cost.macs / baseline["macs"], params_rel=cost.params / baseline["params"])
     record.update(measure_latency(current, run.input_size, repeats=options.latency_repeats, ort=options.measure_ort,
@@ -318,6 +321,19 @@ def _prune_round(run: _Run, current: nn.Module, k: int, target: float, baseline:
     save_checkpoint(run.out / name, current, run.save_meta.with_change(widths), options=options.to_dict())
     record["checkpoint"] = name
     return current, record
+
+
+def _after_finetune(run: _Run, accuracy: float) -> ModelMeta:
+    """The metadata to save once a round has fine-tuned: the training added to the weights' provenance."""
+    from ..provenance import Provenance, TrainingStage
+    from ..train.data import steps_per_epoch
+
+    data, epochs = run.data, run.options.finetune_epochs
+    start = run.save_meta.provenance or Provenance(None, "the weights pruning started from do not record their training")
+    steps = epochs * steps_per_epoch(data.train) if getattr(data, "train", None) is not None else epochs
+    stage = TrainingStage("prune", getattr(data, "info", {}).get("folder"), tuple(data.class_names), epochs, max(1, steps),
+                          accuracy, run.save_meta.weights)
+    return replace(run.save_meta, provenance=start.after(stage))
 
 
 def _finish(run: _Run, model: nn.Module, current: nn.Module, meta: ModelMeta, state: dict[str, Any]) -> PruneResult:

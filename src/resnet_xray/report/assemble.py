@@ -323,7 +323,7 @@ def _conv1_section(page: _Page) -> None:
         fig, caption = kernel_figure(page.model, KernelsOptions("conv1"))
         page.pics["conv1"] = png_uri(stamp(fig, wlabel))
         page.data["conv1_kernels"] = {"caption": caption}
-        if page.meta.pretrained and convs["conv1"].in_channels == 3:  # interpretive counts only for trained weights
+        if wlabel.known_trained and convs["conv1"].in_channels == 3:  # interpretive counts only for weights known to be trained
             counts = story.classify_kernels(convs["conv1"].weight)
             counts["random_init_baseline"] = story.kernel_baseline(convs["conv1"])
             page.data["conv1_kernels"]["measured"] = counts

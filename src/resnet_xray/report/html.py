@@ -62,6 +62,10 @@ def _fig(src: str, alt: str, caption: str = "") -> str:
     return f'<figure class="sec-fig">{_img(src, alt, "fig")}{cap}</figure>'
 
 
+def _trained_word(trained: Any) -> str:
+    return {True: "trained", False: "NOT trained"}.get(trained, "not known to be trained")  # type: ignore[call-overload]
+
+
 def interp(text: str) -> str:
     """An interpretive caption (what features *mean*): only ever rendered for trained weights."""
     return f'<p class="interp">{text}</p>'
@@ -87,8 +91,10 @@ def render_html(doc: dict[str, Any], pics: dict[str, Any]) -> str:
         sections.append(body.replace("<h2>", f"<h2>{n}. ", 1))
         links.append(f'<a href="#{sid}">{n}. {escape(titles[sid])}</a>')
     w = doc["weights"]
-    warning = "" if w["pretrained"] else (
-        f'<p class="warn">{escape(w["warning"] or "")} The labels, kernels and maps below show an untrained network, '
+    trained = w.get("trained", w["pretrained"])  # older report.json documents have only "pretrained"
+    warning = f'<p class="prov">Weights trained: {escape(w.get("trained_evidence") or "yes")}.</p>' if trained is True else (
+        f'<p class="warn">{escape(w["warning"] or "")} The labels, kernels and maps below show '
+        f'{"an untrained network" if trained is False else "a network not known to be trained"}, '
         "not what training learns; no section interprets them.</p>")
     payload = {"layers": doc.get("layers"), "grids": pics.get("grids", {}), "kernels": pics.get("kernels", {}), "stageLabels": STAGE_LABELS}
     data_json = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/").replace("<!--", "<\\!--")
@@ -100,7 +106,7 @@ def render_html(doc: dict[str, Any], pics: dict[str, Any]) -> str:
         .replace("{{css}}", _asset("report.css"))
         .replace("{{js}}", _asset("report.js"))
         .replace("{{heading}}", escape(f"{model['arch']} looks at {subject}"))
-        .replace("{{subheading}}", escape(f"weights: {w['source']} ({'pretrained' if w['pretrained'] else 'NOT pretrained'}) · "
+        .replace("{{subheading}}", escape(f"weights: {w['source']} ({_trained_word(trained)}) · "
                                           f"preprocessing: {doc['input']['transforms']}"))
         .replace("{{warning}}", warning)
         .replace("{{toc}}", "".join(links))
@@ -320,8 +326,8 @@ def _cam(doc: dict[str, Any], pics: dict[str, Any]) -> str:
     lead = (f"The top-5 classes, and where the evidence for class #{c['class_index']} “{escape(c['label'])}” "
             f"(p = {format_prob(c['prob'])}, {'the prediction' if c['predicted'] else 'requested'}) lies on "
             f"{escape(c['layer'])}'s output grid, upsampled to the input.")
-    if not doc["weights"]["pretrained"]:
-        lead += " With random weights these labels are meaningless."
+    if doc["weights"].get("trained", doc["weights"]["pretrained"]) is not True:
+        lead += " With weights not known to be trained these labels may be meaningless."
     body = f'<div class="cols2"><div><h3>Top-5</h3><ol class="top5">{top}</ol></div><div>{_img(pics["cam"], "Grad-CAM", "fig")}</div></div>'
     return section("cam", "What does it predict, and where does the evidence lie?", body, lead)
 
@@ -353,7 +359,7 @@ def _conclusion(doc: dict[str, Any], pics: dict[str, Any]) -> str:
     p = doc["prediction"][0]
     w = doc["weights"]
     parts.append(f"<b>Output.</b> Top-1: #{p['index']} {escape(p['label'])} at {format_prob(p['prob'])}"
-                 + ("." if w["pretrained"] else " — with random weights, a meaningless label."))
+                 + ("." if w.get("trained", w["pretrained"]) is True else " — with weights not known to be trained, a meaningless label."))
     a = doc["anatomy"]["totals"]
     parts.append(f"All of it cost {si(a['macs'])} multiply-adds and {a['params']:,} parameters for one {doc['subject']}.")
     fig = _fig(pics["conclusion"], "hierarchy per stage") if "conclusion" in pics else ""

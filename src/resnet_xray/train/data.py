@@ -494,7 +494,7 @@ def make_loaders(
                            cache_bytes=cache)
     val = SkippingLoader(val_ds, batch_size=batch_size, sampler=ShardSampler(len(val_ds), num_replicas=world, rank=rank), **common)
     info = {"train_images": len(train_s), "val_images": len(val_s), "image_size": pre.crop, "world_size": world,
-            "workers": workers}
+            "workers": workers, "folder": root.resolve().name}
     return DataBundle(train, val, names, skipped, pre, multitask, info)
 
 

@@ -27,6 +27,7 @@ from ..interface import ReplacedClassifier, class_logits, reset_classifier
 from ..locks import output_lock
 from ..model import ModelMeta, changes_of, check_arch, check_changes_rebuild, load_model, save_checkpoint
 from ..options import OptionError, at_least, batch_fits, image_side, learning_rate, one_of, seed_in_range, thread_count, within
+from ..provenance import Provenance, TrainingStage
 from . import distributed as D
 from .checkpoint import load_training_state, remove_stale_temporaries, save_training_state, set_rng_state
 from .data import DataBundle, make_loaders, steps_per_epoch
@@ -650,7 +651,11 @@ def _setup(model: nn.Module, data: DataBundle, options: FinetuneOptions, out_dir
     # The checkpoints carry the model's whole change list (pruned widths included), checked
     # here so a run never trains for an hour and then writes files that cannot be loaded.
     changes = list(meta.changes) if meta is not None and meta.changes else (changes_of(_bare(model), options.arch) if out is not None else [])
-    meta = ModelMeta(options.arch, f"fine-tuned from {options.weights}", list(data.class_names), data.preprocessing, True, changes=changes)
+    # run.meta holds the starting weights' provenance; each save adds this run's training to it (_trained_meta)
+    start = meta.provenance if meta is not None and meta.provenance is not None else (
+        Provenance(None, "fit() was given no record of the starting weights") if pretrained else Provenance.random_init(str(options.weights)))
+    meta = ModelMeta(options.arch, f"fine-tuned from {options.weights}", list(data.class_names), data.preprocessing, True, changes=changes,
+                     provenance=start)
     if out is not None:
         check_changes_rebuild(_bare(model), meta)
     extra = {"options": options.to_dict(), **(checkpoint_extra or {})}
@@ -924,7 +929,7 @@ def _end_epoch(run: _Run, epoch: int, stats: _StepStats, seconds: float) -> None
         write_history_csv(run.out / "metrics.csv", run.history)
         run.tb.epoch(row)
         if improved:
-            save_checkpoint(run.out / "best.pt", weights, run.meta,
+            save_checkpoint(run.out / "best.pt", weights, _trained_meta(run, epoch + 1, score["accuracy"]),
                             metrics={"val_accuracy": score["accuracy"], "epoch": epoch + 1, "weights": which}, **run.extra)
     _save_last(run, epoch + 1, 0)
 
@@ -954,10 +959,18 @@ def _ema_due(run: _Run, epoch: int) -> bool:
     return epoch + 1 > run.options.epochs - max(1, math.ceil(run.options.epochs / 3))
 
 
+def _trained_meta(run: _Run, epochs: int, accuracy: float | None) -> ModelMeta:
+    """The metadata a checkpoint of this run is saved with: the starting weights' provenance plus this run's training."""
+    stage = TrainingStage("finetune", run.data.info.get("folder"), tuple(run.data.class_names), epochs, run.global_step,
+                          accuracy, str(run.options.weights))
+    return replace(run.meta, provenance=run.meta.provenance.after(stage))
+
+
 def _save_last(run: _Run, epoch: int, step_in_epoch: int) -> None:
     """``last.pt`` names the next batch to train on: ``epoch``/``step_in_epoch``."""
     if run.out is not None and run.main:
-        save_training_state(run.out / "last.pt", run.model, run.meta, optimizer=run.optimizer, scheduler=run.scheduler,
+        save_training_state(run.out / "last.pt", run.model, _trained_meta(run, epoch, run.best["accuracy"]),
+                            optimizer=run.optimizer, scheduler=run.scheduler,
                             scaler=run.scaler, epoch=epoch, step_in_epoch=step_in_epoch, global_step=run.global_step,
                             history=run.history, best=run.best,
                             **({"ema": run.ema.state_dict()} if run.ema is not None else {}), **run.extra)

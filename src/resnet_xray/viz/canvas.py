@@ -59,10 +59,10 @@ def weights_warning(weights: Any) -> str | None:
     The CLI prints the same line that :func:`stamp` puts in the picture's title.
     """
     info = _weights_info(weights)
-    if info is None or info.pretrained:
+    if info is None or info.trained is True:
         return None
     source = info.source or ""
-    if source.startswith("random"):
+    if info.trained is False:
         return f"WARNING: {source} weights, never trained: nothing in this picture was learned"
     return f"WARNING: unknown weights{f' ({source})' if source else ''}: this picture may show nothing learned"
 
