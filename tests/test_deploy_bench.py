@@ -76,3 +76,34 @@ def test_bench_bad_flags_exit_2(tmp_path, capsys) -> None:
     assert main(["bench", "--arch", "resnet18", "-o", str(blocker / "c.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--batch" in err[0]
+
+
+@pytest.mark.slow
+def test_int8_that_fails_its_check_is_a_failed_row_not_a_crash(monkeypatch) -> None:
+    # quantize writes no INT8 model that fails its agreement check (random weights often do);
+    # the INT8 rows say why, and every other row still runs
+    from resnet_xray.deploy import quantize as quantize_mod
+
+    real = quantize_mod.agreement
+
+    def flipped(runners, *args, **kwargs):  # the INT8 runners' logits negated: their top-1 is the FP32's last class
+        first = next(iter(runners))
+        return real({n: r if n == first else (lambda x, r=r: -r(x)) for n, r in runners.items()}, *args, **kwargs)
+
+    monkeypatch.setattr(quantize_mod, "agreement", flipped)
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=6).eval()
+    meta = ModelMeta("resnet18", "random", [str(i) for i in range(6)], Preprocessing(resize=40, crop=32), False)
+    paths = ("eager fp32", "ort fp32", "ort int8", "openvino int8")
+    opts = BenchOptions(threads=1, warmup=0, repeats=1, rounds=1, min_time_s=0.0, compile=False, calib_images=6, paths=paths,
+                        progress=False)
+    res = run_bench(model, meta, opts)
+    status = {r.path: (r.status, r.note) for r in res.rows}
+    assert status["eager fp32"][0] == "ok" and status["ort fp32"][0] == "ok", status
+    for name in ("ort int8", "openvino int8"):
+        state, note = status[name]
+        assert state == "failed" and "\n" not in note
+        assert note.startswith("INT8 model fails its check against FP32 (top-1 agreement") and "untrained weights" in note
+    assert res.agreement["passed"] is False
+    assert any(n.startswith("ORT/OpenVINO INT8 rows not timed") for n in res.notes)
+    assert "failed" in res.table()
