@@ -73,7 +73,8 @@ def test_verbs_take_a_pair_or_a_path(tmp_path, cat_path):
     ckpt = save_checkpoint(tmp_path / "m.pt", module, meta)
     b = rx.anatomy(ckpt, input_size=64)
     assert a.totals.params == b.totals.params
-    assert b.to_dict()["weights"]["source"] == str(ckpt) and b.to_dict()["weights"]["pretrained"] is True
+    # a saved random init stays marked untrained: the checkpoint carries its provenance
+    assert b.to_dict()["weights"]["source"] == str(ckpt) and b.to_dict()["weights"]["trained"] is False
     with pytest.raises(TypeError, match="bare nn.Module"):
         rx.anatomy(module)
 

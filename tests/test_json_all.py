@@ -27,8 +27,10 @@ def run_json(*argv: str, timeout: int = 600) -> dict:
     doc = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))  # exactly one document
     assert isinstance(doc, dict)
     w = doc["weights"]
-    assert set(w) == {"source", "pretrained", "warning"}, w
+    assert set(w) == {"source", "pretrained", "trained", "trained_evidence", "training", "warning"}, w
     assert isinstance(w["pretrained"], bool) and (w["warning"] is None or isinstance(w["warning"], str))
+    assert w["trained"] in (True, False, "unknown") and isinstance(w["trained_evidence"], str)
+    assert (w["warning"] is None) == (w["trained"] is True), w  # a warning exactly when the weights are not known trained
     return doc
 
 
@@ -91,7 +93,7 @@ def test_fuse_export_quantize(work, tmp_path, cat_path):
     # the calibrator prints "Collecting tensor data and making histogram ..." on stdout: must not reach ours
     doc = run_json("quantize", tmp_path / "m.onnx", "--calib", work / "data" / "train", "-o", tmp_path / "q.onnx",
                    "--method", "entropy", "--max-images", "6", "--min-agreement", "0")
-    assert doc["weights"] == {"source": "random (seed 0)", "pretrained": False, "warning": doc["weights"]["warning"]}
+    assert {k: doc["weights"][k] for k in ("source", "pretrained", "trained")} == {"source": "random (seed 0)", "pretrained": False, "trained": False}
     assert Path(doc["int8_model"]).exists()
     doc = run_json("evaluate", work / "data", "--model", tmp_path / "m.onnx", "--model", tmp_path / "q.onnx", "--threads", "1")
     assert doc["images"] == 4 and doc["weights"]["source"].startswith(str(tmp_path / "m.onnx"))

@@ -30,6 +30,7 @@ from ..errors import XrayError
 from ..image import Preprocessing, bundled_cat, load_batch
 from ..interface import ClassLogits, class_logits
 from ..options import check_declared_side
+from ..provenance import sidecar_fields
 from .artefact import merge_meta, onnx_embedded, read_sidecar, set_onnx_embedded, sidecar_path
 
 INPUT_NAME = "input"
