@@ -13,7 +13,7 @@ from resnet_xray.cli import main
 from resnet_xray.deploy import bench as bench_mod
 from resnet_xray.deploy import peak as peak_mod
 from resnet_xray.deploy.bench import BenchOptions, run_bench
-from resnet_xray.deploy.peak import CpuTopology, Peak, isa_bound, measure_fp32_peak, read_topology
+from resnet_xray.deploy.peak import CpuTopology, isa_bound, measure_fp32_peak, read_topology
 from resnet_xray.image import Preprocessing
 from resnet_xray.model import ModelMeta, build_model
 
