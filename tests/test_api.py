@@ -95,5 +95,6 @@ def test_prune_returns_a_reloadable_checkpoint(tmp_path):
                    input_size=64, out=str(tmp_path))
     doc = res.to_dict()
     assert doc["weights"]["source"] == "random (seed 0)" and doc["final_checkpoint"] == str(res.final_checkpoint)
+    assert rx.load_model(weights=res.final_checkpoint).weights.trained is False  # never a training step: untrained
     pruned = rx.anatomy(res.final_checkpoint, input_size=64).totals.macs
     assert pruned < rx.anatomy(model, input_size=64).totals.macs

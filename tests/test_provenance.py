@@ -160,3 +160,19 @@ def test_finetune_after_one_epoch_says_trained_and_names_its_data(tmp_path, caps
     assert "trained: yes" in capsys.readouterr().out and "on ds" in w["trained_evidence"]
     with pytest.raises(XrayError):
         load_model(None, tmp_path / "nothing.pt")
+
+
+@pytest.mark.slow
+def test_prune_that_fine_tunes_adds_its_training(tmp_path, monkeypatch):
+    import resnet_xray as rx
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["make-dataset", "ds", "--classes", "3", "--per-class", "12", "--val-per-class", "6", "--size", "64", "--quiet"]) == 0
+    model, meta = load_model("resnet18", "random")
+    from resnet_xray.interface import ReplacedClassifier, reset_classifier
+
+    model, meta = reset_classifier(model, 3), meta.with_change(ReplacedClassifier(3))
+    res = rx.prune((model, meta), "ds", target_macs=0.8, steps=1, finetune_epochs=1, latency_repeats=1, measure_ort=False,
+                   input_size=64, batch_size=16, out="pruned")
+    w = rx.load_model(weights=res.final_checkpoint).weights
+    assert w.trained is True and w.training[-1]["by"] == "prune" and w.training[-1]["data"] == "ds"
