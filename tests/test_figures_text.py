@@ -22,7 +22,7 @@ from resnet_xray.provenance import WeightsInfo
 from .figtext import text_problems
 
 RANDOM = WeightsInfo.random("random (seed 0)")
-TRAINED = WeightsInfo("runs/ft/best.pt", True)
+TRAINED = WeightsInfo("runs/ft/best.pt", True, None, True, "trained by resnet-xray finetune")
 
 
 @pytest.fixture(scope="module")

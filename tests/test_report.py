@@ -153,7 +153,9 @@ def test_interpretive_caption_only_for_trained_weights_and_measured(small, tmp_p
     from resnet_xray.report.story import classify_kernels
 
     model, meta = small
-    trained = dataclasses.replace(meta, weights="a trained checkpoint", pretrained=True)
+    from resnet_xray.provenance import Provenance
+
+    trained = dataclasses.replace(meta, weights="a trained checkpoint", pretrained=True, provenance=Provenance(True, "a test says so"))
     res = build_report(bundled_cat(), model, trained, ReportOptions(out_dir=tmp_path, sections=("conv1",), quiet=True))
     doc, html = json.loads(res.json.read_text()), res.html.read_text(encoding="utf-8")
     counts = classify_kernels(model.conv1.weight)
@@ -162,7 +164,8 @@ def test_interpretive_caption_only_for_trained_weights_and_measured(small, tmp_p
 
     assert f"{of_count(counts['oriented_edges'], 64, 'filters')} look like oriented edges" in caption
     assert doc["conv1_kernels"]["measured"]["oriented_edges"] == counts["oriented_edges"]
-    assert doc["weights"] == {"source": "a trained checkpoint", "pretrained": True, "warning": None}
+    assert {k: doc["weights"][k] for k in ("source", "pretrained", "trained", "warning")} == {
+        "source": "a trained checkpoint", "pretrained": True, "trained": True, "warning": None}
 
 
 def test_kernel_criterion_on_known_filters():
