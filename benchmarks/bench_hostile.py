@@ -185,7 +185,7 @@ def make_fixtures(t: Path) -> None:
     from PIL import Image
 
     val = sorted((t / "ds" / "val").rglob("*.png"))
-    Image.open(val[0]).convert("RGB").save(t / "x.png") if val else Image.new("RGB", (64, 64), (9, 99, 199)).save(t / "x.png")
+    (Image.open(val[0]).convert("RGB") if val else Image.new("RGB", (64, 64), (9, 99, 199))).save(t / "x.png")
     ckpt = torch.load(t / "ft" / "best.pt", map_location="cpu", weights_only=True)
     ckpt["state_dict"]["fc.weight"][0, 0] = float("nan")
     torch.save(ckpt, t / "nan.pth")
