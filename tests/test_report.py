@@ -177,3 +177,29 @@ def test_kernel_criterion_on_known_filters():
     w[2] = torch.randn(3, 7, 7, generator=torch.Generator().manual_seed(0))  # noise
     got = classify_kernels(w)
     assert got["edge_filters"] == [0] and got["oriented_edges"] == 1 and got["colour_opponent"] == 1
+
+
+def test_a_full_disk_leaves_the_earlier_report_pair_whole(small, tmp_path, monkeypatch):
+    """report.json and report.html are swapped in as a pair: a failed write keeps both old files, or neither new one."""
+    import errno
+    import pathlib
+
+    model, meta = small
+    opts = ReportOptions(out_dir=tmp_path / "r", sections=("cost",), quiet=True)
+    first = build_report(bundled_cat(), model, meta, opts)
+    before = {p.name: p.read_bytes() for p in (first.html, first.json)}
+    real = pathlib.Path.write_bytes
+
+    def full_disk(self, data):
+        if self.name == "report.html":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full_disk)
+    with pytest.raises(XrayError, match="No space left on device"):
+        build_report(bundled_cat(), model, meta, dataclasses.replace(opts, sections=("cost", "kernel")))
+    with pytest.raises(XrayError, match="No space left on device"):
+        build_report(bundled_cat(), model, meta, dataclasses.replace(opts, out_dir=tmp_path / "fresh"))
+    assert {p.name: p.read_bytes() for p in (first.html, first.json)} == before
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["report.html", "report.json"]
+    assert not (tmp_path / "fresh" / "report.json").exists()

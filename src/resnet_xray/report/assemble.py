@@ -28,8 +28,8 @@ from ..options import OptionError, at_least, batch_fits, image_side, one_of
 from ..image import load_image
 from ..model import ModelMeta
 from ..viz.cam import CamOptions, cam_figure, check_class_index, compute_cams
-from ..atomic import jsonable, writable_dir
-from ..viz.canvas import figure_png, stamp, write_bytes_atomic
+from ..atomic import StagedFiles, jsonable, writable_dir
+from ..viz.canvas import figure_png, stamp
 from ..viz.features import feature_figure, feature_grid, grid_jpeg
 from ..viz.kernels import KernelsOptions, conv_layers, kernel_figure, kernel_image
 from ..viz.maps import capture
@@ -454,8 +454,15 @@ def _write(page: _Page, out_dir: Path, t0: float) -> ReportResult:
         page.data["cpu_s"] = clock.cpu
         doc = jsonable(page.data)
         html = render_html(doc, page.pics)
-        json_path = write_bytes_atomic(json.dumps(doc, indent=1).encode(), out_dir / "report.json")
-        html_path = write_bytes_atomic(html.encode("utf-8"), out_dir / "report.html")
+        json_path, html_path = out_dir / "report.json", out_dir / "report.html"
+        # The pair is swapped in whole: a full disk must not leave a new report.json beside an old or missing page.
+        with StagedFiles([html_path, json_path]) as stage:
+            try:
+                stage.path(json_path).write_bytes(json.dumps(doc, indent=1).encode())
+                stage.path(html_path).write_bytes(html.encode("utf-8"))
+            except OSError as e:
+                raise XrayError(f"-o {out_dir}: cannot write the report ({e.strerror or e}); nothing was replaced") from None
+            stage.commit()
     return ReportResult(html_path, json_path, clock.seconds, len(html.encode("utf-8")), round(time.perf_counter() - t0, 3))
 
 
