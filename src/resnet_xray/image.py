@@ -7,7 +7,6 @@ Every command reads images through :func:`load_image` and folders through
 from __future__ import annotations
 
 import errno
-import io
 import math
 import os
 import stat
@@ -185,11 +184,6 @@ def load_image(path: str | Path) -> Image.Image:
         raise XrayError(f"{path}: cannot read ({e.strerror})") from None
     with f:
         return _decode(f, str(path))
-
-
-def decode_image(data: bytes, name: str = "<bytes>") -> Image.Image:
-    """Decode image bytes with the same checks and conversions as :func:`load_image`."""
-    return _decode(io.BytesIO(data), name)
 
 
 def _decode(fp, name: str) -> Image.Image:

@@ -172,13 +172,6 @@ class FusedBatchNorm(Change):
 
 
 @torch.inference_mode()
-def compare_logits(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
-    """Max/mean absolute difference and top-1 agreement between two batches of logits."""
-    eq = compare(reference, candidate)
-    return {k: getattr(eq, k) for k in ("max_abs_diff", "mean_abs_diff", "max_abs_logit", "top1_agreement", "images")}
-
-
-@torch.inference_mode()
 def fusion_report(model: nn.Module, fused: nn.Module, images: torch.Tensor, tolerance: Tolerance | None = None) -> dict[str, Any]:
     """The check the ``fuse`` command prints: fused vs unfused logits on a batch of real images.
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -123,12 +122,3 @@ def max_weight_difference(model: torch.nn.Module, ctx: DistContext, device: torc
     dist.all_reduce(diff, op=dist.ReduceOp.MAX)
     return float(diff.item())
 
-
-@contextmanager
-def rank_zero_first(ctx: DistContext):
-    """Let rank 0 do something (create folders, write files) before the others look."""
-    if not ctx.is_main:
-        barrier(ctx)
-    yield
-    if ctx.is_main:
-        barrier(ctx)

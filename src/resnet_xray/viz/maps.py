@@ -33,11 +33,6 @@ def layer_rows(model: nn.Module, input_size: int) -> list[LayerRow]:
     return layer_table(model, input_size)
 
 
-def spatial_layer_names(rows: Iterable[LayerRow]) -> list[str]:
-    """Layers whose output is a stack of 2-D maps (C x H x W): the ones a feature grid can show."""
-    return [r.name for r in rows if len(r.output_shape) == 3]
-
-
 def check_feature_layer(name: str, rows: list[LayerRow]) -> str:
     names = [r.name for r in rows]
     resolve_layer(name, names)
