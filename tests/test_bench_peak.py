@@ -46,7 +46,26 @@ def test_isa_bound_counts_cores_lanes_fma_and_clock(monkeypatch) -> None:
 def test_isa_bound_says_why_it_cannot_be_derived() -> None:
     assert isa_bound(2, None) == (None, "no /proc/cpuinfo")
     assert isa_bound(2, CpuTopology({"asimd", "fp"}, 3000.0, 2))[0] is None  # not x86
-    assert isa_bound(2, CpuTopology({"avx2", "avx", "fma"}, None, 2)) == (None, "no clock reported")
+    assert isa_bound(2, CpuTopology({"avx2", "avx", "fma"}, None, 2)) == (None, "no clock measured or reported")
+
+
+def test_isa_bound_takes_the_higher_of_the_measured_and_reported_clock() -> None:
+    topo = CpuTopology({"sse2", "avx", "avx2", "fma"}, 2450.0, 2)  # the base clock, as a VM reports it
+    boosted, how = isa_bound(2, topo, measured_ghz=3.2)
+    assert boosted == pytest.approx(2 * 8 * 4 * 3.2) and "measured 3.20 GHz, reported 2.45 GHz" in how
+    assert isa_bound(2, topo, measured_ghz=1.0)[0] == pytest.approx(2 * 8 * 4 * 2.45)  # a core slowed by load
+    assert isa_bound(2, CpuTopology(topo.flags, None, 2), measured_ghz=3.2)[0] == pytest.approx(boosted)
+
+
+def test_clock_is_measured_with_numba_and_none_without(monkeypatch) -> None:
+    ghz = peak_mod.measure_clock_ghz(steps=1_000_000, runs=2)
+    assert ghz is not None and ghz > 0
+
+    def no_numba():
+        raise ImportError("no numba", name="numba")
+
+    monkeypatch.setattr(peak_mod, "_xorshift_chain", no_numba)
+    assert peak_mod.measure_clock_ghz() is None
 
 
 def test_peak_is_the_highest_estimate_and_failing_engines_are_named() -> None:
@@ -60,7 +79,7 @@ def test_peak_is_the_highest_estimate_and_failing_engines_are_named() -> None:
         raise ImportError("no", name="someengine")
 
     topo = CpuTopology({"sse2"}, 1.0, 1)  # a 1 MHz SSE core: an ISA bound far below both
-    p = measure_fp32_peak(1, {"slow": slow, "fast": fast, "missing": missing}, n=64, topo=topo)
+    p = measure_fp32_peak(1, {"slow": slow, "fast": fast, "missing": missing}, n=64, topo=topo, clock_ghz=None)
     assert set(p.sources) == {"slow", "fast", "ISA bound"} and p.failed == {"missing": "not installed (someengine)"}
     assert p.source == "fast" and p.gflops == p.estimate_gflops == p.sources["fast"] > p.sources["slow"]
     assert p.sources["ISA bound"] == pytest.approx(4 * 2 * 0.001)

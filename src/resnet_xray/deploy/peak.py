@@ -2,13 +2,14 @@
 
 The peak is the highest of several estimates: the best float32 GEMM that each installed
 engine (PyTorch, ONNX Runtime, OpenVINO) reaches here, and the bound the instruction set
-gives (cores x FMA units x vector lanes x clock). No single library's GEMM is every CPU's
+gives (cores x FMA units x vector lanes x the measured clock). No single library's GEMM is every CPU's
 fastest path, so taking one library's figure let other engines pass "100%".
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 import time
@@ -22,6 +23,8 @@ import numpy as np
 GEMM_SIDE = 1024  # n of the n x n x n GEMM: large enough to reach the BLAS's rate, small enough to time quickly
 GEMM_BUDGET_S = 0.2  # timed seconds per engine, after one warm-up call
 GEMM_MIN_CALLS = 3
+CLOCK_STEPS = 10_000_000  # xorshift steps per clock sample: ~20 ms at 3 GHz
+CLOCK_CYCLES_PER_STEP = 6  # three dependent (shift, xor) pairs, one cycle each
 
 
 @dataclass
@@ -164,7 +167,7 @@ class CpuTopology:
     """What the ISA bound needs from /proc/cpuinfo (Linux x86)."""
 
     flags: set[str]
-    mhz: float | None  # the highest clock the kernel reports (cpufreq's maximum, else cpuinfo's)
+    mhz: float | None  # the highest clock the kernel reports (cpufreq's maximum, else cpuinfo's; often the base clock)
     cores: int  # physical cores this process may run on
 
 
@@ -197,11 +200,49 @@ def read_topology(cpuinfo: str | None = None, max_khz: str | None = None) -> Cpu
     return CpuTopology(set(fields.get("flags", "").split()), max(mhz) if mhz else None, max(1, logical // smt))
 
 
-def isa_bound(threads: int, topo: CpuTopology | None) -> tuple[float | None, str]:
+@functools.cache
+def _xorshift_chain() -> Callable[[int, int], int]:
+    import numba
+
+    @numba.njit(cache=False)
+    def chain(steps, x):  # each line depends on the one before: no two steps overlap
+        for _ in range(steps):
+            x ^= x << np.uint64(13)
+            x ^= x >> np.uint64(7)
+            x ^= x << np.uint64(17)
+        return x
+
+    return chain
+
+
+def measure_clock_ghz(steps: int = CLOCK_STEPS, runs: int = 8) -> float | None:
+    """One core's clock while busy, in GHz: the fastest of ``runs`` timed chains of xorshift steps.
+
+    A shift or an xor takes one cycle on every x86 core, and each waits for the one before,
+    so a step takes six cycles whatever the core. Where register moves are not eliminated
+    (a few Intel generations) a step takes more and the figure comes out high, which keeps
+    the ISA bound an upper one. None without numba.
+    """
+    try:
+        chain = _xorshift_chain()
+        chain(10, np.uint64(1))  # compile
+    except ImportError:
+        return None
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        chain(steps, np.uint64(88172645463325252))
+        best = min(best, time.perf_counter() - t0)
+    return steps * CLOCK_CYCLES_PER_STEP / max(best, 1e-9) / 1e9
+
+
+def isa_bound(threads: int, topo: CpuTopology | None, measured_ghz: float | None = None) -> tuple[float | None, str]:
     """cores x FP32 operations per cycle x clock: (GFLOP/s or None, how it was derived or why not).
 
-    Two FMA units per core are assumed (every x86 core with FMA since Haswell and Zen 2 has
-    them; fewer only lowers the true bound, so the figure stays an upper one).
+    The clock is the higher of the measured one and the one the kernel reports (often the base
+    clock, below what a busy core runs at). Two FMA units per core are assumed (every x86 core
+    with FMA since Haswell and Zen 2 has them; fewer only lowers the true bound, so the figure
+    stays an upper one).
     """
     if topo is None:
         return None, "no /proc/cpuinfo"
@@ -209,18 +250,21 @@ def isa_bound(threads: int, topo: CpuTopology | None) -> tuple[float | None, str
     lanes = 16 if "avx512f" in f else 8 if "avx" in f else 4 if "sse2" in f else 0
     if not lanes:
         return None, "no x86 vector flags in /proc/cpuinfo"
-    if not topo.mhz:
-        return None, "no clock reported"
+    reported = topo.mhz / 1000 if topo.mhz else None
+    ghz = max(g for g in (measured_ghz, reported, 0.0) if g is not None)
+    if not ghz:
+        return None, "no clock measured or reported"
     per_lane = 4 if "fma" in f else 2  # 2 FMA units x (multiply + add); without FMA one adder and one multiplier
     cores = min(threads, topo.cores)
-    gflops = cores * lanes * per_lane * topo.mhz / 1000
+    gflops = cores * lanes * per_lane * ghz
     width = {16: "AVX-512", 8: "AVX", 4: "SSE"}[lanes]
     unit = "2 FMA units" if "fma" in f else "an adder and a multiplier"
-    return gflops, f"{cores} core(s) x {unit} x {lanes} {width} FP32 lanes x {topo.mhz / 1000:.2f} GHz (reported clock)"
+    clocks = ", ".join(f"{name} {g:.2f} GHz" for name, g in (("measured", measured_ghz), ("reported", reported)) if g)
+    return gflops, f"{cores} core(s) x {unit} x {lanes} {width} FP32 lanes x {ghz:.2f} GHz (the higher of {clocks})"
 
 
 def measure_fp32_peak(threads: int | None = None, engines: dict[str, Callable[[int, int], Callable[[], Any]]] | None = None,
-                      n: int = GEMM_SIDE, topo: CpuTopology | None | bool = True) -> Peak:
+                      n: int = GEMM_SIDE, topo: CpuTopology | None | bool = True, clock_ghz: float | None | bool = True) -> Peak:
     """Time an n^3 float32 GEMM in each installed engine and derive the ISA bound; the peak is the highest.
 
     Args:
@@ -228,6 +272,7 @@ def measure_fp32_peak(threads: int | None = None, engines: dict[str, Callable[[i
         engines: name -> builder of a zero-argument GEMM call (default: :data:`ENGINES`).
         n: the GEMM's side.
         topo: the CPU's description for the ISA bound (True: read this machine's; None: no bound).
+        clock_ghz: the core clock for the ISA bound (True: measure it; None: the reported one only).
     """
     import torch
 
@@ -241,7 +286,9 @@ def measure_fp32_peak(threads: int | None = None, engines: dict[str, Callable[[i
             failed[name] = f"not installed ({e.name})"
         except Exception as e:  # noqa: BLE001 - an engine that cannot run a GEMM here leaves the others' estimates
             failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-    bound, how = isa_bound(threads, read_topology() if topo is True else topo or None)
+    topo = read_topology() if topo is True else topo or None
+    ghz = (measure_clock_ghz() if topo is not None else None) if clock_ghz is True else clock_ghz or None
+    bound, how = isa_bound(threads, topo, ghz)
     if bound:
         sources["ISA bound"] = bound
     return Peak(max(sources.values(), default=0.0), sources, threads, how, failed=failed)
