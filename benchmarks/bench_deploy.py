@@ -82,7 +82,7 @@ def main() -> int:
     print(f"model: {meta.arch} ({meta.weights}), {res.macs / 1e9:.2f} G MACs per image at {opts.input_size} px")
     print(f"machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['threads']} threads, VNNI {'yes' if m['vnni'] else 'no'} "
           f"{m['vnni_flags']}; torch {m['torch']}, onnxruntime {m.get('onnxruntime')}, openvino {m.get('openvino', 'not installed')}")
-    print(f"measured CPU FP32 peak (2048^3 matmul, {m['threads']} threads): {res.peak_gflops:.0f} GFLOP/s")
+    print(f"CPU FP32 peak: {res.peak_gflops:.0f} GFLOP/s ({res.peak_method()})")
     print(res.table())
     print(f"load average (1, 5, 15 min) before: {', '.join(f'{v:.1f}' for v in load_before)}; "
           f"after: {', '.join(f'{v:.1f}' for v in os.getloadavg())} (other processes share these cores)")
