@@ -176,3 +176,14 @@ def test_prune_that_fine_tunes_adds_its_training(tmp_path, monkeypatch):
                    input_size=64, batch_size=16, out="pruned")
     w = rx.load_model(weights=res.final_checkpoint).weights
     assert w.trained is True and w.training[-1]["by"] == "prune" and w.training[-1]["data"] == "ds"
+
+
+def test_verbs_that_load_the_weights_themselves_read_their_record(random_sd, cat_path, offline_hub):
+    """preprocess, gradflow and finetune name the weights they were given by what the weights say, never assumed trained."""
+    import resnet_xray as rx
+
+    _untrained(rx.preprocess(cat_path, weights=str(random_sd), arch="resnet18").weights.to_dict(), random_sd)
+    _untrained(rx.gradflow(arch="resnet18", weights=str(random_sd), batch_size=2, input_size=32, quiet=True)
+               .weights.to_dict(), random_sd)
+    w = rx.preprocess(cat_path, weights="imagenet", arch="resnet18").weights  # offline: known from the enum alone
+    assert w.trained is True and w.warning is None and "ResNet18_Weights.IMAGENET1K_V1" in w.source

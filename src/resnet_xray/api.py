@@ -103,6 +103,25 @@ def load_model(
     return LoadedModel(module, meta)
 
 
+def weights_info(weights: PathLike | None, arch: str | None = None, *, seed: int = 0) -> WeightsInfo:
+    """The provenance of ``weights`` as given to a verb that loaded them itself: read from the weights, never assumed.
+
+    A file or a torchvision alias is loaded again for its own record (whether it was trained, and on
+    what); saying ``trained`` without looking is what made a random-init file pass for a trained one.
+    """
+    if weights is None:
+        return WeightsInfo.none("no weights: only the seed pipeline's preprocessing was applied")
+    if str(weights) == "random":
+        return WeightsInfo.random(f"random (seed {seed})")
+    from .model import DEFAULT_ARCH, WEIGHT_ALIASES, torchvision_source, torchvision_weights
+    from .provenance import Provenance
+
+    if str(weights) in WEIGHT_ALIASES:  # known without loading (and without the network)
+        source = torchvision_source(torchvision_weights(arch or DEFAULT_ARCH, str(weights)))
+        return WeightsInfo.from_provenance(source, Provenance.imagenet(source))
+    return load_model(arch, weights, progress=False).weights
+
+
 def as_model(model: LoadedModel | tuple | PathLike, *, arch: str | None = None) -> LoadedModel:
     """Accept what every verb accepts: a LoadedModel, a ``(module, meta)`` pair or a weights path."""
     if isinstance(model, LoadedModel):
@@ -412,8 +431,7 @@ def gradflow(model: LoadedModel | tuple | PathLike | None = None, *, output: Pat
         from .viz.gradflow import plot_gradflow
 
         plot_gradflow(res, output)
-    weights = m.weights if m is not None else (WeightsInfo.random(f"random (seed {opts.seed})") if opts.weights == "random"
-                                               else WeightsInfo(str(opts.weights), True))
+    weights = m.weights if m is not None else weights_info(opts.weights, opts.arch, seed=opts.seed)
     return GradFlowReport(res, weights, Path(output) if output else None)
 
 
@@ -585,9 +603,7 @@ def finetune(data: PathLike, out_dir: PathLike, *, resume: bool = False, overwri
 
     opts = FinetuneOptions(**options)
     raw = _finetune(data, opts, out_dir, resume=resume, overwrite=overwrite)
-    w = str(opts.weights)
-    weights = WeightsInfo.random(f"random (seed {opts.seed})") if w == "random" else WeightsInfo(w, True)
-    return FinetuneResult(raw, weights)
+    return FinetuneResult(raw, weights_info(opts.weights, opts.arch, seed=opts.seed))
 
 
 def bench_data(data: PathLike, **options: Any) -> DataBenchResult:
@@ -597,7 +613,7 @@ def bench_data(data: PathLike, **options: Any) -> DataBenchResult:
 
     opts = DataBenchOptions(**options)
     # the step is timed on a freshly initialised model: its weights do not matter, only its shape
-    return DataBenchResult(_bench_data(data, opts), WeightsInfo(f"random (seed {opts.seed})", False, None))
+    return DataBenchResult(_bench_data(data, opts), WeightsInfo.random(f"random (seed {opts.seed})"))
 
 
 def prune(model: LoadedModel | tuple | PathLike, data: PathLike | None = None, *, log=None, **options: Any) -> PruneReport:
@@ -635,13 +651,7 @@ def preprocess(image: PathLike, *, output: PathLike | None = None, weights: str 
     from .preprocess import PreprocessOptions, preprocess_image
 
     info = preprocess_image(image, PreprocessOptions(output=output, weights=weights, arch=arch))
-    if weights is None:
-        w = WeightsInfo.none("no weights: only the seed pipeline's preprocessing was applied")
-    elif weights == "random":
-        w = WeightsInfo.random()
-    else:
-        w = WeightsInfo(str(weights), True, None)
-    return PreprocessResult(info, w)
+    return PreprocessResult(info, weights_info(weights, arch))
 
 
 PICTURES = ("features", "kernels", "cam", "stages")

@@ -141,14 +141,23 @@ def load_model(
     return _load_file(Path(w), arch, allow_nonfinite=allow_nonfinite)
 
 
-def _load_torchvision(arch: str, alias: str, *, progress: bool) -> tuple[nn.Module, ModelMeta]:
+def torchvision_weights(arch: str, alias: str):
+    """The torchvision weights enum member that ``--weights alias`` names for ``arch`` (nothing is downloaded)."""
     enum = weights_enum(arch)
     member = WEIGHT_ALIASES[alias]
     try:
-        wts = enum[member] if member != "DEFAULT" else enum.DEFAULT
+        return enum[member] if member != "DEFAULT" else enum.DEFAULT
     except KeyError:
         have = [k for k, v in WEIGHT_ALIASES.items() if v == "DEFAULT" or v in enum.__members__]
         raise XrayError(f"--weights {alias}: torchvision has no {member} weights for {arch}; try {' or '.join(have)}") from None
+
+
+def torchvision_source(wts) -> str:
+    return f"torchvision {type(wts).__name__}.{wts.name}"
+
+
+def _load_torchvision(arch: str, alias: str, *, progress: bool) -> tuple[nn.Module, ModelMeta]:
+    wts = torchvision_weights(arch, alias)
     cached = cached_weights_path(wts.url)
     if not cached.exists():
         _require_network(wts.url, cached)
@@ -158,7 +167,7 @@ def _load_torchvision(arch: str, alias: str, *, progress: bool) -> tuple[nn.Modu
     except (OSError, RuntimeError) as e:  # URLError is an OSError; a bad hash is a RuntimeError
         raise XrayError(f"could not fetch {arch} {wts.name} weights ({e}); pass --weights PATH, or put the file at {cached}") from None
     model.load_state_dict(state)
-    source = f"torchvision {type(wts).__name__}.{wts.name}"
+    source = torchvision_source(wts)
     meta = ModelMeta(
         arch=arch,
         weights=source,
