@@ -251,3 +251,12 @@ def test_detect_cpu_int8_reads_real_flags() -> None:
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
     assert cpu.vnni == any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def test_a_result_that_wrote_nothing_says_none_not_a_traceback() -> None:
+    from resnet_xray.api import QuantizeResult
+    from resnet_xray.provenance import WeightsInfo
+
+    failed = QuantizeResult({"int8_model": None, "passed": False}, WeightsInfo.random())
+    assert failed.int8_model is None  # was Path(None): a TypeError for an API user
+    assert QuantizeResult({"int8_model": "m.int8.onnx"}, WeightsInfo.random()).int8_model == Path("m.int8.onnx")

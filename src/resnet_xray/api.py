@@ -279,8 +279,10 @@ class QuantizeResult:
     weights: WeightsInfo
 
     @property
-    def int8_model(self) -> Path:
-        return Path(self.report["int8_model"])
+    def int8_model(self) -> Path | None:
+        """The file written; None when the INT8 model failed its check against FP32 and nothing was written."""
+        written = self.report["int8_model"]
+        return None if written is None else Path(written)
 
     @property
     def skipped(self) -> list[dict[str, Any]]:
