@@ -1,4 +1,4 @@
-"""The deploy goals of issue 10, measured: ``optimize`` on a reference model, ratios side by side from one run.
+"""The deploy goals, measured: ``optimize`` on a reference model, ratios side by side from one run.
 
 Runs :func:`resnet_xray.deploy.optimize.optimize` once (every candidate timed round-robin in
 this process after warm-up) and prints the goal table:
@@ -17,7 +17,7 @@ Nothing is asserted: on a machine where a goal cannot be reached the table says 
 Accuracy is scored at the checkpoint's own size and latency timed at ``--timing-size`` (default
 224, the size the issue states), since the reference model is trained at a small size.
 
-The model matters for agreement. The 5-epoch reference run (issue 14's speed recipe) stops mid-way:
+The model matters for agreement. The 5-epoch reference run (the fast from-scratch recipe) stops mid-way:
 a few val images sit within 0.1 logits of a tie, and a few drive layer3/layer4 activations up to 4-5x
 past the largest any calibration image reached (100x the typical), so every INT8 route tried flips
 5-13 of 500 (97.4-99.0%). The same recipe run to 10 epochs agreed on all 500 (docs/deploy.md,

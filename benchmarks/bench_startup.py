@@ -1,6 +1,6 @@
 """Start-up cost of the CLI, measured side by side in fresh interpreters.
 
-Goals (issue 11): `resnet-xray --help` <= 0.5 s, and `classify` on one image with
+Goals: `resnet-xray --help` <= 0.5 s, and `classify` on one image with
 `--weights random` <= 1.5x the time of `python -c "import torch, torchvision"` alone.
 Each command runs in a new process, round-robin, so a burst of load hits all alike;
 the medians are compared. Usage: python benchmarks/bench_startup.py [--repeats 5] [--arch resnet18]

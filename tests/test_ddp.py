@@ -1,7 +1,7 @@
 """DDP tested by equivalence, not by hope: 2 ranks x batch 4 == 1 process x batch 8 over the same samples.
 
 The old test asserted that the loss falls over 4 tiny epochs; on an AVX2-only CPU the
-trajectory was [2.86, 6.54, 3.15, 3.27] and CI failed (issue 12, defect 14). A trajectory
+trajectory was [2.86, 6.54, 3.15, 3.27] and CI failed. A trajectory
 depends on float rounding; an equivalence does not, beyond a tolerance.
 
 Why ``--freeze backbone``: in train mode each rank's BatchNorm normalises with its own

@@ -1,4 +1,4 @@
-"""Hostile image inputs (issue 12, defects 1, 8 and 13): bounded memory, no hangs, honest messages."""
+"""Hostile image inputs: bounded memory, no hangs, honest messages."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One writer per output folder (issue 12, defect 2): the second gets one line and exit 2, nothing is lost."""
+"""One writer per output folder: the second gets one line and exit 2, nothing is lost."""
 
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ def test_report_covers_every_layer_and_block(report, small):
     with Image.open(io.BytesIO(base64.b64decode(grid.split(",", 1)[1]))) as im:
         assert im.format == "JPEG" and im.size == (8 * 28 + 7, 8 * 28 + 7)
     positions = [html.index(f'<section id="{sid}">') for sid in SECTION_IDS]
-    assert positions == sorted(positions)  # every section, in the seed's order
+    assert positions == sorted(positions)  # every section, in the article's order
     assert [a for a in re.findall(r'<nav class="toc">(.*?)</nav>', html, re.S)[0].split('href="#')[1:]][0].startswith("input")
     assert doc["walkthrough"]["block"] == "layer1.0" and set(doc["gradflow"]["explanations"]["init"]) == {"batch", "running"}
     assert doc["anatomy"]["totals"]["params"] == sum(p.numel() for p in model.parameters())
@@ -140,7 +140,7 @@ def test_report_sections_subset_and_subject_is_the_file_name(small, tmp_path):
     photo.write_bytes(bundled_cat().read_bytes())
     res = build_report(photo, model, meta, ReportOptions(out_dir=tmp_path / "r", sections=("cost", "kernel"), quiet=True))
     doc, html = json.loads(res.json.read_text()), res.html.read_text(encoding="utf-8")
-    assert doc["sections"] == ["kernel", "cost"]  # the seed's order, whatever order was asked
+    assert doc["sections"] == ["kernel", "cost"]  # the article's order, whatever order was asked
     assert re.findall(r'<section id="(\w+)">', html) == ["kernel", "cost"]
     assert "gradflow" not in doc["timings_s"] and "cam" not in doc["timings_s"]
     assert "looks at astronaut.jpg" in html and doc["subject"] == "astronaut.jpg"

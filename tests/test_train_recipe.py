@@ -1,4 +1,4 @@
-"""The fast from-scratch recipe (progressive resizing, EMA, --amp fallback) and the training defects of issue 12."""
+"""The fast from-scratch recipe (progressive resizing, EMA, --amp fallback) and the training defects found by hostile input."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def test_resume_mid_resolution_phase_equals_uninterrupted(tiny, tmp_path, one_th
     assert [h["train_size"] for h in eb["history"]] == [24, 24, 32, 32]
 
 
-# --- issue 12: training defects ---
+# --- training defects found by hostile input ---
 
 
 def test_zero_readable_training_images_fail_with_one_line_and_no_checkpoints(tiny, tmp_path, capsys):
@@ -157,7 +157,7 @@ def test_default_lr_scales_with_the_batch_a_step_sees_not_the_one_asked_for(tiny
     data = _data(tiny, batch_size=2_000)
     r = fit(_model(), data, _opts(epochs=1, lr=None, optimizer="sgd", batch_size=2_000), pretrained=False)
     assert r["effective_batch"] == 18 and r["lr"] == pytest.approx(0.1 * 18 / 256)
-    assert r["final"]["loss"] < 10  # issue 12: the old default (sgd lr 39) gave 240834
+    assert r["final"]["loss"] < 10  # the old default (sgd lr 39) gave 240834
 
 
 def test_stop_after_one_step_prints_no_fake_best(tiny, tmp_path, capsys):

@@ -35,7 +35,7 @@ class Command:
         return getattr(importlib.import_module(module), func)
 
 
-# Every subcommand, in the order of the seed: foundation, anatomy, trace/visualise, report, train, deploy, prune.
+# Every subcommand, in the order of the article: foundation, anatomy, trace/visualise, report, train, deploy, prune.
 COMMANDS: tuple[Command, ...] = (
     Command("classify", "top-k ImageNet (or checkpoint) labels for images and folders", "resnet_xray.commands:classify_args"),
     Command("preprocess", "save what the network sees and print the tensor's statistics", "resnet_xray.commands:preprocess_args"),

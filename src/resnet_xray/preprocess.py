@@ -1,4 +1,4 @@
-"""Section 4 of the seed: the preprocessing pipeline, and a picture of what the network sees."""
+"""Section 4 of the article: the preprocessing pipeline, and a picture of what the network sees."""
 
 from __future__ import annotations
 

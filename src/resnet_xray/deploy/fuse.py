@@ -1,4 +1,4 @@
-"""Fold each BatchNorm into the convolution before it (section 11 of the seed).
+"""Fold each BatchNorm into the convolution before it (section 11 of the article).
 
 For a conv ``y = W*x + b`` followed by BatchNorm in eval mode,
 ``BN(y) = gamma * (y - mean) / sqrt(var + eps) + beta``, so with

@@ -1,6 +1,6 @@
-"""Build and run a TensorRT engine from the exported ONNX file (section 12 of the seed).
+"""Build and run a TensorRT engine from the exported ONNX file (section 12 of the article).
 
-Builder, network, OnnxParser, as in the seed, with FP16 or INT8 (entropy calibration
+Builder, network, OnnxParser, as in the article, with FP16 or INT8 (entropy calibration
 from the same image folder ``quantize`` uses). Device buffers are torch CUDA tensors,
 so no pycuda is needed. Written against the TensorRT 10 Python API; it needs
 ``tensorrt`` importable and a CUDA GPU, and says so in one line when either is missing.

@@ -1,4 +1,4 @@
-"""The seed's pruning loop: importance -> prune -> fine-tune -> evaluate, repeated until the MACs target.
+"""The article's pruning loop: importance -> prune -> fine-tune -> evaluate, repeated until the MACs target.
 
 Every completed round is saved (checkpoint + state file) before the next begins, so
 an interrupted run picks up after its last completed round with nothing lost.

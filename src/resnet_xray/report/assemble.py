@@ -40,7 +40,7 @@ from ..viz.stages import StagesOptions, stage_outputs, stages_figure
 # channel, an affine rescaling of the conv output just above it, so its grid would repeat that one.
 GRID_TYPES = ("conv", "relu", "add", "maxpool")
 
-# The report's sections in the seed's order (shared/seed/OUTLINE.md): id, title, the question it answers.
+# The report's sections in the article's order: id, title, the question it answers.
 SECTIONS: tuple[tuple[str, str], ...] = (
     ("input", "What does the network see? Preprocessing, step by step"),
     ("kernel", "How does a kernel work? One output value by hand"),
@@ -59,7 +59,7 @@ SECTION_IDS = tuple(sid for sid, _ in SECTIONS)
 
 
 def check_sections(sections: tuple[str, ...] | None) -> tuple[str, ...]:
-    """The chosen section ids in the seed's order, or every section for None; unknown ids are the user's error."""
+    """The chosen section ids in the article's order, or every section for None; unknown ids are the user's error."""
     if sections is None:
         return SECTION_IDS
     bad = [s for s in sections if s not in SECTION_IDS]
@@ -78,7 +78,7 @@ class ReportOptions:
     gradflow: bool = True  # the gradient-flow section; its ResNet vs plain comparison is the slowest part
     gradflow_batch: int = 2  # a small batch keeps the report fast on two cores
     gradflow_size: int = 64  # input side for the gradient-flow measurement (its cost grows with the square)
-    sections: tuple[str, ...] | None = None  # ids from SECTION_IDS; None: all of them, in the seed's order
+    sections: tuple[str, ...] | None = None  # ids from SECTION_IDS; None: all of them, in the article's order
     quiet: bool = False  # no progress display
 
     def __post_init__(self) -> None:
@@ -471,7 +471,7 @@ def _gradflow(meta: ModelMeta, opts: ReportOptions) -> tuple[dict[str, Any], str
     from ..units import times
     from ..viz.gradflow import gradflow_figure
 
-    # At initialisation (random weights), as the seed's argument is about; the report's model is not changed.
+    # At initialisation (random weights), as the article's argument is about; the report's model is not changed.
     gopts = GradFlowOptions(arch=meta.arch, weights="random", batch_size=opts.gradflow_batch, input_size=opts.gradflow_size)
     res = measure_gradflow(gopts, quiet=True)  # the report's own display already names this stage
     doc = res.to_dict()

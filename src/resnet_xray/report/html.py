@@ -221,7 +221,7 @@ def _shortcuts(doc: dict[str, Any], pics: dict[str, Any]) -> str:
             f"({_shape(s['out_shape'])}), so x cannot be added as it is. The seed’s option A is a 1×1 conv that changes the channels "
             f"only, without BatchNorm; option B is a 1×1 conv with stride ({s['stride']} here) followed by BatchNorm, which can also "
             f"downsample. <b>torchvision uses option B</b>: {escape(s['block'])}.downsample = conv ({s['conv_params']:,} parameters) + "
-            f"BatchNorm ({s['bn_params']:,}). {fit} {bn} (He et al. 2015 call the parameter-free zero-padding shortcut “option A”; the seed’s A and B are "
+            f"BatchNorm ({s['bn_params']:,}). {fit} {bn} (He et al. 2015 call the parameter-free zero-padding shortcut “option A”; the article’s A and B are "
             f"both projections.) This model has {len(s['projections'])} projection blocks "
             f"({', '.join(escape(p['block']) for p in s['projections'])}); the other {s['identity_blocks']} add x unchanged.")
     return section("shortcuts", "When channels change: shortcut option A or option B?", _fig(pics["shortcuts"], "shortcut options"), lead)
@@ -307,7 +307,7 @@ def _cost(doc: dict[str, Any], pics: dict[str, Any]) -> str:
     rows = [[escape(r["name"]), r["type"], "" if r["kernel"] is None else f"{r['kernel'][0]}×{r['kernel'][1]}",
              "" if r["stride"] is None else r["stride"][0], r["in_channels"] or "", r["out_channels"] or "", _shape(r["output_shape"]),
              f"{r['params']:,}", f"{r['macs']:,}", r["receptive_field"]] for r in doc.get("layers", [])]
-    body = (_fig(pics["cost"], "shares by stage") + _table(["the seed says", "measured on this model"], [[escape(c), escape(m)] for c, m in claims], left=(0, 1))
+    body = (_fig(pics["cost"], "shares by stage") + _table(["the article says", "measured on this model"], [[escape(c), escape(m)] for c, m in claims], left=(0, 1))
             + "<h3>By layer type</h3>" + _table(head, by_type, "bars") + "<h3>By stage</h3>" + _table(head, by_stage, "bars")
             + (f"<details><summary>The full layer table: {len(rows)} operations</summary>"
                + _table(["layer", "type", "kernel", "stride", "in", "out", "output", "params", "macs*", "RF"], rows, "layers", left=(0, 1))
@@ -385,7 +385,7 @@ def _gradflow(doc: dict[str, Any], pics: dict[str, Any]) -> str:
     g = doc["gradflow"]
     o = g["options"]
     expl = "".join(_explanation(t) for phase in ("init", "trained") for t in g.get("explanations", {}).get(phase, {}).values())
-    lead = (f"The seed's residual argument, measured rather than asserted: {escape(o['arch'])} against the same network with every "
+    lead = (f"The article's residual argument, measured rather than asserted: {escape(o['arch'])} against the same network with every "
             f"shortcut add removed (plain), at initialisation ({escape(o['weights'])} weights, seed {o['seed']}), on a batch of "
             f"{o['batch_size']} synthetic {o['input_size']}×{o['input_size']} images, in both BatchNorm regimes. "
             f"<code>resnet-xray gradflow</code> runs the full-size measurement. {escape(g.get('summary', ''))}")

@@ -1,4 +1,4 @@
-"""The seed's explanatory sections, computed from the image and the model in hand.
+"""The article's explanatory sections, computed from the image and the model in hand.
 
 Each function returns plain numbers (for report.json and the paragraph) and a
 figure; nothing here is typed in. Preprocessing is redone step by step and checked
@@ -222,10 +222,10 @@ def kernel_baseline(conv: nn.Conv2d, seed: int = 0) -> dict[str, Any]:
 
 def shortcut_options(block: nn.Module, name: str, block_input: torch.Tensor, shortcut_out: torch.Tensor,
                      residual: torch.Tensor) -> tuple[dict[str, Any], tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]]:
-    """Option A (the seed's: a 1x1 conv, no BatchNorm) against option B (1x1 conv with stride + BN, torchvision's).
+    """Option A (the article's: a 1x1 conv, no BatchNorm) against option B (1x1 conv with stride + BN, torchvision's).
 
     Option A is evaluated with the block's own projection conv weights but without its BatchNorm,
-    so the two differ by exactly what the seed says distinguishes them.
+    so the two differ by exactly what the article says distinguishes them.
 
     Args:
         block: the torchvision block with a ``downsample`` (conv, bn).

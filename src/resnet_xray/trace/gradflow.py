@@ -1,4 +1,4 @@
-"""Gradient flow through residual blocks, measured: the seed's dL/dx = dL/dF * dF/dx + dL/dx, checked.
+"""Gradient flow through residual blocks, measured: the article's dL/dx = dL/dF * dF/dx + dL/dx, checked.
 
 At every block y = relu(F(x) + s(x)) the gradient at the block input splits into
 a shortcut term (the gradient at the add's output, passed through the identity
@@ -39,7 +39,7 @@ NETWORKS = ("resnet", "plain")
 @dataclass
 class GradFlowOptions:
     arch: str = "resnet50"  # any torchvision ResNet; plain-N is derived from it
-    weights: str = "random"  # random measures at initialisation, as the seed's argument is about
+    weights: str = "random"  # random measures at initialisation, as the article's argument is about
     batch_size: int = 8  # synthetic batch size; batch statistics need more than one image
     input_size: int = 224  # square side of the synthetic images
     steps: int = 0  # SGD steps before a second measurement (0: initialisation only)

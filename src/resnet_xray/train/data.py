@@ -62,7 +62,7 @@ def scan_split(root: Path, class_names: list[str] | None = None, *,
     """``(path, label)`` pairs of an ImageFolder tree, and its sorted class names.
 
     A class folder without a single image file is not a class: it would become an output
-    that no image ever trains (issue 12). It is left out, with a one-line warning. A class
+    that no image ever trains. It is left out, with a one-line warning. A class
     folder that cannot be read is an error naming it, unless the scan skips unreadable folders.
     """
     scan = scan or _Scan()

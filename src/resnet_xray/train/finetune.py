@@ -47,7 +47,7 @@ STAGES = ("layer4", "layer3", "layer2", "layer1", "stem")  # the order ``gradual
 
 RECIPES = ("auto", "fast", "classic")  # auto: fast for --weights random, classic otherwise
 STEM_INITS = ("default", "whiten")
-# Pieces of the fast from-scratch recipe (issue 14); docs/train.md has the ablation behind each value.
+# Pieces of the fast from-scratch recipe; docs/train.md says what each one buys.
 # Muon on layer1-3 with a whitened stem took a 5-epoch ResNet-50 run from 64% (AdamW 2e-3) to 94%.
 # Progressive resizing and EMA are built and tested but off: in the measured ablation the first
 # cost 8.8 points for 20% less time, the second changed nothing and costs validation passes.
@@ -305,8 +305,8 @@ def default_lr(options: FinetuneOptions, effective_batch: int, pretrained: bool)
     """Peak rate for ``effective_batch`` images per step (summed over processes).
 
     ``effective_batch`` is what a step really sees, never more than the training set: a
-    ``--batch-size`` larger than the data must not inflate the rate (issue 12: 100000 on
-    24 images gave sgd lr 39). SGD follows the linear scaling rule (Goyal et al., base
+    ``--batch-size`` larger than the data must not inflate the rate (100000 on
+    24 images would give sgd lr 39). SGD follows the linear scaling rule (Goyal et al., base
     0.1 per 256); AdamW the square-root rule (Malladi et al.), from 1e-3 per 32, the
     peak tuned on the reference task.
     """
@@ -726,7 +726,7 @@ def _restore(run: _Run) -> None:
 
 
 def _check_same_run(saved: dict[str, Any], now: FinetuneOptions, path: Path) -> None:
-    """Refuse to resume under another schedule: the old one would silently go on (issue 12)."""
+    """Refuse to resume under another schedule: the old one would silently go on."""
     for key in RESUME_KEYS:
         if key in saved and saved[key] != getattr(now, key):
             flag = "--" + key.replace("_", "-")

@@ -1,4 +1,4 @@
-"""A shared ResNet backbone with any number of named heads (the seed's ``MultiTaskResNet``).
+"""A shared ResNet backbone with any number of named heads (the article's ``MultiTaskResNet``).
 
 The backbone is the torchvision model with ``fc`` replaced by identity, so its output is
 the pooled feature vector (2048-d for ResNet-50). Each head is a small module on that
@@ -208,7 +208,7 @@ class Heads(Change):
 
 
 def multitask_spec(num_classes: int, *, box_hidden: int = 256) -> dict[str, dict[str, Any]]:
-    """The seed's two heads: classification and a 4-value box."""
+    """The article's two heads: classification and a 4-value box."""
     return normalize_spec({"class": num_classes, "box": {"kind": "box", "hidden": box_hidden}})
 
 

@@ -22,7 +22,7 @@ def _flags(picture: str) -> Flags:
 
         return Flags(FeaturesOptions, ("layer", "channels"), required=("layer",), choices={"channels": ("first", "top")},
                      help={"layer": "layer name as in `resnet-xray anatomy`, e.g. layer1.0.relu_2",
-                           "channels": "first: channels 0-63 (as the seed); top: the 64 with the highest mean activation"})
+                           "channels": "first: channels 0-63 (as in the article); top: the 64 with the highest mean activation"})
     if picture == "kernels":
         from .kernels import KernelsOptions
 

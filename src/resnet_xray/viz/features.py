@@ -20,7 +20,7 @@ FEATURE_CMAP = "viridis"
 @dataclass
 class FeaturesOptions:
     layer: str = "layer1.0.relu_2"  # an anatomy/trace name, e.g. conv1, layer3.2.add
-    channels: str = "first"  # first: channels 0..63 as in the seed; top: the 64 with the highest mean activation
+    channels: str = "first"  # first: channels 0..63 as in the article; top: the 64 with the highest mean activation
     count: int = 64  # tiles in the grid (8 x 8)
 
     def __post_init__(self) -> None:
@@ -58,7 +58,7 @@ def feature_grid(layer: str, fmap: torch.Tensor, order: str = "first", count: in
 
 
 def feature_figure(grid: FeatureGrid) -> Figure:
-    """The seed's ``visualize_feature`` 8 x 8 grid, with layer name, shape and colour bar on the figure."""
+    """The article's ``visualize_feature`` 8 x 8 grid, with layer name, shape and colour bar on the figure."""
     rows, cols = grid_shape(len(grid.channels))
     width, bar, pad = 7.6, 0.15, 0.01  # the colour bar takes its share of the width, and its labels sit in that share
     image_w = width * 0.96 * (1 - bar - pad)
