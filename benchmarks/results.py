@@ -57,11 +57,13 @@ class Table:
 
 def deploy_rows(rec: dict[str, Any]) -> Iterable[Row]:
     f = rec["figures"]
+    # the weights decide whether INT8 passes its check, so the row says which weights were timed
+    model = f"{f['arch']} {f['input_size']} px, {f.get('weights') or 'weights not recorded'}"
     for r in f["rows"]:
         if r["status"] == "ok":
-            yield [f"{f['arch']} {f['input_size']} px", r["path"], str(r["batch"]), _ms(r["median_ms"]), _x(r["speedup"])]
+            yield [model, r["path"], str(r["batch"]), _ms(r["median_ms"]), _x(r["speedup"])]
         else:
-            yield [f"{f['arch']} {f['input_size']} px", r["path"], str(r["batch"]), r["status"], ""]
+            yield [model, r["path"], str(r["batch"]), r["status"], ""]
 
 
 def deploy_full_rows(rec: dict[str, Any]) -> Iterable[Row]:
