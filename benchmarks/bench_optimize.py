@@ -15,13 +15,13 @@ Nothing is asserted: on a machine where a goal cannot be reached the table says 
         --data out/reference/data --target-macs 0.5 --max-drop 1.0
 
 Accuracy is scored at the checkpoint's own size and latency timed at ``--timing-size`` (default
-224, the size the issue states), since the reference model is trained at a small size.
+224, the size a deployed ResNet-50 takes), since the reference model is trained at a small size.
 
 The model matters for agreement. The 5-epoch reference run (the fast from-scratch recipe) stops mid-way:
 a few val images sit within 0.1 logits of a tie, and a few drive layer3/layer4 activations up to 4-5x
 past the largest any calibration image reached (100x the typical), so every INT8 route tried flips
-5-13 of 500 (97.4-99.0%). The same recipe run to 10 epochs agreed on all 500 (docs/deploy.md,
-session 12):
+5-13 of 500 (97.4-99.0%). The same recipe run to 10 epochs agreed on all 500
+(docs/deploy.md, "Finding: why INT8 can flip near-ties"):
 
     .venv/bin/python benchmarks/bench_train.py out/reference/data --reference --arch resnet50 --amp --epochs 10
 """
