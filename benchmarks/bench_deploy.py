@@ -1,6 +1,6 @@
 """Deployment benchmark for the README: every inference path of ResNet-50, batch 1, in one process.
 
-Prints the bench table, the issue's goals as measured ratios (never asserted), and the
+Prints the bench table, the deployment goals as measured ratios (never asserted), and the
 INT8-vs-FP32 agreement on a held-out folder. Writes JSON, a Markdown table and the
 bar chart to --out.
 
@@ -105,7 +105,7 @@ def main() -> int:
             print(f"  {name:14s} top-1 agreement {row['top1_agreement']:.2%}, top-5 overlap {row['top5_overlap']:.2%}, "
                   f"mean KL {row['mean_kl']:.2e}{acc}")
 
-    # the issue's goals, as measured ratios
+    # the deployment goals, as measured ratios
     for b in opts.batches:
         ok = {r.path: r for r in res.rows if r.batch == b and r.status == "ok"}
 

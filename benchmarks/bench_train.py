@@ -11,7 +11,7 @@ fraction of our loop with the default worker count. Prints measured numbers only
 
 Two more modes:
 
-    # the issue-14 reference run: make-dataset if needed, the README's finetune command, the goal line
+    # the reference run: make-dataset if needed, the README's finetune command, the goal line
     python benchmarks/bench_train.py out/reference/data --reference [--epochs 5] [--amp]
     # the recipe ablation: the fast recipe, and the same with one piece taken away or added, one run each
     python benchmarks/bench_train.py out/small/data --ablation --arch resnet18 --epochs 6 [--amp]
@@ -216,7 +216,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--amp", action="store_true", help="throughput: also time ours with --amp --channels-last; --reference, --ablation: train with --amp")
-    ap.add_argument("--reference", action="store_true", help="the issue-14 reference run and its goal line")
+    ap.add_argument("--reference", action="store_true", help="the reference run (make-dataset, finetune ResNet-50 from scratch) and its goal line")
     ap.add_argument("--ablation", action="store_true", help="the recipe ablation table (one run per row)")
     ap.add_argument("--epochs", type=int, default=None, help="--reference / --ablation: epochs per run (default: 5 / 12)")
     ap.add_argument("--rows", default=None, help="--ablation: which rows to run, e.g. 0,1,2,5 (default: all)")

@@ -12,7 +12,7 @@ weights would run, with ``--weights BACKBONE``, one after the other:
 
     python benchmarks/bench_transfer.py out/reference/resnet50/best.pt out/transfer/data --epochs 6
 
-Prints each row as it finishes, then the issue-14 goal lines.
+Prints each row as it finishes, then the goal lines.
 """
 
 from __future__ import annotations
