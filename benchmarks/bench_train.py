@@ -153,7 +153,7 @@ def _cpuinfo_field(name: str) -> str:
 
 
 def cpu_kind() -> str | None:
-    """The issue-14 CPU kind this is: amx_bf16, avx2 (AVX2 without AVX-512, or PyTorch held to AVX2), or None."""
+    """The CPU kind the training goals name: amx_bf16, avx2 (AVX2 without AVX-512, or PyTorch held to AVX2), or None."""
     flags = set(_cpuinfo_field("flags").split())
     if os.environ.get("ATEN_CPU_CAPABILITY") == "avx2":
         flags &= {"avx2"}
