@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,8 @@ from resnet_xray.errors import XrayError
 from resnet_xray.image import Preprocessing
 from resnet_xray.locks import file_lock, output_lock
 from resnet_xray.model import ModelMeta, build_model, save_checkpoint
+
+from .lockholder import held_elsewhere
 
 NAMES = ["circle", "square", "triangle"]
 PRE = Preprocessing(resize=72, crop=64)
@@ -288,31 +289,17 @@ def test_a_swap_killed_outright_is_rolled_back_by_the_next_writer(tmp_path, kill
 # --- every writer takes the lock; no lock file or half-made folder is left ---
 
 
-@contextmanager
-def held_elsewhere(path: Path):
-    code = ("import sys, time\nfrom resnet_xray.locks import file_lock\n"
-            "with file_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], env=env, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "held"
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def test_export_quantize_and_fuse_take_the_output_lock(model, tmp_path) -> None:
     from resnet_xray.deploy.quantize import quantize_onnx
 
     out = tmp_path / "m.onnx"
-    with held_elsewhere(out):
+    with held_elsewhere(out, "file_lock"):
         with pytest.raises(XrayError, match="in use by another resnet-xray run"):
             _export(model, out)
         # quantize --engine openvino -o m.xml writes the m.xml export writes: the same lock
         with pytest.raises(XrayError, match="in use"):
             quantize_onnx(tmp_path / "fp32.onnx", tmp_path, tmp_path / "m.xml")
-    with held_elsewhere(tmp_path / "f.pt"):
+    with held_elsewhere(tmp_path / "f.pt", "file_lock"):
         with pytest.raises(XrayError, match="in use"):
             api.fuse(model, tmp_path / "f.pt")
     # nothing written; the SIGKILLed holders could not remove their lock files, the next holder does

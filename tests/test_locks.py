@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,23 +17,11 @@ from resnet_xray.errors import XrayError
 from resnet_xray.locks import OWNER_NAME, lock_paths, output_lock
 from resnet_xray.model import load_model
 
+from .lockholder import held_elsewhere
+
 
 def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-
-
-@contextmanager
-def held_elsewhere(folder: Path, beside: bool = False):
-    """Another process holding ``folder``'s lock until the block ends."""
-    code = ("import sys, time\nfrom resnet_xray.locks import output_lock\n"
-            f"with output_lock(sys.argv[1], beside={beside}):\n    print('held', flush=True)\n    time.sleep(120)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], env=_env(), stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "held"
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_second_holder_is_refused_with_one_line_naming_the_holder(tmp_path):
