@@ -19,7 +19,9 @@ import torch
 
 from bench_train import cpu_line
 from resnet_xray.model import build_model
-from resnet_xray.train.finetune import FinetuneOptions, cpu_supports_bf16, make_optimizer, muon_params
+from resnet_xray.train.optim import make_optimizer, muon_params
+from resnet_xray.train.precision import cpu_supports_bf16
+from resnet_xray.train.recipe import FinetuneOptions
 from resnet_xray.train.muon import orthogonalize, plain_newton_schulz
 
 

@@ -37,7 +37,8 @@ from torchvision import transforms as T
 from resnet_xray.model import build_model
 from resnet_xray.train.bench import DataBenchOptions, bench_data
 from resnet_xray.train.data import default_workers, make_loaders
-from resnet_xray.train.finetune import FinetuneOptions, fit
+from resnet_xray.train.finetune import fit
+from resnet_xray.train.recipe import FinetuneOptions
 
 
 def recipe_loop(data_dir: str, arch: str, size: int, batch: int, workers: int, steps: int) -> float:

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from resnet_xray.datasets import ReferenceOptions, make_reference_dataset
-from resnet_xray.train.finetune import FinetuneOptions, finetune
+from resnet_xray.train.finetune import finetune
+from resnet_xray.train.recipe import FinetuneOptions
 
 
 def rows(backbone: str, epochs: int, fc_epochs: int) -> dict[str, dict]:

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from resnet_xray.errors import XrayError
-from resnet_xray.train.finetune import FinetuneOptions
+from resnet_xray.train.recipe import FinetuneOptions
 
 
 def test_finetune_batch_size_one_is_refused_unless_batchnorm_is_frozen():

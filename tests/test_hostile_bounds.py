@@ -322,7 +322,7 @@ def test_int8_weights_are_refused_not_cast_to_float(tmp_path, cat_path, capsys):
 
 def test_progressive_sizes_have_the_same_bound():
     from resnet_xray.errors import XrayError
-    from resnet_xray.train.finetune import parse_sizes
+    from resnet_xray.train.recipe import parse_sizes
 
     assert parse_sizes(f"64,{MAX_IMAGE_SIDE}") == [64, MAX_IMAGE_SIDE]
     with pytest.raises(XrayError, match=r"--progressive '64,100000': sizes must lie in \[16, 4096\] and increase"):

@@ -44,7 +44,7 @@ def test_options_dataclasses_validate_on_construction():
     from resnet_xray.deploy.bench import BenchOptions
     from resnet_xray.deploy.quantize import QuantizeOptions
     from resnet_xray.prune.loop import PruneOptions
-    from resnet_xray.train.finetune import FinetuneOptions
+    from resnet_xray.train.recipe import FinetuneOptions
 
     for make, field in [
         (lambda: BenchOptions(repeats=-5), "repeats"),
@@ -82,7 +82,7 @@ def test_flags_of_every_converted_command_build_their_options_with_the_dataclass
     from resnet_xray.report import commands as report
     from resnet_xray.report.assemble import ReportOptions
     from resnet_xray.train import commands as train
-    from resnet_xray.train.finetune import FinetuneOptions
+    from resnet_xray.train.recipe import FinetuneOptions
 
     def parse(*argv):
         return build_parser(argv[0]).parse_args(list(argv))

@@ -168,9 +168,11 @@ def test_taylor_importance_comes_from_the_data_gradients():
 def test_finetune_checkpoints_lend_their_recipe_to_recovery(monkeypatch):
     from resnet_xray.prune import loop
     from resnet_xray.train import finetune as F
+    from resnet_xray.train import precision
+    from resnet_xray.train.recipe import FinetuneOptions
 
-    trained = F.FinetuneOptions(optimizer="adamw", amp=True, channels_last=True, min_crop_scale=0.8, label_smoothing=0.05).to_dict()
-    monkeypatch.setattr(F, "cpu_supports_bf16", lambda: True)
+    trained = FinetuneOptions(optimizer="adamw", amp=True, channels_last=True, min_crop_scale=0.8, label_smoothing=0.05).to_dict()
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     recipe = loop.training_recipe(trained)
     assert recipe == {"optimizer": "adamw", "weight_decay": None, "label_smoothing": 0.05, "amp": True,
@@ -189,7 +191,7 @@ def test_finetune_checkpoints_lend_their_recipe_to_recovery(monkeypatch):
     loop.default_trainer(PruneOptions(), "resnet18", loop.training_recipe({**trained, "lr": 1e-3})).finetune(None, None, 1)
     assert seen[0].lr == pytest.approx(5e-4)
     # A CPU without bf16 still prunes: the recipe drops amp instead of refusing.
-    monkeypatch.setattr(F, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
     assert loop.training_recipe(trained)["amp"] is False
     # Pruned checkpoints record PruneOptions, and plain weights record nothing: no recipe.
     assert loop.training_recipe(PruneOptions().to_dict()) == {} and loop.training_recipe(None) == {}

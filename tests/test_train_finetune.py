@@ -12,10 +12,12 @@ from resnet_xray.datasets import ReferenceOptions, make_reference_dataset
 from resnet_xray.errors import XrayError
 from resnet_xray.model import build_model, load_model
 from resnet_xray.train import finetune as F
+from resnet_xray.train import optim, precision
 from resnet_xray.train.checkpoint import load_training_state
 from resnet_xray.train.data import make_loaders
 from resnet_xray.interface import reset_classifier
-from resnet_xray.train.finetune import FinetuneOptions, evaluate, fit
+from resnet_xray.train.finetune import evaluate, fit
+from resnet_xray.train.recipe import FinetuneOptions
 
 SIZE = 32
 
@@ -66,11 +68,11 @@ def test_freeze_backbone_trains_only_the_head(tiny):
 
 
 def test_gradual_unfreezes_one_stage_per_epoch():
-    assert F.frozen_stages("gradual", 0) == ["layer4", "layer3", "layer2", "layer1", "stem"]
-    assert F.frozen_stages("gradual", 1) == ["layer3", "layer2", "layer1", "stem"]
-    assert F.frozen_stages("gradual", 5) == []
+    assert optim.frozen_stages("gradual", 0) == ["layer4", "layer3", "layer2", "layer1", "stem"]
+    assert optim.frozen_stages("gradual", 1) == ["layer3", "layer2", "layer1", "stem"]
+    assert optim.frozen_stages("gradual", 5) == []
     model = _model()
-    F.apply_freeze(model, F.frozen_stages("gradual", 1))
+    optim.apply_freeze(model, optim.frozen_stages("gradual", 1))
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"layer4", "fc"}
 
@@ -163,19 +165,19 @@ def test_nonfinite_loss_stops_without_writing_nan_weights(tiny, tmp_path):
 
 
 def test_amp_without_native_bf16_warns_and_trains_fp32(monkeypatch, capsys):
-    monkeypatch.setattr(F, "cpu_supports_bf16", lambda: False)  # fake an AVX2-only CPU's probe
-    assert F.resolve_precision(True, torch.device("cpu")).autocast_dtype is None
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)  # fake an AVX2-only CPU's probe
+    assert precision.resolve_precision(True, torch.device("cpu")).autocast_dtype is None
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no native bfloat16" in err[0] and "training in fp32" in err[0]
     with pytest.raises(XrayError, match="--amp: this CPU has no native bfloat16"):  # callers with another plan
-        F.resolve_precision(True, torch.device("cpu"), strict=True)
-    monkeypatch.setattr(F, "cpu_supports_bf16", lambda: True)
-    assert F.resolve_precision(True, torch.device("cpu")).autocast_dtype == torch.bfloat16
-    assert F.resolve_precision(False, torch.device("cpu")).autocast_dtype is None
-    assert F.resolve_precision(True, torch.device("cuda")).use_scaler  # fp16 on CUDA always gets a GradScaler
+        precision.resolve_precision(True, torch.device("cpu"), strict=True)
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+    assert precision.resolve_precision(True, torch.device("cpu")).autocast_dtype == torch.bfloat16
+    assert precision.resolve_precision(False, torch.device("cpu")).autocast_dtype is None
+    assert precision.resolve_precision(True, torch.device("cuda")).use_scaler  # fp16 on CUDA always gets a GradScaler
 
 
-@pytest.mark.skipif(not F.cpu_supports_bf16(), reason="this CPU has no native bf16")
+@pytest.mark.skipif(not precision.cpu_supports_bf16(), reason="this CPU has no native bf16")
 def test_bf16_amp_channels_last_trains_on_cpu(tiny):
     model = _model()
     before = model.fc.weight.clone()
@@ -195,7 +197,7 @@ def test_bad_options_are_user_errors():
 
 
 def test_warmup_cosine_schedule_shape():
-    s = F.WarmupCosine(10, 110)
+    s = optim.WarmupCosine(10, 110)
     assert s(0) == pytest.approx(0.01) and s(10) == pytest.approx(1.0)
     assert s(60) == pytest.approx(0.5) and s(110) == pytest.approx(0.0, abs=1e-12)
     assert all(s(i) >= s(i + 1) for i in range(10, 110))

@@ -12,7 +12,8 @@ from resnet_xray.datasets import ReferenceOptions, make_reference_dataset
 from resnet_xray.errors import XrayError
 from resnet_xray.model import build_model, load_model
 from resnet_xray.train.data import make_loaders
-from resnet_xray.train.finetune import FinetuneOptions, _loss, evaluate, fit
+from resnet_xray.train.finetune import _loss, evaluate, fit
+from resnet_xray.train.recipe import FinetuneOptions
 from resnet_xray.train.heads import MultiTaskResNet, attach_heads, box_loss, box_metrics, multitask_spec
 
 SIZE = 32

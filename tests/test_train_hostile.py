@@ -26,7 +26,8 @@ from resnet_xray.model import ModelMeta, build_model, save_checkpoint
 from resnet_xray.options import OptionError
 from resnet_xray.train import finetune as F
 from resnet_xray.train.data import EmptyClassWarning, find_splits, make_loaders
-from resnet_xray.train.finetune import FinetuneOptions, TrainingFailed, fit
+from resnet_xray.train.finetune import TrainingFailed, fit
+from resnet_xray.train.recipe import FinetuneOptions
 
 SIZE = 32
 

@@ -12,7 +12,9 @@ from resnet_xray.datasets import ReferenceOptions, make_reference_dataset
 from resnet_xray.errors import XrayError
 from resnet_xray.model import build_model
 from resnet_xray.train.data import make_loaders
-from resnet_xray.train.finetune import FinetuneOptions, fit, make_optimizer, muon_params
+from resnet_xray.train.finetune import fit
+from resnet_xray.train.optim import make_optimizer, muon_params
+from resnet_xray.train.recipe import FinetuneOptions
 from resnet_xray.train.muon import NS_COEFFICIENTS, Muon, orthogonalize
 
 

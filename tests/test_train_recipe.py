@@ -14,8 +14,10 @@ from resnet_xray.datasets import ReferenceOptions, make_reference_dataset
 from resnet_xray.errors import XrayError
 from resnet_xray.model import build_model, load_model
 from resnet_xray.train import finetune as F
+from resnet_xray.train import optim
 from resnet_xray.train.data import EmptyClassWarning, make_loaders
-from resnet_xray.train.finetune import FinetuneOptions, evaluate, fit, resize_plan
+from resnet_xray.train.finetune import evaluate, fit
+from resnet_xray.train.recipe import FinetuneOptions, resize_plan
 
 SIZE = 32
 
@@ -171,7 +173,7 @@ def test_stop_after_one_step_prints_no_fake_best(tiny, tmp_path, capsys):
 
 def test_discriminative_rates_slow_each_earlier_stage():
     model = _model()
-    opt = F.make_optimizer(model, _opts(optimizer="adamw", layer_lr_decay=0.5), 1e-3)
+    opt = optim.make_optimizer(model, _opts(optimizer="adamw", layer_lr_decay=0.5), 1e-3)
     lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     assert lr_of[id(model.fc.weight)] == pytest.approx(1e-3)
     assert lr_of[id(model.layer4[0].conv1.weight)] == pytest.approx(5e-4)

@@ -597,11 +597,11 @@ def finetune(data: PathLike, out_dir: PathLike, *, resume: bool = False, overwri
 
     ``out_dir`` is locked for the run; a folder holding an earlier run needs ``resume`` or ``overwrite``.
 
-    ``options`` are fields of :class:`resnet_xray.train.finetune.FinetuneOptions` (``arch``,
+    ``options`` are fields of :class:`resnet_xray.train.recipe.FinetuneOptions` (``arch``,
     ``weights`` (where to start), ``epochs``, ``batch_size``, ``lr``, ``multitask`` ...).
     """
-    from .train.finetune import FinetuneOptions
     from .train.finetune import finetune as _finetune
+    from .train.recipe import FinetuneOptions
 
     opts = FinetuneOptions(**options)
     raw = _finetune(data, opts, out_dir, resume=resume, overwrite=overwrite)

@@ -100,7 +100,7 @@ def training_recipe(checkpoint_options: dict[str, Any] | None) -> dict[str, Any]
     fine-tuned with SGD and heavy crops, so recovery uses the recipe that trained it, at
     half its peak learning rate. ``amp`` is dropped where this machine cannot run it.
     """
-    from ..train.finetune import resolve_device, resolve_precision
+    from ..train.precision import resolve_device, resolve_precision
     from ..train.distributed import DistContext
 
     opts = checkpoint_options or {}
@@ -128,7 +128,8 @@ def loader_options(meta: ModelMeta) -> dict[str, Any]:
 
 def default_trainer(options: PruneOptions, arch: str, recipe: dict[str, Any] | None = None) -> Trainer:
     """Fine-tune and evaluate with :mod:`resnet_xray.train.finetune`, with ``recipe`` (see :func:`training_recipe`)."""
-    from ..train.finetune import FinetuneOptions, evaluate, fit
+    from ..train.finetune import evaluate, fit
+    from ..train.recipe import FinetuneOptions
 
     def finetune(model: nn.Module, data: Any, epochs: int) -> None:
         kw: dict[str, Any] = dict(

@@ -4,7 +4,8 @@ The whole job is ``resnet_xray.train.finetune.finetune``; the loop alone is :fun
 """
 
 from .data import DataBundle, make_loaders
-from .finetune import FinetuneOptions, evaluate, fit
+from .finetune import evaluate, fit
+from .recipe import FinetuneOptions
 from .heads import MultiTaskResNet, attach_heads
 
 __all__ = ["DataBundle", "FinetuneOptions", "MultiTaskResNet", "attach_heads", "evaluate", "fit", "make_loaders"]

@@ -14,7 +14,9 @@ from ..errors import XrayError
 from ..model import build_model
 from ..options import at_least, batch_fits, image_side, seed_in_range, thread_count
 from .data import make_loaders
-from .finetune import FinetuneOptions, make_optimizer, resolve_precision
+from .optim import make_optimizer
+from .precision import resolve_precision
+from .recipe import FinetuneOptions
 
 DEFAULT_WORKERS = FinetuneOptions.workers
 RESIDENT_BATCHES = 8  # distinct in-memory batches the model-step timing cycles through

@@ -43,7 +43,7 @@ FINETUNE_FLAGS = ("epochs", "batch_size", "lr", "recipe", "optimizer", "muon_lr"
 
 
 def finetune_flags(multitask: bool) -> Flags:
-    from .finetune import FREEZE_MODES, OPTIMIZERS, RECIPES, STEM_INITS, FinetuneOptions
+    from .recipe import FREEZE_MODES, OPTIMIZERS, RECIPES, STEM_INITS, FinetuneOptions
 
     names = tuple(n for n in FINETUNE_FLAGS if not (multitask and n == "multitask"))  # finetune-multitask fixes it on
     return Flags(

@@ -13,8 +13,8 @@ import shutil
 import sys
 import time
 import warnings
-from contextlib import ExitStack, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,399 +25,22 @@ from tqdm.auto import tqdm
 from ..errors import XrayError
 from ..interface import ReplacedClassifier, class_logits, reset_classifier
 from ..locks import output_lock
-from ..model import ModelMeta, changes_of, check_arch, check_changes_rebuild, load_model, save_checkpoint
-from ..options import OptionError, at_least, batch_fits, image_side, learning_rate, one_of, seed_in_range, thread_count, within
+from ..model import ModelMeta, changes_of, check_changes_rebuild, load_model, save_checkpoint
 from ..provenance import Provenance, TrainingStage
 from . import distributed as D
 from .checkpoint import load_training_state, remove_stale_temporaries, save_training_state, set_rng_state
 from .data import DataBundle, make_loaders, steps_per_epoch
 from .heads import Heads, MultiTaskResNet, attach_heads, box_loss, box_metrics, multitask_spec
 from .metrics import TensorBoardLog, per_class_accuracy, save_confusion_png, write_history_csv, write_text_atomic
+from .optim import (WarmupCosine, WeightEMA, apply_freeze, backbone_of, default_lr, frozen_stages, make_optimizer,
+                    optimizer_text, unwrap_ddp)
+from .precision import Precision, resolve_device, resolve_precision
+from .recipe import RESUME_KEYS, FinetuneOptions, resize_plan
 
 class TrainingFailed(XrayError):
     """The run could not train (no optimiser step was possible): a failure of the run, exit status 1."""
 
     exit_code = 1
-
-
-FREEZE_MODES = ("none", "backbone", "gradual")
-OPTIMIZERS = ("sgd", "adamw", "muon")  # muon: Muon on the hidden convs, AdamW on the rest (train/muon.py)
-STAGES = ("layer4", "layer3", "layer2", "layer1", "stem")  # the order ``gradual`` unfreezes them
-
-
-RECIPES = ("auto", "fast", "classic")  # auto: fast for --weights random, classic otherwise
-STEM_INITS = ("default", "whiten")
-# Pieces of the fast from-scratch recipe; docs/train.md says what each one buys.
-# Muon on layer1-3 with a whitened stem took a 5-epoch ResNet-50 run from 64% (AdamW 2e-3) to 94%.
-# Progressive resizing and EMA are built and tested but off: in the measured ablation the first
-# cost 8.8 points for 20% less time, the second changed nothing and costs validation passes.
-# Zero-init residuals are off: +4.8 val points after two ResNet-50 epochs, but full runs with it
-# ended lower (docs/train.md), as on generator version 1.
-FAST_RECIPE: dict[str, Any] = {"optimizer": "muon", "stem_init": "whiten", "warmup_epochs": 0.5, "min_crop_scale": 0.8,
-                               "channels_last": True, "ema": 0.0, "progressive": "off", "zero_init_residual": False}
-CLASSIC_RECIPE: dict[str, Any] = {"optimizer": "sgd", "stem_init": "default", "warmup_epochs": 1.0, "min_crop_scale": 0.35,
-                                  "channels_last": False, "ema": 0.0, "progressive": "off", "zero_init_residual": False}
-# Options that shape the schedule or the data a step sees: a --resume must keep them.
-RESUME_KEYS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "warmup_epochs", "freeze", "layer_lr_decay", "label_smoothing",
-               "image_size", "min_crop_scale", "progressive", "ema", "seed", "multitask", "zero_init_residual", "muon_lr", "muon_stages",
-               "ns_steps", "stem_init")
-
-
-@dataclass
-class FinetuneOptions:
-    arch: str | None = "resnet50"  # None: the --weights checkpoint's arch, else resnet50
-    weights: str = "imagenet"  # starting point: imagenet, random, or a checkpoint path
-    epochs: int = 10
-    batch_size: int = 32  # per process
-    lr: float | None = None  # None: the recipe's peak rate, scaled by the effective global batch
-    recipe: str = "auto"  # fills every piece left at None: fast (from scratch) or classic (fine-tuning)
-    optimizer: str | None = None  # sgd (momentum, nesterov), adamw, or muon (Muon on hidden convs + AdamW); None: the recipe's
-    muon_lr: float = 0.02  # --optimizer muon: peak rate of the Muon group (--lr is the AdamW groups')
-    muon_stages: str = "layer1,layer2,layer3"  # --optimizer muon: stages whose convs Muon trains ("all": layer1-4)
-    ns_steps: int = 3  # --optimizer muon: Newton-Schulz iterations per step (3 scored as 5 did at 5 epochs, for 60% of the work)
-    weight_decay: float | None = None  # None: 1e-4 for sgd, 0.05 for adamw and muon; never on norms and biases
-    warmup_epochs: float | None = None  # linear warm-up before the cosine decay; None: the recipe's (0.5 fast, 1 classic)
-    freeze: str = "none"  # none, backbone (train the head only) or gradual (one more stage per epoch)
-    layer_lr_decay: float = 1.0  # discriminative rates: each stage below the head trains this many times slower
-    label_smoothing: float = 0.1
-    amp: bool = False  # fp16 + GradScaler on CUDA, bf16 autocast on CPUs with native bf16 (else fp32, with a warning)
-    channels_last: bool | None = None  # NHWC memory layout (oneDNN, tensor cores); None: the recipe's
-    progressive: str | None = None  # train sizes per phase, e.g. "64,80,96" (last = input size); "off"; "auto": 2/3, 5/6, 1
-    ema: float | None = None  # decay of an exponential moving average of the weights (0: off); None: the recipe's
-    # Random weights only: each block's last BatchNorm scale starts at 0, so every block starts as the
-    # identity and the network as a shallow one (Goyal et al. 2017; timm's zero_init_last). None: the recipe's
-    zero_init_residual: bool | None = None
-    # Random weights only: "whiten" starts conv1 as the whitening filters of the training images' patches
-    # (airbench's first layer; train/stem.py), "default" keeps torchvision's init. None: the recipe's
-    stem_init: str | None = None
-    tta_flip: bool = False  # validate on the mean of the image's and its mirror's logits (2x evaluation cost)
-    compile: bool = False  # torch.compile the model for training steps (eager fallback if it fails)
-    workers: int | None = None  # DataLoader processes per training process; None: 2, or 0 on a machine with 2 CPUs or fewer
-    seed: int = 0  # init, shuffling and augmentation
-    image_size: int | None = None  # None: the dataset's native size, else 224
-    min_crop_scale: float | None = None  # RandomResizedCrop's smallest area; None: the recipe's (0.8 fast, 0.35 classic)
-    multitask: bool = False  # classification + box heads on one backbone (needs boxes.csv)
-    # Multi-task loss = sum of weight * loss per head: each finite and 0 or more (0 leaves a head untrained),
-    # not all 0. NaN skipped every step; a negative weight trained that head to be worse.
-    loss_weights: dict[str, float] = field(default_factory=lambda: {"class": 1.0, "box": 1.0})
-    skip_unreadable: bool = False  # leave out dataset folders that cannot be read (listed as skipped) instead of refusing
-    checkpoint_every: int = 0  # also write last.pt every N optimizer steps (0: at epoch ends only)
-    stop_after_steps: int | None = None  # end early (after checkpointing) at this global step: time-boxed runs
-    max_nonfinite: int = 3  # consecutive non-finite losses tolerated (steps skipped) before giving up
-    device: str = "auto"  # auto, cpu, cuda
-    progress: bool = True  # progress bars and per-epoch lines on stderr (rank 0 only)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        if self.arch is not None:
-            check_arch(self.arch)
-        one_of("recipe", self.recipe, RECIPES)
-        one_of("freeze", self.freeze, FREEZE_MODES)
-        if self.optimizer is not None:
-            one_of("optimizer", self.optimizer, OPTIMIZERS)
-        if self.stem_init is not None:
-            one_of("stem_init", self.stem_init, STEM_INITS)
-        at_least("epochs", self.epochs, 1)
-        learning_rate("muon_lr", self.muon_lr)
-        parse_stages(self.muon_stages)
-        within("ns_steps", self.ns_steps, 1, 99, allow_none=False)
-        seed_in_range("seed", self.seed)
-        at_least("batch_size", self.batch_size, 1)
-        learning_rate("lr", self.lr, allow_none=True)
-        if self.weight_decay is not None and not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise OptionError("weight_decay", self.weight_decay, "must be 0 or more")
-        within("label_smoothing", self.label_smoothing, 0, 1, open_high=True)
-        within("min_crop_scale", self.min_crop_scale, 0, 1, open_low=True, allow_none=True)
-        if not 0 < self.layer_lr_decay <= 1:
-            raise OptionError("layer_lr_decay", self.layer_lr_decay, "must be in (0, 1] (1: one rate for all)")
-        if self.ema is not None and not 0 <= self.ema < 1:
-            raise OptionError("ema", self.ema, "must be in [0, 1) (0 turns it off)")
-        if self.progressive not in (None, "auto", "off"):
-            parse_sizes(self.progressive)
-        if self.warmup_epochs is not None and not (self.warmup_epochs >= 0 and math.isfinite(self.warmup_epochs)):
-            raise OptionError("warmup_epochs", self.warmup_epochs, "must be 0 or more")
-        if self.batch_size == 1 and self.freeze != "backbone":
-            # Found by tests/test_hypothesis_flags.py: a training BatchNorm fails on a batch of one.
-            raise OptionError("batch_size", 1, "BatchNorm cannot train on one image per step; use 2 or more (or --freeze backbone)")
-        thread_count("workers", self.workers, low=0)
-        image_side("image_size", self.image_size, allow_none=True)
-        batch_fits("batch_size", self.batch_size, self.image_size, training=True)
-        at_least("checkpoint_every", self.checkpoint_every, 0)
-        at_least("stop_after_steps", self.stop_after_steps, 1, allow_none=True)
-        at_least("max_nonfinite", self.max_nonfinite, 1)
-        for head, w in self.loss_weights.items():
-            if not (isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0):
-                raise OptionError(f"{head}_weight", w, "must be a finite number, 0 or more")
-        if self.loss_weights and not any(self.loss_weights.values()):
-            head = next(iter(self.loss_weights))
-            raise OptionError(f"{head}_weight", 0, "at least one loss weight must be above 0, or nothing trains")
-        one_of("device", self.device, ("auto", "cpu", "cuda"))
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise XrayError("--device cuda: no CUDA device is available here")
-
-    def resolved(self) -> FinetuneOptions:
-        """A copy with every recipe piece left at None filled in (what checkpoints record)."""
-        self.validate()
-        name = self.recipe if self.recipe != "auto" else ("fast" if self.weights == "random" else "classic")
-        pieces = FAST_RECIPE if name == "fast" else CLASSIC_RECIPE
-        fill = {k: v for k, v in pieces.items() if getattr(self, k) is None}
-        return replace(self, recipe=name, **fill)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def parse_stages(text: str) -> list[str]:
-    """``"layer1,layer2"`` -> ``["layer1", "layer2"]``; ``"all"``: layer1-4."""
-    allowed = [s for s in reversed(STAGES) if s != "stem"]  # layer1 .. layer4
-    if text == "all":
-        return allowed
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names or any(n not in allowed for n in names):
-        raise OptionError("muon_stages", text, f"must be 'all' or a comma-separated subset of {','.join(allowed)}")
-    return names
-
-
-def parse_sizes(text: str) -> list[int]:
-    """``"64,80,96"`` -> ``[64, 80, 96]``: the training side of each progressive-resizing phase."""
-    try:
-        sizes = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise XrayError(f"--progressive {text!r}: give sizes like 64,80,96, or auto, or off") from None
-    from ..options import MAX_IMAGE_SIDE
-
-    if not sizes or any(not 16 <= s <= MAX_IMAGE_SIDE for s in sizes) or sizes != sorted(sizes):
-        raise XrayError(f"--progressive {text!r}: sizes must lie in [16, {MAX_IMAGE_SIDE}] and increase, like 64,80,96")
-    return sizes
-
-
-def resize_plan(progressive: str | None, crop: int, epochs: int) -> list[int]:
-    """Training side for each epoch: the phases share the epochs equally, the last is ``crop``.
-
-    Ending at the evaluation size keeps BatchNorm's running statistics (which track the
-    input size) matched to what validation and ``classify`` feed the model.
-    """
-    if progressive in (None, "off"):
-        return [crop] * epochs
-    if progressive == "auto":
-        sizes = sorted({max(16, round(crop * f / 8) * 8) for f in (2 / 3, 5 / 6)} | {crop})
-    else:
-        sizes = parse_sizes(progressive)
-        if sizes[-1] != crop:
-            raise XrayError(f"--progressive {progressive}: the last size must be the input size {crop}, "
-                            f"so BatchNorm statistics end at the size the model is evaluated at")
-    k = len(sizes)
-    # Counted from the end, so the last epoch is always at ``crop``, even with fewer epochs than sizes.
-    return [sizes[max(0, k - 1 - (epochs - 1 - e) * k // epochs)] for e in range(epochs)]
-
-
-# --- model surgery ---
-
-
-def _backbone(model: nn.Module) -> nn.Module:
-    return model.backbone if isinstance(model, MultiTaskResNet) else model
-
-
-def _stage_modules(model: nn.Module) -> dict[str, list[nn.Module]]:
-    b = _backbone(model)
-    return {
-        "stem": [b.conv1, b.bn1],
-        "layer1": [b.layer1],
-        "layer2": [b.layer2],
-        "layer3": [b.layer3],
-        "layer4": [b.layer4],
-    }
-
-
-def frozen_stages(mode: str, epoch: int) -> list[str]:
-    """Backbone stages that do not train in ``epoch``: all, none, or fewer each epoch."""
-    if mode == "none":
-        return []
-    if mode == "backbone":
-        return list(STAGES)
-    return list(STAGES[epoch:])  # gradual: epoch 0 trains the head, epoch 1 adds layer4, ...
-
-
-def apply_freeze(model: nn.Module, frozen: list[str]) -> None:
-    """``requires_grad`` off for frozen stages, and their BatchNorms in eval so statistics stay put."""
-    for name, mods in _stage_modules(model).items():
-        for m in mods:
-            m.requires_grad_(name not in frozen)
-            if name in frozen:
-                m.eval()
-
-
-# --- precision, optimizer, schedule ---
-
-
-@dataclass(frozen=True)
-class Precision:
-    autocast_dtype: torch.dtype | None  # None: full fp32
-    use_scaler: bool  # fp16 gradients underflow without loss scaling; bf16 ones do not
-
-    def autocast(self, device: torch.device):
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(device.type, dtype=self.autocast_dtype)
-
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.float16: "fp16 autocast + GradScaler", torch.bfloat16: "bf16 autocast"}[self.autocast_dtype]
-
-
-def cpu_supports_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(amp: bool, device: torch.device, *, strict: bool = False) -> Precision:
-    """fp16 + GradScaler on CUDA; bf16 autocast on CPUs with native bf16; otherwise fp32.
-
-    Without native bf16, ``--amp`` warns in one line and trains in fp32 (emulated bf16 is
-    slower than fp32); ``strict`` raises instead, for callers that pick another plan.
-    """
-    if not amp:
-        return Precision(None, False)
-    if device.type == "cuda":
-        return Precision(torch.float16, True)
-    if device.type == "cpu":
-        if not cpu_supports_bf16():
-            msg = "--amp: this CPU has no native bfloat16 (needs AVX512-BF16 or AMX) and there is no CUDA device"
-            if strict:
-                raise XrayError(f"{msg}; run without --amp")
-            print(f"resnet-xray: warning: {msg}; training in fp32", file=sys.stderr)
-            return Precision(None, False)
-        return Precision(torch.bfloat16, False)
-    raise XrayError(f"--amp: no mixed precision for device {device.type}; run without --amp")
-
-
-def resolve_device(name: str, ctx: D.DistContext) -> torch.device:
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", ctx.local_rank if ctx.enabled else torch.cuda.current_device())
-
-
-def default_lr(options: FinetuneOptions, effective_batch: int, pretrained: bool) -> float:
-    """Peak rate for ``effective_batch`` images per step (summed over processes).
-
-    ``effective_batch`` is what a step really sees, never more than the training set: a
-    ``--batch-size`` larger than the data must not inflate the rate (100000 on
-    24 images would give sgd lr 39). SGD follows the linear scaling rule (Goyal et al., base
-    0.1 per 256); AdamW the square-root rule (Malladi et al.), from 1e-3 per 32, the
-    peak tuned on the reference task.
-    """
-    if options.optimizer == "adamw":
-        lr = 1e-3 * math.sqrt(effective_batch / 32)
-    elif options.optimizer == "muon":  # the rate of its AdamW groups, measured with Muon beside them
-        lr = 2e-3 * math.sqrt(effective_batch / 32)
-    else:
-        lr = 0.1 * effective_batch / 256
-    if pretrained and options.freeze != "backbone":
-        lr /= 5  # gentler on features worth keeping
-    return lr
-
-
-def stage_lr_scales(model: nn.Module, decay: float) -> dict[int, float]:
-    """Discriminative learning rates: ``id(param) -> multiplier``, the head at 1, each earlier stage ``decay`` times less.
-
-    layer4 gets ``decay``, layer3 ``decay**2``, ... the stem ``decay**5`` (ULMFiT's
-    discriminative fine-tuning): general early features move least.
-    """
-    scales: dict[int, float] = {}
-    for depth, name in enumerate(STAGES, start=1):
-        for m in _stage_modules(model)[name]:
-            for p in m.parameters():
-                scales[id(p)] = decay**depth
-    return scales
-
-
-def make_optimizer(model: nn.Module, options: FinetuneOptions, lr: float) -> torch.optim.Optimizer:
-    name = options.optimizer or "sgd"
-    wd = options.weight_decay if options.weight_decay is not None else {"sgd": 1e-4, "adamw": 0.05, "muon": 0.05}[name]
-    scales = stage_lr_scales(model, options.layer_lr_decay) if options.layer_lr_decay != 1.0 else {}
-    muon = {id(p) for p in muon_params(model, options.muon_stages)} if name == "muon" else set()
-    by_group: dict[tuple[bool, float, bool], list[nn.Parameter]] = {}
-    for p in model.parameters():
-        by_group.setdefault((id(p) in muon, scales.get(id(p), 1.0), p.ndim > 1), []).append(p)
-    # No decay on norms and biases; one group per (kind, lr scale, decay) so the schedule scales them all alike.
-    groups = [{"params": ps, "lr": (options.muon_lr if is_muon else lr) * scale, "weight_decay": wd if decays else 0.0}
-              | ({"muon": is_muon} if name == "muon" else {})
-              for (is_muon, scale, decays), ps in sorted(by_group.items(), key=lambda kv: (not kv[0][0], -kv[0][1], not kv[0][2]))]
-    # fused: one kernel pass a tensor. On a CPU torch's default (foreach) took 2.6x as long or more a
-    # ResNet-50 step (benchmarks/bench_optimizer.py).
-    from .muon import Muon, fused_step_supported
-
-    fused = fused_step_supported(model.parameters())
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, fused=fused)
-    if name == "muon":
-        return Muon(groups, lr=lr, ns_steps=options.ns_steps)
-    return torch.optim.AdamW(groups, lr=lr, fused=fused)
-
-
-def _optimizer_text(o: FinetuneOptions, lr: float) -> str:
-    if o.optimizer == "muon":
-        return f"muon lr {o.muon_lr:.3g} on the {o.muon_stages} convs ({o.ns_steps} Newton-Schulz steps) + adamw lr {lr:.3g}"
-    return f"{o.optimizer} lr {lr:.3g}"
-
-
-def muon_params(model: nn.Module, stages: str) -> list[nn.Parameter]:
-    """The conv kernels ``--optimizer muon`` hands to Muon: every conv in the named backbone stages."""
-    b = _backbone(model)
-    return [m.weight for s in parse_stages(stages) for m in getattr(b, s).modules() if isinstance(m, nn.Conv2d)]
-
-
-class WarmupCosine:
-    """Multiplier for LambdaLR: linear warm-up from 1% then cosine decay to 0, per step."""
-
-    def __init__(self, warmup_steps: int, total_steps: int) -> None:
-        self.warmup, self.total = max(0, warmup_steps), max(1, total_steps)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return 0.01 + 0.99 * step / self.warmup
-        t = (step - self.warmup) / max(1, self.total - self.warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-class WeightEMA:
-    """Exponential moving average of a model's weights and float buffers (timm's ModelEmaV3 idea).
-
-    The decay ramps up as ``(1 + n) / (10 + n)`` over the first updates, so the average is
-    not anchored to the random initialisation. BatchNorm running statistics are averaged
-    too, and the step counters copied, so the averaged model evaluates on its own.
-    """
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        import copy
-
-        self.decay = decay
-        self.updates = 0
-        self.module = copy.deepcopy(_bare(model)).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        ema_t, live_t = [], []
-        for (_, e), (_, m) in zip(self.module.state_dict().items(), _bare(model).state_dict().items()):
-            if e.is_floating_point():
-                ema_t.append(e)
-                live_t.append(m.detach())
-            else:
-                e.copy_(m)
-        torch._foreach_lerp_(ema_t, live_t, 1.0 - d)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"updates": self.updates, "decay": self.decay, "state_dict": self.module.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.updates = int(state["updates"])
-        self.module.load_state_dict(state["state_dict"])
 
 
 # --- evaluation ---
@@ -650,14 +273,14 @@ def _setup(model: nn.Module, data: DataBundle, options: FinetuneOptions, out_dir
     sizes = resize_plan(options.progressive, data.preprocessing.crop, options.epochs)
     # The checkpoints carry the model's whole change list (pruned widths included), checked
     # here so a run never trains for an hour and then writes files that cannot be loaded.
-    changes = list(meta.changes) if meta is not None and meta.changes else (changes_of(_bare(model), options.arch) if out is not None else [])
+    changes = list(meta.changes) if meta is not None and meta.changes else (changes_of(unwrap_ddp(model), options.arch) if out is not None else [])
     # run.meta holds the starting weights' provenance; each save adds this run's training to it (_trained_meta)
     start = meta.provenance if meta is not None and meta.provenance is not None else (
         Provenance(None, "fit() was given no record of the starting weights") if pretrained else Provenance.random_init(str(options.weights)))
     meta = ModelMeta(options.arch, f"fine-tuned from {options.weights}", list(data.class_names), data.preprocessing, True, changes=changes,
                      provenance=start)
     if out is not None:
-        check_changes_rebuild(_bare(model), meta)
+        check_changes_rebuild(unwrap_ddp(model), meta)
     extra = {"options": options.to_dict(), **(checkpoint_extra or {})}
     model.to(device)
     if options.channels_last:
@@ -743,7 +366,7 @@ def _announce(run: _Run) -> None:
               "zero-init residuals" if o.zero_init_residual and o.weights == "random" else "",
               "whitened stem" if o.stem_init == "whiten" and o.weights == "random" else "", "test-time flip" if o.tta_flip else "", "compiled" if o.compile else ""]
     _say(f"training {o.arch} on {n_train} images ({len(run.data.class_names)} classes) x {o.epochs} epochs: "
-         f"{run.steps} steps/epoch of {run.effective_batch}{capped}, {_optimizer_text(o, run.lr)}, {run.precision.name}, "
+         f"{run.steps} steps/epoch of {run.effective_batch}{capped}, {optimizer_text(o, run.lr)}, {run.precision.name}, "
          f"{run.device}{f', {run.ctx.world_size} processes' if run.ctx.enabled else ''}; recipe {o.recipe}"
          + "".join(f", {p}" for p in pieces if p), run.main and run.out is not None)
 
@@ -1009,10 +632,6 @@ def _finish(run: _Run) -> dict[str, Any]:
     }
 
 
-def _bare(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def _dist_env() -> tuple[int, int, int, str | None]:
     import torch.distributed as dist
 
@@ -1053,7 +672,7 @@ def whiten_stem_from(model: nn.Module, data: DataBundle, images: int = 256) -> N
     picks = sorted({round(i * (len(ds) - 1) / max(1, k - 1)) for i in range(k)})
     xs = [item[0] for item in (ds[(i, 0)] for i in picks) if not isinstance(item, BadSample)]
     if xs:  # no readable image: fit() reports that with its own one-line error
-        whiten_stem(_backbone(model).conv1, torch.stack(xs))
+        whiten_stem(backbone_of(model).conv1, torch.stack(xs))
 
 
 def zero_init_residual(model: nn.Module) -> int:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch.optim.adamw import adamw
 
+from .precision import cpu_supports_bf16
+
 NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)  # torch.optim.Muon's (Keller Jordan's) quintic
 
 
@@ -108,8 +110,6 @@ class Muon(torch.optim.Optimizer):
         if p.is_cuda:
             return torch.bfloat16
         if self._cpu_dtype is None:  # probed once, not per kernel and step
-            from .finetune import cpu_supports_bf16
-
             self._cpu_dtype = torch.bfloat16 if cpu_supports_bf16() else torch.float32
         return self._cpu_dtype
 
