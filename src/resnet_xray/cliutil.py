@@ -123,9 +123,9 @@ def warn_random(weights: Any) -> None:
     """The random-weights banner on stderr (``weights``: a ModelMeta or WeightsInfo)."""
     from .provenance import WeightsInfo
 
-    info = weights if isinstance(weights, WeightsInfo) else WeightsInfo.of(weights)
-    if info.warning:
-        print(info.warning, file=sys.stderr)
+    warning = WeightsInfo.coerce(weights).warning
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def out_path(value: str | os.PathLike | None) -> Path | None:

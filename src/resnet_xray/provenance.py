@@ -172,6 +172,11 @@ class WeightsInfo:
         return cls.from_provenance(source, prov, pretrained=meta.pretrained)
 
     @classmethod
+    def coerce(cls, weights: Any) -> WeightsInfo:
+        """``weights`` itself when it is one, else from its :class:`~resnet_xray.model.ModelMeta`."""
+        return weights if isinstance(weights, cls) else cls.of(weights)
+
+    @classmethod
     def from_provenance(cls, source: str, prov: Provenance, *, pretrained: bool | None = None) -> WeightsInfo:
         if prov.trained is True:
             warning = None

@@ -73,7 +73,7 @@ def _weights_info(weights: Any) -> Any:
 
     if weights is None or isinstance(weights, str):
         return None
-    return weights if isinstance(weights, WeightsInfo) else WeightsInfo.of(weights)
+    return WeightsInfo.coerce(weights)
 
 
 def stamp(fig: Figure, weights: Any, *, warn: bool = True) -> Figure:
