@@ -193,15 +193,8 @@ class WeightsInfo:
         source = sidecar.get("weights")
         if source is None:
             return cls.none("the model file does not say which weights it holds")
-        prov = sidecar_provenance(sidecar)
-        if prov is not None:
-            return cls.from_provenance(str(source), prov)
-        pretrained = sidecar.get("pretrained")
-        if pretrained is None:
-            pretrained = not str(source).startswith("random")
-        if not pretrained:
-            return cls.random(str(source))
-        return cls(str(source), True, None, UNKNOWN, "the model's description predates the record of training")
+        _, prov = described_provenance(sidecar)
+        return cls.random(str(source)) if prov is None else cls.from_provenance(str(source), prov)
 
     @classmethod
     def random(cls, source: str = "random") -> WeightsInfo:
@@ -237,6 +230,21 @@ def sidecar_provenance(desc: dict[str, Any]) -> Provenance | None:
                                      "history": desc.get("training") or []})
     except ValueError:
         return Provenance(None, "the model's description holds a malformed record of its training")
+
+
+def described_provenance(desc: dict[str, Any]) -> tuple[bool | None, Provenance | None]:
+    """What a deployed model's description says of its weights: ``(pretrained, provenance)``.
+
+    ``pretrained`` is None when the description names no weights at all (unknown, not random);
+    descriptions older than ``pretrained`` judge by the weights' name. Provenance is None only
+    for weights the description calls random; older trained-looking ones get an "unknown" record.
+    """
+    said = desc.get("pretrained")
+    pretrained = said if isinstance(said, bool) else None if not desc.get("weights") else not str(desc["weights"]).startswith("random")
+    prov = sidecar_provenance(desc)  # the checkpoint's record of training, carried by the export
+    if prov is None and pretrained:
+        prov = Provenance(None, "the model's description predates the record of training")
+    return pretrained, prov
 
 
 def sidecar_fields(prov: Provenance | None) -> dict[str, Any]:

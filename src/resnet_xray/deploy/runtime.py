@@ -124,13 +124,9 @@ def load_deployed(path: str | os.PathLike, threads: int | None = None, flag: str
     if n != scores:
         raise XrayError(f"{flag} {p}: gives {scores} scores per image, but its description names {n} classes")
     names = desc.get("class_names") or [f"class_{i}" for i in range(n)]
-    said = desc.get("pretrained")  # older descriptions lack it; none at all: the weights are unknown, not random
-    pretrained = said if isinstance(said, bool) else None if not desc.get("weights") else not str(desc["weights"]).startswith("random")
-    from ..provenance import Provenance, sidecar_provenance
+    from ..provenance import described_provenance
 
-    provenance = sidecar_provenance(desc)  # the checkpoint's record of training, carried by the export
-    if provenance is None and pretrained:
-        provenance = Provenance(None, "the model's description predates the record of training")
+    pretrained, provenance = described_provenance(desc)
     meta = ModelMeta(
         arch=desc.get("arch") or "unknown",
         weights=f"{p} ({engine} {precision}; from {desc.get('weights', 'unknown weights')})",
