@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-from resnet_xray.anatomy import AnatomyOptions, analyze
+from resnet_xray.dissect import AnatomyOptions, analyze
 from resnet_xray.model import ARCHS, build_model, weights_enum
 
 

@@ -125,7 +125,7 @@ def test_optimize_overwrite_removes_only_what_optimize_wrote(task, tmp_path) -> 
 
 
 def test_optimize_writes_its_state_at_the_start_and_refuses_changed_engines_on_resume(task, tmp_path, monkeypatch) -> None:
-    import resnet_xray.prune.loop as loop
+    import resnet_xray.pruning.loop as loop
     from resnet_xray.deploy.optimize import STATE_FILE, OptimizeOptions, optimize
 
     root, ckpt = task

@@ -50,7 +50,7 @@ def test_run_bench_rows_and_chart(tmp_path) -> None:
     res = run_bench(model, meta, opts)
     assert [r.path for r in res.rows] == list(paths)
     assert all(r.status == "ok" for r in res.rows), [(r.path, r.note) for r in res.rows]
-    from resnet_xray.anatomy import AnatomyOptions, analyze
+    from resnet_xray.dissect import AnatomyOptions, analyze
 
     assert res.macs == analyze(model, "resnet18", AnatomyOptions(input_size=64)).totals.macs
     eager = res.rows[0]

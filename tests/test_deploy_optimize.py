@@ -131,7 +131,7 @@ def test_optimize_prunes_with_the_crops_the_checkpoint_was_trained_with(task, tm
     # reference ResNet-50 points; optimize must fine-tune on the loaders `prune` itself would build.
     import torchvision.transforms as T
 
-    import resnet_xray.prune.loop as loop
+    import resnet_xray.pruning.loop as loop
 
     root, _ = task
     names = sorted(p.name for p in (root / "data" / "train").iterdir())

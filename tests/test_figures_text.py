@@ -82,7 +82,7 @@ def _residual(r):
 
 
 def _gradflow(r):
-    from resnet_xray.trace.gradflow import GradFlowOptions, measure_gradflow
+    from resnet_xray.tracing.gradflow import GradFlowOptions, measure_gradflow
     from resnet_xray.viz.gradflow import gradflow_figure
 
     return gradflow_figure(measure_gradflow(GradFlowOptions(arch="resnet18", weights="random", batch_size=2, input_size=32), quiet=True))
@@ -90,7 +90,7 @@ def _gradflow(r):
 
 def _preprocessing(size):
     def build(r):
-        from resnet_xray.report import story
+        from resnet_xray.reporting import story
 
         img = load_image(bundled_cat()).resize(size)  # a portrait photo once made the titles run into each other
         pp = Preprocessing.seed()
@@ -99,20 +99,20 @@ def _preprocessing(size):
 
 
 def _kernel_worked(r):
-    from resnet_xray.report import story
+    from resnet_xray.reporting import story
 
     return story.kernel_worked(r["model"].conv1, r["x"], r["cap"].maps["conv1"], r["rgb"], RANDOM)[1]
 
 
 def _fusion(r):
-    from resnet_xray.report import story
+    from resnet_xray.reporting import story
 
     m = r["cap"].maps
     return story.channel_fusion(r["model"].layer1[0].conv1, "layer1.0.conv1", m["maxpool"], m["layer1.0.conv1"], RANDOM)[1]
 
 
 def _shortcuts(r):
-    from resnet_xray.report import story
+    from resnet_xray.reporting import story
 
     m = r["cap"].maps
     _, terms = story.shortcut_options(r["model"].layer2[0], "layer2.0", m["layer1.1.relu_1"], m["layer2.0.downsample.1"],
@@ -121,24 +121,24 @@ def _shortcuts(r):
 
 
 def _walkthrough(r):
-    from resnet_xray.report import story
-    from resnet_xray.trace import walkthrough
+    from resnet_xray.reporting import story
+    from resnet_xray.tracing import walkthrough
 
     steps = walkthrough(r["model"], block="layer1.0", trace=r["cap"].trace).to_dict()["steps"]
     return story.walkthrough_figure(steps, "layer1.0", RANDOM)
 
 
 def _cost(r):
-    from resnet_xray.anatomy import AnatomyOptions, analyze
-    from resnet_xray.report import story
-    from resnet_xray.report.html import STAGE_LABELS
+    from resnet_xray.dissect import AnatomyOptions, analyze
+    from resnet_xray.reporting import story
+    from resnet_xray.reporting.html import STAGE_LABELS
 
     by_stage = analyze(r["model"], "resnet18", AnatomyOptions(input_size=64)).to_dict()["breakdown"]["by_stage"]
     return story.cost_figure(by_stage, STAGE_LABELS, RANDOM)
 
 
 def _conclusion(r):
-    from resnet_xray.report import story
+    from resnet_xray.reporting import story
 
     stages = [{"stage": s.stage, "shape": list(s.shape), "receptive_field": rf}
               for s, rf in zip(r["stages"], (11, 43, 99, 211, 435))]
@@ -202,7 +202,7 @@ def _optimize(r=None):
 
 
 def _prune_rounds(r=None):
-    from resnet_xray.prune.figures import rounds_figure
+    from resnet_xray.pruning.figures import rounds_figure
 
     base = {"round": 0, "macs": 1.82e9, "accuracy": 0.92, "eager_ms": 30.0, "ort_ms": 12.0}
     rounds = [{"round": k, "macs": m, "accuracy": a, "eager_ms": e, "ort_ms": o}
@@ -212,8 +212,8 @@ def _prune_rounds(r=None):
 
 
 def _prune_importance(r=None):
-    from resnet_xray.prune.analyze import GroupImportance
-    from resnet_xray.prune.figures import importance_figure
+    from resnet_xray.pruning.analyze import GroupImportance
+    from resnet_xray.pruning.figures import importance_figure
 
     rng = np.random.default_rng(0)
     groups = []

@@ -70,8 +70,8 @@ def test_learning_rates_beyond_any_use_are_refused(lr):
     """--lr 1e300 passed the checks and crashed SGD ("cannot be converted to type float without overflow") in
     gradflow, finetune and prune (found by the flag properties)."""
     from resnet_xray.options import OptionError
-    from resnet_xray.prune.loop import PruneOptions
-    from resnet_xray.trace.gradflow import GradFlowOptions
+    from resnet_xray.pruning.loop import PruneOptions
+    from resnet_xray.tracing.gradflow import GradFlowOptions
 
     for make in (lambda: GradFlowOptions(lr=lr), lambda: FinetuneOptions(arch="resnet18", lr=lr), lambda: PruneOptions(lr=lr)):
         with pytest.raises(OptionError, match=r"lr .*: must lie in \(0, 100\]"):
@@ -87,7 +87,7 @@ def test_gradflow_after_steps_that_kill_every_gradient(capsys, one_thread):
                  "--steps", "2", "--lr", "1"]) == 0
     assert "Traceback" not in capsys.readouterr().err
     # Whether every gradient dies depends on the CPU's rounding; the ratios it met do not.
-    from resnet_xray.trace.gradflow import rms_ratio
+    from resnet_xray.tracing.gradflow import rms_ratio
     from resnet_xray.units import times
 
     assert math.isnan(rms_ratio(0.0, 0.0)) and rms_ratio(1.0, 0.0) == math.inf and rms_ratio(0.0, 2.0) == 0.0

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from torch.testing import assert_close
 
 from resnet_xray.model import build_model
-from resnet_xray.trace.gradflow import (
+from resnet_xray.tracing.gradflow import (
     BlockProbe,
     GradFlowOptions,
     GradFlowResult,
@@ -148,7 +148,7 @@ def test_data_folder_batch_is_labelled_by_subfolder(tmp_path):
 
     from resnet_xray.errors import XrayError
     from resnet_xray.image import Preprocessing
-    from resnet_xray.trace.gradflow import folder_batch
+    from resnet_xray.tracing.gradflow import folder_batch
 
     for c, colour in (("cats", (200, 40, 40)), ("dogs", (40, 40, 200))):
         (tmp_path / c).mkdir()

@@ -46,7 +46,7 @@ def test_size_count_and_thread_flags_have_an_upper_bound(argv, flag, tmp_path, c
 def test_the_bounds_themselves_are_allowed():
     from resnet_xray.datasets import ReferenceOptions
     from resnet_xray.deploy.runtime import EvaluateOptions
-    from resnet_xray.trace.gradflow import GradFlowOptions
+    from resnet_xray.tracing.gradflow import GradFlowOptions
     from resnet_xray.viz.stages import StagesOptions
 
     ReferenceOptions(size=MAX_IMAGE_SIDE)
@@ -67,7 +67,7 @@ def test_thread_bound_follows_the_cores(monkeypatch):
 
 
 def test_batch_bound_follows_memory_and_image_side(monkeypatch):
-    from resnet_xray.trace.gradflow import GradFlowOptions
+    from resnet_xray.tracing.gradflow import GradFlowOptions
 
     monkeypatch.setattr(options, "memory_bytes", lambda: 4 << 30)
     # training keeps every layer's output: 600 bytes per pixel, 30 MB per 224 px image
@@ -271,7 +271,7 @@ def test_nonfinite_outputs_of_a_pytorch_model_fail_classify(cat_path):
     import torch
 
     from resnet_xray import api
-    from resnet_xray.classify import OutputError
+    from resnet_xray.classification import OutputError
     from resnet_xray.image import Preprocessing
     from resnet_xray.model import ModelMeta, build_model
 

@@ -53,8 +53,8 @@ def test_live_runs_temp_files_are_never_stale(tmp_path):
 
 
 def test_commands_take_the_lock_before_any_work(tmp_path):
-    from resnet_xray.prune.loop import PruneOptions, prune
-    from resnet_xray.report import ReportOptions, build_report
+    from resnet_xray.pruning.loop import PruneOptions, prune
+    from resnet_xray.reporting import ReportOptions, build_report
 
     model, meta = load_model("resnet18", "random")
     out = tmp_path / "busy"

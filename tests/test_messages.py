@@ -109,7 +109,7 @@ def _small_checkpoint(tmp_path, crop: int = 96):
 def test_anatomy_measures_at_the_models_crop_and_says_so(tmp_path, capsys):
     import json
 
-    from resnet_xray.anatomy import AnatomyOptions, analyze
+    from resnet_xray.dissect import AnatomyOptions, analyze
 
     path, model = _small_checkpoint(tmp_path, crop=96)
     assert main(["anatomy", "--weights", str(path), "--json"]) == 0
@@ -159,7 +159,7 @@ def test_report_sentences_have_no_e_notation_zero_counts_or_tiny_ratios(tmp_path
 
     from resnet_xray.image import Preprocessing, bundled_cat
     from resnet_xray.model import load_model
-    from resnet_xray.report import ReportOptions, build_report
+    from resnet_xray.reporting import ReportOptions, build_report
 
     model, meta = load_model("resnet18", "random")
     meta = dataclasses.replace(meta, preprocessing=Preprocessing(resize=64, crop=64))
@@ -250,7 +250,7 @@ def test_ort_calibration_settings_are_not_printed_unless_verbose(tmp_path, capfd
     ([0.5, 1.3, 1.4], "In 1 of the 3 identity blocks ‖F(x)‖ is smaller than ‖x‖"),
 ])
 def test_residual_sentence_says_counts_plainly(ratios, said):
-    from resnet_xray.report.html import _residual
+    from resnet_xray.reporting.html import _residual
 
     blocks = [{"name": f"layer1.{i}", "projection": False, "ratio": r, "residual_norm": 1.0, "shortcut_norm": 1.0,
                "cosine": 0.0, "active_frac": 0.5} for i, r in enumerate(ratios)]

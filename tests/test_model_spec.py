@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from resnet_xray.anatomy import AnatomyOptions, analyze
+from resnet_xray.dissect import AnatomyOptions, analyze
 from resnet_xray.cli import main
 from resnet_xray.deploy.fuse import FusedBatchNorm, fuse_model
 from resnet_xray.image import Preprocessing
@@ -28,8 +28,8 @@ from resnet_xray.interface import (
     reset_classifier,
 )
 from resnet_xray.model import ModelMeta, build_model, load_model, save_checkpoint
-from resnet_xray.prune.spec import PrunedWidths
-from resnet_xray.prune.structured import count_macs, prune_to_macs
+from resnet_xray.pruning.spec import PrunedWidths
+from resnet_xray.pruning.structured import count_macs, prune_to_macs
 from resnet_xray.spec import changes_from_data
 from resnet_xray.train.heads import Heads, MultiTaskResNet, attach_heads, multitask_spec
 

@@ -43,7 +43,7 @@ def test_api_errors_name_the_option_not_a_flag(cat_path):
 def test_options_dataclasses_validate_on_construction():
     from resnet_xray.deploy.bench import BenchOptions
     from resnet_xray.deploy.quantize import QuantizeOptions
-    from resnet_xray.prune.loop import PruneOptions
+    from resnet_xray.pruning.loop import PruneOptions
     from resnet_xray.train.recipe import FinetuneOptions
 
     for make, field in [
@@ -58,7 +58,7 @@ def test_options_dataclasses_validate_on_construction():
 
 
 def test_generated_flags_carry_the_dataclass_fields():
-    from resnet_xray.classify import ClassifyOptions
+    from resnet_xray.classification import ClassifyOptions
     from resnet_xray.cli import build_parser
     from resnet_xray.train.bench import DataBenchOptions
 
@@ -77,10 +77,10 @@ def test_flags_of_every_converted_command_build_their_options_with_the_dataclass
     from resnet_xray.deploy import commands as deploy
     from resnet_xray.deploy.bench import BenchOptions
     from resnet_xray.deploy.quantize import QuantizeOptions
-    from resnet_xray.prune import commands as prune
-    from resnet_xray.prune.loop import PruneOptions
-    from resnet_xray.report import commands as report
-    from resnet_xray.report.assemble import ReportOptions
+    from resnet_xray.pruning import commands as prune
+    from resnet_xray.pruning.loop import PruneOptions
+    from resnet_xray.reporting import commands as report
+    from resnet_xray.reporting.assemble import ReportOptions
     from resnet_xray.train import commands as train
     from resnet_xray.train.recipe import FinetuneOptions
 
@@ -98,7 +98,7 @@ def test_flags_of_every_converted_command_build_their_options_with_the_dataclass
 def test_generated_flags_spell_and_convert_values():
     from resnet_xray.cli import build_parser
     from resnet_xray.deploy import commands as deploy
-    from resnet_xray.trace import commands as trace
+    from resnet_xray.tracing import commands as trace
 
     args = build_parser("quantize").parse_args(["quantize", "m.onnx", "--calib", "c", "-o", "q.onnx", "--reduce-range", "on",
                                                  "--max-images", "7", "--no-time-check", "--eval", "held"])

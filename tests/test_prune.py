@@ -12,10 +12,10 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from resnet_xray.errors import XrayError
 from resnet_xray.image import Preprocessing
 from resnet_xray.model import ModelMeta, build_model, load_model, save_checkpoint
-from resnet_xray.prune import analyze_importance, AnalyzeOptions, apply_pruned_spec, count_macs, prune_to_macs, pruned_spec
+from resnet_xray.pruning import analyze_importance, AnalyzeOptions, apply_pruned_spec, count_macs, prune_to_macs, pruned_spec
 from resnet_xray.interface import ReplacedClassifier
-from resnet_xray.prune.spec import PrunedWidths
-from resnet_xray.prune.structured import prune_channels
+from resnet_xray.pruning.spec import PrunedWidths
+from resnet_xray.pruning.structured import prune_channels
 
 SIZE = 32  # input side for MACs and forward passes: small enough for a 2-core CPU
 

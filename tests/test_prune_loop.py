@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from resnet_xray.errors import XrayError
 from resnet_xray.image import Preprocessing
 from resnet_xray.model import ModelMeta, build_model, load_model
-from resnet_xray.prune import PruneOptions, Trainer, prune
-from resnet_xray.prune.loop import STATE_FILE, round_targets
+from resnet_xray.pruning import PruneOptions, Trainer, prune
+from resnet_xray.pruning.loop import STATE_FILE, round_targets
 
 SIZE = 32
 
@@ -150,7 +150,7 @@ def test_class_count_mismatch_is_refused(tmp_path):
 
 
 def test_taylor_importance_comes_from_the_data_gradients():
-    from resnet_xray.prune import AnalyzeOptions, analyze_importance
+    from resnet_xray.pruning import AnalyzeOptions, analyze_importance
 
     model, _ = _model_and_meta()
     opts = AnalyzeOptions(importance="taylor", ratio=0.5, round_to=1, taylor_batches=2)
@@ -166,7 +166,7 @@ def test_taylor_importance_comes_from_the_data_gradients():
 
 
 def test_finetune_checkpoints_lend_their_recipe_to_recovery(monkeypatch):
-    from resnet_xray.prune import loop
+    from resnet_xray.pruning import loop
     from resnet_xray.train import finetune as F
     from resnet_xray.train import precision
     from resnet_xray.train.recipe import FinetuneOptions

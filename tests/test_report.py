@@ -16,8 +16,8 @@ from resnet_xray.cli import main
 from resnet_xray.errors import XrayError
 from resnet_xray.image import Preprocessing, bundled_cat, load_image
 from resnet_xray.model import load_model
-from resnet_xray.report import ReportOptions, build_report
-from resnet_xray.report.assemble import SECTION_IDS
+from resnet_xray.reporting import ReportOptions, build_report
+from resnet_xray.reporting.assemble import SECTION_IDS
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_report_sections_subset_and_subject_is_the_file_name(small, tmp_path):
 
 
 def test_interpretive_caption_only_for_trained_weights_and_measured(small, tmp_path):
-    from resnet_xray.report.story import classify_kernels
+    from resnet_xray.reporting.story import classify_kernels
 
     model, meta = small
     from resnet_xray.provenance import Provenance
@@ -169,7 +169,7 @@ def test_interpretive_caption_only_for_trained_weights_and_measured(small, tmp_p
 
 
 def test_kernel_criterion_on_known_filters():
-    from resnet_xray.report.story import classify_kernels
+    from resnet_xray.reporting.story import classify_kernels
 
     w = torch.zeros(3, 3, 7, 7)
     w[0, :, :, :3], w[0, :, :, 4:] = -1.0, 1.0  # a grey vertical edge

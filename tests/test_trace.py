@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from resnet_xray.anatomy.layers import layer_table
+from resnet_xray.dissect.layers import layer_table
 from resnet_xray.model import build_model
-from resnet_xray.trace import TraceOptions, trace_model
+from resnet_xray.tracing import TraceOptions, trace_model
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_chw_input_and_dict(resnet18, image):
 
 
 def test_walkthrough_stage1_block_resnet50():
-    from resnet_xray.trace import walkthrough
+    from resnet_xray.tracing import walkthrough
 
     torch.manual_seed(0)
     model = build_model("resnet50").eval()
@@ -152,7 +152,7 @@ def test_walkthrough_stage1_block_resnet50():
 
 
 def test_walkthrough_identity_block_resnet18(resnet18, image):
-    from resnet_xray.trace import walkthrough
+    from resnet_xray.tracing import walkthrough
 
     wt = walkthrough(resnet18, image)
     assert wt.shortcut == "identity" and wt.shortcut_params == 0
@@ -188,7 +188,7 @@ def test_fused_model_still_has_block_numbers(resnet18, image):
 
 def test_trace_follows_plain_network_and_back(resnet18, image):
     """The cached graph must not outlive a swapped forward: plain-18 traces as plain-18, then ResNet-18 again."""
-    from resnet_xray.trace.gradflow import plain_network
+    from resnet_xray.tracing.gradflow import plain_network
 
     model = resnet18
     with torch.no_grad():
@@ -221,7 +221,7 @@ def test_engines_agree_and_logits_are_bit_identical(batch, one_pass, threads, mo
 
 
 def _engines_agree(batch, one_pass, monkeypatch):
-    from resnet_xray.trace import TraceOptions, kernels
+    from resnet_xray.tracing import TraceOptions, kernels
 
     if one_pass:
         assert kernels.enabled(), "numba is a pinned dependency: the one-pass kernels must load"
@@ -266,7 +266,7 @@ def _engines_agree(batch, one_pass, monkeypatch):
 
 
 def test_engine_must_be_known(resnet18, image):
-    from resnet_xray.trace import TraceOptions
+    from resnet_xray.tracing import TraceOptions
 
     with pytest.raises(ValueError, match="engine"):
         trace_model(resnet18, image, TraceOptions(engine="hooks"))
@@ -274,7 +274,7 @@ def test_engine_must_be_known(resnet18, image):
 
 def test_non_finite_activations_show_as_nan_not_a_crash(resnet18):
     """fastmath reassociation only: a NaN in the input must reach the statistics as NaN."""
-    from resnet_xray.trace import TraceOptions, kernels
+    from resnet_xray.tracing import TraceOptions, kernels
 
     assert kernels.enabled()
     x = torch.randn(1, 3, 64, 64)
@@ -289,7 +289,7 @@ def test_non_finite_activations_show_as_nan_not_a_crash(resnet18):
 def test_one_pass_kernels_match_float64(parallel):
     import numpy as np
 
-    from resnet_xray.trace import kernels
+    from resnet_xray.tracing import kernels
 
     assert kernels.enabled()
     if parallel and kernels.threads(2) < 2:
@@ -331,7 +331,7 @@ def test_residual_kernel_is_the_add_and_relu_read_back(parallel):
     PyTorch's own add bit for bit, its sums those of float64, at ragged lengths and across blocks."""
     import numpy as np
 
-    from resnet_xray.trace import kernels
+    from resnet_xray.tracing import kernels
 
     assert kernels.enabled()
     if parallel and kernels.threads(2) < 2:
@@ -362,7 +362,7 @@ def test_relu6_is_read_not_derived():
     engine once derived both alike and reported a ReLU6 max of 100."""
     from torch import nn
 
-    from resnet_xray.trace import TraceOptions
+    from resnet_xray.tracing import TraceOptions
 
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6()).eval()

@@ -13,8 +13,6 @@ Names load on first use, so ``import resnet_xray`` does not import torch.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -49,32 +47,7 @@ _OPTIONAL = {"optimize": ("resnet_xray.deploy.optimize", "optimize")}
 __all__ = ["__version__", *_API, *_OPTIONAL]
 
 
-# Verbs that share their name with a module of this package (resnet_xray/classify.py,
-# resnet_xray/trace/ ...). Importing that module binds it as an attribute of the package,
-# which would hide the verb; instead the module itself becomes callable as the verb, so
-# rx.trace(model, image) and rx.trace.TraceOptions both work, whatever was imported first.
-_MODULE_VERBS = ("classify", "anatomy", "preprocess", "trace", "report", "prune")
-
-
-class _VerbModule(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        api = importlib.import_module("resnet_xray.api")
-        return getattr(api, self.__name__.rpartition(".")[2])(*args, **kwargs)
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _MODULE_VERBS and type(value) is types.ModuleType:
-            value.__class__ = _VerbModule
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 def __getattr__(name: str) -> Any:
-    if name in _MODULE_VERBS:
-        return importlib.import_module(f"resnet_xray.{name}")  # callable: see _VerbModule
     if name in _API:
         value = getattr(importlib.import_module(_API[name]), name)
     elif name in _OPTIONAL:

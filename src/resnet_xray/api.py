@@ -28,14 +28,14 @@ from .provenance import WeightsInfo
 if TYPE_CHECKING:  # imported for annotations only: importing them loads torch
     from torch import nn
 
-    from .anatomy import Anatomy
-    from .classify import ClassifyResult
+    from .dissect import Anatomy
+    from .classification import ClassifyResult
     from .deploy.bench import BenchResult
     from .model import ModelMeta
-    from .prune.loop import PruneResult
-    from .report import ReportResult
-    from .trace import Trace, Walkthrough
-    from .trace.gradflow import GradFlowResult
+    from .pruning.loop import PruneResult
+    from .reporting import ReportResult
+    from .tracing import Trace, Walkthrough
+    from .tracing.gradflow import GradFlowResult
 
 PathLike = str | os.PathLike
 
@@ -365,8 +365,8 @@ def classify(model: LoadedModel | tuple | PathLike, images: Iterable[PathLike], 
     Unreadable files do not stop the run; they are listed in ``result.skipped``. Raises
     :class:`XrayError` when nothing at all could be classified.
     """
-    from .classify import ClassifyOptions
-    from .classify import classify as _classify
+    from .classification import ClassifyOptions
+    from .classification import classify as _classify
 
     opts = ClassifyOptions(topk=topk, batch_size=batch_size, progress=progress)  # refuses bad values first
     m = as_model(model)
@@ -382,7 +382,7 @@ def classify(model: LoadedModel | tuple | PathLike, images: Iterable[PathLike], 
 
 def anatomy(model: LoadedModel | tuple | PathLike, *, input_size: int | None = None) -> AnatomyResult:
     """The measured layer table, Table 1 stages, totals and breakdowns at ``input_size`` (None: the model's crop)."""
-    from .anatomy import AnatomyOptions, analyze
+    from .dissect import AnatomyOptions, analyze
 
     opts = AnatomyOptions(input_size=input_size)
     m = as_model(model)
@@ -394,8 +394,8 @@ def trace(model: LoadedModel | tuple | PathLike, image: PathLike, *, walkthrough
     import torch
 
     from .image import load_image
-    from .trace import TraceOptions, trace_model
-    from .trace import walkthrough as _walkthrough
+    from .tracing import TraceOptions, trace_model
+    from .tracing import walkthrough as _walkthrough
 
     img = load_image(image)  # a bad image fails here, before the model is built
     m = as_model(model)
@@ -416,9 +416,9 @@ def gradflow(model: LoadedModel | tuple | PathLike | None = None, *, output: Pat
         model: measure this model; None builds ``options['arch']`` with ``options['weights']``.
         output: also draw the log-scale chart to this PNG.
         quiet: no progress display on stderr.
-        options: fields of :class:`resnet_xray.trace.gradflow.GradFlowOptions`.
+        options: fields of :class:`resnet_xray.tracing.gradflow.GradFlowOptions`.
     """
-    from .trace.gradflow import GradFlowOptions, measure_gradflow
+    from .tracing.gradflow import GradFlowOptions, measure_gradflow
 
     m = None if model is None else as_model(model)
     if m is not None:
@@ -440,7 +440,7 @@ def gradflow(model: LoadedModel | tuple | PathLike | None = None, *, output: Pat
 def report(model: LoadedModel | tuple | PathLike, image: PathLike, out_dir: PathLike = "out/report", **options: Any) -> ReportOutput:
     """One self-contained HTML page (and report.json) that follows ``image`` through the network."""
     from .atomic import check_writable
-    from .report import ReportOptions, build_report
+    from .reporting import ReportOptions, build_report
 
     out = check_writable(out_dir, flag="-o", kind="dir")
     m = as_model(model)
@@ -621,11 +621,11 @@ def bench_data(data: PathLike, **options: Any) -> DataBenchResult:
 def prune(model: LoadedModel | tuple | PathLike, data: PathLike | None = None, *, log=None, **options: Any) -> PruneReport:
     """Iterative structured channel pruning (importance -> prune -> fine-tune -> evaluate) to a MAC target.
 
-    ``options`` are fields of :class:`resnet_xray.prune.loop.PruneOptions`; ``data`` is an
+    ``options`` are fields of :class:`resnet_xray.pruning.loop.PruneOptions`; ``data`` is an
     ImageFolder dataset for fine-tuning and accuracy (None: prune without recovery).
     """
-    from .prune.loop import PruneOptions
-    from .prune.loop import prune as _prune
+    from .pruning.loop import PruneOptions
+    from .pruning.loop import prune as _prune
 
     opts = PruneOptions(**options)
     m = as_model(model)
@@ -641,7 +641,7 @@ def prune_data(data: PathLike | None, meta: ModelMeta, opts: Any, *, skip_flag: 
     """
     if not data:
         return None
-    from .prune.loop import loader_options
+    from .pruning.loop import loader_options
     from .train.data import make_loaders
 
     return make_loaders(data, image_size=opts.input_size, batch_size=opts.batch_size, workers=opts.workers, seed=opts.seed,
@@ -650,7 +650,7 @@ def prune_data(data: PathLike | None, meta: ModelMeta, opts: Any, *, skip_flag: 
 
 def preprocess(image: PathLike, *, output: PathLike | None = None, weights: str | None = None, arch: str | None = None) -> PreprocessResult:
     """Run the preprocessing on one image; optionally save the crop the network sees as a PNG."""
-    from .preprocess import PreprocessOptions, preprocess_image
+    from .preprocessing import PreprocessOptions, preprocess_image
 
     info = preprocess_image(image, PreprocessOptions(output=output, weights=weights, arch=arch))
     return PreprocessResult(info, weights_info(weights, arch))

@@ -42,12 +42,12 @@ COMMANDS: tuple[Command, ...] = (
     Command("anatomy", "the measured layer table, Table 1 summary, totals and breakdowns", "resnet_xray.commands:anatomy_args"),
     Command("demo", "the main job on the bundled cat photo", "resnet_xray.commands:demo_args"),
     Command("trace", "every operation's output statistics and each block's residual numbers, one forward pass",
-            "resnet_xray.trace.commands:trace_args"),
+            "resnet_xray.tracing.commands:trace_args"),
     Command("gradflow", "measure gradient flow in ResNet vs plain (shortcuts removed), both BatchNorm regimes",
-            "resnet_xray.trace.commands:gradflow_args"),
+            "resnet_xray.tracing.commands:gradflow_args"),
     Command("show", "pictures: feature grids, kernels, Grad-CAM, stage sheets (PNG)", "resnet_xray.viz.commands:show_args"),
     Command("report", "one self-contained HTML page (and JSON) following an image through the network",
-            "resnet_xray.report.commands:report_args"),
+            "resnet_xray.reporting.commands:report_args"),
     Command("make-dataset", "write the offline reference task (shapes on clutter, with boxes)",
             "resnet_xray.train.commands:make_dataset_args"),
     Command("finetune", "fine-tune on an image folder (new classifier; works under torchrun)",
@@ -69,7 +69,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("optimize", "prune -> fuse -> export -> INT8 on every engine -> measure -> the fastest model within an accuracy budget",
             "resnet_xray.deploy.commands:optimize_args"),
     Command("prune", "iterative structured channel pruning (importance -> prune -> fine-tune -> evaluate)",
-            "resnet_xray.prune.commands:prune_args"),
+            "resnet_xray.pruning.commands:prune_args"),
 )
 
 

@@ -10,18 +10,21 @@ import argparse
 import sys
 
 from .cliutil import add_model_args, model_from_args, print_json, print_result, report_skipped, warn_random
-from .options import Flags, add_flags, from_args
+from .options import Flags
 
-CLASSIFY_FLAGS = ("topk", "batch_size")  # fields of ClassifyOptions that are flags
+
+
+def _classify_flags() -> Flags:
+    from .classification import ClassifyOptions
+
+    return Flags(ClassifyOptions, ("topk", "batch_size"))
 
 
 def classify_args(p: argparse.ArgumentParser) -> None:
-    from .classify import ClassifyOptions
-
     p.add_argument("images", nargs="+", help="image files and/or folders")
     add_model_args(p)
     p.add_argument("--model", metavar="PATH", help="a deployed model (.onnx, or OpenVINO .xml) instead of --arch/--weights")
-    add_flags(p, ClassifyOptions, CLASSIFY_FLAGS)
+    _classify_flags().add(p)
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.add_argument("--draw", metavar="DIR", help="multi-task models: save each image with its predicted box drawn")
     p.set_defaults(func=cmd_classify)
@@ -29,9 +32,8 @@ def classify_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from . import api
-    from .classify import ClassifyOptions
 
-    opts = from_args(ClassifyOptions, args, CLASSIFY_FLAGS)  # checked before the model is built: a bad flag costs no time
+    opts = _classify_flags().build(args)  # checked before the model is built: a bad flag costs no time
     if args.model:  # a deployed artefact describes itself (class names, preprocessing, arch)
         from .api import LoadedModel
         from .deploy.runtime import load_deployed
@@ -66,11 +68,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _preprocess_flags() -> Flags:
-    from .preprocess import PreprocessOptions
+    from .preprocessing import PreprocessOptions
 
-    return Flags(PreprocessOptions, ("output", "weights", "arch"), spelling={"output": ("-o", "--output")},
-                 help={"weights": "use these weights' declared transforms (default: the seed pipeline)",
-                       "arch": "arch for --weights imagenet* (default: resnet50)"})
+    return Flags(PreprocessOptions, ("output", "weights", "arch"), spelling={"output": ("-o", "--output")})
 
 
 def preprocess_args(p: argparse.ArgumentParser) -> None:
@@ -96,10 +96,10 @@ def _preprocess_text(res) -> str:
 
 
 def anatomy_args(p: argparse.ArgumentParser) -> None:
-    from .anatomy import AnatomyOptions
+    from .dissect import AnatomyOptions
 
     add_model_args(p, default_weights="random", allow_nonfinite=True)
-    add_flags(p, AnatomyOptions, ("input_size",))
+    Flags(AnatomyOptions, ("input_size",)).add(p)
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="everything as JSON")
     fmt.add_argument("--csv", action="store_true", help="the per-layer table as CSV")
@@ -109,8 +109,8 @@ def anatomy_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_anatomy(args: argparse.Namespace) -> int:
     from . import api
-    from .anatomy import AnatomyOptions
-    from .anatomy.text import full_text, layers_csv, summary_text
+    from .dissect import AnatomyOptions
+    from .dissect.text import full_text, layers_csv, summary_text
 
     AnatomyOptions(input_size=args.input_size)  # refuse a bad size before the model is built
     res = api.anatomy(model_from_args(args), input_size=args.input_size)
@@ -126,8 +126,7 @@ def cmd_anatomy(args: argparse.Namespace) -> int:
 def _demo_flags() -> Flags:
     from .demo import DemoOptions
 
-    return Flags(DemoOptions, ("out_dir", "quiet"), spelling={"out_dir": "--out"},
-                 help={"out_dir": "output folder", "quiet": "no progress display on stderr"})
+    return Flags(DemoOptions, ("out_dir", "quiet"), spelling={"out_dir": "--out"})
 
 
 def demo_args(p: argparse.ArgumentParser) -> None:

@@ -8,13 +8,14 @@ from pathlib import Path
 
 from torch import nn
 
-from .anatomy import analyze
-from .anatomy.text import summary_text
-from .classify import ClassifyOptions, classify
+from .dissect import analyze
+from .dissect.text import summary_text
+from .classification import ClassifyOptions, classify
 from .errors import XrayError
 from .image import bundled_cat
 from .model import ModelMeta, load_model, random_weights_warning
-from .report import ReportOptions, build_report
+from .reporting import ReportOptions, build_report
+from .options import option
 
 BANNER = "!" * 78
 
@@ -22,10 +23,10 @@ BANNER = "!" * 78
 @dataclass
 class DemoOptions:
     arch: str = "resnet50"
-    weights: str = "imagenet"  # falls back to random (loudly) when these cannot be had
-    image: Path | None = None  # default: the bundled cat photo
-    out_dir: Path = Path("out/demo")  # where the report (report.html, report.json) is written
-    quiet: bool = False  # no progress display
+    weights: str = option("imagenet", "falls back to random (loudly) when these cannot be had")
+    image: Path | None = option(None, "default: the bundled cat photo")
+    out_dir: Path = option(Path("out/demo"), "output folder")
+    quiet: bool = option(False, "no progress display on stderr")
 
 
 def load_demo_model(opts: DemoOptions) -> tuple[nn.Module, ModelMeta]:

@@ -126,24 +126,17 @@ def batch_fits(option: str, value: int | None, side: int | None, *, training: bo
                                          f"this machine's {si(memory_bytes())}B of memory)")
 
 
-# --- flags generated from the dataclass: field -> --field-name, its type, default and comment ---
+# --- flags generated from the dataclass: field -> --field-name, its type, default and help ---
 
 
-def field_comments(cls: type) -> dict[str, str]:
-    """The ``# comment`` after each field of a dataclass, which is its help text."""
-    import inspect
-    import re
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
+    """A field of an options dataclass and its help text, which its flag shows: ``topk: int = option(5, "labels per image")``."""
+    return field(default=default, default_factory=factory, metadata={"help": help})
 
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):  # no source (frozen app): flags still work, without help
-        return {}
-    found = {}
-    for line in src.splitlines():
-        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
-        if m:
-            found[m.group(1)] = m.group(2).strip()
-    return found
+
+def help_of(f: dataclasses.Field) -> str:
+    """The help text a field was declared with (empty for a field declared without :func:`option`)."""
+    return f.metadata.get("help", "")
 
 
 @dataclass(frozen=True)
@@ -153,7 +146,7 @@ class Flags:
     Everything else (type, default, help, validation) comes from the dataclass, so a
     command declares its flags once and builds its options from the parsed arguments:
 
-    * ``name: int = 5  # help`` becomes ``--name N`` with that default and help;
+    * ``name: int = option(5, "help")`` becomes ``--name N`` with that default and help;
     * a bool defaulting to False is ``--name``; to True, ``--no-name``; to None, both;
     * a ``tuple[X, ...]`` field is one comma-separated value (``--batch 1,8``), or a
       repeatable flag when listed in ``repeat``;
@@ -167,23 +160,22 @@ class Flags:
     choices: dict[str, tuple[Any, ...] | dict[str, Any]] = field(default_factory=dict)
     required: tuple[str, ...] = ()  # flags the command cannot run without, whatever the dataclass default
     repeat: tuple[str, ...] = ()  # tuple fields given as a repeated flag instead of one comma-separated value
-    help: dict[str, str] = field(default_factory=dict)  # replaces the field's comment
     metavar: dict[str, str] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)  # a script's own defaults (see only()); commands use the dataclass's
 
     def add(self, parser: Any) -> None:
         """Add one flag per listed field to ``parser`` (a parser or an argument group)."""
-        fields, hints, comments = self._fields()
+        fields, hints = self._fields()
         for name in self.names:
             f, kind = fields[name], hints[name]
             default = self.defaults.get(name, _default(f))
-            text = self.help.get(name) or comments.get(name, "")
+            text = help_of(f)
             kw: dict[str, Any] = {"dest": name}
             base, elem = _kind(kind)
             words = self.choices.get(name)
             if base is bool and not isinstance(words, dict):
                 flags = self._flags(name, "--no-" if default is True else "--")
-                if default is True and name not in self.help:
+                if default is True:
                     text = f"turn off: {text}" if text else ""
                 if default is None:
                     kw.update(action=argparse.BooleanOptionalAction, default=None)
@@ -214,7 +206,7 @@ class Flags:
 
     def values(self, args: Any) -> dict[str, Any]:
         """The listed fields' values from parsed ``args``, converted to the dataclass's types."""
-        fields, hints, _ = self._fields()
+        fields, hints = self._fields()
         out = {}
         for name in self.names:
             value = getattr(args, name)
@@ -255,7 +247,7 @@ class Flags:
     def _fields(self):
         import typing
 
-        return ({f.name: f for f in dataclasses.fields(self.cls)}, typing.get_type_hints(self.cls), field_comments(self.cls))
+        return {f.name: f for f in dataclasses.fields(self.cls)}, typing.get_type_hints(self.cls)
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -291,13 +283,3 @@ def split_values(option: str, text: str, kind: type = str) -> tuple[Any, ...]:
 def fields_of(options: Any) -> dict[str, Any]:
     """An options dataclass's fields as keyword arguments (shallow: values are not copied)."""
     return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
-
-
-def add_flags(parser: Any, cls: type, names: tuple[str, ...], *, help: dict[str, str] | None = None) -> None:
-    """Add ``--name`` for each listed field of options dataclass ``cls`` (see :class:`Flags`)."""
-    Flags(cls, names, help=help or {}).add(parser)
-
-
-def from_args(cls: type, args: Any, names: tuple[str, ...], **extra: Any) -> Any:
-    """Build options dataclass ``cls`` from the parsed flags ``names`` (it validates itself)."""
-    return Flags(cls, names).build(args, **extra)

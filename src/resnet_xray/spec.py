@@ -24,7 +24,7 @@ from torch import nn
 # checkpoint never pulls in torch_pruning, and model.py needs no import of prune/train/deploy.
 PROVIDERS: dict[str, str] = {
     "classifier": "resnet_xray.interface",
-    "pruned_widths": "resnet_xray.prune.spec",
+    "pruned_widths": "resnet_xray.pruning.spec",
     "heads": "resnet_xray.train.heads",
     "fused_batchnorm": "resnet_xray.deploy.fuse",
 }

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import XrayError
-from ..options import OptionError, at_least, image_side, one_of, seed_in_range, within
+from ..options import OptionError, at_least, image_side, one_of, option, seed_in_range, within
 from ..image import bundled_cat
 
 GENERATOR_VERSION = 2  # 2: milder stretch, clutter and patterned fills, so 15 CPU minutes suffice
@@ -36,16 +36,16 @@ SPLITS = {"train": 0, "val": 1}
 
 @dataclass
 class ReferenceOptions:
-    classes: int | None = None  # number of shape classes, 2..the task's count (None: all of the task's)
-    per_class: int = 200  # training images per class (10 classes x 200 = 2,000)
-    val_per_class: int | None = None  # validation images per class (None: a quarter of per_class, at least 10)
-    size: int = 96  # image side in pixels
+    classes: int | None = option(None, "number of shape classes, 2..the task's count (None: all of the task's)")
+    per_class: int = option(200, "training images per class (10 classes x 200 = 2,000)")
+    val_per_class: int | None = option(None, "validation images per class (None: a quarter of per_class, at least 10)")
+    size: int = option(96, "image side in pixels")
     seed: int = 0
-    min_scale: float = 0.5  # object size as a fraction of the image side
+    min_scale: float = option(0.5, "object size as a fraction of the image side")
     max_scale: float = 0.85
-    clutter: int = 2  # distractor strokes per image (mean)
-    overwrite: bool = False  # replace an existing non-empty folder
-    task: str = "reference"  # reference (SHAPES) or transfer (TRANSFER_SHAPES: a second task for transfer learning)
+    clutter: int = option(2, "distractor strokes per image (mean)")
+    overwrite: bool = option(False, "replace an existing non-empty folder")
+    task: str = option("reference", "reference: the 10 shapes; transfer: 5 other shapes (hexagon, diamond, ellipse, trapezoid, semicircle) for transfer-learning experiments")
 
     def __post_init__(self) -> None:
         one_of("task", self.task, tuple(TASKS))

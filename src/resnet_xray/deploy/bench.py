@@ -28,7 +28,7 @@ from torch import nn
 
 from ..compare import Tolerance, as_logits, compare
 from ..errors import XrayError
-from ..options import OptionError, at_least, batch_fits, image_side, thread_count
+from ..options import OptionError, at_least, batch_fits, image_side, option, thread_count
 from ..image import bundled_cat, load_image
 from ..units import table
 from ..interface import ClassLogits, unwrap
@@ -105,20 +105,20 @@ def stats_of(times: list[float]) -> TimingStats:
 
 @dataclass
 class BenchOptions:
-    batches: tuple[int, ...] = (1,)  # batch sizes to time
-    threads: int | None = None  # intra-op threads for torch, ORT and OpenVINO (None: their defaults)
+    batches: tuple[int, ...] = option((1,), "comma-separated batch sizes")
+    threads: int | None = option(None, "intra-op threads for torch, ORT and OpenVINO (None: their defaults)")
     warmup: int = 5
-    repeats: int = 30
-    min_time_s: float = 1.0  # per row: fast paths get more repeats
-    rounds: int = 5  # repeats are spread over this many round-robin passes over the paths, so a
+    repeats: int = option(30, "timed calls per path (at least)")
+    min_time_s: float = option(1.0, "per row: fast paths get more repeats")
+    rounds: int = option(5, "repeats are spread over this many round-robin passes over the paths, so a")
     # burst of load from other processes hits every path alike instead of whichever ran then
-    compile: bool = True  # include torch.compile
-    compile_timeout_s: int = 300  # give up on torch.compile if compiling takes longer
-    calib_dir: str | None = None  # calibration images for the INT8 rows (None: crops of the bundled photo)
-    calib_images: int = 32  # crops of the bundled photo to calibrate on when no calib_dir
-    input_size: int | None = None  # None: the preprocessing's crop size
-    work_dir: str | None = None  # where the ONNX files go (None: a temporary folder, removed after)
-    paths: tuple[str, ...] | None = None  # only these rows (names as in the table)
+    compile: bool = option(True, "the torch.compile row")
+    compile_timeout_s: int = option(300, "seconds to allow torch.compile")
+    calib_dir: str | None = option(None, "calibration images for the INT8 rows (default: crops of the bundled photo)")
+    calib_images: int = option(32, "crops of the bundled photo to calibrate on when no calib_dir")
+    input_size: int | None = option(None, "None: the preprocessing's crop size")
+    work_dir: str | None = option(None, "where the ONNX files go (None: a temporary folder, removed after)")
+    paths: tuple[str, ...] | None = option(None, "only these rows (names as in the table)")
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -302,7 +302,7 @@ def run_bench(model: nn.Module, meta: Any, options: BenchOptions | None = None) 
         The rows (each ``ok``, ``skipped`` with the reason, or ``failed`` with the error),
         the MACs, the CPU FP32 peak (raised to any FP32 path measured above it) and the machine description.
     """
-    from ..anatomy import AnatomyOptions, analyze
+    from ..dissect import AnatomyOptions, analyze
 
     opts = options or BenchOptions()
     size = opts.input_size or meta.preprocessing.crop

@@ -22,9 +22,7 @@ from ..units import pct, si
 def export_flags() -> Flags:
     from .onnx import ExportOptions
 
-    return Flags(ExportOptions, ("opset", "dynamic_batch", "exporter"), choices={"exporter": ("dynamo", "torchscript")},
-                 help={"opset": "ONNX opset (default: the exporter's, 18 for dynamo; 18+ for dynamo, 9+ for torchscript)",
-                       "exporter": "torch.onnx route: dynamo (torch.export) or torchscript (dynamo=False)"})
+    return Flags(ExportOptions, ("opset", "dynamic_batch", "exporter"), choices={"exporter": ("dynamo", "torchscript")})
 
 
 def quantize_flags() -> Flags:
@@ -35,12 +33,6 @@ def quantize_flags() -> Flags:
         ("method", "per_channel", "reduce_range", "eval_dir", "max_calib_images", "engine", "min_agreement", "time_check"),
         spelling={"eval_dir": "--eval", "max_calib_images": "--max-images"},
         choices={"method": METHODS, "engine": ("ort", "openvino"), "reduce_range": {"auto": None, "on": True, "off": False}},
-        help={"reduce_range": "7-bit weights against U8S8 saturation; auto: on exactly when the CPU lacks VNNI",
-              "eval_dir": "separate held-out folder for the agreement check (default: every 5th --calib image)",
-              "max_calib_images": "use at most this many calibration images",
-              "engine": "ort: ONNX Runtime QDQ .onnx; openvino: NNCF post-training INT8 .xml (often faster on CPUs)",
-              "min_agreement": "top-1 agreement with FP32 required on the held-out images, else nothing is written and exit 1",
-              "time_check": "skip timing FP32 against INT8 on this CPU"},
     )
 
 
@@ -48,10 +40,7 @@ def bench_flags() -> Flags:
     from .bench import BenchOptions
 
     return Flags(BenchOptions, ("batches", "threads", "repeats", "calib_dir", "compile", "compile_timeout_s"),
-                 spelling={"batches": "--batch", "calib_dir": "--calib", "compile_timeout_s": "--compile-timeout"},
-                 help={"batches": "comma-separated batch sizes", "repeats": "timed calls per path (at least)",
-                       "calib_dir": "calibration images for the INT8 rows (default: crops of the bundled photo)",
-                       "compile": "skip the torch.compile row", "compile_timeout_s": "seconds to allow torch.compile"})
+                 spelling={"batches": "--batch", "calib_dir": "--calib", "compile_timeout_s": "--compile-timeout"})
 
 
 def evaluate_flags() -> Flags:
@@ -65,21 +54,11 @@ OPTIMIZE_FLAGS = ("data", "out", "max_drop", "target_macs", "prune_steps", "fine
 
 
 def optimize_flags(names: tuple[str, ...] = OPTIMIZE_FLAGS) -> Flags:
-    from ..prune.importance import CRITERIA
+    from ..pruning.importance import CRITERIA
     from .optimize import OptimizeOptions
 
     return Flags(
         OptimizeOptions, names, spelling={"out": ("-o", "--output")}, required=("data", "out"), choices={"importance": CRITERIA},
-        help={"data": "ImageFolder dataset (train/ for calibration and fine-tuning, val/ for the budget)",
-              "out": "output folder (the winner is OUT/model.onnx or OUT/model.xml)",
-              "target_macs": "also prune to this share of MACs, e.g. 0.5 (default: no pruning)",
-              "engines": "comma-separated: ort, openvino, torch",
-              "importance": "channel criterion for --target-macs; taylor ranks channels by gradients on --data",
-              "timing_size": "time every candidate at this square side, e.g. 224 (default: the accuracy size)",
-              "eval_images": "val images to score on (default: all)",
-              "mixed_precision": "do not try NNCF accuracy control when INT8 loses too much",
-              "resume": "continue a killed run in OUT (same options)",
-              "overwrite": "replace an earlier optimize run in OUT (only what optimize wrote; never an input)"},
     )
 
 

@@ -29,7 +29,7 @@ from ..compare import Equivalence, Tolerance, compare
 from ..errors import XrayError
 from ..image import Preprocessing, bundled_cat, load_batch
 from ..interface import ClassLogits, class_logits
-from ..options import check_declared_side
+from ..options import check_declared_side, option
 from ..provenance import sidecar_fields
 from .artefact import merge_meta, onnx_embedded, read_sidecar, set_onnx_embedded, sidecar_path
 
@@ -42,12 +42,12 @@ MIN_OPSET = {"dynamo": 18, "torchscript": 9}
 
 @dataclass
 class ExportOptions:
-    opset: int | None = None  # None: the exporter's default (18 for dynamo, 17 for torchscript)
-    dynamic_batch: bool = False  # a symbolic batch dimension; a fixed batch of 1 lets runtimes specialise
-    exporter: str = "dynamo"  # "dynamo" (torch.export + onnxscript) or "torchscript" (dynamo=False)
-    input_size: int | None = None  # square side; None: the crop size of the model's preprocessing
-    batch: int = 1  # the example batch size (and the fixed one without dynamic_batch)
-    openvino: bool = False  # also write OpenVINO IR (model.xml + model.bin) beside the .onnx
+    opset: int | None = option(None, "ONNX opset (default: the exporter's, 18 for dynamo; 18+ for dynamo, 9+ for torchscript)")
+    dynamic_batch: bool = option(False, "a symbolic batch dimension; a fixed batch of 1 lets runtimes specialise")
+    exporter: str = option("dynamo", "torch.onnx route: dynamo (torch.export) or torchscript (dynamo=False)")
+    input_size: int | None = option(None, "square side; None: the crop size of the model's preprocessing")
+    batch: int = option(1, "the example batch size (and the fixed one without dynamic_batch)")
+    openvino: bool = option(False, "also write OpenVINO IR (model.xml + model.bin) beside the .onnx")
 
     def __post_init__(self) -> None:
         import onnx

@@ -31,6 +31,7 @@ from ..compare import Tolerance, as_logits, compare
 from ..errors import XrayError
 from ..provenance import WeightsInfo
 from ..units import pct, table
+from ..options import option
 
 ENGINES = ("ort", "openvino", "torch")
 STATE_FILE = "optimize_state.json"
@@ -44,38 +45,38 @@ PUBLISHED = ("model.onnx", "model.onnx.json", "model.xml", "model.bin", "model.x
 class OptimizeOptions:
     """How to search; every field maps onto a ``resnet-xray optimize`` flag."""
 
-    data: str  # ImageFolder dataset (train/ + val/): calibration, fine-tuning and the accuracy budget
-    out: str = "out/optimize"
-    max_drop: float = 1.0  # accuracy points (top-1, val) a candidate may lose against the FP32 checkpoint
-    target_macs: float | None = None  # prune to this share of MACs first (None: no pruning)
-    prune_steps: int = 2  # pruning rounds to reach target_macs
+    data: str = option(help="ImageFolder dataset (train/ for calibration and fine-tuning, val/ for the budget)")
+    out: str = option("out/optimize", "output folder (the winner is OUT/model.onnx or OUT/model.xml)")
+    max_drop: float = option(1.0, "accuracy points (top-1, val) a candidate may lose against the FP32 checkpoint")
+    target_macs: float | None = option(None, "also prune to this share of MACs, e.g. 0.5 (default: no pruning)")
+    prune_steps: int = option(2, "pruning rounds to reach target_macs")
     # fine-tuning epochs after each pruning round: on a 92.2% reference ResNet-50, 2 rounds x 3 epochs ended 3.2 points
     # down and 2 x 5 ended 0.8 points up (docs/deploy.md); 1 epoch had left another one 11 points down
     finetune_epochs: int = 5
     # taylor, not prune's l1 default: optimize always has data for gradients, and on the reference ResNet-50 a
     # 23% MAC cut kept 45% accuracy before fine-tuning against l1's 22% (docs/deploy.md)
-    importance: str = "taylor"
-    engines: tuple[str, ...] = ENGINES
-    calib_images: int = 128  # training images used to calibrate INT8
-    eval_images: int | None = None  # val images to score on (None: all)
-    input_size: int | None = None  # square side (None: the checkpoint's crop)
+    importance: str = option("taylor", "channel criterion for --target-macs; taylor ranks channels by gradients on --data")
+    engines: tuple[str, ...] = option(ENGINES, "comma-separated: ort, openvino, torch")
+    calib_images: int = option(128, "training images used to calibrate INT8")
+    eval_images: int | None = option(None, "val images to score on (default: all)")
+    input_size: int | None = option(None, "square side (None: the checkpoint's crop)")
     # Latency is a property of the architecture, accuracy of the weights: a model trained at 64 px
     # can be scored at 64 px and timed at the 224 px it would be deployed at (None: input_size).
-    timing_size: int | None = None
-    threads: int | None = None  # intra-op threads for every engine's timing (None: their defaults)
-    repeats: int = 30  # timed batch-1 calls per candidate, spread over rounds
+    timing_size: int | None = option(None, "time every candidate at this square side, e.g. 224 (default: the accuracy size)")
+    threads: int | None = option(None, "intra-op threads for every engine's timing (None: their defaults)")
+    repeats: int = option(30, "timed batch-1 calls per candidate, spread over rounds")
     rounds: int = 5
-    mixed_precision: bool = True  # try NNCF accuracy control when plain INT8 loses more than max_drop
+    mixed_precision: bool = option(True, "try NNCF accuracy control when INT8 loses too much")
     batch_size: int = 32
     workers: int = 0
-    resume: bool = False
-    overwrite: bool = False
+    resume: bool = option(False, "continue a killed run in OUT (same options)")
+    overwrite: bool = option(False, "replace an earlier optimize run in OUT (only what optimize wrote; never an input)")
     seed: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
         from ..options import OptionError, at_least, batch_fits, image_side, one_of, seed_in_range, thread_count, within
-        from ..prune.importance import CRITERIA
+        from ..pruning.importance import CRITERIA
 
         within("max_drop", self.max_drop, 0.0, 100.0)  # accuracy points
         if self.target_macs is not None:
@@ -343,7 +344,7 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
 def _prune(run: _Run, model: Any, meta: Any, size: int) -> tuple[Any, float]:
     from ..api import prune_data
     from ..model import load_model
-    from ..prune.loop import PruneOptions, prune
+    from ..pruning.loop import PruneOptions, prune
 
     opts = run.opts
     run.stage(f"prune to {opts.target_macs:.0%} of the MACs in {opts.prune_steps} round(s) by {opts.importance} importance, fine-tuning {opts.finetune_epochs} epoch(s) each")

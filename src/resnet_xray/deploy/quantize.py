@@ -27,7 +27,7 @@ from ..atomic import StagedFiles, remove_stale_dirs, write_json
 from ..compare import Tolerance, compare
 from ..errors import XrayError
 from ..quiet import stdout_silenced
-from ..options import at_least, batch_fits, one_of, within
+from ..options import at_least, batch_fits, one_of, option, within
 from ..image import IMAGE_EXTENSIONS, Preprocessing, Skipped, expand_inputs
 from ..image import image_batches as stream_batches
 from .artefact import artefact_bytes
@@ -49,20 +49,20 @@ ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}  # histogram search
 class QuantizeOptions:
     # Percentile clips activation outliers that minmax spends its range on, without entropy's
     # over-clipping: reference ResNet-50 top-1 agreement 99.2%, minmax 99.0%, entropy 96.0%.
-    method: str = "percentile"  # calibration: minmax | entropy | percentile (ORT CalibrationMethod)
-    per_channel: bool = False  # one scale per output channel of each weight; usually more faithful
-    reduce_range: bool | None = None  # 7-bit weights; None: on exactly when the CPU lacks VNNI
-    activation_type: str = "uint8"  # U8S8 (uint8 activations, int8 weights): ORT's fast x86 pairing
-    max_calib_images: int | None = None  # cap on calibration images (None: all but the held-out share)
-    holdout_every: int = 5  # every k-th image of --calib is held out for the agreement check; 0: none held out
-    eval_dir: str | None = None  # a separate held-out folder; overrides holdout_every
-    batch_size: int = 8  # images per calibration/evaluation forward (only with a dynamic batch)
-    progress: bool = True  # progress bars on stderr
+    method: str = option("percentile", "calibration: minmax | entropy | percentile (ORT CalibrationMethod)")
+    per_channel: bool = option(False, "one scale per output channel of each weight; usually more faithful")
+    reduce_range: bool | None = option(None, "7-bit weights against U8S8 saturation; auto: on exactly when the CPU lacks VNNI")
+    activation_type: str = option("uint8", "U8S8 (uint8 activations, int8 weights): ORT's fast x86 pairing")
+    max_calib_images: int | None = option(None, "use at most this many calibration images")
+    holdout_every: int = option(5, "every k-th image of --calib is held out for the agreement check; 0: none held out")
+    eval_dir: str | None = option(None, "separate held-out folder for the agreement check (default: every 5th --calib image)")
+    batch_size: int = option(8, "images per calibration/evaluation forward (only with a dynamic batch)")
+    progress: bool = option(True, "progress bars on stderr")
     # INT8 moves logits by design; what must hold is the decision. Below this top-1 agreement with
     # FP32 on the held-out images the INT8 model is not written and the command exits 1.
-    min_agreement: float = 0.9
-    engine: str = "ort"  # ort: ONNX Runtime QDQ (.onnx) | openvino: NNCF post-training INT8 (.xml)
-    time_check: bool = True  # time FP32 and INT8 round-robin and say when INT8 is the slower one here
+    min_agreement: float = option(0.9, "top-1 agreement with FP32 required on the held-out images, else nothing is written and exit 1")
+    engine: str = option("ort", "ort: ONNX Runtime QDQ .onnx; openvino: NNCF post-training INT8 .xml (often faster on CPUs)")
+    time_check: bool = option(True, "time FP32 against INT8 on this CPU")
 
     def __post_init__(self) -> None:
         one_of("method", self.method, METHODS)

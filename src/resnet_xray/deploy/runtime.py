@@ -22,6 +22,7 @@ from torch import nn
 from ..compare import Equivalence, Tolerance, compare
 from ..errors import XrayError
 from ..image import Preprocessing
+from ..options import option
 
 ENGINES = {".onnx": "onnxruntime", ".xml": "openvino"}
 
@@ -36,7 +37,7 @@ class DeployedModel(nn.Module):
         self.fixed_batch = fixed_batch  # images per engine call when the file fixes it; other batches are padded to it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from ..classify import OutputError
+        from ..classification import OutputError
 
         try:
             out = np.asarray(self.run(x.detach().float().contiguous().numpy()), dtype=np.float32)
@@ -84,9 +85,9 @@ def load_deployed(path: str | os.PathLike, threads: int | None = None, flag: str
     Raises:
         XrayError: not such a file, or its description (embedded or sidecar) is malformed or
             does not fit the model (crop size, class count).
-        resnet_xray.classify.OutputError: it runs, but gives no class scores.
+        resnet_xray.classification.OutputError: it runs, but gives no class scores.
     """
-    from ..classify import OutputError
+    from ..classification import OutputError
     from ..model import ModelMeta
     from ..options import thread_count
 
@@ -214,8 +215,8 @@ def accuracy_of(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
 
 @dataclass
 class EvaluateOptions:
-    limit: int | None = None  # use at most this many images, spread over the classes (None: all)
-    threads: int | None = None  # intra-op threads for every engine (None: their own)
+    limit: int | None = option(None, "use at most this many images, spread over the classes (None: all)")
+    threads: int | None = option(None, "intra-op threads for every engine (None: their own)")
 
     def __post_init__(self) -> None:
         from ..options import at_least, thread_count
@@ -238,7 +239,7 @@ def evaluate_models(paths: list[str | os.PathLike], data: str | os.PathLike, *, 
         if meta.preprocessing.crop != first_meta.preprocessing.crop or len(meta.class_names) != len(first_meta.class_names):
             raise XrayError(f"--model {p}: takes other inputs or classes than {paths[0]}; compare models of one network")
     xs, ys, how, skipped, files = labelled_batches(data, first_meta.preprocessing, first_meta.class_names, limit=limit)
-    from ..classify import check_scores
+    from ..classification import check_scores
     from ..compare import as_logits
 
     with torch.inference_mode():

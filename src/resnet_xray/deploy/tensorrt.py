@@ -19,17 +19,18 @@ import torch
 from ..atomic import write_bytes
 from ..errors import XrayError
 from .onnx import OnnxInfo, check_writable, inspect_onnx
+from ..options import option
 
 PRECISIONS = ("fp16", "int8")
 
 
 @dataclass
 class TensorRTOptions:
-    precision: str = "fp16"  # fp16 | int8
-    calib_dir: str | None = None  # images for INT8 calibration (required for int8)
-    max_calib_images: int = 512  # entropy calibration needs a few hundred images, not thousands
-    workspace_gib: float = 2.0  # builder scratch memory
-    batch: int = 1  # the batch the engine is built for (min = opt = max)
+    precision: str = option("fp16", "fp16 | int8")
+    calib_dir: str | None = option(None, "images for INT8 calibration (required for int8)")
+    max_calib_images: int = option(512, "entropy calibration needs a few hundred images, not thousands")
+    workspace_gib: float = option(2.0, "builder scratch memory")
+    batch: int = option(1, "the batch the engine is built for (min = opt = max)")
 
 
 def tensorrt_available() -> tuple[bool, str]:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import XrayError
 from ..model import build_model
-from ..options import at_least, batch_fits, image_side, seed_in_range, thread_count
+from ..options import at_least, batch_fits, image_side, option, seed_in_range, thread_count
 from .data import make_loaders
 from .optim import make_optimizer
 from .precision import resolve_precision
@@ -24,14 +24,14 @@ RESIDENT_BATCHES = 8  # distinct in-memory batches the model-step timing cycles 
 
 @dataclass
 class DataBenchOptions:
-    arch: str = "resnet50"  # the model whose training step is timed (random weights: only its shape matters)
-    batch_size: int = 32  # images per step
-    workers: int | None = DEFAULT_WORKERS  # loader processes; the finetune default, so the answer describes a default run
-    image_size: int | None = None  # input side; None: the dataset's native size, else 224
-    steps: int = 20  # timed steps per measurement (after one warm-up step)
-    amp: bool = False  # bf16 autocast on CPU, fp16 on CUDA, as finetune --amp
-    channels_last: bool = False  # NHWC memory layout, as finetune --channels-last
-    seed: int = 0  # model init and shuffling
+    arch: str = option("resnet50", "the model whose training step is timed (random weights: only its shape matters)")
+    batch_size: int = option(32, "images per step")
+    workers: int | None = option(DEFAULT_WORKERS, "loader processes; the finetune default, so the answer describes a default run")
+    image_size: int | None = option(None, "input side; None: the dataset's native size, else 224")
+    steps: int = option(20, "timed steps per measurement (after one warm-up step)")
+    amp: bool = option(False, "bf16 autocast on CPU, fp16 on CUDA, as finetune --amp")
+    channels_last: bool = option(False, "NHWC memory layout, as finetune --channels-last")
+    seed: int = option(0, "model init and shuffling")
 
     def __post_init__(self) -> None:
         image_side("image_size", self.image_size, allow_none=True)

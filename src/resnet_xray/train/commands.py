@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..cliutil import add_model_args, print_json, print_result
-from ..options import Flags, add_flags
+from ..options import Flags
 
 
 MAKE_DATASET_FLAGS = ("task", "classes", "per_class", "val_per_class", "size", "seed", "overwrite")
@@ -15,9 +15,7 @@ MAKE_DATASET_FLAGS = ("task", "classes", "per_class", "val_per_class", "size", "
 def make_dataset_flags() -> Flags:
     from ..datasets.reference import TASKS, ReferenceOptions
 
-    return Flags(ReferenceOptions, MAKE_DATASET_FLAGS, choices={"task": tuple(TASKS)},
-                 help={"task": "reference: the 10 shapes; transfer: 5 other shapes (hexagon, diamond, ellipse, trapezoid, "
-                               "semicircle) for transfer-learning experiments"})
+    return Flags(ReferenceOptions, MAKE_DATASET_FLAGS, choices={"task": tuple(TASKS)})
 
 
 def make_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -50,26 +48,6 @@ def finetune_flags(multitask: bool) -> Flags:
         FinetuneOptions, names,
         choices={"recipe": RECIPES, "optimizer": OPTIMIZERS, "freeze": FREEZE_MODES, "stem_init": STEM_INITS, "device": ("auto", "cpu", "cuda")},
         metavar={"layer_lr_decay": "D", "progressive": "SIZES", "ema": "DECAY", "muon_stages": "STAGES", "ns_steps": "N"},
-        help={"lr": "peak learning rate (default: the recipe's, scaled by the batch a step really sees)",
-              "recipe": "defaults for the pieces below: fast (from scratch: muon, whitened stem, warm-up 0.5, channels-last, "
-                        "min-crop-scale 0.8) or classic (sgd, warm-up 1, crop 0.35); auto: fast for --weights random",
-              "optimizer": "sgd (momentum, nesterov), adamw, or muon (Muon on the convs of --muon-stages, AdamW at --lr "
-                           "on the stem, fc, norms and biases); default: the recipe's",
-              "muon_lr": "--optimizer muon: peak rate of the Muon group, scheduled like --lr",
-              "muon_stages": "--optimizer muon: stages whose convs Muon trains, e.g. layer1,layer2,layer3, or all",
-              "ns_steps": "--optimizer muon: Newton-Schulz iterations per step (each costs a few GEMMs per conv)",
-              "layer_lr_decay": "discriminative learning rates: layer4 trains at lr*D, layer3 at lr*D^2, ...",
-              "progressive": "progressive resizing: train sides per phase, e.g. 64,80,96 (last = input size), auto, or off "
-                             "(default: off; auto = 2/3, 5/6, 1 of the input size)",
-              "ema": "average the weights with this decay, validate the average late in the run, keep the better "
-                     "as best.pt; 0: off (default: off; 0.99 suits ~60 steps/epoch)",
-              "stem_init": "--weights random: whiten starts conv1 as the whitening filters of the training images' "
-                           "7x7 patches (and their negatives); default keeps torchvision's init. Default: the recipe's",
-              "zero_init_residual": "--weights random: start each residual block as the identity (its last BatchNorm "
-                                    "scale at 0); default: the recipe's",
-              "progress": "no progress bars or per-epoch lines on stderr",
-              "skip_unreadable": "train without dataset folders that cannot be read (they are listed with the skipped "
-                                 "files); default: refuse the dataset, naming the folder"},
     )
 
 
@@ -94,7 +72,7 @@ def bench_data_args(p: argparse.ArgumentParser) -> None:
     from .bench import DataBenchOptions
 
     p.add_argument("data", help="dataset folder")
-    add_flags(p, DataBenchOptions, BENCH_DATA_FLAGS)
+    Flags(DataBenchOptions, BENCH_DATA_FLAGS).add(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_data)
 

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import XrayError
 from ..model import check_arch
-from ..options import OptionError, at_least, batch_fits, image_side, learning_rate, one_of, seed_in_range, thread_count, within
+from ..options import OptionError, at_least, batch_fits, image_side, learning_rate, one_of, option, seed_in_range, thread_count, within
 
 FREEZE_MODES = ("none", "backbone", "gradual")
 OPTIMIZERS = ("sgd", "adamw", "muon")  # muon: Muon on the hidden convs, AdamW on the rest (train/muon.py)
@@ -41,47 +41,47 @@ RESUME_KEYS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "warmu
 
 @dataclass
 class FinetuneOptions:
-    arch: str | None = "resnet50"  # None: the --weights checkpoint's arch, else resnet50
-    weights: str = "imagenet"  # starting point: imagenet, random, or a checkpoint path
+    arch: str | None = option("resnet50", "None: the --weights checkpoint's arch, else resnet50")
+    weights: str = option("imagenet", "starting point: imagenet, random, or a checkpoint path")
     epochs: int = 10
-    batch_size: int = 32  # per process
-    lr: float | None = None  # None: the recipe's peak rate, scaled by the effective global batch
-    recipe: str = "auto"  # fills every piece left at None: fast (from scratch) or classic (fine-tuning)
-    optimizer: str | None = None  # sgd (momentum, nesterov), adamw, or muon (Muon on hidden convs + AdamW); None: the recipe's
-    muon_lr: float = 0.02  # --optimizer muon: peak rate of the Muon group (--lr is the AdamW groups')
-    muon_stages: str = "layer1,layer2,layer3"  # --optimizer muon: stages whose convs Muon trains ("all": layer1-4)
-    ns_steps: int = 3  # --optimizer muon: Newton-Schulz iterations per step (3 scored as 5 did at 5 epochs, for 60% of the work)
-    weight_decay: float | None = None  # None: 1e-4 for sgd, 0.05 for adamw and muon; never on norms and biases
-    warmup_epochs: float | None = None  # linear warm-up before the cosine decay; None: the recipe's (0.5 fast, 1 classic)
-    freeze: str = "none"  # none, backbone (train the head only) or gradual (one more stage per epoch)
-    layer_lr_decay: float = 1.0  # discriminative rates: each stage below the head trains this many times slower
+    batch_size: int = option(32, "per process")
+    lr: float | None = option(None, "peak learning rate (default: the recipe's, scaled by the batch a step really sees)")
+    recipe: str = option("auto", "defaults for the pieces below: fast (from scratch: muon, whitened stem, warm-up 0.5, channels-last, min-crop-scale 0.8) or classic (sgd, warm-up 1, crop 0.35); auto: fast for --weights random")
+    optimizer: str | None = option(None, "sgd (momentum, nesterov), adamw, or muon (Muon on the convs of --muon-stages, AdamW at --lr on the stem, fc, norms and biases); default: the recipe's")
+    muon_lr: float = option(0.02, "--optimizer muon: peak rate of the Muon group, scheduled like --lr")
+    muon_stages: str = option("layer1,layer2,layer3", "--optimizer muon: stages whose convs Muon trains, e.g. layer1,layer2,layer3, or all")
+    ns_steps: int = option(3, "--optimizer muon: Newton-Schulz iterations per step (each costs a few GEMMs per conv)")
+    weight_decay: float | None = option(None, "None: 1e-4 for sgd, 0.05 for adamw and muon; never on norms and biases")
+    warmup_epochs: float | None = option(None, "linear warm-up before the cosine decay; None: the recipe's (0.5 fast, 1 classic)")
+    freeze: str = option("none", "none, backbone (train the head only) or gradual (one more stage per epoch)")
+    layer_lr_decay: float = option(1.0, "discriminative learning rates: layer4 trains at lr*D, layer3 at lr*D^2, ...")
     label_smoothing: float = 0.1
-    amp: bool = False  # fp16 + GradScaler on CUDA, bf16 autocast on CPUs with native bf16 (else fp32, with a warning)
-    channels_last: bool | None = None  # NHWC memory layout (oneDNN, tensor cores); None: the recipe's
-    progressive: str | None = None  # train sizes per phase, e.g. "64,80,96" (last = input size); "off"; "auto": 2/3, 5/6, 1
-    ema: float | None = None  # decay of an exponential moving average of the weights (0: off); None: the recipe's
+    amp: bool = option(False, "fp16 + GradScaler on CUDA, bf16 autocast on CPUs with native bf16 (else fp32, with a warning)")
+    channels_last: bool | None = option(None, "NHWC memory layout (oneDNN, tensor cores); None: the recipe's")
+    progressive: str | None = option(None, "progressive resizing: train sides per phase, e.g. 64,80,96 (last = input size), auto, or off (default: off; auto = 2/3, 5/6, 1 of the input size)")
+    ema: float | None = option(None, "average the weights with this decay, validate the average late in the run, keep the better as best.pt; 0: off (default: off; 0.99 suits ~60 steps/epoch)")
     # Random weights only: each block's last BatchNorm scale starts at 0, so every block starts as the
     # identity and the network as a shallow one (Goyal et al. 2017; timm's zero_init_last). None: the recipe's
-    zero_init_residual: bool | None = None
+    zero_init_residual: bool | None = option(None, "--weights random: start each residual block as the identity (its last BatchNorm scale at 0); default: the recipe's")
     # Random weights only: "whiten" starts conv1 as the whitening filters of the training images' patches
     # (airbench's first layer; train/stem.py), "default" keeps torchvision's init. None: the recipe's
-    stem_init: str | None = None
-    tta_flip: bool = False  # validate on the mean of the image's and its mirror's logits (2x evaluation cost)
-    compile: bool = False  # torch.compile the model for training steps (eager fallback if it fails)
-    workers: int | None = None  # DataLoader processes per training process; None: 2, or 0 on a machine with 2 CPUs or fewer
-    seed: int = 0  # init, shuffling and augmentation
-    image_size: int | None = None  # None: the dataset's native size, else 224
-    min_crop_scale: float | None = None  # RandomResizedCrop's smallest area; None: the recipe's (0.8 fast, 0.35 classic)
-    multitask: bool = False  # classification + box heads on one backbone (needs boxes.csv)
+    stem_init: str | None = option(None, "--weights random: whiten starts conv1 as the whitening filters of the training images' 7x7 patches (and their negatives); default keeps torchvision's init. Default: the recipe's")
+    tta_flip: bool = option(False, "validate on the mean of the image's and its mirror's logits (2x evaluation cost)")
+    compile: bool = option(False, "torch.compile the model for training steps (eager fallback if it fails)")
+    workers: int | None = option(None, "DataLoader processes per training process; None: 2, or 0 on a machine with 2 CPUs or fewer")
+    seed: int = option(0, "init, shuffling and augmentation")
+    image_size: int | None = option(None, "None: the dataset's native size, else 224")
+    min_crop_scale: float | None = option(None, "RandomResizedCrop's smallest area; None: the recipe's (0.8 fast, 0.35 classic)")
+    multitask: bool = option(False, "classification + box heads on one backbone (needs boxes.csv)")
     # Multi-task loss = sum of weight * loss per head: each finite and 0 or more (0 leaves a head untrained),
     # not all 0. NaN skipped every step; a negative weight trained that head to be worse.
     loss_weights: dict[str, float] = field(default_factory=lambda: {"class": 1.0, "box": 1.0})
-    skip_unreadable: bool = False  # leave out dataset folders that cannot be read (listed as skipped) instead of refusing
-    checkpoint_every: int = 0  # also write last.pt every N optimizer steps (0: at epoch ends only)
-    stop_after_steps: int | None = None  # end early (after checkpointing) at this global step: time-boxed runs
-    max_nonfinite: int = 3  # consecutive non-finite losses tolerated (steps skipped) before giving up
-    device: str = "auto"  # auto, cpu, cuda
-    progress: bool = True  # progress bars and per-epoch lines on stderr (rank 0 only)
+    skip_unreadable: bool = option(False, "train without dataset folders that cannot be read (they are listed with the skipped files); default: refuse the dataset, naming the folder")
+    checkpoint_every: int = option(0, "also write last.pt every N optimizer steps (0: at epoch ends only)")
+    stop_after_steps: int | None = option(None, "end early (after checkpointing) at this global step: time-boxed runs")
+    max_nonfinite: int = option(3, "consecutive non-finite losses tolerated (steps skipped) before giving up")
+    device: str = option("auto", "auto, cpu, cuda")
+    progress: bool = option(True, "progress bars and per-epoch lines on stderr")
 
     def __post_init__(self) -> None:
         self.validate()

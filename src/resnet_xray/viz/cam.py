@@ -20,6 +20,7 @@ from ..interface import ClassLogits
 from ..units import pct
 from .canvas import new_figure
 from .names import resolve_layer
+from ..options import option
 
 
 def _methods() -> dict[str, type]:
@@ -34,9 +35,9 @@ METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "
 
 @dataclass
 class CamOptions:
-    class_index: int | None = None  # None: the predicted class
-    layer: str = "layer4"  # module whose output the maps are computed on (the last stage)
-    methods: tuple[str, ...] = ("gradcam", "gradcam++")  # Grad-CAM is always drawn first, as the headline
+    class_index: int | None = option(None, "class index (default: the prediction)")
+    layer: str = option("layer4", "module whose output the maps are computed on (the last stage)")
+    methods: tuple[str, ...] = option(("gradcam", "gradcam++"), "extra CAM method beside Grad-CAM; repeatable (default: gradcam++)")
 
     def __post_init__(self) -> None:
         from ..options import OptionError, one_of

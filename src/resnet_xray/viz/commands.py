@@ -20,23 +20,19 @@ def _flags(picture: str) -> Flags:
     if picture == "features":
         from .features import FeaturesOptions
 
-        return Flags(FeaturesOptions, ("layer", "channels"), required=("layer",), choices={"channels": ("first", "top")},
-                     help={"layer": "layer name as in `resnet-xray anatomy`, e.g. layer1.0.relu_2",
-                           "channels": "first: channels 0-63 (as in the article); top: the 64 with the highest mean activation"})
+        return Flags(FeaturesOptions, ("layer", "channels"), required=("layer",), choices={"channels": ("first", "top")})
     if picture == "kernels":
         from .kernels import KernelsOptions
 
-        return Flags(KernelsOptions, ("layer", "count"), help={"layer": "Conv2d module name", "count": "filters to draw"})
+        return Flags(KernelsOptions, ("layer", "count"))
     if picture == "cam":
         from .cam import CAM_METHODS, CamOptions
 
         return Flags(CamOptions, ("class_index", "methods"), spelling={"class_index": "--class", "methods": "--method"},
-                     repeat=("methods",), choices={"methods": CAM_METHODS},
-                     help={"class_index": "class index (default: the prediction)",
-                           "methods": "extra CAM method beside Grad-CAM; repeatable (default: gradcam++)"})
+                     repeat=("methods",), choices={"methods": CAM_METHODS})
     from .stages import StagesOptions
 
-    return Flags(StagesOptions, ("channels",), help={"channels": "channels per row"})
+    return Flags(StagesOptions, ("channels",))
 
 
 def cmd_show(args: argparse.Namespace) -> int:

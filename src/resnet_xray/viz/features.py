@@ -13,15 +13,16 @@ from PIL import Image
 
 from .canvas import new_figure
 from .maps import grid_shape, mosaic, pick_channels
+from ..options import option
 
 FEATURE_CMAP = "viridis"
 
 
 @dataclass
 class FeaturesOptions:
-    layer: str = "layer1.0.relu_2"  # an anatomy/trace name, e.g. conv1, layer3.2.add
-    channels: str = "first"  # first: channels 0..63 as in the article; top: the 64 with the highest mean activation
-    count: int = 64  # tiles in the grid (8 x 8)
+    layer: str = option("layer1.0.relu_2", "layer name as in `resnet-xray anatomy`, e.g. layer1.0.relu_2")
+    channels: str = option("first", "first: channels 0-63 (as in the article); top: the 64 with the highest mean activation")
+    count: int = option(64, "tiles in the grid (8 x 8)")
 
     def __post_init__(self) -> None:
         from ..options import at_least, one_of

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from ..trace.gradflow import REGIMES, GradFlowResult, NetGrad
+from ..tracing.gradflow import REGIMES, GradFlowResult, NetGrad
 from ..units import times
 from .canvas import new_figure, save_figure
 

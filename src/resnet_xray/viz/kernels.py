@@ -17,14 +17,15 @@ from torch import nn
 from ..errors import XrayError
 from .canvas import new_figure
 from .names import resolve_layer
+from ..options import option
 
 KERNEL_CMAP = "RdBu_r"  # diverging: red positive, blue negative, white zero
 
 
 @dataclass
 class KernelsOptions:
-    layer: str = "conv1"  # a Conv2d module name: conv1, layer1.0.conv2, layer2.0.downsample.0 ...
-    count: int = 64  # filters drawn for conv1 and k x k layers
+    layer: str = option("conv1", "Conv2d module name")
+    count: int = option(64, "filters to draw")
 
     def __post_init__(self) -> None:
         from ..options import at_least

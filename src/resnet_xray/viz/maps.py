@@ -1,6 +1,6 @@
 """Feature maps for pictures: capture chosen layers' outputs, pick channels, tile them into a mosaic.
 
-Capture goes through :func:`resnet_xray.trace.trace_model`, the project's one tracing
+Capture goes through :func:`resnet_xray.tracing.trace_model`, the project's one tracing
 mechanism, asking it to keep full maps only for the layers that will be drawn.
 """
 
@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..anatomy import LayerRow, layer_table
+from ..dissect import LayerRow, layer_table
 from ..errors import XrayError
-from ..trace import Trace
+from ..tracing import Trace
 from .names import resolve_layer
 
 CHANNEL_ORDERS = ("first", "top")
@@ -45,7 +45,7 @@ def check_feature_layer(name: str, rows: list[LayerRow]) -> str:
 
 def capture(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> Capture:
     """Run one forward pass of ``x`` through ``model`` and keep the outputs of ``names``."""
-    from ..trace import TraceOptions, trace_model
+    from ..tracing import TraceOptions, trace_model
 
     keep = set(names)
     tr = trace_model(model, x, TraceOptions(keep_maps=keep))

@@ -10,7 +10,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from ..trace import BlockStats
+from ..tracing import BlockStats
 from .canvas import new_figure, save_figure, stamp
 
 

@@ -8,15 +8,16 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ..anatomy import LayerRow
+from ..dissect import LayerRow
 from .canvas import new_figure
 from .features import FEATURE_CMAP
 from .maps import pick_channels
+from ..options import option
 
 
 @dataclass
 class StagesOptions:
-    channels: int = 8  # tiles per row: the most active channels of each stage's output
+    channels: int = option(8, "channels per row")
 
     def __post_init__(self) -> None:
         from ..options import within

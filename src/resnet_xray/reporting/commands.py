@@ -16,11 +16,6 @@ def _flags() -> Flags:
         ReportOptions, ("out_dir", "cam_class", "gradflow", "sections", "quiet"),
         spelling={"out_dir": ("-o", "--output"), "cam_class": "--class"},
         metavar={"sections": "IDS", "out_dir": "OUTPUT"},
-        help={"out_dir": "output folder", "cam_class": "Grad-CAM class index (default: the prediction)",
-              "gradflow": "leave out the gradient-flow section (its slowest part)",
-              "sections": "comma-separated subset, kept in the article's order: input,kernel,channels,conv1,bottleneck,shortcuts,"
-                          "stages,residual,gradflow,cost,cam,conclusion (default: all)",
-              "quiet": "no progress display on stderr"},
     )
 
 

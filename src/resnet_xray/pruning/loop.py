@@ -20,7 +20,7 @@ from torch import nn
 from ..atomic import write_json, write_text
 from ..errors import XrayError
 from ..model import ModelMeta, changes_of, load_model, save_checkpoint
-from ..options import OptionError, at_least, batch_fits, image_side, learning_rate, one_of, thread_count
+from ..options import OptionError, at_least, batch_fits, image_side, learning_rate, one_of, option, thread_count
 from ..units import pct, si, table
 from .importance import CRITERIA, accumulate_gradients, check_criterion
 from .measure import measure_cost, measure_latency
@@ -38,23 +38,23 @@ SUMMARY_FILE = "prune_summary.txt"
 class PruneOptions:
     """How to prune; every field maps onto a ``resnet-xray prune`` flag."""
 
-    target_macs: float = 0.5  # share of the unpruned model's MACs to KEEP: 0.5 removes half of them
-    steps: int = 5  # rounds of importance -> prune -> fine-tune -> evaluate to reach the target
-    importance: str = "l1"  # l1 | l2 | bn-scale | taylor (taylor needs data for gradients)
-    finetune_epochs: int = 1  # fine-tuning epochs after each round's pruning (0: none)
-    global_pruning: bool = False  # rank channels across layers, so some layers thin more than others
-    round_to: int = 8  # pruned widths stay multiples of this (SIMD-friendly); 1 = no rounding
-    input_size: int | None = None  # MACs/latency at this square side; None: the data's (or model's) crop
-    lr: float | None = None  # fine-tuning peak rate; None: half the checkpoint's own (see training_recipe), else the trainer's
-    batch_size: int = 32  # images per fine-tuning / evaluation step
-    workers: int | None = None  # data-loading processes; None: 2, or 0 on a machine with 2 CPUs or fewer
-    taylor_batches: int = 8  # batches whose gradients feed the taylor criterion
-    latency_repeats: int = 20  # timed batch-1 runs per measurement (median reported)
-    measure_ort: bool = True  # also export each round to ONNX and time it in ONNX Runtime
-    threads: int | None = None  # intra-op threads for the latency runs (None: torch's and ORT's defaults)
+    target_macs: float = option(0.5, "share of the unpruned model's MACs to KEEP, strictly between 0 and 1: 0.5 removes half of the MACs, 0.3 removes 70%%")
+    steps: int = option(5, "rounds of importance -> prune -> fine-tune -> evaluate to reach the target")
+    importance: str = option("l1", "channel criterion; taylor needs --data")
+    finetune_epochs: int = option(1, "fine-tuning epochs after each round's pruning (0: none)")
+    global_pruning: bool = option(False, "rank channels across all layers instead of within each")
+    round_to: int = option(8, "keep pruned widths multiples of this, 1 for none")
+    input_size: int | None = option(None, "square side for MACs and latency (default: the data's or model's crop)")
+    lr: float | None = option(None, "fine-tuning peak learning rate (default: half the checkpoint's own, else the trainer's)")
+    batch_size: int = option(32, "images per fine-tuning / evaluation step")
+    workers: int | None = option(None, "data-loading processes; None: 2, or 0 on a machine with 2 CPUs or fewer")
+    taylor_batches: int = option(8, "batches whose gradients feed the taylor criterion")
+    latency_repeats: int = option(20, "timed batch-1 runs per measurement (median reported)")
+    measure_ort: bool = option(True, "the ONNX Runtime latency column")
+    threads: int | None = option(None, "intra-op threads for the latency runs (None: torch's and ORT's defaults)")
     seed: int = 0
-    out: str = "out/prune"
-    skip_unreadable: bool = False  # leave out --data folders that cannot be read (listed as skipped) instead of refusing
+    out: str = option("out/prune", "output folder; rerunning with the same options resumes")
+    skip_unreadable: bool = option(False, "go on without --data folders that cannot be read (they are listed with the skipped files); default: refuse, naming the folder")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target_macs < 1.0:

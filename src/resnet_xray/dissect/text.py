@@ -1,4 +1,4 @@
-"""Plain-text and CSV renderings of an :class:`~resnet_xray.anatomy.Anatomy`."""
+"""Plain-text and CSV renderings of an :class:`~resnet_xray.dissect.Anatomy`."""
 
 from __future__ import annotations
 

@@ -15,8 +15,6 @@ def gradflow_flags() -> Flags:
         GradFlowOptions, ("batch_size", "input_size", "steps", "lr", "data", "regimes", "device"),
         spelling={"regimes": "--regime"},
         choices={"regimes": {"both": ("batch", "running"), "batch": ("batch",), "running": ("running",)}},
-        help={"regimes": "BatchNorm on batch statistics (train mode), running statistics (eval mode), or both",
-              "data": "class-per-subfolder image folder to train on instead of a synthetic batch"},
     )
 
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from .layers import LayerRow, layer_table, stage_of
 from .summary import Breakdown, StageRow, Totals, breakdown, stage_table, totals
+from ..options import option
 
 __all__ = [
     "Anatomy",
@@ -25,7 +26,7 @@ __all__ = [
 
 @dataclass
 class AnatomyOptions:
-    input_size: int | None = None  # side of the square input (shapes, MACs and RFs depend on it); None: the model's crop
+    input_size: int | None = option(None, "side of the square input (shapes, MACs and RFs depend on it); None: the model's crop")
 
     def __post_init__(self) -> None:
         from ..options import MAX_IMAGE_SIDE, OptionError

@@ -213,10 +213,10 @@ class Browser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m resnet_xray.report.browser PAGE OUT.png``: a screenshot, optionally after clicking a layer."""
+    """``python -m resnet_xray.reporting.browser PAGE OUT.png``: a screenshot, optionally after clicking a layer."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m resnet_xray.report.browser", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m resnet_xray.reporting.browser", description=main.__doc__)
     ap.add_argument("page")
     ap.add_argument("output")
     ap.add_argument("--width", type=int, default=1280)

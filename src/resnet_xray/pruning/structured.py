@@ -18,8 +18,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..anatomy import layer_table
-from ..anatomy.summary import totals
+from ..dissect import layer_table
+from ..dissect.summary import totals
 from ..interface import get_classifier
 from .importance import copy_gradients, make_importance
 
@@ -30,7 +30,7 @@ MAX_CHANNEL_RATIO = 0.9
 
 
 def count_macs(model: nn.Module, input_size: int) -> int:
-    """Conv + fc multiply-accumulates at a 1x3xSxS input, from :mod:`resnet_xray.anatomy`."""
+    """Conv + fc multiply-accumulates at a 1x3xSxS input, from :mod:`resnet_xray.dissect`."""
     return totals(model, layer_table(model, input_size)).macs
 
 
@@ -143,7 +143,7 @@ def prune_to_macs(
     Args:
         model: the model to prune (left untouched; for taylor, its ``.grad`` must be filled).
         target_macs: MACs the pruned model should have at ``input_size``.
-        criterion: one of :data:`resnet_xray.prune.importance.CRITERIA`.
+        criterion: one of :data:`resnet_xray.pruning.importance.CRITERIA`.
         input_size: side of the square input MACs are counted at.
         global_pruning: rank channels across all groups instead of within each group.
         round_to: keep every pruned width a multiple of this (8 suits SIMD kernels).

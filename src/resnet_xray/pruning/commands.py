@@ -21,24 +21,13 @@ def prune_flags() -> Flags:
     return Flags(
         PruneOptions, PRUNE_FLAGS, spelling={"global_pruning": "--global", "measure_ort": "--no-ort"},
         choices={"importance": CRITERIA},
-        help={"target_macs": "share of the unpruned model's MACs to KEEP, strictly between 0 and 1: 0.5 removes half of the MACs, "
-                             "0.3 removes 70%%",
-              "importance": "channel criterion; taylor needs --data",
-              "global_pruning": "rank channels across all layers instead of within each",
-              "round_to": "keep pruned widths multiples of this, 1 for none",
-              "input_size": "square side for MACs and latency (default: the data's or model's crop)",
-              "lr": "fine-tuning peak learning rate (default: half the checkpoint's own, else the trainer's)",
-              "measure_ort": "skip the ONNX Runtime latency column",
-              "out": "output folder; rerunning with the same options resumes",
-              "skip_unreadable": "go on without --data folders that cannot be read (they are listed with the skipped "
-                                 "files); default: refuse, naming the folder"},
     )
 
 
 def analyze_flags() -> Flags:
     from .analyze import AnalyzeOptions
 
-    return Flags(AnalyzeOptions, ("ratio",), help={"ratio": "with --analyze-only: share of channels to show as dropped"})
+    return Flags(AnalyzeOptions, ("ratio",))
 
 
 def prune_args(p: argparse.ArgumentParser) -> None:

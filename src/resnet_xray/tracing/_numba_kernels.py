@@ -1,4 +1,4 @@
-"""The numba loops behind :mod:`resnet_xray.trace.kernels` (imported only when a trace first needs them).
+"""The numba loops behind :mod:`resnet_xray.tracing.kernels` (imported only when a trace first needs them).
 
 Each reduction comes twice: a serial loop, and a ``parallel=True`` one that splits the same blocks (or
 rows) over threads. The parallel ones run on numba's OpenMP layer (numba's own libgomp pool, loaded

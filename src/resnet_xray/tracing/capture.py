@@ -2,7 +2,7 @@
 
 The model is traced with ``torch.fx``, so each call of torchvision's shared ReLU
 gets its own name (``relu``, ``relu_1``, ``relu_2``) and the shortcut add is a
-node of its own. Names are the same as in :mod:`resnet_xray.anatomy`.
+node of its own. Names are the same as in :mod:`resnet_xray.dissect`.
 
 The default engine writes a statistics call after every operation into the
 model's generated FX code once (cached per model), so a trace runs as plain
@@ -26,14 +26,15 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from ..anatomy.layers import _node_name, _node_type, trace_graph
+from ..dissect.layers import _node_name, _node_type, trace_graph
 from ..interface import class_logits
 from . import kernels
+from ..options import option
 
 
 @dataclass
 class TraceOptions:
-    keep_maps: set[str] | None = None  # layer names whose full output is kept; None keeps none (stats for all)
+    keep_maps: set[str] | None = option(None, "layer names whose full output is kept; None keeps none (stats for all)")
     # "codegen": statistics calls written into the model's FX code once, each output read only for what
     # cannot be derived (see MODES); "codegen-full": the same code, every output read in full;
     # "interpreter": an fx.Interpreter reducing every output in full (the first engine). All three give

@@ -165,7 +165,7 @@ def walkthrough(model: nn.Module, x: torch.Tensor | None = None, block: str = "l
         model: a torchvision ResNet.
         x: the preprocessed image, 1x3xHxW (or CHW); not needed when ``trace`` is given.
         block: which block to walk through; the first block of stage 1 by default.
-        trace: a :class:`resnet_xray.trace.Trace` of ``model`` on the image, to reuse (the report has one).
+        trace: a :class:`resnet_xray.tracing.Trace` of ``model`` on the image, to reuse (the report has one).
 
     Returns:
         A :class:`Walkthrough`; ``.text()`` prints it, ``.to_dict()`` serialises it.

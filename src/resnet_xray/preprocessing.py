@@ -10,13 +10,14 @@ from PIL import Image
 
 from .errors import XrayError
 from .image import Preprocessing, load_image
+from .options import option
 
 
 @dataclass
 class PreprocessOptions:
-    output: str | Path | None = None  # PNG of the de-normalised crop
-    weights: str | None = None  # whose declared transforms to use; None: the seed pipeline
-    arch: str | None = None  # arch for weights aliases (default resnet50)
+    output: str | Path | None = option(None, "PNG of the de-normalised crop")
+    weights: str | None = option(None, "use these weights' declared transforms (default: the seed pipeline)")
+    arch: str | None = option(None, "arch for --weights imagenet* (default: resnet50)")
 
 
 def resolve_preprocessing(weights: str | None, arch: str | None = None) -> Preprocessing:

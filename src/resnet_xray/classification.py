@@ -15,7 +15,7 @@ from .errors import XrayError
 from .image import ImageStream, Skipped, image_batches
 from .interface import split_outputs
 from .model import ModelMeta
-from .options import at_least, batch_fits
+from .options import at_least, batch_fits, option
 from .provenance import WeightsInfo
 
 
@@ -39,9 +39,9 @@ def check_scores(logits: torch.Tensor | np.ndarray, names: list[str], model: str
 
 @dataclass
 class ClassifyOptions:
-    topk: int = 5  # how many labels to report per image
-    batch_size: int = 16  # images per forward pass; bounds memory for large folders
-    progress: bool = True  # progress bar on stderr when there is more than one batch
+    topk: int = option(5, "how many labels to report per image")
+    batch_size: int = option(16, "images per forward pass; bounds memory for large folders")
+    progress: bool = option(True, "progress bar on stderr when there is more than one batch")
 
     def __post_init__(self) -> None:
         at_least("topk", self.topk, 1)

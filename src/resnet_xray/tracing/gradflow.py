@@ -28,6 +28,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from ..errors import XrayError
 from ..interface import class_logits, get_classifier
 from ..units import below, num, of_count, times
+from ..options import option
 
 REGIMES = {
     "batch": "BatchNorm on batch statistics (train mode)",
@@ -38,16 +39,16 @@ NETWORKS = ("resnet", "plain")
 
 @dataclass
 class GradFlowOptions:
-    arch: str = "resnet50"  # any torchvision ResNet; plain-N is derived from it
-    weights: str = "random"  # random measures at initialisation, as the article's argument is about
-    batch_size: int = 8  # synthetic batch size; batch statistics need more than one image
-    input_size: int = 224  # square side of the synthetic images
-    steps: int = 0  # SGD steps before a second measurement (0: initialisation only)
-    lr: float = 0.01  # SGD learning rate for --steps (momentum 0.9)
-    seed: int = 0  # model init, synthetic batch and labels
-    data: str | None = None  # image folder (class per subfolder) to train on instead of the synthetic batch
-    regimes: tuple[str, ...] = ("batch", "running")  # see REGIMES
-    device: str = "cpu"  # torch device
+    arch: str = option("resnet50", "any torchvision ResNet; plain-N is derived from it")
+    weights: str = option("random", "random measures at initialisation, as the article's argument is about")
+    batch_size: int = option(8, "synthetic batch size; batch statistics need more than one image")
+    input_size: int = option(224, "square side of the synthetic images")
+    steps: int = option(0, "SGD steps before a second measurement (0: initialisation only)")
+    lr: float = option(0.01, "SGD learning rate for --steps (momentum 0.9)")
+    seed: int = option(0, "model init, synthetic batch and labels")
+    data: str | None = option(None, "class-per-subfolder image folder to train on instead of a synthetic batch")
+    regimes: tuple[str, ...] = option(("batch", "running"), "BatchNorm on batch statistics (train mode), running statistics (eval mode), or both")
+    device: str = option("cpu", "torch device")
     num_classes: int = 1000
 
     def __post_init__(self) -> None:

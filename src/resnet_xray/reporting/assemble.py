@@ -2,7 +2,7 @@
 
 One traced forward pass gives every layer's statistics and keeps full maps only
 for layers that get a feature grid; Grad-CAM and gradient flow run their own
-passes. Pictures are rendered here and embedded by :mod:`resnet_xray.report.html`.
+passes. Pictures are rendered here and embedded by :mod:`resnet_xray.reporting.html`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
-from ..anatomy import AnatomyOptions, analyze
+from ..dissect import AnatomyOptions, analyze
 from ..errors import XrayError
-from ..options import OptionError, at_least, batch_fits, image_side, one_of
+from ..options import OptionError, at_least, batch_fits, image_side, one_of, option
 from ..image import load_image
 from ..model import ModelMeta
 from ..viz.cam import CamOptions, cam_figure, check_class_index, compute_cams
@@ -70,16 +70,16 @@ def check_sections(sections: tuple[str, ...] | None) -> tuple[str, ...]:
 
 @dataclass
 class ReportOptions:
-    out_dir: Path = Path("out/report")  # report.html and report.json go here
-    grid_order: str = "top"  # navigator grids: the 64 most active channels ("first": channels 0-63)
-    grid_tile: int = 28  # pixels per channel tile in the navigator grids; keeps the page small
-    cam_methods: tuple[str, ...] = ("gradcam",)  # `show cam --method` draws the others; each costs a backward pass
-    cam_class: int | None = None  # None: the predicted class
-    gradflow: bool = True  # the gradient-flow section; its ResNet vs plain comparison is the slowest part
-    gradflow_batch: int = 2  # a small batch keeps the report fast on two cores
-    gradflow_size: int = 64  # input side for the gradient-flow measurement (its cost grows with the square)
-    sections: tuple[str, ...] | None = None  # ids from SECTION_IDS; None: all of them, in the article's order
-    quiet: bool = False  # no progress display
+    out_dir: Path = option(Path("out/report"), "output folder")
+    grid_order: str = option("top", 'navigator grids: the 64 most active channels ("first": channels 0-63)')
+    grid_tile: int = option(28, "pixels per channel tile in the navigator grids; keeps the page small")
+    cam_methods: tuple[str, ...] = option(("gradcam",), "`show cam --method` draws the others; each costs a backward pass")
+    cam_class: int | None = option(None, "Grad-CAM class index (default: the prediction)")
+    gradflow: bool = option(True, "the gradient-flow section (its slowest part)")
+    gradflow_batch: int = option(2, "a small batch keeps the report fast on two cores")
+    gradflow_size: int = option(64, "input side for the gradient-flow measurement (its cost grows with the square)")
+    sections: tuple[str, ...] | None = option(None, "comma-separated subset, kept in the article's order: input,kernel,channels,conv1,bottleneck,shortcuts,stages,residual,gradflow,cost,cam,conclusion (default: all)")
+    quiet: bool = option(False, "no progress display on stderr")
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -334,7 +334,7 @@ def _conv1_section(page: _Page) -> None:
 
 
 def _bottleneck_section(page: _Page) -> None:
-    from ..trace import walkthrough
+    from ..tracing import walkthrough
     from . import story
 
     with page.clock.section("bottleneck"):
@@ -467,7 +467,7 @@ def _write(page: _Page, out_dir: Path, t0: float) -> ReportResult:
 
 
 def _gradflow(meta: ModelMeta, opts: ReportOptions) -> tuple[dict[str, Any], str]:
-    from ..trace.gradflow import GradFlowOptions, measure_gradflow, rms_ratio
+    from ..tracing.gradflow import GradFlowOptions, measure_gradflow, rms_ratio
     from ..units import times
     from ..viz.gradflow import gradflow_figure
 

@@ -25,7 +25,7 @@ EXPORTER = "torchscript"
 
 @dataclass
 class Cost:
-    macs: int  # conv + fc multiply-accumulates at 1x3xSxS (resnet_xray.anatomy's convention)
+    macs: int  # conv + fc multiply-accumulates at 1x3xSxS (resnet_xray.dissect's convention)
     params: int
 
     def to_dict(self) -> dict[str, Any]:

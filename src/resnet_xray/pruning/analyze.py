@@ -16,7 +16,7 @@ from torch import nn
 
 from ..atomic import write_json
 from ..errors import XrayError
-from ..options import OptionError, at_least
+from ..options import OptionError, at_least, option
 from ..units import table
 from .importance import (
     DESCRIPTIONS,
@@ -29,12 +29,12 @@ from .structured import make_pruner
 
 @dataclass
 class AnalyzeOptions:
-    importance: str = "l1"  # the criterion to show
-    ratio: float = 0.3  # share of channels that would be dropped (per group, or overall with global ranking)
-    global_pruning: bool = False  # rank across groups (one threshold) instead of within each
-    round_to: int = 8  # as in the loop: remaining widths stay multiples of this
-    taylor_batches: int = 8  # batches whose gradients feed the taylor criterion
-    out: str | None = None  # folder for importance.json and importance.png
+    importance: str = option("l1", "the criterion to show")
+    ratio: float = option(0.3, "with --analyze-only: share of channels to show as dropped")
+    global_pruning: bool = option(False, "rank across groups (one threshold) instead of within each")
+    round_to: int = option(8, "as in the loop: remaining widths stay multiples of this")
+    taylor_batches: int = option(8, "batches whose gradients feed the taylor criterion")
+    out: str | None = option(None, "folder for importance.json and importance.png")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.ratio < 1.0:
