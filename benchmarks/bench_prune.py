@@ -29,9 +29,9 @@ from resnet_xray.deploy.bench import time_callable
 from resnet_xray.deploy.onnx import ExportOptions, export_onnx, ort_session
 from resnet_xray.deploy.quantize import QuantizeOptions, quantize_onnx
 from resnet_xray.model import load_model
-from resnet_xray.prune import prune
-from resnet_xray.prune.commands import prune_flags
-from resnet_xray.prune.loop import loader_options
+from resnet_xray.pruning import prune
+from resnet_xray.pruning.commands import prune_flags
+from resnet_xray.pruning.loop import loader_options
 from resnet_xray.train.data import make_loaders
 from resnet_xray.units import table
 

@@ -25,10 +25,10 @@ sys.path.insert(0, str(HERE))
 
 from bench_trace import cpu_description, measure_trace_overhead  # noqa: E402  (the trace measurement, reused)
 
-from resnet_xray.anatomy import layer_table  # noqa: E402
+from resnet_xray.dissect import layer_table  # noqa: E402
 from resnet_xray.image import bundled_cat  # noqa: E402
 from resnet_xray.model import build_model_on_meta  # noqa: E402
-from resnet_xray.report.assemble import GRID_TYPES  # noqa: E402
+from resnet_xray.reporting.assemble import GRID_TYPES  # noqa: E402
 
 RSS_TARGET_MB = 2048
 TRACE_TARGET = 1.25

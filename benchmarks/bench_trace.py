@@ -19,7 +19,7 @@ import time
 import torch
 
 from resnet_xray.model import build_model
-from resnet_xray.trace import TraceOptions, trace_model
+from resnet_xray.tracing import TraceOptions, trace_model
 
 GOAL = 1.25
 
