@@ -58,7 +58,8 @@ def main() -> int:
     ap.add_argument("--out", default="out/bench_deploy")
     args = ap.parse_args()
 
-    from resnet_xray.deploy.bench import run_bench, save_chart
+    from resnet_xray.deploy.bench import run_bench
+    from resnet_xray.deploy.charts import save_chart
     from resnet_xray.deploy.quantize import QuantizeOptions, quantize_onnx
     from resnet_xray.model import load_model
 

@@ -1,7 +1,7 @@
 """Trace overhead: one traced forward (stats for every layer) against a plain forward, same model, same input.
 
 Run:  .venv/bin/python benchmarks/bench_trace.py [--arch resnet50] [--size 224] [--repeats 7] [--threads 1,2]
-      [--engines codegen,interpreter]
+      [--engines codegen,codegen-full]
 For each thread count, the plain forward and every trace engine are timed round-robin
 (plain, engine 1, engine 2, plain, ...), so a machine whose load changes hurts all alike.
 Prints median and best times, the ratios (of medians, of bests, of CPU times, and the median of each round's
@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", default="1,2", help="comma-separated torch intra-op thread counts (default: 1,2)")
-    ap.add_argument("--engines", default="codegen,interpreter", help="trace engines to time (default: codegen,interpreter)")
+    ap.add_argument("--engines", default="codegen,codegen-full", help="trace engines to time (default: codegen,codegen-full)")
     args = ap.parse_args()
     engines = tuple(e for e in args.engines.split(",") if e)
     print(f"CPU: {cpu_description()}")

@@ -192,7 +192,7 @@ ABLATION = {  # one piece of the fast recipe taken away (-) or an optional one a
 def ablation(data: str, out: str, arch: str, epochs: int, batch: int, workers: int, rows: list[int] | None = None,
              amp: bool = False) -> None:
     """Each row one uninterrupted finetune run, same seed, back to back: best validation accuracy and minutes."""
-    from resnet_xray.train.finetune import finetune
+    from resnet_xray.train.job import finetune
 
     print("\n| recipe | best val accuracy | final | minutes |\n|---|---|---|---|", flush=True)
     for i, (name, kw) in enumerate(ABLATION.items()):

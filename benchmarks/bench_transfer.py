@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from resnet_xray.datasets import ReferenceOptions, make_reference_dataset
-from resnet_xray.train.finetune import finetune
+from resnet_xray.train.job import finetune
 from resnet_xray.train.recipe import FinetuneOptions
 
 

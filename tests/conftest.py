@@ -1,4 +1,4 @@
-"""Shared fixtures: images of every awkward kind, written on the fly, and an offline torch hub."""
+"""Shared fixtures: images of every awkward kind, written on the fly, an offline torch hub, a tiny dataset."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from resnet_xray.datasets import ReferenceOptions, make_reference_dataset
 from resnet_xray.image import bundled_cat
+from resnet_xray.train.recipe import FinetuneOptions
+
+# The dataset of the `tiny` fixture; a test module that needs another defines its own TINY.
+TINY = ReferenceOptions(classes=3, per_class=6, val_per_class=3, size=32, seed=2)
 
 
 @pytest.fixture(autouse=True)
@@ -62,3 +67,20 @@ def image_dir(tmp_path) -> Path:
     gradient_image(200, 200).save(buf, "JPEG")
     (d / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
     return d
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, request) -> Path:
+    """The reference task at its smallest (circle, square, triangle), made once per test module: the
+    module's ``TINY`` options if it has them, else this file's."""
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    make_reference_dataset(root, getattr(request.module, "TINY", TINY), quiet=True)
+    return root
+
+
+def finetune_options(**kw) -> FinetuneOptions:
+    """Fine-tuning options small enough for a test: resnet18 from random weights, batches of 4, no workers,
+    no progress display; ``kw`` sets or overrides any field."""
+    base = dict(arch="resnet18", weights="random", batch_size=4, workers=0, seed=0, progress=False)
+    base.update(kw)
+    return FinetuneOptions(**base)

@@ -326,7 +326,7 @@ def test_locks_leave_no_lock_file_and_failed_runs_no_new_folder(tmp_path) -> Non
 
 
 def test_a_finetune_that_fails_before_training_leaves_no_folder(task, tmp_path, monkeypatch, capsys) -> None:
-    import resnet_xray.train.finetune as ft
+    import resnet_xray.train.job as ft
 
     root, _ = task
 

@@ -26,7 +26,7 @@ import torch
 
 from resnet_xray.datasets import ReferenceOptions, make_reference_dataset
 from resnet_xray.model import load_model
-from resnet_xray.train.finetune import build_for_finetune
+from resnet_xray.train.job import build_for_finetune
 from resnet_xray.train.recipe import FinetuneOptions
 
 pytestmark = [

@@ -9,7 +9,9 @@ import torch
 
 from resnet_xray.cli import main
 from resnet_xray.deploy import bench as bench_mod
-from resnet_xray.deploy.bench import BenchOptions, run_bench, save_chart, time_callable
+from resnet_xray.deploy.bench import BenchOptions, run_bench
+from resnet_xray.deploy.charts import save_chart
+from resnet_xray.deploy.timing import time_callable
 from resnet_xray.image import Preprocessing
 from resnet_xray.model import ModelMeta, build_model
 

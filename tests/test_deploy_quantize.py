@@ -176,7 +176,7 @@ def test_entropy_calibration_clips_ranges_minmax_keeps(trained) -> None:
 
 def test_pytorch_fx_int8_agrees_with_eager(trained) -> None:
     model, _, data, _ = trained
-    from resnet_xray.deploy.quantize import image_batches, list_images
+    from resnet_xray.deploy.data import image_batches, list_images
 
     files = list_images(data, "--calib")
     q = quantize_torch_fx(model, files, PRE)
@@ -254,9 +254,12 @@ def test_detect_cpu_int8_reads_real_flags() -> None:
 
 
 def test_a_result_that_wrote_nothing_says_none_not_a_traceback() -> None:
-    from resnet_xray.api import QuantizeResult
+    from dataclasses import fields
+
+    from resnet_xray.deploy.quantize import QuantizeResult
     from resnet_xray.provenance import WeightsInfo
 
-    failed = QuantizeResult({"int8_model": None, "passed": False}, WeightsInfo.random())
+    report = {f.name: None for f in fields(QuantizeResult) if f.name != "weights"}  # a sidecar's report, as written
+    failed = QuantizeResult.from_report({**report, "int8_model": None, "passed": False}, WeightsInfo.random())
     assert failed.int8_model is None  # was Path(None): a TypeError for an API user
-    assert QuantizeResult({"int8_model": "m.int8.onnx"}, WeightsInfo.random()).int8_model == Path("m.int8.onnx")
+    assert QuantizeResult.from_report({**report, "int8_model": "m.int8.onnx"}, WeightsInfo.random()).int8_model == Path("m.int8.onnx")

@@ -155,7 +155,8 @@ def _timing(ms: float, spread: float = 0.1):
 
 
 def _bench(r=None):
-    from resnet_xray.deploy.bench import BenchOptions, BenchResult, BenchRow, bench_figure
+    from resnet_xray.deploy.bench import BenchOptions, BenchResult, BenchRow
+    from resnet_xray.deploy.charts import bench_figure
 
     rows = []
     for b in (1, 8):
@@ -169,7 +170,7 @@ def _bench(r=None):
 
 
 def _bench_models(r=None):
-    from resnet_xray.deploy.bench import ChartBar, latency_figure
+    from resnet_xray.deploy.charts import ChartBar, latency_figure
 
     bars = [ChartBar("exp/model.onnx (onnxruntime fp32)", _timing(30), 1.0, "fp"),
             ChartBar("exp/m18.int8.xml (openvino int8)", _timing(12, 0.5), 2.5, "int8", True),
@@ -196,7 +197,7 @@ def _candidates():
 
 
 def _optimize(r=None):
-    from resnet_xray.deploy.optimize import optimize_figure
+    from resnet_xray.deploy.charts import optimize_figure
 
     return optimize_figure(_candidates(), 0.90, 2.0)
 
@@ -326,7 +327,7 @@ def test_optimize_legend_names_only_lines_that_are_drawn():
     def pareto_drawn(fig) -> bool:
         return any(len(line.get_xdata()) >= 2 and line.get_linestyle() == "--" for ax in fig.axes for line in ax.lines)
 
-    from resnet_xray.deploy.optimize import optimize_figure
+    from resnet_xray.deploy.charts import optimize_figure
 
     cands = _candidates()
     fig = optimize_figure(cands, 0.90, 2.0)

@@ -79,7 +79,7 @@ def _finetune_cmd(data, out, *extra):
 
 # A second CLI run whose imports are done before it is released: the lock check then happens
 # within a second of the release, whatever the machine's load, so the test does not race.
-_PRIMED = ("import sys\nimport resnet_xray.cli, resnet_xray.train.finetune\nsys.stdin.readline()\n"
+_PRIMED = ("import sys\nimport resnet_xray.cli, resnet_xray.train.job\nsys.stdin.readline()\n"
            "sys.exit(resnet_xray.cli.main(sys.argv[1:]))\n")
 
 

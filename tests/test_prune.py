@@ -12,10 +12,10 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from resnet_xray.errors import XrayError
 from resnet_xray.image import Preprocessing
 from resnet_xray.model import ModelMeta, build_model, load_model, save_checkpoint
-from resnet_xray.pruning import analyze_importance, AnalyzeOptions, apply_pruned_spec, count_macs, prune_to_macs, pruned_spec
+from resnet_xray.pruning.analyze import analyze_importance, AnalyzeOptions
 from resnet_xray.interface import ReplacedClassifier
-from resnet_xray.pruning.spec import PrunedWidths
-from resnet_xray.pruning.structured import prune_channels
+from resnet_xray.pruning.spec import PrunedWidths, apply_pruned_spec, pruned_spec
+from resnet_xray.pruning.structured import count_macs, prune_channels, prune_to_macs
 
 SIZE = 32  # input side for MACs and forward passes: small enough for a 2-core CPU
 

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from resnet_xray.errors import XrayError
 from resnet_xray.image import Preprocessing
 from resnet_xray.model import ModelMeta, build_model, load_model
-from resnet_xray.pruning import PruneOptions, Trainer, prune
+from resnet_xray.deploy.optimize import prune_with_ort as prune
+from resnet_xray.pruning.loop import PruneOptions, Trainer
 from resnet_xray.pruning.loop import STATE_FILE, round_targets
 
 SIZE = 32
@@ -150,7 +151,7 @@ def test_class_count_mismatch_is_refused(tmp_path):
 
 
 def test_taylor_importance_comes_from_the_data_gradients():
-    from resnet_xray.pruning import AnalyzeOptions, analyze_importance
+    from resnet_xray.pruning.analyze import AnalyzeOptions, analyze_importance
 
     model, _ = _model_and_meta()
     opts = AnalyzeOptions(importance="taylor", ratio=0.5, round_to=1, taylor_batches=2)

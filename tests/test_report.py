@@ -17,7 +17,7 @@ from resnet_xray.errors import XrayError
 from resnet_xray.image import Preprocessing, bundled_cat, load_image
 from resnet_xray.model import load_model
 from resnet_xray.reporting import ReportOptions, build_report
-from resnet_xray.reporting.assemble import SECTION_IDS
+from resnet_xray.reporting.sections import SECTION_IDS
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ from PIL import Image
 from resnet_xray.image import Preprocessing, bundled_cat
 from resnet_xray.model import load_model
 from resnet_xray.reporting import ReportOptions, build_report
-from resnet_xray.reporting.assemble import SECTION_IDS
-from resnet_xray.reporting.browser import Browser, find_chromium
+from resnet_xray.reporting.sections import SECTION_IDS
+
+from .browser import Browser, find_chromium
 
 pytestmark = [
     pytest.mark.browser,

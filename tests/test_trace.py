@@ -12,6 +12,8 @@ from resnet_xray.dissect.layers import layer_table
 from resnet_xray.model import build_model
 from resnet_xray.tracing import TraceOptions, trace_model
 
+from .trace_reference import reference_trace, trace_with
+
 
 @pytest.fixture(scope="module")
 def resnet18():
@@ -221,7 +223,7 @@ def test_engines_agree_and_logits_are_bit_identical(batch, one_pass, threads, mo
 
 
 def _engines_agree(batch, one_pass, monkeypatch):
-    from resnet_xray.tracing import TraceOptions, kernels
+    from resnet_xray.tracing import kernels
 
     if one_pass:
         assert kernels.enabled(), "numba is a pinned dependency: the one-pass kernels must load"
@@ -239,7 +241,7 @@ def _engines_agree(batch, one_pass, monkeypatch):
     x = torch.randn(batch, 3, 96, 96)  # layer1 maps of 24x24: per-channel mode; layer4's 3x3: read in full
     with torch.inference_mode():
         want = model(x)
-    runs = {e: trace_model(model, x, TraceOptions(engine=e)) for e in ("codegen", "codegen-full", "interpreter")}
+    runs = {e: trace_with(model, x, e) for e in ("codegen", "codegen-full", "interpreter")}
     ref = runs["interpreter"]
     for engine, tr in runs.items():
         assert torch.equal(tr.logits, want), engine
@@ -259,7 +261,7 @@ def _engines_agree(batch, one_pass, monkeypatch):
 
         a, b = copy.deepcopy(model).train(), copy.deepcopy(model).train()  # each forward moves the buffers
         with torch.no_grad():
-            ta, tb = trace_model(a, x), trace_model(b, x, TraceOptions(engine="interpreter"))
+            ta, tb = trace_model(a, x), reference_trace(b, x)
         for ra, rb in zip(ta.layers, tb.layers):
             assert_close([ra.std, ra.min, ra.max, ra.l2], [rb.std, rb.min, rb.max, rb.l2], rtol=1e-5, atol=1e-6)
         assert abs(ta.layer("layer1.0.bn1").mean - float(a.layer1[0].bn1.bias.detach().mean())) < 1e-4  # batch-normalised
@@ -274,13 +276,13 @@ def test_engine_must_be_known(resnet18, image):
 
 def test_non_finite_activations_show_as_nan_not_a_crash(resnet18):
     """fastmath reassociation only: a NaN in the input must reach the statistics as NaN."""
-    from resnet_xray.tracing import TraceOptions, kernels
+    from resnet_xray.tracing import kernels
 
     assert kernels.enabled()
     x = torch.randn(1, 3, 64, 64)
     x[0, 0, 5, 5] = float("nan")
     for engine in ("codegen", "interpreter"):
-        tr = trace_model(resnet18, x, TraceOptions(engine=engine))
+        tr = trace_with(resnet18, x, engine)
         conv1 = tr.layer("conv1")
         assert math.isnan(conv1.mean) and math.isnan(conv1.l2), engine
 
@@ -362,11 +364,9 @@ def test_relu6_is_read_not_derived():
     engine once derived both alike and reported a ReLU6 max of 100."""
     from torch import nn
 
-    from resnet_xray.tracing import TraceOptions
-
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6()).eval()
     x = torch.randn(1, 3, 20, 20) * 50
     for engine in ("codegen", "interpreter"):
-        tr = trace_model(m, x, TraceOptions(engine=engine))
+        tr = trace_with(m, x, engine)
         assert tr.layer("0").max > 6 and tr.layer("1").max == 6.0, engine

@@ -8,18 +8,12 @@ import shutil
 import pytest
 import torch
 
-from resnet_xray.datasets import ReferenceOptions, make_reference_dataset
+from resnet_xray.datasets import ReferenceOptions
 from resnet_xray.errors import XrayError
 from resnet_xray.train.data import EmptyClassWarning, EpochSampler, make_loaders
 
 SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "data"
-    make_reference_dataset(root, ReferenceOptions(classes=3, per_class=6, val_per_class=3, size=SIZE, seed=3))
-    return root
+TINY = ReferenceOptions(classes=3, per_class=6, val_per_class=3, size=SIZE, seed=3)  # the `tiny` fixture's dataset
 
 
 @pytest.fixture

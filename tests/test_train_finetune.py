@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import pytest
 import torch
 from torch import nn
 
-from resnet_xray.datasets import ReferenceOptions, make_reference_dataset
+from resnet_xray.datasets import ReferenceOptions
 from resnet_xray.errors import XrayError
 from resnet_xray.model import build_model, load_model
 from resnet_xray.train import finetune as F
@@ -16,24 +17,14 @@ from resnet_xray.train import optim, precision
 from resnet_xray.train.checkpoint import load_training_state
 from resnet_xray.train.data import make_loaders
 from resnet_xray.interface import reset_classifier
-from resnet_xray.train.finetune import evaluate, fit
-from resnet_xray.train.recipe import FinetuneOptions
+from resnet_xray.train.evaluation import evaluate
+from resnet_xray.train.finetune import fit
+
+from .conftest import finetune_options
 
 SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny") / "data"
-    make_reference_dataset(root, ReferenceOptions(classes=3, per_class=6, val_per_class=3, size=SIZE, seed=1))
-    return root
-
-
-def _opts(**kw) -> FinetuneOptions:
-    base = dict(arch="resnet18", weights="random", epochs=2, batch_size=4, workers=0, seed=0, progress=False,
-                optimizer="sgd", lr=0.05, warmup_epochs=0.5, recipe="classic")
-    base.update(kw)
-    return FinetuneOptions(**base)
+TINY = ReferenceOptions(classes=3, per_class=6, val_per_class=3, size=SIZE, seed=1)  # the `tiny` fixture's dataset
+_opts = partial(finetune_options, epochs=2, optimizer="sgd", lr=0.05, warmup_epochs=0.5, recipe="classic")
 
 
 def _data(root, **kw):
@@ -206,9 +197,10 @@ def test_warmup_cosine_schedule_shape():
 def test_progress_off_a_terminal_is_plain_lines(tiny, tmp_path, monkeypatch, capsys):
     """A log file gets 'epoch 1/1: step n/N ...' lines, never tqdm's carriage-return updates."""
     from resnet_xray.train import finetune as ft
+    from resnet_xray.train import job
 
     monkeypatch.setattr(ft._LogBar, "__init__", _every_step(ft._LogBar.__init__))
-    ft.finetune(tiny, _opts(epochs=1, progress=True), tmp_path / "run")
+    job.finetune(tiny, _opts(epochs=1, progress=True), tmp_path / "run")
     err = capsys.readouterr().err
     assert "\r" not in err and "epoch 1/1: step 1/" in err
 

@@ -8,22 +8,15 @@ import torch
 from torch import nn
 from torchvision.ops import generalized_box_iou_loss
 
-from resnet_xray.datasets import ReferenceOptions, make_reference_dataset
 from resnet_xray.errors import XrayError
 from resnet_xray.model import build_model, load_model
 from resnet_xray.train.data import make_loaders
-from resnet_xray.train.finetune import _loss, evaluate, fit
+from resnet_xray.train.evaluation import evaluate
+from resnet_xray.train.finetune import _loss, fit
 from resnet_xray.train.recipe import FinetuneOptions
 from resnet_xray.train.heads import MultiTaskResNet, attach_heads, box_loss, box_metrics, multitask_spec
 
-SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mt") / "data"
-    make_reference_dataset(root, ReferenceOptions(classes=3, per_class=6, val_per_class=3, size=SIZE, seed=2))
-    return root
+SIZE = 32  # the side of the `tiny` fixture's images
 
 
 def test_any_number_of_named_heads_share_one_backbone():

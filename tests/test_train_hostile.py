@@ -13,13 +13,14 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
 from resnet_xray.cli import main
-from resnet_xray.datasets import ReferenceOptions, make_reference_dataset
+from resnet_xray.datasets import ReferenceOptions
 from resnet_xray.errors import XrayError
 from resnet_xray.image import ImageStream, Preprocessing, UnreadableFolderError, folder_images
 from resnet_xray.model import ModelMeta, build_model, save_checkpoint
@@ -29,14 +30,11 @@ from resnet_xray.train.data import EmptyClassWarning, find_splits, make_loaders
 from resnet_xray.train.finetune import TrainingFailed, fit
 from resnet_xray.train.recipe import FinetuneOptions
 
+from .conftest import finetune_options
+
 SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile") / "data"
-    make_reference_dataset(root, ReferenceOptions(classes=3, per_class=4, val_per_class=2, size=SIZE, seed=1), quiet=True)
-    return root
+TINY = ReferenceOptions(classes=3, per_class=4, val_per_class=2, size=SIZE, seed=1)  # the `tiny` fixture's dataset
+_opts = partial(finetune_options, epochs=1, optimizer="sgd", lr=0.05, warmup_epochs=0.0, recipe="classic")
 
 
 def deny(monkeypatch, *folders):
@@ -50,13 +48,6 @@ def deny(monkeypatch, *folders):
         return real(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
-
-
-def _opts(**kw) -> FinetuneOptions:
-    base = dict(arch="resnet18", weights="random", epochs=1, batch_size=4, workers=0, seed=0, progress=False,
-                optimizer="sgd", lr=0.05, warmup_epochs=0.0, recipe="classic")
-    base.update(kw)
-    return FinetuneOptions(**base)
 
 
 def _model():

@@ -176,7 +176,7 @@ def test_whitened_stem_decorrelates_patches():
 
 @pytest.mark.slow
 def test_finetune_whitens_the_stem_of_random_weights_only(tmp_path):
-    from resnet_xray.train.finetune import finetune
+    from resnet_xray.train.job import finetune
 
     root = tmp_path / "data"
     make_reference_dataset(root, ReferenceOptions(classes=3, per_class=6, val_per_class=3, size=32, seed=2))

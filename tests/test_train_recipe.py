@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from functools import partial
 
 import pytest
 import torch
@@ -14,26 +15,16 @@ from resnet_xray.datasets import ReferenceOptions, make_reference_dataset
 from resnet_xray.errors import XrayError
 from resnet_xray.model import build_model, load_model
 from resnet_xray.train import finetune as F
-from resnet_xray.train import optim
+from resnet_xray.train import job, optim
 from resnet_xray.train.data import EmptyClassWarning, make_loaders
-from resnet_xray.train.finetune import evaluate, fit
+from resnet_xray.train.evaluation import evaluate
+from resnet_xray.train.finetune import fit
 from resnet_xray.train.recipe import FinetuneOptions, resize_plan
 
-SIZE = 32
+from .conftest import finetune_options
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recipe") / "data"
-    make_reference_dataset(root, ReferenceOptions(classes=3, per_class=6, val_per_class=3, size=SIZE, seed=2))
-    return root
-
-
-def _opts(**kw) -> FinetuneOptions:
-    base = dict(arch="resnet18", weights="random", epochs=2, batch_size=4, workers=0, seed=0, progress=False,
-                lr=0.01, warmup_epochs=0.5, recipe="fast", ema=0.0, progressive="off")
-    base.update(kw)
-    return FinetuneOptions(**base)
+SIZE = 32  # the side of the `tiny` fixture's images
+_opts = partial(finetune_options, epochs=2, lr=0.01, warmup_epochs=0.5, recipe="fast", ema=0.0, progressive="off")
 
 
 def _data(root, **kw):
@@ -192,7 +183,7 @@ def test_transfer_task_draws_new_shapes(tmp_path):
 
 def test_zero_init_residual_makes_every_block_the_identity_for_random_weights_only(tmp_path):
     names = ["a", "b", "c"]
-    model, _ = F.build_for_finetune(_opts(arch="resnet50", zero_init_residual=True).resolved(), names)
+    model, _ = job.build_for_finetune(_opts(arch="resnet50", zero_init_residual=True).resolved(), names)
     blocks = [m for m in model.modules() if type(m).__name__ == "Bottleneck"]
     assert len(blocks) == 16 and all(float(b.bn3.weight.abs().max()) == 0 for b in blocks)
     # a block whose branch is zero passes its shortcut through: relu(x + 0) for an identity block
@@ -200,12 +191,12 @@ def test_zero_init_residual_makes_every_block_the_identity_for_random_weights_on
     with torch.inference_mode():
         assert torch.equal(model.eval().layer1[1](x), x)
     # the default keeps torchvision's init, and a checkpoint's weights are never touched
-    plain, _ = F.build_for_finetune(_opts(arch="resnet18", zero_init_residual=False).resolved(), names)
+    plain, _ = job.build_for_finetune(_opts(arch="resnet18", zero_init_residual=False).resolved(), names)
     assert all(float(m.bn2.weight.min()) == 1 for m in plain.modules() if type(m).__name__ == "BasicBlock")
     ck = tmp_path / "r18.pt"
     from resnet_xray.model import ModelMeta, save_checkpoint
     from resnet_xray.image import Preprocessing
 
     save_checkpoint(ck, plain, ModelMeta("resnet18", "random", names, Preprocessing(resize=32, crop=32), False))
-    loaded, _ = F.build_for_finetune(_opts(arch="resnet18", weights=str(ck), zero_init_residual=True).resolved(), names)
+    loaded, _ = job.build_for_finetune(_opts(arch="resnet18", weights=str(ck), zero_init_residual=True).resolved(), names)
     assert all(float(m.bn2.weight.min()) == 1 for m in loaded.modules() if type(m).__name__ == "BasicBlock")

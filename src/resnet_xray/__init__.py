@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _API = {
     "load_model": "resnet_xray.api",
-    "LoadedModel": "resnet_xray.api",
+    "LoadedModel": "resnet_xray.model",
     "classify": "resnet_xray.api",
     "anatomy": "resnet_xray.api",
     "trace": "resnet_xray.api",
@@ -37,30 +37,18 @@ _API = {
     "preprocess": "resnet_xray.api",
     "show": "resnet_xray.api",
     "make_dataset": "resnet_xray.api",
+    "optimize": "resnet_xray.api",
     "WeightsInfo": "resnet_xray.provenance",
     "XrayError": "resnet_xray.errors",
     "OptionError": "resnet_xray.options",
 }
-# Built by the deploy work in resnet_xray/deploy/optimize.py; exposed once that module exists.
-_OPTIONAL = {"optimize": ("resnet_xray.deploy.optimize", "optimize")}
-
-__all__ = ["__version__", *_API, *_OPTIONAL]
+__all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str) -> Any:
     if name in _API:
-        value = getattr(importlib.import_module(_API[name]), name)
-    elif name in _OPTIONAL:
-        module, attr = _OPTIONAL[name]
-        try:
-            value = getattr(importlib.import_module(module), attr)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            raise AttributeError(f"resnet_xray.{name} is not available in this version") from None
-    else:
-        raise AttributeError(f"module 'resnet_xray' has no attribute {name!r}")
-    return value
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'resnet_xray' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

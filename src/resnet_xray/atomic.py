@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,14 +24,27 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (used to spare live runs' temp files)."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
 def stale_temporaries(folder: Path, suffix: str = "") -> list[Path]:
     """Temp files that a killed writer left in ``folder``, optionally by suffix.
 
     A temp file whose writer (the pid in its name) is still running is never stale: deleting
     it would break that run's next rename.
     """
-    from .locks import pid_alive
-
     stale = []
     for p in sorted(Path(folder).glob(f".*.tmp-*{suffix}")):
         pid = p.name.rsplit(".tmp-", 1)[-1].split(".", 1)[0]
@@ -156,10 +171,6 @@ def remove_stale_dirs(folder: str | os.PathLike, prefix: str) -> list[Path]:
 
     A folder whose process still runs is left alone, as are names without a pid.
     """
-    import shutil
-
-    from .locks import pid_alive
-
     gone = []
     for p in sorted(Path(folder).glob(f"{prefix}*-*")):
         pid = p.name[len(prefix):].split("-", 1)[0]
@@ -253,8 +264,6 @@ def deferred_signals() -> Iterator[None]:
     Best effort: a signal another thread (an ONNX Runtime or OpenMP worker) takes still lands,
     so :meth:`StagedFiles.commit` rolls back on an interrupt and its next user recovers after a kill.
     """
-    import signal
-
     held = {signal.SIGINT, signal.SIGTERM}
     try:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
@@ -303,8 +312,6 @@ class StagedFiles:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        import shutil
-
         shutil.rmtree(self.stage, ignore_errors=True)
 
     def _where(self) -> str:
@@ -312,10 +319,6 @@ class StagedFiles:
 
     def recover(self) -> None:
         """Finish or undo what a killed run left: stale staging folders go; an interrupted swap is rolled back."""
-        import shutil
-
-        from .locks import pid_alive
-
         prefix = f".{self.targets[0].name}."
         for p in sorted(self.folder.glob(f"{prefix}*-*")):
             kind, _, pid = p.name[len(prefix):].rpartition("-")
@@ -332,8 +335,6 @@ class StagedFiles:
 
     def commit(self) -> list[Path]:
         """Swap the staged files in for the targets; returns the targets now in place."""
-        import shutil
-
         backup = self._name("old", os.getpid())
         moved_old: list[Path] = []
         moved_new: list[Path] = []

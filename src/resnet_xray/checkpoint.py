@@ -35,8 +35,10 @@ import torch
 
 from .errors import XrayError
 from .image import Preprocessing
+from .options import memory_bytes
 from .provenance import Provenance
 from .spec import Change, SpecError, changes_from_data, change_type
+from .units import si
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -91,9 +93,6 @@ def check_zip_sizes(path: Path, what: str) -> None:
     would take 4 GiB of memory. A member may inflate at most :data:`MAX_ZIP_RATIO` times, a stored
     one not at all, and all of them together must fit in this machine's memory.
     """
-    from .options import memory_bytes
-    from .units import si
-
     try:
         if not zipfile.is_zipfile(path):
             return
@@ -230,20 +229,31 @@ def parse_checkpoint(obj: Any, path: Path, what: str = "--weights") -> Checkpoin
     if not isinstance(obj, dict):
         raise XrayError(f"{what} {path}: expected a state_dict or checkpoint dict, found {type(obj).__name__}")
     if "format_version" not in obj:
-        if "state_dict" in obj:
-            return Checkpoint(_state(obj["state_dict"], "state_dict", bad), legacy=True)
-        if isinstance(obj.get("model"), dict):
-            return Checkpoint(_state(obj["model"], "model", bad), legacy=True)
-        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-            return Checkpoint(dict(obj), legacy=True)
-        raise XrayError(f"{what} {path}: a dict with neither 'state_dict' nor 'model' in it, and not a state_dict")
-
+        return _foreign(obj, path, what, bad)
     version = obj["format_version"]
     if type(version) is not int or version not in READABLE_VERSIONS:
         raise bad("format_version", f"is {version!r}; this release reads {' and '.join(map(str, READABLE_VERSIONS))}")
     if "state_dict" not in obj:
         raise bad("state_dict", "is missing")
     ck = Checkpoint(_state(obj["state_dict"], "state_dict", bad), format_version=version)
+    _read_description(obj, ck, path, what, bad)
+    _read_structure(obj, ck, path, what, bad)
+    return ck
+
+
+def _foreign(obj: dict, path: Path, what: str, bad) -> Checkpoint:
+    """A dict without our format_version: another tool's checkpoint dict, or a plain state_dict."""
+    if "state_dict" in obj:
+        return Checkpoint(_state(obj["state_dict"], "state_dict", bad), legacy=True)
+    if isinstance(obj.get("model"), dict):
+        return Checkpoint(_state(obj["model"], "model", bad), legacy=True)
+    if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        return Checkpoint(dict(obj), legacy=True)
+    raise XrayError(f"{what} {path}: a dict with neither 'state_dict' nor 'model' in it, and not a state_dict")
+
+
+def _read_description(obj: dict, ck: Checkpoint, path: Path, what: str, bad) -> None:
+    """The fields that describe the weights (arch, classes, preprocessing, options, metrics, provenance) into ``ck``."""
     arch = obj.get("arch")
     if arch is not None and not isinstance(arch, str):
         raise bad("arch", f"must be a string, found {type(arch).__name__}")
@@ -267,7 +277,10 @@ def parse_checkpoint(obj: Any, path: Path, what: str = "--weights") -> Checkpoin
         except ValueError as e:
             raise XrayError(f"{what} {path}: checkpoint field 'provenance'{e if str(e)[:1] in '. ' else ': ' + str(e)}") from None
 
-    if version >= 2:
+
+def _read_structure(obj: dict, ck: Checkpoint, path: Path, what: str, bad) -> None:
+    """The structural changes into ``ck``: format 2's ``changes`` list, or format 1's separate keys."""
+    if ck.format_version >= 2:
         for k in ("pruned_spec", "heads", "fused_pairs"):
             if k in obj:
                 raise bad(k, "belongs to format 1; format 2 records it in 'changes'")
@@ -278,7 +291,6 @@ def parse_checkpoint(obj: Any, path: Path, what: str = "--weights") -> Checkpoin
     else:
         ck.changes = _legacy_changes(obj, ck.state_dict, bad)
         ck.legacy = True
-    return ck
 
 
 def _state(state: Any, name: str, bad) -> dict[str, torch.Tensor]:

@@ -87,11 +87,10 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _preprocess_text(res) -> str:
-    info = res.info
-    lines = [f"transforms: {info['transforms']}", f"tensor: shape {tuple(info['shape'])}, dtype {info['dtype']}"]
-    lines += [f"  channel {c}: mean {m:+.4f}  std {s:.4f}" for c, m, s in zip("RGB", info["channel_mean"], info["channel_std"])]
-    if info.get("output"):
-        lines.append(f"saved what the network sees to {info['output']}")
+    lines = [f"transforms: {res.transforms}", f"tensor: shape {tuple(res.shape)}, dtype {res.dtype}"]
+    lines += [f"  channel {c}: mean {m:+.4f}  std {s:.4f}" for c, m, s in zip("RGB", res.channel_mean, res.channel_std)]
+    if res.output:
+        lines.append(f"saved what the network sees to {res.output}")
     return "\n".join(lines)
 
 
@@ -117,9 +116,9 @@ def cmd_anatomy(args: argparse.Namespace) -> int:
     if args.json:
         print_json(res.to_dict())
     elif args.csv:
-        sys.stdout.write(layers_csv(res.anatomy))
+        sys.stdout.write(layers_csv(res))
     else:
-        print(summary_text(res.anatomy) if args.summary else full_text(res.anatomy))
+        print(summary_text(res) if args.summary else full_text(res))
     return 0
 
 

@@ -12,7 +12,7 @@ import os
 import stat
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,13 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def scaled_to(self, size: int, source: str | None = None) -> Preprocessing:
+        """This pipeline for a ``size`` x ``size`` input: the resize scales with the crop, so the crop keeps its share of the photo.
+
+        ``source``: the new pipeline's description (default: this one's).
+        """
+        return replace(self, resize=round(self.resize * size / self.crop), crop=size, source=source or self.source)
 
     def transform(self) -> T.Compose:
         interp = T.InterpolationMode(self.interpolation)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from .atomic import removed_if_failed
 from .errors import XrayError
 
 LOCK_NAME = ".resnet-xray.lock"
@@ -65,8 +66,6 @@ def output_lock(folder: str | os.PathLike, flag: str | None = "--out", *, beside
     are removed again if nothing was written in them. ``shown``: the name messages give
     (default: ``folder``).
     """
-    from .atomic import removed_if_failed
-
     folder = Path(folder)
     with removed_if_failed(folder):
         with _held(folder, flag, beside, Path(shown or folder)):
@@ -127,18 +126,3 @@ def _held(folder: Path, flag: str | None, beside: bool, shown: Path) -> Iterator
             except OSError:
                 pass
         lock.release()
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (used to spare live runs' temp files)."""
-    if pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True

@@ -7,6 +7,7 @@ class names go with the outputs and which preprocessing the weights expect.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import socket
@@ -23,9 +24,10 @@ from torch import nn
 from .atomic import atomic_path
 from .checkpoint import FORMAT_VERSION, STRUCTURE_KEYS, Checkpoint, nonfinite_tensors, parse_checkpoint, safe_load
 from .errors import XrayError
-from .image import Preprocessing
-from .interface import get_classifier
-from .provenance import Provenance
+from .image import Preprocessing, check_file
+from .interface import ReplacedClassifier, get_classifier
+from .options import seed_in_range
+from .provenance import Provenance, WeightsInfo
 from .spec import Change, SpecError, changes_to_data, describe, infer_changes, replay
 
 ARCHS = (
@@ -124,8 +126,6 @@ def load_model(
     Returns:
         ``(model, meta)`` with the model in eval mode on the CPU.
     """
-    from .options import seed_in_range
-
     seed_in_range("seed", seed)
     w = str(weights)
     if w in WEIGHT_ALIASES:
@@ -220,8 +220,6 @@ def _read_state(path: Path) -> tuple[Path, Checkpoint]:
             path = best
         else:
             raise XrayError(f"--weights {path}: is a directory with no best.pt in it")
-    from .image import check_file
-
     check_file(path, "--weights")  # a FIFO, a symlink loop or an empty file, named as such; never opened
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -282,8 +280,6 @@ def _load_file(path: Path, arch: str | None, *, allow_nonfinite: bool = False) -
     if ck.format_version is None:  # a foreign file: the classifier's size is all that may differ
         fc_w = state.get("fc.weight")
         if fc_w is not None and fc_w.dim() == 2 and fc_w.shape[0] != 1000:
-            from .interface import ReplacedClassifier
-
             changes = [ReplacedClassifier(int(fc_w.shape[0]))]
     try:
         model = replay(build_model(arch), changes)
@@ -348,8 +344,6 @@ def inspect_training(path: Path, state: dict[str, torch.Tensor], arch: str, *, o
 
 def _is_torchvision_file(path: Path, arch: str) -> bool:
     """Whether ``path`` is one of torchvision's published files for ``arch``, by name and the hash prefix in it."""
-    import hashlib
-
     names = {os.path.basename(urlparse(w.url).path) for w in weights_enum(arch)}
     if path.name not in names:
         return False
@@ -485,7 +479,75 @@ class _WriteErrors(io.RawIOBase):
 
 
 def random_weights_warning(meta: ModelMeta) -> str | None:
-    from .provenance import WeightsInfo
-
     return WeightsInfo.of(meta).warning
 
+
+
+# --- the model as one object, as every verb takes it ---
+
+
+@dataclass
+class LoadedModel:
+    """A model and its metadata, as one object.
+
+    ``module`` is the ``nn.Module`` (eval mode, CPU); ``meta`` says which class names go
+    with its outputs, which preprocessing it expects, where its weights came from and
+    which structural changes it carries. Calling it runs the module, and it unpacks as
+    ``module, meta`` for code written against :func:`load_model`.
+    """
+
+    module: nn.Module
+    meta: ModelMeta
+
+    def __iter__(self):
+        return iter((self.module, self.meta))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    @property
+    def arch(self) -> str:
+        return self.meta.arch
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta.class_names
+
+    @property
+    def weights(self) -> WeightsInfo:
+        return WeightsInfo.of(self.meta)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.meta.to_dict(), "weights": self.weights.to_dict()}
+
+
+def as_model(model: Any, *, arch: str | None = None) -> LoadedModel:
+    """What every verb accepts: a LoadedModel, a ``(module, meta)`` pair, a weights path or a torchvision arch name."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, tuple) and len(model) == 2:
+        return LoadedModel(*model)
+    if isinstance(model, (str, os.PathLike)):
+        if str(model) in ARCHS:  # rx.classify("resnet18", ...) means torchvision's pretrained weights
+            return LoadedModel(*load_model(str(model)))
+        return LoadedModel(*load_model(arch, model))
+    raise TypeError(
+        f"expected rx.load_model(...)'s result, a (module, meta) pair or a weights path, not {type(model).__name__}; "
+        "a bare nn.Module has no class names or preprocessing"
+    )
+
+
+def weights_info(weights: Any, arch: str | None = None, *, seed: int = 0) -> WeightsInfo:
+    """The provenance of ``weights`` as given to a verb that loaded them itself: read from the weights, never assumed.
+
+    A file or a torchvision alias is loaded again for its own record (whether it was trained, and on
+    what); saying ``trained`` without looking is what made a random-init file pass for a trained one.
+    """
+    if weights is None:
+        return WeightsInfo.none("no weights: only the seed pipeline's preprocessing was applied")
+    if str(weights) == "random":
+        return WeightsInfo.random(f"random (seed {seed})")
+    if str(weights) in WEIGHT_ALIASES:  # known without loading (and without the network)
+        source = torchvision_source(torchvision_weights(arch or DEFAULT_ARCH, str(weights)))
+        return WeightsInfo.from_provenance(source, Provenance.imagenet(source))
+    return WeightsInfo.of(load_model(arch, weights, progress=False)[1])

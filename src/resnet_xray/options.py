@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import XrayError
+from .units import si
 
 
 class OptionError(XrayError):
@@ -120,8 +122,6 @@ def batch_fits(option: str, value: int | None, side: int | None, *, training: bo
     per_image = side * side * (TRAIN_BYTES_PER_PIXEL if training else INFER_BYTES_PER_PIXEL)
     most = max(1, memory_bytes() // per_image)
     if value is None or not 1 <= value <= most:
-        from .units import si
-
         raise OptionError(option, value, f"must lie in [1, {most}] ({at} a larger batch's activations exceed "
                                          f"this machine's {si(memory_bytes())}B of memory)")
 
@@ -132,6 +132,19 @@ def batch_fits(option: str, value: int | None, side: int | None, *, training: bo
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
     """A field of an options dataclass and its help text, which its flag shows: ``topk: int = option(5, "labels per image")``."""
     return field(default=default, default_factory=factory, metadata={"help": help})
+
+
+def configure(cls: type, options: Any = None, overrides: dict[str, Any] | None = None) -> Any:
+    """A verb's options: ``options`` (a ``cls``, or None for the defaults) with ``overrides`` applied, validated.
+
+    Every API verb takes ``options: XOptions | None = None, **overrides`` and starts here, so
+    ``rx.classify(m, imgs, topk=3)`` and ``rx.classify(m, imgs, ClassifyOptions(topk=3))`` are one call.
+    """
+    if options is None:
+        return cls(**(overrides or {}))
+    if not isinstance(options, cls):
+        raise TypeError(f"options: expected {cls.__name__}, not {type(options).__name__}")
+    return dataclasses.replace(options, **overrides) if overrides else options
 
 
 def help_of(f: dataclasses.Field) -> str:
@@ -245,8 +258,6 @@ class Flags:
         return (spelled,) if isinstance(spelled, str) else tuple(spelled)
 
     def _fields(self):
-        import typing
-
         return {f.name: f for f in dataclasses.fields(self.cls)}, typing.get_type_hints(self.cls)
 
 
@@ -261,8 +272,6 @@ def _default(f: dataclasses.Field) -> Any:
 
 def _kind(hint: Any) -> tuple[Any, Any]:
     """(base type, element type) of a field's annotation, Optional removed: ``tuple[int, ...]`` -> (tuple, int)."""
-    import typing
-
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) is tuple:
         return tuple, (args[0] if args else str)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +10,9 @@ from PIL import Image
 
 from .errors import XrayError
 from .image import Preprocessing, load_image
+from .model import DEFAULT_ARCH, WEIGHT_ALIASES, load_model, weights_enum
 from .options import option
+from .provenance import WeightsInfo
 
 
 @dataclass
@@ -22,8 +24,6 @@ class PreprocessOptions:
 
 def resolve_preprocessing(weights: str | None, arch: str | None = None) -> Preprocessing:
     """The pipeline for ``weights`` without loading them (aliases read torchvision's enum)."""
-    from .model import DEFAULT_ARCH, WEIGHT_ALIASES, load_model, weights_enum
-
     if weights is None or weights == "random":
         return Preprocessing.seed()
     if weights in WEIGHT_ALIASES:
@@ -59,3 +59,24 @@ def preprocess_image(image: str | Path, options: PreprocessOptions | None = None
             raise XrayError(f"-o {out}: cannot write ({getattr(e, 'strerror', None) or e})") from None
         info["output"] = str(out)
     return info
+
+
+@dataclass
+class PreprocessResult:
+    """One image through the pipeline: the tensor's shape and statistics, and whose transforms were used."""
+
+    image: str
+    original_size: list[int]  # width, height
+    transforms: str  # the pipeline, in words
+    shape: list[int]
+    dtype: str
+    channel_mean: list[float]  # per channel, after normalisation
+    channel_std: list[float]
+    weights: WeightsInfo  # whose declared transforms were used
+    output: str | None = None  # the PNG of what the network sees, when asked for
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("weights", "output")}
+        if self.output is not None:
+            doc["output"] = self.output
+        return {**doc, "weights": self.weights.to_dict()}

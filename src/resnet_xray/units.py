@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 
 
 def si(n: float, digits: int = 2) -> str:
@@ -24,8 +25,6 @@ def num(x: float, digits: int = 3) -> str:
     """``x`` to ``digits`` significant figures, never in e-notation: 5.4e-05 -> '0.000054', 1.2e+06 -> '1,200,000'."""
     if not math.isfinite(x) or x == 0:
         return f"{x:g}"
-    from decimal import Decimal
-
     d = Decimal(f"{x:.{digits}g}")
     return f"{int(d):,}" if abs(d) >= 1000 else format(d, "f")
 

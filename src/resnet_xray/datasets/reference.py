@@ -17,13 +17,18 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..atomic import earlier_output
 from ..errors import XrayError
 from ..options import OptionError, at_least, image_side, one_of, option, seed_in_range, within
 from ..image import bundled_cat
+from ..locks import output_lock
+from ..progress import progress
+from ..provenance import WeightsInfo
 
 GENERATOR_VERSION = 2  # 2: milder stretch, clutter and patterned fills, so 15 CPU minutes suffice
 SHAPES = ("circle", "triangle", "square", "pentagon", "star", "cross", "ring", "crescent", "arrow", "heart")
@@ -252,8 +257,6 @@ def make_reference_dataset(out: str | Path, options: ReferenceOptions | None = N
     Returns:
         The ``dataset.json`` content (class names, counts, size, seed).
     """
-    from ..locks import output_lock
-
     opts = options or ReferenceOptions()
     # Locked beside the folder, not in it: the folder itself is swapped at the end.
     with output_lock(out, None, beside=True):
@@ -261,8 +264,21 @@ def make_reference_dataset(out: str | Path, options: ReferenceOptions | None = N
 
 
 def _write_reference_dataset(out: Path, opts: ReferenceOptions, *, quiet: bool) -> dict:
-    from ..atomic import earlier_output
+    _check_replaceable(out, opts)
+    tmp = _fresh_build_folder(out)
+    names = list(TASKS[opts.task][: opts.classes])
+    try:
+        rows = _draw_images(tmp, names, opts, quiet=quiet)
+        info = _write_index(tmp, names, rows, opts)
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
 
+
+def _check_replaceable(out: Path, opts: ReferenceOptions) -> None:
+    """Refuse an ``out`` that is not a folder, or one that holds more than an earlier make-dataset wrote."""
     if out.exists() and not out.is_dir():  # never replaced, not even with --overwrite: it is not a dataset
         raise XrayError(f"{out}: exists and is not a folder; choose another name")
     # --overwrite replaces only a dataset this command made (its dataset.json), never another folder
@@ -272,58 +288,79 @@ def _write_reference_dataset(out: Path, opts: ReferenceOptions, *, quiet: bool) 
         if foreign:
             raise XrayError(f"{out}: also holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
                             "which make-dataset did not write; move them away or choose another folder")
+
+
+def _fresh_build_folder(out: Path) -> Path:
+    """An empty hidden folder beside ``out`` to build the dataset in."""
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
     except OSError as e:
         raise XrayError(f"{out}: cannot create ({e.strerror})") from None
+    return tmp
+
+
+def _draw_images(tmp: Path, names: list[str], opts: ReferenceOptions, *, quiet: bool) -> list[list[str]]:
+    """Draw every split's images into ``tmp``; returns the ``boxes.csv`` rows (path, split, label, box)."""
     cat = Image.open(bundled_cat()).convert("RGB")
     cat = cat.resize((cat.width * SUPERSAMPLE // 2, cat.height * SUPERSAMPLE // 2), Image.BILINEAR)
-    names = list(TASKS[opts.task][: opts.classes])
     # The transfer task draws from its own random streams: no background or placement is reused.
     stream = [GENERATOR_VERSION] if opts.task == "reference" else [GENERATOR_VERSION, 1]
     rows = []
-    from ..progress import progress
+    with progress("make-dataset", total=len(names) * (opts.per_class + opts.n_val), quiet=quiet) as bar:
+        for split, n in (("train", opts.per_class), ("val", opts.n_val)):
+            for label, shape in enumerate(names):
+                folder = tmp / split / shape
+                folder.mkdir(parents=True)
+                bar.stage(f"{split}/{shape}", steps=0)
+                for i in range(n):
+                    rng = np.random.default_rng([opts.seed, SPLITS[split], label, i, *stream])
+                    img, box = render(shape, opts.size, rng, opts, cat)
+                    rel = f"{split}/{shape}/{shape}_{i:05d}.png"
+                    (tmp / rel).write_bytes(_png_bytes(img))
+                    rows.append([rel, split, shape, *(f"{v:.5f}" for v in box)])
+                    bar.advance()
+    return rows
 
-    try:
-        with progress("make-dataset", total=len(names) * (opts.per_class + opts.n_val), quiet=quiet) as bar:
-            for split, n in (("train", opts.per_class), ("val", opts.n_val)):
-                for label, shape in enumerate(names):
-                    folder = tmp / split / shape
-                    folder.mkdir(parents=True)
-                    bar.stage(f"{split}/{shape}", steps=0)
-                    for i in range(n):
-                        rng = np.random.default_rng([opts.seed, SPLITS[split], label, i, *stream])
-                        img, box = render(shape, opts.size, rng, opts, cat)
-                        rel = f"{split}/{shape}/{shape}_{i:05d}.png"
-                        (tmp / rel).write_bytes(_png_bytes(img))
-                        rows.append([rel, split, shape, *(f"{v:.5f}" for v in box)])
-                        bar.advance()
-        with open(tmp / "boxes.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "split", "label", "x0", "y0", "x1", "y1"])
-            w.writerows(rows)
-        info = {
-            "name": "resnet-xray reference task (offline ImageNet stand-in)",
-            "generator_version": GENERATOR_VERSION,
-            "classes": names,
-            "train_per_class": opts.per_class,
-            "val_per_class": opts.n_val,
-            "box_format": "x0,y0,x1,y1 as fractions of width and height",
-            **{k: v for k, v in asdict(opts).items()
-               if k not in ("classes", "per_class", "val_per_class", "overwrite") and not (k == "task" and v == "reference")},
-        }
-        (tmp / "dataset.json").write_text(json.dumps(info, indent=2))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+def _write_index(tmp: Path, names: list[str], rows: list[list[str]], opts: ReferenceOptions) -> dict:
+    """Write ``boxes.csv`` and ``dataset.json`` into ``tmp``; returns the latter's content."""
+    with open(tmp / "boxes.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "split", "label", "x0", "y0", "x1", "y1"])
+        w.writerows(rows)
+    info = {
+        "name": "resnet-xray reference task (offline ImageNet stand-in)",
+        "generator_version": GENERATOR_VERSION,
+        "classes": names,
+        "train_per_class": opts.per_class,
+        "val_per_class": opts.n_val,
+        "box_format": "x0,y0,x1,y1 as fractions of width and height",
+        **{k: v for k, v in asdict(opts).items()
+           if k not in ("classes", "per_class", "val_per_class", "overwrite") and not (k == "task" and v == "reference")},
+    }
+    (tmp / "dataset.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Put the finished folder at ``out``, replacing an earlier one whole."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+
+
+@dataclass
+class DatasetResult:
+    info: dict[str, Any]  # dataset.json: classes, per-class counts, size, generator version, task ...
+    out: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        # generated images, no model: the provenance object says so, as in every --json
+        return {**self.info, "out": str(self.out), "weights": WeightsInfo.none("no model: a generated dataset").to_dict()}

@@ -10,11 +10,11 @@ FP32 path that passes it, so no share exceeds 100%).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import copy
 import os
 import platform
 import signal
-import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -27,80 +27,22 @@ import torch
 from torch import nn
 
 from ..compare import Tolerance, as_logits, compare
+from ..dissect import AnatomyOptions, analyze
 from ..errors import XrayError
 from ..options import OptionError, at_least, batch_fits, image_side, option, thread_count
+from ..provenance import WeightsInfo
 from ..image import bundled_cat, load_image
 from ..units import table
 from ..interface import ClassLogits, unwrap
+from .data import image_batches, list_images
 from .fuse import fuse_model
+from .onnx import ExportOptions, export_onnx, inspect_onnx, ort_session
+from .openvino import quantize_nncf, write_ir
 from .peak import Peak, measure_fp32_peak
-
-
-@dataclass
-class TimingStats:
-    """Latency statistics in seconds over ``repeats`` timed calls."""
-
-    median: float
-    iqr: float  # p75 - p25: the spread that one slow outlier cannot inflate
-    p25: float
-    p75: float
-    mean: float
-    min: float
-    max: float
-    repeats: int
-
-    @property
-    def median_ms(self) -> float:
-        return self.median * 1e3
-
-    @property
-    def iqr_ms(self) -> float:
-        return self.iqr * 1e3
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-def time_callable(fn: Callable[[], Any], warmup: int = 5, repeats: int = 30, min_time_s: float = 0.0) -> TimingStats:
-    """Call ``fn`` ``warmup`` times untimed, then time at least ``repeats`` calls.
-
-    Args:
-        fn: a zero-argument callable that runs one inference (and synchronises, on a GPU).
-        warmup: untimed calls first (allocator, caches, lazy initialisation, autotuning).
-        repeats: timed calls.
-        min_time_s: keep timing past ``repeats`` until this much time is spent.
-
-    Returns:
-        median, IQR, quartiles, mean, min, max (seconds) and the number of timed calls.
-    """
-    for _ in range(max(0, warmup)):
-        fn()
-    return stats_of(sample_times(fn, repeats, min_time_s))
-
-
-def sample_times(fn: Callable[[], Any], repeats: int, min_time_s: float = 0.0) -> list[float]:
-    """Wall-clock seconds of at least ``repeats`` calls (more until ``min_time_s`` is spent)."""
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max(1, repeats) or (time.perf_counter() - start) < min_time_s:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def stats_of(times: list[float]) -> TimingStats:
-    q = np.percentile(times, [25, 50, 75])
-    return TimingStats(
-        median=float(q[1]),
-        iqr=float(q[2] - q[0]),
-        p25=float(q[0]),
-        p75=float(q[2]),
-        mean=float(statistics.fmean(times)),
-        min=float(min(times)),
-        max=float(max(times)),
-        repeats=len(times),
-    )
+from .quantize import QuantizeOptions, detect_cpu_int8, quantize_onnx
+from .tensorrt import TensorRTOptions, TensorRTRunner, build_engine, tensorrt_available
+from .timing import TimingStats, time_models, torch_threads
+from .torch_int8 import quantize_torch_fx
 
 
 @dataclass
@@ -169,6 +111,7 @@ class BenchResult:
     agreement: dict[str, Any] | None = None  # INT8 vs FP32 on the calibration hold-out
     model: str = ""  # arch and weights, named in the chart's title
     peak: Peak | None = None  # how the peak was estimated, and whether a path raised it
+    weights: WeightsInfo | None = None  # the weights' provenance, set by the verb that ran
 
     def peak_method(self) -> str:
         return self.peak.method() if self.peak else "given"
@@ -184,6 +127,7 @@ class BenchResult:
             "options": asdict(self.options),
             "notes": self.notes,
             "int8_agreement": self.agreement,
+            "weights": self.weights.to_dict() if self.weights else None,
         }
 
     def table(self) -> str:
@@ -209,8 +153,6 @@ class BenchResult:
 
 
 def machine_info(threads: int | None) -> dict[str, Any]:
-    from .quantize import detect_cpu_int8
-
     cpu = detect_cpu_int8()
     model_name = ""
     with contextlib.suppress(OSError):
@@ -236,18 +178,6 @@ def machine_info(threads: int | None) -> dict[str, Any]:
 
         info["openvino"] = openvino.__version__
     return info
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Set torch's intra-op threads for the duration, then restore them."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
@@ -302,8 +232,6 @@ def run_bench(model: nn.Module, meta: Any, options: BenchOptions | None = None) 
         The rows (each ``ok``, ``skipped`` with the reason, or ``failed`` with the error),
         the MACs, the CPU FP32 peak (raised to any FP32 path measured above it) and the machine description.
     """
-    from ..dissect import AnatomyOptions, analyze
-
     opts = options or BenchOptions()
     size = opts.input_size or meta.preprocessing.crop
     for b in opts.batches:  # the options checked them at the smallest side; the model's crop is known now
@@ -336,8 +264,7 @@ class _Bench:
         self.onnx_fp32: Path | None = None
         self.onnx_int8: Path | None = None
         self.int8_failed: str | None = None  # why there is no INT8 model to time, when quantisation refused one
-        pre = meta.preprocessing
-        self.pre = pre if pre.crop == size else dataclasses.replace(pre, resize=round(pre.resize * size / pre.crop), crop=size)
+        self.pre = meta.preprocessing.scaled_to(size)
         self.pending: list[tuple[BenchRow, Callable[[], Any], bool]] = []
 
     def wanted(self, name: str) -> bool:
@@ -345,8 +272,6 @@ class _Bench:
 
     def log(self, msg: str) -> None:
         if self.opts.progress:
-            import sys
-
             print(f"bench: {msg}", file=sys.stderr, flush=True)
 
     def add(self, name: str, batch: int, device: str, make: Callable[[], Callable[[], Any]], cpu: bool = True) -> None:
@@ -374,19 +299,14 @@ class _Bench:
         self.pending.append((row, fn, cpu))
 
     def time_pending(self) -> None:
-        """Time every prepared path round-robin, then fill in the statistics."""
+        """Time every prepared path round-robin (each was warmed up when added), then fill in the statistics."""
         if not self.pending:
             return
-        rounds = max(1, self.opts.rounds)
-        per_round = max(1, -(-self.opts.repeats // rounds))
-        samples: dict[int, list[float]] = {id(r): [] for r, _, _ in self.pending}
-        for k in range(rounds):
-            self.log(f"timing round {k + 1}/{rounds} over {len(self.pending)} paths")
-            for row, fn, _ in self.pending:
-                samples[id(row)] += sample_times(fn, per_round, self.opts.min_time_s / rounds)
+        stats = time_models({str(i): fn for i, (_, fn, _) in enumerate(self.pending)}, warmup=0, repeats=self.opts.repeats,
+                            rounds=self.opts.rounds, min_time_s=self.opts.min_time_s, progress=self.log)
         ref = None
-        for row, fn, _ in self.pending:
-            row.stats = stats_of(samples[id(row)])
+        for i, (row, fn, _) in enumerate(self.pending):
+            row.stats = stats[str(i)]
             row.throughput = row.batch / row.stats.median
             row.gflops = 2 * self.macs * row.batch / row.stats.median / 1e9
             out = _host_logits(fn())
@@ -433,9 +353,6 @@ class _Bench:
         need_int8 = any(self.wanted(n) for n in ("ort int8", "openvino int8"))
         if not need_fp32:
             return
-        from .onnx import ExportOptions, export_onnx
-        from .quantize import QuantizeOptions, quantize_onnx
-
         self.log("exporting ONNX (fused model, dynamo exporter)")
         dynamic = len(self.opts.batches) > 1 or self.opts.batches[0] != 1
         self.onnx_fp32 = export_onnx(
@@ -479,8 +396,6 @@ class _Bench:
         self.add("eager fp32", b, "cpu", lambda: eager(model, x))
 
         def channels_last() -> Callable[[], Any]:
-            import copy
-
             m = copy.deepcopy(model).to(memory_format=torch.channels_last)
             return eager(m, x.contiguous(memory_format=torch.channels_last))
 
@@ -525,21 +440,15 @@ class _Bench:
     def _ort(self, path: Path | None, x: torch.Tensor) -> Callable[[], Any]:
         if path is None:
             raise _Skip("no model (an earlier step failed or was not requested)")
-        from .onnx import ort_session
-
         sess = ort_session(path, self.opts.threads)
         name = sess.get_inputs()[0].name
         arr = x.numpy()
         return lambda: sess.run(None, {name: arr})
 
     def _torch_int8(self, x: torch.Tensor) -> Callable[[], Any]:
-        from .torch_int8 import quantize_torch_fx
-
         g = torch.Generator().manual_seed(0)
         calib = [torch.randn(4, 3, self.size, self.size, generator=g) for _ in range(4)]
         if self.opts.calib_dir or (self.work / "calib").exists():
-            from .quantize import image_batches, list_images
-
             files = list_images(self.opts.calib_dir or self.work / "calib", "--calib")
             calib = [torch.from_numpy(a) for _, a in image_batches(files[:64], self.pre, 8, [], "calibrate torch", False)]
         q = quantize_torch_fx(self.model, None, self.pre, calib_batches=calib).model
@@ -574,10 +483,6 @@ class _Bench:
             raise _Skip("no ONNX model")
         xml = self.work / "model.int8_nncf.xml"
         if not xml.exists():
-            from .onnx import inspect_onnx
-            from .openvino import quantize_nncf, write_ir
-            from .quantize import image_batches, list_images
-
             fp32_xml = write_ir(self.onnx_fp32, self.work / "model.fp32.xml", inspect_onnx(self.onnx_fp32).sidecar)
             files = list_images(self.opts.calib_dir or self.work / "calib", "--calib")[:64]
             calib = [a for _, a in image_batches(files, self.pre, 1, [], "calibrate nncf", False)]
@@ -588,8 +493,6 @@ class _Bench:
         if not torch.cuda.is_available():
             return
         torch.backends.cudnn.benchmark = True  # pick the fastest conv algorithms for this shape
-        import copy
-
         x = torch.randn(b, 3, self.size, self.size, device="cuda")
         m = copy.deepcopy(self.model).cuda().eval()
 
@@ -624,13 +527,6 @@ class _Bench:
             self.add(f"tensorrt {precision}", b, "cuda", lambda p=precision: self._tensorrt(p, b, x), cpu=False)
 
     def _tensorrt(self, precision: str, b: int, x: torch.Tensor) -> Callable[[], Any]:
-        from .tensorrt import (
-            TensorRTOptions,
-            TensorRTRunner,
-            build_engine,
-            tensorrt_available,
-        )
-
         ok, why = tensorrt_available()
         if not ok:
             raise _Skip(why)
@@ -670,98 +566,3 @@ class _Skip(Exception):
 
 class _Failed(Exception):
     """A path whose model an earlier step refused; shown as failed with that step's reason alone."""
-
-
-@dataclass
-class ChartBar:
-    """One bar of the latency chart."""
-
-    label: str  # the path or model file, as the table names it
-    stats: TimingStats
-    speedup: float | None  # against the chart's reference, written beside the bar
-    kind: str  # eager | int8 | fp: the bar's colour
-    peer: bool = False  # OpenVINO: hatched
-
-
-BAR_COLOURS = {"eager": "tab:gray", "int8": "tab:orange", "fp": "tab:blue"}
-BAR_KINDS = {"eager": "eager PyTorch (the baseline)", "int8": "INT8", "fp": "FP32 / FP16 engine"}
-
-
-def latency_figure(bars: list[ChartBar], title: str, speedup_of: str) -> Any:
-    """Horizontal bars of median latency with interquartile whiskers; each bar's figures on the right, a legend below."""
-    from matplotlib.patches import Patch
-
-    from ..viz.canvas import new_figure
-
-    fig = new_figure(8.5, 0.4 * len(bars) + 2.2)
-    ax = fig.add_subplot()
-    y = np.arange(len(bars))[::-1]
-    med = [b.stats.median_ms for b in bars]
-    err = np.array([[b.stats.median_ms - b.stats.p25 * 1e3 for b in bars], [b.stats.p75 * 1e3 - b.stats.median_ms for b in bars]])
-    drawn = ax.barh(y, med, xerr=err.clip(0), color=[BAR_COLOURS[b.kind] for b in bars], capsize=3)
-    for bar, b in zip(drawn, bars):
-        bar.set_hatch("//" if b.peer else "")
-    ax.set_yticks(y, [b.label for b in bars], fontsize=8)
-    # the figures stand in their own column right of the axes, where no whisker can reach them
-    right = ax.secondary_yaxis("right")
-    right.set_yticks(y, [f"{b.stats.median_ms:.2f} ms" + (f" ({b.speedup:.2f}x)" if b.speedup else "") for b in bars], fontsize=8)
-    right.tick_params(length=0)
-    ax.set_ylim(-0.6, len(bars) - 0.4)
-    ax.set_xlim(0, max(b.stats.p75 * 1e3 for b in bars) * 1.05)
-    ax.set_xlabel(f"latency, ms (median; whiskers: interquartile range); speed-up against {speedup_of}")
-    ax.set_title(title, fontsize=9)
-    handles = [Patch(color=BAR_COLOURS[k], label=BAR_KINDS[k]) for k in BAR_KINDS if any(b.kind == k for b in bars)]
-    if any(b.peer for b in bars):
-        handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="//", label="OpenVINO"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
-    return fig
-
-
-def bar_kind(name: str) -> str:
-    return "eager" if name.startswith("eager") else "int8" if "int8" in name else "fp"
-
-
-def bench_figure(result: BenchResult) -> Any:
-    """The chart of one ``bench`` run: every path that ran, at every batch size."""
-    ok = [r for r in result.rows if r.status == "ok"]
-    if not ok:
-        raise XrayError("no path ran, nothing to chart")
-    bars = [ChartBar(f"{r.path} (b{r.batch})", r.stats, r.speedup, bar_kind(r.path), r.path.startswith("openvino")) for r in ok]
-    m = result.machine
-    title = f"{result.model}\n{m.get('cpu', '')[:60]}, {m.get('threads')} thread(s)".strip()
-    return latency_figure(bars, title, "eager FP32 at the same batch")
-
-
-def save_chart(result: BenchResult, path: str | os.PathLike) -> Path:
-    """Write :func:`bench_figure` to ``path`` (PNG, atomically)."""
-    from .onnx import check_writable
-
-    out = check_writable(path)
-    return _write_png(bench_figure(result), out)
-
-
-def save_models_chart(stats: dict[str, TimingStats], kinds: dict[str, tuple[str, str]], machine: dict[str, Any],
-                      path: str | os.PathLike) -> Path:
-    """The chart of ``bench --model A --model B ...``: one bar per deployed file, speed-ups against the first.
-
-    Args:
-        stats: timings per model file, in the order given.
-        kinds: (engine, precision) per model file.
-    """
-    from .onnx import check_writable
-
-    out = check_writable(path)
-    first = next(iter(stats.values())).median
-    bars = [ChartBar(f"{p} ({kinds[p][0]} {kinds[p][1]})", st, first / st.median,
-                     "int8" if "int8" in kinds[p][1] else "fp", kinds[p][0] == "openvino") for p, st in stats.items()]
-    title = (f"{len(stats)} deployed model(s), batch 1, timed round-robin\n"
-             f"{machine.get('cpu', '')[:60]}, {machine.get('threads')} thread(s)")
-    return _write_png(latency_figure(bars, title, f"the first, {next(iter(stats))}"), out)
-
-
-def _write_png(fig: Any, out: Path) -> Path:
-    from ..atomic import write_bytes
-    from ..viz.canvas import figure_png
-
-    write_bytes(out, figure_png(fig, dpi=120), fsync=True)
-    return out

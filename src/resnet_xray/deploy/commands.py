@@ -146,7 +146,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         torch_model = model_from_args(args)
     res = api.quantize(args.model, args.calib, args.output, compare_torch=torch_model, **options)
     report_skipped(res.skipped)
-    rep = res.report
+    rep = res.to_dict()
     failed = not rep.get("passed", True)
     if failed:
         bad = next(r["check"] for r in rep["agreement"]["paths"].values() if r.get("check") and not r["check"]["passed"])
@@ -197,11 +197,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.model:
         return _bench_models(args, opts)
     model = model_from_args(args)
-    report = api.bench(model, output=args.output, **fields_of(opts))
+    res = api.bench(model, opts, output=args.output)
     if args.json:
-        print_json(report.to_dict())
+        print_json(res.to_dict())
         return 0
-    res, meta = report.result, model.meta
+    meta = model.meta
     m = res.machine
     print(f"{meta.arch} ({meta.weights}), {si(res.macs)} MACs per image at {opts.input_size or meta.preprocessing.crop} px")
     print(f"CPU: {m['cpu']}, {m['threads']} thread(s) of {m['logical_cores']}, VNNI: {'yes' if m['vnni'] else 'no'}"
@@ -241,7 +241,8 @@ def _bench_models(args: argparse.Namespace, opts) -> int:
 
     from ..units import table
     from .bench import machine_info
-    from .runtime import load_deployed, time_models
+    from .runtime import load_deployed
+    from .timing import time_models
 
     if opts.batches != (1,):  # it times batch 1 alone; another --batch was once dropped without a word
         raise XrayError(f"--batch {','.join(map(str, opts.batches))}: bench --model times batch 1 only; "
@@ -263,7 +264,7 @@ def _bench_models(args: argparse.Namespace, opts) -> int:
              "iqr_ms": st.iqr_ms, "speedup_vs_first": first / st.median} for p, st in stats.items()]
     m = machine_info(opts.threads)
     if args.output:
-        from .bench import save_models_chart
+        from .charts import save_models_chart
 
         save_models_chart(stats, {p: (dm.engine, dm.precision) for p, (dm, _) in loaded.items()}, m, args.output)
     if args.json:

@@ -12,8 +12,10 @@ folded pairs in the model's change list, so a saved fused model reloads as fused
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
-from dataclasses import dataclass
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +23,10 @@ from torch import fx, nn
 
 from ..compare import Tolerance, compare
 from ..errors import XrayError
+from ..image import bundled_cat, load_batch
 from ..interface import class_logits
+from ..model import LoadedModel, save_checkpoint
+from ..provenance import WeightsInfo
 from ..spec import Change, SpecError, register
 
 
@@ -188,3 +193,39 @@ def fusion_report(model: nn.Module, fused: nn.Module, images: torch.Tensor, tole
     report["passed"] = eq.passed
     report["check"] = eq
     return report
+
+
+@dataclass
+class FuseResult:
+    """BatchNorm folded into the convs before it, and the fused vs unfused check on real images."""
+
+    model: LoadedModel  # the fused model, metadata carried over
+    folded: int
+    batchnorm_before: int
+    batchnorm_after: int
+    check: dict[str, Any]  # max_abs_diff, mean_abs_diff, max_abs_logit, top1_agreement, images
+    weights: WeightsInfo
+    output: Path | None = None  # the saved checkpoint, when one was asked for
+    skipped: list[Any] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.check.get("passed"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.check, "batchnorm_before": self.batchnorm_before, "batchnorm_after": self.batchnorm_after,
+                "folded": self.folded, "output": None if self.output is None else str(self.output),
+                "weights": self.weights.to_dict()}
+
+
+def fuse_checked(m: LoadedModel, out: Path | None, check: Sequence[str | os.PathLike], options: FuseOptions | None = None) -> FuseResult:
+    """Fold ``m``, compare with the unfused model on the bundled photo plus ``check``; save to ``out`` only if it passes."""
+    fused = fuse_model(m.module, options)
+    _, x, skipped = load_batch([bundled_cat(), *check], m.meta.preprocessing)
+    rep = fusion_report(m.module, fused, x)
+    eq = rep.pop("check")
+    rep["check"] = eq.to_dict()
+    fused_meta = m.meta.with_change(FusedBatchNorm.of(fused))  # the change list says BN was folded
+    saved = save_checkpoint(out, fused, fused_meta) if out is not None and eq.passed else None  # a failed check writes nothing
+    counts = {k: rep.pop(k) for k in ("folded", "batchnorm_before", "batchnorm_after")}
+    return FuseResult(LoadedModel(fused, fused_meta), check=rep, weights=m.weights, output=saved, skipped=skipped, **counts)

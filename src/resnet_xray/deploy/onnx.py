@@ -10,12 +10,10 @@ class names, so ``quantize`` and ``bench`` feed the model exactly as it was trai
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
-import json
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,14 +22,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_path, check_writable, write_json
+from ..atomic import StagedFiles, atomic_path, check_writable, write_json
 from ..compare import Equivalence, Tolerance, compare
 from ..errors import XrayError
 from ..image import Preprocessing, bundled_cat, load_batch
 from ..interface import ClassLogits, class_logits
-from ..options import check_declared_side, option
+from ..options import OptionError, batch_fits, check_declared_side, image_side, one_of, option
 from ..provenance import sidecar_fields
-from .artefact import merge_meta, onnx_embedded, read_sidecar, set_onnx_embedded, sidecar_path
+from .artefact import check_preprocessing, merge_meta, onnx_embedded, read_sidecar, set_onnx_embedded, sidecar_path
+from .openvino import inspect_ir, openvino_runner, write_ir
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -51,8 +50,6 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         import onnx
-
-        from ..options import OptionError, batch_fits, image_side, one_of
 
         one_of("exporter", self.exporter, tuple(MIN_OPSET))
         top = onnx.defs.onnx_opset_version()
@@ -89,18 +86,35 @@ def export_onnx(
     size = opts.input_size or pre.crop
     if size != pre.crop:
         # the file takes size x size, so that is what its sidecar must promise to feed it
-        pre = dataclasses.replace(
-            pre, resize=round(pre.resize * size / pre.crop), crop=size, source=f"{pre.source}, scaled to {size} px for export"
-        )
-    model = model.eval()
+        pre = pre.scaled_to(size, f"{pre.source}, scaled to {size} px for export")
     example = torch.zeros(opts.batch, 3, size, size)
+    model, num_classes = _logits_model(model.eval(), example)
+    side = _sidecar(opts, size, num_classes, pre, meta)
+    with atomic_path(out) as tmp:
+        try:
+            _run_exporter(model, example, tmp, opts)
+            _check_and_embed(tmp, opts, side)
+        finally:
+            # the dynamo exporter may write external data next to tmp for huge models; ours are single-file
+            Path(str(tmp) + ".data").unlink(missing_ok=True)
+    write_json(sidecar_path(out), side)
+    if opts.openvino:
+        write_ir(out, out.with_suffix(".xml"), side)
+    return out
+
+
+def _logits_model(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, int]:
+    """The model as one that returns the class logits (a multi-task one's ``class`` head), and its class count."""
     with torch.inference_mode():
         probe = model(example)
     if isinstance(probe, dict):
         model = ClassLogits(model)
         probe = class_logits(probe)
-    num_classes = int(probe.shape[1])
+    return model, int(probe.shape[1])
 
+
+def _sidecar(opts: ExportOptions, size: int, num_classes: int, pre: Preprocessing, meta: Any) -> dict[str, Any]:
+    """The description an export carries: how to feed the file, what it outputs, and where its weights came from."""
     side = {
         "format": "resnet-xray onnx sidecar",
         "input_name": INPUT_NAME,
@@ -114,28 +128,21 @@ def export_onnx(
     if meta is not None:
         side.update(arch=meta.arch, weights=meta.weights, pretrained=bool(meta.pretrained), class_names=list(meta.class_names))
         side.update(sidecar_fields(meta.provenance))  # trained / trained_evidence / training, as the checkpoint had them
-    with atomic_path(out) as tmp:
-        try:
-            _run_exporter(model, example, tmp, opts)
-            import onnx
+    return side
 
-            proto = onnx.load(str(tmp))
-            onnx.checker.check_model(proto, full_check=True)
-            side["opset"] = int(next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0))
-            if opts.opset is not None and side["opset"] != opts.opset:
-                raise XrayError(f"--opset {opts.opset}: the {opts.exporter} exporter wrote opset {side['opset']} instead")
-            # the description travels inside the file, so the .onnx alone is a usable model
-            set_onnx_embedded(proto, side)
-            onnx.save(proto, str(tmp))
-        finally:
-            # the dynamo exporter may write external data next to tmp for huge models; ours are single-file
-            Path(str(tmp) + ".data").unlink(missing_ok=True)
-    write_json(sidecar_path(out), side)
-    if opts.openvino:
-        from .openvino import write_ir
 
-        write_ir(out, out.with_suffix(".xml"), side)
-    return out
+def _check_and_embed(path: Path, opts: ExportOptions, side: dict[str, Any]) -> None:
+    """Run ONNX's full checker on the written file, record its opset in ``side``, and embed ``side`` in it."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    side["opset"] = int(next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0))
+    if opts.opset is not None and side["opset"] != opts.opset:
+        raise XrayError(f"--opset {opts.opset}: the {opts.exporter} exporter wrote opset {side['opset']} instead")
+    # the description travels inside the file, so the .onnx alone is a usable model
+    set_onnx_embedded(proto, side)
+    onnx.save(proto, str(path))
 
 
 def _run_exporter(model: nn.Module, example: torch.Tensor, path: Path, opts: ExportOptions) -> None:
@@ -184,12 +191,10 @@ class OnnxInfo:
     def preprocessing(self) -> Preprocessing:
         pre = self.sidecar.get("preprocessing")
         if pre:
-            from .artefact import check_preprocessing
-
             return check_preprocessing(pre, str(sidecar_path(self.path)), self.image_size)
         # No sidecar: the seed pipeline, cropped to whatever the model takes.
         size = self.image_size
-        return Preprocessing(resize=round(size * 256 / 224), crop=size, source=f"seed pipeline scaled to {size} px (no sidecar found)")
+        return Preprocessing.seed().scaled_to(size, f"seed pipeline scaled to {size} px (no sidecar found)")
 
     @property
     def class_names(self) -> list[str] | None:
@@ -261,14 +266,6 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, optimize: b
         raise XrayError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:160]})") from None
 
 
-def topk_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 5) -> float:
-    """Mean share of the top-k classes two batches of scores have in common."""
-    k = min(k, a.shape[1])
-    ta, tb = a.topk(k, 1).indices, b.topk(k, 1).indices
-    common = [len(set(x.tolist()) & set(y.tolist())) / k for x, y in zip(ta, tb)]
-    return float(np.mean(common))
-
-
 def run_ort(session, x: np.ndarray, fixed_batch: int | None = None) -> np.ndarray:
     """Run a session on a batch, one image at a time when the model's batch is fixed."""
     name = session.get_inputs()[0].name
@@ -277,6 +274,27 @@ def run_ort(session, x: np.ndarray, fixed_batch: int | None = None) -> np.ndarra
     if fixed_batch != 1:
         raise XrayError(f"the ONNX model has a fixed batch of {fixed_batch}; export with --dynamic-batch or batch 1")
     return np.concatenate([session.run(None, {name: x[i : i + 1]})[0] for i in range(x.shape[0])])
+
+
+def ort_runner(path: Path, info: OnnxInfo, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """The file in ONNX Runtime as a NumPy-in, logits-out function (no spinning threads: checks and calibration use it)."""
+    sess = ort_session(path, threads, spin=False)
+    fixed = info.fixed_batch
+    return lambda x: run_ort(sess, x, fixed)
+
+
+# The TorchScript route exports a ResNet about 3x faster than dynamo, and the pruning loop exports every round.
+TIMING_EXPORTER = "torchscript"
+
+
+def exported_runner(model: nn.Module, path: Path, input_size: int, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Export ``model`` for batch-1 ``input_size`` inputs to ``path`` and return it in ONNX Runtime, to be timed.
+
+    The pruning loop's ONNX Runtime column: it is passed this, so pruning needs no more of deploy than its timer.
+    """
+    sess = ort_session(export_onnx(model, path, ExportOptions(input_size=input_size, batch=1, exporter=TIMING_EXPORTER)), threads)
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})[0]
 
 
 @torch.inference_mode()
@@ -356,8 +374,6 @@ def export_checked(model: nn.Module, path: str | os.PathLike, options: ExportOpt
     Raises:
         ExportFailed: a check failed; the earlier files are unchanged.
     """
-    from ..atomic import StagedFiles
-
     out = Path(path)
     check = list(check)
     with StagedFiles(export_files(out)) as stage:
@@ -374,9 +390,6 @@ def export_checked(model: nn.Module, path: str | os.PathLike, options: ExportOpt
 def check_openvino(xml_path: Path, model: nn.Module, images: Iterable[str | os.PathLike] | torch.Tensor | None = None,
                    *, atol: float = 1e-3, rtol: float = 1e-4) -> dict[str, Any]:
     """OpenVINO (FP32 IR) vs eager PyTorch, the same check and report as :func:`check_onnx`."""
-    from .artefact import check_preprocessing
-    from .openvino import inspect_ir, openvino_runner
-
     _, info = inspect_ir(xml_path)
     skipped: list = []
     if isinstance(images, torch.Tensor):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,13 +147,9 @@ def quiet_nncf() -> Any:
 
 class _Stderr:
     def write(self, s: str) -> int:
-        import sys
-
         return sys.stderr.write(s)
 
     def flush(self) -> None:
-        import sys
-
         sys.stderr.flush()
 
 

@@ -15,8 +15,13 @@ they only compare within one process.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import os
 import shutil
 import sys
+import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,12 +31,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import check_writable, earlier_output, refuse_inputs, write_json
+from ..atomic import StagedFiles, check_writable, earlier_output, refuse_inputs, remove_stale_dirs, write_json
 from ..compare import Tolerance, as_logits, compare
 from ..errors import XrayError
+from ..locks import output_lock
+from ..model import load_model
+from ..options import OptionError, at_least, batch_fits, image_side, one_of, option, seed_in_range, thread_count, within
 from ..provenance import WeightsInfo
+from ..pruning import loop as prune_loop
+from ..pruning.importance import CRITERIA
+from ..pruning.loop import PruneOptions, PruneResult, Trainer, prune_loaders
 from ..units import pct, table
-from ..options import option
+from .artefact import sidecar_path
+from .bench import machine_info
+from .charts import pareto_front, save_optimize_chart
+from .data import image_batches, list_images
+from .fuse import fuse_model
+from .onnx import ExportOptions, export_onnx, exported_runner, inspect_onnx
+from .openvino import qdq_to_ir, quantize_nncf
+from .quantize import QuantizeOptions, quantize_onnx
+from .runtime import labelled_batches, load_deployed, runner_at_size
+from .timing import time_models, torch_threads
+from .torch_int8 import quantize_torch_fx
 
 ENGINES = ("ort", "openvino", "torch")
 STATE_FILE = "optimize_state.json"
@@ -75,9 +96,6 @@ class OptimizeOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from ..options import OptionError, at_least, batch_fits, image_side, one_of, seed_in_range, thread_count, within
-        from ..pruning.importance import CRITERIA
-
         within("max_drop", self.max_drop, 0.0, 100.0)  # accuracy points
         if self.target_macs is not None:
             within("target_macs", self.target_macs, 0.0, 1.0, open_low=True, open_high=True)  # the share of MACs to keep
@@ -143,8 +161,6 @@ class OptimizeResult:
     timing_size: int | None = None  # the square side every candidate was timed at
 
     def to_dict(self) -> dict[str, Any]:
-        from ..compare import Equivalence  # noqa: F401 - checks are already dicts
-
         return {
             "out": str(self.out),
             "baseline_accuracy": self.baseline_accuracy,
@@ -163,8 +179,6 @@ class OptimizeResult:
 
     def table(self, why_width: int = 48) -> str:
         """One row per candidate, fastest first; a long "why" goes on to further lines, broken between words."""
-        import textwrap
-
         rows = []
         for c in sorted(self.candidates, key=lambda c: (c.latency_ms is None, c.latency_ms or 0)):
             why = textwrap.wrap(c.reason, why_width, break_long_words=False) or [""]
@@ -177,8 +191,6 @@ class OptimizeResult:
 
 
 def _clean(d: Any) -> Any:
-    import math
-
     if isinstance(d, dict):
         return {k: _clean(v) for k, v in d.items()}
     if isinstance(d, list):
@@ -223,8 +235,6 @@ OWN_ENTRIES = (STATE_FILE, REPORT_FILE, CHART_FILE, "work", "prune", *PUBLISHED)
 
 def prepare_out(opts: OptimizeOptions) -> dict[str, Any] | None:
     """Refuse to mix runs: a non-empty OUT must be an earlier optimize run, and then needs --resume (same options) or --overwrite."""
-    import json
-
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         raise XrayError(f"-o {out}: exists and is not a folder")
@@ -261,8 +271,6 @@ def optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str], 
     One writer per OUT: a second run on the same folder gets one line and exit 2 (see
     :mod:`resnet_xray.locks`). Arguments and result as :func:`_optimize`.
     """
-    from ..locks import output_lock
-
     refuse_inputs(options.out, {"--data": options.data, "checkpoint": checkpoint})
     with output_lock(options.out, "-o", beside=True):  # beside: OUT itself stays empty until the run writes
         return _optimize(checkpoint, options, log=log)
@@ -280,15 +288,36 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
         Every candidate with accuracy, agreement, latency and why it was kept or dropped; the
         winner's artefact is copied to ``OUT/model.onnx`` or ``OUT/model.xml`` for ``classify --model``.
     """
-    from ..model import load_model
-    from .bench import machine_info, torch_threads
-
     opts = options  # checked by optimize()
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     t_start = time.perf_counter()
+    model, meta = _checkpoint(checkpoint, opts.input_size)
+    run = _start(opts, log)
+    size = meta.preprocessing.crop
+    with torch_threads(opts.threads):
+        variants: list[tuple[str, Any, float]] = [("", model, 1.0)]
+        if opts.target_macs is not None:
+            variants.append(("pruned ", *_prune(run, model, meta, size)))
+        val = _val_split(run, model, meta)
+        cands, runners = _candidates(run, variants, meta, val)
+        tsize = opts.timing_size or size
+        run.stage(f"timing {len(runners)} candidates round-robin (batch 1, {tsize} px, {opts.rounds} rounds after warm-up)")
+        if tsize != size:
+            _runners_at(run, cands, runners, tsize)
+        _time(run, cands, runners, tsize)
+    return _finish(run, cands, val.base_acc, meta, tsize, time.perf_counter() - t_start)
+
+
+def _checkpoint(checkpoint: str, input_size: int | None) -> tuple[Any, Any]:
+    """The FP32 model and its metadata, the preprocessing scaled to ``input_size`` (None: the checkpoint's crop)."""
     model, meta = load_model(None, checkpoint)
     if meta.find("heads"):
         raise XrayError(f"{checkpoint}: multi-task checkpoints are not supported by optimize; use a single-head classifier")
+    return model, dataclasses.replace(meta, preprocessing=meta.preprocessing.scaled_to(input_size or meta.preprocessing.crop))
+
+
+def _start(opts: OptimizeOptions, log: Callable[[str], None]) -> _Run:
+    """Claim OUT (refusing to mix runs) and start its state file, or take up an earlier run's to resume it."""
     state = prepare_out(opts)
     run = _Run(opts, log)
     if state:
@@ -297,55 +326,69 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
     else:
         write_json(run.state_path, run.state)  # now, so a run killed in its first stage can be resumed
     run.work.mkdir(exist_ok=True)
-    size = opts.input_size or meta.preprocessing.crop
-    pre = meta.preprocessing if size == meta.preprocessing.crop else dataclasses.replace(
-        meta.preprocessing, resize=round(meta.preprocessing.resize * size / meta.preprocessing.crop), crop=size)
-    meta = dataclasses.replace(meta, preprocessing=pre)
+    return run
 
-    with torch_threads(opts.threads):
-        variants: list[tuple[str, Any, float]] = [("", model, 1.0)]
-        if opts.target_macs is not None:
-            variants.append(("pruned ", *_prune(run, model, meta, size)))
-        run.stage("evaluation images")
-        from .runtime import labelled_batches
 
-        val_x, val_y, how, _, val_files = labelled_batches(opts.data, pre, meta.class_names, batch=16, limit=opts.eval_images,
-                                                           limit_flag="--eval-images")
-        val_names = [str(f.relative_to(opts.data)) for f in val_files]  # found under DATA/val, so always relative
-        if val_y is None:
-            raise XrayError(f"--data {opts.data}: needs labelled val images (val/<class>/<image>): {how}")
-        calib = _calibration_files(opts)
-        ref_logits = _logits(model, val_x)
-        base_acc = float((ref_logits.argmax(1) == val_y).mean())
-        log(f"optimize: FP32 checkpoint accuracy {pct(base_acc)} on {len(val_y)} val images; budget {opts.max_drop} points")
+@dataclass
+class _Val:
+    """The val split every candidate is scored on, with the FP32 checkpoint's own outputs on it."""
 
-        cands: list[Candidate] = []
-        runners: dict[str, Callable[[np.ndarray], Any]] = {}
-        for prefix, m, macs_rel in variants:
-            _variant(run, prefix, m, meta, macs_rel, calib, pre, cands, runners, val_x, val_y, base_acc)
-        _score(cands, runners, val_x, val_y, ref_logits, val_names)
-        if opts.mixed_precision and "openvino" in opts.engines:
-            _mixed(run, variants, cands, runners, val_x, val_y, base_acc, ref_logits, val_names)
-        tsize = opts.timing_size or size
-        run.stage(f"timing {len(runners)} candidates round-robin (batch 1, {tsize} px, {opts.rounds} rounds after warm-up)")
-        if tsize != size:
-            _runners_at(run, cands, runners, tsize)
-        _time(run, cands, runners, tsize)
+    x: list[torch.Tensor]  # preprocessed batches
+    y: np.ndarray  # labels from the class folders
+    names: list[str]  # the images, relative to --data
+    ref_logits: np.ndarray  # the FP32 checkpoint's
+    base_acc: float  # the FP32 checkpoint's top-1: the budget is counted from it
+
+
+def _val_split(run: _Run, model: Any, meta: Any) -> _Val:
+    """The labelled val images of --data, and how the FP32 checkpoint scores on them."""
+    opts = run.opts
+    run.stage("evaluation images")
+    x, y, how, _, files = labelled_batches(opts.data, meta.preprocessing, meta.class_names, batch=16, limit=opts.eval_images,
+                                           limit_flag="--eval-images")
+    names = [str(f.relative_to(opts.data)) for f in files]  # found under DATA/val, so always relative
+    if y is None:
+        raise XrayError(f"--data {opts.data}: needs labelled val images (val/<class>/<image>): {how}")
+    ref_logits = _logits(model, x)
+    base_acc = float((ref_logits.argmax(1) == y).mean())
+    run.log(f"optimize: FP32 checkpoint accuracy {pct(base_acc)} on {len(y)} val images; budget {opts.max_drop} points")
+    return _Val(x, y, names, ref_logits, base_acc)
+
+
+def _candidates(run: _Run, variants: list[tuple[str, Any, float]], meta: Any, val: _Val
+                ) -> tuple[list[Candidate], dict[str, Callable[[np.ndarray], Any]]]:
+    """Every candidate of every variant, scored on the val split, and a runner for each."""
+    calib = _calibration_files(run.opts)
+    cands: list[Candidate] = []
+    runners: dict[str, Callable[[np.ndarray], Any]] = {}
+    for prefix, m, macs_rel in variants:
+        _variant(run, prefix, m, meta, macs_rel, calib, cands, runners)
+    _score(cands, runners, val)
+    if run.opts.mixed_precision and "openvino" in run.opts.engines:
+        _mixed(run, variants, cands, runners, val)
+    return cands, runners
+
+
+def _finish(run: _Run, cands: list[Candidate], base_acc: float, meta: Any, tsize: int, seconds: float) -> OptimizeResult:
+    """Pick and publish the winner, draw the chart, and write the report."""
+    opts = run.opts
     winner = _pick(cands, base_acc, opts.max_drop)
     winner_path = _publish(run, winner)
-    chart = _chart(cands, run.out / CHART_FILE, base_acc, opts.max_drop)
+    chart = save_optimize_chart(cands, run.out / CHART_FILE, base_acc, opts.max_drop)
     res = OptimizeResult(run.out, base_acc, opts.max_drop, cands, winner, winner_path, chart, machine_info(opts.threads), opts,
-                         round(time.perf_counter() - t_start, 1), WeightsInfo.of(meta).to_dict(), tsize)
+                         round(seconds, 1), WeightsInfo.of(meta).to_dict(), tsize)
     write_json(run.out / REPORT_FILE, res.to_dict())
     run.mark("finished", True)
     return res
 
 
-def _prune(run: _Run, model: Any, meta: Any, size: int) -> tuple[Any, float]:
-    from ..api import prune_data
-    from ..model import load_model
-    from ..pruning.loop import PruneOptions, prune
+def prune_with_ort(model: torch.nn.Module, meta: Any, options: PruneOptions, data: Any = None, *, trainer: Trainer | None = None,
+                   log: Callable[[str], None] = print) -> PruneResult:
+    """:func:`resnet_xray.pruning.loop.prune` with its ONNX Runtime latency column, which needs deploy's exporter."""
+    return prune_loop.prune(model, meta, options, data, trainer=trainer, log=log, ort=exported_runner)
 
+
+def _prune(run: _Run, model: Any, meta: Any, size: int) -> tuple[Any, float]:
     opts = run.opts
     run.stage(f"prune to {opts.target_macs:.0%} of the MACs in {opts.prune_steps} round(s) by {opts.importance} importance, fine-tuning {opts.finetune_epochs} epoch(s) each")
     pdir = run.out / "prune"
@@ -356,16 +399,14 @@ def _prune(run: _Run, model: Any, meta: Any, size: int) -> tuple[Any, float]:
                              input_size=size, batch_size=opts.batch_size, workers=opts.workers, latency_repeats=5,
                              measure_ort=False, threads=opts.threads, seed=opts.seed, out=str(pdir))
         # the checkpoint's own crop scale: recovery with heavier crops than it was trained with costs accuracy
-        data = prune_data(opts.data, meta, popts)
-        res = prune(model, meta, popts, data, log=lambda s: run.log(f"  prune: {s}"))
+        data = prune_loaders(opts.data, meta, popts)
+        res = prune_loop.prune(model, meta, popts, data, log=lambda s: run.log(f"  prune: {s}"))
         run.mark("prune", {"macs_rel": res.rounds[-1]["macs_rel"]})
     pruned, _ = load_model(None, final)
     return pruned.eval(), float(run.done("prune")["macs_rel"])
 
 
 def _calibration_files(opts: OptimizeOptions) -> list[Path]:
-    from .quantize import list_images
-
     root = Path(opts.data)
     root = root / "train" if (root / "train").is_dir() else root
     files = list_images(root, "--data")
@@ -378,19 +419,10 @@ def _logits(m: Any, xs: list[torch.Tensor]) -> np.ndarray:
         return np.concatenate([as_logits(m(x)) for x in xs])
 
 
-def _variant(run: _Run, prefix: str, model: Any, meta: Any, macs_rel: float, calib: list[Path], pre: Any,
-             cands: list[Candidate], runners: dict[str, Any], val_x: Any, val_y: Any, base_acc: float) -> None:
+def _variant(run: _Run, prefix: str, model: Any, meta: Any, macs_rel: float, calib: list[Path],
+             cands: list[Candidate], runners: dict[str, Any]) -> None:
     """Eager, fused, FP32 exports and every INT8 route of one model (unpruned or pruned)."""
-    from .fuse import fuse_model
-    from .onnx import ExportOptions, export_onnx
-    from .openvino import qdq_to_ir, quantize_nncf
-    from .quantize import image_batches
-    from .runtime import load_deployed
-
-    opts, work = run.opts, run.work
-    tag = prefix.strip().replace(" ", "_") or "base"
-    pruned = bool(prefix)
-    m = model.eval()
+    pruned, m = bool(prefix), model.eval()
 
     def eager(x: np.ndarray, m=m) -> Any:
         return m(torch.from_numpy(x))
@@ -398,65 +430,81 @@ def _variant(run: _Run, prefix: str, model: Any, meta: Any, macs_rel: float, cal
     name = f"{prefix}eager fp32"
     cands.append(Candidate(name, "eager", "fp32", pruned, macs_rel, None))
     runners[name] = eager
-
-    run.stage(f"{prefix or 'unpruned '}fuse + export (ONNX, OpenVINO IR)")
-    fused = fuse_model(m)
-    onnx_path = work / f"{tag}.fp32.onnx"
-    want_ov = "openvino" in opts.engines
-    if not run.done(f"{tag}.export"):
-        export_onnx(fused, onnx_path, ExportOptions(exporter="torchscript", openvino=want_ov, input_size=pre.crop), meta)
-        run.mark(f"{tag}.export")
-    deploy = {}
-    if "ort" in opts.engines:
-        deploy[f"{prefix}ort fp32"] = ("onnxruntime", "fp32", onnx_path)
-    if want_ov:
-        deploy[f"{prefix}openvino fp32"] = ("openvino", "fp32", onnx_path.with_suffix(".xml"))
-
-    calib_batches = None
-    if "ort" in opts.engines or want_ov:
-        run.stage(f"{prefix or 'unpruned '}INT8: ONNX Runtime QDQ" + (", NNCF, OpenVINO on QDQ" if want_ov else ""))
-        ort_int8 = work / f"{tag}.int8.onnx"
-        if not run.done(f"{tag}.ort_int8"):
-            _quantize_ort(onnx_path, calib, ort_int8)
-            run.mark(f"{tag}.ort_int8")
-        if "ort" in opts.engines:
-            deploy[f"{prefix}ort int8"] = ("onnxruntime", "int8", ort_int8)
-        if want_ov:
-            qdq_xml = work / f"{tag}.int8_qdq.xml"
-            if not run.done(f"{tag}.ov_qdq"):
-                from .onnx import inspect_onnx
-
-                qdq_to_ir(ort_int8, qdq_xml, inspect_onnx(ort_int8).sidecar)
-                run.mark(f"{tag}.ov_qdq")
-            deploy[f"{prefix}openvino int8 (qdq)"] = ("openvino", "int8", qdq_xml)
-            nncf_xml = work / f"{tag}.int8_nncf.xml"
-            if not run.done(f"{tag}.nncf"):
-                calib_batches = [x for _, x in image_batches(calib, pre, 1, [], "calibrate", False)]
-                quantize_nncf(onnx_path.with_suffix(".xml"), calib_batches, nncf_xml)
-                run.mark(f"{tag}.nncf")
-            deploy[f"{prefix}openvino int8 (nncf)"] = ("openvino", "int8", nncf_xml)
-    for name, (engine, precision, path) in deploy.items():
-        dm, _ = load_deployed(path, opts.threads)
+    onnx_path = _export(run, prefix, m, meta)
+    files = {**_fp32_files(run, prefix, onnx_path), **_int8_files(run, prefix, onnx_path, calib, meta.preprocessing)}
+    for name, (engine, precision, path) in files.items():
+        dm, _ = load_deployed(path, run.opts.threads)
         cands.append(Candidate(name, engine, precision, pruned, macs_rel, str(path)))
         runners[name] = dm.run
-    if "torch" in opts.engines:
+    if "torch" in run.opts.engines:
         run.stage(f"{prefix or 'unpruned '}INT8: PyTorch FX (x86)")
-        from .torch_int8 import quantize_torch_fx
-
-        q = quantize_torch_fx(m, calib, pre).model
+        q = quantize_torch_fx(m, calib, meta.preprocessing).model
         name = f"{prefix}torch int8 (fx)"
         cands.append(Candidate(name, "torch", "int8", pruned, macs_rel, None))
         runners[name] = lambda x, q=q: q(torch.from_numpy(x))
 
 
+def _tag(prefix: str) -> str:
+    """The variant's name in the work folder's file names and the state file's keys."""
+    return prefix.strip().replace(" ", "_") or "base"
+
+
+def _export(run: _Run, prefix: str, m: Any, meta: Any) -> Path:
+    """The fused FP32 model as ONNX (and OpenVINO IR beside it, when that engine is wanted); once per run."""
+    run.stage(f"{prefix or 'unpruned '}fuse + export (ONNX, OpenVINO IR)")
+    tag = _tag(prefix)
+    onnx_path = run.work / f"{tag}.fp32.onnx"
+    if not run.done(f"{tag}.export"):
+        opts = ExportOptions(exporter="torchscript", openvino="openvino" in run.opts.engines, input_size=meta.preprocessing.crop)
+        export_onnx(fuse_model(m), onnx_path, opts, meta)
+        run.mark(f"{tag}.export")
+    return onnx_path
+
+
+# A deployable candidate: its name -> (engine, precision, file).
+Files = dict[str, tuple[str, str, Path]]
+
+
+def _fp32_files(run: _Run, prefix: str, onnx_path: Path) -> Files:
+    files: Files = {}
+    if "ort" in run.opts.engines:
+        files[f"{prefix}ort fp32"] = ("onnxruntime", "fp32", onnx_path)
+    if "openvino" in run.opts.engines:
+        files[f"{prefix}openvino fp32"] = ("openvino", "fp32", onnx_path.with_suffix(".xml"))
+    return files
+
+
+def _int8_files(run: _Run, prefix: str, onnx_path: Path, calib: list[Path], pre: Any) -> Files:
+    """ONNX Runtime's QDQ INT8 of the export, and OpenVINO's two INT8 routes (on that QDQ file, and NNCF's own)."""
+    engines, tag = run.opts.engines, _tag(prefix)
+    want_ov = "openvino" in engines
+    if "ort" not in engines and not want_ov:
+        return {}
+    run.stage(f"{prefix or 'unpruned '}INT8: ONNX Runtime QDQ" + (", NNCF, OpenVINO on QDQ" if want_ov else ""))
+    ort_int8 = run.work / f"{tag}.int8.onnx"
+    if not run.done(f"{tag}.ort_int8"):
+        _quantize_ort(onnx_path, calib, ort_int8)
+        run.mark(f"{tag}.ort_int8")
+    files: Files = {}
+    if "ort" in engines:
+        files[f"{prefix}ort int8"] = ("onnxruntime", "int8", ort_int8)
+    if not want_ov:
+        return files
+    qdq_xml = run.work / f"{tag}.int8_qdq.xml"
+    if not run.done(f"{tag}.ov_qdq"):
+        qdq_to_ir(ort_int8, qdq_xml, inspect_onnx(ort_int8).sidecar)
+        run.mark(f"{tag}.ov_qdq")
+    files[f"{prefix}openvino int8 (qdq)"] = ("openvino", "int8", qdq_xml)
+    nncf_xml = run.work / f"{tag}.int8_nncf.xml"
+    if not run.done(f"{tag}.nncf"):
+        quantize_nncf(onnx_path.with_suffix(".xml"), [x for _, x in image_batches(calib, pre, 1, [], "calibrate", False)], nncf_xml)
+        run.mark(f"{tag}.nncf")
+    files[f"{prefix}openvino int8 (nncf)"] = ("openvino", "int8", nncf_xml)
+    return files
+
+
 def _quantize_ort(fp32: Path, calib: list[Path], out: Path) -> None:
     """ORT QDQ INT8 through quantize_onnx, on a folder of links to the chosen calibration images."""
-    import os
-    import tempfile
-
-    from ..atomic import remove_stale_dirs
-    from .quantize import QuantizeOptions, quantize_onnx
-
     remove_stale_dirs(out.parent, ".calib-")  # a killed run's links
     with tempfile.TemporaryDirectory(prefix=f".calib-{os.getpid()}-", dir=out.parent) as tmp:
         for i, f in enumerate(calib):
@@ -468,30 +516,24 @@ def _quantize_ort(fp32: Path, calib: list[Path], out: Path) -> None:
         raise XrayError(f"{fp32}: ONNX Runtime INT8 gave non-finite outputs")
 
 
-def _score(cands: list[Candidate], runners: dict[str, Any], val_x: Any, val_y: np.ndarray, ref_logits: np.ndarray,
-           val_names: list[str]) -> None:
+def _score(cands: list[Candidate], runners: dict[str, Any], val: _Val) -> None:
     for c in cands:
         if c.accuracy is not None:
             continue
         with torch.inference_mode():
-            z = np.concatenate([as_logits(runners[c.name](x.numpy())) for x in val_x])
-        c.accuracy = float((z.argmax(1) == val_y).mean())
+            z = np.concatenate([as_logits(runners[c.name](x.numpy())) for x in val.x])
+        c.accuracy = float((z.argmax(1) == val.y).mean())
         tol = Tolerance.float32() if c.precision == "fp32" and not c.pruned else Tolerance.reduced_precision(0.0)
-        eq = compare(ref_logits, z, tolerance=tol, names=("fp32 checkpoint", c.name))
+        eq = compare(val.ref_logits, z, tolerance=tol, names=("fp32 checkpoint", c.name))
         c.agreement, c.check = eq.top1_agreement, eq.to_dict()
-        c.disagreements = [val_names[i] for i in eq.disagreements[:20]]
+        c.disagreements = [val.names[i] for i in eq.disagreements[:20]]
 
 
-def _mixed(run: _Run, variants: list, cands: list[Candidate], runners: dict[str, Any], val_x: Any, val_y: np.ndarray,
-           base_acc: float, ref_logits: np.ndarray, val_names: list[str]) -> None:
+def _mixed(run: _Run, variants: list, cands: list[Candidate], runners: dict[str, Any], val: _Val) -> None:
     """NNCF accuracy control where plain NNCF INT8 lost more than the budget."""
-    from .openvino import quantize_nncf
-    from .quantize import image_batches
-    from .runtime import load_deployed
-
-    opts = run.opts
+    opts, base_acc = run.opts, val.base_acc
     for prefix, _, macs_rel in variants:
-        tag = prefix.strip().replace(" ", "_") or "base"
+        tag = _tag(prefix)
         plain = next((c for c in cands if c.name == f"{prefix}openvino int8 (nncf)"), None)
         fp32 = next((c for c in cands if c.name == f"{prefix}openvino fp32"), None)
         if plain is None or fp32 is None or (base_acc - plain.accuracy) * 100 <= opts.max_drop:
@@ -505,7 +547,7 @@ def _mixed(run: _Run, variants: list, cands: list[Candidate], runners: dict[str,
         done = run.done(f"{tag}.mixed")
         if not done:
             calib = [x for _, x in image_batches(_calibration_files(opts), fp32_pre(fp32), 1, [], "calibrate", False)]
-            res = quantize_nncf(Path(fp32.path), calib, out, val=([x.numpy() for x in val_x], val_y), max_drop=budget)
+            res = quantize_nncf(Path(fp32.path), calib, out, val=([x.numpy() for x in val.x], val.y), max_drop=budget)
             done = {"fp32_layers": res.fp32_layers}
             run.mark(f"{tag}.mixed", done)
         dm, _ = load_deployed(out, opts.threads)
@@ -513,27 +555,21 @@ def _mixed(run: _Run, variants: list, cands: list[Candidate], runners: dict[str,
         c = Candidate(name, "openvino", "int8+fp32", bool(prefix), macs_rel, str(out), fp32_layers=list(done["fp32_layers"]))
         cands.append(c)
         runners[name] = dm.run
-        _score([c], runners, val_x, val_y, ref_logits, val_names)
+        _score([c], runners, val)
 
 
 def fp32_pre(c: Candidate) -> Any:
-    from .runtime import load_deployed
-
     return load_deployed(c.path)[1].preprocessing
 
 
 def _runners_at(run: _Run, cands: list[Candidate], runners: dict[str, Any], size: int) -> None:
     """Swap every file candidate's runner for the same file reshaped to ``size`` (eager ones take any size)."""
-    from .runtime import runner_at_size
-
     for c in cands:
         if c.path:
             runners[c.name] = runner_at_size(c.path, size, run.opts.threads, run.work / "timing")
 
 
 def _time(run: _Run, cands: list[Candidate], runners: dict[str, Any], size: int) -> None:
-    from .runtime import time_models
-
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     stats = time_models({c.name: (lambda fn=runners[c.name]: fn(x)) for c in cands}, repeats=run.opts.repeats,
                         rounds=run.opts.rounds, progress=lambda s: run.log(f"  {s}"))
@@ -595,9 +631,6 @@ def _publish(run: _Run, win: Candidate | None) -> Path | None:
     An earlier run's winner is removed with it, whatever its engine (and when there is no
     winner now): OUT never holds files of two runs' winners beside the one optimize.json names.
     """
-    from ..atomic import StagedFiles
-    from .artefact import sidecar_path
-
     dest = None
     with StagedFiles([run.out / n for n in PUBLISHED]) as stage:
         if win is not None:
@@ -611,66 +644,6 @@ def _publish(run: _Run, win: Candidate | None) -> Path | None:
                     shutil.copyfile(s, stage.path(d))
         stage.commit()
     return dest
-
-
-def pareto_front(cands: list[Candidate]) -> list[Candidate]:
-    """Candidates no other is both faster and more accurate than."""
-    pts = [c for c in cands if c.latency_ms and c.accuracy is not None]
-    return sorted([c for c in pts if not any(o is not c and o.latency_ms <= c.latency_ms and o.accuracy >= c.accuracy
-                                             and (o.latency_ms < c.latency_ms or o.accuracy > c.accuracy) for o in pts)],
-                  key=lambda c: c.latency_ms)
-
-
-ENGINE_COLOURS = {"eager": "tab:gray", "onnxruntime": "tab:blue", "openvino": "tab:green", "torch": "tab:orange"}
-
-
-def optimize_figure(cands: list[Candidate], base_acc: float, max_drop: float) -> Any:
-    """Accuracy against latency for every scored candidate, each named beside the chart; None when none was timed."""
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import LogFormatter
-
-    from ..viz.canvas import new_figure
-    from ..viz.labels import column_height_in, label_points
-
-    pts = [c for c in cands if c.latency_ms and c.accuracy is not None]
-    if not pts:
-        return None
-    fig = new_figure(9.0, max(5.0, column_height_in(len(pts)) + 2.2))
-    ax = fig.add_subplot()
-    for c in pts:
-        ax.scatter(c.latency_ms, c.accuracy * 100, color=ENGINE_COLOURS.get(c.engine, "k"), marker="s" if c.pruned else "o",
-                   edgecolor="red" if c.status == "winner" else "none", linewidths=1.5, s=60, zorder=3)
-    handles = [Line2D([], [], ls="", marker="o", color=ENGINE_COLOURS.get(e, "k"), label=e)
-               for e in dict.fromkeys(c.engine for c in pts)]
-    if any(c.pruned for c in pts):
-        handles.append(Line2D([], [], ls="", marker="s", color="0.4", label="pruned"))
-    if any(c.status == "winner" for c in pts):
-        handles.append(Line2D([], [], ls="", marker="o", color="white", markeredgecolor="red", markeredgewidth=1.5, label="winner"))
-    front = pareto_front(pts)
-    if len(front) > 1:  # one point is no line: the legend names only what is drawn
-        ax.step([c.latency_ms for c in front], [c.accuracy * 100 for c in front], "k--", where="post", lw=1, zorder=2)
-        handles.append(Line2D([], [], color="k", ls="--", lw=1, label="Pareto front"))
-    ax.axhline((base_acc * 100) - max_drop, color="red", lw=0.8, ls=":")
-    handles.append(Line2D([], [], color="red", lw=0.8, ls=":", label=f"budget: FP32 - {max_drop} points"))
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))  # 3, 10, 30 rather than 3x10^0
-    ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
-    ax.set_xlabel("batch-1 latency, ms (median, log scale)")
-    ax.set_ylabel("val top-1 accuracy, %")
-    ax.set_title("optimize: accuracy against latency, every candidate", fontsize=9)
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8, frameon=False)
-    label_points(ax, [c.latency_ms for c in pts], [c.accuracy * 100 for c in pts], [c.name for c in pts],
-                 colours=["#b00000" if c.status == "winner" else "black" for c in pts],
-                 weights=["bold" if c.status == "winner" else "normal" for c in pts])
-    return fig
-
-
-def _chart(cands: list[Candidate], path: Path, base_acc: float, max_drop: float) -> Path | None:
-    from ..atomic import write_bytes
-    from ..viz.canvas import figure_png
-
-    fig = optimize_figure(cands, base_acc, max_drop)
-    return None if fig is None else write_bytes(path, figure_png(fig))
 
 
 __all__ = ["Candidate", "OptimizeOptions", "OptimizeResult", "optimize", "pareto_front"]

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from .onnx import ort_session
+
 GEMM_SIDE = 1024  # n of the n x n x n GEMM: large enough to reach the BLAS's rate, small enough to time quickly
 GEMM_BUDGET_S = 0.2  # timed seconds per engine, after one warm-up call
 GEMM_MIN_CALLS = 3
@@ -123,8 +125,6 @@ def ort_gemm(n: int, threads: int) -> Callable[[], Any]:
     """A one-node ONNX MatMul (B a constant, as a model's weights are) in ONNX Runtime."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-
-    from .onnx import ort_session
 
     a, b = _operands(n)
     graph = helper.make_graph(

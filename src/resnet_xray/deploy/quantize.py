@@ -16,7 +16,7 @@ import platform
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +26,17 @@ import torch
 from ..atomic import StagedFiles, remove_stale_dirs, write_json
 from ..compare import Tolerance, compare
 from ..errors import XrayError
+from ..image import Skipped
+from ..locks import file_lock
 from ..quiet import stdout_silenced
 from ..options import at_least, batch_fits, one_of, option, within
-from ..image import IMAGE_EXTENSIONS, Preprocessing, Skipped, expand_inputs
-from ..image import image_batches as stream_batches
-from .artefact import artefact_bytes
-from .onnx import (
-    OnnxInfo,
-    check_writable,
-    inspect_onnx,
-    ort_session,
-    sidecar_path,
-    topk_overlap,
-)
+from ..provenance import WeightsInfo
+from .artefact import artefact_bytes, set_onnx_embedded
+from .data import folder_labels, image_batches, list_images, split_holdout
+from .onnx import OnnxInfo, check_writable, inspect_onnx, ort_runner, sidecar_path
+from .openvino import openvino_runner, quantize_nncf, write_ir
+from .timing import time_models
+from .torch_int8 import quantize_torch_fx
 
 METHODS = ("minmax", "entropy", "percentile")
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -105,35 +103,6 @@ def detect_cpu_int8() -> CpuInt8Support:
     return CpuInt8Support(bool(found), found, "/proc/cpuinfo flags")
 
 
-def list_images(folder: str | os.PathLike, flag: str) -> list[Path]:
-    p = Path(folder)
-    if not p.exists():
-        raise XrayError(f"{flag} {p}: no such folder")
-    if not p.is_dir():
-        raise XrayError(f"{flag} {p}: not a folder of images")
-    files = expand_inputs([p])
-    if not files:
-        raise XrayError(f"{flag} {p}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
-    return files
-
-
-def split_holdout(files: list[Path], every: int) -> tuple[list[Path], list[Path]]:
-    """(calibration, held-out): every ``every``-th file is held out, deterministically."""
-    if every < 2 or len(files) < every:
-        return files, []
-    held = [f for i, f in enumerate(files) if i % every == every - 1]
-    calib = [f for i, f in enumerate(files) if i % every != every - 1]
-    return calib, held
-
-
-def image_batches(
-    files: list[Path], pre: Preprocessing, batch: int, skipped: list[Skipped], desc: str, progress: bool
-) -> Iterator[tuple[list[Path], np.ndarray]]:
-    """:func:`resnet_xray.image.image_batches` as the NCHW float32 arrays ONNX Runtime takes."""
-    for names, x in stream_batches(files, pre, batch, skipped=skipped, progress=progress, desc=desc):
-        yield names, x.numpy()
-
-
 class ImageCalibrationReader:
     """ORT ``CalibrationDataReader`` over a list of image files, streamed, never loaded at once."""
 
@@ -165,31 +134,6 @@ def _calibration_reader_class():
     return type("ImageCalibrationDataReader", (ImageCalibrationReader, CalibrationDataReader), {})
 
 
-def folder_labels(files: list[Path], root: Path, class_names: list[str] | None, num_classes: int) -> tuple[list[int] | None, str]:
-    """Labels from an ImageFolder layout (root/<class>/<image>), or None and why not."""
-    rels = [f.relative_to(root) for f in files]
-    if not rels or any(len(r.parts) != 2 for r in rels):
-        return None, "not an ImageFolder layout (root/<class>/<image>)"
-    dirs = sorted({r.parts[0] for r in rels})
-    if len(dirs) < 2:
-        return None, "only one class folder"
-    if class_names and all(d in class_names for d in dirs):
-        index = {d: class_names.index(d) for d in dirs}
-        how = "folder names matched to the model's class names"
-    elif len(dirs) == num_classes:
-        index = {d: i for i, d in enumerate(dirs)}
-        how = "sorted folder order (ImageFolder convention)"
-    else:
-        return None, f"{len(dirs)} class folders do not match the model's {num_classes} classes"
-    return [index[r.parts[0]] for r in rels], how
-
-
-def log_softmax_np(z: np.ndarray) -> np.ndarray:
-    z = z.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
 def agreement(
     runners: dict[str, Any], files: list[Path], info: OnnxInfo, batch: int, progress: bool, labels: dict[Path, int] | None = None,
     min_agreement: float = 0.0,
@@ -212,39 +156,20 @@ def agreement(
     cat = {n: np.concatenate(v) for n, v in logits.items()}
     ref_name = names[0]
     ref = cat[ref_name]
-    lp = log_softmax_np(ref)
     out: dict[str, Any] = {"images": len(seen), "reference": ref_name, "skipped": [asdict(s) for s in skipped], "paths": {}}
     y = np.array([labels[p] for p in seen]) if labels is not None else None
     for n in names:
         z = cat[n]
-        lq = log_softmax_np(z)
-        row = {
-            "top1_agreement": float((z.argmax(1) == ref.argmax(1)).mean()),
-            "top5_overlap": topk_overlap(torch.from_numpy(ref), torch.from_numpy(z), 5),
-            "mean_kl": float((np.exp(lp) * (lp - lq)).sum(1).mean()),
-        }
+        check = compare(ref, z, tolerance=Tolerance.reduced_precision(min_agreement), names=(ref_name, n)).to_dict()
+        # kl from the check's dict: null, not NaN, when an output is not finite
+        row = {"top1_agreement": check["top1_agreement"], "top5_overlap": check["top5_overlap"], "mean_kl": check["kl"]}
         if y is not None:
             row["accuracy"] = float((z.argmax(1) == y).mean())
         if n != ref_name:
-            eq = compare(ref, z, tolerance=Tolerance.reduced_precision(min_agreement), names=(ref_name, n))
-            row["check"] = eq.to_dict()
-            row["mean_kl"] = eq.to_dict()["kl"]  # null, not NaN, when an output is not finite
+            row["check"] = check
         out["paths"][n] = row
     out["passed"] = all(r.get("check", {}).get("passed", True) for r in out["paths"].values())
     return out
-
-
-def ort_runner(path: Path, info: OnnxInfo, threads: int | None = None):
-    sess = ort_session(path, threads, spin=False)
-    name = sess.get_inputs()[0].name
-    fixed = info.fixed_batch
-
-    def run(x: np.ndarray) -> np.ndarray:
-        if fixed is None or fixed == x.shape[0]:
-            return sess.run(None, {name: x})[0]
-        return np.concatenate([sess.run(None, {name: x[i : i + 1]})[0] for i in range(x.shape[0])])
-
-    return run
 
 
 @dataclass
@@ -285,8 +210,6 @@ def quantize_onnx(
         The report: sizes, choices (with the CPU's VNNI support), calibration images used and
         skipped, agreement with FP32 on held-out images, accuracy when labelled.
     """
-    from ..locks import file_lock
-
     opts = options or QuantizeOptions()
     with file_lock(out_path, "-o"):  # one writer per output
         return _quantize_locked(fp32_path, calib_dir, out_path, opts, torch_model)
@@ -418,8 +341,6 @@ def _runners(plan: _Plan, tmp_out: Path, fp32_ir: Path | None, opts: QuantizeOpt
     """Each path to compare, FP32 reference first, as a numpy-in numpy-out function; and the FX INT8 description."""
     info = plan.info
     if opts.engine == "openvino":
-        from .openvino import openvino_runner
-
         fixed = info.fixed_batch
         runners: dict[str, Any] = {"openvino_fp32": openvino_runner(fp32_ir, batch=fixed), "openvino_int8": openvino_runner(tmp_out, batch=fixed)}
     else:
@@ -427,8 +348,6 @@ def _runners(plan: _Plan, tmp_out: Path, fp32_ir: Path | None, opts: QuantizeOpt
         runners = {"ort_fp32": ort_runner(info.path, info), "ort_int8": ort_runner(tmp_out, int8_info)}
     if torch_model is None:
         return runners, None
-    from .torch_int8 import quantize_torch_fx
-
     tq = quantize_torch_fx(torch_model, plan.calib, info.preprocessing, progress=opts.progress)
     runners["torch_int8_fx"] = lambda x: tq.model(torch.from_numpy(x)).numpy()
     return runners, tq.describe()
@@ -489,8 +408,6 @@ def _embed(path: Path, side: dict[str, Any]) -> None:
     """ORT's quantiser drops metadata_props; put the model's description back inside the INT8 file."""
     import onnx
 
-    from .artefact import set_onnx_embedded
-
     proto = onnx.load(str(path))
     set_onnx_embedded(proto, side)
     onnx.save(proto, str(path))
@@ -498,8 +415,6 @@ def _embed(path: Path, side: dict[str, Any]) -> None:
 
 def _quantize_openvino(info: OnnxInfo, calib: list[Path], workdir: Path, opts: QuantizeOptions, calib_root: Path):
     """NNCF post-training INT8 of the FP32 model converted to IR: (int8 xml, used, skipped, fp32 xml)."""
-    from .openvino import quantize_nncf, write_ir
-
     fp32_ir = write_ir(info.path, workdir / "fp32.xml", info.sidecar)
     skipped: list[Skipped] = []
     bs = 1 if info.fixed_batch else opts.batch_size
@@ -512,8 +427,6 @@ def _quantize_openvino(info: OnnxInfo, calib: list[Path], workdir: Path, opts: Q
 
 def _time_fp32_int8(runners: dict[str, Any], info: OnnxInfo, batch: int) -> dict[str, Any]:
     """FP32 and INT8 batch-1 latency, round-robin after warm-up; says when INT8 is the slower one here."""
-    from .runtime import time_models
-
     names = list(runners)[:2]
     x = np.random.default_rng(0).standard_normal((1, 3, info.image_size, info.image_size)).astype(np.float32)
     stats = time_models({n: (lambda n=n: runners[n](x)) for n in names}, warmup=3, repeats=20, rounds=4)
@@ -562,3 +475,38 @@ __all__ = [
     "detect_cpu_int8",
     "quantize_onnx",
 ]
+
+
+@dataclass
+class QuantizeResult:
+    """INT8 model written, with sizes, every choice and the agreement with FP32: the report its sidecar records."""
+
+    fp32_model: str
+    int8_model: Path | None  # None when the INT8 model failed its check against FP32 and nothing was written
+    passed: bool
+    engine: str
+    size_fp32_bytes: int
+    size_int8_bytes: int
+    compression: float
+    speed: dict[str, Any] | None  # FP32 vs INT8 latency on this CPU (None: --no-time-check)
+    choices: dict[str, Any]  # runtime, format, method, per-channel, reduce_range and why, the CPU's VNNI
+    options: dict[str, Any]
+    preprocessing: dict[str, Any]
+    calibration: dict[str, Any]  # folder, images_used, skipped
+    held_out: dict[str, Any]  # folder, separate_from_calibration, labels
+    agreement: dict[str, Any]  # top-1/top-5 agreement, KL, accuracy when labelled, passed, skipped
+    weights: WeightsInfo
+    torch_int8: dict[str, Any] | None = None  # PyTorch's FX INT8 beside it, when asked for
+
+    @classmethod
+    def from_report(cls, report: dict[str, Any], weights: WeightsInfo) -> QuantizeResult:
+        written = report["int8_model"]
+        return cls(**{**report, "int8_model": None if written is None else Path(written), "weights": weights})
+
+    @property
+    def skipped(self) -> list[dict[str, Any]]:
+        return self.calibration["skipped"] + self.agreement["skipped"]
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "torch_int8" or self.torch_int8 is not None}
+        return {**doc, "int8_model": None if self.int8_model is None else str(self.int8_model), "weights": self.weights.to_dict()}

@@ -4,7 +4,7 @@
 returns, so ``classify`` runs a deployed artefact with no code of its own. The
 description (class names, preprocessing, arch) comes from inside the file, or from a
 sidecar validated on load. :func:`evaluate_models` is the accuracy/agreement report over
-labelled folders, and :func:`time_models` times artefacts round-robin after warm-up.
+labelled folders; :func:`runner_at_size` runs a file at another input size, for timing only.
 """
 
 from __future__ import annotations
@@ -19,10 +19,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..compare import Equivalence, Tolerance, compare
+from ..atomic import atomic_path
+from ..classification import OutputError, check_scores
+from ..compare import Equivalence, Tolerance, as_logits, compare
 from ..errors import XrayError
-from ..image import Preprocessing
-from ..options import option
+from ..image import Preprocessing, Skipped
+from ..model import ModelMeta
+from ..options import at_least, option, thread_count
+from ..provenance import WeightsInfo, described_provenance
+from .artefact import check_preprocessing
+from .data import folder_labels, image_batches, list_images
+from .onnx import inspect_onnx, ort_runner, ort_session
+from .openvino import compile_cpu, inspect_ir, openvino_runner
 
 ENGINES = {".onnx": "onnxruntime", ".xml": "openvino"}
 
@@ -37,8 +45,6 @@ class DeployedModel(nn.Module):
         self.fixed_batch = fixed_batch  # images per engine call when the file fixes it; other batches are padded to it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from ..classification import OutputError
-
         try:
             out = np.asarray(self.run(x.detach().float().contiguous().numpy()), dtype=np.float32)
         except XrayError:
@@ -87,48 +93,54 @@ def load_deployed(path: str | os.PathLike, threads: int | None = None, flag: str
             does not fit the model (crop size, class count).
         resnet_xray.classification.OutputError: it runs, but gives no class scores.
     """
-    from ..classification import OutputError
-    from ..model import ModelMeta
-    from ..options import thread_count
-
     thread_count("threads", threads)  # ONNX Runtime takes 0 as "default" and crashes on < 0; libgomp dies on 100000
     p = Path(path)
     engine = engine_of(p, flag)
-    if engine == "onnxruntime":
-        from .onnx import inspect_onnx
-        from .quantize import ort_runner
+    run, desc, size, n_out, fixed, pre = _open(p, engine, flag, threads)
+    precision = "int8" if desc.get("quantization") else "fp32"
+    model = DeployedModel(run, engine, p, precision, fixed).eval()
+    n = _class_count(model, size, n_out or desc.get("num_classes") or len(desc.get("class_names") or []), f"{flag} {p}")
+    return model, _deployed_meta(p, engine, precision, desc, n, pre)
 
+
+def _open(p: Path, engine: str, flag: str, threads: int | None
+          ) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any], int, int | None, int | None, Preprocessing]:
+    """Read the file's description and open it: (runner, description, side, declared classes, fixed batch, preprocessing)."""
+    if engine == "onnxruntime":
         info = inspect_onnx(p, flag)
         desc, size, n_out, declared = info.sidecar, info.image_size, None, info.input_shape[0]
         pre = info.preprocessing
     else:
-        from .artefact import check_preprocessing
-        from .openvino import inspect_ir, openvino_runner
-
         _, ir = inspect_ir(p, flag)
         desc, size, n_out, declared = ir.meta, ir.image_size, ir.num_classes, ir.input_shape[0]
         pre = (check_preprocessing(desc["preprocessing"], f"{flag} {p}", size) if desc.get("preprocessing")
-               else Preprocessing(resize=round(size * 256 / 224), crop=size, source=f"seed pipeline scaled to {size} px (no description found)"))
+               else Preprocessing.seed().scaled_to(size, f"seed pipeline scaled to {size} px (no description found)"))
     if isinstance(declared, int) and declared < 1:
         raise XrayError(f"{flag} {p}: declares a batch of {declared} images; export it with a batch of 1 or --dynamic-batch")
     fixed = declared if isinstance(declared, int) else None
     run = ort_runner(p, info, threads) if engine == "onnxruntime" else openvino_runner(p, threads, batch=fixed)
     if fixed and fixed > 1:  # the engines refuse any other batch: pad to it
         run = in_batches_of(run, fixed)
-    precision = "int8" if desc.get("quantization") else "fp32"
-    model = DeployedModel(run, engine, p, precision, fixed).eval()
+    return run, desc, size, n_out, fixed, pre
+
+
+def _class_count(model: DeployedModel, size: int, described: int, where: str) -> int:
+    """Run one image of zeros: the scores per image, which must be some and as many as the description names."""
     with torch.inference_mode():
         scores = int(model(torch.zeros(1, 3, size, size)).shape[1])
     if scores == 0:
-        raise OutputError(f"{flag} {p}: gives no class scores (an output of 0 values per image)")
-    n = n_out or desc.get("num_classes") or len(desc.get("class_names") or []) or scores
+        raise OutputError(f"{where}: gives no class scores (an output of 0 values per image)")
+    n = described or scores
     if n != scores:
-        raise XrayError(f"{flag} {p}: gives {scores} scores per image, but its description names {n} classes")
-    names = desc.get("class_names") or [f"class_{i}" for i in range(n)]
-    from ..provenance import described_provenance
+        raise XrayError(f"{where}: gives {scores} scores per image, but its description names {n} classes")
+    return n
 
+
+def _deployed_meta(p: Path, engine: str, precision: str, desc: dict[str, Any], n: int, pre: Preprocessing) -> ModelMeta:
+    """The :class:`~resnet_xray.model.ModelMeta` a deployed file's description gives, as a checkpoint's would."""
+    names = desc.get("class_names") or [f"class_{i}" for i in range(n)]
     pretrained, provenance = described_provenance(desc)
-    meta = ModelMeta(
+    return ModelMeta(
         arch=desc.get("arch") or "unknown",
         weights=f"{p} ({engine} {precision}; from {desc.get('weights', 'unknown weights')})",
         class_names=list(names),
@@ -136,7 +148,6 @@ def load_deployed(path: str | os.PathLike, threads: int | None = None, flag: str
         pretrained=pretrained if provenance is None else pretrained and provenance.trained is not False,
         provenance=provenance,
     )
-    return model, meta
 
 
 # --- accuracy and agreement over labelled folders ---
@@ -161,11 +172,11 @@ class EvalResult:
     labels: str  # how labels were read, or why there are none
     models: list[ModelEval]
     skipped: list[dict[str, str]] = field(default_factory=list)
-    weights: dict[str, Any] | None = None  # provenance of the first model
+    weights: WeightsInfo | None = None  # provenance of the first model
 
     def to_dict(self) -> dict[str, Any]:
         return {"images": self.images, "labels": self.labels, "models": [m.to_dict() for m in self.models], "skipped": self.skipped,
-                "weights": self.weights}
+                "weights": self.weights.to_dict() if self.weights else None}
 
 
 class Labelled(NamedTuple):
@@ -182,9 +193,6 @@ def labelled_batches(data: str | os.PathLike, pre: Preprocessing, class_names: l
 
     ``limit_flag`` names the flag that set ``limit``, for when too few images leave one class.
     """
-    from ..image import Skipped
-    from .quantize import folder_labels, image_batches, list_images
-
     root = Path(data)
     if (root / "val").is_dir():
         root = root / "val"
@@ -219,8 +227,6 @@ class EvaluateOptions:
     threads: int | None = option(None, "intra-op threads for every engine (None: their own)")
 
     def __post_init__(self) -> None:
-        from ..options import at_least, thread_count
-
         at_least("limit", self.limit, 1, allow_none=True)
         thread_count("threads", self.threads)
 
@@ -229,8 +235,6 @@ def evaluate_models(paths: list[str | os.PathLike], data: str | os.PathLike, *, 
                     limit: int | None = None, threads: int | None = None) -> EvalResult:
     """Accuracy of each deployed model on ``data`` and its agreement with the first one."""
     EvaluateOptions(limit=limit, threads=threads)  # refuses bad values before any model is loaded
-    from .quantize import folder_labels  # noqa: F401 - import cycle guard for the lazy loaders
-
     if not paths:
         raise XrayError("--model: give at least one .onnx or .xml file")
     loaded = [load_deployed(p, threads) for p in paths]
@@ -239,9 +243,6 @@ def evaluate_models(paths: list[str | os.PathLike], data: str | os.PathLike, *, 
         if meta.preprocessing.crop != first_meta.preprocessing.crop or len(meta.class_names) != len(first_meta.class_names):
             raise XrayError(f"--model {p}: takes other inputs or classes than {paths[0]}; compare models of one network")
     xs, ys, how, skipped, files = labelled_batches(data, first_meta.preprocessing, first_meta.class_names, limit=limit)
-    from ..classification import check_scores
-    from ..compare import as_logits
-
     with torch.inference_mode():
         logits = [np.concatenate([as_logits(m(x)) for x in xs]) for m, _ in loaded]
     for z, p in zip(logits, paths):  # argmax over NaN would score as a class, and accuracy print as valid
@@ -251,10 +252,8 @@ def evaluate_models(paths: list[str | os.PathLike], data: str | os.PathLike, *, 
     for i, ((m, _), z) in enumerate(zip(loaded, logits)):
         eq = None if i == 0 else compare(logits[0], z, tolerance=tol, names=(str(paths[0]), str(paths[i])))
         rows.append(ModelEval(str(paths[i]), m.engine, m.precision, accuracy_of(z, ys), eq))
-    from ..provenance import WeightsInfo
-
     return EvalResult(int(logits[0].shape[0]), how if ys is not None else f"none: {how}", rows,
-                      [{"image": s.path, "reason": s.reason} for s in skipped], WeightsInfo.of(first_meta).to_dict())
+                      [{"image": s.path, "reason": s.reason} for s in skipped], WeightsInfo.of(first_meta))
 
 
 # --- timing ---
@@ -269,16 +268,11 @@ def runner_at_size(path: str | os.PathLike, size: int, threads: int | None, work
     """
     p = Path(path)
     if engine_of(p) == "openvino":
-        from .openvino import compile_cpu, inspect_ir
-
         model, _ = inspect_ir(p)
         model.reshape({model.inputs[0].get_any_name(): [1, 3, size, size]})
         request = compile_cpu(model, threads).create_infer_request()
         return lambda x: np.array(request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})[0])
     import onnx
-
-    from ..atomic import atomic_path
-    from .onnx import ort_session
 
     proto = onnx.load(str(p))
     dims = proto.graph.input[0].type.tensor_type.shape.dim
@@ -294,25 +288,3 @@ def runner_at_size(path: str | os.PathLike, size: int, threads: int | None, work
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x})[0]
 
-
-def time_models(runners: dict[str, Callable[[], Any]], *, warmup: int = 5, repeats: int = 30, rounds: int = 5,
-                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Time zero-argument callables round-robin after a warm-up: a burst of load hits all alike.
-
-    Returns :class:`~resnet_xray.deploy.bench.TimingStats` per name.
-    """
-    from .bench import sample_times, stats_of
-
-    for name, fn in runners.items():
-        if progress:
-            progress(f"warming up {name}")
-        for _ in range(warmup):
-            fn()
-    per_round = max(1, -(-repeats // rounds))
-    samples: dict[str, list[float]] = {n: [] for n in runners}
-    for k in range(rounds):
-        if progress:
-            progress(f"timing round {k + 1}/{rounds} over {len(runners)} models")
-        for name, fn in runners.items():
-            samples[name] += sample_times(fn, per_round)
-    return {n: stats_of(v) for n, v in samples.items()}

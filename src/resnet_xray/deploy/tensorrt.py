@@ -17,9 +17,13 @@ from typing import Any
 import torch
 
 from ..atomic import write_bytes
+from ..compare import Tolerance, compare
 from ..errors import XrayError
-from .onnx import OnnxInfo, check_writable, inspect_onnx
+from ..image import bundled_cat, load_batch
+from ..interface import class_logits
 from ..options import option
+from .data import image_batches, list_images
+from .onnx import OnnxInfo, _check_dict, check_writable, inspect_onnx
 
 PRECISIONS = ("fp16", "int8")
 
@@ -54,8 +58,6 @@ def require_tensorrt() -> Any:
 
 
 def _make_calibrator(trt: Any, info: OnnxInfo, opts: TensorRTOptions, cache: Path):
-    from .quantize import image_batches, list_images
-
     files = list_images(opts.calib_dir, "--calib")[: opts.max_calib_images]
     shape = (opts.batch, 3, info.image_size, info.image_size)
 
@@ -136,11 +138,6 @@ def check_engine(engine_path: str | os.PathLike, onnx_path: str | os.PathLike, m
     Returns:
         The export check's report (``passed``, ``reason``, ``max_abs_diff``, ``top1_agreement`` ...).
     """
-    from ..compare import Tolerance, compare
-    from ..image import bundled_cat, load_batch
-    from ..interface import class_logits
-    from .onnx import _check_dict
-
     info = inspect_onnx(onnx_path)
     names, x, skipped = load_batch([bundled_cat(), *(images or [])], info.preprocessing)
     runner = TensorRTRunner(engine_path)

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..image import Preprocessing, Skipped
 from ..interface import ClassLogits
+from .data import image_batches
 
 ENGINE = "x86"
 
@@ -62,8 +63,6 @@ def quantize_torch_fx(
     """
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    from .quantize import image_batches
 
     torch.backends.quantized.engine = ENGINE
     m = copy.deepcopy(model).eval()

@@ -9,7 +9,8 @@ from torch import nn
 
 from .layers import LayerRow, layer_table, stage_of
 from .summary import Breakdown, StageRow, Totals, breakdown, stage_table, totals
-from ..options import option
+from ..options import MAX_IMAGE_SIDE, OptionError, option
+from ..provenance import WeightsInfo
 
 __all__ = [
     "Anatomy",
@@ -29,8 +30,6 @@ class AnatomyOptions:
     input_size: int | None = option(None, "side of the square input (shapes, MACs and RFs depend on it); None: the model's crop")
 
     def __post_init__(self) -> None:
-        from ..options import MAX_IMAGE_SIDE, OptionError
-
         if self.input_size is not None and not 32 <= self.input_size <= MAX_IMAGE_SIDE:  # 32: five stride-2 steps
             raise OptionError("input_size", self.input_size, f"must lie in [32, {MAX_IMAGE_SIDE}] (32: five stride-2 steps)")
 
@@ -45,6 +44,7 @@ class Anatomy:
     breakdown: Breakdown
     # Where input_size came from, said beside the figures: MACs at 224 px and at 96 px differ 5x.
     input_size_from: str = "given"  # "given" | "the model's crop" | "default"
+    weights: WeightsInfo | None = None  # the weights' provenance, set by the verb that ran
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +62,7 @@ class Anatomy:
             "stages": [s.to_dict() for s in self.stages],
             "totals": self.totals.to_dict(),
             "breakdown": self.breakdown.to_dict(),
+            "weights": self.weights.to_dict() if self.weights else None,
         }
 
 

@@ -121,12 +121,55 @@ def trace_graph(model: nn.Module) -> fx.GraphModule:
         raise RuntimeError(f"torch.fx could not trace {type(model).__name__}: {e}") from e
 
 
-def layer_table(model: nn.Module, input_size: int = 224) -> list[LayerRow]:
-    """Trace ``model`` on a 1x3xSxS input and return one row per operation, in execution order."""
+def _traced_shapes(model: nn.Module, input_size: int) -> tuple[fx.GraphModule, dict[str, tuple[int, ...]]]:
+    """The traced graph of a meta-device copy of ``model`` and each node's output shape on a 1x3xSxS input."""
     meta_model = copy.deepcopy(model).to("meta").eval()
     gm = trace_graph(meta_model)
     rec = _Recorder(gm)
     rec.run(torch.empty(1, 3, input_size, input_size, device="meta"))
+    return gm, rec.shapes
+
+
+def _measure(ltype: str | None, mod: nn.Module | None, shape: tuple[int, ...], in_shape: tuple[int, ...],
+             r_in: int, j_in: int) -> tuple[dict[str, Any], tuple[int, int]]:
+    """One operation's geometry and cost (LayerRow fields), and the receptive field (side, jump) after it."""
+    out_elems = math.prod(shape[1:]) if shape else 0
+    kernel = stride = padding = None
+    groups = in_ch = out_ch = None
+    macs = 0
+    r, j = r_in, j_in
+    if ltype == "conv":
+        kernel, stride, padding = _pair(mod.kernel_size), _pair(mod.stride), _pair(mod.padding)
+        groups, in_ch, out_ch = mod.groups, mod.in_channels, mod.out_channels
+        macs = out_elems * (in_ch // groups) * kernel[0] * kernel[1]
+        dil = _pair(mod.dilation)[0]
+        r, j = r_in + (kernel[0] - 1) * dil * j_in, j_in * stride[0]
+    elif ltype == "maxpool":
+        kernel, stride, padding = _pair(mod.kernel_size), _pair(mod.stride), _pair(mod.padding)
+        in_ch = out_ch = shape[1]
+        macs = out_elems * (kernel[0] * kernel[1] - 1)  # comparisons
+        r, j = r_in + (kernel[0] - 1) * j_in, j_in * stride[0]
+    elif ltype == "avgpool":
+        in_ch = out_ch = shape[1]
+        macs = math.prod(in_shape[1:])  # one addition per input element
+        if len(in_shape) == 4 and len(shape) == 4:
+            k = in_shape[2] // max(shape[2], 1)
+            kernel, stride = (k, k), (k, k)
+            r, j = r_in + (k - 1) * j_in, j_in * k
+    elif ltype == "fc":
+        in_ch, out_ch = mod.in_features, mod.out_features
+        macs = mod.in_features * mod.out_features
+    elif ltype in ("bn", "relu", "add"):
+        in_ch = out_ch = shape[1] if len(shape) > 1 else None
+        macs = out_elems  # bn folds to one multiply-add per element; relu/add one op each
+    fields = {"kernel": kernel, "stride": stride, "padding": padding, "groups": groups, "in_channels": in_ch,
+              "out_channels": out_ch, "macs": int(macs)}
+    return fields, (r, j)
+
+
+def layer_table(model: nn.Module, input_size: int = 224) -> list[LayerRow]:
+    """Trace ``model`` on a 1x3xSxS input and return one row per operation, in execution order."""
+    gm, shapes = _traced_shapes(model, input_size)
     modules = dict(gm.named_modules())
 
     rf: dict[str, tuple[int, int]] = {}  # node name -> (receptive field, jump)
@@ -142,40 +185,9 @@ def layer_table(model: nn.Module, input_size: int = 224) -> list[LayerRow]:
         r_in, j_in = max((rf[a.name] for a in ins), default=(1, 1))
         mod = modules.get(n.target) if n.op == "call_module" else None
         ltype = _node_type(n, mod)
-        shape = rec.shapes.get(n.name, ())
-        in_shape = rec.shapes.get(ins[0].name, ()) if ins else ()
-        out_elems = math.prod(shape[1:]) if shape else 0
-        name = _node_name(n)
-
-        kernel = stride = padding = None
-        groups = in_ch = out_ch = None
-        macs = 0
-        r, j = r_in, j_in
-        if ltype == "conv":
-            kernel, stride, padding = _pair(mod.kernel_size), _pair(mod.stride), _pair(mod.padding)
-            groups, in_ch, out_ch = mod.groups, mod.in_channels, mod.out_channels
-            macs = out_elems * (in_ch // groups) * kernel[0] * kernel[1]
-            dil = _pair(mod.dilation)[0]
-            r, j = r_in + (kernel[0] - 1) * dil * j_in, j_in * stride[0]
-        elif ltype == "maxpool":
-            kernel, stride, padding = _pair(mod.kernel_size), _pair(mod.stride), _pair(mod.padding)
-            in_ch = out_ch = shape[1]
-            macs = out_elems * (kernel[0] * kernel[1] - 1)  # comparisons
-            r, j = r_in + (kernel[0] - 1) * j_in, j_in * stride[0]
-        elif ltype == "avgpool":
-            in_ch = out_ch = shape[1]
-            macs = math.prod(in_shape[1:])  # one addition per input element
-            if len(in_shape) == 4 and len(shape) == 4:
-                k = in_shape[2] // max(shape[2], 1)
-                kernel, stride = (k, k), (k, k)
-                r, j = r_in + (k - 1) * j_in, j_in * k
-        elif ltype == "fc":
-            in_ch, out_ch = mod.in_features, mod.out_features
-            macs = mod.in_features * mod.out_features
-        elif ltype in ("bn", "relu", "add"):
-            in_ch = out_ch = shape[1] if len(shape) > 1 else None
-            macs = out_elems  # bn folds to one multiply-add per element; relu/add one op each
-        rf[n.name] = (r, j)
+        shape = shapes.get(n.name, ())
+        in_shape = shapes.get(ins[0].name, ()) if ins else ()
+        fields, rf[n.name] = _measure(ltype, mod, shape, in_shape, r_in, j_in)
         if ltype is None:
             continue  # an op we do not tabulate (e.g. a view); the field still flows through
 
@@ -183,23 +195,9 @@ def layer_table(model: nn.Module, input_size: int = 224) -> list[LayerRow]:
         if mod is not None and n.target not in seen_params:
             seen_params.add(n.target)
             params = sum(p.numel() for p in mod.parameters(recurse=False))
-        rows.append(
-            LayerRow(
-                name=name,
-                type=ltype,
-                stage=stage_of(name),
-                kernel=kernel,
-                stride=stride,
-                padding=padding,
-                groups=groups,
-                in_channels=in_ch,
-                out_channels=out_ch,
-                output_shape=tuple(shape[1:]),
-                params=int(params),
-                macs=int(macs),
-                receptive_field=int(r),
-                jump=int(j),
-                shortcut=".downsample" in name,
-            )
-        )
+        name = _node_name(n)
+        r, j = rf[n.name]
+        rows.append(LayerRow(name=name, type=ltype, stage=stage_of(name), **fields, output_shape=tuple(shape[1:]),
+                             params=int(params), receptive_field=int(r), jump=int(j),
+                             shortcut=".downsample" in name))
     return rows

@@ -24,6 +24,7 @@ from .importance import (
     check_criterion,
     copy_gradients,
 )
+from .figures import plot_importance
 from .structured import make_pruner
 
 
@@ -126,9 +127,6 @@ def importance_text(groups: list[GroupImportance], options: AnalyzeOptions, max_
 
 def write_importance(groups: list[GroupImportance], options: AnalyzeOptions, arch: str) -> tuple[Path, Path]:
     """``importance.json`` and ``importance.png`` in ``options.out``."""
-
-    from .figures import plot_importance
-
     out = Path(options.out or ".")
     try:
         out.mkdir(parents=True, exist_ok=True)

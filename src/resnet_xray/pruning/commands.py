@@ -46,13 +46,13 @@ def prune_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .. import api
+    from .loop import prune_loaders
 
     if args.importance == "taylor" and not args.data:
         raise XrayError("--importance taylor needs gradients of the loss: pass --data DIR (or choose l1, l2 or bn-scale)")
     opts = prune_flags().build(args, seed=args.seed)  # refuses bad flags, named as typed, before the model is built or the data read
     model, meta = model_from_args(args)
-    data = api.prune_data(args.data, meta, opts, skip_flag="--skip-unreadable")
+    data = prune_loaders(args.data, meta, opts, skip_flag="--skip-unreadable")
     if args.analyze_only:
         from .analyze import (
             analyze_importance,
@@ -70,7 +70,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             js, png = write_importance(groups, aopts, meta.arch)
         print(f"wrote {js} and {png}")
     else:
-        from .loop import prune
+        from ..deploy.optimize import prune_with_ort as prune  # the loop with its ONNX Runtime column
 
         result = prune(model, meta, opts, data, log=lambda s: print(s, flush=True))
         print()

@@ -7,6 +7,7 @@ an interrupted run picks up after its last completed round with nothing lost.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -19,11 +20,19 @@ from torch import nn
 
 from ..atomic import write_json, write_text
 from ..errors import XrayError
+from ..locks import output_lock
 from ..model import ModelMeta, changes_of, load_model, save_checkpoint
 from ..options import OptionError, at_least, batch_fits, image_side, learning_rate, one_of, option, thread_count
+from ..provenance import Provenance, TrainingStage, WeightsInfo
+from ..train import finetune as ft
+from ..train.data import make_loaders, steps_per_epoch
+from ..train.distributed import DistContext
+from ..train.precision import resolve_device, resolve_precision
+from ..train.recipe import FinetuneOptions
 from ..units import pct, si, table
+from .figures import plot_rounds
 from .importance import CRITERIA, accumulate_gradients, check_criterion
-from .measure import measure_cost, measure_latency
+from .measure import OrtExport, measure_cost, measure_latencies, measure_latency
 from .spec import PrunedWidths, stage_channels
 from .structured import prune_to_macs
 
@@ -100,9 +109,6 @@ def training_recipe(checkpoint_options: dict[str, Any] | None) -> dict[str, Any]
     fine-tuned with SGD and heavy crops, so recovery uses the recipe that trained it, at
     half its peak learning rate. ``amp`` is dropped where this machine cannot run it.
     """
-    from ..train.precision import resolve_device, resolve_precision
-    from ..train.distributed import DistContext
-
     opts = checkpoint_options or {}
     if "optimizer" not in opts:  # not a finetune checkpoint (a pruned one records PruneOptions)
         return {}
@@ -126,10 +132,19 @@ def loader_options(meta: ModelMeta) -> dict[str, Any]:
     return {"min_crop_scale": recipe["min_crop_scale"]} if "min_crop_scale" in recipe else {}
 
 
+def prune_loaders(data: str | os.PathLike | None, meta: ModelMeta, opts: Any, *, skip_flag: str | None = None) -> Any:
+    """Loaders for pruning's fine-tuning and evaluation, sized as ``opts`` says (None without data).
+
+    ``skip_flag``: the option that sets ``opts.skip_unreadable``, named when a folder cannot be read.
+    """
+    if not data:
+        return None
+    return make_loaders(data, image_size=opts.input_size, batch_size=opts.batch_size, workers=opts.workers, seed=opts.seed,
+                        skip_unreadable=opts.skip_unreadable, skip_flag=skip_flag, **loader_options(meta))
+
+
 def default_trainer(options: PruneOptions, arch: str, recipe: dict[str, Any] | None = None) -> Trainer:
     """Fine-tune and evaluate with :mod:`resnet_xray.train.finetune`, with ``recipe`` (see :func:`training_recipe`)."""
-    from ..train.finetune import evaluate, fit
-    from ..train.recipe import FinetuneOptions
 
     def finetune(model: nn.Module, data: Any, epochs: int) -> None:
         kw: dict[str, Any] = dict(
@@ -145,9 +160,9 @@ def default_trainer(options: PruneOptions, arch: str, recipe: dict[str, Any] | N
         )
         if options.lr is not None:
             kw["lr"] = options.lr
-        fit(model, data, FinetuneOptions(**kw), pretrained=True)
+        ft.fit(model, data, FinetuneOptions(**kw), pretrained=True)
 
-    return Trainer(finetune=finetune, evaluate=lambda model, data: evaluate(model, data.val))
+    return Trainer(finetune=finetune, evaluate=lambda model, data: ft.evaluate(model, data.val))
 
 
 @dataclass
@@ -160,6 +175,13 @@ class PruneResult:
     rounds_table: str
     plot: Path | None
     skipped: list[Any] = field(default_factory=list)
+    weights: WeightsInfo | None = None  # the weights' provenance, set by the verb that ran
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "baseline": self.baseline, "rounds": self.rounds, "final_checkpoint": str(self.final_checkpoint),
+                "plot": None if self.plot is None else str(self.plot),
+                "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+                "weights": self.weights.to_dict() if self.weights else None}
 
 
 def round_targets(options: PruneOptions) -> list[float]:
@@ -176,6 +198,7 @@ def prune(
     *,
     trainer: Trainer | None = None,
     log: Callable[[str], None] = print,
+    ort: OrtExport | None = None,
 ) -> PruneResult:
     """Run (or resume) the iterative pruning loop on ``model``.
 
@@ -189,14 +212,15 @@ def prune(
         trainer: fine-tune and evaluate functions (default: the train package's, with the
             optimizer, precision and augmentation recorded in a ``finetune`` checkpoint).
         log: where progress lines go.
+        ort: exports a model to ONNX Runtime for the latency column ``options.measure_ort`` asks for
+            (:func:`resnet_xray.deploy.onnx.exported_runner`; ``deploy.optimize.prune_with_ort`` passes it);
+            None: no ONNX Runtime column.
 
     Returns:
         the baseline and per-round measurements, tables and file paths.
     """
-    from ..locks import output_lock
-
     with output_lock(options.out, "--out"):
-        return _prune_locked(model, meta, options, data, trainer=trainer, log=log)
+        return _prune_locked(model, meta, options, data, trainer=trainer, log=log, ort=ort)
 
 
 @dataclass
@@ -211,11 +235,12 @@ class _Run:
     session: str  # marks the rounds measured by this process (a resumed run re-measures the older ones)
     save_meta: ModelMeta  # what every round's checkpoint records, before its own widths
     log: Callable[[str], None]
+    ort: OrtExport | None  # times the ONNX Runtime column (None: no such column)
 
 
 def _prune_locked(model: nn.Module, meta: ModelMeta, options: PruneOptions, data: Any, *, trainer: Trainer | None,
-                  log: Callable[[str], None]) -> PruneResult:
-    run = _start(model, meta, options, data, trainer, log)
+                  log: Callable[[str], None], ort: OrtExport | None) -> PruneResult:
+    run = _start(model, meta, options, data, trainer, log, ort)
     model = model.eval()
     state = _baseline(run, model, meta)
     baseline, rounds = state["baseline"], state["rounds"]
@@ -237,7 +262,7 @@ def _prune_locked(model: nn.Module, meta: ModelMeta, options: PruneOptions, data
 
 
 def _start(model: nn.Module, meta: ModelMeta, options: PruneOptions, data: Any, trainer: Trainer | None,
-           log: Callable[[str], None]) -> _Run:
+           log: Callable[[str], None], ort: OrtExport | None) -> _Run:
     """Refuse what cannot be pruned, pick the trainer, create the output folder."""
     check_criterion(options.importance, data is not None)
     if meta.find("heads"):
@@ -268,7 +293,7 @@ def _start(model: nn.Module, meta: ModelMeta, options: PruneOptions, data: Any, 
         options=None,
         changes=list(meta.changes) or changes_of(model, meta.arch),  # metadata made by hand records none
     )
-    return _Run(options, data, trainer, out, input_size, uuid.uuid4().hex[:12], save_meta, log)
+    return _Run(options, data, trainer, out, input_size, uuid.uuid4().hex[:12], save_meta, log, ort if options.measure_ort else None)
 
 
 def _baseline(run: _Run, model: nn.Module, meta: ModelMeta) -> dict[str, Any]:
@@ -278,7 +303,7 @@ def _baseline(run: _Run, model: nn.Module, meta: ModelMeta) -> dict[str, Any]:
     write_json(run.out / OPTIONS_FILE, {"options": options.to_dict(), "source": {"arch": meta.arch, "weights": meta.weights},
                                         "input_size": run.input_size})
     base_cost = measure_cost(model, run.input_size)
-    base_lat = measure_latency(model, run.input_size, repeats=options.latency_repeats, ort=options.measure_ort, threads=options.threads)
+    base_lat = measure_latency(model, run.input_size, repeats=options.latency_repeats, ort=run.ort, threads=options.threads)
     if state is None:
         baseline: dict[str, Any] = {"round": 0, **base_cost.to_dict(), "macs_rel": 1.0, "params_rel": 1.0}
         if run.data is not None:
@@ -312,7 +337,7 @@ def _prune_round(run: _Run, current: nn.Module, k: int, target: float, baseline:
             run.save_meta = _after_finetune(run, record["accuracy"])
     cost = measure_cost(current, run.input_size)
     record.update(cost.to_dict(), macs_rel=cost.macs / baseline["macs"], params_rel=cost.params / baseline["params"])
-    record.update(measure_latency(current, run.input_size, repeats=options.latency_repeats, ort=options.measure_ort,
+    record.update(measure_latency(current, run.input_size, repeats=options.latency_repeats, ort=run.ort,
                                   threads=options.threads).to_dict())
     record["session"] = run.session
     record["seconds"] = round(time.perf_counter() - t0, 1)
@@ -326,9 +351,6 @@ def _prune_round(run: _Run, current: nn.Module, k: int, target: float, baseline:
 
 def _after_finetune(run: _Run, accuracy: float) -> ModelMeta:
     """The metadata to save once a round has fine-tuned: the training added to the weights' provenance."""
-    from ..provenance import Provenance, TrainingStage
-    from ..train.data import steps_per_epoch
-
     data, epochs = run.data, run.options.finetune_epochs
     start = run.save_meta.provenance or Provenance(None, "the weights pruning started from do not record their training")
     steps = epochs * steps_per_epoch(data.train) if getattr(data, "train", None) is not None else epochs
@@ -339,10 +361,8 @@ def _after_finetune(run: _Run, accuracy: float) -> ModelMeta:
 
 def _finish(run: _Run, model: nn.Module, current: nn.Module, meta: ModelMeta, state: dict[str, Any]) -> PruneResult:
     """Re-time every round side by side, save the final model, and write the tables and the plot."""
-    from .figures import plot_rounds
-
     options, out, baseline, rounds = run.options, run.out, state["baseline"], state["rounds"]
-    _remeasure_round_robin(out, model, baseline, rounds, run.session, run.input_size, options)
+    _remeasure_round_robin(run, model, baseline, rounds)
     final = out / FINAL_CHECKPOINT
     if rounds[-1]["session"] == run.session or not final.exists():
         widths = PrunedWidths.of(current, round=len(rounds), criterion=options.importance, macs=rounds[-1]["macs"],
@@ -389,24 +409,14 @@ def _load_state(out: Path, options: PruneOptions, meta: ModelMeta) -> dict[str, 
     return state
 
 
-def _remeasure_round_robin(out: Path, base_model: nn.Module, baseline: dict[str, Any], rounds: list[dict[str, Any]], session: str,
-                           input_size: int, options: PruneOptions) -> None:
+def _remeasure_round_robin(run: _Run, base_model: nn.Module, baseline: dict[str, Any], rounds: list[dict[str, Any]]) -> None:
     """The reported latencies: the baseline and every round, timed round-robin in this process after warm-up."""
-    from .measure import measure_latencies
-
-    models = [base_model] + [load_model(None, out / r["checkpoint"])[0] for r in rounds]
-    lats = measure_latencies(models, input_size, repeats=options.latency_repeats, ort=options.measure_ort, threads=options.threads)
+    options = run.options
+    models = [base_model] + [load_model(None, run.out / r["checkpoint"])[0] for r in rounds]
+    lats = measure_latencies(models, run.input_size, repeats=options.latency_repeats, ort=run.ort, threads=options.threads)
     for rec, lat in zip([baseline, *rounds], lats):
-        rec.update(lat.to_dict(), session=session, timing="round-robin with the baseline, after warm-up")
+        rec.update(lat.to_dict(), session=run.session, timing="round-robin with the baseline, after warm-up")
     baseline["latency_repeats"] = options.latency_repeats
-
-
-def _remeasure_other_sessions(out: Path, rounds: list[dict[str, Any]], session: str, input_size: int, options: PruneOptions) -> None:
-    """Latencies compare only within one process: re-time rounds an earlier (interrupted) process measured."""
-    for r in rounds:
-        if r.get("session") != session:
-            m, _ = load_model(None, out / r["checkpoint"])
-            r.update(measure_latency(m, input_size, repeats=options.latency_repeats, ort=options.measure_ort, threads=options.threads).to_dict(), session=session)
 
 
 def _speedup(base: float | None, now: float | None) -> str:

@@ -158,8 +158,7 @@ def prune_to_macs(
         return ShrinkResult(copy.deepcopy(model), 0.0, current, target_macs, [])
     # MACs behave like current * (1 - r)^a (a is about 2: a conv loses inputs and outputs),
     # so the search interpolates log-MACs against log(1 - r) between bracketing trials.
-    lo: tuple[float, int] = (0.0, current)  # largest ratio tried that is still above target
-    hi: tuple[float, int] | None = None  # smallest ratio tried that reaches target
+    bracket = _Bracket(lo=(0.0, current))
     best: tuple[int, nn.Module, float] | None = None
     trials: list[Trial] = []
     cache: dict[Any, torch.Tensor] = {}
@@ -173,23 +172,39 @@ def prune_to_macs(
             best = (m, cand, r)
         if abs(m - target_macs) <= tolerance * current:
             break
-        if m > target_macs:
-            lo = max(lo, (r, m))
-        elif hi is None or r < hi[0]:
-            hi = (r, m)
-        if hi is None:
-            if lo[0] >= MAX_CHANNEL_RATIO:
-                break  # the target lies beyond what one step may remove
-            nxt = _power_law_ratio((0.0, current), lo, target_macs)
-            r = max(nxt, lo[0] + 0.01)
-        else:
-            if hi[0] - lo[0] < 5e-3:  # round_to makes MACs a step function of the ratio
-                break
-            nxt = _power_law_ratio(lo, hi, target_macs)
-            inside = lo[0] + 1e-4 < nxt < hi[0] - 1e-4
-            r = nxt if inside else (lo[0] + hi[0]) / 2
+        bracket.narrow(r, m, target_macs)
+        nxt = bracket.next_ratio(current, target_macs)
+        if nxt is None:
+            break
+        r = nxt
     assert best is not None
     return ShrinkResult(best[1], round(best[2], 5), best[0], target_macs, trials)
+
+
+@dataclass
+class _Bracket:
+    """The ratios :func:`prune_to_macs` has tried on either side of the target MACs."""
+
+    lo: tuple[float, int]  # (ratio, MACs) of the largest ratio tried that is still above target
+    hi: tuple[float, int] | None = None  # the smallest ratio tried that reaches target (None: none yet)
+
+    def narrow(self, r: float, macs: int, target: int) -> None:
+        if macs > target:
+            self.lo = max(self.lo, (r, macs))
+        elif self.hi is None or r < self.hi[0]:
+            self.hi = (r, macs)
+
+    def next_ratio(self, current: int, target: int) -> float | None:
+        """The ratio to try next, or None when no better one can be found."""
+        lo, hi = self.lo, self.hi
+        if hi is None:
+            if lo[0] >= MAX_CHANNEL_RATIO:
+                return None  # the target lies beyond what one step may remove
+            return max(_power_law_ratio((0.0, current), lo, target), lo[0] + 0.01)
+        if hi[0] - lo[0] < 5e-3:  # round_to makes MACs a step function of the ratio
+            return None
+        nxt = _power_law_ratio(lo, hi, target)
+        return nxt if lo[0] + 1e-4 < nxt < hi[0] - 1e-4 else (lo[0] + hi[0]) / 2
 
 
 def _power_law_ratio(a: tuple[float, int], b: tuple[float, int], target: int) -> float:

@@ -22,50 +22,34 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
+from ..atomic import StagedFiles, jsonable, writable_dir
 from ..dissect import AnatomyOptions, analyze
 from ..errors import XrayError
-from ..options import OptionError, at_least, batch_fits, image_side, one_of, option
 from ..image import load_image
+from ..locks import output_lock
 from ..model import ModelMeta
+from ..options import OptionError, at_least, batch_fits, image_side, one_of, option
+from ..progress import progress
+from ..provenance import WeightsInfo
+from ..tracing.walkthrough import walkthrough
+from ..tracing.gradflow import GradFlowOptions, measure_gradflow, rms_ratio
+from ..units import times
 from ..viz.cam import CamOptions, cam_figure, check_class_index, compute_cams
-from ..atomic import StagedFiles, jsonable, writable_dir
 from ..viz.canvas import figure_png, stamp
 from ..viz.features import feature_figure, feature_grid, grid_jpeg
+from ..viz.gradflow import gradflow_figure
 from ..viz.kernels import KernelsOptions, conv_layers, kernel_figure, kernel_image
 from ..viz.maps import capture
+from ..viz.residual import residual_figure
 from ..viz.stages import StagesOptions, stage_outputs, stages_figure
+from . import story
+from .html import STAGE_LABELS, render_html
+from .sections import SECTION_IDS, check_sections
 
 
 # Layers that get a feature grid (and so keep full maps during the trace). A BatchNorm output is, per
 # channel, an affine rescaling of the conv output just above it, so its grid would repeat that one.
 GRID_TYPES = ("conv", "relu", "add", "maxpool")
-
-# The report's sections in the article's order: id, title, the question it answers.
-SECTIONS: tuple[tuple[str, str], ...] = (
-    ("input", "What does the network see? Preprocessing, step by step"),
-    ("kernel", "How does a kernel work? One output value by hand"),
-    ("channels", "How do channels fuse into features?"),
-    ("conv1", "What do the first kernels and their feature maps look like?"),
-    ("bottleneck", "What does one bottleneck block do, step by step?"),
-    ("shortcuts", "When channels change: shortcut option A or option B?"),
-    ("stages", "How do features change from stage to stage?"),
-    ("residual", "How much does each block change its input?"),
-    ("gradflow", "Why do residual connections help? Gradient flow"),
-    ("cost", "Where are the parameters and the FLOPs?"),
-    ("cam", "What does it predict, and where does the evidence lie?"),
-    ("conclusion", "Conclusion: kernels, channels and layers on this image"),
-)
-SECTION_IDS = tuple(sid for sid, _ in SECTIONS)
-
-
-def check_sections(sections: tuple[str, ...] | None) -> tuple[str, ...]:
-    """The chosen section ids in the article's order, or every section for None; unknown ids are the user's error."""
-    if sections is None:
-        return SECTION_IDS
-    bad = [s for s in sections if s not in SECTION_IDS]
-    if bad or not sections:
-        raise OptionError("sections", ",".join(sections), f"unknown {', '.join(bad) or '(empty)'}; choose from {','.join(SECTION_IDS)}")
-    return tuple(s for s in SECTION_IDS if s in sections)
 
 
 @dataclass
@@ -101,6 +85,11 @@ class ReportResult:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per section
     html_bytes: int = 0
     total_s: float = 0.0  # wall time of the whole build
+    weights: WeightsInfo | None = None  # the weights' provenance, set by the verb that ran
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"html": str(self.html), "json": str(self.json), "html_bytes": self.html_bytes, "total_s": self.total_s,
+                "seconds": dict(self.seconds), "weights": self.weights.to_dict() if self.weights else None}
 
 
 def data_uri(data: bytes, mime: str) -> str:
@@ -126,8 +115,6 @@ def array_uri(rgb: np.ndarray, fmt: str = "PNG", quality: int = 85) -> str:
 
 def weights_info(meta: ModelMeta) -> dict[str, Any]:
     """The ``"weights"`` object every output carries: where the weights came from, and a warning for random ones."""
-    from ..provenance import WeightsInfo
-
     return WeightsInfo.of(meta).to_dict()
 
 
@@ -169,9 +156,6 @@ def build_report(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, op
     Returns:
         Paths of both files and the wall time of each section.
     """
-    from ..locks import output_lock
-    from ..progress import progress
-
     opts = options or ReportOptions()
     chosen = check_sections(opts.sections)
     if not opts.gradflow:
@@ -206,8 +190,6 @@ class _Page:
     @property
     def wlabel(self) -> Any:
         """What every picture is stamped with: the weights' source, and whether they were trained."""
-        from ..provenance import WeightsInfo
-
         return WeightsInfo.of(self.meta)
 
     @cached_property
@@ -282,16 +264,12 @@ def _summary(page: _Page, image) -> None:
 
 
 def _input_section(page: _Page) -> None:
-    from . import story
-
     with page.clock.section("input"):
         page.data["preprocessing"], fig = story.preprocessing_steps(page.img, page.meta.preprocessing, page.x, page.wlabel)
         page.pics["preprocessing"] = jpeg_uri(fig)
 
 
 def _kernel_section(page: _Page) -> None:
-    from . import story
-
     conv1 = page.convs.get("conv1")
     if conv1 is None or conv1.in_channels != 3:
         return
@@ -301,8 +279,6 @@ def _kernel_section(page: _Page) -> None:
 
 
 def _channels_section(page: _Page) -> None:
-    from . import story
-
     layer, convs, names = page.fuse_layer, page.convs, page.names
     if not layer or layer not in convs or convs[layer].groups != 1:
         return
@@ -314,8 +290,6 @@ def _channels_section(page: _Page) -> None:
 
 
 def _conv1_section(page: _Page) -> None:
-    from . import story
-
     convs, maps, wlabel = page.convs, page.cap.maps, page.wlabel
     if "conv1" not in convs:
         return
@@ -334,9 +308,6 @@ def _conv1_section(page: _Page) -> None:
 
 
 def _bottleneck_section(page: _Page) -> None:
-    from ..tracing import walkthrough
-    from . import story
-
     with page.clock.section("bottleneck"):
         try:
             page.data["walkthrough"] = walkthrough(page.model, block="layer1.0", trace=page.cap.trace).to_dict()
@@ -346,8 +317,6 @@ def _bottleneck_section(page: _Page) -> None:
 
 
 def _shortcuts_section(page: _Page) -> None:
-    from . import story
-
     proj, names, maps, blocks = page.proj, page.names, page.cap.maps, page.cap.trace.blocks
     with page.clock.section("shortcuts"):
         if proj is None:
@@ -397,8 +366,6 @@ def _layer_entry(page: _Page, r) -> dict[str, Any]:
 
 
 def _residual_section(page: _Page) -> None:
-    from ..viz.residual import residual_figure
-
     with page.clock.section("residual"):
         page.pics["residual"] = png_uri(residual_figure(page.cap.trace.blocks, page.wlabel))
 
@@ -417,16 +384,11 @@ def _cam_section(page: _Page) -> None:
 
 
 def _cost_section(page: _Page) -> None:
-    from . import story
-    from .html import STAGE_LABELS
-
     with page.clock.section("cost"):
         page.pics["cost"] = png_uri(story.cost_figure(page.data["anatomy"]["breakdown"]["by_stage"], STAGE_LABELS, page.wlabel))
 
 
 def _conclusion_section(page: _Page) -> None:
-    from . import story
-
     with page.clock.section("conclusion"):
         if "stages" in page.data:
             page.pics["conclusion"] = png_uri(story.conclusion_figure(page.data["stages"], page.wlabel))
@@ -445,8 +407,6 @@ assert {sid for sid, _ in _SECTIONS} == set(SECTION_IDS)
 
 def _write(page: _Page, out_dir: Path, t0: float) -> ReportResult:
     """report.json and the self-contained report.html, each written atomically."""
-    from .html import render_html
-
     clock = page.clock
     with clock.section("write"):
         page.data["timings_s"] = clock.seconds
@@ -467,10 +427,6 @@ def _write(page: _Page, out_dir: Path, t0: float) -> ReportResult:
 
 
 def _gradflow(meta: ModelMeta, opts: ReportOptions) -> tuple[dict[str, Any], str]:
-    from ..tracing.gradflow import GradFlowOptions, measure_gradflow, rms_ratio
-    from ..units import times
-    from ..viz.gradflow import gradflow_figure
-
     # At initialisation (random weights), as the article's argument is about; the report's model is not changed.
     gopts = GradFlowOptions(arch=meta.arch, weights="random", batch_size=opts.gradflow_batch, input_size=opts.gradflow_size)
     res = measure_gradflow(gopts, quiet=True)  # the report's own display already names this stage

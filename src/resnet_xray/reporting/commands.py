@@ -23,16 +23,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .. import api
     from ..atomic import removed_if_failed, writable_dir
     from ..image import load_image
-    from ..options import fields_of
 
     opts = _flags().build(args)  # bad flags fail before the model is built or anything is written
     load_image(args.image)  # a bad image fails here, before the model is built
     model = model_from_args(args)  # before the folder: a refused model must not leave an empty output folder behind
-    options = fields_of(opts)
     with removed_if_failed(opts.out_dir):  # a failed report leaves no empty folder behind
         writable_dir(opts.out_dir)
         warn_random(model.meta)
-        res = api.report(model, args.image, options.pop("out_dir"), **options)
+        res = api.report(model, args.image, opts)
     if args.json:
         print_json(res.to_dict())
         return 0

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..units import below, count_of, num, of_count, pct, si
 from ..viz.cam import format_prob
+from .sections import SECTIONS
 
 # He et al.'s stage names beside torchvision's module names (Table 1 counts the max pool into conv2_x).
 STAGE_LABELS = {"conv1": "stem (conv1)", "conv2_x": "conv2_x: max pool + layer1", "conv3_x": "conv3_x: layer2",
@@ -73,8 +74,6 @@ def interp(text: str) -> str:
 
 def render_html(doc: dict[str, Any], pics: dict[str, Any]) -> str:
     """The whole page as one string; ``doc`` is the JSON document, ``pics`` the data URIs."""
-    from .assemble import SECTIONS
-
     model = doc["model"]
     renderers = {
         "input": _input, "kernel": _kernel, "channels": _channels, "conv1": _conv1, "bottleneck": _walkthrough,

@@ -4,13 +4,14 @@ The model is traced with ``torch.fx``, so each call of torchvision's shared ReLU
 gets its own name (``relu``, ``relu_1``, ``relu_2``) and the shortcut add is a
 node of its own. Names are the same as in :mod:`resnet_xray.dissect`.
 
-The default engine writes a statistics call after every operation into the
-model's generated FX code once (cached per model), so a trace runs as plain
-Python with no per-node interpreter work, and reads each output only for what
-cannot be derived exactly from numbers already in hand (see ``MODES``). The
-logits are the model's own, bit for bit. The first engine, an
-:class:`torch.fx.Interpreter`, stays for comparison (``engine="interpreter"``).
-Only the maps asked for in :class:`TraceOptions` outlive the pass.
+The engine writes a statistics call after every operation into the model's
+generated FX code once (cached per model), so a trace runs as plain Python with
+no per-node interpreter work, and reads each output only for what cannot be
+derived exactly from numbers already in hand (see ``MODES``). The logits are
+the model's own, bit for bit. The first engine, an :class:`torch.fx.Interpreter`
+that reads every output in full, lives on in the tests as the reference this
+one is checked against. Only the maps asked for in :class:`TraceOptions`
+outlive the pass.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from torch import fx, nn
 
 from ..dissect.layers import _node_name, _node_type, trace_graph
+from ..image import load_image
 from ..interface import class_logits
 from . import kernels
 from ..options import option
@@ -36,13 +38,12 @@ from ..options import option
 class TraceOptions:
     keep_maps: set[str] | None = option(None, "layer names whose full output is kept; None keeps none (stats for all)")
     # "codegen": statistics calls written into the model's FX code once, each output read only for what
-    # cannot be derived (see MODES); "codegen-full": the same code, every output read in full;
-    # "interpreter": an fx.Interpreter reducing every output in full (the first engine). All three give
+    # cannot be derived (see MODES); "codegen-full": the same code, every output read in full. Both give
     # the same numbers up to float rounding; benchmarks/bench_trace.py times them side by side.
     engine: str = "codegen"
 
 
-ENGINES = ("codegen", "codegen-full", "interpreter")
+ENGINES = ("codegen", "codegen-full")
 
 
 @dataclass
@@ -165,99 +166,6 @@ def _block_stats(name: str, r: LayerStats, s: LayerStats, add: LayerStats, relu:
     )
 
 
-@dataclass
-class _PendingBlock:
-    name: str
-    residual: fx.Node
-    shortcut: fx.Node
-    dot: torch.Tensor
-    add: fx.Node
-    relu: fx.Node | None = None
-
-
-class _StatsInterpreter(fx.Interpreter):
-    """Runs the traced graph, reducing each output to statistics as soon as it exists."""
-
-    def __init__(self, gm: fx.GraphModule, keep_maps: set[str]):
-        super().__init__(gm)  # garbage_collect_values=True: a value dies after its last user
-        self.modules_by_name = dict(gm.named_modules())
-        self.keep_maps = keep_maps
-        self.maps: dict[str, torch.Tensor] = {}
-        self.order: list[fx.Node] = []
-        self.names: dict[fx.Node, str] = {}
-        self.types: dict[fx.Node, str] = {}
-        self.shapes: dict[fx.Node, tuple[int, ...]] = {}
-        self.vectors: dict[fx.Node, torch.Tensor] = {}
-        self.nonzeros: dict[fx.Node, torch.Tensor] = {}
-        self.pending: dict[fx.Node, _PendingBlock] = {}  # add node -> its block
-        self.done: list[_PendingBlock] = []
-
-    def run_node(self, n: fx.Node) -> Any:
-        if n.op in ("placeholder", "output", "get_attr"):
-            return super().run_node(n)
-        mod = self.modules_by_name.get(n.target) if n.op == "call_module" else None
-        ltype = _node_type(n, mod)
-        if ltype == "add":
-            # Read the two terms before the add runs: torchvision adds in place (out += identity).
-            self._block_terms(n)
-        out = super().run_node(n)
-        if ltype is None or not isinstance(out, torch.Tensor):
-            return out
-        name = _node_name(n)
-        self.order.append(n)
-        self.names[n], self.types[n], self.shapes[n] = name, ltype, tuple(out.shape)
-        self.vectors[n], self.nonzeros[n] = _stat_vector(out, count_zeros=ltype in ZERO_COUNTED)
-        if name in self.keep_maps:
-            self.maps[name] = out.detach().clone()  # a clone: a later in-place op would change it
-        if ltype == "relu":
-            for a in n.all_input_nodes:
-                if a in self.pending:
-                    b = self.pending.pop(a)
-                    b.relu = n
-                    self.done.append(b)
-        return out
-
-    def _block_terms(self, n: fx.Node) -> None:
-        args = [a for a in n.args[:2] if isinstance(a, fx.Node)]
-        if len(args) != 2 or not all(a in self.env for a in args):
-            return
-        block = _block_of(_node_name(n))
-        # Look through pass-through modules (the nn.Identity left where a BatchNorm was fused away).
-        terms = [self._tabulated(a) for a in args]
-        if not all(t in self.names for t in terms):
-            return
-        names = [self.names[t] for t in terms]
-        # F(x) comes from inside the block's main path; the other term is x or its projection.
-        # (A fused model has no bn3, so the test is on the path, not on the layer type.)
-        is_res = [nm.startswith(block + ".") and not nm.startswith(block + ".downsample") for nm in names]
-        if is_res.count(True) != 1:
-            return
-        (ri, si) = (0, 1) if is_res[0] else (1, 0)
-        f, s = self.env[args[ri]].detach().reshape(-1), self.env[args[si]].detach().reshape(-1)
-        self.pending[n] = _PendingBlock(block, terms[ri], terms[si], torch.dot(f.float(), s.float()), n)
-
-    def _tabulated(self, a: fx.Node) -> fx.Node:
-        while a not in self.names and a.op == "call_module" and len(a.all_input_nodes) == 1:
-            if not isinstance(self.modules_by_name.get(a.target), nn.Identity):
-                break
-            a = a.all_input_nodes[0]
-        return a
-
-    def results(self) -> tuple[list[LayerStats], list[BlockStats]]:
-        if not self.order:
-            return [], []
-        # One read-back for the whole pass.
-        vecs = torch.stack([self.vectors[n] for n in self.order]).double().tolist()
-        counts = torch.stack([self.nonzeros[n] for n in self.order]).tolist()
-        by_node = {
-            n: _finish(self.names[n], self.types[n], self.shapes[n], [*v, c]) for n, v, c in zip(self.order, vecs, counts)
-        }
-        dots = torch.stack([b.dot for b in self.done]).double().tolist() if self.done else []
-        blocks = [_block_stats(b.name, by_node[b.residual], by_node[b.shortcut], by_node[b.add], by_node[b.relu], dot)
-                  for b, dot in zip(self.done, dots)]
-        return [by_node[n] for n in self.order], blocks
-
-
 # ---------------------------------------------------------------------------------------------
 # The generated-code engine: the statistics calls are written into the model's own FX code once,
 # so a trace runs as compiled Python, with no per-node interpreter work.
@@ -364,6 +272,22 @@ class _StatsSink:
         # One aminmax pass beats amax + amin with two or more threads, and loses to them on one.
         self.aminmax = torch.get_num_threads() > 1
 
+    def _derived(self, e: _Entry, i: int) -> bool:
+        """Whether entry ``i`` follows from numbers already in hand this pass (its mode is then recorded)."""
+        mode = e.mode
+        if mode == "affine":
+            if self.modes.get(e.src) == "channels" and not e.module.training and self.bn_stats[i]:
+                self.modes[i] = "affine"  # derived from its conv's per-channel numbers; the output is never read
+                return True
+        elif mode == "add":
+            if not np.isnan(self.res[e.terms[2], 0]):  # NaN: not reduced this pass, or y holds a NaN
+                self.modes[i] = "add-read"  # kernels.residual read its terms: nothing left to read here
+                return True
+        elif mode == "relu" and self.modes.get(e.src) == "add-read":
+            self.modes[i] = "relu-read"  # the ReLU after that add, from the same read
+            return True
+        return False
+
     def stat(self, t: torch.Tensor, i: int) -> None:
         e = self.entries[i]
         self.shapes[i] = tuple(t.shape)
@@ -371,18 +295,9 @@ class _StatsSink:
             self.maps[e.name] = t.detach().clone()  # a clone: the in-place ReLU that follows would change it
         # The derived modes first, before any look at the tensor: these calls are about half of all,
         # and their source's checks (device, size, dtype) already passed when it was read.
-        mode = e.mode
-        if mode == "affine":
-            if self.modes.get(e.src) == "channels" and not e.module.training and self.bn_stats[i]:
-                self.modes[i] = "affine"  # derived from its conv's per-channel numbers; the output is never read
-                return
-        elif mode == "add":
-            if not np.isnan(self.res[e.terms[2], 0]):  # NaN: not reduced this pass, or y holds a NaN
-                self.modes[i] = "add-read"  # kernels.residual read its terms: nothing left to read here
-                return
-        elif mode == "relu" and self.modes.get(e.src) == "add-read":
-            self.modes[i] = "relu-read"  # the ReLU after that add, from the same read
+        if self._derived(e, i):
             return
+        mode = e.mode
         f = t.detach()
         if f.numel() == 0 or f.device != self.device:
             return  # empty (zeros, as _finish expects) or on a device the buffers are not on (not tabulated)
@@ -701,14 +616,7 @@ def trace_model(model: nn.Module, x: torch.Tensor, options: TraceOptions | None 
         raise ValueError(f"engine {opts.engine!r}: choose one of {', '.join(ENGINES)}")
     if x.dim() == 3:
         x = x.unsqueeze(0)
-    keep = set(opts.keep_maps or ())
-    if opts.engine in ("codegen", "codegen-full"):
-        out, layers, blocks, maps = instrumented(model, fused=opts.engine == "codegen").run(x, keep)
-    else:
-        interp = _StatsInterpreter(traced_graph(model), keep)
-        out = interp.run(x)
-        layers, blocks = interp.results()
-        maps = interp.maps
+    out, layers, blocks, maps = instrumented(model, fused=opts.engine == "codegen").run(x, set(opts.keep_maps or ()))
     logits = class_logits(out)
     return Trace(logits=logits, layers=layers, blocks=blocks, maps=maps)
 
@@ -735,7 +643,5 @@ def trace_image(image: str | os.PathLike, model: nn.Module, preprocessing, optio
         preprocessing: a :class:`resnet_xray.image.Preprocessing` (``meta.preprocessing``).
         options: which layers' full output maps to keep.
     """
-    from ..image import load_image
-
     x = preprocessing(load_image(image)).unsqueeze(0)
     return trace_model(model, x, options)

@@ -56,12 +56,12 @@ def cmd_gradflow(args: argparse.Namespace) -> int:
     from .gradflow import rms_ratio
 
     options = gradflow_flags().values(args)
-    report = api.gradflow(None, output=args.output, quiet=args.quiet, arch=args.arch or "resnet50", weights=args.weights,
-                          seed=args.seed, **options)
+    res = api.gradflow(None, output=args.output, quiet=args.quiet, arch=args.arch or "resnet50", weights=args.weights,
+                       seed=args.seed, **options)
     if args.json:
-        print_json(report.to_dict())
+        print_json(res.to_dict())
         return 0
-    res, opts = report.result, report.result.options
+    opts = res.options
     phases = [("init", "at the start")] + ([("trained", f"after {opts.steps} SGD steps")] if res.trained else [])
     for phase, title in phases:
         for regime, nets in res.phase(phase).items():

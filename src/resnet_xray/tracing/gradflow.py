@@ -26,9 +26,13 @@ from torch.nn import functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ..errors import XrayError
+from ..image import ImageStream, Preprocessing
 from ..interface import class_logits, get_classifier
+from ..model import load_model
+from ..options import OptionError, at_least, batch_fits, image_side, learning_rate, one_of, option
+from ..provenance import WeightsInfo
+from ..progress import progress
 from ..units import below, num, of_count, times
-from ..options import option
 
 REGIMES = {
     "batch": "BatchNorm on batch statistics (train mode)",
@@ -52,8 +56,6 @@ class GradFlowOptions:
     num_classes: int = 1000
 
     def __post_init__(self) -> None:
-        from ..options import OptionError, at_least, batch_fits, image_side, learning_rate, one_of
-
         for r in self.regimes:
             one_of("regimes", r, tuple(REGIMES))
         at_least("batch_size", self.batch_size, 1)
@@ -113,6 +115,8 @@ class GradFlowResult:
     init: dict[str, dict[str, NetGrad]]  # regime -> network -> gradients at initialisation (or the given weights)
     trained: dict[str, dict[str, NetGrad]] | None = None  # the same after options.steps SGD steps
     train_losses: dict[str, list[float]] | None = None  # network -> loss per step
+    weights: WeightsInfo | None = None  # the weights' provenance, set by the verb that ran
+    plot: Path | None = None  # the chart, when one was drawn
 
     def phase(self, phase: str = "init") -> dict[str, dict[str, NetGrad]]:
         if phase == "init":
@@ -131,6 +135,9 @@ class GradFlowResult:
             d["trained"] = ph(self.trained)
             d["train_losses"] = self.train_losses
             d["explanations"]["trained"] = {r: self.explanation(r, "trained") for r in self.trained}
+        d["weights"] = self.weights.to_dict() if self.weights else None
+        if self.plot:
+            d["plot"] = str(self.plot)
         return d
 
     def explanation(self, regime: str, phase: str = "init") -> str:
@@ -138,63 +145,83 @@ class GradFlowResult:
         nets = self.phase(phase)[regime]
         res, plain = nets["resnet"], nets["plain"]
         arch = self.options.arch
-        of = f"{arch}'s"
         when = "at initialisation" if phase == "init" and self.options.weights == "random" else (
             f"after {self.options.steps} SGD steps" if phase == "trained" else f"with weights {self.options.weights}"
         )
         first, last = res.boundaries[1]["name"], res.boundaries[-1]["name"]  # stem->layer1, layer4->pool
-        r_in, p_in = res.rms(first), plain.rms(first)
-        r_out, p_out = res.rms(last), plain.rms(last)
+        r_ends, p_ends = (res.rms(first), res.rms(last)), (plain.rms(first), plain.rms(last))
         lines = [f"{REGIMES[regime]}, {when}:"]
-        ratio = rms_ratio(p_in, r_in)
-        lines.append(
-            f"- At the stem boundary ({first}) the gradient RMS is {num(r_in)} for {arch} and {num(p_in)} for plain: "
-            f"plain's is {times(ratio, of)}."
-        )
-        for name, g, a, b in (("ResNet", res, r_out, r_in), ("plain", plain, p_out, p_in)):
-            f = rms_ratio(b, a)
-            change = ("is 0 at both ends" if math.isnan(f) else f"grows {times(f)}" if f > 1
-                      else f"shrinks {times(1 / f)}" if f > 0 else "vanishes")
-            lines.append(
-                f"- {name}: from the last stage ({last}, RMS {num(a)}) back to the stem ({num(b)}) the gradient {change}."
-            )
-        cr = [c["norm"] for c in res.convs if "downsample" not in c["name"]]
-        cp = [c["norm"] for c in plain.convs if "downsample" not in c["name"]]
-        if cr and cp and cr[0] > 0:
-            lines.append(
-                f"- First conv weight gradient: {arch} {num(cr[0])}, plain {num(cp[0])} ({times(cp[0] / cr[0], of)}); "
-                f"last conv: {arch} {num(cr[-1])}, plain {num(cp[-1])}."
-            )
-        ident = [b for b in res.blocks if b.shortcut == "identity"]
-        if ident:
-            shares = [b.shortcut_share for b in ident]
-            worst = max(b.rel_error for b in res.blocks)
-            larger = sum(s > 0.5 for s in shares)
-            lines.append(
-                f"- At the {len(ident)} identity blocks the identity term's share of |identity|+|residual| is "
-                f"{min(shares):.2f}-{max(shares):.2f} (median {statistics.median(shares):.2f}); the two terms add up "
-                f"to autograd's gradient (relative error {below(worst)})."
-            )
-            lines.append(
-                f"  The identity term is the larger of the two at {of_count(larger, len(ident), 'identity blocks')}; either way "
-                "it hands each block's output gradient to the block's input unchanged, whatever F does to it."
-            )
-        r_gain, p_gain = r_in / r_out if r_out > 0 else math.inf, p_in / p_out if p_out > 0 else math.inf
-        if ratio > 1:
-            lines.append(
-                "- Here the shortcut-free network gets the larger gradient at the input side: its stage-by-stage gains "
-                f"multiply to {times(p_gain)} from the last stage to the stem, against {times(r_gain)} for {arch}. Without "
-                "the identity path nothing holds a block's gain near 1. A larger gradient is not a better one: "
-                "it is a less stable step for SGD."
-            )
-        else:
-            trend = "they shrink the signal" if p_gain < 1 else "they grow it, but less than ResNet's"
-            lines.append(
-                "- Here the shortcut-free network gets the smaller gradient at the input side: its stage-by-stage gains "
-                f"multiply to {times(p_gain)} from the last stage to the stem ({trend}), against {times(r_gain)} for "
-                f"{arch}, whose identity terms carry the gradient past every block."
-            )
+        lines += _boundary_lines(arch, first, last, r_ends, p_ends)
+        lines += _conv_lines(arch, res, plain)
+        lines += _identity_lines(res)
+        lines.append(_gain_line(arch, r_ends, p_ends))
         return "\n".join(lines)
+
+
+# --- the sentences of GradFlowResult.explanation; *_ends are (RMS at the stem boundary, RMS at the last stage) ---
+
+
+def _boundary_lines(arch: str, first: str, last: str, r_ends: tuple[float, float], p_ends: tuple[float, float]) -> list[str]:
+    (r_in, r_out), (p_in, p_out) = r_ends, p_ends
+    of = f"{arch}'s"
+    lines = [
+        f"- At the stem boundary ({first}) the gradient RMS is {num(r_in)} for {arch} and {num(p_in)} for plain: "
+        f"plain's is {times(rms_ratio(p_in, r_in), of)}."
+    ]
+    for name, a, b in (("ResNet", r_out, r_in), ("plain", p_out, p_in)):
+        f = rms_ratio(b, a)
+        change = ("is 0 at both ends" if math.isnan(f) else f"grows {times(f)}" if f > 1
+                  else f"shrinks {times(1 / f)}" if f > 0 else "vanishes")
+        lines.append(
+            f"- {name}: from the last stage ({last}, RMS {num(a)}) back to the stem ({num(b)}) the gradient {change}."
+        )
+    return lines
+
+
+def _conv_lines(arch: str, res: NetGrad, plain: NetGrad) -> list[str]:
+    cr = [c["norm"] for c in res.convs if "downsample" not in c["name"]]
+    cp = [c["norm"] for c in plain.convs if "downsample" not in c["name"]]
+    if not (cr and cp and cr[0] > 0):
+        return []
+    of = f"{arch}'s"
+    return [
+        f"- First conv weight gradient: {arch} {num(cr[0])}, plain {num(cp[0])} ({times(cp[0] / cr[0], of)}); "
+        f"last conv: {arch} {num(cr[-1])}, plain {num(cp[-1])}."
+    ]
+
+
+def _identity_lines(res: NetGrad) -> list[str]:
+    ident = [b for b in res.blocks if b.shortcut == "identity"]
+    if not ident:
+        return []
+    shares = [b.shortcut_share for b in ident]
+    worst = max(b.rel_error for b in res.blocks)
+    larger = sum(s > 0.5 for s in shares)
+    return [
+        f"- At the {len(ident)} identity blocks the identity term's share of |identity|+|residual| is "
+        f"{min(shares):.2f}-{max(shares):.2f} (median {statistics.median(shares):.2f}); the two terms add up "
+        f"to autograd's gradient (relative error {below(worst)}).",
+        f"  The identity term is the larger of the two at {of_count(larger, len(ident), 'identity blocks')}; either way "
+        "it hands each block's output gradient to the block's input unchanged, whatever F does to it.",
+    ]
+
+
+def _gain_line(arch: str, r_ends: tuple[float, float], p_ends: tuple[float, float]) -> str:
+    (r_in, r_out), (p_in, p_out) = r_ends, p_ends
+    r_gain, p_gain = r_in / r_out if r_out > 0 else math.inf, p_in / p_out if p_out > 0 else math.inf
+    if rms_ratio(p_in, r_in) > 1:
+        return (
+            "- Here the shortcut-free network gets the larger gradient at the input side: its stage-by-stage gains "
+            f"multiply to {times(p_gain)} from the last stage to the stem, against {times(r_gain)} for {arch}. Without "
+            "the identity path nothing holds a block's gain near 1. A larger gradient is not a better one: "
+            "it is a less stable step for SGD."
+        )
+    trend = "they shrink the signal" if p_gain < 1 else "they grow it, but less than ResNet's"
+    return (
+        "- Here the shortcut-free network gets the smaller gradient at the input side: its stage-by-stage gains "
+        f"multiply to {times(p_gain)} from the last stage to the stem ({trend}), against {times(r_gain)} for "
+        f"{arch}, whose identity terms carry the gradient past every block."
+    )
 
 
 def rms_ratio(num: float, den: float) -> float:
@@ -352,8 +379,6 @@ def synthetic_batch(opts: GradFlowOptions) -> tuple[torch.Tensor, torch.Tensor]:
 
 def folder_batch(opts: GradFlowOptions, preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``batch_size`` readable images of a class-per-subfolder folder, labelled by subfolder."""
-    from ..image import ImageStream
-
     root = Path(opts.data)  # type: ignore[arg-type]
     if not root.is_dir():
         raise XrayError(f"--data {root}: not a folder of class subfolders")
@@ -430,8 +455,6 @@ def measure_gradflow(options: GradFlowOptions | None = None, model: nn.Module | 
         A :class:`GradFlowResult` with per-block decompositions, stage-boundary RMS and
         per-conv weight gradient norms; ``.explanation(regime)`` puts them in words.
     """
-    from ..model import load_model
-
     opts = options or GradFlowOptions()
     try:
         device = torch.device(opts.device)
@@ -445,14 +468,11 @@ def measure_gradflow(options: GradFlowOptions | None = None, model: nn.Module | 
     model = copy.deepcopy(model).to(device)
     opts = replace(opts, num_classes=_num_classes(model))  # the caller's options stay as given
     if opts.data:
-        from ..image import Preprocessing
-
         x, y = folder_batch(opts, meta.preprocessing if meta else Preprocessing.seed())
     else:
         x, y = synthetic_batch(opts)
     x, y = x.to(device), y.to(device)
     torch.manual_seed(opts.seed)
-    from ..progress import progress
 
     # At the start plain-N and ResNet-N share one set of weights; only training parts them.
     base = {"resnet": model, "plain": model}

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from .capture import trace_model
+
 
 @dataclass
 class Step:
@@ -170,8 +172,6 @@ def walkthrough(model: nn.Module, x: torch.Tensor | None = None, block: str = "l
     Returns:
         A :class:`Walkthrough`; ``.text()`` prints it, ``.to_dict()`` serialises it.
     """
-    from .capture import trace_model
-
     blk = model.get_submodule(block)
     if not isinstance(blk, (Bottleneck, BasicBlock)):
         raise ValueError(f"{block} is a {type(blk).__name__}, not a torchvision residual block")

@@ -1,10 +1,11 @@
 """Training: fine-tuning, multi-task heads, mixed precision, resumable checkpoints and torchrun/DDP.
 
-The whole job is ``resnet_xray.train.finetune.finetune``; the loop alone is :func:`fit`.
+The whole job is ``resnet_xray.train.job.finetune``; the loop alone is :func:`fit`.
 """
 
 from .data import DataBundle, make_loaders
-from .finetune import evaluate, fit
+from .evaluation import evaluate
+from .finetune import fit
 from .recipe import FinetuneOptions
 from .heads import MultiTaskResNet, attach_heads
 

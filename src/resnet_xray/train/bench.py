@@ -49,6 +49,29 @@ def _train_step(model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor, precisi
     opt.step()
 
 
+@dataclass
+class _Timed:
+    """The training step being timed, on this device: what the step and loop measurements share."""
+
+    model: nn.Module
+    opt: Any
+    precision: Any
+    device: torch.device
+    channels_last: bool
+    steps: int
+
+    def to_dev(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        _train_step(self.model, self.opt, x, y, self.precision, self.device)
+
+
 def bench_data(data_dir: str | Path, options: DataBenchOptions | None = None) -> dict[str, Any]:
     """Measure the three rates on this machine.
 
@@ -69,66 +92,11 @@ def bench_data(data_dir: str | Path, options: DataBenchOptions | None = None) ->
     model = build_model(o.arch, num_classes=len(data.class_names)).to(device).train()
     if o.channels_last:
         model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(model, FinetuneOptions(arch=o.arch), 0.01)
+    timed = _Timed(model, make_optimizer(model, FinetuneOptions(arch=o.arch), 0.01), precision, device, o.channels_last, o.steps)
 
-    def to_dev(x):
-        x = x.to(device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if o.channels_last else x
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    # 1. the loader alone (workers started and warmed by the first batch)
-    it = iter(data.train)
-    next(it)
-    n = 0
-    resident = []  # a few of these batches, kept for step 2
-    t0 = time.perf_counter()
-    for _ in range(o.steps):
-        try:
-            x, y, *_ = next(it)
-        except StopIteration:
-            it = iter(data.train)
-            x, y, *_ = next(it)
-        n += len(x)
-        if len(resident) < RESIDENT_BATCHES:
-            resident.append((x, y))
-    loader_ips = n / (time.perf_counter() - t0)
-
-    # 2. the model step alone, on batches already in memory. They differ from step to step:
-    # repeating one batch lets the model memorise it, and the tiny gradients that follow
-    # can run into denormal floats, which are many times slower on x86 CPUs.
-    resident = [(to_dev(x), y.to(device)) for x, y in resident]
-    _train_step(model, opt, *resident[0], precision, device)
-    sync()
-    n = 0
-    t0 = time.perf_counter()
-    for i in range(o.steps):
-        x, y = resident[i % len(resident)]
-        _train_step(model, opt, x, y, precision, device)
-        n += len(x)
-    sync()
-    step_ips = n / (time.perf_counter() - t0)
-
-    # 3. the real loop: how much of each step is spent blocked on the loader
-    it = iter(data.train)
-    wait = 0.0
-    n = 0
-    t0 = time.perf_counter()
-    for _ in range(o.steps):
-        tw = time.perf_counter()
-        try:
-            x, y, *_ = next(it)
-        except StopIteration:
-            it = iter(data.train)
-            x, y, *_ = next(it)
-        x, y = to_dev(x), y.to(device)
-        wait += time.perf_counter() - tw
-        _train_step(model, opt, x, y, precision, device)
-        n += len(x)
-    sync()
-    total = time.perf_counter() - t0
+    loader_ips, resident = _time_loader(data.train, o.steps)
+    step_ips = _time_step(timed, resident)
+    loop_ips, wait_fraction = _time_loop(timed, data.train)
     return {
         "arch": o.arch,
         "batch_size": o.batch_size,
@@ -138,7 +106,67 @@ def bench_data(data_dir: str | Path, options: DataBenchOptions | None = None) ->
         "device": str(device),
         "loader_images_per_s": loader_ips,
         "step_images_per_s": step_ips,
-        "loop_images_per_s": n / total,
-        "data_wait_fraction": wait / total,
+        "loop_images_per_s": loop_ips,
+        "data_wait_fraction": wait_fraction,
         "skipped_files": len(data.skipped),
     }
+
+
+def _time_loader(loader, steps: int) -> tuple[float, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """1. The loader alone (workers started and warmed by the first batch): images/s, and a few batches to keep."""
+    it = iter(loader)
+    next(it)
+    n = 0
+    resident = []  # a few of these batches, kept for the step timing
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        try:
+            x, y, *_ = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y, *_ = next(it)
+        n += len(x)
+        if len(resident) < RESIDENT_BATCHES:
+            resident.append((x, y))
+    return n / (time.perf_counter() - t0), resident
+
+
+def _time_step(timed: _Timed, resident: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """2. The model step alone, on batches already in memory: images/s.
+
+    They differ from step to step: repeating one batch lets the model memorise it, and the tiny
+    gradients that follow can run into denormal floats, which are many times slower on x86 CPUs.
+    """
+    resident = [(timed.to_dev(x), y.to(timed.device)) for x, y in resident]
+    timed.step(*resident[0])
+    timed.sync()
+    n = 0
+    t0 = time.perf_counter()
+    for i in range(timed.steps):
+        x, y = resident[i % len(resident)]
+        timed.step(x, y)
+        n += len(x)
+    timed.sync()
+    return n / (time.perf_counter() - t0)
+
+
+def _time_loop(timed: _Timed, loader) -> tuple[float, float]:
+    """3. The real loop: images/s, and the share of each step spent blocked on the loader."""
+    it = iter(loader)
+    wait = 0.0
+    n = 0
+    t0 = time.perf_counter()
+    for _ in range(timed.steps):
+        tw = time.perf_counter()
+        try:
+            x, y, *_ = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y, *_ = next(it)
+        x, y = timed.to_dev(x), y.to(timed.device)
+        wait += time.perf_counter() - tw
+        timed.step(x, y)
+        n += len(x)
+    timed.sync()
+    total = time.perf_counter() - t0
+    return n / total, wait / total

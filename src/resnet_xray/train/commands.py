@@ -110,30 +110,27 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     options = {**finetune_flags(args.multitask_default).values(args), "multitask": multitask}
     res = api.finetune(args.data, args.out, resume=args.resume, overwrite=args.overwrite, arch=args.arch, weights=args.weights,
                        seed=args.seed, loss_weights={"class": args.class_weight, "box": args.box_weight}, **options)
-    r = res.raw
-    if not r["is_main"]:
+    if not res.is_main:
         return 0
-    final = r["final"]
+    final = res.final
     if args.json:
         print_json(res.to_dict())
         return 0
-    print(f"validation accuracy: {final['accuracy']:.1%} of {final['images']} images ({_best_text(r['best'])}); "
+    print(f"validation accuracy: {final['accuracy']:.1%} of {final['images']} images ({_best_text(res.best)}); "
           f"loss {final['loss']:.3f}"
           + (f"; box IoU {final['box_iou']:.3f}, L1 {final['box_l1']:.3f}" if "box_iou" in final else ""))
     counts = final["confusion"].sum(dim=1).tolist()  # a class with no val images (a folder skipped) has no accuracy
     print("per-class accuracy: " + ", ".join(f"{c} {a:.0%}" if n else f"{c} - (no val images)"
-                                             for c, a, n in zip(r["class_names"], final["per_class_accuracy"], counts)))
-    m, sec = divmod(round(r["seconds"]), 60)
-    print(f"{r['global_step']} steps in {m} min {sec} s ({r['precision']}, {r['device']}"
-          + (f", {r['world_size']} processes, max weight difference between ranks {r['rank_weight_max_diff']:.3g}" if r["world_size"] > 1 else "")
-          + ")" + (" - stopped early (--stop-after-steps); --resume continues" if r["stopped_early"] else ""))
-    print(f"skipped files: {len(r['skipped'])}")
-    for s in r["skipped"]:
+                                             for c, a, n in zip(res.class_names, final["per_class_accuracy"], counts)))
+    m, sec = divmod(round(res.seconds), 60)
+    print(f"{res.global_step} steps in {m} min {sec} s ({res.precision}, {res.device}"
+          + (f", {res.world_size} processes, max weight difference between ranks {res.rank_weight_max_diff:.3g}" if res.world_size > 1 else "")
+          + ")" + (" - stopped early (--stop-after-steps); --resume continues" if res.stopped_early else ""))
+    print(f"skipped files: {len(res.skipped)}")
+    for s in res.skipped:
         print(f"  {s.path}: {s.reason}")
-    from pathlib import Path
-
-    names = [n for n in ("best.pt", "last.pt", "metrics.csv", "confusion.png", "summary.json") if (Path(r["out_dir"]) / n).exists()]
-    print(f"wrote {r['out_dir']}/{', '.join(names)}")
+    names = [n for n in ("best.pt", "last.pt", "metrics.csv", "confusion.png", "summary.json") if (res.out_dir / n).exists()]
+    print(f"wrote {res.out_dir}/{', '.join(names)}")
     return 0
 
 
@@ -150,7 +147,7 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
 
 
 def _bench_data_text(res) -> str:
-    r = res.rates
+    r = res.to_dict()
     verdict = "the loader keeps up" if r["data_wait_fraction"] < 0.10 else "input-bound: add --workers or shrink images"
     return "\n".join([
         f"loader alone:      {r['loader_images_per_s']:8.1f} images/s ({r['workers']} workers, batch {r['batch_size']}, {r['image_size']} px)",

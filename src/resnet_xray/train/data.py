@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from ..errors import XrayError
 from ..image import IMAGE_EXTENSIONS, Preprocessing, Skipped, folder_images, load_image
+from .boxes import box_to_crop
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +247,6 @@ class FolderDataset(Dataset):
             return x, label
         x0, y0, x1, y1 = self.boxes[index]
         if self.box_geometry is not None:
-            from .boxes import box_to_crop
-
             x0, y0, x1, y1 = box_to_crop((x0, y0, x1, y1), img.size, self.box_geometry)
         if flipped:
             x0, x1 = 1.0 - x1, 1.0 - x0
@@ -436,52 +436,15 @@ def make_loaders(
     Returns:
         A :class:`DataBundle`.
     """
-    if batch_size < 1:
-        raise XrayError(f"--batch-size {batch_size}: must be at least 1")
-    if workers is None:
-        workers = default_workers()
-    if workers < 0:
-        raise XrayError(f"--workers {workers}: must be 0 or more")
-    if image_size is not None and image_size < 32:
-        raise XrayError(f"--image-size {image_size}: must be at least 32")
+    workers = _checked_settings(batch_size, workers, image_size)
     skipped: list[Skipped] = []
     train_s, val_s, names = find_splits(data_dir, seed=seed, skip_unreadable=skip_unreadable, skipped=skipped,
                                         skip_flag=skip_flag)
     pre = preprocessing_for(data_dir, image_size, whole=multitask)
     root = Path(data_dir)
-    train_boxes = val_boxes = None
-    if multitask:
-        boxes = read_boxes(root)
-
-        def lookup(samples):
-            out = []
-            for p, _ in samples:
-                key = p.relative_to(root).as_posix()
-                if key not in boxes:
-                    raise XrayError(f"{root / BOXES_CSV}: no box for {key}")
-                out.append(boxes[key])
-            return out
-
-        train_boxes, val_boxes = lookup(train_s), lookup(val_s)
-
-    world, rank = 1, 0
-    if distributed:
-        import torch.distributed as dist
-
-        world, rank = dist.get_world_size(), dist.get_rank()
-    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
-    loaded = [m for m in FORK_UNSAFE_MODULES if m in sys.modules]
-    if workers > 0 and loaded:
-        log.warning("%s is loaded in this process and forked DataLoader workers crash it; loading data in the main "
-                    "process (run training in its own process to use --workers)", " and ".join(loaded))
-        workers = 0
-    common: dict[str, Any] = dict(num_workers=workers, pin_memory=pin, skipped=skipped)
-    if workers > 0:
-        # Not persistent: kept-alive workers behind our generator __iter__ crashed the parent with
-        # SIGSEGV in a finalizer (an in-process quantize, then finetune --workers 1; CPython 3.11.7,
-        # torch 2.14.1). Re-forking the workers each epoch costs well under a second.
-        common.update(persistent_workers=False, prefetch_factor=4)
-    cache = CACHE_BYTES if workers == 0 else 0
+    train_boxes, val_boxes = _boxes_of(root, train_s, val_s) if multitask else (None, None)
+    world, rank = _world_and_rank(distributed)
+    workers, common, cache = _loader_settings(workers, pin_memory, skipped)
 
     train_ds = FolderDataset(train_s, train_transform(pre, min_crop_scale=min_crop_scale, crop=not multitask), seed=seed, boxes=train_boxes, flip=multitask,
                              box_geometry=pre if multitask else None, cache_bytes=cache)
@@ -498,6 +461,74 @@ def make_loaders(
     return DataBundle(train, val, names, skipped, pre, multitask, info)
 
 
+def _checked_settings(batch_size: int, workers: int | None, image_size: int | None) -> int:
+    """Refuse impossible loader settings; returns the number of workers (None: :func:`default_workers`)."""
+    if batch_size < 1:
+        raise XrayError(f"--batch-size {batch_size}: must be at least 1")
+    if workers is None:
+        workers = default_workers()
+    if workers < 0:
+        raise XrayError(f"--workers {workers}: must be 0 or more")
+    if image_size is not None and image_size < 32:
+        raise XrayError(f"--image-size {image_size}: must be at least 32")
+    return workers
+
+
+def _boxes_of(root: Path, *splits: list) -> tuple[list[tuple[float, float, float, float]], ...]:
+    """The ``boxes.csv`` box of each sample of each split, in order; a sample without one is refused."""
+    boxes = read_boxes(root)
+
+    def lookup(samples):
+        out = []
+        for p, _ in samples:
+            key = p.relative_to(root).as_posix()
+            if key not in boxes:
+                raise XrayError(f"{root / BOXES_CSV}: no box for {key}")
+            out.append(boxes[key])
+        return out
+
+    return tuple(lookup(s) for s in splits)
+
+
+def _world_and_rank(distributed: bool) -> tuple[int, int]:
+    if not distributed:
+        return 1, 0
+    import torch.distributed as dist
+
+    return dist.get_world_size(), dist.get_rank()
+
+
+def _loader_settings(workers: int, pin_memory: bool | None, skipped: list[Skipped]) -> tuple[int, dict[str, Any], int]:
+    """(workers, the keyword arguments both loaders share, the decoded-image cache size)."""
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    loaded = [m for m in FORK_UNSAFE_MODULES if m in sys.modules]
+    if workers > 0 and loaded:
+        log.warning("%s is loaded in this process and forked DataLoader workers crash it; loading data in the main "
+                    "process (run training in its own process to use --workers)", " and ".join(loaded))
+        workers = 0
+    common: dict[str, Any] = dict(num_workers=workers, pin_memory=pin, skipped=skipped)
+    if workers > 0:
+        # Not persistent: kept-alive workers behind our generator __iter__ crashed the parent with
+        # SIGSEGV in a finalizer (an in-process quantize, then finetune --workers 1; CPython 3.11.7,
+        # torch 2.14.1). Re-forking the workers each epoch costs well under a second.
+        common.update(persistent_workers=False, prefetch_factor=4)
+    return workers, common, CACHE_BYTES if workers == 0 else 0
+
+
 def steps_per_epoch(loader: DataLoader) -> int:
     n = len(loader.sampler)
     return n // loader.batch_size if loader.drop_last else math.ceil(n / loader.batch_size)
+
+
+def unpack_batch(batch, device: torch.device, channels_last: bool, size: int | None = None):
+    """``(x, y, box)`` of a loader's batch on ``device`` (box None without one); ``size`` resizes x."""
+    x = batch[0].to(device, non_blocking=True)
+    if size is not None and x.shape[-1] != size:
+        # Progressive resizing on the batch, not in the workers: the workers' transform stays
+        # fixed, and the crop a sample gets stays a function of (seed, epoch, index).
+        x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = batch[1].to(device, non_blocking=True)
+    box = batch[2].to(device, non_blocking=True) if len(batch) > 2 else None
+    return x, y, box

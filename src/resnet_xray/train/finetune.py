@@ -1,19 +1,16 @@
-"""Fine-tune a ResNet on an image folder: new classifier, freezing, AMP, resumable checkpoints, DDP.
+"""The fine-tuning loop: :func:`fit` trains any already-built model (for example a pruned one).
 
-:func:`finetune` is the whole job behind ``resnet-xray finetune``; :func:`fit` is the
-training loop alone, usable on any already-built model (for example a pruned one).
+Freezing, AMP, EMA, progressive resizing, resumable checkpoints and DDP are steps of the
+loop; :func:`resnet_xray.train.job.finetune` is the whole job behind ``resnet-xray finetune``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import sys
 import time
 import warnings
-from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,111 +20,25 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import XrayError
-from ..interface import ReplacedClassifier, class_logits, reset_classifier
-from ..locks import output_lock
-from ..model import ModelMeta, changes_of, check_changes_rebuild, load_model, save_checkpoint
+from ..interface import class_logits
+from ..model import ModelMeta, changes_of, check_changes_rebuild, save_checkpoint
 from ..provenance import Provenance, TrainingStage
 from . import distributed as D
 from .checkpoint import load_training_state, remove_stale_temporaries, save_training_state, set_rng_state
-from .data import DataBundle, make_loaders, steps_per_epoch
-from .heads import Heads, MultiTaskResNet, attach_heads, box_loss, box_metrics, multitask_spec
-from .metrics import TensorBoardLog, per_class_accuracy, save_confusion_png, write_history_csv, write_text_atomic
-from .optim import (WarmupCosine, WeightEMA, apply_freeze, backbone_of, default_lr, frozen_stages, make_optimizer,
-                    optimizer_text, unwrap_ddp)
+from .data import DataBundle, steps_per_epoch, unpack_batch
+from .evaluation import evaluate
+from .heads import MultiTaskResNet, box_loss
+from .metrics import TensorBoardLog, save_confusion_png, write_history_csv
+from .optim import (WarmupCosine, WeightEMA, apply_freeze, default_lr, frozen_stages, make_optimizer, optimizer_text,
+                    unwrap_ddp)
 from .precision import Precision, resolve_device, resolve_precision
 from .recipe import RESUME_KEYS, FinetuneOptions, resize_plan
+
 
 class TrainingFailed(XrayError):
     """The run could not train (no optimiser step was possible): a failure of the run, exit status 1."""
 
     exit_code = 1
-
-
-# --- evaluation ---
-
-
-def _unpack(batch, device: torch.device, channels_last: bool, size: int | None = None):
-    x = batch[0].to(device, non_blocking=True)
-    if size is not None and x.shape[-1] != size:
-        # Progressive resizing on the batch, not in the workers: the workers' transform stays
-        # fixed, and the crop a sample gets stays a function of (seed, epoch, index).
-        x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = batch[1].to(device, non_blocking=True)
-    box = batch[2].to(device, non_blocking=True) if len(batch) > 2 else None
-    return x, y, box
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader,
-    *,
-    device: str | torch.device = "cpu",
-    precision: Precision | None = None,
-    channels_last: bool = False,
-    ctx: D.DistContext | None = None,
-    flip: bool = False,
-) -> dict[str, Any]:
-    """Loss (plain cross-entropy), accuracy, per-class accuracy and confusion matrix on ``loader``.
-
-    ``flip`` scores the mean of the logits of each image and its mirror image (test-time
-    augmentation; box heads are read from the unflipped image).
-
-    Multi-task models also get ``box_iou`` (mean IoU) and ``box_l1`` (mean absolute
-    coordinate error, in image fractions). Under DDP every number is summed over ranks.
-
-    Returns:
-        ``{"accuracy", "loss", "images", "per_class_accuracy", "confusion", ...}``.
-    """
-    device = torch.device(device)
-    ctx = ctx or D.DistContext()
-    precision = precision or Precision(None, False)
-    was_training = model.training
-    model.eval()
-    confusion = None
-    loss_sum = iou_sum = l1_sum = 0.0
-    n = n_box = 0
-    for batch in loader:
-        x, y, box = _unpack(batch, device, channels_last)
-        with precision.autocast(device):
-            out = model(x)
-            logits = class_logits(out).float()
-            if flip:
-                logits = (logits + class_logits(model(torch.flip(x, dims=[3]))).float()) / 2
-        if confusion is None:
-            confusion = torch.zeros(logits.shape[1], logits.shape[1], dtype=torch.int64, device=device)
-        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        pred = logits.argmax(dim=1)
-        confusion += torch.bincount(y * logits.shape[1] + pred, minlength=logits.shape[1] ** 2).view_as(confusion)
-        n += len(y)
-        if box is not None and isinstance(out, dict) and "box" in out:
-            m = box_metrics(out["box"], box)
-            iou_sum += float(m["iou_sum"])
-            l1_sum += float(m["l1_sum"])
-            n_box += len(y)
-    if was_training:
-        model.train()
-    if confusion is None:
-        raise XrayError("no readable validation images: every file in the val split was skipped")
-    if ctx.enabled:
-        import torch.distributed as dist
-
-        dist.all_reduce(confusion, op=dist.ReduceOp.SUM)
-    loss_sum, iou_sum, l1_sum, n, n_box = D.all_reduce_sum([loss_sum, iou_sum, l1_sum, n, n_box], ctx, device)
-    cm = confusion.cpu()
-    result: dict[str, Any] = {
-        "accuracy": float(cm.diagonal().sum()) / max(1, n),
-        "loss": loss_sum / max(1, n),
-        "images": int(n),
-        "per_class_accuracy": per_class_accuracy(cm),
-        "confusion": cm,
-    }
-    if n_box:
-        result["box_iou"] = iou_sum / n_box
-        result["box_l1"] = l1_sum / n_box
-    return result
 
 
 # --- the loop ---
@@ -237,20 +148,24 @@ def fit(
         ``{"history": [...], "final": evaluate(...) on the final weights, "best": {...},
         "skipped": [...], "stopped_early": bool, "global_step": int, ...}``.
     """
+    # Device, precision, output folder, optimizer, schedule and EMA: everything before the first step.
     run = _setup(model, data, options.resolved(), out_dir, checkpoint_extra, pretrained, meta)
-    if resume:
+    if resume:  # weights, optimizer, schedule, RNGs and position from last.pt
         _restore(run)
-    _announce(run)
+    _announce(run)  # one line saying what is about to be trained, and how
     try:
         for epoch in range(run.epoch, run.options.epochs):
+            # Train: one pass over the training split, or its rest after a resume.
             stats, seconds = _train_epoch(run, epoch)
             if stats is None:  # --stop-after-steps inside the epoch
                 break
+            # Validate, log the epoch, keep the best weights, write last.pt.
             _end_epoch(run, epoch, stats, seconds)
             if run.stopped_early:
                 break
     finally:
         run.tb.close()
+    # Final evaluation and confusion matrix.
     return _finish(run)
 
 
@@ -424,7 +339,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[_StepStats | None, float]:
     run.step_in_epoch = skip
     try:
         for batch in run.data.train:
-            x, y, box = _unpack(batch, run.device, o.channels_last, size=run.sizes[epoch])
+            x, y, box = unpack_batch(batch, run.device, o.channels_last, size=run.sizes[epoch])
             stats.wait_s += time.perf_counter() - t_wait
             _train_step(run, x, y, box, stats, epoch)
             run.global_step += 1
@@ -636,133 +551,3 @@ def _dist_env() -> tuple[int, int, int, str | None]:
     import torch.distributed as dist
 
     return dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_backend()
-
-
-# --- the whole job ---
-
-
-def build_for_finetune(options: FinetuneOptions, class_names: list[str]) -> tuple[nn.Module, ModelMeta]:
-    """Starting weights, the classifier swapped for ``len(class_names)`` outputs, heads if multi-task.
-
-    The returned metadata lists every change, the loaded model's own (pruned widths) first.
-    """
-    model, meta = load_model(options.arch, options.weights, seed=options.seed, progress=options.progress)
-    options.arch = meta.arch
-    if options.zero_init_residual and options.weights == "random":
-        zero_init_residual(model)
-    n = len(class_names)
-    if isinstance(model, MultiTaskResNet) and not options.multitask:
-        raise XrayError(f"--weights {options.weights}: is a multi-task checkpoint; add --multitask")
-    if list(meta.class_names) != list(class_names):
-        model = reset_classifier(model, n)
-        meta = meta.with_change(ReplacedClassifier(n))
-    if options.multitask and not isinstance(model, MultiTaskResNet):
-        model = attach_heads(model, multitask_spec(n))
-        meta = meta.with_change(Heads.of(model))
-    return model, meta
-
-
-def whiten_stem_from(model: nn.Module, data: DataBundle, images: int = 256) -> None:
-    """``--stem-init whiten``: conv1 from the patch statistics of up to ``images`` training crops, spread over the set."""
-    from .data import BadSample
-    from .stem import whiten_stem
-
-    ds = data.train.dataset
-    k = min(images, len(ds))
-    picks = sorted({round(i * (len(ds) - 1) / max(1, k - 1)) for i in range(k)})
-    xs = [item[0] for item in (ds[(i, 0)] for i in picks) if not isinstance(item, BadSample)]
-    if xs:  # no readable image: fit() reports that with its own one-line error
-        whiten_stem(backbone_of(model).conv1, torch.stack(xs))
-
-
-def zero_init_residual(model: nn.Module) -> int:
-    """Zero the scale of the last BatchNorm of every residual branch; returns how many."""
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
-    n = 0
-    for m in model.modules():
-        bn = m.bn3 if isinstance(m, Bottleneck) else m.bn2 if isinstance(m, BasicBlock) else None
-        if bn is not None:
-            nn.init.zeros_(bn.weight)
-            n += 1
-    return n
-
-
-# What a finished (or interrupted) run leaves in its folder; a new run must not mix with them.
-RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "summary.json", "confusion.png")
-
-
-def claim_run_folder(out_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to start a fresh run over an earlier one unless asked; with ``overwrite``, clear it.
-
-    Call it while holding the folder's lock, so no live run's files are touched.
-    """
-    out = Path(out_dir)
-    found = [n for n in RUN_FILES if (out / n).exists()]
-    if not found or resume:
-        return
-    if not overwrite:
-        raise XrayError(f"--out {out}: holds an earlier run ({', '.join(found)}); "
-                        f"pass --resume to continue it or --overwrite to replace it")
-    for n in found:
-        (out / n).unlink(missing_ok=True)
-    shutil.rmtree(out / "tensorboard", ignore_errors=True)
-
-
-def finetune(data_dir: str | Path, options: FinetuneOptions, out_dir: str | Path, *, resume: bool = False,
-             overwrite: bool = False) -> dict[str, Any]:
-    """Fine-tune on an image folder and write checkpoints, metrics and a confusion matrix to ``out_dir``.
-
-    Under ``torchrun`` each process runs this; DDP, sharding and rank-0 writing are automatic.
-    Rank 0 holds ``out_dir``'s lock for the whole run (:func:`resnet_xray.locks.output_lock`):
-    a second run on the same folder stops with one line. A folder holding an earlier run
-    needs ``resume`` or ``overwrite``.
-
-    Returns:
-        :func:`fit`'s result plus ``out_dir`` and ``data`` (counts).
-    """
-    options = options.resolved()
-    if options.seed is not None:
-        torch.manual_seed(options.seed)
-    want_cuda = options.device == "cuda" or (options.device == "auto" and torch.cuda.is_available())
-    ctx = D.init_from_env("cuda" if want_cuda else "cpu")
-    with ExitStack() as held:
-        if ctx.is_main:
-            try:
-                from ..atomic import refuse_inputs
-
-                # --weights ft/best.pt --out ft --overwrite would delete the weights it starts from (a resume ignores --weights)
-                refuse_inputs(out_dir, {"--data": data_dir, "--weights": None if resume else options.weights}, "--out")
-                held.enter_context(output_lock(out_dir, "--out"))
-                claim_run_folder(out_dir, resume=resume, overwrite=overwrite)
-            except XrayError:
-                D.shutdown(ctx)
-                raise
-        return _finetune_locked(data_dir, options, out_dir, ctx, resume=resume)
-
-
-def _finetune_locked(data_dir: str | Path, options: FinetuneOptions, out_dir: str | Path, ctx: D.DistContext, *,
-                     resume: bool) -> dict[str, Any]:
-    try:
-        data = make_loaders(data_dir, image_size=options.image_size, batch_size=options.batch_size, workers=options.workers,
-                            seed=options.seed, distributed=ctx.enabled, multitask=options.multitask,
-                            min_crop_scale=options.min_crop_scale, skip_unreadable=options.skip_unreadable,
-                            skip_flag="--skip-unreadable")
-        model, meta = build_for_finetune(options, data.class_names)
-        if options.stem_init == "whiten" and options.weights == "random":
-            # Also under --resume: a run killed before its first checkpoint starts over from this init.
-            whiten_stem_from(model, data)
-        result = fit(model, data, options, out_dir=out_dir, resume=resume, pretrained=meta.pretrained, meta=meta)
-        result["out_dir"] = str(out_dir)
-        result["data"] = data.info
-        result["class_names"] = data.class_names
-        result["is_main"] = ctx.is_main
-        if ctx.is_main:
-            summary = {k: v for k, v in result.items() if k not in ("final", "skipped")}
-            summary["final"] = {k: v for k, v in result["final"].items() if k != "confusion"}
-            summary["final"]["confusion"] = result["final"]["confusion"].tolist()
-            summary["skipped"] = [{"path": s.path, "reason": s.reason} for s in result["skipped"]]
-            write_text_atomic(Path(out_dir) / "summary.json", json.dumps(summary, indent=2, default=str))
-        return result
-    finally:
-        D.shutdown(ctx)

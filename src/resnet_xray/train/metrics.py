@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,6 @@ def write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
 def _quiet_writer_threads() -> None:
     """Keep a failed write in TensorBoard's writer thread off stderr: the main thread gets the same
     error on its next call and reports it in one line. Other threads' errors print as before."""
-    import threading
-
     previous = threading.excepthook
     if getattr(previous, "quiets_tensorboard", False):
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -136,8 +137,6 @@ class WeightEMA:
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        import copy
-
         self.decay = decay
         self.updates = 0
         self.module = copy.deepcopy(unwrap_ddp(model)).eval().requires_grad_(False)

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import XrayError
 from ..model import check_arch
-from ..options import OptionError, at_least, batch_fits, image_side, learning_rate, one_of, option, seed_in_range, thread_count, within
+from ..options import MAX_IMAGE_SIDE, OptionError, at_least, batch_fits, image_side, learning_rate, one_of, option, seed_in_range, thread_count, within
 
 FREEZE_MODES = ("none", "backbone", "gradual")
 OPTIMIZERS = ("sgd", "adamw", "muon")  # muon: Muon on the hidden convs, AdamW on the rest (train/muon.py)
@@ -162,8 +162,6 @@ def parse_sizes(text: str) -> list[int]:
         sizes = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise XrayError(f"--progressive {text!r}: give sizes like 64,80,96, or auto, or off") from None
-    from ..options import MAX_IMAGE_SIDE
-
     if not sizes or any(not 16 <= s <= MAX_IMAGE_SIDE for s in sizes) or sizes != sorted(sizes):
         raise XrayError(f"--progressive {text!r}: sizes must lie in [16, {MAX_IMAGE_SIDE}] and increase, like 64,80,96")
     return sizes

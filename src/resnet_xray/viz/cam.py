@@ -17,10 +17,10 @@ from torch import nn
 
 from ..errors import XrayError
 from ..interface import ClassLogits
+from ..options import OptionError, one_of, option
 from ..units import pct
 from .canvas import new_figure
 from .names import resolve_layer
-from ..options import option
 
 
 def _methods() -> dict[str, type]:
@@ -40,8 +40,6 @@ class CamOptions:
     methods: tuple[str, ...] = option(("gradcam", "gradcam++"), "extra CAM method beside Grad-CAM; repeatable (default: gradcam++)")
 
     def __post_init__(self) -> None:
-        from ..options import OptionError, one_of
-
         if self.class_index is not None and self.class_index < 0:
             raise OptionError("class_index", self.class_index, "out of range; class indices start at 0")
         for m in self.methods:

@@ -13,6 +13,7 @@ from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 from ..atomic import writable_dir, write_bytes
 from ..errors import XrayError
+from ..provenance import WeightsInfo
 
 DPI = 110
 
@@ -69,8 +70,6 @@ def weights_warning(weights: Any) -> str | None:
 
 def _weights_info(weights: Any) -> Any:
     """A :class:`~resnet_xray.provenance.WeightsInfo` from one, from a ModelMeta, or None for a bare label."""
-    from ..provenance import WeightsInfo
-
     if weights is None or isinstance(weights, str):
         return None
     return WeightsInfo.coerce(weights)

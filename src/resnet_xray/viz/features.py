@@ -11,9 +11,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
 
+from ..options import at_least, one_of, option
 from .canvas import new_figure
 from .maps import grid_shape, mosaic, pick_channels
-from ..options import option
 
 FEATURE_CMAP = "viridis"
 
@@ -25,8 +25,6 @@ class FeaturesOptions:
     count: int = option(64, "tiles in the grid (8 x 8)")
 
     def __post_init__(self) -> None:
-        from ..options import at_least, one_of
-
         one_of("channels", self.channels, ("first", "top"))
         at_least("count", self.count, 1)
 

@@ -7,6 +7,7 @@ show one slice per filter, 1 x 1 layers show the weight matrix of channel mixing
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,9 +16,11 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from ..errors import XrayError
+from ..options import at_least, option
 from .canvas import new_figure
+from .features import colourize
+from .maps import mosaic
 from .names import resolve_layer
-from ..options import option
 
 KERNEL_CMAP = "RdBu_r"  # diverging: red positive, blue negative, white zero
 
@@ -28,8 +31,6 @@ class KernelsOptions:
     count: int = option(64, "filters to draw")
 
     def __post_init__(self) -> None:
-        from ..options import at_least
-
         at_least("count", self.count, 1)
 
 
@@ -131,8 +132,6 @@ def _matrix_figure(name: str, w: torch.Tensor, shape: str) -> tuple[Figure, str]
 
 
 def _wrap(text: str, width: int = 110) -> str:
-    import textwrap
-
     return "\n".join(textwrap.wrap(text, width))
 
 
@@ -155,9 +154,6 @@ def _tile_rgb(patches: np.ndarray, gap: int = 1) -> np.ndarray:
 
 def kernel_image(conv: nn.Conv2d, name: str, count: int = 64, max_side: int = 256) -> tuple[np.ndarray, str]:
     """The same three pictures as :func:`kernel_figure`, as a small RGB array (no matplotlib), with a caption."""
-    from .features import colourize
-    from .maps import mosaic
-
     w = conv.weight.detach().float().cpu()
     out_c, in_c, kh, kw = w.shape
     shape = f"{out_c}x{in_c}x{kh}x{kw}"

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..dissect import LayerRow, layer_table
 from ..errors import XrayError
-from ..tracing import Trace
+from ..tracing import Trace, TraceOptions, trace_model
 from .names import resolve_layer
 
 CHANNEL_ORDERS = ("first", "top")
@@ -45,8 +45,6 @@ def check_feature_layer(name: str, rows: list[LayerRow]) -> str:
 
 def capture(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> Capture:
     """Run one forward pass of ``x`` through ``model`` and keep the outputs of ``names``."""
-    from ..tracing import TraceOptions, trace_model
-
     keep = set(names)
     tr = trace_model(model, x, TraceOptions(keep_maps=keep))
     return Capture(tr.logits, {n: tr.maps[n][0] for n in keep}, tr)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..image import load_image
-from ..model import ModelMeta
-from .cam import CamOptions, CamResult, cam_figure, compute_cams
+from ..model import LoadedModel, ModelMeta
+from ..provenance import WeightsInfo
+from .cam import METHOD_TITLES, CamOptions, CamResult, cam_figure, compute_cams, format_prob
 from .canvas import save_figure, stamp
 from .features import FeatureGrid, FeaturesOptions, feature_figure, feature_grid
 from .kernels import KernelsOptions, check_count, kernel_figure
@@ -63,3 +66,39 @@ def show_stages(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, out
     cap = capture(model, x, [s.layer for s in stages])
     rgb = meta.preprocessing.denormalize(x[0])
     return save_figure(stamp(stages_figure(rgb, stages, cap.maps, options), meta), output)
+
+
+PICTURES = ("features", "kernels", "cam", "stages")
+OPTIONS = {"features": FeaturesOptions, "kernels": KernelsOptions, "cam": CamOptions, "stages": StagesOptions}
+
+
+@dataclass
+class ShowResult:
+    picture: str  # features | kernels | cam | stages
+    path: Path  # the PNG written
+    caption: str  # what the picture shows, as the CLI prints it
+    details: dict[str, Any]  # the picture's numbers (channels drawn, CAM class and probability ...)
+    weights: WeightsInfo
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"picture": self.picture, "path": str(self.path), "caption": self.caption, **self.details,
+                "weights": self.weights.to_dict()}
+
+
+def draw(m: LoadedModel, picture: str, output: str | os.PathLike, image: str | os.PathLike | None, opts: Any) -> ShowResult:
+    """Draw ``picture`` of ``m`` (on ``image``, except kernels) with its options ``opts``, as a PNG at ``output``."""
+    if picture == "features":
+        path, grid = show_features(image, m.module, m.meta, output, opts)
+        return ShowResult(picture, Path(path), grid.caption(), {"layer": grid.layer, "channels": list(grid.channels)}, m.weights)
+    if picture == "kernels":
+        path, caption = show_kernels(m.module, output, opts, weights=m.meta)
+        return ShowResult(picture, Path(path), caption, {}, m.weights)
+    if picture == "cam":
+        path, r = show_cam(image, m.module, m.meta, output, opts)
+        caption = (f"class #{r.class_index} {r.label} (p = {format_prob(r.prob)}, {'predicted' if r.predicted else 'requested'}); "
+                   f"{', '.join(METHOD_TITLES[k] for k in r.maps)} on {r.layer}")
+        return ShowResult(picture, Path(path), caption, {"class_index": r.class_index, "label": r.label, "prob": r.prob,
+                                                         "predicted": r.predicted, "methods": list(r.maps), "layer": r.layer},
+                          m.weights)
+    path = show_stages(image, m.module, m.meta, output, opts)
+    return ShowResult(picture, Path(path), "one sheet per stage", {}, m.weights)

@@ -9,10 +9,10 @@ import torch
 from matplotlib.figure import Figure
 
 from ..dissect import LayerRow
+from ..options import option, within
 from .canvas import new_figure
 from .features import FEATURE_CMAP
 from .maps import pick_channels
-from ..options import option
 
 
 @dataclass
@@ -20,8 +20,6 @@ class StagesOptions:
     channels: int = option(8, "channels per row")
 
     def __post_init__(self) -> None:
-        from ..options import within
-
         # Every ResNet's stem has 64 channels: more would leave its row blank, and 475 a row took 170 s to draw.
         within("channels", self.channels, 1, 64)
 

@@ -7,6 +7,7 @@ the report's browser test needs Debian's ``chromium`` package and nothing else.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import fcntl
 import json
@@ -213,10 +214,8 @@ class Browser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m resnet_xray.reporting.browser PAGE OUT.png``: a screenshot, optionally after clicking a layer."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m resnet_xray.reporting.browser", description=main.__doc__)
+    """``python -m tests.browser PAGE OUT.png``: a screenshot, optionally after clicking a layer."""
+    ap = argparse.ArgumentParser(prog="python -m tests.browser", description=main.__doc__)
     ap.add_argument("page")
     ap.add_argument("output")
     ap.add_argument("--width", type=int, default=1280)
