@@ -139,9 +139,9 @@ def test_provenance_round_trips_and_a_training_step_makes_it_trained():
 
 
 def test_sidecars_older_than_the_record_are_unknown():
-    w = WeightsInfo.from_sidecar({"weights": "ft/best.pt", "pretrained": True})
+    w = WeightsInfo.of({"weights": "ft/best.pt", "pretrained": True})
     assert w.trained == "unknown" and w.warning
-    assert WeightsInfo.from_sidecar({"weights": "random (seed 0)"}).trained is False
+    assert WeightsInfo.of({"weights": "random (seed 0)"}).trained is False
 
 
 @pytest.mark.slow

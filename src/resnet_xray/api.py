@@ -219,7 +219,7 @@ def quantize(onnx_model: PathLike, calib: PathLike, output: PathLike, options: Q
     opts = configure(QuantizeOptions, options, overrides)
     torch_model = None if compare_torch is None else as_model(compare_torch).module
     rep = quantize_onnx(onnx_model, calib, output, opts, torch_model=torch_model)
-    return QuantizeResult.from_report(rep, WeightsInfo.from_sidecar(inspect_onnx(onnx_model).sidecar))
+    return QuantizeResult.from_report(rep, WeightsInfo.of(inspect_onnx(onnx_model).sidecar))
 
 
 def bench(model: Model, options: BenchOptions | None = None, *, output: PathLike | None = None, **overrides: Any) -> BenchResult:

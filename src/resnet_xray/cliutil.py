@@ -123,7 +123,7 @@ def warn_random(weights: Any) -> None:
     """The random-weights banner on stderr (``weights``: a ModelMeta or WeightsInfo)."""
     from .provenance import WeightsInfo
 
-    warning = WeightsInfo.coerce(weights).warning
+    warning = WeightsInfo.of(weights).warning
     if warning:
         print(warning, file=sys.stderr)
 

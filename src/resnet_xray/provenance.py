@@ -159,22 +159,23 @@ class WeightsInfo:
                                else unknown_warning(self.source, str(self.trained_evidence)))
 
     @classmethod
-    def of(cls, meta: Any) -> WeightsInfo:
-        """From a :class:`~resnet_xray.model.ModelMeta` (anything with ``weights``, ``pretrained`` and ``provenance``)."""
-        source = str(meta.weights)
-        prov = getattr(meta, "provenance", None)
+    def of(cls, weights: Any) -> WeightsInfo:
+        """The one way to a WeightsInfo from what a model carries: a :class:`~resnet_xray.model.ModelMeta`
+        (anything with ``weights``, ``pretrained`` and ``provenance``), an exported model's sidecar or
+        description (a dict), or a WeightsInfo itself."""
+        if isinstance(weights, cls):
+            return weights
+        if isinstance(weights, dict):
+            return cls._of_sidecar(weights)
+        source = str(weights.weights)
+        prov = getattr(weights, "provenance", None)
         if prov is None:
-            if meta.pretrained is None:  # a deployed file without a description: neither trained nor random is known
+            if weights.pretrained is None:  # a deployed file without a description: neither trained nor random is known
                 return cls(source, False, UNKNOWN_WEIGHTS_WARNING, UNKNOWN, "the model file has no description or sidecar")
-            if not meta.pretrained:
+            if not weights.pretrained:
                 return cls.random(source)
             prov = Provenance(None, "its metadata does not record how the weights were made")
-        return cls.from_provenance(source, prov, pretrained=meta.pretrained)
-
-    @classmethod
-    def coerce(cls, weights: Any) -> WeightsInfo:
-        """``weights`` itself when it is one, else from its :class:`~resnet_xray.model.ModelMeta`."""
-        return weights if isinstance(weights, cls) else cls.of(weights)
+        return cls.from_provenance(source, prov, pretrained=weights.pretrained)
 
     @classmethod
     def from_provenance(cls, source: str, prov: Provenance, *, pretrained: bool | None = None) -> WeightsInfo:
@@ -188,7 +189,7 @@ class WeightsInfo:
         return cls(source, pre, warning, prov.trained_value, prov.evidence, tuple(s.to_data() for s in prov.history))
 
     @classmethod
-    def from_sidecar(cls, sidecar: dict[str, Any]) -> WeightsInfo:
+    def _of_sidecar(cls, sidecar: dict[str, Any]) -> WeightsInfo:
         """What an exported model's sidecar records (older sidecars lack ``pretrained`` and ``trained``)."""
         source = sidecar.get("weights")
         if source is None:

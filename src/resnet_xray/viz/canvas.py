@@ -72,7 +72,7 @@ def _weights_info(weights: Any) -> Any:
     """A :class:`~resnet_xray.provenance.WeightsInfo` from one, from a ModelMeta, or None for a bare label."""
     if weights is None or isinstance(weights, str):
         return None
-    return WeightsInfo.coerce(weights)
+    return WeightsInfo.of(weights)
 
 
 def stamp(fig: Figure, weights: Any, *, warn: bool = True) -> Figure:
