@@ -35,7 +35,7 @@ import torch
 
 from .errors import XrayError
 from .image import Preprocessing
-from .options import memory_bytes
+from . import options as limits  # read through the module: the machine's memory is one swappable place
 from .provenance import Provenance
 from .spec import Change, SpecError, changes_from_data, change_type
 from .units import si
@@ -108,9 +108,9 @@ def check_zip_sizes(path: Path, what: str) -> None:
             raise XrayError(f"{what} {path}: member {m.filename!r} claims {m.file_size:,} bytes from {m.compress_size:,} "
                             f"in a {size:,}-byte file; refused unread (not a weights file, or a decompression bomb)")
     total = sum(m.file_size for m in members)
-    if total > memory_bytes():
+    if total > limits.memory_bytes():
         raise XrayError(f"{what} {path}: its members claim {si(total)}B, more than this machine's "
-                        f"{si(memory_bytes())}B of memory; refused unread")
+                        f"{si(limits.memory_bytes())}B of memory; refused unread")
 
 
 

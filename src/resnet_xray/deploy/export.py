@@ -11,7 +11,7 @@ from ..locks import file_lock
 from ..model import LoadedModel
 from ..provenance import WeightsInfo
 from .onnx import ExportFailed, ExportOptions, export_checked
-from .tensorrt import TensorRTOptions, build_engine, check_engine
+from . import tensorrt
 
 
 @dataclass
@@ -63,9 +63,9 @@ def tensorrt_engine(onnx_path: Path, module: Any, precision: str, calib: str | o
 
     An engine that fails its check (or whose check cannot run) is removed: (None, the check).
     """
-    engine = build_engine(onnx_path, onnx_path.with_suffix(f".{precision}.engine"), TensorRTOptions(precision, calib))
+    engine = tensorrt.build_engine(onnx_path, onnx_path.with_suffix(f".{precision}.engine"), tensorrt.TensorRTOptions(precision, calib))
     try:
-        rep = check_engine(engine, onnx_path, module, check)
+        rep = tensorrt.check_engine(engine, onnx_path, module, check)
     except BaseException:
         engine.unlink(missing_ok=True)
         raise
