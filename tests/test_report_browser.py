@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -12,13 +13,9 @@ from resnet_xray.model import load_model
 from resnet_xray.reporting import ReportOptions, build_report
 from resnet_xray.reporting.sections import SECTION_IDS
 
-from .browser import Browser, find_chromium
+from .chromium import chromium, needs_chromium
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed: `make browser-deps` (apt-get install chromium)"),
-]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, needs_chromium]
 
 DETAIL = "(() => ({name: document.querySelector('#layer-detail h3').textContent,"\
          " grid: (document.getElementById('detail-grid') || {}).src || null,"\
@@ -33,9 +30,14 @@ def report_html(tmp_path_factory):
     return build_report(bundled_cat(), model, meta, ReportOptions(out_dir=out, gradflow_batch=2, gradflow_size=64)).html
 
 
+def page_url(html) -> str:
+    return Path(html).resolve().as_uri()
+
+
 def test_report_renders_and_navigator_clicks(report_html, tmp_path):
-    with Browser(width=1280, height=900) as b:
-        b.open(report_html)
+    with chromium(1280, 900) as s:
+        b = s.page
+        b.goto(page_url(report_html))
         assert b.evaluate("window.__xray.ready") is True
         assert b.evaluate("window.__xray.errors") == []
         broken = b.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt)")
@@ -54,13 +56,17 @@ def test_report_renders_and_navigator_clicks(report_html, tmp_path):
         b.click('#layer-list button[data-layer="fc"]')
         assert b.evaluate(DETAIL)["grid"] is None
 
-        laptop = b.screenshot(tmp_path / "laptop.png")
-        b.set_viewport(390, 844, mobile=True)
-        b.open(report_html)
+        laptop = tmp_path / "laptop.png"
+        b.screenshot(path=laptop)
+        assert s.errors == [], s.errors
+    with chromium(390, 844, mobile=True) as s:
+        b = s.page
+        b.goto(page_url(report_html))
         overflow = b.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 1, f"page is {overflow}px wider than a phone"
-        phone = b.screenshot(tmp_path / "phone.png")
-        assert b.errors == [], b.errors
+        phone = tmp_path / "phone.png"
+        b.screenshot(path=phone)
+        assert s.errors == [], s.errors
     with Image.open(laptop) as im:
         assert im.format == "PNG" and im.size == (1280, 900)
     with Image.open(phone) as im:
@@ -68,8 +74,9 @@ def test_report_renders_and_navigator_clicks(report_html, tmp_path):
 
 
 def test_sections_in_the_seeds_order_each_with_its_figure(report_html):
-    with Browser(width=1280, height=900) as b:
-        b.open(report_html)
+    with chromium(1280, 900) as s:
+        b = s.page
+        b.goto(page_url(report_html))
         assert b.evaluate("[...document.querySelectorAll('main > section')].map(s => s.id)") == list(SECTION_IDS)
         toc = b.evaluate("[...document.querySelectorAll('nav.toc a')].map(a => a.getAttribute('href'))")
         assert toc == [f"#{sid}" for sid in SECTION_IDS]
@@ -79,4 +86,4 @@ def test_sections_in_the_seeds_order_each_with_its_figure(report_html):
         # The navigator sits in the stages section, next to the stage sheets.
         assert b.evaluate("document.getElementById('layer-list').closest('section').id") == "stages"
         assert b.evaluate("document.querySelectorAll('.interp').length") == 0  # random weights: nothing interpreted
-        assert b.errors == [], b.errors
+        assert s.errors == [], s.errors

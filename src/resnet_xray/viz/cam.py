@@ -1,4 +1,4 @@
-"""Class activation maps on ``layer4`` with pytorch-grad-cam: Grad-CAM, Grad-CAM++ and others.
+"""Class activation maps on any stage (``layer4`` by default) with pytorch-grad-cam: Grad-CAM, Grad-CAM++ and others.
 
 The library's hooks live on one object; :func:`cam_session` releases them on exit
 (its own ``__exit__`` also swallows IndexError, which would hide our bugs).
@@ -30,13 +30,14 @@ def _methods() -> dict[str, type]:
 
 
 CAM_METHODS = ("gradcam", "gradcam++", "layercam", "eigencam")
+CAM_STAGES = ("layer1", "layer2", "layer3", "layer4")  # the stages a CAM can be taken from: finer and less class-specific early
 METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM", "eigencam": "Eigen-CAM (class-agnostic)"}
 
 
 @dataclass
 class CamOptions:
     class_index: int | None = option(None, "class index (default: the prediction)")
-    layer: str = option("layer4", "module whose output the maps are computed on (the last stage)")
+    layer: str = option("layer4", "stage whose output the maps are computed on: layer4 is the coarsest and most class-specific")
     methods: tuple[str, ...] = option(("gradcam", "gradcam++"), "extra CAM method beside Grad-CAM; repeatable (default: gradcam++)")
 
     def __post_init__(self) -> None:

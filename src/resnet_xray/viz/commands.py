@@ -26,10 +26,10 @@ def _flags(picture: str) -> Flags:
 
         return Flags(KernelsOptions, ("layer", "count"))
     if picture == "cam":
-        from .cam import CAM_METHODS, CamOptions
+        from .cam import CAM_METHODS, CAM_STAGES, CamOptions
 
-        return Flags(CamOptions, ("class_index", "methods"), spelling={"class_index": "--class", "methods": "--method"},
-                     repeat=("methods",), choices={"methods": CAM_METHODS})
+        return Flags(CamOptions, ("class_index", "layer", "methods"), spelling={"class_index": "--class", "methods": "--method"},
+                     repeat=("methods",), choices={"methods": CAM_METHODS, "layer": CAM_STAGES})
     from .stages import StagesOptions
 
     return Flags(StagesOptions, ("channels",))
@@ -58,7 +58,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 PICTURES = (
     ("features", "8x8 grid of 64 channels of one layer's output", True),
     ("kernels", "a conv layer's weights (conv1: 64 RGB 7x7 filters)", False),
-    ("cam", "Grad-CAM (and more) overlays on layer4 for the predicted or given class", True),
+    ("cam", "Grad-CAM (and more) overlays from any stage (layer4 by default) for the predicted or given class", True),
     ("stages", "one row per stage (stem, layer1..layer4) of the most active channels", True),
 )  # name, help, whether it takes an image
 
