@@ -50,11 +50,13 @@ from .fuse import fuse_model
 from .onnx import ExportOptions, export_onnx, exported_runner, inspect_onnx
 from .openvino import qdq_to_ir, quantize_nncf
 from .quantize import QuantizeOptions, quantize_onnx
-from .runtime import labelled_batches, load_deployed, runner_at_size
+from .runtime import (THROUGHPUT_BATCH, THROUGHPUT_METHOD, deployed_throughput, images_per_second, labelled_batches,
+                      load_deployed, runner_at_size)
 from .timing import time_models, torch_threads
 from .torch_int8 import quantize_torch_fx
 
 ENGINES = ("ort", "openvino", "torch")
+OBJECTIVES = ("latency", "throughput")
 STATE_FILE = "optimize_state.json"
 REPORT_FILE = "optimize.json"
 CHART_FILE = "latency_accuracy.png"
@@ -86,6 +88,9 @@ class OptimizeOptions:
     timing_size: int | None = option(None, "time every candidate at this square side, e.g. 224 (default: the accuracy size)")
     threads: int | None = option(None, "intra-op threads for every engine's timing (None: their defaults)")
     repeats: int = option(30, "timed batch-1 calls per candidate, spread over rounds")
+    # latency serves one request at a time; throughput a whole collection (classify --out runs the winner so)
+    objective: str = option("latency", "pick the winner by latency (batch 1) or throughput (images/s in its engine's "
+                                       "throughput mode)")
     rounds: int = 5
     mixed_precision: bool = option(True, "try NNCF accuracy control when INT8 loses too much")
     batch_size: int = 32
@@ -108,6 +113,7 @@ class OptimizeOptions:
             at_least(name, getattr(self, name), 1)
         at_least("finetune_epochs", self.finetune_epochs, 0)
         one_of("importance", self.importance, CRITERIA)
+        one_of("objective", self.objective, OBJECTIVES)
         thread_count("workers", self.workers, low=0, allow_none=False)
         at_least("eval_images", self.eval_images, 1, allow_none=True)
         image_side("input_size", self.input_size, allow_none=True)
@@ -135,6 +141,7 @@ class Candidate:
     latency_ms: float | None = None  # median batch-1
     iqr_ms: float | None = None
     speedup: float | None = None  # vs the eager FP32 checkpoint, same rounds
+    throughput_img_s: float | None = None  # images/s in the engine's throughput mode (measured for --objective throughput)
     fp32_layers: list[str] = field(default_factory=list)  # layers mixed precision left in FP32
     disagreements: list[str] = field(default_factory=list)  # val images whose top-1 differs from the checkpoint's (the first 20)
     status: str = "pending"  # winner | kept | dropped
@@ -171,7 +178,9 @@ class OptimizeResult:
             "candidates": [_clean(asdict(c)) for c in self.candidates],
             "machine": self.machine,
             "options": asdict(self.options),
-            "timing_method": "batch 1, every candidate timed round-robin in one process after warm-up; median",
+            "timing_method": "batch 1, every candidate timed round-robin in one process after warm-up; median"
+                             + (f"; {THROUGHPUT_METHOD}" if self.options.objective == "throughput" else ""),
+            "objective": self.options.objective,
             "timing_size": self.timing_size,
             "seconds": self.seconds,
             "weights": self.weights,
@@ -185,9 +194,9 @@ class OptimizeResult:
             rows.append([c.name, f"{c.macs_rel:.2f}", pct(c.accuracy) if c.accuracy is not None else "",
                          pct(c.agreement) if c.agreement is not None else "",
                          f"{c.latency_ms:.2f}" if c.latency_ms else "", f"{c.speedup:.2f}x" if c.speedup else "",
-                         c.status, why[0]])
-            rows += [[""] * 7 + [more] for more in why[1:]]
-        return table(["candidate", "MACs", "accuracy", "agree", "ms", "speed-up", "status", "why"], rows, "lrrrrrll")
+                         f"{c.throughput_img_s:.1f}" if c.throughput_img_s else "", c.status, why[0]])
+            rows += [[""] * 8 + [more] for more in why[1:]]
+        return table(["candidate", "MACs", "accuracy", "agree", "ms", "speed-up", "img/s", "status", "why"], rows, "lrrrrrrll")
 
 
 def _clean(d: Any) -> Any:
@@ -305,6 +314,8 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
         if tsize != size:
             _runners_at(run, cands, runners, tsize)
         _time(run, cands, runners, tsize)
+        if opts.objective == "throughput":
+            _throughput(run, cands, runners, size)
     return _finish(run, cands, val.base_acc, meta, tsize, time.perf_counter() - t_start)
 
 
@@ -372,7 +383,7 @@ def _candidates(run: _Run, variants: list[tuple[str, Any, float]], meta: Any, va
 def _finish(run: _Run, cands: list[Candidate], base_acc: float, meta: Any, tsize: int, seconds: float) -> OptimizeResult:
     """Pick and publish the winner, draw the chart, and write the report."""
     opts = run.opts
-    winner = _pick(cands, base_acc, opts.max_drop)
+    winner = _pick(cands, base_acc, opts.max_drop, opts.objective)
     winner_path = _publish(run, winner)
     chart = save_optimize_chart(cands, run.out / CHART_FILE, base_acc, opts.max_drop)
     res = OptimizeResult(run.out, base_acc, opts.max_drop, cands, winner, winner_path, chart, machine_info(opts.threads), opts,
@@ -579,25 +590,45 @@ def _time(run: _Run, cands: list[Candidate], runners: dict[str, Any], size: int)
         c.latency_ms, c.iqr_ms, c.speedup = st.median * 1e3, st.iqr * 1e3, base / st.median
 
 
+def _throughput(run: _Run, cands: list[Candidate], runners: dict[str, Any], size: int) -> None:
+    """Each candidate's images/s in its engine's throughput mode, at the model's own input size."""
+    run.stage(f"throughput of {len(cands)} candidates ({THROUGHPUT_METHOD}; {size} px)")
+    x = np.random.default_rng(0).standard_normal((THROUGHPUT_BATCH, 3, size, size)).astype(np.float32)
+    for c in cands:
+        if c.deployable:
+            c.throughput_img_s = deployed_throughput(c.path, run.opts.threads)
+        else:
+            with torch.inference_mode():
+                c.throughput_img_s = images_per_second(lambda x, fn=runners[c.name]: fn(x), x)
+        run.log(f"  {c.name}: {c.throughput_img_s:.1f} img/s")
+
+
 # Latencies closer than this are a tie: the NNCF and QDQ OpenVINO INT8 files of one model swapped places by 1-3%
 # between reruns of the same timing. A tie goes to the candidate that agrees more with the FP32 model.
 LATENCY_TIE = 0.03
 
 
-def fastest(cands: list[Candidate]) -> Candidate:
+def cost_ms(c: Candidate, objective: str = "latency") -> float:
+    """What ``objective`` minimises: batch-1 latency, or time per image in throughput mode (ms; 1e9 when unmeasured)."""
+    if objective == "throughput":
+        return 1e3 / c.throughput_img_s if c.throughput_img_s else 1e9
+    return c.latency_ms or 1e9
+
+
+def fastest(cands: list[Candidate], objective: str = "latency") -> Candidate:
     """The fastest candidate, where a tie (:data:`LATENCY_TIE`) goes to the best top-1 agreement, then accuracy."""
-    best = min(c.latency_ms or 1e9 for c in cands)
-    tied = [c for c in cands if (c.latency_ms or 1e9) <= best * (1 + LATENCY_TIE)]
-    return max(tied, key=lambda c: (c.agreement or 0.0, c.accuracy or 0.0, -(c.latency_ms or 1e9)))
+    best = min(cost_ms(c, objective) for c in cands)
+    tied = [c for c in cands if cost_ms(c, objective) <= best * (1 + LATENCY_TIE)]
+    return max(tied, key=lambda c: (c.agreement or 0.0, c.accuracy or 0.0, -cost_ms(c, objective)))
 
 
-def _pick(cands: list[Candidate], base_acc: float, max_drop: float) -> Candidate | None:
+def _pick(cands: list[Candidate], base_acc: float, max_drop: float, objective: str = "latency") -> Candidate | None:
     floor = base_acc - max_drop / 100
     ok: list[Candidate] = []
     fp32_best: dict[str, float] = {}
     for c in cands:
-        if c.precision == "fp32" and c.latency_ms:
-            fp32_best[str(c.pruned)] = min(fp32_best.get(str(c.pruned), 1e9), c.latency_ms)
+        if c.precision == "fp32" and cost_ms(c, objective) < 1e9:
+            fp32_best[str(c.pruned)] = min(fp32_best.get(str(c.pruned), 1e9), cost_ms(c, objective))
     for c in cands:
         if c.check and not c.check.get("finite", True):
             c.status, c.reason = "dropped", "non-finite outputs"
@@ -605,7 +636,7 @@ def _pick(cands: list[Candidate], base_acc: float, max_drop: float) -> Candidate
             c.status, c.reason = "dropped", f"loses {(base_acc - (c.accuracy or 0)) * 100:.1f} points (budget {max_drop})"
         elif not c.deployable:
             c.status, c.reason = "kept", "for comparison: no file classify --model can load"
-        elif c.precision != "fp32" and c.latency_ms and c.latency_ms >= fp32_best.get(str(c.pruned), 1e9):
+        elif c.precision != "fp32" and cost_ms(c, objective) < 1e9 and cost_ms(c, objective) >= fp32_best.get(str(c.pruned), 1e9):
             # INT8 slower than FP32 on this machine is never recommended
             c.status, c.reason = "dropped", "INT8 slower than FP32 on this CPU"
         else:
@@ -613,15 +644,16 @@ def _pick(cands: list[Candidate], base_acc: float, max_drop: float) -> Candidate
             ok.append(c)
     if not ok:
         return None
-    win = fastest(ok)
-    quickest = min(ok, key=lambda c: c.latency_ms or 1e9)
+    win = fastest(ok, objective)
+    quickest = min(ok, key=lambda c: cost_ms(c, objective))
     win.status, win.reason = "winner", "fastest within budget"
     if win is not quickest:
         win.reason = (f"within {LATENCY_TIE:.0%} of the fastest ({quickest.name}) and agrees more with FP32 "
                       f"({pct(win.agreement)} against {pct(quickest.agreement)})")
     for c in ok:
         if c is not win:
-            c.reason = f"within budget, {c.latency_ms / win.latency_ms:.2f}x the winner's latency"
+            what = "latency" if objective == "latency" else "time per image in throughput mode"
+            c.reason = f"within budget, {cost_ms(c, objective) / cost_ms(win, objective):.2f}x the winner's {what}"
     return win
 
 
