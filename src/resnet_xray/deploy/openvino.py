@@ -103,8 +103,11 @@ def inspect_ir(path: str | os.PathLike, flag: str = "") -> tuple[Any, IrInfo]:
     return model, IrInfo(p, dims, num_classes, meta)
 
 
-def compile_cpu(model: Any, threads: int | None = None, batch: int | None = None):
-    """A compiled CPU model tuned for latency, FP32 arithmetic (no silent bf16 on AVX-512 BF16 CPUs)."""
+def compile_cpu(model: Any, threads: int | None = None, batch: int | None = None, *, perf_count: bool = False):
+    """A compiled CPU model tuned for latency, FP32 arithmetic (no silent bf16 on AVX-512 BF16 CPUs).
+
+    ``perf_count``: keep per-node counters (``request.get_profiling_info()``), for ``layers``.
+    """
     ov = require_openvino()
     if batch is not None:
         shape = list(model.inputs[0].get_partial_shape())
@@ -112,6 +115,8 @@ def compile_cpu(model: Any, threads: int | None = None, batch: int | None = None
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    if perf_count:
+        config["PERF_COUNT"] = True
     return ov.Core().compile_model(model, "CPU", config)
 
 

@@ -15,7 +15,6 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -35,12 +34,12 @@ from .artefact import artefact_bytes, set_onnx_embedded
 from .data import folder_labels, image_batches, list_images, split_holdout
 from .onnx import OnnxInfo, check_writable, inspect_onnx, ort_runner, sidecar_path
 from .openvino import openvino_runner, quantize_nncf, write_ir
+from .qdq import METHODS, QdqSettings, calibration_ranges, calibration_reader, pre_process, quantize_qdq
+from .repair import Repair, repair_int8
 from .timing import time_models
 from .torch_int8 import quantize_torch_fx
 
-METHODS = ("minmax", "entropy", "percentile")
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}  # histogram searched down to 128 levels (TensorRT's split)
 
 
 @dataclass
@@ -101,37 +100,6 @@ def detect_cpu_int8() -> CpuInt8Support:
             break
     found = [f for f in VNNI_FLAGS if f in flags]
     return CpuInt8Support(bool(found), found, "/proc/cpuinfo flags")
-
-
-class ImageCalibrationReader:
-    """ORT ``CalibrationDataReader`` over a list of image files, streamed, never loaded at once."""
-
-    def __init__(self, files: list[Path], info: OnnxInfo, batch: int, progress: bool):
-        self.files, self.info, self.batch, self.progress = files, info, batch, progress
-        self.skipped: list[Skipped] = []
-        self.used = 0
-        self._it: Iterator[tuple[list[Path], np.ndarray]] | None = None
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._it is None:
-            self._it = image_batches(self.files, self.info.preprocessing, self.batch, self.skipped, "calibrate", self.progress)
-        nxt = next(self._it, None)
-        if nxt is None:
-            return None
-        self.used += len(nxt[0])
-        return {self.info.input_name: nxt[1]}
-
-    def rewind(self) -> None:
-        self._it = None
-        self.skipped = []
-        self.used = 0
-
-
-def _calibration_reader_class():
-    from onnxruntime.quantization import CalibrationDataReader
-
-    # ORT type-checks the reader, so subclass its ABC at run time (keeps the import lazy).
-    return type("ImageCalibrationDataReader", (ImageCalibrationReader, CalibrationDataReader), {})
 
 
 def agreement(
@@ -234,9 +202,17 @@ def _quantize_locked(fp32_path: str | os.PathLike, calib_dir: str | os.PathLike,
         labels_list, label_note = folder_labels(eval_files, plan.eval_root, plan.info.class_names, _num_classes(plan.info))
         labels = dict(zip(eval_files, labels_list)) if labels_list else None
         agree = agreement(runners, eval_files, plan.info, plan.batch, opts.progress, labels, opts.min_agreement)
+        repair = _repair(plan, opts, workdir) if not agree["passed"] and opts.engine == "ort" else None
+        if repair is not None:  # below the target: the repaired model, scored afresh on the held-out images
+            tmp_out = repair.path
+            runners, torch_report = _runners(plan, tmp_out, fp32_ir, opts, torch_model)
+            agree = agreement(runners, eval_files, plan.info, plan.batch, opts.progress, labels, opts.min_agreement)
         speed = _time_fp32_int8(runners, plan.info, plan.batch) if opts.time_check else None
         report = _report(plan, opts, tmp_out, calib_used, calib_skipped, agree, speed,
                          label_note if labels is None else f"ImageFolder: {label_note}")
+        if repair is not None:
+            report["choices"].update(method=repair.chosen.method, per_channel=repair.chosen.per_channel,
+                                     kept_float=repair.chosen.kept_float, repair=repair.to_dict())
         if torch_report:
             report["torch_int8"] = torch_report
         if not agree["passed"]:
@@ -248,6 +224,20 @@ def _quantize_locked(fp32_path: str | os.PathLike, calib_dir: str | os.PathLike,
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return report
+
+
+def _repair(plan: _Plan, opts: QuantizeOptions, workdir: Path) -> Repair | None:
+    """Settings and float layers that reach ``min_agreement``, chosen on a control split of the calibration images.
+
+    None where no image is held out: the final agreement would then be scored on images the choice saw.
+    """
+    calib, control = split_holdout(plan.calib, 4)
+    if not plan.held or not control:
+        return None
+    work = workdir / "repair"
+    work.mkdir()
+    return repair_int8(plan.info.path, calib, control, opts.min_agreement, QdqSettings.of(opts, plan.reduce_range), work,
+                       progress=opts.progress)
 
 
 def _plan(fp32_path: str | os.PathLike, calib_dir: str | os.PathLike, out_path: str | os.PathLike, opts: QuantizeOptions) -> _Plan:
@@ -275,40 +265,18 @@ def _plan(fp32_path: str | os.PathLike, calib_dir: str | os.PathLike, out_path: 
 
 def _quantize_ort(plan: _Plan, workdir: Path, opts: QuantizeOptions) -> tuple[Path, int, list[Skipped]]:
     """ONNX Runtime's static QDQ quantisation into ``workdir``: (INT8 model, images used, images skipped)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     info, calib = plan.info, plan.calib
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[opts.method]
-    # ORT's histogram collectors (entropy, percentile) stack every batch's outputs into one
-    # array, so a short last batch breaks them; those methods calibrate one image at a time.
-    calib_batch = plan.batch if method == CalibrationMethod.MinMax or info.fixed_batch is not None else 1
-    reader = _calibration_reader_class()(calib, info, calib_batch, opts.progress)
+    settings = QdqSettings.of(opts, plan.reduce_range)
+    reader = calibration_reader(calib, info, settings, plan.batch, opts.progress)
     unreadable = f"--calib {plan.calib_root}: none of the {len(calib)} calibration images could be read"
     # ORT's calibrators print their settings ("Number of histogram bins", "Percentile : ...") on
     # stdout; they tell a user nothing, so they are dropped (--verbose shows them on stderr)
     with stdout_silenced():
-        prep = workdir / "preprocessed.onnx"
-        try:
-            quant_pre_process(str(info.path), str(prep), skip_symbolic_shape=False)
-        except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs; ONNX's own still runs
-            quant_pre_process(str(info.path), str(prep), skip_symbolic_shape=True)
+        prep = pre_process(info.path, workdir / "preprocessed.onnx")
         tmp_out = workdir / "int8.onnx"
         try:
-            ranges = _entropy_ranges(prep, workdir, reader, opts) if method == CalibrationMethod.Entropy else None
-            quantize_static(
-                str(prep),
-                str(tmp_out),
-                None if ranges else reader,
-                calibration_cache_path=str(ranges) if ranges else None,
-                quant_format=QuantFormat.QDQ,
-                per_channel=opts.per_channel,
-                reduce_range=plan.reduce_range,
-                activation_type=QuantType.QUInt8 if opts.activation_type == "uint8" else QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=method,
-                extra_options={"ActivationSymmetric": opts.activation_type == "int8"},
-            )
+            ranges = calibration_ranges(prep, workdir, reader, settings) if opts.method == "entropy" else None
+            quantize_qdq(prep, tmp_out, None if ranges else reader, ranges, settings)
         except Exception:  # noqa: BLE001 - re-raised unless it was our empty reader
             if reader.used == 0:
                 raise XrayError(unreadable) from None
@@ -316,24 +284,6 @@ def _quantize_ort(plan: _Plan, workdir: Path, opts: QuantizeOptions) -> tuple[Pa
     if reader.used == 0:
         raise XrayError(unreadable)
     return tmp_out, reader.used, list(reader.skipped)
-
-
-def _entropy_ranges(prep: Path, workdir: Path, reader: Any, opts: QuantizeOptions) -> Path:
-    """Entropy calibration with TensorRT's histogram split, saved as ranges for quantize_static.
-
-    quantize_static builds the entropy histogram with as many bins as quantised bins (128),
-    which leaves one candidate threshold: the min/max range, so "entropy" silently equals
-    minmax. Calibrating here avoids that.
-    """
-    from onnxruntime.quantization import CalibrationMethod, create_calibrator, save_tensors_data
-
-    calibrator = create_calibrator(str(prep), augmented_model_path=str(workdir / "augmented.onnx"),
-                                   calibrate_method=CalibrationMethod.Entropy,
-                                   extra_options={**ENTROPY_BINS, "symmetric": opts.activation_type == "int8"})
-    calibrator.collect_data(reader)
-    ranges = workdir / "ranges.json"
-    save_tensors_data(calibrator.compute_data(), ranges)
-    return ranges
 
 
 def _runners(plan: _Plan, tmp_out: Path, fp32_ir: Path | None, opts: QuantizeOptions,

@@ -1,0 +1,83 @@
+"""The INT8 repair in `quantize`: below --min-agreement it chooses settings, then float layers, on control images.
+
+The small ResNet of the quantisation tests, trained in seconds, with one weight of ``layer2.conv1``
+made 30000x the layer's largest: its output channel then spikes far past the others, so no
+calibration method or per-channel weights save the INT8 model (the spike is an activation),
+and only leaving that block's layers in float does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from resnet_xray.deploy.onnx import ExportOptions, export_onnx
+from resnet_xray.deploy.quantize import QuantizeOptions, quantize_onnx
+from resnet_xray.image import ImageStream
+from resnet_xray.model import ModelMeta
+
+from .test_deploy_quantize import COLOURS, PRE, tiny_resnet, write_dataset
+
+pytestmark = pytest.mark.slow
+
+TARGET = 0.95
+
+
+@pytest.fixture(scope="module")
+def outlier(tmp_path_factory) -> dict[str, Path]:
+    from resnet_xray.deploy.bench import torch_threads
+
+    root = tmp_path_factory.mktemp("repair")
+    data, val = write_dataset(root / "data", seed=0), write_dataset(root / "val", seed=1)
+    t = PRE.transform()
+    xs, ys = [], []
+    for p, img in ImageStream([data]):
+        xs.append(t(img))
+        ys.append(int(p.parent.name.split("_")[1]))
+    x, y = torch.stack(xs), torch.tensor(ys)
+    torch.manual_seed(0)
+    model = tiny_resnet()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    with torch_threads(1):
+        for _ in range(60):
+            idx = torch.randperm(len(x))[:32]
+            loss = nn.functional.cross_entropy(model.train()(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        w = model.eval().layer2.conv1.weight
+        w[0, 0, 0, 0] = 30000 * w.abs().max()
+    meta = ModelMeta("resnet18", "trained in test", [f"class_{k}" for k in range(len(COLOURS))], PRE, True)
+    fp32 = export_onnx(model, root / "fp32.onnx", ExportOptions(exporter="torchscript"), meta)
+    return {"root": root, "data": data, "val": val, "fp32": fp32}
+
+
+def test_below_target_the_repair_keeps_the_outlier_block_in_float_and_reaches_it(outlier) -> None:
+    out = outlier["root"] / "int8.onnx"
+    rep = quantize_onnx(outlier["fp32"], outlier["data"], out, QuantizeOptions(
+        min_agreement=TARGET, eval_dir=str(outlier["val"]), time_check=False, progress=False))
+    r = rep["choices"]["repair"]
+    first = r["candidates"][:6]  # step 1: every method, per-tensor and per-channel, measured
+    assert {(c["method"], c["per_channel"]) for c in first} == {(m, pc) for m in ("minmax", "entropy", "percentile")
+                                                                  for pc in (False, True)}
+    assert all(c["kept_float"] == [] and c["agreement"] < TARGET for c in first)  # no setting alone is enough
+    kept = rep["choices"]["kept_float"]
+    assert kept and set(kept) <= {"layer2.conv1", "layer2.conv2", "layer2.downsample.0"}, kept  # the outlier's block only
+    assert r["sensitivity"]["ranking"][0]["layers"][0].startswith("layer2.")
+    assert r["reached"] and r["chosen"]["agreement"] >= TARGET > max(c["agreement"] for c in first)
+    # chosen on a control split of the calibration folder; scored afresh on the held-out folder
+    assert r["control_images"] == 15 and r["calibration_images"] == 45
+    assert rep["agreement"]["paths"]["ort_int8"]["top1_agreement"] >= TARGET and rep["passed"]
+    assert out.exists() and rep["int8_model"] == str(out)
+
+
+def test_without_held_out_images_there_is_no_repair_and_nothing_is_written(outlier, tmp_path) -> None:
+    out = tmp_path / "int8.onnx"
+    rep = quantize_onnx(outlier["fp32"], outlier["data"], out, QuantizeOptions(
+        min_agreement=TARGET, holdout_every=0, time_check=False, progress=False))
+    assert "repair" not in rep["choices"]  # it would be scored on the images it was chosen on
+    assert not rep["passed"] and rep["int8_model"] is None and not out.exists()
