@@ -14,7 +14,7 @@ $(BIN)/python:
 # copy beside the installed one ran a CI disk out of space (ENOSPC during pip install).
 PIP_CACHE := $(if $(CI),--no-cache-dir,)
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --disable-pip-version-check -q $(PIP_CACHE) -e '.[test]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q $(PIP_CACHE) -e '.[test,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -126,6 +126,43 @@ def startup_rows(rec: dict[str, Any]) -> Iterable[Row]:
            f"<= {g['classify_ratio']}x"]
 
 
+def explore_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    f = rec["figures"]
+    g = f["goals"]
+    yield [f"first page after the server is up ({f['via']})", f"{f['first_page_s']:.2f} s", f"<= {g['first_page_s']:g} s"]
+    yield [f"click on a traced layer until its maps are drawn (median of {len(f['click_ms_all'])})", f"{f['click_ms']:.0f} ms",
+           f"<= {g['click_ms']:g} ms"]
+    yield [f"new photo ({f['new_photo_s']:.2f} s) / `rx.trace` of it ({f['trace_s']:.2f} s)", _x(f["new_photo_ratio"]),
+           f"<= {g['new_photo_ratio']:g}x"]
+    yield [f"peak RSS, two {f['arch']} compared", f"{f['rss_two_models_gb']:.2f} GB", f"< {g['rss_two_models_gb']:g} GB"]
+
+
+def batch_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    f = rec["figures"]
+    r, g = f["ratios"], f["goals"]
+    yield [f"`classify --out`, {f['classify_engine']}, {f['workers']} workers, decode included", f"{f['classify_img_s']:.1f} img/s", "", ""]
+    yield ["OpenVINO `benchmark_app -hint throughput`, inference alone (ratio: `classify --out` / this ceiling)",
+           f"{f['benchmark_app_img_s']:.1f} img/s",
+           _x(r["vs_ceiling"]), f">= {g['vs_ceiling']:g}x"]
+    yield [f"PyTorch DataLoader + eager FP32, {f['workers']} workers (ratio: `classify --out` / this)", f"{f['pytorch_img_s']:.1f} img/s",
+           _x(r["vs_pytorch"]),
+           f">= {g['vs_pytorch']:g}x"]
+    yield [f"`classify --out --ray` on this machine, {f['ray_engine']} (ratio: this / `classify --out`)", f"{f['ray_img_s']:.1f} img/s",
+           _x(r["ray_vs_single"]),
+           f">= {g['ray_vs_single']:g}x"]
+    yield ["peak RSS at 20,000 images / at 2,000", f"{f['rss_20k_kib'] / 1024:.0f} MiB", _x(r["rss_20k_vs_2k"]),
+           f"<= {g['rss_20k_vs_2k']:g}x"]
+
+
+def layers_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    f = rec["figures"]
+    for path, e2e in f["end_to_end_ms"].items():
+        yield [f"{f['model']} {f['input_size']} px, {path}: per-layer sum / end to end", f"{f['layer_sum_ms'][path]:.1f} / {e2e:.1f} ms",
+               _pct(f["sum_ratio"][path]), "85% to 115%"]
+    yield [f"`layers` (2 engines, `--against`, {f['images']} images) / one `bench --model` of the same files",
+           f"{f['layers_s']:.0f} s / {f['bench_s']:.0f} s", _x(f["layers_over_bench"]), "<= 3x"]
+
+
 def throughput_rows(rec: dict[str, Any]) -> Iterable[Row]:
     f = rec["figures"]
     ips = f["images_per_s"]
@@ -170,6 +207,11 @@ TABLES: dict[str, Table] = {
     "trace": Table(("bench_trace", "bench_report"), ("measurement", "measured", "goal"), trace_rows,
                    ("python benchmarks/bench_trace.py --repeats 25 --threads 2,1 --engines codegen",
                     "python benchmarks/bench_report.py")),
+    "batch": Table(("bench_batch",), ("row", "measured", "ratio", "goal"), batch_rows,
+                   ("python benchmarks/bench_batch.py",)),
+    "layers": Table(("bench_layers",), ("measurement", "measured", "ratio", "goal"), layers_rows,
+                    ("python benchmarks/bench_layers.py",)),
+    "explore": Table(("bench_explore",), ("measurement", "measured", "goal"), explore_rows, ("python benchmarks/bench_explore.py",)),
     "startup": Table(("bench_startup",), ("measurement", "measured", "goal"), startup_rows, ("python benchmarks/bench_startup.py",)),
     "train-throughput": Table(("bench_train_throughput",), ("setting", "loop", "images/s", "vs recipe"), throughput_rows,
                               ("python benchmarks/bench_train.py out/reference/data --amp",)),

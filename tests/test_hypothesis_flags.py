@@ -41,7 +41,7 @@ COST_CAPS = {"--epochs": 1, "--per-class": 3, "--val-per-class": 2, "--classes":
              "--steps": 2, "--batch-size": 8, "--workers": 1, "--input-size": 64, "--stop-after-steps": 4,
              "--checkpoint-every": 4, "--warmup-epochs": 2.0, "--repeats": 2, "--latency-repeats": 2, "--count": 8,
              "--channels": 4, "--max-images": 4, "--calib-images": 4, "--eval-images": 2, "--limit": 4, "--threads": 2,
-             "--prune-steps": 1, "--finetune-epochs": 1, "--compile-timeout": 60}
+             "--prune-steps": 1, "--finetune-epochs": 1, "--compile-timeout": 60, "--runs": 2, "--warmup": 1}
 
 # Past these the options refuse a value in one line, before any work: such values are drawn uncapped.
 REFUSED_ABOVE = {**dict.fromkeys(("--size", "--image-size", "--input-size", "--timing-size"), options.MAX_IMAGE_SIDE),
@@ -66,6 +66,7 @@ def _command_lines(tmp: Path, inputs: dict[str, Path]) -> dict[str, list[str]]:
         "show cam": ["show", "cam", cat, "--method", "gradcam", *NET, "-o", str(tmp / "c.png")],
         "show stages": ["show", "stages", cat, "--channels", "2", *NET, "-o", str(tmp / "s.png")],
         "report": ["report", cat, *NET, "-o", str(tmp / "report"), "--no-gradflow", "--sections", "input,cam", "--quiet"],
+        "explore": ["explore", *NET, "--no-browser", "--check", "--port", "0"],
         "make-dataset": ["make-dataset", str(tmp / "ds"), "--classes", "2", "--per-class", "2", "--val-per-class", "1",
                          "--size", "32", "--overwrite", "--quiet"],
         "finetune": ["finetune", data, "--out", str(tmp / "ft"), *NET, *train],
@@ -77,6 +78,7 @@ def _command_lines(tmp: Path, inputs: dict[str, Path]) -> dict[str, list[str]]:
         "quantize": ["quantize", onnx, "--calib", str(inputs["data"] / "train"), "-o", str(tmp / "q.onnx"),
                      "--max-images", "2", "--min-agreement", "0", "--no-time-check"],
         "bench": ["bench", "--model", onnx, "--no-compile", "--repeats", "1"],
+        "layers": ["layers", onnx, "--runs", "1", "--warmup", "0", "--threads", "1"],
         "evaluate": ["evaluate", data, "--model", onnx, "--limit", "2"],
         "optimize": ["optimize", ckpt, "--data", data, "-o", str(tmp / "opt"), "--engines", "ort", "--repeats", "1",
                      "--calib-images", "2", "--eval-images", "2", "--no-mixed-precision", "--threads", "1"],

@@ -58,7 +58,7 @@ def test_every_json_command_is_covered():
 
 
 COVERED = {"classify", "preprocess", "anatomy", "trace", "gradflow", "report", "fuse", "export", "quantize", "bench", "finetune",
-           "finetune-multitask", "bench-data", "evaluate", "optimize", "show", "make-dataset"}
+           "finetune-multitask", "bench-data", "evaluate", "optimize", "show", "make-dataset", "layers"}
 assert COVERED <= {c.name for c in COMMANDS}
 
 
@@ -139,6 +139,12 @@ def test_finetune(work, tmp_path, command):
     doc = run_json(command, work / "data", "--out", tmp_path / "run", *R18, "--epochs", "1", "--batch-size", "4",
                    "--workers", "0", "--no-progress")
     assert 0 <= doc["final_accuracy"] <= 1 and doc["weights"]["source"] == "random (seed 0)"
+
+
+def test_layers():
+    doc = run_json("layers", *R18, "--engine", "torch", "--input-size", "32", "--runs", "1", "--warmup", "0")
+    assert doc["weights"]["pretrained"] is False and set(doc["end_to_end_ms"]) == {"torch-fp32"}
+    assert {"layer1.0.conv1", "fc"} <= {r["name"] for r in doc["rows"]} and all(r["error"] is None for r in doc["rows"])
 
 
 def test_bench_data(work):

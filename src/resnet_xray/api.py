@@ -26,11 +26,13 @@ from .errors import XrayError
 from .options import OptionError, configure
 
 if TYPE_CHECKING:  # imported for annotations only: importing them loads torch
+    from .batch.options import BatchOptions, BatchResult
     from .classification import ClassifyOptions, ClassifyResult
     from .datasets.reference import DatasetResult, ReferenceOptions
     from .deploy.bench import BenchOptions, BenchResult
     from .deploy.export import ExportResult
     from .deploy.fuse import FuseOptions, FuseResult
+    from .deploy.layers import LayersOptions, LayersResult
     from .deploy.onnx import ExportOptions
     from .deploy.optimize import OptimizeOptions, OptimizeResult
     from .deploy.quantize import QuantizeOptions, QuantizeResult
@@ -47,6 +49,8 @@ if TYPE_CHECKING:  # imported for annotations only: importing them loads torch
     from .train.recipe import FinetuneOptions
     from .train.results import DataBenchResult, FinetuneResult
     from .viz.show import ShowResult
+    from .explorer.server import Explorer
+    from .explorer.workspace import ExploreOptions
 
 PathLike = str | os.PathLike
 Model = Any  # LoadedModel | (module, meta) | a weights path | a torchvision arch name
@@ -339,10 +343,74 @@ def optimize(checkpoint: PathLike, options: OptimizeOptions | None = None, *, lo
     return _optimize(str(checkpoint), configure(OptimizeOptions, options, overrides), log=log)
 
 
+def classify_batch(model: Model, images: Iterable[PathLike], out: PathLike, options: BatchOptions | None = None, *,
+                   manifest: PathLike | None = None, ray: str | None = None, **overrides: Any) -> BatchResult:
+    """Classify a whole collection into ``out`` (``.jsonl`` or ``.parquet``): one record per image, resumable.
+
+    ``images``: files, folders (walked, never listed whole) and glob patterns; ``manifest``: a text or
+    CSV file of paths. ``model``: a LoadedModel, a ``(module, meta)`` pair, a weights path, or a deployed
+    ``.xml`` / ``.onnx`` file (run in its engine's throughput mode). Running it again resumes: every
+    image ends up in ``out`` exactly once. ``ray``: run it as a Ray Data pipeline on this Ray address
+    (``"local"``: a local instance).
+    """
+    from .batch.job import classify_to
+    from .batch.options import BatchOptions
+
+    opts = configure(BatchOptions, options, overrides)  # refuses bad values before the model is loaded
+    return classify_to(model, images, out, opts, manifest=manifest, ray=ray)
+
+
+def explore(model: Model, options: ExploreOptions | None = None, *, compare: Sequence[Model] = (),
+            artefacts: Sequence[PathLike] = (), **overrides: Any) -> Explorer:
+    """The local explorer's app over ``model`` (and ``compare`` models, and deployed ``artefacts``): ``.serve()`` runs it.
+
+    ``compare``: models set against ``model`` layer by layer (fused, pruned, another checkpoint);
+    ``artefacts``: ``.onnx`` / ``.xml`` files, compared at the output only.
+    """
+    from .deploy.runtime import load_deployed
+    from .explorer.server import Explorer, create_app
+    from .explorer.workspace import ExploreOptions, Workspace
+    from .model import LoadedModel
+
+    opts = configure(ExploreOptions, options, overrides)  # a bad port is refused before any model is loaded
+    models = [as_model(model), *(as_model(c) for c in compare)]
+    deployed = [LoadedModel(*load_deployed(p)) for p in artefacts]
+    ws = Workspace(models, deployed, opts)
+    return Explorer(ws, create_app(ws))
+
+
+def layers(model: Model, options: LayersOptions | None = None, *, against: Model | None = None, output: PathLike | None = None,
+           **overrides: Any) -> LayersResult:
+    """The per-layer table: each PyTorch layer's MACs, its time on each engine's own profiler, its error against ``against``.
+
+    ``model`` and ``against`` are deployed files (``.onnx`` / ``.xml``, FP32 or INT8) or PyTorch models
+    (what :func:`as_model` takes); ``output`` also draws time and error along the network (PNG).
+    """
+    from .atomic import check_writable
+    from .deploy.layers import LayersOptions, run_layers
+
+    opts = configure(LayersOptions, options, overrides)  # refuses bad values before any model is loaded
+    if output:
+        check_writable(output, flag="-o", suffixes=(".png",))
+    res = run_layers(_model_or_file(model), None if against is None else _model_or_file(against), opts)
+    if output:
+        from .deploy.layerchart import save_layers_chart  # matplotlib only when a chart is asked for
+
+        res.chart = save_layers_chart(res, output)
+    return res
+
+
+def _model_or_file(model: Model) -> Any:
+    """A deployed file stays a path (the engines open it); anything else is loaded as a PyTorch model."""
+    if isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() in (".onnx", ".xml"):
+        return model
+    return as_model(model)
+
+
 __all__ = [
     "LoadedModel", "load_model", "as_model", "weights_info", "classify", "anatomy", "trace", "gradflow", "report", "fuse",
     "export", "quantize", "bench", "evaluate", "finetune", "bench_data", "prune", "preprocess", "show", "make_dataset",
-    "optimize",
+    "optimize", "classify_batch", "explore", "layers",
 ]
 
 

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from .cliutil import add_model_args, model_from_args, print_json, print_result, report_skipped, warn_random
+from .errors import XrayError
 from .options import Flags
 
 
@@ -20,19 +21,40 @@ def _classify_flags() -> Flags:
     return Flags(ClassifyOptions, ("topk", "batch_size"))
 
 
+def _batch_flags() -> Flags:
+    from .batch.options import BatchOptions
+
+    return Flags(BatchOptions, ("workers", "threads", "overwrite"))
+
+
 def classify_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", help="image files and/or folders")
+    p.add_argument("images", nargs="*", help="image files and/or folders (with --out: glob patterns too)")
     add_model_args(p)
     p.add_argument("--model", metavar="PATH", help="a deployed model (.onnx, or OpenVINO .xml) instead of --arch/--weights")
     _classify_flags().add(p)
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.add_argument("--draw", metavar="DIR", help="multi-task models: save each image with its predicted box drawn")
+    big = p.add_argument_group("large collections (with --out)")
+    big.add_argument("--out", metavar="FILE", help="write one record per image to FILE (.jsonl or .parquet) in "
+                     "throughput mode; running again resumes")
+    big.add_argument("--manifest", metavar="FILE", help="also classify the paths this text or CSV file lists")
+    big.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                     help="run as a Ray Data pipeline on this cluster (no ADDRESS: a local Ray instance)")
+    _batch_flags().add(big)
     p.set_defaults(func=cmd_classify)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from . import api
 
+    if args.out:
+        return _classify_to_file(args)
+    for flag, given in (("--manifest", args.manifest), ("--ray", args.ray), ("--workers", args.workers),
+                        ("--threads", args.threads), ("--overwrite", args.overwrite)):
+        if given:
+            raise XrayError(f"{flag}: only with --out FILE (.jsonl or .parquet)")
+    if not args.images:
+        raise XrayError("classify: give image files or folders")
     opts = _classify_flags().build(args)  # checked before the model is built: a bad flag costs no time
     if args.model:  # a deployed artefact describes itself (class names, preprocessing, arch)
         from .api import LoadedModel
@@ -65,6 +87,34 @@ def cmd_classify(args: argparse.Namespace) -> int:
         for path in draw_predictions(result.results, model.meta.preprocessing, args.draw):
             print(f"drew {path}", file=sys.stderr)
     return report_skipped(result.skipped)
+
+
+def _classify_to_file(args: argparse.Namespace) -> int:
+    """classify --out: the collection into a results file, resumable (resnet_xray.batch)."""
+    from . import api
+    from .batch.records import check_out
+
+    opts = _batch_flags().build(args, topk=args.topk, batch_size=args.batch_size, progress=not args.json)
+    check_out(args.out)  # before the model loads
+    if args.ray:
+        from .batch.on_ray import require_ray
+
+        require_ray()
+    if args.draw:
+        raise XrayError("--draw: not with --out; classify the images to draw without --out")
+    if not args.images and not args.manifest:
+        raise XrayError("classify --out: give image files, folders, glob patterns or --manifest FILE")
+    model = args.model or model_from_args(args)
+    res = api.classify_batch(model, args.images, args.out, opts, manifest=args.manifest, ray=args.ray)
+    if args.json:
+        print_json(res.to_dict())
+    else:
+        warn_random(res.weights)
+        print(f"{res.out}: {res.written} record(s) added, {res.already} already there; "
+              f"{res.images_per_s:.1f} img/s ({res.engine}{', on Ray' if res.ray else ''})")
+    if res.errors:
+        print(f"resnet-xray: {res.errors} file(s) could not be read; their records in {res.out} say why", file=sys.stderr)
+    return 0
 
 
 def _preprocess_flags() -> Flags:

@@ -49,16 +49,27 @@ def evaluate_flags() -> Flags:
     return Flags(EvaluateOptions, ("limit", "threads"))
 
 
+def layers_flags() -> Flags:
+    from .layers import LayersOptions
+
+    return Flags(LayersOptions, ("engines", "images", "max_images", "sort", "threads", "runs", "warmup", "input_size",
+                                   "sensitivity", "calib"),
+                 spelling={"engines": "--engine"}, repeat=("engines",), metavar={"engines": "ENGINE[,ENGINE]"},
+                 choices={"sensitivity": ("layer", "block")})
+
+
 OPTIMIZE_FLAGS = ("data", "out", "max_drop", "target_macs", "prune_steps", "finetune_epochs", "importance", "engines", "calib_images",
-                  "eval_images", "input_size", "timing_size", "threads", "repeats", "mixed_precision", "batch_size", "workers", "seed")
+                  "eval_images", "input_size", "timing_size", "threads", "repeats", "objective", "mixed_precision", "batch_size",
+                  "workers", "seed")
 
 
 def optimize_flags(names: tuple[str, ...] = OPTIMIZE_FLAGS) -> Flags:
     from ..pruning.importance import CRITERIA
-    from .optimize import OptimizeOptions
+    from .optimize import OBJECTIVES, OptimizeOptions
 
     return Flags(
-        OptimizeOptions, names, spelling={"out": ("-o", "--output")}, required=("data", "out"), choices={"importance": CRITERIA},
+        OptimizeOptions, names, spelling={"out": ("-o", "--output")}, required=("data", "out"),
+        choices={"importance": CRITERIA, "objective": OBJECTIVES},
     )
 
 
@@ -163,6 +174,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
              f"U8S8 reduce_range={c['reduce_range']}") if args.engine == "ort" else c["format"]
     print(f"{route}; calibrated on {rep['calibration']['images_used']} image(s), {len(rep['calibration']['skipped'])} skipped")
     print(f"size: {si(rep['size_fp32_bytes'])}B -> {si(rep['size_int8_bytes'])}B ({rep['compression']:.2f}x smaller)")
+    if c.get("repair"):
+        _print_repair(c["repair"])
     a = rep["agreement"]
     held = "held-out" if rep["held_out"]["separate_from_calibration"] else "calibration (too few to hold any out)"
     print(f"agreement with FP32 on {a['images']} {held} image(s); labels: {rep['held_out']['labels']}")
@@ -184,6 +197,20 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {rep['int8_model']} and {Path(rep['int8_model']).name}.json (choices and this report)")
     return 0
+
+
+def _print_repair(r: dict) -> None:
+    """What the INT8 repair tried and kept: settings, then layers in float, chosen on control images."""
+    ch = r["chosen"]
+    kept = ", ".join(ch["kept_float"]) or "none"
+    print(f"repair: below {pct(r['target'])} agreement, so chosen on {r['control_images']} control image(s) (calibrated on "
+          f"{r['calibration_images']} others): {ch['method']}, {'per-channel' if ch['per_channel'] else 'per-tensor'} weights, "
+          f"kept in float: {kept}; control agreement {pct(ch['agreement'])}")
+    if not r["reached"]:
+        print("repair: no candidate met the target; agreement against speed (Pareto front):")
+        for p in r["pareto"]:
+            print(f"  {pct(p['agreement'])} at {p['latency_ms']:.2f} ms: {p['method']}, "
+                  f"{'per-channel' if p['per_channel'] else 'per-tensor'}, {len(p['kept_float'])} layer(s) in float")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -241,7 +268,7 @@ def _bench_models(args: argparse.Namespace, opts) -> int:
 
     from ..units import table
     from .bench import machine_info
-    from .runtime import load_deployed
+    from .runtime import THROUGHPUT_METHOD, deployed_throughput, load_deployed
     from .timing import time_models
 
     if opts.batches != (1,):  # it times batch 1 alone; another --batch was once dropped without a word
@@ -261,20 +288,22 @@ def _bench_models(args: argparse.Namespace, opts) -> int:
                         progress=None if args.json else (lambda s: print(f"bench: {s}", file=sys.stderr)))
     first = next(iter(stats.values())).median
     rows = [{"model": p, "engine": loaded[p][0].engine, "precision": loaded[p][0].precision, "median_ms": st.median_ms,
-             "iqr_ms": st.iqr_ms, "speedup_vs_first": first / st.median} for p, st in stats.items()]
+             "iqr_ms": st.iqr_ms, "speedup_vs_first": first / st.median,
+             "throughput_img_s": deployed_throughput(p, opts.threads)} for p, st in stats.items()]
     m = machine_info(opts.threads)
     if args.output:
         from .charts import save_models_chart
 
         save_models_chart(stats, {p: (dm.engine, dm.precision) for p, (dm, _) in loaded.items()}, m, args.output)
     if args.json:
-        print_json({"rows": rows, "machine": m, "method": "batch 1, round-robin after warm-up",
+        print_json({"rows": rows, "machine": m, "method": f"batch 1, round-robin after warm-up; {THROUGHPUT_METHOD}",
                     "chart": str(args.output) if args.output else None})
         return 0
     print(f"CPU: {m['cpu']}, {m['threads']} thread(s), VNNI: {'yes' if m['vnni'] else 'no'}; batch 1, round-robin after warm-up")
-    print(table(["model", "engine", "precision", "median ms", "IQR ms", "vs first"],
-                [[r["model"], r["engine"], r["precision"], f"{r['median_ms']:.2f}", f"{r['iqr_ms']:.2f}", f"{r['speedup_vs_first']:.2f}x"]
-                 for r in rows], "lllrrr"))
+    print(table(["model", "engine", "precision", "median ms", "IQR ms", "vs first", "tput img/s"],
+                [[r["model"], r["engine"], r["precision"], f"{r['median_ms']:.2f}", f"{r['iqr_ms']:.2f}", f"{r['speedup_vs_first']:.2f}x",
+                  f"{r['throughput_img_s']:.1f}"] for r in rows], "lllrrrr"))
+    print(f"tput img/s: {THROUGHPUT_METHOD}")
     if args.output:
         print(f"chart: {args.output}")
     return 0
@@ -301,7 +330,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                       f"{c.check['images']} val images (logit error per image: median {c.check['median_input_diff']:.3g}, "
                       f"max {c.check['max_abs_diff']:.3g}), e.g. {', '.join(c.disagreements[:3])}")
         if res.winner:
-            print(f"winner: {res.winner.name}, {res.winner.speedup:.2f}x eager FP32 -> {res.winner_path} "
+            tput = f", {res.winner.throughput_img_s:.1f} img/s in throughput mode" if res.winner.throughput_img_s else ""
+            print(f"winner: {res.winner.name}, {res.winner.speedup:.2f}x eager FP32{tput} -> {res.winner_path} "
                   f"(resnet-xray classify --model {res.winner_path} IMAGES)")
         print(f"wrote {res.out / 'optimize.json'}" + (f" and {res.chart}" if res.chart else ""))
     if res.winner is None:
@@ -309,6 +339,56 @@ def cmd_optimize(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from .. import api
+
+    opts = layers_flags().build(args, progress=not args.json)  # refuse bad flags before any model is loaded
+    res = api.layers(_layers_model(args, args.model), opts, against=_layers_model(args, args.against) if args.against else None,
+                     output=args.output)
+    report_skipped(res.skipped)
+    if args.json:
+        print_json(res.to_dict())
+        return 0
+    m = res.machine
+    print(f"{res.model}" + (f" against {res.reference}" if res.reference else "") + f"; CPU: {m['cpu']}, {m['threads']} thread(s)")
+    print(res.table())
+    for key, c in res.sum_check.items():
+        verdict = "adds up" if c["passed"] else f"does NOT add up (beyond +-{c['tolerance']:.0%})"
+        print(f"{key}: end to end {c['end_to_end_ms']:.2f} ms, layers sum to {c['layer_sum_ms']:.2f} ms "
+              f"({c['ratio']:.0%}): {verdict}")
+    if res.error_engine:
+        print(f"error: {res.error_engine}, each row's output against the reference's, mean over {res.images} image(s)")
+    sens = res.sensitivity
+    if sens:
+        print(f"sensitivity: top-1 agreement with FP32 on {sens.images} scoring image(s) with one {sens.unit} kept in float "
+              f"(all INT8: {pct(sens.int8_agreement)}; calibrated on {sens.calibration_images} other image(s)):")
+        for i, u in enumerate(sens.ranking[:5]):
+            print(f"  {i + 1}. {u.name}: {pct(u.agreement)} ({100 * u.gain:+.1f} points), mean KL {u.kl:.3g}")
+    if res.chart:
+        print(f"chart: {res.chart}")
+    return 0
+
+
+def _layers_model(args: argparse.Namespace, path: str | None):
+    """A deployed file as its path; a checkpoint path or none (then --arch/--weights) as a loaded PyTorch model."""
+    from ..api import load_model
+
+    if path and Path(path).suffix.lower() in (".onnx", ".xml"):
+        return path
+    return load_model(args.arch, path or args.weights, seed=args.seed)
+
+
+def layers_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", metavar="MODEL",
+                   help="a deployed .onnx / .xml (FP32 or INT8), or a checkpoint; none: --arch/--weights (torch engine)")
+    p.add_argument("--against", metavar="REF", help="the reference (the FP32 parent, the dense model): errors and speed-ups")
+    layers_flags().add(p)
+    add_model_args(p, default_weights="random")
+    p.add_argument("-o", "--output", metavar="CHART.png", help="draw time and error along the network")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_layers)
 
 
 def fuse_args(p: argparse.ArgumentParser) -> None:
