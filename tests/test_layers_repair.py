@@ -66,6 +66,7 @@ def test_below_target_the_repair_keeps_the_outlier_block_in_float_and_reaches_it
                                                                   for pc in (False, True)}
     assert all(c["kept_float"] == [] and c["agreement"] < TARGET for c in first)  # no setting alone is enough
     kept = rep["choices"]["kept_float"]
+    assert rep["kept_float"] == kept  # quantize --json names them at the top level too
     assert kept and set(kept) <= {"layer2.conv1", "layer2.conv2", "layer2.downsample.0"}, kept  # the outlier's block only
     assert r["sensitivity"]["ranking"][0]["layers"][0].startswith("layer2.")
     assert r["reached"] and r["chosen"]["agreement"] >= TARGET > max(c["agreement"] for c in first)

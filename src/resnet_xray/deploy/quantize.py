@@ -15,7 +15,7 @@ import os
 import platform
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +210,7 @@ def _quantize_locked(fp32_path: str | os.PathLike, calib_dir: str | os.PathLike,
         speed = _time_fp32_int8(runners, plan.info, plan.batch) if opts.time_check else None
         report = _report(plan, opts, tmp_out, calib_used, calib_skipped, agree, speed,
                          label_note if labels is None else f"ImageFolder: {label_note}")
+        report["kept_float"] = list(repair.chosen.kept_float) if repair is not None else []  # PyTorch layer names
         if repair is not None:
             report["choices"].update(method=repair.chosen.method, per_channel=repair.chosen.per_channel,
                                      kept_float=repair.chosen.kept_float, repair=repair.to_dict())
@@ -446,6 +447,7 @@ class QuantizeResult:
     held_out: dict[str, Any]  # folder, separate_from_calibration, labels
     agreement: dict[str, Any]  # top-1/top-5 agreement, KL, accuracy when labelled, passed, skipped
     weights: WeightsInfo
+    kept_float: list[str] = field(default_factory=list)  # layers the repair kept in float to reach --min-agreement
     torch_int8: dict[str, Any] | None = None  # PyTorch's FX INT8 beside it, when asked for
 
     @classmethod
