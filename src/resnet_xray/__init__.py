@@ -39,6 +39,7 @@ _API = {
     "make_dataset": "resnet_xray.api",
     "optimize": "resnet_xray.api",
     "classify_batch": "resnet_xray.api",
+    "evaluate_batch": "resnet_xray.api",
     "explore": "resnet_xray.api",
     "layers": "resnet_xray.api",
     "WeightsInfo": "resnet_xray.provenance",

@@ -27,6 +27,7 @@ from .options import OptionError, configure
 
 if TYPE_CHECKING:  # imported for annotations only: importing them loads torch
     from .batch.options import BatchOptions, BatchResult
+    from .batch.scoring import BatchEvalResult
     from .classification import ClassifyOptions, ClassifyResult
     from .datasets.reference import DatasetResult, ReferenceOptions
     from .deploy.bench import BenchOptions, BenchResult
@@ -360,6 +361,17 @@ def classify_batch(model: Model, images: Iterable[PathLike], out: PathLike, opti
     return classify_to(model, images, out, opts, manifest=manifest, ray=ray)
 
 
+def evaluate_batch(model: Model, data: PathLike, out: PathLike, options: BatchOptions | None = None, *,
+                   ray: str | None = None, **overrides: Any) -> BatchEvalResult:
+    """Top-1/top-5 accuracy of one model on a labelled folder (its ``val/`` when it has one) through the batch
+    pipeline: the records go to ``out`` first, so a killed run resumes like :func:`classify_batch`."""
+    from .batch.options import BatchOptions
+    from .batch.scoring import evaluate_to
+
+    opts = configure(BatchOptions, options, overrides)
+    return evaluate_to(model, data, out, opts, ray=ray)
+
+
 def explore(model: Model, options: ExploreOptions | None = None, *, compare: Sequence[Model] = (),
             artefacts: Sequence[PathLike] = (), **overrides: Any) -> Explorer:
     """The local explorer's app over ``model`` (and ``compare`` models, and deployed ``artefacts``): ``.serve()`` runs it.
@@ -410,7 +422,7 @@ def _model_or_file(model: Model) -> Any:
 __all__ = [
     "LoadedModel", "load_model", "as_model", "weights_info", "classify", "anatomy", "trace", "gradflow", "report", "fuse",
     "export", "quantize", "bench", "evaluate", "finetune", "bench_data", "prune", "preprocess", "show", "make_dataset",
-    "optimize", "classify_batch", "explore", "layers",
+    "optimize", "classify_batch", "evaluate_batch", "explore", "layers",
 ]
 
 

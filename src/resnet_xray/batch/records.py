@@ -257,3 +257,19 @@ def _check_settings(path: Path, side: Path, settings: Settings) -> None:
     diff = settings.difference(saved)
     if diff:
         raise XrayError(f"--out {path}: {diff}; resume with the same model and settings, or pass --overwrite to start again")
+
+
+def read_records(out: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Every whole record in ``out`` (a ``.jsonl`` file or a ``.parquet`` folder), streamed."""
+    path = Path(out)
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        for part in sorted(path.glob("*.parquet")):
+            yield from pq.read_table(part).to_pylist()
+        return
+    with open(path, "rb") as f:
+        for line in f:
+            rec = _parse(line) if line.endswith(b"\n") else None
+            if rec is not None:
+                yield rec

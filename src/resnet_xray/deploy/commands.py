@@ -250,6 +250,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .. import api
 
+    if args.out:
+        return _evaluate_to_file(args)
+    for flag, given in (("--ray", args.ray), ("--workers", args.workers), ("--overwrite", args.overwrite)):
+        if given:
+            raise XrayError(f"{flag}: only with --out FILE (.jsonl or .parquet)")
+
     res = api.evaluate(args.model, args.data, **evaluate_flags().values(args))
     if args.json:
         print_json(res.to_dict())
@@ -423,12 +429,44 @@ def quantize_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_quantize)
 
 
+def _evaluate_batch_flags() -> Flags:
+    from ..batch.options import BatchOptions
+
+    return Flags(BatchOptions, ("workers", "overwrite"))
+
+
 def evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="ImageFolder (class folders, or a dataset with val/)")
     p.add_argument("--model", action="append", required=True, metavar="PATH", help="a deployed model; repeat to compare")
     evaluate_flags().add(p)
     p.add_argument("--json", action="store_true")
+    big = p.add_argument_group("large validation sets (with --out, one --model)")
+    big.add_argument("--out", metavar="FILE", help="classify into FILE (.jsonl or .parquet) through the batch pipeline, "
+                     "then score it; running again resumes")
+    big.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="run as a Ray Data pipeline (no ADDRESS: local)")
+    _evaluate_batch_flags().add(big)
     p.set_defaults(func=cmd_evaluate)
+
+
+def _evaluate_to_file(args: argparse.Namespace) -> int:
+    """evaluate --out: one model's accuracy through the resumable batch pipeline (resnet_xray.batch)."""
+    from .. import api
+    from ..batch.records import check_out
+
+    if len(args.model) != 1:
+        raise XrayError("--out: evaluate one --model at a time into a results file")
+    if args.limit is not None:
+        raise XrayError(f"--limit {args.limit}: not with --out, which scores every image (and resumes)")
+    opts = _evaluate_batch_flags().build(args, threads=args.threads, progress=not args.json)
+    check_out(args.out)  # before the model loads
+    res = api.evaluate_batch(args.model[0], args.data, args.out, opts, ray=args.ray)
+    if args.json:
+        print_json(res.to_dict())
+        return 0
+    acc = "no image lies in a class folder" if res.top1 is None else f"top-1 {pct(res.top1)}, top-5 {pct(res.top5)}"
+    print(f"{args.model[0]} on {res.data}: {acc} over {res.scored} image(s) ({res.unlabelled} outside any class folder, "
+          f"{res.errors} unreadable); records in {res.job.out} ({res.job.written} added this run, {res.job.already} already there)")
+    return 0
 
 
 def optimize_args(p: argparse.ArgumentParser) -> None:
