@@ -97,7 +97,7 @@ def main() -> int:
 
         fp32 = export_onnx(model, out / "models" / "native.onnx", ExportOptions(), meta)
         rep = quantize_onnx(fp32, calib or eval_dir, out / "models" / "native.int8.onnx",
-                            QuantizeOptions(per_channel=True, eval_dir=eval_dir), torch_model=model)
+                            QuantizeOptions(per_channel=True, eval_dir=eval_dir, min_agreement=0.9), torch_model=model)
         agreement = rep["agreement"]
         print(f"INT8 vs FP32 at {meta.preprocessing.crop} px on {agreement['images']} held-out images of {eval_dir} "
               f"({rep['held_out']['labels']}); calibrated on {rep['calibration']['images_used']} images:")

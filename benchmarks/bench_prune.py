@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         pruned_onnx,
         calib_dir,
         onnx_dir / "pruned_int8.onnx",
-        QuantizeOptions(max_calib_images=args.calib_images, eval_dir=str(Path(args.data) / "val"), progress=False),
+        QuantizeOptions(max_calib_images=args.calib_images, eval_dir=str(Path(args.data) / "val"), progress=False, min_agreement=0.9),
     )
     sessions = {
         "unpruned ORT FP32": ort_session(base_onnx, threads=args.threads),

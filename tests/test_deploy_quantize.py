@@ -263,3 +263,9 @@ def test_a_result_that_wrote_nothing_says_none_not_a_traceback() -> None:
     failed = QuantizeResult.from_report({**report, "int8_model": None, "passed": False}, WeightsInfo.random())
     assert failed.int8_model is None  # was Path(None): a TypeError for an API user
     assert QuantizeResult.from_report({**report, "int8_model": "m.int8.onnx"}, WeightsInfo.random()).int8_model == Path("m.int8.onnx")
+
+
+def test_the_agreement_target_is_strict_where_int8_repairs_itself() -> None:
+    assert QuantizeOptions().min_agreement == 0.995  # ONNX Runtime INT8 repairs itself towards it
+    assert QuantizeOptions(engine="openvino").min_agreement == 0.9  # NNCF's route has no repair yet
+    assert QuantizeOptions(engine="openvino", min_agreement=0.99).min_agreement == 0.99

@@ -157,3 +157,12 @@ def test_function_length():
                 if n > MAX_FUNCTION_LINES and f"{name}.{node.name}" not in DATA_TABLES:
                     long.append(f"{name}.{node.name}: {n} lines")
     assert long == []
+
+
+def test_the_api_stays_a_thin_layer_and_no_result_forwards_its_attributes():
+    # api.py only checks options, loads the model and calls the feature: it was 726 lines of wrappers
+    assert MODULES["resnet_xray.api"].read_text().count("\n") <= 363
+    forwarding = [f"{name}.{node.name}" for name, path in MODULES.items() for node in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(node, ast.ClassDef)
+                  and any(isinstance(f, ast.FunctionDef) and f.name == "__getattr__" for f in node.body)]
+    assert forwarding == []

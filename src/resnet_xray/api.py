@@ -5,13 +5,7 @@ Every verb takes a model (a :class:`LoadedModel` from :func:`load_model`, or a
 and ``**overrides`` (fields of that options dataclass), and returns the feature's own
 result, whose ``.to_dict()`` is exactly the document the matching command prints with
 ``--json`` and whose ``.weights`` says where the weights came from. The CLI is
-parse -> call one of these -> render, so the two cannot drift apart.
-
-    import resnet_xray as rx
-    model = rx.load_model("resnet18", weights="random")
-    result = rx.classify(model, ["cat.png"], topk=5)
-    result.to_dict()
-
+parse -> call one of these -> render, so the two cannot drift apart (docs/api.md).
 Heavy libraries load inside each verb, so ``import resnet_xray`` stays cheap.
 """
 
@@ -19,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,42 +54,23 @@ Model = Any  # LoadedModel | (module, meta) | a weights path | a torchvision arc
 
 def load_model(arch: str | None = None, weights: PathLike = "imagenet", *, seed: int = 0, progress: bool = True,
                **options: Any) -> LoadedModel:
-    """Build ``arch`` and load ``weights``: the one way every command gets a model.
-
-    Args:
-        arch: a torchvision ResNet name (``resnet18`` ... ``wide_resnet50_2``); None: the
-            checkpoint's arch, else resnet50.
-        weights: ``imagenet`` / ``imagenet-v1`` / ``imagenet-v2`` (torchvision, cached),
-            ``random`` (seeded init), or a path to a state_dict, checkpoint or safetensors file.
-        seed: RNG seed for ``random`` weights.
-        progress: show a download progress bar.
-        options: further keywords of :func:`resnet_xray.model.load_model`.
-    """
+    """Build ``arch`` (None: the checkpoint's, else resnet50) and load ``weights``: ``imagenet[-v1|-v2]`` (torchvision),
+    ``random`` (seeded), or a state_dict, checkpoint or safetensors file. The one way every command gets a model."""
     from . import model
 
     return model.LoadedModel(*model.load_model(arch, weights, seed=seed, progress=progress, **options))
 
 
 def as_model(model: Model, *, arch: str | None = None) -> LoadedModel:
-    """Accept what every verb accepts: a LoadedModel, a ``(module, meta)`` pair or a weights path."""
-    from .model import as_model as _as_model
+    """What every verb accepts, as one LoadedModel: a LoadedModel, a ``(module, meta)`` pair or a weights path."""
+    from . import model as _model
 
-    return _as_model(model, arch=arch)
-
-
-def weights_info(weights: PathLike | None, arch: str | None = None, *, seed: int = 0):
-    """The provenance of ``weights`` as given to a verb that loaded them itself: read from the weights, never assumed."""
-    from .model import weights_info as _weights_info
-
-    return _weights_info(weights, arch, seed=seed)
+    return _model.as_model(model, arch=arch)
 
 
 def classify(model: Model, images: Iterable[PathLike], options: ClassifyOptions | None = None, **overrides: Any) -> ClassifyResult:
-    """Top-k labels for every readable image in ``images`` (files and folders).
-
-    Unreadable files do not stop the run; they are listed in ``result.skipped``. Raises
-    :class:`XrayError` when nothing at all could be classified.
-    """
+    """Top-k labels for every readable image in ``images`` (files and folders); unreadable files are listed in
+    ``result.skipped``, and :class:`XrayError` is raised when nothing at all could be classified."""
     from .classification import ClassifyOptions
     from .classification import classify as _classify
 
@@ -112,8 +88,6 @@ def classify(model: Model, images: Iterable[PathLike], options: ClassifyOptions 
 
 def anatomy(model: Model, options: AnatomyOptions | None = None, **overrides: Any) -> Anatomy:
     """The measured layer table, Table 1 stages, totals and breakdowns at ``input_size`` (None: the model's crop)."""
-    from dataclasses import replace
-
     from .dissect import AnatomyOptions, analyze
 
     opts = configure(AnatomyOptions, options, overrides)
@@ -135,11 +109,8 @@ def trace(model: Model, image: PathLike, options: TraceOptions | None = None, *,
 
 def gradflow(model: Model | None = None, options: GradFlowOptions | None = None, *, output: PathLike | None = None,
              quiet: bool = False, **overrides: Any) -> GradFlowResult:
-    """Gradient flow through ResNet-N and plain-N (shortcuts removed), in both BatchNorm regimes.
-
-    ``model``: measure this model (None: build ``arch`` with ``weights``, fields of the options);
-    ``output``: also draw the log-scale chart to this PNG; ``quiet``: no progress display.
-    """
+    """Gradient flow through ResNet-N and plain-N (shortcuts removed), in both BatchNorm regimes, of ``model`` (None:
+    ``arch`` with ``weights`` from the options); ``output`` also draws the chart (PNG); ``quiet``: no progress."""
     from .atomic import check_writable
     from .model import weights_info
     from .tracing.gradflow import GradFlowOptions, measure_gradflow
@@ -189,13 +160,8 @@ def fuse(model: Model, output: PathLike | None = None, options: FuseOptions | No
 
 def export(model: Model, output: PathLike, options: ExportOptions | None = None, *, check: Sequence[PathLike] = (),
            tensorrt: str | None = None, calib: PathLike | None = None, **overrides: Any) -> ExportResult:
-    """Export to ONNX (and OpenVINO IR), each checked against eager PyTorch; optionally a TensorRT engine.
-
-    The files are written and checked under temporary names and replace an earlier export at
-    ``output`` only when every check passes. When one fails, the earlier files are left as they
-    were, ``result.output`` is None and ``result.passed`` is False; the CLI exits 1 then.
-    ``output`` is locked for the run (:func:`resnet_xray.locks.file_lock`).
-    """
+    """Export to ONNX (and OpenVINO IR), each checked against eager PyTorch; optionally a TensorRT engine. The files
+    replace an earlier export at ``output`` (locked for the run) only when every check passes; else ``.passed`` is False."""
     from .atomic import check_suffix
     from .deploy.export import export_model
     from .deploy.onnx import ExportOptions
@@ -212,11 +178,8 @@ def export(model: Model, output: PathLike, options: ExportOptions | None = None,
 
 def quantize(onnx_model: PathLike, calib: PathLike, output: PathLike, options: QuantizeOptions | None = None, *,
              compare_torch: Model | None = None, **overrides: Any) -> QuantizeResult:
-    """Static INT8 calibrated on an image folder (ONNX Runtime QDQ, or NNCF for OpenVINO), with its agreement with FP32.
-
-    ``onnx_model`` is the FP32 ``.onnx`` from :func:`export` (its sidecar gives the preprocessing);
-    ``compare_torch`` also builds PyTorch's FX INT8 from this model, for comparison.
-    """
+    """Static INT8 of the FP32 ``.onnx`` from :func:`export`, calibrated on an image folder (ORT QDQ, or NNCF for OpenVINO),
+    with its agreement with FP32; ``compare_torch`` also builds PyTorch's FX INT8 from this model, for comparison."""
     from .deploy.onnx import inspect_onnx
     from .deploy.quantize import QuantizeOptions, QuantizeResult, quantize_onnx
     from .provenance import WeightsInfo
@@ -228,10 +191,7 @@ def quantize(onnx_model: PathLike, calib: PathLike, output: PathLike, options: Q
 
 
 def bench(model: Model, options: BenchOptions | None = None, *, output: PathLike | None = None, **overrides: Any) -> BenchResult:
-    """Every inference path side by side, in one process: latency, throughput, GFLOP/s vs measured peak.
-
-    ``output`` also draws a bar chart.
-    """
+    """Every inference path side by side, in one process: latency, throughput, GFLOP/s vs measured peak (``output``: a chart)."""
     from .atomic import check_writable
     from .deploy.bench import BenchOptions, run_bench
 
@@ -260,10 +220,7 @@ def evaluate(models: PathLike | Sequence[PathLike], data: PathLike, options: Eva
 
 def finetune(data: PathLike, out_dir: PathLike, options: FinetuneOptions | None = None, *, resume: bool = False,
              overwrite: bool = False, **overrides: Any) -> FinetuneResult:
-    """Fine-tune on an image folder; writes best.pt, last.pt, metrics.csv, confusion.png, summary.json.
-
-    ``out_dir`` is locked for the run; a folder holding an earlier run needs ``resume`` or ``overwrite``.
-    """
+    """Fine-tune on an image folder into ``out_dir`` (locked; an earlier run there needs ``resume`` or ``overwrite``)."""
     from .model import weights_info
     from .train.job import finetune as _finetune
     from .train.recipe import FinetuneOptions
@@ -288,13 +245,9 @@ def bench_data(data: PathLike, options: DataBenchOptions | None = None, **overri
 
 def prune(model: Model, data: PathLike | None = None, options: PruneOptions | None = None, *,
           log: Callable[[str], None] | None = None, **overrides: Any) -> PruneResult:
-    """Iterative structured channel pruning (importance -> prune -> fine-tune -> evaluate) to a MAC target.
-
-    ``data`` is an ImageFolder dataset for fine-tuning and accuracy (None: prune without recovery).
-    """
-    from .pruning.loop import PruneOptions
+    """Iterative structured channel pruning to a MAC target; ``data``: an ImageFolder for fine-tuning (None: no recovery)."""
     from .deploy.optimize import prune_with_ort as _prune
-    from .pruning.loop import prune_loaders
+    from .pruning.loop import PruneOptions, prune_loaders
 
     opts = configure(PruneOptions, options, overrides)
     m = as_model(model)
@@ -314,9 +267,8 @@ def preprocess(image: PathLike, options: PreprocessOptions | None = None, **over
 
 def show(model: Model, picture: str, output: PathLike, image: PathLike | None = None, options: Any = None,
          **overrides: Any) -> ShowResult:
-    """Draw one picture as a PNG: ``features`` (a layer's feature maps), ``kernels`` (a conv's filters),
-    ``cam`` (Grad-CAM and friends) or ``stages`` (one sheet per stage). ``options`` is the picture's
-    options dataclass (FeaturesOptions, KernelsOptions, CamOptions, StagesOptions)."""
+    """Draw one picture as a PNG: ``features``, ``kernels``, ``cam`` or ``stages``; ``options`` is the picture's options
+    dataclass (FeaturesOptions, KernelsOptions, CamOptions, StagesOptions)."""
     from .viz.show import OPTIONS, PICTURES, draw
 
     if picture not in PICTURES:
@@ -346,14 +298,9 @@ def optimize(checkpoint: PathLike, options: OptimizeOptions | None = None, *, lo
 
 def classify_batch(model: Model, images: Iterable[PathLike], out: PathLike, options: BatchOptions | None = None, *,
                    manifest: PathLike | None = None, ray: str | None = None, **overrides: Any) -> BatchResult:
-    """Classify a whole collection into ``out`` (``.jsonl`` or ``.parquet``): one record per image, resumable.
-
-    ``images``: files, folders (walked, never listed whole) and glob patterns; ``manifest``: a text or
-    CSV file of paths. ``model``: a LoadedModel, a ``(module, meta)`` pair, a weights path, or a deployed
-    ``.xml`` / ``.onnx`` file (run in its engine's throughput mode). Running it again resumes: every
-    image ends up in ``out`` exactly once. ``ray``: run it as a Ray Data pipeline on this Ray address
-    (``"local"``: a local instance).
-    """
+    """Classify files, folders and globs (and a ``manifest`` of paths) into ``out`` (``.jsonl`` / ``.parquet``), one record
+    per image, resumable: every image ends up there exactly once. ``model`` may be a deployed ``.xml`` / ``.onnx`` (its
+    engine's throughput mode); ``ray``: a Ray address to run on as a Ray Data pipeline (``"local"``: a local instance)."""
     from .batch.job import classify_to
     from .batch.options import BatchOptions
 
@@ -374,62 +321,37 @@ def evaluate_batch(model: Model, data: PathLike, out: PathLike, options: BatchOp
 
 def explore(model: Model, options: ExploreOptions | None = None, *, compare: Sequence[Model] = (),
             artefacts: Sequence[PathLike] = (), **overrides: Any) -> Explorer:
-    """The local explorer's app over ``model`` (and ``compare`` models, and deployed ``artefacts``): ``.serve()`` runs it.
-
-    ``compare``: models set against ``model`` layer by layer (fused, pruned, another checkpoint);
-    ``artefacts``: ``.onnx`` / ``.xml`` files, compared at the output only.
-    """
+    """The local explorer's app over ``model``, ``compare`` models (layer by layer) and deployed ``artefacts`` (at the
+    output only): ``.serve()`` runs it."""
     from .deploy.runtime import load_deployed
-    from .explorer.server import Explorer, create_app
-    from .explorer.workspace import ExploreOptions, Workspace
+    from .explorer.server import open_explorer
+    from .explorer.workspace import ExploreOptions
     from .model import LoadedModel
 
     opts = configure(ExploreOptions, options, overrides)  # a bad port is refused before any model is loaded
-    models = [as_model(model), *(as_model(c) for c in compare)]
-    deployed = [LoadedModel(*load_deployed(p)) for p in artefacts]
-    ws = Workspace(models, deployed, opts)
-    return Explorer(ws, create_app(ws))
+    return open_explorer([as_model(model), *(as_model(c) for c in compare)], [LoadedModel(*load_deployed(p)) for p in artefacts], opts)
 
 
 def layers(model: Model, options: LayersOptions | None = None, *, against: Model | None = None, output: PathLike | None = None,
            **overrides: Any) -> LayersResult:
-    """The per-layer table: each PyTorch layer's MACs, its time on each engine's own profiler, its error against ``against``.
-
-    ``model`` and ``against`` are deployed files (``.onnx`` / ``.xml``, FP32 or INT8) or PyTorch models
-    (what :func:`as_model` takes); ``output`` also draws time and error along the network (PNG).
-    """
-    from .atomic import check_writable
+    """Each PyTorch layer's MACs, its time on each engine's own profiler, its error against ``against``; ``model`` and
+    ``against`` are deployed files (``.onnx`` / ``.xml``) or models; ``output`` also draws the chart (PNG)."""
     from .deploy.layers import LayersOptions, run_layers
 
-    opts = configure(LayersOptions, options, overrides)  # refuses bad values before any model is loaded
-    if output:
-        check_writable(output, flag="-o", suffixes=(".png",))
-    res = run_layers(_model_or_file(model), None if against is None else _model_or_file(against), opts)
-    if output:
-        from .deploy.layerchart import save_layers_chart  # matplotlib only when a chart is asked for
-
-        res.chart = save_layers_chart(res, output)
-    return res
-
-
-def _model_or_file(model: Model) -> Any:
-    """A deployed file stays a path (the engines open it); anything else is loaded as a PyTorch model."""
-    if isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() in (".onnx", ".xml"):
-        return model
-    return as_model(model)
+    return run_layers(model, against, configure(LayersOptions, options, overrides), output)  # options refused before any load
 
 
 __all__ = [
-    "LoadedModel", "load_model", "as_model", "weights_info", "classify", "anatomy", "trace", "gradflow", "report", "fuse",
+    "LoadedModel", "load_model", "as_model", "classify", "anatomy", "trace", "gradflow", "report", "fuse",
     "export", "quantize", "bench", "evaluate", "finetune", "bench_data", "prune", "preprocess", "show", "make_dataset",
     "optimize", "classify_batch", "evaluate_batch", "explore", "layers",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # LoadedModel lives with the model (resnet_xray.model), which imports torch: loaded on first use only
-    if name == "LoadedModel":
-        from .model import LoadedModel
+    # these live with the model (resnet_xray.model), which imports torch: loaded on first use only
+    if name in ("LoadedModel", "weights_info"):
+        from . import model
 
-        return LoadedModel
+        return getattr(model, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,15 +19,18 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import check_writable
 from ..dissect.layers import layer_table
 from ..errors import XrayError
 from ..image import Preprocessing, Skipped, bundled_cat
+from ..model import as_model
 from ..options import at_least, image_side, one_of, option, thread_count
 from ..provenance import WeightsInfo
 from ..units import si, table
 from .bench import machine_info
 from .data import image_batches, list_images
 from .graphmap import OTHER, LayerGroups, fx_nodes, group_nodes, openvino_nodes, openvino_op, tag_onnx, tag_openvino
+from .layerchart import save_layers_chart
 from .onnx import TIMING_EXPORTER, ExportOptions, export_onnx, inspect_onnx
 from .probes import Probe, layer_errors, openvino_probe, ort_probe, torch_probe
 from .profile import LayerTimes, openvino_layer_times, ort_layer_times, torch_layer_times
@@ -407,10 +410,26 @@ def _speedups(times_ms: dict[str, float], keys: dict[str, tuple[str, Subject]]) 
     return {e: t[False] / t[True] for e, t in by_engine.items() if t.get(True) and t.get(False) is not None}
 
 
-def run_layers(model: Any, reference: Any, opts: LayersOptions) -> LayersResult:
-    """:func:`profile_layers` in a temporary working folder (tagged copies, exports), removed after."""
+def run_layers(model: Any, reference: Any, opts: LayersOptions, output: str | os.PathLike | None = None) -> LayersResult:
+    """:func:`profile_layers` in a temporary working folder (tagged copies, exports), removed after.
+
+    ``model`` and ``reference``: deployed files (kept as paths: the engines open them) or anything
+    :func:`~resnet_xray.model.as_model` takes. ``output``: also draw the chart (PNG).
+    """
+    if output:
+        check_writable(output, flag="-o", suffixes=(".png",))
     with tempfile.TemporaryDirectory(prefix="rx-layers-") as tmp:
-        return profile_layers(model, reference, opts, Path(tmp))
+        res = profile_layers(_model_or_file(model), None if reference is None else _model_or_file(reference), opts, Path(tmp))
+    if output:
+        res.chart = save_layers_chart(res, output)
+    return res
+
+
+def _model_or_file(model: Any) -> Any:
+    """A deployed file stays a path (the engines open it); anything else is loaded as a PyTorch model."""
+    if isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() in (".onnx", ".xml"):
+        return model
+    return as_model(model)
 
 
 def _sensitivity(s: Subject, r: Subject | None, opts: LayersOptions, work: Path) -> SensitivityReport:

@@ -377,3 +377,9 @@ class Explorer:
 
 
 __all__ = ["Explorer", "create_app", "bind"]
+
+
+def open_explorer(models: list[Any], deployed: list[Any], opts: Any) -> Explorer:
+    """The explorer over PyTorch ``models`` (the first is the main one) and ``deployed`` artefacts (LoadedModels)."""
+    ws = Workspace(models, deployed, opts)
+    return Explorer(ws, create_app(ws))
