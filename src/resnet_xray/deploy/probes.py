@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path
+from ..compare import output_error
 from .graphmap import LayerGroups, exit_tensor, fx_nodes, group_nodes, openvino_op
 from .onnx import ort_session
 from .openvino import compile_cpu
@@ -98,26 +99,6 @@ def torch_probe(module: Any) -> Probe:
     return run
 
 
-def output_error(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-    """How far ``candidate`` lies from ``reference``: relative L2, cosine, max |diff| / max |reference|.
-
-    Float32 dot products (BLAS), so a ResNet-50's 50 outputs over 100 images cost seconds, not minutes;
-    the cosine is taken from the squared difference, which keeps its digits near 1.
-    """
-    a = np.ascontiguousarray(reference, dtype=np.float32).ravel()
-    b = np.ascontiguousarray(candidate, dtype=np.float32).ravel()
-    d = a - b
-    aa, bb, dd = float(np.dot(a, a)), float(np.dot(b, b)), float(np.dot(d, d))
-    if not (math.isfinite(aa) and math.isfinite(bb) and math.isfinite(dd)):
-        return {"rel_l2": math.inf, "cosine": math.nan, "max_rel": math.inf}
-    rel = math.sqrt(dd / aa) if aa > 0 else (0.0 if dd == 0 else math.inf)
-    cosine = (aa + bb - dd) / (2 * math.sqrt(aa * bb)) if aa > 0 and bb > 0 else (1.0 if aa == bb else 0.0)
-    top = float(np.abs(a).max()) if a.size else 0.0
-    worst = float(np.abs(d).max()) if d.size else 0.0
-    return {"rel_l2": rel, "cosine": max(-1.0, min(1.0, cosine)),
-            "max_rel": worst / top if top > 0 else (0.0 if worst == 0 else math.inf)}
-
-
 def layer_errors(reference: Probe, candidate: Probe, images: list[np.ndarray], rows: list[str]
                  ) -> dict[str, dict[str, float] | None]:
     """Mean over images of each row's :func:`output_error`, and its SQNR in dB.
@@ -133,8 +114,10 @@ def layer_errors(reference: Probe, candidate: Probe, images: list[np.ndarray], r
             if a is None or b is None or a.shape != b.shape:
                 unmatched.add(row)
                 continue
-            for k, v in output_error(a, b).items():
-                sums[row][k] += v
+            err = output_error(a, b)
+            for k in ("rel_l2", "cosine", "max_rel"):  # averaged over the images
+                sums[row][k] += err[k]
+
     out: dict[str, dict[str, float] | None] = {}
     for row in rows:
         if row in unmatched or row not in sums:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..compare import output_error
 from .capture import Trace, TraceOptions, layer_names, trace_model
 
 # Relative error (max |a - b| / max |a|) past which two outputs count as different: FP32
@@ -80,12 +81,8 @@ def layer_diff(name: str, ltype: str, other: str, a: torch.Tensor, b: torch.Tens
     shape, cshape = list(a.shape), list(b.shape)
     if shape != cshape:
         return LayerDiff(name, ltype, other, shape, cshape, None, None, None, True)
-    a64, b64 = a.detach().double().reshape(-1), b.detach().double().reshape(-1)
-    max_abs = float((a64 - b64).abs().max()) if a64.numel() else 0.0
-    scale = float(a64.abs().max()) if a64.numel() else 0.0
-    rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
-    na, nb = float(a64.norm()), float(b64.norm())
-    cosine = float(a64 @ b64) / (na * nb) if na > 0 and nb > 0 else (1.0 if na == nb == 0 else 0.0)
+    e = output_error(a.detach().float().numpy(), b.detach().float().numpy())
+    max_abs, rel, cosine = e["max_abs"], e["max_rel"], e["cosine"]
     diverged = not (math.isfinite(rel) and rel <= rtol)  # NaN fails too
     return LayerDiff(name, ltype, other, shape, cshape, max_abs, rel, cosine, diverged)
 
