@@ -96,13 +96,11 @@ def tiny_resnet() -> nn.Module:
     return TinyResNet(len(COLOURS))
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A small ResNet trained for a few seconds on the synthetic folder, exported to ONNX."""
+def train_tiny(data: Path, steps: int = 60) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """:func:`tiny_resnet` trained on ``data`` for a few seconds (AdamW, batches of 32); the model in eval mode and its data."""
+    from resnet_xray.deploy.timing import torch_threads
     from resnet_xray.image import ImageStream
 
-    root = tmp_path_factory.mktemp("quant")
-    data = write_dataset(root / "data", seed=0)
     t = PRE.transform()
     xs, ys = [], []
     for p, img in ImageStream([data]):
@@ -112,14 +110,22 @@ def trained(tmp_path_factory):
     torch.manual_seed(0)
     model = tiny_resnet()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for step in range(60):
-        idx = torch.randperm(len(x))[:32]
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    with torch_threads(1):
+        for _ in range(steps):
+            idx = torch.randperm(len(x))[:32]
+            loss = nn.functional.cross_entropy(model.train()(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval(), x, y
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small ResNet trained for a few seconds on the synthetic folder, exported to ONNX."""
+    root = tmp_path_factory.mktemp("quant")
+    data = write_dataset(root / "data", seed=0)
+    model, x, y = train_tiny(data)
     with torch.no_grad():
         acc = (model(x).argmax(1) == y).float().mean().item()
     assert acc >= 0.95, f"the fixture model did not learn the synthetic task (accuracy {acc:.2f})"

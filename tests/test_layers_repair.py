@@ -12,14 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from resnet_xray.deploy.onnx import ExportOptions, export_onnx
 from resnet_xray.deploy.quantize import QuantizeOptions, quantize_onnx
-from resnet_xray.image import ImageStream
 from resnet_xray.model import ModelMeta
 
-from .test_deploy_quantize import COLOURS, PRE, tiny_resnet, write_dataset
+from .test_deploy_quantize import COLOURS, PRE, train_tiny, write_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -28,26 +26,9 @@ TARGET = 0.95
 
 @pytest.fixture(scope="module")
 def outlier(tmp_path_factory) -> dict[str, Path]:
-    from resnet_xray.deploy.bench import torch_threads
-
     root = tmp_path_factory.mktemp("repair")
     data, val = write_dataset(root / "data", seed=0), write_dataset(root / "val", seed=1)
-    t = PRE.transform()
-    xs, ys = [], []
-    for p, img in ImageStream([data]):
-        xs.append(t(img))
-        ys.append(int(p.parent.name.split("_")[1]))
-    x, y = torch.stack(xs), torch.tensor(ys)
-    torch.manual_seed(0)
-    model = tiny_resnet()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    with torch_threads(1):
-        for _ in range(60):
-            idx = torch.randperm(len(x))[:32]
-            loss = nn.functional.cross_entropy(model.train()(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    model, _, _ = train_tiny(data)
     with torch.no_grad():
         w = model.eval().layer2.conv1.weight
         w[0, 0, 0, 0] = 30000 * w.abs().max()
