@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import re
 import subprocess
@@ -158,6 +159,10 @@ def pytorch_loop(paths: list[str], workers: int, batch: int = 16) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def _pytorch_row(q: multiprocessing.Queue, paths: list[str], workers: int) -> None:
+    q.put(pytorch_loop(paths, workers))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=600, help="images for the classify and Ray rows")
@@ -209,7 +214,13 @@ def measure(args: argparse.Namespace, work: Path, files: list[Path], int8: Path,
     print(f"classify --out (workers {args.workers}):           {doc['images_per_s']:.1f} img/s ({doc['engine']}; "
           f"setup {doc['setup_s']:.1f} s)", flush=True)
     paths = m.read_text().split()[: args.baseline_images]
-    figures["pytorch_img_s"] = pytorch_loop(paths, args.workers)
+    # in a fresh interpreter: its DataLoader workers, forked beside OpenVINO's threads in this process, crashed it on exit
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    child = ctx.Process(target=_pytorch_row, args=(q, paths, args.workers))
+    child.start()
+    figures["pytorch_img_s"] = q.get()
+    child.join()
     print(f"PyTorch DataLoader + eager FP32 ResNet-50: {figures['pytorch_img_s']:.1f} img/s", flush=True)
     if not args.no_ray:
         doc, _ = classify_job(["--manifest", str(m), "--model", str(int8), "--out", str(work / "ray.jsonl"), "--overwrite",
