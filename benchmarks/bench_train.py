@@ -82,7 +82,7 @@ def ours(data_dir: str, arch: str, size: int, batch: int, workers: int, steps: i
     return r["steps_after_first"] * batch / r["seconds_after_first"]
 
 
-# Issue 14: accuracy by minutes of wall time, 2 threads, and the CPU kind each goal is set for.
+# The training goals: accuracy by minutes of wall time, 2 threads, and the CPU kind each goal is set for.
 GOALS = ((0.85, 12.0, "avx2"), (0.90, 15.0, "avx2"), (0.90, 10.0, "amx_bf16"))
 KIND = {"avx2": "a 2-core AVX2-only CPU", "amx_bf16": "an AMX CPU"}
 

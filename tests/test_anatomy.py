@@ -57,7 +57,7 @@ def test_resnet50_table1(r50):
 
 def test_seed_share_claims_are_measured(r50):
     by_type = r50[1].breakdown.by_type
-    # The seed says conv 99.9% / fc 0.1% of parameters; measurement says otherwise.
+    # The article says conv 99.9% / fc 0.1% of parameters; measurement says otherwise.
     assert by_type["fc"].params == 2_049_000
     assert 0.079 < by_type["fc"].params_share < 0.081
     assert 0.917 < by_type["conv"].params_share < 0.919
