@@ -137,7 +137,7 @@ def report(model: Model, image: PathLike, options: ReportOptions | None = None, 
     from .reporting import ReportOptions, build_report
 
     opts = configure(ReportOptions, options, overrides)
-    opts.out_dir = check_writable(opts.out_dir, flag="-o", kind="dir")
+    opts = replace(opts, out_dir=check_writable(opts.out_dir, flag="-o", kind="dir"))  # the caller's options stay as given
     m = as_model(model)
     res = build_report(image, m.module, m.meta, opts)
     res.weights = m.weights

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .atomic import jsonable
+from .errors import XrayError
 
 # Where print_json writes while json_output() has diverted stdout to stderr.
 _json_sink: TextIO | None = None
@@ -130,3 +131,10 @@ def warn_random(weights: Any) -> None:
 
 def out_path(value: str | os.PathLike | None) -> Path | None:
     return Path(value) if value else None
+
+
+def refuse_batch_flags_without_out(args: argparse.Namespace, *flags: str) -> None:
+    """Exit 2 naming the first of ``flags`` (``--workers`` ...) given without ``--out``: they only shape a batch job."""
+    for flag in flags:
+        if getattr(args, flag.lstrip("-").replace("-", "_"), None):
+            raise XrayError(f"{flag}: only with --out FILE (.jsonl or .parquet)")

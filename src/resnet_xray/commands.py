@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cliutil import add_model_args, model_from_args, print_json, print_result, report_skipped, warn_random
+from .cliutil import add_model_args, model_from_args, print_json, print_result, refuse_batch_flags_without_out, report_skipped, warn_random
 from .errors import XrayError
 from .options import Flags
 
@@ -49,10 +49,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     if args.out:
         return _classify_to_file(args)
-    for flag, given in (("--manifest", args.manifest), ("--ray", args.ray), ("--workers", args.workers),
-                        ("--threads", args.threads), ("--overwrite", args.overwrite)):
-        if given:
-            raise XrayError(f"{flag}: only with --out FILE (.jsonl or .parquet)")
+    refuse_batch_flags_without_out(args, "--manifest", "--ray", "--workers", "--threads", "--overwrite")
     if not args.images:
         raise XrayError("classify: give image files or folders")
     opts = _classify_flags().build(args)  # checked before the model is built: a bad flag costs no time

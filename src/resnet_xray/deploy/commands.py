@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cliutil import add_model_args, model_from_args, print_json, report_skipped
+from ..cliutil import add_model_args, model_from_args, print_json, refuse_batch_flags_without_out, report_skipped
 from ..errors import XrayError
 from ..options import Flags, fields_of
 from ..units import pct, si
@@ -252,9 +252,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.out:
         return _evaluate_to_file(args)
-    for flag, given in (("--ray", args.ray), ("--workers", args.workers), ("--overwrite", args.overwrite)):
-        if given:
-            raise XrayError(f"{flag}: only with --out FILE (.jsonl or .parquet)")
+    refuse_batch_flags_without_out(args, "--ray", "--workers", "--overwrite")
 
     res = api.evaluate(args.model, args.data, **evaluate_flags().values(args))
     if args.json:
