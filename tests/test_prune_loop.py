@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from resnet_xray.errors import XrayError
 from resnet_xray.image import Preprocessing
 from resnet_xray.model import ModelMeta, build_model, load_model
-from resnet_xray.deploy.optimize import prune_with_ort as prune
+from resnet_xray.deploy.search import prune_with_ort as prune
 from resnet_xray.pruning.loop import PruneOptions, Trainer
 from resnet_xray.pruning.loop import STATE_FILE, round_targets
 

@@ -246,7 +246,7 @@ def bench_data(data: PathLike, options: DataBenchOptions | None = None, **overri
 def prune(model: Model, data: PathLike | None = None, options: PruneOptions | None = None, *,
           log: Callable[[str], None] | None = None, **overrides: Any) -> PruneResult:
     """Iterative structured channel pruning to a MAC target; ``data``: an ImageFolder for fine-tuning (None: no recovery)."""
-    from .deploy.optimize import prune_with_ort as _prune
+    from .deploy.search import prune_with_ort as _prune
     from .pruning.loop import PruneOptions, prune_loaders
 
     opts = configure(PruneOptions, options, overrides)

@@ -58,7 +58,7 @@ def layers_flags() -> Flags:
                  choices={"sensitivity": ("layer", "block")})
 
 
-OPTIMIZE_FLAGS = ("data", "out", "max_drop", "target_macs", "prune_steps", "finetune_epochs", "importance", "engines", "calib_images",
+OPTIMIZE_FLAGS = ("data", "out", "max_drop", "target_macs", "search", "prune_steps", "finetune_epochs", "importance", "distill", "engines", "calib_images",
                   "eval_images", "input_size", "timing_size", "threads", "repeats", "objective", "mixed_precision", "batch_size",
                   "workers", "seed")
 

@@ -38,20 +38,19 @@ from ..locks import output_lock
 from ..model import load_model
 from ..options import OptionError, at_least, batch_fits, image_side, one_of, option, seed_in_range, thread_count, within
 from ..provenance import WeightsInfo
-from ..pruning import loop as prune_loop
 from ..pruning.importance import CRITERIA
-from ..pruning.loop import PruneOptions, PruneResult, Trainer, prune_loaders
 from ..units import pct, table
 from .artefact import sidecar_path
 from .bench import machine_info
 from .charts import pareto_front, save_optimize_chart
 from .data import image_batches, list_images
 from .fuse import fuse_model
-from .onnx import ExportOptions, export_onnx, exported_runner, inspect_onnx
+from .onnx import ExportOptions, export_onnx, inspect_onnx
 from .openvino import qdq_to_ir, quantize_nncf
 from .quantize import QuantizeOptions, quantize_onnx
 from .runtime import (THROUGHPUT_BATCH, THROUGHPUT_METHOD, deployed_throughput, images_per_second, labelled_batches,
                       load_deployed, runner_at_size)
+from .search import Step, search_depth
 from .timing import time_models, torch_threads
 from .torch_int8 import quantize_torch_fx
 
@@ -72,13 +71,16 @@ class OptimizeOptions:
     out: str = option("out/optimize", "output folder (the winner is OUT/model.onnx or OUT/model.xml)")
     max_drop: float = option(1.0, "accuracy points (top-1, val) a candidate may lose against the FP32 checkpoint")
     target_macs: float | None = option(None, "also prune to this share of MACs, e.g. 0.5 (default: no pruning)")
-    prune_steps: int = option(2, "pruning rounds to reach target_macs")
+    search: tuple[float, ...] | None = option(None, "prune down these shares of MACs in turn, e.g. 0.5,0.4,0.3,0.25, and keep the "
+                                                    "deepest that loses at most --max-drop (instead of --target-macs)")
+    prune_steps: int = option(2, "pruning rounds to reach target_macs (or the first share of --search; each later one takes one)")
     # fine-tuning epochs after each pruning round: on a 92.2% reference ResNet-50, 2 rounds x 3 epochs ended 3.2 points
     # down and 2 x 5 ended 0.8 points up (docs/deploy.md); 1 epoch had left another one 11 points down
     finetune_epochs: int = 5
     # taylor, not prune's l1 default: optimize always has data for gradients, and on the reference ResNet-50 a
     # 23% MAC cut kept 45% accuracy before fine-tuning against l1's 22% (docs/deploy.md)
     importance: str = option("taylor", "channel criterion for --target-macs; taylor ranks channels by gradients on --data")
+    distill: bool = option(True, "fine-tune pruned models against the unpruned model's softened outputs as well as the labels")
     engines: tuple[str, ...] = option(ENGINES, "comma-separated: ort, openvino, torch")
     calib_images: int = option(128, "training images used to calibrate INT8")
     eval_images: int | None = option(None, "val images to score on (default: all)")
@@ -104,6 +106,14 @@ class OptimizeOptions:
         within("max_drop", self.max_drop, 0.0, 100.0)  # accuracy points
         if self.target_macs is not None:
             within("target_macs", self.target_macs, 0.0, 1.0, open_low=True, open_high=True)  # the share of MACs to keep
+        if self.search is not None:
+            self.search = tuple(self.search)
+            if self.target_macs is not None:
+                raise OptionError("search", ",".join(map(str, self.search)), "and --target-macs: choose one")
+            for r in self.search:
+                within("search", r, 0.0, 1.0, open_low=True, open_high=True)
+            if not self.search or any(b >= a for a, b in zip(self.search, self.search[1:])):
+                raise OptionError("search", ",".join(map(str, self.search)), "must be shares of MACs that fall, e.g. 0.5,0.4,0.3")
         self.engines = tuple(self.engines)
         if not self.engines:
             raise OptionError("engines", "", f"choose from {','.join(ENGINES)}")
@@ -166,6 +176,7 @@ class OptimizeResult:
     seconds: float
     weights: dict[str, Any] | None = None  # provenance of the checkpoint the chain started from
     timing_size: int | None = None  # the square side every candidate was timed at
+    search: list[dict[str, Any]] = field(default_factory=list)  # the MAC shares pruning tried, in order (search.Step)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -184,6 +195,7 @@ class OptimizeResult:
             "timing_size": self.timing_size,
             "seconds": self.seconds,
             "weights": self.weights,
+            "search": self.search,
         }
 
     def table(self, why_width: int = 48) -> str:
@@ -219,10 +231,12 @@ class _Run:
         self.state_path = self.out / STATE_FILE
         self.state: dict[str, Any] = {"done": {}, "options": _result_options(opts)}
         self.stage_no = 0
+        self.t0 = time.perf_counter()
 
     def stage(self, what: str) -> None:
         self.stage_no += 1
-        self.log(f"optimize [{self.stage_no}] {what}")
+        m, sec = divmod(int(time.perf_counter() - self.t0), 60)
+        self.log(f"optimize [{self.stage_no}, {m}:{sec:02d} in] {what}")
 
     def done(self, key: str) -> Any:
         return self.state["done"].get(key)
@@ -234,8 +248,8 @@ class _Run:
 
 def _result_options(o: OptimizeOptions) -> dict[str, Any]:
     # engines: a run started without OpenVINO has no FP32 IR for a resumed one to quantise
-    keep = ("data", "target_macs", "prune_steps", "finetune_epochs", "importance", "calib_images", "input_size", "seed")
-    return {**{k: getattr(o, k) for k in keep}, "engines": list(o.engines)}
+    keep = ("data", "target_macs", "prune_steps", "finetune_epochs", "importance", "distill", "calib_images", "input_size", "seed")
+    return {**{k: getattr(o, k) for k in keep}, "engines": list(o.engines), "search": list(o.search) if o.search else None}
 
 
 # What optimize writes in OUT: all that --overwrite may remove (anything else there is left alone).
@@ -305,8 +319,13 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
     size = meta.preprocessing.crop
     with torch_threads(opts.threads):
         variants: list[tuple[str, Any, float]] = [("", model, 1.0)]
-        if opts.target_macs is not None:
-            variants.append(("pruned ", *_prune(run, model, meta, size)))
+        steps: list[Step] = []
+        if opts.target_macs is not None or opts.search:
+            steps, deepest = search_depth(run, model, meta, size)
+            if deepest is not None:
+                variants.append(("pruned ", *deepest))
+            else:
+                log(f"optimize: no pruned model within {opts.max_drop} points; only the unpruned model goes on to INT8")
         val = _val_split(run, model, meta)
         cands, runners = _candidates(run, variants, meta, val)
         tsize = opts.timing_size or size
@@ -316,7 +335,7 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
         _time(run, cands, runners, tsize)
         if opts.objective == "throughput":
             _throughput(run, cands, runners, size)
-    return _finish(run, cands, val.base_acc, meta, tsize, time.perf_counter() - t_start)
+    return _finish(run, cands, val.base_acc, meta, tsize, time.perf_counter() - t_start, steps)
 
 
 def _checkpoint(checkpoint: str, input_size: int | None) -> tuple[Any, Any]:
@@ -380,41 +399,17 @@ def _candidates(run: _Run, variants: list[tuple[str, Any, float]], meta: Any, va
     return cands, runners
 
 
-def _finish(run: _Run, cands: list[Candidate], base_acc: float, meta: Any, tsize: int, seconds: float) -> OptimizeResult:
+def _finish(run: _Run, cands: list[Candidate], base_acc: float, meta: Any, tsize: int, seconds: float, steps: list[Step]) -> OptimizeResult:
     """Pick and publish the winner, draw the chart, and write the report."""
     opts = run.opts
     winner = _pick(cands, base_acc, opts.max_drop, opts.objective)
     winner_path = _publish(run, winner)
     chart = save_optimize_chart(cands, run.out / CHART_FILE, base_acc, opts.max_drop)
     res = OptimizeResult(run.out, base_acc, opts.max_drop, cands, winner, winner_path, chart, machine_info(opts.threads), opts,
-                         round(seconds, 1), WeightsInfo.of(meta).to_dict(), tsize)
+                         round(seconds, 1), WeightsInfo.of(meta).to_dict(), tsize, [s.to_dict() for s in steps])
     write_json(run.out / REPORT_FILE, res.to_dict())
     run.mark("finished", True)
     return res
-
-
-def prune_with_ort(model: torch.nn.Module, meta: Any, options: PruneOptions, data: Any = None, *, trainer: Trainer | None = None,
-                   log: Callable[[str], None] = print) -> PruneResult:
-    """:func:`resnet_xray.pruning.loop.prune` with its ONNX Runtime latency column, which needs deploy's exporter."""
-    return prune_loop.prune(model, meta, options, data, trainer=trainer, log=log, ort=exported_runner)
-
-
-def _prune(run: _Run, model: Any, meta: Any, size: int) -> tuple[Any, float]:
-    opts = run.opts
-    run.stage(f"prune to {opts.target_macs:.0%} of the MACs in {opts.prune_steps} round(s) by {opts.importance} importance, fine-tuning {opts.finetune_epochs} epoch(s) each")
-    pdir = run.out / "prune"
-    final = pdir / "pruned.pt"
-    if not run.done("prune"):
-        popts = PruneOptions(target_macs=opts.target_macs, steps=opts.prune_steps, finetune_epochs=opts.finetune_epochs,
-                             importance=opts.importance,
-                             input_size=size, batch_size=opts.batch_size, workers=opts.workers, latency_repeats=5,
-                             measure_ort=False, threads=opts.threads, seed=opts.seed, out=str(pdir))
-        # the checkpoint's own crop scale: recovery with heavier crops than it was trained with costs accuracy
-        data = prune_loaders(opts.data, meta, popts)
-        res = prune_loop.prune(model, meta, popts, data, log=lambda s: run.log(f"  prune: {s}"))
-        run.mark("prune", {"macs_rel": res.rounds[-1]["macs_rel"]})
-    pruned, _ = load_model(None, final)
-    return pruned.eval(), float(run.done("prune")["macs_rel"])
 
 
 def _calibration_files(opts: OptimizeOptions) -> list[Path]:

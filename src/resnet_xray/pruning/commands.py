@@ -10,7 +10,7 @@ from ..errors import XrayError
 from ..options import Flags
 
 
-PRUNE_FLAGS = ("target_macs", "steps", "importance", "finetune_epochs", "global_pruning", "round_to", "input_size", "lr",
+PRUNE_FLAGS = ("target_macs", "steps", "importance", "finetune_epochs", "distill", "global_pruning", "round_to", "input_size", "lr",
                "batch_size", "workers", "latency_repeats", "threads", "measure_ort", "out", "skip_unreadable")
 
 
@@ -70,7 +70,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             js, png = write_importance(groups, aopts, meta.arch)
         print(f"wrote {js} and {png}")
     else:
-        from ..deploy.optimize import prune_with_ort as prune  # the loop with its ONNX Runtime column
+        from ..deploy.search import prune_with_ort as prune  # the loop with its ONNX Runtime column
 
         result = prune(model, meta, opts, data, log=lambda s: print(s, flush=True))
         print()

@@ -6,6 +6,7 @@ an interrupted run picks up after its last completed round with nothing lost.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -26,6 +27,7 @@ from ..options import OptionError, at_least, batch_fits, image_side, learning_ra
 from ..provenance import Provenance, TrainingStage, WeightsInfo
 from ..train import finetune as ft
 from ..train.data import make_loaders, steps_per_epoch
+from ..train.distill import Distillation
 from ..train.distributed import DistContext
 from ..train.precision import resolve_device, resolve_precision
 from ..train.recipe import FinetuneOptions
@@ -51,6 +53,7 @@ class PruneOptions:
     steps: int = option(5, "rounds of importance -> prune -> fine-tune -> evaluate to reach the target")
     importance: str = option("l1", "channel criterion; taylor needs --data")
     finetune_epochs: int = option(1, "fine-tuning epochs after each round's pruning (0: none)")
+    distill: bool = option(False, "fine-tune against the unpruned model's softened outputs as well as the labels (knowledge distillation)")
     global_pruning: bool = option(False, "rank channels across all layers instead of within each")
     round_to: int = option(8, "keep pruned widths multiples of this, 1 for none")
     input_size: int | None = option(None, "square side for MACs and latency (default: the data's or model's crop)")
@@ -86,7 +89,7 @@ class PruneOptions:
 
 
 # Options that change what a round produces: a resumed run must agree on all of them.
-RESULT_OPTIONS = ("target_macs", "steps", "importance", "finetune_epochs", "global_pruning", "round_to", "input_size", "lr", "batch_size", "taylor_batches", "seed")
+RESULT_OPTIONS = ("target_macs", "steps", "importance", "finetune_epochs", "distill", "global_pruning", "round_to", "input_size", "lr", "batch_size", "taylor_batches", "seed")
 
 
 @dataclass
@@ -143,8 +146,13 @@ def prune_loaders(data: str | os.PathLike | None, meta: ModelMeta, opts: Any, *,
                         skip_unreadable=opts.skip_unreadable, skip_flag=skip_flag, **loader_options(meta))
 
 
-def default_trainer(options: PruneOptions, arch: str, recipe: dict[str, Any] | None = None) -> Trainer:
-    """Fine-tune and evaluate with :mod:`resnet_xray.train.finetune`, with ``recipe`` (see :func:`training_recipe`)."""
+def default_trainer(options: PruneOptions, arch: str, recipe: dict[str, Any] | None = None, teacher: nn.Module | None = None) -> Trainer:
+    """Fine-tune and evaluate with :mod:`resnet_xray.train.finetune`, with ``recipe`` (see :func:`training_recipe`).
+
+    ``teacher``: the model every fine-tuning learns from as well as the labels (a copy is
+    taken, so training never changes the caller's model); None trains on labels alone.
+    """
+    distill = Distillation(copy.deepcopy(teacher)) if teacher is not None else None
 
     def finetune(model: nn.Module, data: Any, epochs: int) -> None:
         kw: dict[str, Any] = dict(
@@ -160,7 +168,7 @@ def default_trainer(options: PruneOptions, arch: str, recipe: dict[str, Any] | N
         )
         if options.lr is not None:
             kw["lr"] = options.lr
-        ft.fit(model, data, FinetuneOptions(**kw), pretrained=True)
+        ft.fit(model, data, FinetuneOptions(**kw), pretrained=True, distill=distill)
 
     return Trainer(finetune=finetune, evaluate=lambda model, data: ft.evaluate(model, data.val))
 
@@ -213,7 +221,7 @@ def prune(
             optimizer, precision and augmentation recorded in a ``finetune`` checkpoint).
         log: where progress lines go.
         ort: exports a model to ONNX Runtime for the latency column ``options.measure_ort`` asks for
-            (:func:`resnet_xray.deploy.onnx.exported_runner`; ``deploy.optimize.prune_with_ort`` passes it);
+            (:func:`resnet_xray.deploy.onnx.exported_runner`; ``deploy.search.prune_with_ort`` passes it);
             None: no ONNX Runtime column.
 
     Returns:
@@ -278,7 +286,7 @@ def _start(model: nn.Module, meta: ModelMeta, options: PruneOptions, data: Any, 
             recipe = training_recipe(meta.options)
             if recipe:
                 log("fine-tuning with the checkpoint's training recipe: " + ", ".join(f"{k} {v}" for k, v in recipe.items()))
-            trainer = default_trainer(options, meta.arch, recipe)
+            trainer = default_trainer(options, meta.arch, recipe, teacher=model if options.distill else None)
     out = Path(options.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -392,7 +400,7 @@ def _load_state(out: Path, options: PruneOptions, meta: ModelMeta) -> dict[str, 
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise XrayError(f"{path}: unreadable state of an earlier run ({e}); delete it or choose another --out") from None
     mine = options.to_dict()
-    diff = [k for k in RESULT_OPTIONS if saved.get(k) != mine.get(k)]
+    diff = [k for k in RESULT_OPTIONS if k in saved and saved[k] != mine.get(k)]  # a key an older run lacks is not held against it
     if source.get("weights") != meta.weights:
         diff.append("weights")
     if diff:

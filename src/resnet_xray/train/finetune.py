@@ -26,6 +26,7 @@ from ..provenance import Provenance, TrainingStage
 from . import distributed as D
 from .checkpoint import load_training_state, remove_stale_temporaries, save_training_state, set_rng_state
 from .data import DataBundle, steps_per_epoch, unpack_batch
+from .distill import Distillation
 from .evaluation import evaluate
 from .heads import MultiTaskResNet, box_loss
 from .metrics import TensorBoardLog, save_confusion_png, write_history_csv
@@ -50,6 +51,7 @@ class _StepStats:
     correct: int = 0
     seen: int = 0
     box_loss: float = 0.0
+    distill_loss: float = 0.0
     wait_s: float = 0.0
     nonfinite: int = 0
 
@@ -108,6 +110,7 @@ class _Run:
     last_val: tuple[int, dict[str, Any]] | None = None  # (global step, evaluation) of the live weights
     updates: int = 0  # optimiser steps taken by this call (a non-finite loss skips its step)
     nonfinite_run: int = 0  # consecutive non-finite losses, across epoch ends, for max_nonfinite
+    distill: Distillation | None = None  # a teacher whose softened logits join the loss
 
     @property
     def main(self) -> bool:
@@ -128,6 +131,7 @@ def fit(
     checkpoint_extra: dict[str, Any] | None = None,
     pretrained: bool = True,
     meta: ModelMeta | None = None,
+    distill: Distillation | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place on ``data`` and return its history and final metrics.
 
@@ -143,6 +147,8 @@ def fit(
         pretrained: whether the starting weights are worth protecting (picks the default lr).
         meta: the model's metadata; its ``changes`` (pruned widths, heads, a new classifier)
             go into every checkpoint. None reads them off the model's structure.
+        distill: a teacher (for example the unpruned model a pruned one was cut from); the loss
+            becomes ``(1 - weight) * CE + weight * T² KL(teacher || student)``.
 
     Returns:
         ``{"history": [...], "final": evaluate(...) on the final weights, "best": {...},
@@ -150,6 +156,12 @@ def fit(
     """
     # Device, precision, output folder, optimizer, schedule and EMA: everything before the first step.
     run = _setup(model, data, options.resolved(), out_dir, checkpoint_extra, pretrained, meta)
+    if distill is not None:
+        run.distill = distill
+        run.extra["distill"] = distill.to_dict()
+        distill.teacher.to(run.device)
+        if run.options.channels_last:
+            distill.teacher.to(memory_format=torch.channels_last)
     if resume:  # weights, optimizer, schedule, RNGs and position from last.pt
         _restore(run)
     _announce(run)  # one line saying what is about to be trained, and how
@@ -372,7 +384,11 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, box: torch.Tensor |
     o, optimizer = run.options, run.optimizer
     with run.precision.autocast(run.device):
         out = _forward(run, x)
+        taught = run.distill.targets(x) if run.distill is not None else None
     loss, parts = _loss(out, y, box, o)
+    if taught is not None:
+        parts["distill"] = run.distill.loss(class_logits(out), taught)
+        loss = (1 - run.distill.weight) * loss + run.distill.weight * parts["distill"]
     if not D.all_true(bool(torch.isfinite(loss)), run.ctx, run.device):
         # Skip the update on every rank together: one NaN step must not poison the weights.
         optimizer.zero_grad(set_to_none=True)
@@ -397,6 +413,8 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, box: torch.Tensor |
         stats.seen += len(y)
         if "box" in parts:
             stats.box_loss += float(parts["box"].detach()) * len(y)
+        if "distill" in parts:
+            stats.distill_loss += float(parts["distill"].detach()) * len(y)
     with warnings.catch_warnings():
         # After a skipped step the scheduler still advances, so the schedule stays aligned.
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
@@ -424,8 +442,8 @@ def _forward(run: _Run, x: torch.Tensor):
 def _end_epoch(run: _Run, epoch: int, stats: _StepStats, seconds: float) -> None:
     """Validate (the weights, and their EMA late in the run), log a row, keep the best, checkpoint."""
     o, ctx = run.options, run.ctx
-    tr_loss, tr_correct, tr_seen, tr_box, wait = D.all_reduce_sum(
-        [stats.loss, stats.correct, stats.seen, stats.box_loss, stats.wait_s], ctx, run.device)
+    tr_loss, tr_correct, tr_seen, tr_box, tr_kd, wait = D.all_reduce_sum(
+        [stats.loss, stats.correct, stats.seen, stats.box_loss, stats.distill_loss, stats.wait_s], ctx, run.device)
     if tr_seen == 0 and stats.nonfinite == 0:
         first = f" (first: {run.data.skipped[0].path}: {run.data.skipped[0].reason})" if run.data.skipped else ""
         raise XrayError(f"no readable training images: every file of the train split was skipped{first}; nothing was saved")
@@ -442,6 +460,7 @@ def _end_epoch(run: _Run, epoch: int, stats: _StepStats, seconds: float) -> None
         "val_accuracy": val["accuracy"],
         **({"ema_val_accuracy": ema_val["accuracy"]} if ema_val is not None else {}),
         **({"val_box_iou": val["box_iou"], "val_box_l1": val["box_l1"], "train_box_loss": tr_box / max(1, tr_seen)} if "box_iou" in val else {}),
+        **({"train_distill_loss": tr_kd / max(1, tr_seen)} if run.distill is not None else {}),
         "lr": run.scheduler.get_last_lr()[0],
         "images_per_s": tr_seen / max(seconds, 1e-9),
         "data_wait_fraction": (wait / ctx.world_size) / max(seconds, 1e-9),
