@@ -147,6 +147,11 @@ def configure(cls: type, options: Any = None, overrides: dict[str, Any] | None =
     return dataclasses.replace(options, **overrides) if overrides else options
 
 
+def _literal(text: str) -> str:
+    """Help text as argparse prints it literally: it formats help with %, so "80%" would break --help."""
+    return text.replace("%", "%%")
+
+
 def help_of(f: dataclasses.Field) -> str:
     """The help text a field was declared with (empty for a field declared without :func:`option`)."""
     return f.metadata.get("help", "")
@@ -194,7 +199,7 @@ class Flags:
                     kw.update(action=argparse.BooleanOptionalAction, default=None)
                 else:
                     kw.update(action="store_false" if default else "store_true")
-                parser.add_argument(*flags, help=text, **kw)
+                parser.add_argument(*flags, help=_literal(text), **kw)
                 continue
             if isinstance(words, dict):
                 shown = next((w for w, v in words.items() if v == default), default)
@@ -215,7 +220,7 @@ class Flags:
                 text = f"{text} (default: {shown})" if text else f"default: {shown}"
             flags = self._flags(name, "--")
             kw["metavar"] = self.metavar.get(name) or (None if kw.get("choices") else flags[-1].lstrip("-").upper().replace("-", "_"))
-            parser.add_argument(*flags, help=text, **kw)
+            parser.add_argument(*flags, help=_literal(text), **kw)
 
     def values(self, args: Any) -> dict[str, Any]:
         """The listed fields' values from parsed ``args``, converted to the dataclass's types."""
