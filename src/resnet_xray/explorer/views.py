@@ -13,11 +13,17 @@ from typing import Any
 import torch
 
 from ..dissect import LayerRow
+from ..pruning.kept import pruned_channels
 from ..viz.cam import CamResult, format_prob
 from .pictures import GRID_CHANNELS, channel_strengths, feeding_conv, receptive_box
 from .workspace import STAGES, Photo, Run, Slot, Workspace
 
 MAX_LISTED_CHANNELS = 512  # channel strengths listed for one op (layer4 has 2048; the grid shows 64)
+SHOWN_REMOVED = 8  # removed channel indices written out in a layer's one-line summary; the doc lists all
+NOT_RECORDED = ("which channels were removed is not recorded in this checkpoint "
+                "(pruned before resnet-xray recorded channel identities)")
+LAYER_NOT_RECORDED = ("which channels were removed is not recorded for this layer: when it was pruned, its channels "
+                      "had identical BatchNorm parameters (as in an untrained model) and could not be told apart")
 
 
 def _num(v: float | None) -> float | None:
@@ -190,7 +196,7 @@ def compare_doc(ws: Workspace, photo: Photo) -> dict[str, Any]:
                "latency_ms": lat.median_ms if lat else None, "latency_iqr_ms": lat.iqr_ms if lat else None,
                "output": None if eq is None else {"max_abs_diff": _num(eq.max_abs_diff), "kl": _num(eq.kl),
                                                   "top5_overlap": eq.top5_overlap, "summary": eq.summary()},
-               "layers": None, "note": None}
+               "layers": None, "note": None, "pruned": pruned_doc(s)}
         if s.deployed:
             row["note"] = "compiled artefact: compared at its output only (it has no per-layer outputs)"
         elif s.key:
@@ -202,6 +208,27 @@ def compare_doc(ws: Workspace, photo: Photo) -> dict[str, Any]:
         rows.append(row)
     return {"photo": photo.key, "models": rows,
             "latency_note": "median of one forward pass of one image, the models timed round-robin in this process"}
+
+
+def pruned_doc(s: Slot) -> dict[str, Any] | None:
+    """For a pruned model: per BatchNorm (and the conv before it), the channels kept of the unpruned arch's, and which
+    were removed; None for a model never pruned."""
+    found = pruned_channels(s.model.meta)
+    if found is None:
+        return None
+    layers, recorded = found
+    out = []
+    for c in layers:
+        if c.removed is None:
+            summary = f"kept {c.kept} of {c.width}"
+        elif not c.removed:
+            summary = f"kept all {c.width}"
+        else:
+            shown = ", ".join(map(str, c.removed[:SHOWN_REMOVED])) + (", …" if len(c.removed) > SHOWN_REMOVED else "")
+            summary = f"removed {len(c.removed)} of {c.width}: {shown}"
+        out.append({"name": c.name, "conv": c.conv, "width": c.width, "kept": c.kept, "removed": c.removed, "summary": summary,
+                    "note": None if c.removed is not None or not recorded else LAYER_NOT_RECORDED})
+    return {"recorded": recorded, "note": None if recorded else NOT_RECORDED, "layers": out}
 
 
 def drift_doc(ws: Workspace, photo: Photo, class_index: int | None, layer: str) -> dict[str, Any]:

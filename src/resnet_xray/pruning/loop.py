@@ -34,6 +34,7 @@ from ..train.recipe import FinetuneOptions
 from ..units import pct, si, table
 from .figures import plot_rounds
 from .importance import CRITERIA, accumulate_gradients, check_criterion
+from .kept import Kept, kept_after, recorded_kept
 from .measure import OrtExport, measure_cost, measure_latencies, measure_latency
 from .spec import PrunedWidths, stage_channels
 from .structured import prune_to_macs
@@ -49,7 +50,7 @@ SUMMARY_FILE = "prune_summary.txt"
 class PruneOptions:
     """How to prune; every field maps onto a ``resnet-xray prune`` flag."""
 
-    target_macs: float = option(0.5, "share of the unpruned model's MACs to KEEP, strictly between 0 and 1: 0.5 removes half of the MACs, 0.3 removes 70%%")
+    target_macs: float = option(0.5, "share of the unpruned model's MACs to KEEP, strictly between 0 and 1: 0.5 removes half of the MACs, 0.3 removes 70%")
     steps: int = option(5, "rounds of importance -> prune -> fine-tune -> evaluate to reach the target")
     importance: str = option("l1", "channel criterion; taylor needs --data")
     finetune_epochs: int = option(1, "fine-tuning epochs after each round's pruning (0: none)")
@@ -244,6 +245,7 @@ class _Run:
     save_meta: ModelMeta  # what every round's checkpoint records, before its own widths
     log: Callable[[str], None]
     ort: OrtExport | None  # times the ONNX Runtime column (None: no such column)
+    kept: Kept = field(default_factory=dict)  # the current model's channels, as indices into the unpruned arch
 
 
 def _prune_locked(model: nn.Module, meta: ModelMeta, options: PruneOptions, data: Any, *, trainer: Trainer | None,
@@ -252,10 +254,11 @@ def _prune_locked(model: nn.Module, meta: ModelMeta, options: PruneOptions, data
     model = model.eval()
     state = _baseline(run, model, meta)
     baseline, rounds = state["baseline"], state["rounds"]
-    current = model
+    current, run.kept = model, recorded_kept(run.save_meta, model)
     if rounds:
         last = run.out / rounds[-1]["checkpoint"]
         current, last_meta = load_model(None, last)
+        run.kept = recorded_kept(last_meta, current)
         run.save_meta = replace(run.save_meta, provenance=last_meta.provenance)  # the finished rounds' training
         log(f"resuming after round {len(rounds)}/{options.steps} from {last}")
     targets = round_targets(options)
@@ -333,6 +336,7 @@ def _prune_round(run: _Run, current: nn.Module, k: int, target: float, baseline:
     shrink = prune_to_macs(current, round(target * baseline["macs"]), criterion=options.importance, input_size=run.input_size,
                            global_pruning=options.global_pruning, round_to=options.round_to)
     current.zero_grad(set_to_none=True)
+    run.kept = kept_after(run.kept, current, shrink.model)  # before fine-tuning moves the parameters
     current = shrink.model.eval()
     record: dict[str, Any] = {"round": k + 1, "target_macs_rel": target, "channel_ratio": shrink.channel_ratio}
     if data is not None:
@@ -350,7 +354,7 @@ def _prune_round(run: _Run, current: nn.Module, k: int, target: float, baseline:
     record["session"] = run.session
     record["seconds"] = round(time.perf_counter() - t0, 1)
     name = f"round_{k + 1:02d}.pt"
-    widths = PrunedWidths.of(current, round=k + 1, criterion=options.importance, macs=cost.macs, baseline_macs=baseline["macs"],
+    widths = PrunedWidths.of(current, run.kept, round=k + 1, criterion=options.importance, macs=cost.macs, baseline_macs=baseline["macs"],
                              input_size=run.input_size)
     save_checkpoint(run.out / name, current, run.save_meta.with_change(widths), options=options.to_dict())
     record["checkpoint"] = name
@@ -373,7 +377,7 @@ def _finish(run: _Run, model: nn.Module, current: nn.Module, meta: ModelMeta, st
     _remeasure_round_robin(run, model, baseline, rounds)
     final = out / FINAL_CHECKPOINT
     if rounds[-1]["session"] == run.session or not final.exists():
-        widths = PrunedWidths.of(current, round=len(rounds), criterion=options.importance, macs=rounds[-1]["macs"],
+        widths = PrunedWidths.of(current, run.kept, round=len(rounds), criterion=options.importance, macs=rounds[-1]["macs"],
                                  baseline_macs=baseline["macs"], input_size=run.input_size)
         save_checkpoint(final, current, run.save_meta.with_change(widths), options=options.to_dict())
     write_json(out / STATE_FILE, state)

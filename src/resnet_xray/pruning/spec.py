@@ -124,11 +124,13 @@ class PrunedWidths(Change):
     kind = "pruned_widths"
     layers: dict[str, dict[str, Any]]  # {module name: {"kind": "conv"|"bn"|"fc", widths...}}
     info: dict[str, Any] = field(default_factory=dict)  # provenance: round, criterion, MACs kept
+    # {BatchNorm name: indices of the unpruned arch's channels it keeps} (pruning.kept); {}: not recorded
+    kept: dict[str, list[int]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, model: nn.Module, **info: Any) -> PrunedWidths:
+    def of(cls, model: nn.Module, kept: dict[str, list[int]] | None = None, **info: Any) -> PrunedWidths:
         spec = pruned_spec(model, **info)
-        return cls(spec["layers"], spec["info"])
+        return cls(spec["layers"], spec["info"], dict(kept or {}))
 
     @classmethod
     def from_spec(cls, spec: Any) -> PrunedWidths:
@@ -154,6 +156,18 @@ class PrunedWidths(Change):
             for k in wanted[w["kind"]] + (("groups",) if "groups" in w else ()):
                 if type(w.get(k)) is not int or w[k] < 1:
                     raise SpecError(f"layers[{name!r}].{k} must be an int >= 1, found {w.get(k)!r}")
+        self._check_kept()
+
+    def _check_kept(self) -> None:
+        if not isinstance(self.kept, dict):
+            raise SpecError("kept must be a dict of {BatchNorm name: channel indices}")
+        for name, idx in self.kept.items():
+            w = self.layers.get(name)
+            if not isinstance(w, dict) or w.get("kind") != "bn":
+                raise SpecError(f"kept[{name!r}] names no BatchNorm of layers")
+            ok = isinstance(idx, list) and len(idx) == w["num_features"] and all(type(i) is int for i in idx)
+            if not ok or idx[0] < 0 or any(a >= b for a, b in zip(idx, idx[1:])):
+                raise SpecError(f"kept[{name!r}] must be {w['num_features']} increasing channel indices >= 0")
 
     def apply(self, model: nn.Module) -> nn.Module:
         return apply_pruned_spec(model, self.as_spec())

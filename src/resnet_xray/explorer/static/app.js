@@ -354,6 +354,27 @@ async function showCompare() {
       el("thead", {}, el("tr", {}, ...["layer", "max |Δ|", "relative", "cosine"].map((h) => el("th", {}, h)))), el("tbody", {}, ...trs))));
   }
   $("compare-layers").replaceChildren(...parts);
+  $("compare-pruned").replaceChildren(...d.models.filter((m) => m.pruned).flatMap(prunedParts));
+}
+
+// A pruned model's channels per layer, as indices into the unpruned arch: how many it kept, and which it removed.
+function prunedParts(m) {
+  const P = m.pruned;
+  const parts = [el("h3", {}, `model ${m.key}: channels kept by pruning, numbered as in the unpruned ${m.arch}`)];
+  if (P.note) parts.push(el("p", { class: "hint" }, P.note));
+  const removed = (x) => {
+    if (!x.removed || !x.removed.length) return x.note || x.summary;
+    const all = el("div", {}, x.removed.join(", "));
+    all.style.whiteSpace = "normal";
+    all.style.textAlign = "left";
+    return el("details", {}, el("summary", {}, x.summary), all);
+  };
+  const trs = P.layers.map((x) => el("tr", { dataset: { layer: x.name } },
+    el("td", {}, x.conv ? `${x.conv} → ${x.name}` : x.name), el("td", {}, `${x.kept} of ${x.width}`), el("td", { class: "removed" }, removed(x))));
+  parts.push(el("div", { class: "table-wrap" }, el("table", { class: "pruned-channels" },
+    el("thead", {}, el("tr", {}, ...["conv → BatchNorm", "channels kept", "removed (click for all)"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, ...trs))));
+  return parts;
 }
 
 async function showDrift() {
