@@ -29,7 +29,7 @@ from resnet_xray.deploy.timing import time_callable
 from resnet_xray.deploy.onnx import ExportOptions, export_onnx, ort_session
 from resnet_xray.deploy.quantize import QuantizeOptions, quantize_onnx
 from resnet_xray.model import load_model
-from resnet_xray.deploy.optimize import prune_with_ort as prune
+from resnet_xray.deploy.search import prune_with_ort as prune
 from resnet_xray.pruning.commands import prune_flags
 from resnet_xray.pruning.loop import loader_options
 from resnet_xray.train.data import make_loaders

@@ -49,7 +49,7 @@ def test_optimize_end_to_end_with_pruning_then_resume(task, tmp_path, capsys) ->
     pruned = [c for c in res.candidates if c.pruned]
     assert all(0.3 < c.macs_rel < 0.7 for c in pruned)
     # optimize ranks channels by gradients on its data unless told otherwise
-    assert json.loads((out / "prune" / "prune_options.json").read_text())["options"]["importance"] == "taylor"
+    assert json.loads((out / "prune" / "macs_0.50" / "prune_options.json").read_text())["options"]["importance"] == "taylor"
     assert_winner_follows_the_rule(res)
     assert_only_the_winner_is_published(res, out)
     report = json.loads((out / "optimize.json").read_text())

@@ -323,6 +323,7 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
         if opts.target_macs is not None or opts.search:
             steps, deepest = search_depth(run, model, meta, size)
             if deepest is not None:
+                _forget_other_pruned(run, next(s.checkpoint for s in reversed(steps) if s.within_budget))
                 variants.append(("pruned ", *deepest))
             else:
                 log(f"optimize: no pruned model within {opts.max_drop} points; only the unpruned model goes on to INT8")
@@ -336,6 +337,14 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
         if opts.objective == "throughput":
             _throughput(run, cands, runners, size)
     return _finish(run, cands, val.base_acc, meta, tsize, time.perf_counter() - t_start, steps)
+
+
+def _forget_other_pruned(run: _Run, checkpoint: str) -> None:
+    """A resumed run whose search picks another depth than before exports and quantises that model anew."""
+    if run.done("pruned_from") != checkpoint:
+        for key in [k for k in run.state["done"] if k.startswith(_tag("pruned ") + ".")]:
+            del run.state["done"][key]
+        run.mark("pruned_from", checkpoint)
 
 
 def _checkpoint(checkpoint: str, input_size: int | None) -> tuple[Any, Any]:

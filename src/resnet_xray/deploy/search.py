@@ -59,7 +59,8 @@ def search_depth(run: Any, model: torch.nn.Module, meta: Any, size: int) -> tupl
     run.stage(f"prune down {', '.join(f'{r:.0%}' for r in ladder)} of the MACs by {opts.importance} importance, "
               f"{opts.finetune_epochs} fine-tuning epoch(s) a round{', distilled from the unpruned model' if opts.distill else ''}; "
               f"stop at the first share that loses more than {opts.max_drop} points")
-    steps = [Step(**s) for s in (run.done("search") or [])]
+    # a resumed run judges the finished shares by today's budget: a tighter one stops earlier, a looser one goes on
+    steps = [Step(**{**s, "within_budget": s["drop_points"] <= opts.max_drop + 1e-9}) for s in (run.done("search") or [])]
     first = _prune_options(opts, ladder[0], opts.prune_steps, size, run.out / "prune" / _folder(ladder[0]))
     # one recipe for every step: the checkpoint's own (a pruned step's checkpoint records pruning options, not training)
     trainer = default_trainer(first, meta.arch, training_recipe(meta.options), teacher=model if opts.distill else None)
@@ -90,7 +91,7 @@ def search_depth(run: Any, model: torch.nn.Module, meta: Any, size: int) -> tupl
         if not steps[i].within_budget:
             break
         best = (current.eval(), cur_rel)
-    return steps, best
+    return steps[: i + 1], best
 
 
 def _folder(ratio: float) -> str:
@@ -104,7 +105,8 @@ def _prune_options(opts: Any, target: float, rounds: int, size: int, out: Path) 
 
 
 def _said(s: Step) -> str:
-    return (f"{s.macs_rel:.1%} of the MACs, accuracy {s.accuracy:.1%} ({s.drop_points:+.2f} points lost), "
+    change = f"{s.drop_points:.2f} points lost" if s.drop_points > 0 else f"{-s.drop_points:.2f} points gained"
+    return (f"{s.macs_rel:.1%} of the MACs, accuracy {s.accuracy:.1%} ({change}), "
             f"{'within' if s.within_budget else 'over'} budget, {s.seconds:.0f} s")
 
 
