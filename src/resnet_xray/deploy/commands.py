@@ -22,7 +22,7 @@ from ..units import pct, si
 def export_flags() -> Flags:
     from .onnx import ExportOptions
 
-    return Flags(ExportOptions, ("opset", "dynamic_batch", "exporter"), choices={"exporter": ("dynamo", "torchscript")})
+    return Flags(ExportOptions, ("opset", "dynamic_batch", "exporter", "cam_output"), choices={"exporter": ("dynamo", "torchscript")})
 
 
 def quantize_flags() -> Flags:

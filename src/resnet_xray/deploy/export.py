@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import XrayError
 from ..locks import file_lock
 from ..model import LoadedModel
 from ..provenance import WeightsInfo
@@ -46,6 +47,8 @@ class ExportResult:
 def export_model(m: LoadedModel, output: str | os.PathLike, opts: ExportOptions, check: list[str | os.PathLike],
                  tensorrt: str | None = None, calib: str | os.PathLike | None = None) -> ExportResult:
     """Export ``m`` to ``output`` under its lock; each file is checked before it replaces an earlier one."""
+    if tensorrt and opts.cam_output:  # the engine runner binds one output
+        raise XrayError("--cam-output: not with --tensorrt; build the engine from an export without the cam output")
     try:
         with file_lock(output, "-o"):
             path, rep, rep_ov = export_checked(m.module, output, opts, m.meta, check)

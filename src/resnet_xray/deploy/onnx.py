@@ -26,7 +26,7 @@ from ..atomic import StagedFiles, atomic_path, check_writable, write_json
 from ..compare import Equivalence, Tolerance, compare
 from ..errors import XrayError
 from ..image import Preprocessing, bundled_cat, load_batch
-from ..interface import ClassLogits, class_logits
+from ..interface import ClassLogits, class_logits, forward_features, forward_head, get_classifier
 from ..options import OptionError, batch_fits, check_declared_side, image_side, one_of, option
 from ..provenance import sidecar_fields
 from .artefact import check_preprocessing, merge_meta, onnx_embedded, read_sidecar, set_onnx_embedded, sidecar_path
@@ -34,6 +34,7 @@ from .openvino import inspect_ir, openvino_runner, write_ir
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+CAM_NAME = "cam"  # the second output of an export with cam_output
 # The dynamo exporter translates at opset 18 and cannot reliably convert down (it silently keeps 18);
 # the TorchScript route writes 9 and up; ONNX Runtime reads up to onnx's own newest.
 MIN_OPSET = {"dynamo": 18, "torchscript": 9}
@@ -47,6 +48,8 @@ class ExportOptions:
     input_size: int | None = option(None, "square side; None: the crop size of the model's preprocessing")
     batch: int = option(1, "the example batch size (and the fixed one without dynamic_batch)")
     openvino: bool = option(False, "also write OpenVINO IR (model.xml + model.bin) beside the .onnx")
+    cam_output: bool = option(False, "a second output 'cam': each class's activation map, fc's weights over layer4's "
+                                     "output, which explore draws without gradients; the logits stay the first output")
 
     def __post_init__(self) -> None:
         import onnx
@@ -88,8 +91,11 @@ def export_onnx(
         # the file takes size x size, so that is what its sidecar must promise to feed it
         pre = pre.scaled_to(size, f"{pre.source}, scaled to {size} px for export")
     example = torch.zeros(opts.batch, 3, size, size)
-    model, num_classes = _logits_model(model.eval(), example)
+    base = model.eval()
+    model, num_classes = _logits_model(base, example)
     side = _sidecar(opts, size, num_classes, pre, meta)
+    if opts.cam_output:
+        model, side["cam_output"] = _cam_model(base, example, side["input_shape"][0])
     with atomic_path(out) as tmp:
         try:
             _run_exporter(model, example, tmp, opts)
@@ -111,6 +117,50 @@ def _logits_model(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, i
         model = ClassLogits(model)
         probe = class_logits(probe)
     return model, int(probe.shape[1])
+
+
+class WithCam(nn.Module):
+    """The class logits, and beside them each class's activation map: fc's weights over layer4's output.
+
+    That is CAM without gradients: with global average pooling before fc, a map's spatial mean
+    plus fc's bias is the class's logit.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        # the model's layers under their own names, the model itself outside the module tree: the file's
+        # weights and layers are named as without the cam output, not "model.fc" (``layers`` and INT8 repair read them)
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        self.__dict__["net"] = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = forward_features(self.net, x)
+        logits = class_logits(forward_head(self.net, features))
+        # a MatMul, not an Einsum: the dynamo exporter pins an Einsum's batch to the example's
+        maps = torch.matmul(get_classifier(self.net).weight, features.flatten(2))
+        return logits, maps.unflatten(2, features.shape[2:])
+
+
+def _cam_model(model: nn.Module, example: torch.Tensor, batch: int | str) -> tuple[WithCam, dict[str, Any]]:
+    """``model`` with its CAM as a second output, and the sidecar's word on it; refused unless the head is GAP then fc."""
+    cam = WithCam(model).eval()  # a wrapper left in training mode puts the model back in it after a torchscript export
+    x = torch.randn(1, *example.shape[1:], generator=torch.Generator().manual_seed(0))
+    try:
+        fc = get_classifier(model)
+        with torch.inference_mode():
+            logits, maps = cam(x)
+            ref = class_logits(model(x))
+        pooled = maps.mean((2, 3)) + (fc.bias if fc.bias is not None else 0)
+        scale = 1e-4 * max(1.0, float(ref.abs().max()))
+        exact = isinstance(fc, nn.Linear) and torch.allclose(logits, ref, 0, scale) and torch.allclose(pooled, ref, 0, scale)
+    except (AttributeError, RuntimeError, XrayError):  # no layer4, no fc, or shapes that do not meet
+        exact = False
+    if not exact:
+        raise XrayError("--cam-output: this model's logits are not fc over layer4's average-pooled output, so it has no CAM to export")
+    n, h, w = maps.shape[1:]
+    return cam, {"name": CAM_NAME, "shape": [batch, n, h, w], "layer": "layer4",
+                 "map": "cam[c] = sum_k fc.weight[c, k] * layer4[k], no bias: its spatial mean plus fc.bias[c] is logit c"}
 
 
 def _sidecar(opts: ExportOptions, size: int, num_classes: int, pre: Preprocessing, meta: Any) -> dict[str, Any]:
@@ -146,7 +196,8 @@ def _check_and_embed(path: Path, opts: ExportOptions, side: dict[str, Any]) -> N
 
 
 def _run_exporter(model: nn.Module, example: torch.Tensor, path: Path, opts: ExportOptions) -> None:
-    kwargs: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+    outputs = [OUTPUT_NAME, CAM_NAME] if opts.cam_output else [OUTPUT_NAME]
+    kwargs: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=outputs)
     if opts.opset is not None:
         kwargs["opset_version"] = opts.opset
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -158,7 +209,7 @@ def _run_exporter(model: nn.Module, example: torch.Tensor, path: Path, opts: Exp
                 torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, verbose=False, **kwargs)
             else:
                 if opts.dynamic_batch:
-                    kwargs["dynamic_axes"] = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+                    kwargs["dynamic_axes"] = {name: {0: "batch"} for name in (INPUT_NAME, *outputs)}
                 torch.onnx.export(model, (example,), str(path), dynamo=False, **kwargs)
         except (ValueError, TypeError, RuntimeError) as e:
             if opts.opset is not None and "opset" in str(e).lower():
@@ -266,14 +317,15 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, optimize: b
         raise XrayError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:160]})") from None
 
 
-def run_ort(session, x: np.ndarray, fixed_batch: int | None = None) -> np.ndarray:
-    """Run a session on a batch, one image at a time when the model's batch is fixed."""
+def run_ort(session, x: np.ndarray, fixed_batch: int | None = None, output: str | None = None) -> np.ndarray:
+    """Run a session on a batch, one image at a time when the model's batch is fixed; ``output``: by name, else the first."""
     name = session.get_inputs()[0].name
+    fetch = None if output is None else [output]
     if fixed_batch is None or fixed_batch == x.shape[0]:
-        return session.run(None, {name: x})[0]
+        return session.run(fetch, {name: x})[0]
     if fixed_batch != 1:
         raise XrayError(f"the ONNX model has a fixed batch of {fixed_batch}; export with --dynamic-batch or batch 1")
-    return np.concatenate([session.run(None, {name: x[i : i + 1]})[0] for i in range(x.shape[0])])
+    return np.concatenate([session.run(fetch, {name: x[i : i + 1]})[0] for i in range(x.shape[0])])
 
 
 def ort_runner(path: Path, info: OnnxInfo, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
@@ -332,7 +384,19 @@ def check_onnx(
     if got.shape != ref.shape:
         raise XrayError(f"{path}: output shape {tuple(got.shape)} differs from the model's {tuple(ref.shape)}; wrong model?")
     eq = compare(ref, got, tolerance=Tolerance(atol=atol, rtol=rtol), names=("eager", "onnxruntime"))
-    return _check_dict(eq, len(names), skipped)
+    report = _check_dict(eq, len(names), skipped)
+    if CAM_NAME in {o.name for o in sess.get_outputs()}:
+        _check_cam(report, run_ort(sess, x.numpy(), info.fixed_batch, CAM_NAME), model, x, Tolerance(atol=atol, rtol=rtol))
+    return report
+
+
+def _check_cam(report: dict[str, Any], got: np.ndarray, model: nn.Module, x: torch.Tensor, tol: Tolerance) -> None:
+    """Add the cam output's max |diff| from eager's own maps to ``report``; beyond ``tol`` the check fails."""
+    ref = WithCam(model).eval()(x)[1].float().numpy()
+    diff = float(np.abs(got - ref).max())
+    report["cam_max_abs_diff"] = diff
+    if not diff <= tol.atol + tol.rtol * float(np.abs(ref).max()) and report["passed"]:
+        report.update(passed=False, reason=f"cam output max abs diff {diff:.3g} beyond {tol.atol:g} + {tol.rtol:g} x max|cam|")
 
 
 def _check_dict(eq: Equivalence, images: int, skipped: list) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from ..options import at_least, option, thread_count
 from ..provenance import WeightsInfo, described_provenance
 from .artefact import check_preprocessing
 from .data import folder_labels, image_batches, list_images
-from .onnx import inspect_onnx, ort_runner, ort_session, run_ort
+from .onnx import CAM_NAME, inspect_onnx, ort_runner, ort_session, run_ort
 from .openvino import compile_cpu, inspect_ir, openvino_runner, require_openvino
 
 ENGINES = {".onnx": "onnxruntime", ".xml": "openvino"}
@@ -124,6 +124,30 @@ def _open(p: Path, engine: str, flag: str, threads: int | None
     if fixed and fixed > 1:  # the engines refuse any other batch: pad to it
         run = in_batches_of(run, fixed)
     return run, desc, size, n_out, fixed, pre
+
+
+def cam_runner(path: str | os.PathLike, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The file's ``cam`` output (``export --cam-output``) as a NumPy-in, N x classes x h x w-out function; None without one."""
+    p = Path(path)
+    if engine_of(p) == "openvino":
+        model, info = inspect_ir(p)
+        if not any(CAM_NAME in o.get_names() for o in model.outputs):
+            return None
+        fixed = info.input_shape[0] if isinstance(info.input_shape[0], int) else None
+        request = compile_cpu(model, threads, fixed).create_infer_request()
+
+        def run(x: np.ndarray) -> np.ndarray:
+            request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+            return request.get_tensor(CAM_NAME).data.copy()
+    else:
+        fixed = inspect_onnx(p).fixed_batch
+        sess = ort_session(p, threads, spin=False)
+        if CAM_NAME not in {o.name for o in sess.get_outputs()}:
+            return None
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return run_ort(sess, x, fixed, CAM_NAME)
+    return in_batches_of(run, fixed) if fixed else run  # the engines refuse any other batch: chunks of it
 
 
 def _class_count(model: DeployedModel, size: int, described: int, where: str) -> int:

@@ -143,5 +143,12 @@ def normalised_channel_png(x: torch.Tensor, c: int, lim: float) -> bytes:
     return png(colourize(x[0, c].float().numpy(), -lim, lim, KERNEL_CMAP))
 
 
+def cam_heat(cam: np.ndarray, side: int) -> np.ndarray:
+    """A raw h x w class map as Grad-CAM draws its own: negatives cut, scaled to [0, 1], resized to the side x side input."""
+    from pytorch_grad_cam.utils.image import scale_cam_image
+
+    return scale_cam_image(np.maximum(cam, 0)[None], (side, side))[0]
+
+
 def cam_png(rgb: np.ndarray, heat: np.ndarray) -> bytes:
     return png((overlay(rgb, heat) * 255).round().astype(np.uint8))

@@ -238,7 +238,9 @@ def _conv(ws: Workspace, m: int, name: str, c: int):
 
 def _cam_routes(app: FastAPI, ws: Workspace) -> None:
     def cam_of(m: int, p: str, cls: int, layer: str):
-        slot, photo = _torch_slot(ws, m, p)
+        slot, photo = _lookup(ws, m, p)
+        if not ws.has_cam(slot):
+            raise HTTPException(404, f"model {m} is a compiled artefact without a cam output (export it with --cam-output)")
         if not 0 <= cls < len(slot.model.class_names):
             raise HTTPException(404, f"no class {cls}: this model has classes 0..{len(slot.model.class_names) - 1}")
         return slot, photo, ws.cam(slot, photo, cls, layer)
@@ -252,7 +254,7 @@ def _cam_routes(app: FastAPI, ws: Workspace) -> None:
     def cam_png(m: int, p: str, cls: int, layer: str = "layer4") -> Response:
         slot, photo, r = cam_of(m, p, cls, layer)
         rgb = slot.model.meta.preprocessing.denormalize(ws.prepared(slot, photo).x[0])
-        return _png(pictures.cam_png(rgb, r.maps["gradcam"]))
+        return _png(pictures.cam_png(rgb, next(iter(r.maps.values()))))  # one map: Grad-CAM, or an artefact's own CAM
 
     @app.get("/api/p/{p}/compare")
     def compare(p: str) -> dict[str, Any]:

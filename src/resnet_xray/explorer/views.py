@@ -22,6 +22,9 @@ MAX_LISTED_CHANNELS = 512  # channel strengths listed for one op (layer4 has 204
 SHOWN_REMOVED = 8  # removed channel indices written out in a layer's one-line summary; the doc lists all
 NOT_RECORDED = ("which channels were removed is not recorded in this checkpoint "
                 "(pruned before resnet-xray recorded channel identities)")
+EXPORTED_CAM = "CAM from the exported layer4 output (no gradients)"
+NO_CAM = ("a compiled artefact gives only its logits here: its CAM needs a file exported with "
+          "resnet-xray export --cam-output")
 LAYER_NOT_RECORDED = ("which channels were removed is not recorded for this layer: when it was pruned, its channels "
                       "had identical BatchNorm parameters (as in an untrained model) and could not be told apart")
 
@@ -169,8 +172,9 @@ def labels_doc(slot: Slot, q: str, limit: int = 20) -> list[dict[str, Any]]:
 
 def cam_doc(slot: Slot, photo: Photo, r: CamResult) -> dict[str, Any]:
     which = "predicted" if r.predicted else "requested"
+    how = EXPORTED_CAM if slot.deployed else f"Grad-CAM on {r.layer}"
     return {"model": slot.key, "class_index": r.class_index, "label": r.label, "prob": r.prob, "predicted": r.predicted,
-            "layer": r.layer, "caption": f"Grad-CAM on {r.layer} for #{r.class_index} {r.label} ({which}, p = {format_prob(r.prob)})",
+            "layer": r.layer, "caption": f"{how} for #{r.class_index} {r.label} ({which}, p = {format_prob(r.prob)})",
             "url": f"/api/m/{slot.key}/p/{photo.key}/cam.png?cls={r.class_index}&layer={r.layer}"}
 
 
@@ -232,13 +236,13 @@ def pruned_doc(s: Slot) -> dict[str, Any] | None:
 
 
 def drift_doc(ws: Workspace, photo: Photo, class_index: int | None, layer: str) -> dict[str, Any]:
-    """Each model's Grad-CAM for one class on one photo, side by side (the main model's top-1 by default)."""
+    """Each model's CAM for one class on one photo, side by side (the main model's top-1 by default): Grad-CAM for a
+    PyTorch model, the file's own layer4 CAM for an artefact exported with its cam output."""
     cls = int(ws.run(ws.slots[0], photo).probs.argmax()) if class_index is None else class_index
     out = []
     for s in ws.slots:
-        if s.deployed:
-            out.append({"model": s.key, "note": "a compiled artefact gives only its logits here: its CAM would need "
-                                                "layer4's output as a second output of the file"})
+        if not ws.has_cam(s):
+            out.append({"model": s.key, "note": NO_CAM})
             continue
         out.append(cam_doc(s, photo, ws.cam(s, photo, cls, layer)))
     return {"class_index": cls, "layer": layer, "cams": out}

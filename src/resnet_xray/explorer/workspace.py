@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from ..compare import Equivalence, compare
+from ..deploy.runtime import cam_runner
 from ..deploy.timing import TimingStats, time_models
 from ..dissect import LayerRow, layer_table
 from ..errors import XrayError
@@ -35,8 +36,9 @@ from ..provenance import WeightsInfo
 from ..tracing import Trace, TraceOptions, layer_names, trace_model
 from ..tracing.divergence import LayerComparison, compare_maps
 from ..tracing.gradflow import NetGrad, measure_network
-from ..viz.cam import CAM_STAGES, CamOptions, CamResult, compute_cams
+from ..viz.cam import CAM_STAGES, CamOptions, CamResult, check_class_index, compute_cams
 from .opclock import op_times
+from .pictures import cam_heat
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_PHOTOS = 12  # uploads kept at once (the bundled cat stays); the oldest goes first
@@ -146,6 +148,7 @@ class Workspace:
         self._runs: OrderedDict[tuple[int, str], Run] = OrderedDict()
         self._stats: dict[tuple[int, str], Run] = {}  # statistics-only traces, until the full one replaces them
         self._cams: OrderedDict[tuple, CamResult] = OrderedDict()
+        self._cam_runners: dict[int, Callable[[Any], Any] | None] = {}  # an artefact's cam output, opened on first use
         self._grads: dict[tuple[int, str], NetGrad] = {}
         self._times: dict[int, dict[str, float]] = {}
         self._latency: dict[int, TimingStats] = {}
@@ -283,19 +286,45 @@ class Workspace:
             self._runs.popitem(last=False)
 
     def cam(self, slot: Slot, photo: Photo, class_index: int, layer: str) -> CamResult:
+        """Grad-CAM on ``layer`` for a PyTorch model; an artefact's own layer4 CAM, whatever ``layer``."""
         if layer not in STAGES:
             raise XrayError(f"layer {layer!r}: choose one of {', '.join(STAGES)}")
-        key = (slot.key, photo.key, class_index, layer)
+        key = (slot.key, photo.key, class_index, STAGES[-1] if slot.deployed else layer)
         with self.lock:
             hit = self._cams.get(key)
             if hit is None:
-                x = self.prepared(slot, photo).x
-                opts = CamOptions(class_index=class_index, layer=layer, methods=("gradcam",))
-                hit = compute_cams(slot.model.module, x, slot.model.class_names, opts)
+                if slot.deployed:
+                    hit = self._exported_cam(slot, photo, class_index)
+                else:
+                    x = self.prepared(slot, photo).x
+                    opts = CamOptions(class_index=class_index, layer=layer, methods=("gradcam",))
+                    hit = compute_cams(slot.model.module, x, slot.model.class_names, opts)
                 self._cams[key] = hit
                 while len(self._cams) > 32:
                     self._cams.popitem(last=False)
             return hit
+
+    def has_cam(self, slot: Slot) -> bool:
+        """Every PyTorch model has a CAM; an artefact only when it was exported with its cam output."""
+        if not slot.deployed:
+            return True
+        with self.lock:
+            if slot.key not in self._cam_runners:
+                self._cam_runners[slot.key] = cam_runner(slot.model.module.path)
+            return self._cam_runners[slot.key] is not None
+
+    def _exported_cam(self, slot: Slot, photo: Photo, class_index: int) -> CamResult:
+        """The map the file computes from its own layer4 output, drawn as Grad-CAM draws its own (for an FP32 file, the
+        same map as Grad-CAM on layer4: its weights are fc's over h * w)."""
+        if not self.has_cam(slot):
+            raise XrayError(f"model {slot.key}: {slot.model.module.path} has no cam output; export it with --cam-output")
+        run = self.run(slot, photo)
+        idx = check_class_index(class_index, run.probs.numel())
+        raw = self._cam_runners[slot.key](run.x.numpy())[0, idx]
+        names = slot.model.class_names
+        label = names[idx] if idx < len(names) else f"class_{idx}"
+        heat = cam_heat(raw, run.x.shape[-1])
+        return CamResult(STAGES[-1], idx, label, float(run.probs[idx]), idx == int(run.probs.argmax()), {"cam": heat})
 
     def gradflow(self, slot: Slot, photo: Photo) -> NetGrad:
         """One backward pass from the top-1 class: how each block splits the gradient (shortcut vs residual)."""

@@ -382,7 +382,7 @@ async function showDrift() {
   const cls = state.camClass === null ? "" : `&cls=${state.camClass}`;
   const d = await api(`/api/p/${state.photo}/drift?layer=${layer}${cls}`);
   $("drift").replaceChildren(...d.cams.map((c) => c.url
-    ? el("figure", {}, el("img", { src: c.url, alt: `Grad-CAM of model ${c.model}` }), el("figcaption", {}, `model ${c.model}: ${c.caption}`))
+    ? el("figure", {}, el("img", { src: c.url, alt: `CAM of model ${c.model}` }), el("figcaption", {}, `model ${c.model}: ${c.caption}`))
     : el("figure", {}, el("figcaption", {}, `model ${c.model}: ${c.note}`))));
 }
 
