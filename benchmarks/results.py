@@ -82,8 +82,21 @@ def optimize_rows(rec: dict[str, Any]) -> Iterable[Row]:
     f = rec["figures"]
     drop = (100 * (f["winner_accuracy"] - f["baseline_accuracy"])
             if isinstance(f.get("winner_accuracy"), (int, float)) and isinstance(f.get("baseline_accuracy"), (int, float)) else None)
-    yield [f["winner"] or "none within budget", _ms(f["winner_ms"]), _x(f["winner_vs_peer"]), _x(f["winner_vs_eager"]), _pts(drop),
+    b16 = f.get("batch16_img_s") or {}
+    yield [f["winner"] or "none within budget", _pct(f.get("winner_macs_rel")), _ms(f["winner_ms"]), _x(f["winner_vs_peer"]),
+           _x(f["winner_vs_eager"]), _pts(drop), _x(b16["winner"] / b16["peer"] if b16.get("peer") else None),
            _x(f["unpruned_int8_vs_fp32"]), _pct(f["unpruned_int8_agreement"])]
+
+
+def optimize_search_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    for s in rec["figures"].get("search") or []:
+        yield [_pct(s["macs_ratio"]), _pct(s["macs_rel"]), _pct(s["accuracy"]), _pts(-s["drop_points"]),
+               "yes" if s["distill"] else "no", "within" if s["within_budget"] else "over", _min(s["seconds"] / 60)]
+
+
+def distill_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    for r in rec["figures"]["rows"]:
+        yield [_pct(r["macs_ratio"]), _pct(r["with"]), _pct(r["without"]), _pts(r["gain_points"])]
 
 
 def optimize_candidate_rows(rec: dict[str, Any]) -> Iterable[Row]:
@@ -101,7 +114,7 @@ def prune_rows(rec: dict[str, Any]) -> Iterable[Row]:
 def train_rows(rec: dict[str, Any]) -> Iterable[Row]:
     f = rec["figures"]
     to = f.get("minutes_to", {})
-    precision = "bf16 autocast" if "--amp" in f.get("args", []) else "fp32"
+    precision = f.get("precision") or ("bf16 autocast" if "--amp" in f.get("args", []) else "fp32")
     yield [f"{f['arch']}, {f['epochs']} epochs, {precision}", _min(to.get("0.85")), _min(to.get("0.90")), _pct(f["final_accuracy"]),
            _min(f["minutes"])]
 
@@ -147,8 +160,8 @@ def batch_rows(rec: dict[str, Any]) -> Iterable[Row]:
     yield [f"PyTorch DataLoader + eager FP32, {f['workers']} workers (ratio: `classify --out` / this)", f"{f['pytorch_img_s']:.1f} img/s",
            _x(r["vs_pytorch"]),
            f">= {g['vs_pytorch']:g}x"]
-    yield [f"`classify --out --ray` on this machine, {f['ray_engine']} (ratio: this / `classify --out`)", f"{f['ray_img_s']:.1f} img/s",
-           _x(r["ray_vs_single"]),
+    yield [f"`classify --out --ray` on this machine, {f['ray_engine']}, {f['images']} images, actor start included (ratio: this / "
+           f"`classify --out`)", f"{f['ray_img_s']:.1f} img/s", _x(r["ray_vs_single"]),
            f">= {g['ray_vs_single']:g}x"]
     yield ["peak RSS at 20,000 images / at 2,000", f"{f['rss_20k_kib'] / 1024:.0f} MiB", _x(r["rss_20k_vs_2k"]),
            f"<= {g['rss_20k_vs_2k']:g}x"]
@@ -193,12 +206,18 @@ TABLES: dict[str, Table] = {
                     ("python benchmarks/bench_deploy.py",)),
     "deploy-full": Table(("bench_deploy",), ("path", "batch", "median ms", "IQR ms", "img/s", "vs eager FP32", "GFLOP/s",
                                              "% of FP32 peak"), deploy_full_rows, ("python benchmarks/bench_deploy.py",)),
-    "optimize": Table(("bench_optimize",), ("winner", "ms", "vs unpruned OpenVINO INT8", "vs eager FP32", "accuracy (points)",
-                                            "unpruned INT8 vs best FP32", "INT8 agreement"), optimize_rows,
+    "optimize": Table(("bench_optimize",), ("winner", "MACs", "ms", "vs unpruned OpenVINO INT8", "vs eager FP32", "accuracy (points)",
+                                            "batch 16 vs unpruned OpenVINO INT8", "unpruned INT8 vs best FP32", "INT8 agreement"),
+                      optimize_rows,
                       ("python benchmarks/bench_optimize.py --checkpoint out/reference/resnet50/best.pt --data out/reference/data",)),
     "optimize-candidates": Table(("bench_optimize",), ("candidate", "ms", "accuracy", "agreement with FP32", "status"),
                                  optimize_candidate_rows,
                                  ("python benchmarks/bench_optimize.py --checkpoint out/reference/resnet50/best.pt --data out/reference/data",)),
+    "optimize-search": Table(("bench_optimize",), ("MACs asked", "MACs reached", "accuracy", "change (points)", "distilled", "budget",
+                                                   "time"), optimize_search_rows,
+                             ("python benchmarks/bench_optimize.py --checkpoint out/reference/resnet50/best.pt --data out/reference/data",)),
+    "optimize-distill": Table(("bench_optimize_distill",), ("MACs", "accuracy with distillation", "without", "gain (points)"),
+                              distill_rows, ("python benchmarks/bench_optimize.py --distill-ablation",)),
     "prune": Table(("bench_prune",), ("run", "MACs kept", "accuracy, pruned FP32 (points)", "ORT FP32 pruned vs unpruned",
                                       "pruned ORT INT8 vs unpruned eager", "accuracy, pruned INT8 (points)"), prune_rows,
                    ("python benchmarks/bench_prune.py --weights out/reference/resnet50/best.pt --data out/reference/data",)),

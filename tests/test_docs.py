@@ -369,7 +369,8 @@ def _written_figures(name: str) -> dict:
 
 def test_every_table_renders_records_shaped_as_the_benchmarks_write_them(tmp_path, capsys):
     records, results = _module("records"), _module("results")
-    every = {**FAKE_FIGURES, **{name: _written_figures(name) for name in ("bench_batch", "bench_explore", "bench_layers")}}
+    every = {**FAKE_FIGURES, **{name: _written_figures(name) for name in ("bench_batch", "bench_explore", "bench_layers",
+                                                                                   "bench_optimize", "bench_optimize_distill")}}
     cpu = records.cpu_info(XEON, {})
     for name, figures in every.items():
         records.write_record(name, figures, argv=[f"benchmarks/{name}.py"], results_dir=tmp_path, cpu=cpu)
@@ -398,10 +399,16 @@ def test_bench_optimize_figures_fill_the_optimize_tables(tmp_path, capsys):
     cands = [cand("eager fp32", "eager", "fp32", False, 80.0, path=None), cand("openvino fp32", "openvino", "fp32", False, 40.0),
              cand("openvino int8 (nncf)", "openvino", "int8", False, 20.0),
              cand("pruned openvino int8 (nncf)", "openvino", "int8", True, 10.0, status="winner")]
-    res = SimpleNamespace(candidates=cands, winner=cands[-1], baseline_accuracy=0.995, max_drop=1.0, timing_size=224, seconds=1.0)
+    search = [{"macs_ratio": 0.5, "macs_rel": 0.5, "accuracy": 0.99, "drop_points": 0.5, "distill": True, "within_budget": True,
+               "checkpoint": "prune/macs_0.50/pruned.pt", "seconds": 90.0}]
+    res = SimpleNamespace(candidates=cands, winner=cands[-1], baseline_accuracy=0.995, max_drop=1.0, timing_size=224, seconds=1.0,
+                          search=search)
     figures = bench.optimize_figures(res, "best.pt")
     assert figures["winner_vs_peer"] == 2.0 and figures["winner_vs_eager"] == 8.0 and figures["unpruned_int8_vs_fp32"] == 2.0
     records.write_record("bench_optimize", figures, argv=["benchmarks/bench_optimize.py"], results_dir=tmp_path,
                          cpu=records.cpu_info(EPYC, {}))
     table = results.render("optimize", records.load_records(tmp_path))
-    assert "| AMD EPYC, AVX2 | pruned openvino int8 (nncf) | 10.0 | 2.00x | 8.00x | -0.5 | 2.00x | 100.0% |" in table
+    # no batch-16 figures: optimize_figures leaves them to the benchmark's own timing
+    assert "| AMD EPYC, AVX2 | pruned openvino int8 (nncf) | 50.0% | 10.0 | 2.00x | 8.00x | -0.5 | n/a | 2.00x | 100.0% |" in table
+    search_table = results.render("optimize-search", records.load_records(tmp_path))
+    assert "| AMD EPYC, AVX2 | 50.0% | 50.0% | 99.0% | -0.5 | yes | within | 1.5 min |" in search_table

@@ -87,7 +87,7 @@ def classify_to(model: Any, images: Iterable[str | os.PathLike], out: str | os.P
         raise XrayError(f"no image files found in: {' '.join(map(str, images + ([manifest] if manifest else [])))}")
     ready = run.ready or time.perf_counter()
     return BatchResult(out, run.written, run.errors, pending.already, time.perf_counter() - ready, run.engine, ident,
-                       WeightsInfo.of(meta), ray, ready - t0)
+                       WeightsInfo.of(meta), ray, ready - t0, run.steady_img_s())
 
 
 class _Run:
@@ -98,6 +98,14 @@ class _Run:
         self.written = self.errors = 0
         self.engine = ""
         self.ready: float | None = None  # perf_counter when the engine (or Ray) was ready to classify
+        self.first: tuple[float, int] | None = None  # (perf_counter, records) when the first batch was written
+        self.last = 0.0  # perf_counter of the latest write
+
+    def steady_img_s(self) -> float | None:
+        """Records/s after the first batch: the pace of a long job, without the pipeline's start (None: one batch)."""
+        if self.first is None or self.last <= self.first[0]:
+            return None
+        return (self.written - self.first[1]) / (self.last - self.first[0])
 
     def write(self, paths: list[str], tops: list[list[dict[str, Any]]], errors: list[tuple[str, str]]) -> int:
         recs = [record(p, self.ident, top) for p, top in zip(paths, tops)]
@@ -105,6 +113,8 @@ class _Run:
         self.writer.append(recs)
         self.written += len(recs)
         self.errors += len(errors)
+        self.last = time.perf_counter()
+        self.first = self.first or (self.last, self.written)
         return len(recs)
 
 

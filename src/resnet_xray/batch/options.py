@@ -49,6 +49,9 @@ class BatchResult:
     weights: WeightsInfo
     ray: str | None = None  # the Ray cluster the job ran on (None: this machine)
     setup_s: float = 0.0  # before that: loading the model, reading the output's records, starting the engine or Ray
+    # records/s after the first batch was written: what a long job runs at once its pipeline is full
+    # (Ray's includes starting the actors in the first batch; None: a single batch)
+    steady_img_s: float | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -57,5 +60,5 @@ class BatchResult:
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "written": self.written, "errors": self.errors, "already": self.already,
                 "seconds": round(self.seconds, 3), "setup_s": round(self.setup_s, 3), "images_per_s": round(self.images_per_s, 2),
-                "engine": self.engine,
+                "steady_img_s": None if self.steady_img_s is None else round(self.steady_img_s, 2), "engine": self.engine,
                 "model": self.model, "ray": self.ray, "weights": self.weights.to_dict()}
