@@ -116,7 +116,8 @@ def reference_run(data: str, out: str, arch: str, epochs: int, extra: list[str])
     with open(Path(out, "metrics.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     best = max(max(float(r["val_accuracy"]), float(r.get("ema_val_accuracy") or 0)) for r in rows)
-    final = json.loads(Path(out, "summary.json").read_text())["final"]["accuracy"]
+    summary = json.loads(Path(out, "summary.json").read_text())
+    final = summary["final"]["accuracy"]
     print(f"\nreference run: {arch}, {epochs} epochs, {torch.get_num_threads()} threads, {cpu_line()}: final {final:.1%}, "
           f"best {best:.1%} (best.pt), {minutes:.1f} min wall")
     print("\n".join(goal_lines(reached, cpu_kind())))
@@ -124,6 +125,7 @@ def reference_run(data: str, out: str, arch: str, epochs: int, extra: list[str])
 
     write_record("bench_train_reference", {
         "arch": arch, "epochs": epochs, "args": extra, "threads": torch.get_num_threads(),
+        "precision": summary.get("precision"),  # what ran: --amp falls back to fp32 where the CPU has no fast bf16
         "final_accuracy": final, "best_accuracy": best, "minutes": minutes,
         "minutes_to": {f"{goal:.2f}": reached.get(goal) for goal, _, _ in GOALS},
         "epoch_accuracy": [float(r["val_accuracy"]) for r in rows],
