@@ -109,3 +109,18 @@ def test_int8_that_fails_its_check_is_a_failed_row_not_a_crash(monkeypatch) -> N
     assert res.agreement["passed"] is False
     assert any(n.startswith("ORT/OpenVINO INT8 rows not timed") for n in res.notes)
     assert "failed" in res.table()
+
+
+def test_a_kept_work_dir_never_times_an_earlier_models_nncf_file(tmp_path) -> None:
+    # the NNCF IR was reused from --work-dir whenever it existed: a 1000-class random model's file was then
+    # timed (and compared) for a 10-class checkpoint
+    paths = ("eager fp32", "ort fp32", "openvino int8 (nncf)")
+    for classes in (6, 4):
+        torch.manual_seed(0)
+        model = build_model("resnet18", num_classes=classes).eval()
+        meta = ModelMeta("resnet18", "random", [str(i) for i in range(classes)], Preprocessing(resize=72, crop=64), False)
+        opts = BenchOptions(threads=1, warmup=1, repeats=2, min_time_s=0.0, compile=False, calib_images=4, paths=paths,
+                            progress=False, work_dir=str(tmp_path / "work"))
+        res = run_bench(model, meta, opts)
+        nncf = next(r for r in res.rows if r.path == "openvino int8 (nncf)")
+        assert nncf.status == "ok" and nncf.check["images"] >= 1, (classes, nncf.note)

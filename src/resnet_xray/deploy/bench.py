@@ -270,6 +270,7 @@ class _Bench:
         self.pre = meta.preprocessing.scaled_to(size)
         self.pending: list[tuple[BenchRow, Callable[[], Any], bool]] = []
         self.ov_files: dict[str, Path] = {}  # OpenVINO rows' model files, timed again in throughput mode
+        self.nncf_xml: Path | None = None  # made once per run, for every batch size
 
     def wanted(self, name: str) -> bool:
         return self.opts.paths is None or name in self.opts.paths
@@ -513,11 +514,15 @@ class _Bench:
         if self.onnx_fp32 is None:
             raise _Skip("no ONNX model")
         xml = self.work / "model.int8_nncf.xml"
-        if not xml.exists():
+        # never an earlier run's file: a --work-dir kept from another model gave that model's logits
+        if self.nncf_xml is None:
             fp32_xml = write_ir(self.onnx_fp32, self.work / "model.fp32.xml", inspect_onnx(self.onnx_fp32).sidecar)
-            files = list_images(self.opts.calib_dir or self.work / "calib", "--calib")[:64]
+            # the same images as ORT's INT8; made here when no ORT INT8 row asked for them
+            calib_dir = self.opts.calib_dir or calibration_crops(self.work / "calib", self.opts.calib_images, self.size)
+            files = list_images(calib_dir, "--calib")[:64]
             calib = [a for _, a in image_batches(files, self.pre, 1, [], "calibrate nncf", False)]
             quantize_nncf(fp32_xml, calib, xml)
+            self.nncf_xml = xml
         return xml
 
     def _cuda_rows(self, b: int) -> None:
