@@ -275,3 +275,52 @@ def test_the_agreement_target_is_strict_where_int8_repairs_itself() -> None:
     assert QuantizeOptions().min_agreement == 0.995  # ONNX Runtime INT8 repairs itself towards it
     assert QuantizeOptions(engine="openvino").min_agreement == 0.9  # NNCF's route has no repair yet
     assert QuantizeOptions(engine="openvino", min_agreement=0.99).min_agreement == 0.99
+
+
+def test_a_capped_calibration_set_spans_every_class_folder(tmp_path) -> None:
+    # the first N of a sorted ImageFolder listing are one class; calibration capped so saw one class only
+    from resnet_xray.deploy.data import list_images, spread
+
+    for c in ("a", "b", "c"):
+        (tmp_path / c).mkdir()
+        for i in range(10):
+            Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(tmp_path / c / f"{i}.png")
+    files = list_images(tmp_path, "--calib")
+    picked = spread(files, 6)
+    assert len(picked) == 6 and {p.parent.name for p in picked} == {"a", "b", "c"}
+    assert spread(files, None) == files and spread(files, 100) == files
+    assert QuantizeOptions().max_calib_images == 256
+
+
+def test_chunked_calibration_sees_every_batch_once_and_keeps_histograms_bounded() -> None:
+    # a spike in a late chunk used to grow ORT's histogram to ~130,000 bins and the entropy search ran for hours
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from resnet_xray.deploy.qdq import _Chunks, _coarsen
+
+    class Reader:
+        def __init__(self):
+            self.items = iter(range(37))
+
+        def get_next(self):
+            return next(self.items, None)
+
+    chunks, seen = _Chunks(Reader(), 16), []
+    while chunks.more():
+        seen.append([])
+        while (item := chunks.get_next()) is not None:
+            seen[-1].append(item)
+    assert [len(c) for c in seen] == [16, 16, 5] and sum(seen, []) == list(range(37))
+
+    rng = np.random.default_rng(0)
+    collector = HistogramCollector(method="entropy", symmetric=False, num_bins=2048, num_quantized_bins=128,
+                                   percentile=99.99, scenario="same")
+    for i in range(4):
+        x = rng.normal(size=5000).astype(np.float32)
+        x[0] = 500.0 if i == 2 else x[0]
+        collector.collect({"t": [x]})
+        _coarsen(collector)
+    hist, edges, lo, hi, threshold = collector.histogram_dict["t"]
+    assert 2048 <= len(hist) <= 4096 and len(edges) == len(hist) + 1
+    assert hist.sum() == 20000 and edges[-1] == threshold >= 500.0 and edges[0] == -edges[-1]
+    assert 0 in edges  # zero stays a bin edge, as ORT's entropy search expects

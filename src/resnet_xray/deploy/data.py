@@ -30,6 +30,13 @@ def list_images(folder: str | os.PathLike, flag: str) -> list[Path]:
     return files
 
 
+def spread(files: list[Path], n: int | None) -> list[Path]:
+    """At most ``n`` of ``files``, evenly spaced: a sorted ImageFolder listing's first ``n`` would be one class."""
+    if not n or len(files) <= n:
+        return files
+    return files[:: max(1, len(files) // n)][:n]
+
+
 def split_holdout(files: list[Path], every: int) -> tuple[list[Path], list[Path]]:
     """(calibration, held-out): every ``every``-th file is held out, deterministically."""
     if every < 2 or len(files) < every:

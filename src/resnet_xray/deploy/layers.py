@@ -28,7 +28,7 @@ from ..options import at_least, image_side, one_of, option, thread_count
 from ..provenance import WeightsInfo
 from ..units import si, table
 from .bench import machine_info
-from .data import image_batches, list_images
+from .data import image_batches, list_images, spread
 from .graphmap import OTHER, LayerGroups, fx_nodes, group_nodes, openvino_nodes, openvino_op, tag_onnx, tag_openvino
 from .layerchart import save_layers_chart
 from .onnx import TIMING_EXPORTER, ExportOptions, export_onnx, inspect_onnx
@@ -366,7 +366,7 @@ def _image_files(opts: LayersOptions) -> list[Path]:
     if not opts.images:
         return [bundled_cat()]
     every = list_images(opts.images, "--images")
-    return every[:: max(1, len(every) // opts.max_images)][: opts.max_images]
+    return spread(every, opts.max_images)
 
 
 def _images(opts: LayersOptions, pre: Preprocessing) -> tuple[list[np.ndarray], list[Skipped]]:

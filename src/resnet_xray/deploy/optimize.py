@@ -43,7 +43,7 @@ from ..units import pct, table
 from .artefact import sidecar_path
 from .bench import machine_info
 from .charts import pareto_front, save_optimize_chart
-from .data import image_batches, list_images
+from .data import image_batches, list_images, spread
 from .fuse import fuse_model
 from .onnx import ExportOptions, export_onnx, inspect_onnx
 from .openvino import qdq_to_ir, quantize_nncf
@@ -425,8 +425,7 @@ def _calibration_files(opts: OptimizeOptions) -> list[Path]:
     root = Path(opts.data)
     root = root / "train" if (root / "train").is_dir() else root
     files = list_images(root, "--data")
-    step = max(1, len(files) // opts.calib_images)
-    return files[::step][: opts.calib_images]  # spread over every class folder
+    return spread(files, opts.calib_images)
 
 
 def _logits(m: Any, xs: list[torch.Tensor]) -> np.ndarray:
