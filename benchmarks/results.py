@@ -99,6 +99,18 @@ def distill_rows(rec: dict[str, Any]) -> Iterable[Row]:
         yield [_pct(r["macs_ratio"]), _pct(r["with"]), _pct(r["without"]), _pts(r["gain_points"])]
 
 
+def int8_time_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    rows = rec["figures"]["rows"]
+    base = rows[0]["end_to_end_ms"]
+    for r in rows:
+        share = r["share"]
+        pools = share.get("maxpool", 0) + share.get("avgpool", 0)
+        kernels = ", ".join(f"{k} {v:.0%}" for k, v in list(r["kernel_share"].items())[:2])
+        yield [r["label"], _pct(r["macs_share"]), _ms(r["end_to_end_ms"]), _x(base / r["end_to_end_ms"]),
+               f"{r['conv_gmac_s']:.0f}", _pct(share.get("conv")), _pct(share.get("fc", 0)), _pct(pools),
+               _pct(share.get("other", 0)), kernels]
+
+
 def optimize_candidate_rows(rec: dict[str, Any]) -> Iterable[Row]:
     for c in rec["figures"]["candidates"]:
         yield [c["name"], _ms(c["latency_ms"]), _pct(c["accuracy"]), _pct(c["agreement"]), c["status"]]
@@ -218,6 +230,8 @@ TABLES: dict[str, Table] = {
                              ("python benchmarks/bench_optimize.py --checkpoint out/reference/resnet50/best.pt --data out/reference/data",)),
     "optimize-distill": Table(("bench_optimize_distill",), ("MACs", "accuracy with distillation", "without", "gain (points)"),
                               distill_rows, ("python benchmarks/bench_optimize.py --distill-ablation",)),
+    "int8-time": Table(("bench_int8_time",), ("model", "MACs", "ms", "vs unpruned", "conv GMAC/s", "conv", "fc", "pooling",
+                                              "other", "top kernels"), int8_time_rows, ("python benchmarks/bench_int8_time.py",)),
     "prune": Table(("bench_prune",), ("run", "MACs kept", "accuracy, pruned FP32 (points)", "ORT FP32 pruned vs unpruned",
                                       "pruned ORT INT8 vs unpruned eager", "accuracy, pruned INT8 (points)"), prune_rows,
                    ("python benchmarks/bench_prune.py --weights out/reference/resnet50/best.pt --data out/reference/data",)),
