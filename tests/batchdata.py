@@ -22,7 +22,7 @@ def small_checkpoint(path: Path, seed: int = 0) -> Path:
     _, meta = load_model("resnet18", "random", seed=seed, progress=False)
     model = reset_classifier(build_model("resnet18"), 5).eval()
     meta = replace(meta.with_change(ReplacedClassifier(5)), class_names=[f"c{i}" for i in range(5)],
-                   preprocessing=meta.preprocessing.scaled_to(32, "seed pipeline at 32 px"))
+                   preprocessing=meta.preprocessing.scaled_to(32, "ImageNet pipeline at 32 px"))
     return save_checkpoint(path, model, meta)
 
 

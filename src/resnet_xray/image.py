@@ -51,14 +51,14 @@ MAX_RESIZE_ASPECT = 4.0
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Resize (shorter side), centre-crop, to tensor, normalise: the seed's pipeline by default."""
+    """Resize (shorter side), centre-crop, to tensor, normalise: torchvision's ImageNet evaluation pipeline by default."""
 
     resize: int = 256
     crop: int = 224
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
-    source: str = "seed pipeline (Resize 256, CenterCrop 224, ImageNet mean/std)"
+    source: str = "ImageNet pipeline (Resize 256, CenterCrop 224, ImageNet mean/std)"
 
     @classmethod
     def seed(cls) -> Preprocessing:

@@ -544,7 +544,7 @@ def weights_info(weights: Any, arch: str | None = None, *, seed: int = 0) -> Wei
     what); saying ``trained`` without looking is what made a random-init file pass for a trained one.
     """
     if weights is None:
-        return WeightsInfo.none("no weights: only the seed pipeline's preprocessing was applied")
+        return WeightsInfo.none("no weights: only the ImageNet pipeline's preprocessing was applied")
     if str(weights) == "random":
         return WeightsInfo.random(f"random (seed {seed})")
     if str(weights) in WEIGHT_ALIASES:  # known without loading (and without the network)

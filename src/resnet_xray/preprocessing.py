@@ -18,7 +18,7 @@ from .provenance import WeightsInfo
 @dataclass
 class PreprocessOptions:
     output: str | Path | None = option(None, "PNG of the de-normalised crop")
-    weights: str | None = option(None, "use these weights' declared transforms (default: the seed pipeline)")
+    weights: str | None = option(None, "use these weights' declared transforms (default: the ImageNet pipeline: resize 256, crop 224)")
     arch: str | None = option(None, "arch for --weights imagenet* (default: resnet50)")
 
 

@@ -243,9 +243,9 @@ class OnnxInfo:
         pre = self.sidecar.get("preprocessing")
         if pre:
             return check_preprocessing(pre, str(sidecar_path(self.path)), self.image_size)
-        # No sidecar: the seed pipeline, cropped to whatever the model takes.
+        # No sidecar: the ImageNet pipeline, cropped to whatever the model takes.
         size = self.image_size
-        return Preprocessing.seed().scaled_to(size, f"seed pipeline scaled to {size} px (no sidecar found)")
+        return Preprocessing.seed().scaled_to(size, f"ImageNet pipeline scaled to {size} px (no sidecar found)")
 
     @property
     def class_names(self) -> list[str] | None:

@@ -116,7 +116,7 @@ def _open(p: Path, engine: str, flag: str, threads: int | None
         _, ir = inspect_ir(p, flag)
         desc, size, n_out, declared = ir.meta, ir.image_size, ir.num_classes, ir.input_shape[0]
         pre = (check_preprocessing(desc["preprocessing"], f"{flag} {p}", size) if desc.get("preprocessing")
-               else Preprocessing.seed().scaled_to(size, f"seed pipeline scaled to {size} px (no description found)"))
+               else Preprocessing.seed().scaled_to(size, f"ImageNet pipeline scaled to {size} px (no description found)"))
     if isinstance(declared, int) and declared < 1:
         raise XrayError(f"{flag} {p}: declares a batch of {declared} images; export it with a batch of 1 or --dynamic-batch")
     fixed = declared if isinstance(declared, int) else None

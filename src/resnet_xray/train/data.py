@@ -397,7 +397,7 @@ def preprocessing_for(data_dir: str | Path, image_size: int | None, *, whole: bo
     if size == 224:
         return Preprocessing.seed()
     resize = round(size * 256 / 224)
-    return Preprocessing(resize=resize, crop=size, source=f"seed pipeline scaled (Resize {resize}, CenterCrop {size}, ImageNet mean/std)")
+    return Preprocessing(resize=resize, crop=size, source=f"ImageNet pipeline scaled (Resize {resize}, CenterCrop {size}, ImageNet mean/std)")
 
 
 def make_loaders(
