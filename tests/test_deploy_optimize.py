@@ -55,6 +55,13 @@ def test_optimize_end_to_end_with_pruning_then_resume(task, tmp_path, capsys) ->
     report = json.loads((out / "optimize.json").read_text())
     assert report["winner"] == res.winner.name and len(report["candidates"]) == len(res.candidates)
     assert report == json.loads(json.dumps(res.to_dict()))
+    # every ORT INT8 file went through the repair towards 0.995 agreement with its FP32 parent, and the QDQ IR with it
+    for prefix in ("", "pruned "):
+        rows = {c["name"]: c for c in report["candidates"] if c["name"] in (prefix + "ort int8", prefix + "openvino int8 (qdq)")}
+        repairs = [r["repair"] for r in rows.values()]
+        assert len(rows) == 2 and repairs[0] == repairs[1] and repairs[0]["target"] == 0.995
+        assert 0.0 <= repairs[0]["agreement"] <= 1.0 and repairs[0]["reached"] == (repairs[0]["agreement"] >= 0.995)
+        assert all(r["kept_float"] == r["repair"]["kept_float"] for r in rows.values())
     assert (out / "latency_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     # the winner is a model classify can run
     assert main(["classify", str(root / "data" / "val"), "--model", str(res.winner_path), "--json"]) == 0

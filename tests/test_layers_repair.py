@@ -63,3 +63,25 @@ def test_without_held_out_images_there_is_no_repair_and_nothing_is_written(outli
         min_agreement=TARGET, holdout_every=0, time_check=False, progress=False))
     assert "repair" not in rep["choices"]  # it would be scored on the images it was chosen on
     assert not rep["passed"] and rep["int8_model"] is None and not out.exists()
+
+
+def test_optimize_route_repairs_from_lists_of_images_and_says_why(outlier, tmp_path) -> None:
+    from resnet_xray.deploy.data import list_images
+    from resnet_xray.deploy.quantize import quantize_from_files
+
+    calib, held = list_images(outlier["data"], "--calib"), list_images(outlier["val"], "--eval")
+    out = tmp_path / "int8.onnx"
+    got = quantize_from_files(outlier["fp32"], calib, held, out, TARGET)
+    assert got["reached"] and got["agreement"] >= TARGET and out.exists()
+    assert got["kept_float"] and set(got["kept_float"]) <= {"layer2.conv1", "layer2.conv2", "layer2.downsample.0"}
+    # why: each kept layer's measured gain in agreement, from the ranking the repair followed
+    assert got["sensitivity"] and all(set(s["layers"]) <= set(got["kept_float"]) for s in got["sensitivity"])
+    assert max(s["gain"] for s in got["sensitivity"]) > 0
+    assert got["chosen_on_images"] == 15  # a control split of the calibration images, never the held-out ones
+
+
+def test_a_model_short_of_the_target_is_written_only_when_asked_and_says_so(outlier, tmp_path) -> None:
+    out = tmp_path / "int8.onnx"
+    rep = quantize_onnx(outlier["fp32"], outlier["data"], out, QuantizeOptions(
+        min_agreement=TARGET, holdout_every=0, time_check=False, progress=False, keep_below_target=True))
+    assert not rep["passed"] and rep["int8_model"] == str(out) and out.exists()

@@ -59,8 +59,8 @@ def layers_flags() -> Flags:
 
 
 OPTIMIZE_FLAGS = ("data", "out", "max_drop", "target_macs", "search", "prune_steps", "finetune_epochs", "importance", "distill", "engines", "calib_images",
-                  "eval_images", "input_size", "timing_size", "threads", "repeats", "objective", "mixed_precision", "batch_size",
-                  "workers", "seed")
+                  "eval_images", "input_size", "timing_size", "threads", "repeats", "objective", "mixed_precision", "min_agreement",
+                  "batch_size", "workers", "seed")
 
 
 def optimize_flags(names: tuple[str, ...] = OPTIMIZE_FLAGS) -> Flags:
@@ -328,6 +328,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         for c in res.candidates:
             if c.fp32_layers:
                 print(f"{c.name}: layers kept in FP32: {', '.join(c.fp32_layers)}")
+            if c.kept_float and c.engine == "onnxruntime":  # the QDQ IR on OpenVINO inherits the same layers
+                print(f"{c.name}: the INT8 repair kept in float: {', '.join(c.kept_float)}")
         for c in res.candidates:
             if c.precision != "fp32" and not c.pruned and c.deployable and c.check and c.check.get("finite") and c.disagreements:
                 print(f"{c.name}: differs from FP32 on {c.check['images'] - round(c.agreement * c.check['images'])} of "

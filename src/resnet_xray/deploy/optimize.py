@@ -17,10 +17,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable
@@ -31,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import StagedFiles, check_writable, earlier_output, refuse_inputs, remove_stale_dirs, write_json
+from ..atomic import StagedFiles, check_writable, earlier_output, refuse_inputs, write_json
 from ..compare import Tolerance, as_logits, compare
 from ..errors import XrayError
 from ..locks import output_lock
@@ -47,7 +45,7 @@ from .data import image_batches, list_images, spread
 from .fuse import fuse_model
 from .onnx import ExportOptions, export_onnx, inspect_onnx
 from .openvino import qdq_to_ir, quantize_nncf
-from .quantize import QuantizeOptions, quantize_onnx
+from .quantize import quantize_from_files
 from .runtime import (THROUGHPUT_BATCH, THROUGHPUT_METHOD, deployed_throughput, images_per_second, labelled_batches,
                       load_deployed, runner_at_size)
 from .search import Step, search_depth
@@ -95,6 +93,8 @@ class OptimizeOptions:
                                        "throughput mode)")
     rounds: int = 5
     mixed_precision: bool = option(True, "try NNCF accuracy control when INT8 loses too much")
+    min_agreement: float = option(0.995, "top-1 agreement with its FP32 parent that ONNX Runtime INT8 repairs itself towards "
+                                         "(chosen on train/ images, scored on val/; 0: no repair)")
     batch_size: int = 32
     workers: int = 0
     resume: bool = option(False, "continue a killed run in OUT (same options)")
@@ -104,6 +104,7 @@ class OptimizeOptions:
 
     def __post_init__(self) -> None:
         within("max_drop", self.max_drop, 0.0, 100.0)  # accuracy points
+        within("min_agreement", self.min_agreement, 0.0, 1.0)
         if self.target_macs is not None:
             within("target_macs", self.target_macs, 0.0, 1.0, open_low=True, open_high=True)  # the share of MACs to keep
         if self.search is not None:
@@ -153,6 +154,8 @@ class Candidate:
     speedup: float | None = None  # vs the eager FP32 checkpoint, same rounds
     throughput_img_s: float | None = None  # images/s in the engine's throughput mode (measured for --objective throughput)
     fp32_layers: list[str] = field(default_factory=list)  # layers mixed precision left in FP32
+    kept_float: list[str] = field(default_factory=list)  # layers ONNX Runtime's INT8 repair left in float (QDQ files)
+    repair: dict[str, Any] | None = None  # that repair's target, agreement reached, and each kept layer's measured gain
     disagreements: list[str] = field(default_factory=list)  # val images whose top-1 differs from the checkpoint's (the first 20)
     status: str = "pending"  # winner | kept | dropped
     reason: str = ""
@@ -397,11 +400,11 @@ def _val_split(run: _Run, model: Any, meta: Any) -> _Val:
 def _candidates(run: _Run, variants: list[tuple[str, Any, float]], meta: Any, val: _Val
                 ) -> tuple[list[Candidate], dict[str, Callable[[np.ndarray], Any]]]:
     """Every candidate of every variant, scored on the val split, and a runner for each."""
-    calib = _calibration_files(run.opts)
+    calib, held = _calibration_files(run.opts), [Path(run.opts.data) / n for n in val.names]
     cands: list[Candidate] = []
     runners: dict[str, Callable[[np.ndarray], Any]] = {}
     for prefix, m, macs_rel in variants:
-        _variant(run, prefix, m, meta, macs_rel, calib, cands, runners)
+        _variant(run, prefix, m, meta, macs_rel, (calib, held), cands, runners)
     _score(cands, runners, val)
     if run.opts.mixed_precision and "openvino" in run.opts.engines:
         _mixed(run, variants, cands, runners, val)
@@ -433,10 +436,10 @@ def _logits(m: Any, xs: list[torch.Tensor]) -> np.ndarray:
         return np.concatenate([as_logits(m(x)) for x in xs])
 
 
-def _variant(run: _Run, prefix: str, model: Any, meta: Any, macs_rel: float, calib: list[Path],
+def _variant(run: _Run, prefix: str, model: Any, meta: Any, macs_rel: float, images: tuple[list[Path], list[Path]],
              cands: list[Candidate], runners: dict[str, Any]) -> None:
     """Eager, fused, FP32 exports and every INT8 route of one model (unpruned or pruned)."""
-    pruned, m = bool(prefix), model.eval()
+    pruned, m, calib = bool(prefix), model.eval(), images[0]
 
     def eager(x: np.ndarray, m=m) -> Any:
         return m(torch.from_numpy(x))
@@ -445,10 +448,14 @@ def _variant(run: _Run, prefix: str, model: Any, meta: Any, macs_rel: float, cal
     cands.append(Candidate(name, "eager", "fp32", pruned, macs_rel, None))
     runners[name] = eager
     onnx_path = _export(run, prefix, m, meta)
-    files = {**_fp32_files(run, prefix, onnx_path), **_int8_files(run, prefix, onnx_path, calib, meta.preprocessing)}
+    files = {**_fp32_files(run, prefix, onnx_path), **_int8_files(run, prefix, onnx_path, images, meta.preprocessing)}
+    repair = run.done(f"{_tag(prefix)}.ort_int8")  # what ORT INT8's repair kept in float; OpenVINO's QDQ IR inherits it
     for name, (engine, precision, path) in files.items():
         dm, _ = load_deployed(path, run.opts.threads)
-        cands.append(Candidate(name, engine, precision, pruned, macs_rel, str(path)))
+        c = Candidate(name, engine, precision, pruned, macs_rel, str(path))
+        if isinstance(repair, dict) and name.endswith(("ort int8", "openvino int8 (qdq)")):
+            c.kept_float, c.repair = list(repair["kept_float"]), repair
+        cands.append(c)
         runners[name] = dm.run
     if "torch" in run.opts.engines:
         run.stage(f"{prefix or 'unpruned '}INT8: PyTorch FX (x86)")
@@ -488,17 +495,20 @@ def _fp32_files(run: _Run, prefix: str, onnx_path: Path) -> Files:
     return files
 
 
-def _int8_files(run: _Run, prefix: str, onnx_path: Path, calib: list[Path], pre: Any) -> Files:
+def _int8_files(run: _Run, prefix: str, onnx_path: Path, images: tuple[list[Path], list[Path]], pre: Any) -> Files:
     """ONNX Runtime's QDQ INT8 of the export, and OpenVINO's two INT8 routes (on that QDQ file, and NNCF's own)."""
     engines, tag = run.opts.engines, _tag(prefix)
     want_ov = "openvino" in engines
     if "ort" not in engines and not want_ov:
         return {}
     run.stage(f"{prefix or 'unpruned '}INT8: ONNX Runtime QDQ" + (", NNCF, OpenVINO on QDQ" if want_ov else ""))
-    ort_int8 = run.work / f"{tag}.int8.onnx"
+    ort_int8, calib = run.work / f"{tag}.int8.onnx", images[0]
     if not run.done(f"{tag}.ort_int8"):
-        _quantize_ort(onnx_path, calib, ort_int8)
-        run.mark(f"{tag}.ort_int8")
+        repair = quantize_from_files(onnx_path, *images, ort_int8, run.opts.min_agreement)
+        if repair["kept_float"] or not repair["reached"]:
+            run.log(f"  ORT INT8 repair: {len(repair['kept_float'])} layer(s) kept in float, agreement "
+                    f"{pct(repair['agreement'])} on val (target {pct(repair['target'])})")
+        run.mark(f"{tag}.ort_int8", repair)
     files: Files = {}
     if "ort" in engines:
         files[f"{prefix}ort int8"] = ("onnxruntime", "int8", ort_int8)
@@ -515,19 +525,6 @@ def _int8_files(run: _Run, prefix: str, onnx_path: Path, calib: list[Path], pre:
         run.mark(f"{tag}.nncf")
     files[f"{prefix}openvino int8 (nncf)"] = ("openvino", "int8", nncf_xml)
     return files
-
-
-def _quantize_ort(fp32: Path, calib: list[Path], out: Path) -> None:
-    """ORT QDQ INT8 through quantize_onnx, on a folder of links to the chosen calibration images."""
-    remove_stale_dirs(out.parent, ".calib-")  # a killed run's links
-    with tempfile.TemporaryDirectory(prefix=f".calib-{os.getpid()}-", dir=out.parent) as tmp:
-        for i, f in enumerate(calib):
-            os.symlink(f.resolve(), Path(tmp) / f"{i:05d}{f.suffix}")
-        # agreement is scored later on the val split, against the checkpoint itself; here only a sanity gate
-        rep = quantize_onnx(fp32, tmp, out, QuantizeOptions(per_channel=True, holdout_every=0, progress=False,
-                                                            time_check=False, min_agreement=0.0))
-    if not rep["passed"]:
-        raise XrayError(f"{fp32}: ONNX Runtime INT8 gave non-finite outputs")
 
 
 def _score(cands: list[Candidate], runners: dict[str, Any], val: _Val) -> None:

@@ -69,6 +69,9 @@ class QuantizeOptions:
                                          "nothing is written and exit 1 (default: 0.995 for ort, 0.9 for openvino)")
     engine: str = option("ort", "ort: ONNX Runtime QDQ .onnx; openvino: NNCF post-training INT8 .xml (often faster on CPUs)")
     time_check: bool = option(True, "time FP32 against INT8 on this CPU")
+    # optimize judges every INT8 model by its own val accuracy against --max-drop, so it keeps a repair that fell
+    # short of min_agreement (and records it as such); only a non-finite model is never written
+    keep_below_target: bool = False
 
     def __post_init__(self) -> None:
         one_of("method", self.method, METHODS)
@@ -227,7 +230,8 @@ def _quantize_locked(fp32_path: str | os.PathLike, calib_dir: str | os.PathLike,
                                      kept_float=repair.chosen.kept_float, repair=repair.to_dict())
         if torch_report:
             report["torch_int8"] = torch_report
-        if not agree["passed"]:
+        finite = all(r.get("check", {}).get("finite", True) for r in agree["paths"].values())
+        if not agree["passed"] and not (opts.keep_below_target and finite):
             report["int8_model"] = None  # a model that fails its check is not written
             return report
         _publish(tmp_out, plan, opts.engine, report)
@@ -236,6 +240,30 @@ def _quantize_locked(fp32_path: str | os.PathLike, calib_dir: str | os.PathLike,
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return report
+
+
+def quantize_from_files(fp32: Path, calib: list[Path], held: list[Path], out: Path, target: float) -> dict[str, Any]:
+    """ORT QDQ INT8 of ``fp32`` from lists of images, repaired towards ``target`` top-1 agreement with it (optimize's route).
+
+    The repair chooses on control images drawn from ``calib`` and is scored on ``held`` (the val images), so no
+    choice sees the images it is judged on. Returns what it kept in float, and each kept layer's measured gain.
+    """
+    remove_stale_dirs(out.parent, ".calib-")  # a killed run's links
+    with tempfile.TemporaryDirectory(prefix=f".calib-{os.getpid()}-", dir=out.parent) as tmp:
+        for sub, files in (("calib", calib), ("held", held)):
+            (Path(tmp) / sub).mkdir()
+            for i, f in enumerate(files):
+                os.symlink(f.resolve(), Path(tmp) / sub / f"{i:05d}{f.suffix}")
+        rep = quantize_onnx(fp32, Path(tmp) / "calib", out, QuantizeOptions(
+            per_channel=True, eval_dir=str(Path(tmp) / "held") if held else None, holdout_every=0, progress=False,
+            time_check=False, min_agreement=target, keep_below_target=True))
+    if rep["int8_model"] is None:
+        raise XrayError(f"{fp32}: ONNX Runtime INT8 gave non-finite outputs")
+    repair, kept = rep["choices"].get("repair") or {}, rep["kept_float"]
+    gains = [s for s in (repair.get("sensitivity") or {}).get("ranking", []) if set(s["layers"]) <= set(kept)]
+    return {"target": target, "reached": rep["passed"], "kept_float": kept, "sensitivity": gains,
+            "agreement": next(r["top1_agreement"] for r in rep["agreement"]["paths"].values() if "check" in r),
+            "chosen_on_images": repair.get("control_images"), "tried": len(repair.get("candidates", []))}
 
 
 def _repair(plan: _Plan, opts: QuantizeOptions, workdir: Path) -> Repair | None:
