@@ -255,7 +255,7 @@ def quantize_from_files(fp32: Path, calib: list[Path], held: list[Path], out: Pa
             for i, f in enumerate(files):
                 os.symlink(f.resolve(), Path(tmp) / sub / f"{i:05d}{f.suffix}")
         rep = quantize_onnx(fp32, Path(tmp) / "calib", out, QuantizeOptions(
-            per_channel=True, eval_dir=str(Path(tmp) / "held") if held else None, holdout_every=0, progress=False,
+            per_channel=True, eval_dir=str(Path(tmp) / "held") if held and target else None, holdout_every=0, progress=False,
             time_check=False, min_agreement=target, keep_below_target=True))
     if rep["int8_model"] is None:
         raise XrayError(f"{fp32}: ONNX Runtime INT8 gave non-finite outputs")
