@@ -111,6 +111,17 @@ def int8_time_rows(rec: dict[str, Any]) -> Iterable[Row]:
                _pct(share.get("other", 0)), kernels]
 
 
+def repair_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    cands = {c["name"]: c for c in rec["figures"]["candidates"]}
+    for c in cands.values():
+        r, fp32 = c.get("repair"), cands.get(c["name"].replace("int8", "fp32"))
+        if not r or not fp32:
+            continue
+        kept = ", ".join(r["kept_float"]) or "none"
+        yield [c["name"], kept, _pct(r["agreement"]), _pct(r["target"]), "yes" if r["reached"] else "no", _ms(c["latency_ms"]),
+               _x(fp32["latency_ms"] / c["latency_ms"] if fp32["latency_ms"] and c["latency_ms"] else None), _pct(c["accuracy"])]
+
+
 def optimize_candidate_rows(rec: dict[str, Any]) -> Iterable[Row]:
     for c in rec["figures"]["candidates"]:
         yield [c["name"], _ms(c["latency_ms"]), _pct(c["accuracy"]), _pct(c["agreement"]), c["status"]]
@@ -232,6 +243,9 @@ TABLES: dict[str, Table] = {
                               distill_rows, ("python benchmarks/bench_optimize.py --distill-ablation",)),
     "int8-time": Table(("bench_int8_time",), ("model", "MACs", "ms", "vs unpruned", "conv GMAC/s", "conv", "fc", "pooling",
                                               "other", "top kernels"), int8_time_rows, ("python benchmarks/bench_int8_time.py",)),
+    "optimize-repair": Table(("bench_optimize_repair",), ("candidate", "kept in float", "agreement with its FP32 (val)", "target",
+                                                         "reached", "ms", "vs same engine FP32", "accuracy"), repair_rows,
+                             ("python benchmarks/bench_optimize.py --min-agreement 0.995 --out out/bench_optimize_repair",)),
     "prune": Table(("bench_prune",), ("run", "MACs kept", "accuracy, pruned FP32 (points)", "ORT FP32 pruned vs unpruned",
                                       "pruned ORT INT8 vs unpruned eager", "accuracy, pruned INT8 (points)"), prune_rows,
                    ("python benchmarks/bench_prune.py --weights out/reference/resnet50/best.pt --data out/reference/data",)),

@@ -369,7 +369,8 @@ def _written_figures(name: str) -> dict:
 
 def test_every_table_renders_records_shaped_as_the_benchmarks_write_them(tmp_path, capsys):
     records, results = _module("records"), _module("results")
-    written = ("bench_batch", "bench_explore", "bench_layers", "bench_optimize", "bench_optimize_distill", "bench_int8_time")
+    written = ("bench_batch", "bench_explore", "bench_layers", "bench_optimize", "bench_optimize_distill", "bench_int8_time",
+               "bench_optimize_repair")
     every = {**FAKE_FIGURES, **{name: _written_figures(name) for name in written}}
     cpu = records.cpu_info(XEON, {})
     for name, figures in every.items():
@@ -402,7 +403,7 @@ def test_bench_optimize_figures_fill_the_optimize_tables(tmp_path, capsys):
     search = [{"macs_ratio": 0.5, "macs_rel": 0.5, "accuracy": 0.99, "drop_points": 0.5, "distill": True, "within_budget": True,
                "checkpoint": "prune/macs_0.50/pruned.pt", "seconds": 90.0}]
     res = SimpleNamespace(candidates=cands, winner=cands[-1], baseline_accuracy=0.995, max_drop=1.0, timing_size=224, seconds=1.0,
-                          search=search)
+                          search=search, options=SimpleNamespace(min_agreement=0.0))
     figures = bench.optimize_figures(res, "best.pt")
     assert figures["winner_vs_peer"] == 2.0 and figures["winner_vs_eager"] == 8.0 and figures["unpruned_int8_vs_fp32"] == 2.0
     records.write_record("bench_optimize", figures, argv=["benchmarks/bench_optimize.py"], results_dir=tmp_path,
