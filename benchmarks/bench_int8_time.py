@@ -38,8 +38,6 @@ from records import write_record  # noqa: E402
 
 def make_models(args: argparse.Namespace, out: Path, calib: Path) -> list[dict[str, Any]]:
     """The unpruned model and one pruned copy per --round-to, each exported and quantized once (reused when present)."""
-    import json as _json
-
     from resnet_xray.deploy.onnx import ExportOptions, export_onnx
     from resnet_xray.deploy.quantize import QuantizeOptions, quantize_onnx
     from resnet_xray.model import load_model
@@ -60,8 +58,8 @@ def make_models(args: argparse.Namespace, out: Path, calib: Path) -> list[dict[s
             m.eval()
             export_onnx(m, fp32, ExportOptions(input_size=args.size, openvino=True), meta)
             quantize_onnx(fp32, calib, int8, QuantizeOptions(min_agreement=0.0, time_check=False, max_calib_images=32))
-            facts.write_text(_json.dumps({"macs": count_macs(m, args.size)}))
-        macs = _json.loads(facts.read_text())["macs"]
+            facts.write_text(json.dumps({"macs": count_macs(m, args.size)}))
+        macs = json.loads(facts.read_text())["macs"]
         made.append({"label": label, "round_to": round_to, "macs": macs, "macs_share": macs / base_macs, "int8": int8})
     return made
 
