@@ -176,7 +176,9 @@ def explore_rows(rec: dict[str, Any]) -> Iterable[Row]:
 def batch_rows(rec: dict[str, Any]) -> Iterable[Row]:
     f = rec["figures"]
     r, g = f["ratios"], f["goals"]
-    yield [f"`classify --out`, {f['classify_engine']}, {f['workers']} workers, decode included", f"{f['classify_img_s']:.1f} img/s", "", ""]
+    model = f.get("model", "unpruned resnet50 int8 (nncf), random weights")
+    yield [f"`classify --out` with {model}, {f['classify_engine']}, {f['workers']} workers, decode included",
+           f"{f['classify_img_s']:.1f} img/s", "", ""]
     yield ["OpenVINO `benchmark_app -hint throughput`, inference alone (ratio: `classify --out` / this ceiling)",
            f"{f['benchmark_app_img_s']:.1f} img/s",
            _x(r["vs_ceiling"]), f">= {g['vs_ceiling']:g}x"]
@@ -255,7 +257,7 @@ TABLES: dict[str, Table] = {
                    ("python benchmarks/bench_trace.py --repeats 25 --threads 2,1 --engines codegen",
                     "python benchmarks/bench_report.py")),
     "batch": Table(("bench_batch",), ("row", "measured", "ratio", "goal"), batch_rows,
-                   ("python benchmarks/bench_batch.py",)),
+                   ("python benchmarks/bench_batch.py --model out/bench_optimize/model.xml",)),
     "layers": Table(("bench_layers",), ("measurement", "measured", "ratio", "goal"), layers_rows,
                     ("python benchmarks/bench_layers.py",)),
     "explore": Table(("bench_explore",), ("measurement", "measured", "goal"), explore_rows, ("python benchmarks/bench_explore.py",)),
@@ -290,8 +292,10 @@ def render(table_id: str, records: dict[str, list[dict[str, Any]]]) -> str:
         dirty = " with uncommitted changes" if (rec.get("git") or {}).get("dirty") else ""
         load = rec.get("load_average")
         load_s = f", load average {load[0]:.1f}" if load else ""
+        cpu = rec["cpu"]
+        named = " ".join(filter(None, (cpu["model"], cpu.get("generation"))))
         sources.append(f"`{rec['command']}` on {rec['date'][:10]}, revision {rev[:10]}{dirty}, "
-                       f"{rec['cpu']['model']} ({rec['cpu']['logical_cores']} logical cores, {rec['cpu']['run']}{load_s})")
+                       f"{named} ({cpu['logical_cores']} logical cores, {cpu['run']}{load_s})")
     for name, command in zip(t.records, t.commands):
         if not records.get(name):
             lines.append("| " + " | ".join([f"no record yet: run `{command}`", *[""] * len(t.header)]) + " |")

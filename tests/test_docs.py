@@ -286,6 +286,18 @@ def test_cpu_kind_names_model_isa_and_held_kernels():
     assert records.cpu_info(vnni, {})["kind"] == "AMD EPYC, AVX-512 VNNI"
 
 
+def test_cpu_kind_names_the_core_generation_when_cpuinfo_tells_it():
+    records = _module("records")
+    zen2 = "vendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 49\n" + EPYC
+    info = records.cpu_info(zen2, {})
+    assert info["kind"] == "AMD EPYC Zen 2, AVX2" and info["family_model"] == ["23", "49"] and info["generation"] == "Zen 2"
+    # a family/model pair not in the table names no generation rather than a wrong one
+    other = records.cpu_info(zen2.replace(": 49", ": 250"), {})
+    assert other["kind"] == "AMD EPYC, AVX2" and other["generation"] is None
+    spr = "vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n" + XEON
+    assert records.cpu_info(spr, {"ATEN_CPU_CAPABILITY": "avx2"})["kind"] == "Intel Xeon Sapphire Rapids, AMX held to AVX2"
+
+
 def test_records_of_different_cpu_kinds_do_not_overwrite_each_other(tmp_path, capsys):
     records = _module("records")
     results = _module("results")
