@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
@@ -147,9 +147,12 @@ def _page_routes(app: FastAPI, ws: Workspace) -> None:
 
 def _model_routes(app: FastAPI, ws: Workspace) -> None:
     @app.get("/api/m/{m}/p/{p}/overview")
-    def overview(m: int, p: str) -> dict[str, Any]:
+    def overview(m: int, p: str, after: BackgroundTasks) -> dict[str, Any]:
         slot, photo = _lookup(ws, m, p)
-        return views.overview_doc(ws, slot, photo)
+        doc = views.overview_doc(ws, slot, photo)
+        # the full trace runs once the layer map is sent: started sooner, it competes with the answer for the cores
+        after.add_task(ws.prefetch, slot, photo)
+        return doc
 
     @app.get("/api/m/{m}/p/{p}/input")
     def input_steps(m: int, p: str) -> dict[str, Any]:

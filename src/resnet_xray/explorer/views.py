@@ -14,6 +14,7 @@ import torch
 
 from ..dissect import LayerRow
 from ..pruning.kept import pruned_channels
+from ..tracing import LayerStats
 from ..viz.cam import CamResult, format_prob
 from .pictures import GRID_CHANNELS, channel_strengths, feeding_conv, receptive_box
 from .workspace import STAGES, Photo, Run, Slot, Workspace
@@ -81,8 +82,7 @@ def _place(name: str) -> tuple[str, str]:
     return "stem", "stem"
 
 
-def _op(row: LayerRow, total_macs: int, run: Run) -> dict[str, Any]:
-    st = next((r for r in run.trace.layers if r.name == row.name), None) if run.trace else None
+def _op(row: LayerRow, total_macs: int, st: LayerStats | None) -> dict[str, Any]:
     return {"name": row.name, "type": row.type, "shape": list(row.output_shape), "rf": row.receptive_field,
             "jump": row.jump, "macs": row.macs, "macs_share": row.macs / total_macs if total_macs else 0.0,
             "params": row.params, "spatial": len(row.output_shape) == 3 and row.output_shape[-1] > 1,
@@ -100,6 +100,7 @@ def overview_doc(ws: Workspace, slot: Slot, photo: Photo) -> dict[str, Any]:
         return doc
     total = sum(r.macs for r in slot.rows.values())
     blocks = {b.name: b for b in run.trace.blocks}
+    stats = {r.name: r for r in run.trace.layers}
     groups: dict[str, dict[str, Any]] = {}
     for name in slot.order:
         if name not in slot.rows:
@@ -110,7 +111,7 @@ def overview_doc(ws: Workspace, slot: Slot, photo: Photo) -> dict[str, Any]:
         if block in blocks:
             bs = blocks[block]
             b.update(ratio=_num(bs.ratio), cosine=_num(bs.cosine), projection=bs.projection, active=_num(bs.active_frac))
-        b["ops"].append(_op(slot.rows[name], total, run))
+        b["ops"].append(_op(slot.rows[name], total, stats.get(name)))
     doc["groups"] = [{"stage": g["stage"], "blocks": list(g["blocks"].values())} for g in groups.values()]
     return doc
 

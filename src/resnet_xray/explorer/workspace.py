@@ -256,8 +256,8 @@ class Workspace:
         """The top-k and every op's statistics, as soon as possible.
 
         Keeping every op's output costs a trace about half as much again, so a new photo's
-        layer map comes from a statistics-only trace, and the full one follows in the background
-        for the clicks that come next.
+        layer map comes from a statistics-only trace; :meth:`prefetch` makes the full one for
+        the clicks that come next, once the layer map is sent.
         """
         key = (slot.key, photo.key)
         hit = self._runs.get(key) or self._stats.get(key)
@@ -265,14 +265,14 @@ class Workspace:
             return hit
         with self.lock:
             hit = self._runs.get(key) or self._stats.get(key)
-            if hit is not None:
-                return hit
-            hit = self._stats[key] = self._trace(slot, photo, keep=slot.deployed)
-        if not slot.deployed:
-            threading.Thread(target=self._prefetch, args=(slot, photo), daemon=True).start()
-        return hit
+            if hit is None:
+                hit = self._stats[key] = self._trace(slot, photo, keep=slot.deployed)
+            return hit
 
-    def _prefetch(self, slot: Slot, photo: Photo) -> None:
+    def prefetch(self, slot: Slot, photo: Photo) -> None:
+        """The full run of a photo whose layer map was just sent, so that its first click finds it ready."""
+        if slot.deployed or (slot.key, photo.key) in self._runs:
+            return
         try:
             if photo.key in self.photos:  # not already dropped for newer uploads
                 self.run(slot, photo)
