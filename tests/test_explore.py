@@ -350,3 +350,20 @@ def test_command_serves_on_loopback_only_and_refuses_50_mb():
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_connections_are_tcp_sockets_so_asyncio_turns_nagle_off():
+    # asyncio sets TCP_NODELAY only where a socket's proto is IPPROTO_TCP; with proto 0 every keep-alive request
+    # waited about 40 ms for the client's delayed ACK
+    import socket
+
+    from resnet_xray.explorer.server import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        with socket.create_connection(sock.getsockname()[:2]):
+            accepted, _ = sock.accept()
+            with accepted:
+                assert sock.proto == accepted.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

@@ -300,7 +300,9 @@ def return_big_blocks(threshold: int = 1 << 20) -> None:
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket, or an XrayError naming the flag (port taken, unknown host)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto named: asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, and without it every
+    # keep-alive request waited about 40 ms (Nagle's algorithm against the browser's delayed ACK)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
