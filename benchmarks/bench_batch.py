@@ -12,11 +12,14 @@ by every row except the ceiling), ratios side by side:
 * peak RSS of ``classify --out`` at 20,000 images against 2,000 (hard links to a few files in a manifest;
   a ResNet-18 at 64 px so the 20,000 run takes a minute: the pipeline's memory is what is measured).
 
-The ResNet-50 has random weights (speed does not depend on them) and is made by the project's own
-``export`` and ``quantize --engine openvino`` (NNCF). Figures go to benchmarks/results/bench_batch.<cpu>.json.
+The model is ``--model``, an OpenVINO IR such as the winner ``optimize`` writes (out/bench_optimize/model.xml
+after benchmarks/bench_optimize.py), reshaped to 224 px with the ImageNet pipeline (Resize 256, CenterCrop
+224); a ResNet's convolutions and global pooling take any size. Without it, the row's model is an unpruned
+ResNet-50 with random weights (speed does not depend on them), made by the project's own ``export`` and
+``quantize --engine openvino`` (NNCF). Figures go to benchmarks/results/bench_batch.<cpu>.json.
 
-    .venv/bin/python benchmarks/bench_batch.py                   # about 8 minutes on 2 cores
-    .venv/bin/python benchmarks/bench_batch.py --images 2000 --workers 4
+    .venv/bin/python benchmarks/bench_batch.py --model out/bench_optimize/model.xml   # about 8 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_batch.py --images 2000 --workers 4              # the unpruned INT8 ResNet-50
 """
 
 from __future__ import annotations
@@ -74,18 +77,41 @@ def manifest(folder: Path, files: list[Path], count: int) -> Path:
     return m
 
 
-def build_models(work: Path, calib: Path) -> tuple[Path, Path]:
-    """ResNet-50 INT8 (OpenVINO, NNCF) at 224 px and ResNet-18 FP32 (OpenVINO) at 64 px, by export + quantize."""
+def build_small(work: Path) -> Path:
+    """ResNet-18 FP32 (OpenVINO) at 64 px, for the memory rows."""
     import resnet_xray as rx
 
+    small = work / "r18_64.xml"
+    if not small.exists():
+        rx.export(rx.load_model("resnet18", weights="random"), work / "r18_64.onnx", input_size=64, exporter="torchscript")
+    return small
+
+
+def build_unpruned(work: Path, calib: Path) -> Path:
+    """ResNet-50 INT8 (OpenVINO, NNCF) at 224 px, random weights, by export + quantize."""
+    import resnet_xray as rx
+
+    if (work / "r50.int8.xml").exists():
+        return work / "r50.int8.xml"
     r50 = rx.load_model("resnet50", weights="random")
     rx.export(r50, work / "r50.onnx", exporter="torchscript")
     res = rx.quantize(work / "r50.onnx", calib, work / "r50.int8.xml", engine="openvino", min_agreement=0.0,
                       time_check=False, progress=False)
     if not (work / "r50.int8.xml").exists():
         raise SystemExit(f"quantize wrote no INT8 model: {res.to_dict().get('agreement')}")
-    rx.export(rx.load_model("resnet18", weights="random"), work / "r18_64.onnx", input_size=64, exporter="torchscript")
-    return work / "r50.int8.xml", work / "r18_64.xml"
+    return work / "r50.int8.xml"
+
+
+def at_size(xml: Path, size: int, out: Path) -> Path:
+    """``xml`` reshaped to batch 1 at ``size`` px, with the ImageNet pipeline for that size in its description."""
+    from resnet_xray.deploy.openvino import inspect_ir, save_ir
+
+    model, info = inspect_ir(xml, "--model")
+    model.reshape({model.inputs[0].get_any_name(): [1, 3, size, size]})
+    pre = {**info.meta.get("preprocessing", {}), "resize": round(size / 0.875), "crop": size,
+           "source": f"ImageNet pipeline (Resize {round(size / 0.875)}, CenterCrop {size}, ImageNet mean/std)"}
+    side = {**info.meta, "input_shape": [1, 3, size, size], "preprocessing": pre, "reshaped_from": str(xml)}
+    return save_ir(model, out, side)
 
 
 def benchmark_app(xml: Path, seconds: int) -> float | None:
@@ -170,6 +196,8 @@ def main() -> int:
     ap.add_argument("--baseline-images", type=int, default=160, help="images for the (slow) PyTorch row")
     ap.add_argument("--workers", type=int, default=2, help="decode workers for classify and the DataLoader")
     ap.add_argument("--ceiling-seconds", type=int, default=15)
+    ap.add_argument("--model", help="an OpenVINO IR to run, e.g. out/bench_optimize/model.xml (default: an unpruned INT8 ResNet-50)")
+    ap.add_argument("--size", type=int, default=224, help="the side --model is reshaped to")
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--work", help="keep the models and images here (default: a temporary folder)")
     args = ap.parse_args()
@@ -180,11 +208,15 @@ def main() -> int:
     print(f"CPU: {cpu['model']} ({cpu['isa']}, {cpu['logical_cores']} logical cores, {cpu['run']}); load {os.getloadavg()[0]:.1f}")
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-batch-"))
     files = make_images(work / "photos")
-    int8, small = (work / "r50.int8.xml", work / "r18_64.xml")
-    if not (int8.exists() and small.exists()):
-        print("building ResNet-50 INT8 (export + quantize --engine openvino) and ResNet-18 at 64 px ...", flush=True)
-        int8, small = build_models(work, work / "photos")
+    small = build_small(work)
+    if args.model:
+        int8 = at_size(Path(args.model), args.size, work / f"model.{args.size}px.xml")
+    else:
+        print("building ResNet-50 INT8 (export + quantize --engine openvino) ...", flush=True)
+        int8 = build_unpruned(work, work / "photos")
+    print(f"model: {args.model or 'unpruned ResNet-50, random weights, NNCF INT8'} at {args.size if args.model else 224} px", flush=True)
     figures = measure(args, work, files, int8, small)
+    figures["model"] = args.model or "unpruned resnet50 int8 (nncf), random weights"
     ratios = {
         "vs_ceiling": figures["classify_img_s"] / (figures["benchmark_app_img_s"] or figures["async_loop_img_s"]),
         "vs_pytorch": figures["classify_img_s"] / figures["pytorch_img_s"],

@@ -53,3 +53,24 @@ def test_local_ray_instance_finishes_the_job_exactly_once(tmp_path, one_thread):
     for r in read_jsonl(tmp_path / "here.jsonl"):  # Ray's records are the single-machine ones
         assert [t["index"] for t in r["topk"]] == [t["index"] for t in by_path[r["path"]]["topk"]]
         assert r["topk"][0]["prob"] == pytest.approx(by_path[r["path"]]["topk"][0]["prob"], rel=1e-4)
+
+
+def test_an_openvino_file_on_ray_takes_pixel_crops_and_agrees_with_one_machine(tmp_path, one_thread):
+    model = rx.load_model(None, small_checkpoint(tmp_path / "small.pt"))
+    export = rx.export(model, tmp_path / "m.onnx", input_size=32, exporter="torchscript")  # writes m.xml beside it
+    assert export.openvino
+    root = tmp_path / "images"
+    paths = image_tree(root, n=40)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run([sys.executable, "-c", RUN_ON_RAY, str(tmp_path / "m.xml"), str(root), str(tmp_path / "ray.jsonl")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    here = rx.classify_batch(tmp_path / "m.xml", paths, tmp_path / "here.jsonl", batch_size=16, topk=3, progress=False)
+    assert "uint8 input" in here.engine
+    on_ray = {r["path"]: r for r in read_jsonl(tmp_path / "ray.jsonl")}
+    assert_exactly_once(list(on_ray.values()), paths)
+    for rec in read_jsonl(tmp_path / "here.jsonl"):
+        assert rec["error"] == on_ray[rec["path"]]["error"]
+        if not rec["error"]:
+            assert [t["index"] for t in rec["topk"]] == [t["index"] for t in on_ray[rec["path"]]["topk"]]
+            assert rec["topk"][0]["prob"] == pytest.approx(on_ray[rec["path"]]["topk"][0]["prob"], rel=1e-5)

@@ -14,6 +14,21 @@ from resnet_xray.model import ModelMeta, build_model
 from .batchdata import image_tree, read_jsonl, small_checkpoint
 
 
+def test_pixel_crops_normalise_to_exactly_what_the_float_pipeline_gives(tmp_path) -> None:
+    import numpy as np
+
+    from resnet_xray.batch.decode import decode_batch
+
+    items = [(p, None) for p in image_tree(tmp_path / "images", n=6)[:6]]
+    pre = Preprocessing(resize=40, crop=32)
+    floats, pixels = decode_batch(items, pre), decode_batch(items, pre, pixels=True)
+    assert pixels.paths == floats.paths and pixels.errors == floats.errors
+    assert pixels.x.dtype == np.uint8 and pixels.x.shape == (len(floats.paths), 32, 32, 3)
+    # what OpenVINO's PrePostProcessor does with them: (x - 255 mean) / (255 std), NHWC -> NCHW
+    mean, std = 255 * np.array(pre.mean, np.float32), 255 * np.array(pre.std, np.float32)
+    np.testing.assert_allclose(((pixels.x - mean) / std).transpose(0, 3, 1, 2), floats.x, atol=1e-5)
+
+
 def test_every_bench_row_has_a_throughput_figure(one_thread) -> None:
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=6).eval()
@@ -64,6 +79,7 @@ def test_deployed_files_run_in_throughput_mode_and_agree_with_pytorch(tmp_path, 
     for name, engine in (("m.xml", "openvino throughput"), ("m.onnx", "onnxruntime batched")):
         res = rx.classify_batch(tmp_path / name, paths, tmp_path / f"{name}.jsonl", batch_size=16, progress=False)
         assert res.engine.startswith(engine) and res.written == 40
+        assert ("uint8 input" in res.engine) == (name == "m.xml")  # OpenVINO normalises the decoders' crops itself
         got = read_jsonl(tmp_path / f"{name}.jsonl")
         assert all(r["model"].startswith(name) for r in got)
         for r in got:

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from itertools import chain
 from typing import Any
@@ -21,7 +22,7 @@ from ..locks import file_lock
 from ..progress import progress
 from ..provenance import WeightsInfo
 from .decode import decoded_batches
-from .engines import checked, model_source, open_engine
+from .engines import checked, model_source, open_engine, takes_pixels
 from .inputs import Item, count_inputs, iter_inputs
 from .on_ray import require_ray, run_on_ray
 from .options import BatchOptions, BatchResult
@@ -120,18 +121,37 @@ class _Run:
 
 def _run_here(source: Any, pre: Any, pending: Pending, run: _Run, opts: BatchOptions, images: list, manifest: Any,
               held: int) -> None:
-    """The single-machine loop: decode (in workers) -> engine -> append, one batch at a time."""
+    """The single-machine loop: decode (in workers) -> engine -> append, in order.
+
+    The engine runs in a thread of its own, one batch ahead: while it infers batch N, this thread
+    writes batch N-1's records and takes batch N+1 from the decoders, so the engine never waits
+    on either (the engines release the GIL while they infer).
+    """
     shown = opts.shows_bar()
     total = max(0, count_inputs(images, manifest) - held) if shown else None  # counted only for the bar's ETA
-    batches = decoded_batches(pending, pre, opts.workers)
+    pixels = takes_pixels(source)
+    batches = decoded_batches(pending, pre, opts.workers, pixels)
     with closing(batches), progress("classify", total=total, quiet=not shown) as bar:
         first = next(batches, None)  # workers fork before the engine starts its threads
         if first is None:
             run.engine = "none (nothing left to classify)"
             return
-        engine = open_engine(source)
+        engine = open_engine(source, pre if pixels else None)
         run.engine, run.ready = engine.name, time.perf_counter()
-        for d in chain([first], batches):
-            tops = topk_lists(checked(engine, d.x, d.paths, run.ident), run.class_names, run.topk) if d.paths else []
-            n = run.write(d.paths, tops, d.errors)
+
+        def infer(d: Any) -> Any:
+            return checked(engine, d.x, d.paths, run.ident) if d.paths else None
+
+        def write(d: Any, logits: Future) -> None:
+            got = logits.result()
+            n = run.write(d.paths, topk_lists(got, run.class_names, run.topk) if got is not None else [], d.errors)
             bar.stage(f"{run.written / max(time.perf_counter() - run.ready, 1e-9):.1f} img/s", steps=n)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="classify-engine") as ahead:
+            prev = None
+            for d in chain([first], batches):
+                nxt = (d, ahead.submit(infer, d))
+                if prev is not None:
+                    write(*prev)
+                prev = nxt
+            write(*prev)

@@ -20,7 +20,7 @@ from ..errors import XrayError
 from ..image import Preprocessing
 from ..progress import progress
 from .decode import decode_batch
-from .engines import ModelSource, checked, open_engine
+from .engines import ModelSource, checked, open_engine, takes_pixels
 from .records import labelled, topk_arrays
 
 RAY_PIN = "ray[data]==2.60.0"  # as pyproject's ray extra
@@ -57,9 +57,11 @@ def run_on_ray(source: ModelSource, pre: Preprocessing, pending: Any, run: Any, 
         # a decode pool of another size than the actor pool keeps Ray from fusing decoding into the actors,
         # where it would run one image at a time beside the model instead of in parallel tasks
         decoders = ray.data.TaskPoolStrategy(size=max(nodes + 1, cpus - nodes))
-        ds = ds.map_batches(_decode, fn_kwargs={"pre": pre}, batch_size=opts.batch_size, batch_format="numpy", num_cpus=1,
-                            compute=decoders)
-        ds = ds.map_batches(Classifier, fn_constructor_args=(source, min(opts.topk, len(run.class_names))), batch_size=opts.batch_size,
+        pixels = takes_pixels(source)
+        ds = ds.map_batches(_decode, fn_kwargs={"pre": pre, "pixels": pixels}, batch_size=opts.batch_size, batch_format="numpy",
+                            num_cpus=1, compute=decoders)
+        ds = ds.map_batches(Classifier, fn_constructor_args=(source, min(opts.topk, len(run.class_names)), pre if pixels else None),
+                            batch_size=opts.batch_size,
                             batch_format="numpy", num_cpus=1, compute=ray.data.ActorPoolStrategy(size=nodes))
         with progress("classify (ray)", total=len(rows), quiet=not opts.shows_bar()) as bar:
             for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -92,10 +94,10 @@ def _connect(ray: Any, address: str) -> bool:
     return True
 
 
-def _decode(batch: dict[str, np.ndarray], pre: Preprocessing) -> dict[str, np.ndarray]:
+def _decode(batch: dict[str, np.ndarray], pre: Preprocessing, pixels: bool = False) -> dict[str, np.ndarray]:
     """A CPU task: read and preprocess one batch; unreadable files keep a row of zeros and their reason."""
-    d = decode_batch([(str(p), str(k) or None) for p, k in zip(batch["path"], batch["known"])], pre)
-    bad = np.zeros((len(d.errors), 3, pre.crop, pre.crop), np.float32)
+    d = decode_batch([(str(p), str(k) or None) for p, k in zip(batch["path"], batch["known"])], pre, pixels)
+    bad = np.zeros((len(d.errors), *d.x.shape[1:]), d.x.dtype)
     return {"path": np.array(d.paths + [p for p, _ in d.errors], dtype=object),
             "x": np.concatenate([d.x, bad]) if len(bad) else d.x,
             "error": np.array([""] * len(d.paths) + [why for _, why in d.errors], dtype=object)}
@@ -104,8 +106,9 @@ def _decode(batch: dict[str, np.ndarray], pre: Preprocessing) -> dict[str, np.nd
 class Classifier:
     """One actor of the pool: the engine, built once in the actor, over batches of decoded images."""
 
-    def __init__(self, source: ModelSource, topk: int):  # topk: at most the class count, so every batch has one width
-        self.engine, self.topk, self.ident = open_engine(source), topk, source.path or "pytorch model"
+    def __init__(self, source: ModelSource, topk: int, pixels: Preprocessing | None = None):  # topk: at most the class count
+        self.engine, self.topk, self.ident = open_engine(source, pixels), topk, source.path or "pytorch model"
+        self.dtype = np.uint8 if pixels is not None else np.float32
 
     @staticmethod
     def engine_name(source: ModelSource) -> str:
@@ -117,6 +120,6 @@ class Classifier:
         index = np.full((n, self.topk), -1, np.int64)
         prob = np.zeros((n, self.topk), np.float64)
         if ok.any():
-            logits = checked(self.engine, np.asarray(batch["x"][ok], np.float32), [str(p) for p in batch["path"][ok]], self.ident)
+            logits = checked(self.engine, np.asarray(batch["x"][ok], self.dtype), [str(p) for p in batch["path"][ok]], self.ident)
             index[ok], prob[ok] = topk_arrays(logits, self.topk)
         return {"path": batch["path"], "error": batch["error"], "index": index, "prob": prob}

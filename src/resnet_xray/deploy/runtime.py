@@ -351,12 +351,12 @@ class OpenVinoThroughput:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Logits for any number of images: ``batch`` per request, the last one padded with zeros."""
         out = np.empty((len(x), self.classes), np.float32)
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = np.ascontiguousarray(x, dtype=np.uint8 if x.dtype == np.uint8 else np.float32)  # uint8: a pixel-input model
         for i in range(0, len(x), self.per):
             part = x[i : i + self.per]
             n = len(part)
             if n < self.per:
-                part = np.concatenate([part, np.zeros((self.per - n, *x.shape[1:]), np.float32)])
+                part = np.concatenate([part, np.zeros((self.per - n, *x.shape[1:]), x.dtype)])
             self.queue.start_async({0: part}, (out, i, n))
         self.queue.wait_all()
         return out
