@@ -12,7 +12,7 @@ this process after warm-up) and prints the goal table:
 Nothing is asserted: on a machine where a goal cannot be reached the table says so.
 
     .venv/bin/python benchmarks/bench_optimize.py --checkpoint out/reference/resnet50/best.pt \
-        --data out/reference/data --search 0.5,0.4,0.3,0.25 --max-drop 1.0
+        --data out/reference/data --search 0.5,0.33,0.22,0.15 --max-drop 1.0
     # then distillation's gain: the same ladder without it (accuracy only), beside the run above
     .venv/bin/python benchmarks/bench_optimize.py --distill-ablation
     # the same run with ONNX Runtime INT8 repaired towards 99.5% agreement: its own record, bench_optimize_repair
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     # the optimize command's own flags, from OptimizeOptions, with this benchmark's defaults: the reference model and
     # task, pruned down the search ladder (--search '' and no --target-macs: no pruning)
     flags = optimize_flags().only("data", "out", "target_macs", "search", "distill", "max_drop", "prune_steps", "finetune_epochs",
-                                  "importance", "input_size", "timing_size", "min_agreement",
+                                  "importance", "input_size", "timing_size", "min_agreement", "control",
                                   "eval_images", "calib_images", "threads", "repeats", "engines", "resume", out="--out",
                                   defaults={"data": "out/reference/data", "out": "out/bench_optimize", "search": LADDER,
                                             "eval_images": 500, "repeats": 200, "timing_size": 224})

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from resnet_xray.deploy.nncf_onnx import NNCF_METHODS
 from resnet_xray.deploy.onnx import ExportOptions, export_onnx
 from resnet_xray.deploy.quantize import QuantizeOptions, quantize_onnx
 from resnet_xray.model import ModelMeta
@@ -46,6 +47,11 @@ def test_below_target_the_repair_keeps_the_outlier_block_in_float_and_reaches_it
     assert {(c["method"], c["per_channel"]) for c in first} == {(m, pc) for m in ("minmax", "entropy", "percentile")
                                                                   for pc in (False, True)}
     assert all(c["kept_float"] == [] and c["agreement"] < TARGET for c in first)  # no setting alone is enough
+    # step 2, NNCF's bias correction with two range estimators: measured (or its failure recorded), and no cure
+    # for an activation spike either
+    step2 = [c for c in r["candidates"] if c["method"] in NNCF_METHODS]
+    assert {c["method"] for c in step2} | set(r["failed"]) == set(NNCF_METHODS)
+    assert all(c["kept_float"] == [] and c["agreement"] < TARGET for c in step2)
     kept = rep["choices"]["kept_float"]
     assert rep["kept_float"] == kept  # quantize --json names them at the top level too
     assert kept and set(kept) <= {"layer2.conv1", "layer2.conv2", "layer2.downsample.0"}, kept  # the outlier's block only
@@ -85,3 +91,26 @@ def test_a_model_short_of_the_target_is_written_only_when_asked_and_says_so(outl
     rep = quantize_onnx(outlier["fp32"], outlier["data"], out, QuantizeOptions(
         min_agreement=TARGET, holdout_every=0, time_check=False, progress=False, keep_below_target=True))
     assert not rep["passed"] and rep["int8_model"] == str(out) and out.exists()
+
+
+def test_a_control_folder_is_what_the_repair_chooses_on(outlier, tmp_path) -> None:
+    from resnet_xray.deploy.data import list_images
+
+    control = write_dataset(tmp_path / "control", seed=2)  # drawn like the held-out folder, with another seed
+    out = tmp_path / "int8.onnx"
+    rep = quantize_onnx(outlier["fp32"], outlier["data"], out, QuantizeOptions(
+        min_agreement=TARGET, eval_dir=str(outlier["val"]), control_dir=str(control), time_check=False, progress=False))
+    r = rep["choices"]["repair"]
+    # every calibration image calibrates (none is split off), every control image judges the choices
+    assert r["control_images"] == len(list_images(control, "--control"))
+    assert r["calibration_images"] == len(list_images(outlier["data"], "--calib"))
+    assert rep["passed"] and set(rep["kept_float"]) <= {"layer2.conv1", "layer2.conv2", "layer2.downsample.0"}
+
+
+def test_optimize_refuses_a_control_folder_without_images_before_any_work(tmp_path) -> None:
+    from resnet_xray.deploy.optimize import OptimizeOptions
+    from resnet_xray.errors import XrayError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(XrayError, match="--control"):
+        OptimizeOptions(data=str(tmp_path), control=str(tmp_path / "empty"))

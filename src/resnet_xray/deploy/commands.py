@@ -30,8 +30,9 @@ def quantize_flags() -> Flags:
 
     return Flags(
         QuantizeOptions,
-        ("method", "per_channel", "reduce_range", "eval_dir", "max_calib_images", "engine", "min_agreement", "time_check"),
-        spelling={"eval_dir": "--eval", "max_calib_images": "--max-images"},
+        ("method", "per_channel", "reduce_range", "eval_dir", "control_dir", "max_calib_images", "engine", "min_agreement",
+         "time_check"),
+        spelling={"eval_dir": "--eval", "control_dir": "--control", "max_calib_images": "--max-images"},
         choices={"method": METHODS, "engine": ("ort", "openvino"), "reduce_range": {"auto": None, "on": True, "off": False}},
     )
 
@@ -59,7 +60,7 @@ def layers_flags() -> Flags:
 
 
 OPTIMIZE_FLAGS = ("data", "out", "max_drop", "target_macs", "search", "prune_steps", "finetune_epochs", "importance", "distill", "engines", "calib_images",
-                  "eval_images", "input_size", "timing_size", "threads", "repeats", "objective", "mixed_precision", "min_agreement",
+                  "eval_images", "input_size", "timing_size", "threads", "repeats", "objective", "mixed_precision", "min_agreement", "control",
                   "batch_size", "workers", "seed")
 
 

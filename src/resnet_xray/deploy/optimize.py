@@ -45,7 +45,7 @@ from .data import image_batches, list_images, spread
 from .fuse import fuse_model
 from .onnx import ExportOptions, export_onnx, inspect_onnx
 from .openvino import qdq_to_ir, quantize_nncf
-from .quantize import quantize_from_files
+from .quantize import CONTROL_IMAGES, quantize_from_files
 from .runtime import (THROUGHPUT_BATCH, THROUGHPUT_METHOD, deployed_throughput, images_per_second, labelled_batches,
                       load_deployed, runner_at_size)
 from .search import Step, search_depth
@@ -69,7 +69,7 @@ class OptimizeOptions:
     out: str = option("out/optimize", "output folder (the winner is OUT/model.onnx or OUT/model.xml)")
     max_drop: float = option(1.0, "accuracy points (top-1, val) a candidate may lose against the FP32 checkpoint")
     target_macs: float | None = option(None, "also prune to this share of MACs, e.g. 0.5 (default: no pruning)")
-    search: tuple[float, ...] | None = option(None, "prune down these shares of MACs in turn, e.g. 0.5,0.4,0.3,0.25, and keep the "
+    search: tuple[float, ...] | None = option(None, "prune down these shares of MACs in turn, e.g. 0.5,0.33,0.22,0.15, and keep the "
                                                     "deepest that loses at most --max-drop (instead of --target-macs)")
     prune_steps: int = option(2, "pruning rounds to reach target_macs (or the first share of --search; each later one takes one)")
     # fine-tuning epochs after each pruning round: on a 92.2% reference ResNet-50, 2 rounds x 3 epochs ended 3.2 points
@@ -96,7 +96,9 @@ class OptimizeOptions:
     # off by default until its cost is measured against the 45-minute budget of a searched run: on a random
     # ResNet-50 at 96 px, its first step alone (six calibration settings) took about 4 minutes a variant
     min_agreement: float = option(0.0, "top-1 agreement with its FP32 parent that ONNX Runtime INT8 repairs itself towards, "
-                                       "e.g. 0.995 (chosen on train/ images, scored on val/; 0: no repair)")
+                                       "e.g. 0.995 (chosen on --control, scored on val/; 0: no repair)")
+    control: str | None = option(None, "images the INT8 repair chooses on, drawn like val/, e.g. make-dataset --seed 1's val/ "
+                                       "(default: train/ images outside calibration)")
     batch_size: int = 32
     workers: int = 0
     resume: bool = option(False, "continue a killed run in OUT (same options)")
@@ -138,6 +140,8 @@ class OptimizeOptions:
             raise OptionError("resume", True, "and overwrite: choose one")
         if not Path(self.data).is_dir():
             raise OptionError("data", self.data, "no such folder")
+        if self.control is not None:
+            list_images(Path(self.control), "--control")  # now, not after the search
 
 
 @dataclass
@@ -403,10 +407,11 @@ def _candidates(run: _Run, variants: list[tuple[str, Any, float]], meta: Any, va
                 ) -> tuple[list[Candidate], dict[str, Callable[[np.ndarray], Any]]]:
     """Every candidate of every variant, scored on the val split, and a runner for each."""
     calib, held = _calibration_files(run.opts), [Path(run.opts.data) / n for n in val.names]
+    control = _control_files(run.opts, calib) if run.opts.min_agreement else []
     cands: list[Candidate] = []
     runners: dict[str, Callable[[np.ndarray], Any]] = {}
     for prefix, m, macs_rel in variants:
-        _variant(run, prefix, m, meta, macs_rel, (calib, held), cands, runners)
+        _variant(run, prefix, m, meta, macs_rel, (calib, held, control), cands, runners)
     _score(cands, runners, val)
     if run.opts.mixed_precision and "openvino" in run.opts.engines:
         _mixed(run, variants, cands, runners, val)
@@ -433,12 +438,21 @@ def _calibration_files(opts: OptimizeOptions) -> list[Path]:
     return spread(files, opts.calib_images)
 
 
+def _control_files(opts: OptimizeOptions, calib: list[Path]) -> list[Path]:
+    if opts.control:
+        return spread(list_images(Path(opts.control), "--control"), CONTROL_IMAGES)
+    root = Path(opts.data)
+    taken = set(calib)
+    return spread([f for f in list_images(root / "train" if (root / "train").is_dir() else root, "--data") if f not in taken],
+                  CONTROL_IMAGES)
+
+
 def _logits(m: Any, xs: list[torch.Tensor]) -> np.ndarray:
     with torch.inference_mode():
         return np.concatenate([as_logits(m(x)) for x in xs])
 
 
-def _variant(run: _Run, prefix: str, model: Any, meta: Any, macs_rel: float, images: tuple[list[Path], list[Path]],
+def _variant(run: _Run, prefix: str, model: Any, meta: Any, macs_rel: float, images: tuple[list[Path], list[Path], list[Path]],
              cands: list[Candidate], runners: dict[str, Any]) -> None:
     """Eager, fused, FP32 exports and every INT8 route of one model (unpruned or pruned)."""
     pruned, m, calib = bool(prefix), model.eval(), images[0]
@@ -497,7 +511,7 @@ def _fp32_files(run: _Run, prefix: str, onnx_path: Path) -> Files:
     return files
 
 
-def _int8_files(run: _Run, prefix: str, onnx_path: Path, images: tuple[list[Path], list[Path]], pre: Any) -> Files:
+def _int8_files(run: _Run, prefix: str, onnx_path: Path, images: tuple[list[Path], list[Path], list[Path]], pre: Any) -> Files:
     """ONNX Runtime's QDQ INT8 of the export, and OpenVINO's two INT8 routes (on that QDQ file, and NNCF's own)."""
     engines, tag = run.opts.engines, _tag(prefix)
     want_ov = "openvino" in engines
@@ -506,7 +520,7 @@ def _int8_files(run: _Run, prefix: str, onnx_path: Path, images: tuple[list[Path
     run.stage(f"{prefix or 'unpruned '}INT8: ONNX Runtime QDQ" + (", NNCF, OpenVINO on QDQ" if want_ov else ""))
     ort_int8, calib = run.work / f"{tag}.int8.onnx", images[0]
     if not run.done(f"{tag}.ort_int8"):
-        repair = quantize_from_files(onnx_path, *images, ort_int8, run.opts.min_agreement)
+        repair = quantize_from_files(onnx_path, images[0], images[1], ort_int8, run.opts.min_agreement, control=images[2])
         if repair["kept_float"] or not repair["reached"]:
             run.log(f"  ORT INT8 repair: {len(repair['kept_float'])} layer(s) kept in float, agreement "
                     f"{pct(repair['agreement'])} on val (target {pct(repair['target'])})")

@@ -42,6 +42,9 @@ from .torch_int8 import quantize_torch_fx
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
+# Control images the repair chooses on, at most: enough to see a 0.5% flip rate a few times over.
+CONTROL_IMAGES = 512
+
 # The top-1 agreement with FP32 each engine's INT8 must reach unless told otherwise (see min_agreement).
 DEFAULT_AGREEMENT = {"ort": 0.995, "openvino": 0.9}
 
@@ -59,6 +62,10 @@ class QuantizeOptions:
     max_calib_images: int | None = option(256, "use at most this many calibration images, spread over the folder")
     holdout_every: int = option(5, "every k-th image of --calib is held out for the agreement check; 0: none held out")
     eval_dir: str | None = option(None, "separate held-out folder for the agreement check (default: every 5th --calib image)")
+    # the repair ranks settings and layers by the images they flip: a few dozen calibration images of a decent
+    # model flip none, so nothing gets ranked; a folder drawn like the held-out one gives it flips to work on
+    control_dir: str | None = option(None, "images the INT8 repair chooses on, drawn like the held-out ones, e.g. make-dataset "
+                                     "--seed 1's val/ (default: every 4th calibration image)")
     batch_size: int = option(8, "images per calibration/evaluation forward (only with a dynamic batch)")
     progress: bool = option(True, "progress bars on stderr")
     # INT8 moves logits by design; what must hold is the decision. Below this top-1 agreement with
@@ -167,6 +174,7 @@ class _Plan:
     cpu: CpuInt8Support
     reduce_range: bool
     batch: int  # images per forward
+    control: list[Path] = field(default_factory=list)  # what the repair chooses on, from control_dir (empty: split calib)
 
 
 def quantize_onnx(
@@ -242,21 +250,23 @@ def _quantize_locked(fp32_path: str | os.PathLike, calib_dir: str | os.PathLike,
     return report
 
 
-def quantize_from_files(fp32: Path, calib: list[Path], held: list[Path], out: Path, target: float) -> dict[str, Any]:
+def quantize_from_files(fp32: Path, calib: list[Path], held: list[Path], out: Path, target: float,
+                        control: list[Path] | None = None) -> dict[str, Any]:
     """ORT QDQ INT8 of ``fp32`` from lists of images, repaired towards ``target`` top-1 agreement with it (optimize's route).
 
-    The repair chooses on control images drawn from ``calib`` and is scored on ``held`` (the val images), so no
-    choice sees the images it is judged on. Returns what it kept in float, and each kept layer's measured gain.
+    The repair chooses on ``control`` (default: a split of ``calib``) and is scored on ``held`` (the val images), so
+    no choice sees the images it is judged on. Returns what it kept in float, and each kept layer's measured gain.
     """
     remove_stale_dirs(out.parent, ".calib-")  # a killed run's links
     with tempfile.TemporaryDirectory(prefix=f".calib-{os.getpid()}-", dir=out.parent) as tmp:
-        for sub, files in (("calib", calib), ("held", held)):
+        for sub, files in (("calib", calib), ("held", held), ("control", control or [])):
             (Path(tmp) / sub).mkdir()
             for i, f in enumerate(files):
                 os.symlink(f.resolve(), Path(tmp) / sub / f"{i:05d}{f.suffix}")
         rep = quantize_onnx(fp32, Path(tmp) / "calib", out, QuantizeOptions(
             per_channel=True, eval_dir=str(Path(tmp) / "held") if held and target else None, holdout_every=0, progress=False,
-            time_check=False, min_agreement=target, keep_below_target=True))
+            time_check=False, min_agreement=target, keep_below_target=True,
+            control_dir=str(Path(tmp) / "control") if control and target else None))
     if rep["int8_model"] is None:
         raise XrayError(f"{fp32}: ONNX Runtime INT8 gave non-finite outputs")
     repair, kept = rep["choices"].get("repair") or {}, rep["kept_float"]
@@ -267,11 +277,11 @@ def quantize_from_files(fp32: Path, calib: list[Path], held: list[Path], out: Pa
 
 
 def _repair(plan: _Plan, opts: QuantizeOptions, workdir: Path) -> Repair | None:
-    """Settings and float layers that reach ``min_agreement``, chosen on a control split of the calibration images.
+    """Settings and float layers that reach ``min_agreement``, chosen on the control images (or a split of the calibration ones).
 
     None where no image is held out: the final agreement would then be scored on images the choice saw.
     """
-    calib, control = split_holdout(plan.calib, 4)
+    calib, control = (plan.calib, plan.control) if plan.control else split_holdout(plan.calib, 4)
     if not plan.held or not control:
         return None
     work = workdir / "repair"
@@ -296,10 +306,11 @@ def _plan(fp32_path: str | os.PathLike, calib_dir: str | os.PathLike, out_path: 
         eval_root = calib_root
         calib, held = split_holdout(files, opts.holdout_every)
     calib = spread(calib, opts.max_calib_images)
+    control = spread(list_images(Path(opts.control_dir), "--control"), CONTROL_IMAGES) if opts.control_dir else []
     cpu = detect_cpu_int8()
     reduce_range = (not cpu.vnni) if opts.reduce_range is None else bool(opts.reduce_range)
     batch = opts.batch_size if info.fixed_batch is None else info.fixed_batch
-    return _Plan(info, out, calib_root, calib, eval_root, held, cpu, reduce_range, batch)
+    return _Plan(info, out, calib_root, calib, eval_root, held, cpu, reduce_range, batch, control)
 
 
 def _quantize_ort(plan: _Plan, workdir: Path, opts: QuantizeOptions) -> tuple[Path, int, list[Skipped]]:

@@ -1,15 +1,21 @@
 """INT8 that repairs itself: the settings, then the fewest float layers, that reach an agreement target.
 
-In order, each step measured on control images (drawn from the calibration folder, never
-calibrated on, and never the held-out images the final agreement is reported on):
+In order, each step measured on control images (a folder of their own, or a split of the
+calibration folder; never calibrated on, and never the held-out images the final agreement
+is reported on):
 
 1. the calibration method and per-channel weights, every combination measured;
-2. the most sensitive layers kept in float (ONNX Runtime ``nodes_to_exclude``), one more at a
+2. range handling: NNCF's quantizer placement with bias correction (:mod:`~.nncf_onnx`), which
+   corrects the mean shift INT8 rounding puts into each layer, with NNCF's default activation
+   ranges and with ranges from per-image quantiles that ignore outliers;
+3. the most sensitive layers kept in float (ONNX Runtime ``nodes_to_exclude``), one more at a
    time in the order :func:`~.sensitivity.rank_sensitivity` measured, until the target is met.
+   The ranking re-quantises once per layer, so it uses step 1's settings, whose saved ranges
+   make each variant cheap.
 
 Every candidate tried is kept, with its latency here, so a miss can be shown as a Pareto
-front of agreement against speed. Range and outlier handling (bias correction, SmoothQuant-style
-or cross-layer equalisation) are not among the steps yet.
+front of agreement against speed. SmoothQuant-style scaling and cross-layer equalisation are
+not among the steps: NNCF applies SmoothQuant to transformers' MatMuls, not to convolutions.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .nncf_onnx import NNCF_METHODS
 from .onnx import ort_session
 from .qdq import METHODS, QdqSettings
 from .sensitivity import SensitivityReport, Variants, rank_sensitivity
@@ -47,8 +54,9 @@ class Repair:
     control_images: int
     calibration_images: int
     candidates: list[Candidate] = field(default_factory=list)  # in the order tried
-    sensitivity: SensitivityReport | None = None  # the ranking step 2 followed, when it ran
+    sensitivity: SensitivityReport | None = None  # the ranking step 3 followed, when it ran
     path: Path | None = None  # the chosen INT8 model (in the work folder)
+    failed: dict[str, str] = field(default_factory=dict)  # method -> why it could not be tried
 
     def pareto(self) -> list[Candidate]:
         """The candidates no other beats on both agreement and latency, fastest first."""
@@ -62,7 +70,7 @@ class Repair:
                 "kept_float": list(self.chosen.kept_float), "control_images": self.control_images,
                 "calibration_images": self.calibration_images, "candidates": [c.to_dict() for c in self.candidates],
                 "pareto": [c.to_dict() for c in self.pareto()],
-                "sensitivity": self.sensitivity.to_dict() if self.sensitivity else None}
+                "sensitivity": self.sensitivity.to_dict() if self.sensitivity else None, "failed": dict(self.failed)}
 
 
 def _measure(v: Variants, settings: QdqSettings, kept: list[str], threads: int | None) -> Candidate:
@@ -90,15 +98,26 @@ def repair_int8(fp32: str | os.PathLike, calib: list[Path], control: list[Path],
         if progress:
             print(f"repair: {text}", file=sys.stderr)
 
-    tried = []
+    tried, failed = [], {}
     for method in METHODS:
         for per_channel in (False, True):
             tried.append(_measure(v, replace(base, method=method, per_channel=per_channel), [], threads))
             say(f"{method}, {'per-channel' if per_channel else 'per-tensor'}: agreement {tried[-1].agreement:.1%}")
     best = max(tried, key=lambda c: (c.agreement, -c.kl))
     settings = replace(base, method=best.method, per_channel=best.per_channel)
-    ranking = None
     if best.agreement < target:
+        for method in NNCF_METHODS:
+            try:
+                tried.append(_measure(v, replace(base, method=method, per_channel=True), [], threads))
+            except Exception as e:  # noqa: BLE001 - a third-party quantizer failing on a graph leaves the other steps
+                failed[method] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+                say(f"{method}: failed ({failed[method]})")
+                continue
+            say(f"{method}: agreement {tried[-1].agreement:.1%}")
+            if tried[-1].agreement >= target:
+                break
+    ranking = None
+    if max(c.agreement for c in tried) < target:
         ranking = rank_sensitivity(v, calib, control, settings, work, unit=unit, threads=threads, progress=progress)
         kept: list[str] = []
         for u in ranking.ranking[:max_float]:
@@ -112,4 +131,4 @@ def repair_int8(fp32: str | os.PathLike, calib: list[Path], control: list[Path],
     chosen = min(meeting, key=lambda c: (len(c.kept_float), -c.agreement, c.kl)) if meeting else max(
         tried, key=lambda c: (c.agreement, -c.kl))
     path = v.make(replace(base, method=chosen.method, per_channel=chosen.per_channel), chosen.kept_float, work / "repaired.onnx")
-    return Repair(target, chosen, bool(meeting), len(v.xs), v.calibration_images, tried, ranking, path)
+    return Repair(target, chosen, bool(meeting), len(v.xs), v.calibration_images, tried, ranking, path, failed)

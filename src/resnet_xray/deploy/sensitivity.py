@@ -24,6 +24,7 @@ from ..image import Skipped
 from ..quiet import stdout_silenced
 from .data import image_batches
 from .graphmap import LayerGroups, group_nodes, onnx_nodes
+from .nncf_onnx import NNCF_METHODS, quantize_nncf_onnx
 from .onnx import OnnxInfo, inspect_onnx, ort_session
 from .qdq import QdqSettings, calibration_ranges, calibration_reader, pre_process, quantize_qdq
 
@@ -118,6 +119,10 @@ class Variants:
     def make(self, settings: QdqSettings, float_rows: list[str], out: Path | None = None) -> Path:
         self._made += 1
         out = out or self.work / f"variant-{self._made}.onnx"
+        if settings.method in NNCF_METHODS:  # NNCF calibrates anew: its bias correction needs the images, not saved ranges
+            self.calibration_images = self.calibration_images or len(self.calib)
+            return quantize_nncf_onnx(self.prep, out, self.calib, self.info, settings.method, settings.reduce_range,
+                                      self.nodes(float_rows))
         ranges = self.ranges(settings)
         with stdout_silenced():
             return quantize_qdq(self.prep, out, None, ranges, settings, self.nodes(float_rows))
