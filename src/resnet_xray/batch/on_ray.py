@@ -112,7 +112,8 @@ class Classifier:
 
     @staticmethod
     def engine_name(source: ModelSource) -> str:
-        return {"openvino": "openvino throughput", "onnxruntime": "onnxruntime batched"}.get(source.engine, "pytorch batched")
+        names = {"openvino": "openvino throughput, uint8 input", "onnxruntime": "onnxruntime batched"}
+        return names.get(source.engine, "pytorch batched")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = batch["error"] == ""
