@@ -95,15 +95,17 @@ class Preprocessing:
         """
         return replace(self, resize=round(self.resize * size / self.crop), crop=size, source=source or self.source)
 
-    def transform(self) -> T.Compose:
+    def crop_transform(self) -> T.Compose:
+        """The pipeline up to the crop: a PIL image in, the crop the network sees out, before any scaling."""
         interp = T.InterpolationMode(self.interpolation)
         return T.Compose([
             BoundedAspect(self.resize, self.crop),
             T.Resize(self.resize, interpolation=interp, antialias=True),
             T.CenterCrop(self.crop),
-            T.ToTensor(),
-            T.Normalize(self.mean, self.std),
         ])
+
+    def transform(self) -> T.Compose:
+        return T.Compose([*self.crop_transform().transforms, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.transform()(image)

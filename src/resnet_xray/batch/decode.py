@@ -32,16 +32,13 @@ class Decoded:
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, why it was not read)
 
 
-def _pixels(transform: Any) -> Any:
-    """The pipeline's steps up to the crop, as an HWC uint8 array: a quarter of the bytes the normalised tensor has."""
-    steps = transform.transforms[:-2]  # ToTensor and Normalize are the last two
-
-    def crop(img: Any) -> np.ndarray:
-        for step in steps:
-            img = step(img)
-        return np.asarray(img, dtype=np.uint8)
-
-    return crop
+def _to_array(pre: Preprocessing, pixels: bool) -> Any:
+    """One image to its array: the normalised CHW float32 tensor, or with ``pixels`` the HWC uint8 crop (a quarter of the bytes)."""
+    if pixels:
+        crop = pre.crop_transform()
+        return lambda img: np.asarray(crop(img), dtype=np.uint8)
+    full = pre.transform()
+    return lambda img: full(img).numpy()
 
 
 def decode_batch(items: list[tuple[str, str | None]], pre: Preprocessing, pixels: bool = False) -> Decoded:
@@ -51,7 +48,7 @@ def decode_batch(items: list[tuple[str, str | None]], pre: Preprocessing, pixels
     """
     transform = _transforms.get((pre, pixels))
     if transform is None:
-        transform = _transforms[(pre, pixels)] = _pixels(pre.transform()) if pixels else (lambda img, t=pre.transform(): t(img).numpy())
+        transform = _transforms[(pre, pixels)] = _to_array(pre, pixels)
     paths: list[str] = []
     arrays: list[np.ndarray] = []
     errors: list[tuple[str, str]] = []

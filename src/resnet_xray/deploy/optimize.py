@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -406,12 +406,11 @@ def _val_split(run: _Run, model: Any, meta: Any) -> _Val:
 def _candidates(run: _Run, variants: list[tuple[str, Any, float]], meta: Any, val: _Val
                 ) -> tuple[list[Candidate], dict[str, Callable[[np.ndarray], Any]]]:
     """Every candidate of every variant, scored on the val split, and a runner for each."""
-    calib, held = _calibration_files(run.opts), [Path(run.opts.data) / n for n in val.names]
-    control = _control_files(run.opts, calib) if run.opts.min_agreement else []
+    images = _images(run.opts, val.names)
     cands: list[Candidate] = []
     runners: dict[str, Callable[[np.ndarray], Any]] = {}
     for prefix, m, macs_rel in variants:
-        _variant(run, prefix, m, meta, macs_rel, (calib, held, control), cands, runners)
+        _variant(run, prefix, m, meta, macs_rel, images, cands, runners)
     _score(cands, runners, val)
     if run.opts.mixed_precision and "openvino" in run.opts.engines:
         _mixed(run, variants, cands, runners, val)
@@ -431,20 +430,23 @@ def _finish(run: _Run, cands: list[Candidate], base_acc: float, meta: Any, tsize
     return res
 
 
-def _calibration_files(opts: OptimizeOptions) -> list[Path]:
-    root = Path(opts.data)
-    root = root / "train" if (root / "train").is_dir() else root
-    files = list_images(root, "--data")
-    return spread(files, opts.calib_images)
+class _Images(NamedTuple):
+    calib: list[Path]  # training images INT8 calibrates on
+    held: list[Path]  # the val images every candidate is scored on
+    control: list[Path]  # what the INT8 repair chooses on (empty: no repair asked for)
 
 
-def _control_files(opts: OptimizeOptions, calib: list[Path]) -> list[Path]:
-    if opts.control:
-        return spread(list_images(Path(opts.control), "--control"), CONTROL_IMAGES)
+def _train_files(opts: OptimizeOptions) -> list[Path]:
     root = Path(opts.data)
+    return list_images(root / "train" if (root / "train").is_dir() else root, "--data")
+
+
+def _images(opts: OptimizeOptions, val_names: list[str]) -> _Images:
+    train = _train_files(opts)
+    calib = spread(train, opts.calib_images)
     taken = set(calib)
-    return spread([f for f in list_images(root / "train" if (root / "train").is_dir() else root, "--data") if f not in taken],
-                  CONTROL_IMAGES)
+    control = list_images(Path(opts.control), "--control") if opts.control else [f for f in train if f not in taken]
+    return _Images(calib, [Path(opts.data) / n for n in val_names], spread(control, CONTROL_IMAGES) if opts.min_agreement else [])
 
 
 def _logits(m: Any, xs: list[torch.Tensor]) -> np.ndarray:
@@ -452,10 +454,10 @@ def _logits(m: Any, xs: list[torch.Tensor]) -> np.ndarray:
         return np.concatenate([as_logits(m(x)) for x in xs])
 
 
-def _variant(run: _Run, prefix: str, model: Any, meta: Any, macs_rel: float, images: tuple[list[Path], list[Path], list[Path]],
+def _variant(run: _Run, prefix: str, model: Any, meta: Any, macs_rel: float, images: _Images,
              cands: list[Candidate], runners: dict[str, Any]) -> None:
     """Eager, fused, FP32 exports and every INT8 route of one model (unpruned or pruned)."""
-    pruned, m, calib = bool(prefix), model.eval(), images[0]
+    pruned, m, calib = bool(prefix), model.eval(), images.calib
 
     def eager(x: np.ndarray, m=m) -> Any:
         return m(torch.from_numpy(x))
@@ -511,16 +513,16 @@ def _fp32_files(run: _Run, prefix: str, onnx_path: Path) -> Files:
     return files
 
 
-def _int8_files(run: _Run, prefix: str, onnx_path: Path, images: tuple[list[Path], list[Path], list[Path]], pre: Any) -> Files:
+def _int8_files(run: _Run, prefix: str, onnx_path: Path, images: _Images, pre: Any) -> Files:
     """ONNX Runtime's QDQ INT8 of the export, and OpenVINO's two INT8 routes (on that QDQ file, and NNCF's own)."""
     engines, tag = run.opts.engines, _tag(prefix)
     want_ov = "openvino" in engines
     if "ort" not in engines and not want_ov:
         return {}
     run.stage(f"{prefix or 'unpruned '}INT8: ONNX Runtime QDQ" + (", NNCF, OpenVINO on QDQ" if want_ov else ""))
-    ort_int8, calib = run.work / f"{tag}.int8.onnx", images[0]
+    ort_int8, calib = run.work / f"{tag}.int8.onnx", images.calib
     if not run.done(f"{tag}.ort_int8"):
-        repair = quantize_from_files(onnx_path, images[0], images[1], ort_int8, run.opts.min_agreement, control=images[2])
+        repair = quantize_from_files(onnx_path, images.calib, images.held, ort_int8, run.opts.min_agreement, control=images.control)
         if repair["kept_float"] or not repair["reached"]:
             run.log(f"  ORT INT8 repair: {len(repair['kept_float'])} layer(s) kept in float, agreement "
                     f"{pct(repair['agreement'])} on val (target {pct(repair['target'])})")
@@ -573,7 +575,8 @@ def _mixed(run: _Run, variants: list, cands: list[Candidate], runners: dict[str,
         out = run.work / f"{tag}.int8_mixed.xml"
         done = run.done(f"{tag}.mixed")
         if not done:
-            calib = [x for _, x in image_batches(_calibration_files(opts), fp32_pre(fp32), 1, [], "calibrate", False)]
+            files = spread(_train_files(opts), opts.calib_images)
+            calib = [x for _, x in image_batches(files, fp32_pre(fp32), 1, [], "calibrate", False)]
             res = quantize_nncf(Path(fp32.path), calib, out, val=([x.numpy() for x in val.x], val.y), max_drop=budget)
             done = {"fp32_layers": res.fp32_layers}
             run.mark(f"{tag}.mixed", done)
