@@ -7,7 +7,7 @@ import torch
 
 import resnet_xray as rx
 from resnet_xray.deploy.bench import THROUGHPUT_NOTE, BenchOptions, run_bench
-from resnet_xray.deploy.optimize import Candidate, _pick
+from resnet_xray.deploy.candidates import Candidate, pick
 from resnet_xray.image import Preprocessing
 from resnet_xray.model import ModelMeta, build_model
 
@@ -56,9 +56,9 @@ def test_optimize_picks_by_the_objective_it_is_given() -> None:
     def fresh():  # the latency winner keeps one stream busy; the other fills every core with a batch
         return [c("fp32", 20.0, 40.0, "fp32"), c("quick", 5.0, 150.0), c("wide", 8.0, 300.0)]
 
-    assert _pick(fresh(), 0.9, 1.0).name == "quick"
+    assert pick(fresh(), 0.9, 1.0).name == "quick"
     cands = fresh()
-    win = _pick(cands, 0.9, 1.0, "throughput")
+    win = pick(cands, 0.9, 1.0, "throughput")
     assert win.name == "wide" and "time per image in throughput mode" in cands[1].reason
     with pytest.raises(rx.OptionError, match="objective"):
         from resnet_xray.deploy.optimize import OptimizeOptions

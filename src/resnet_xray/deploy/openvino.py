@@ -173,6 +173,7 @@ def quantize_nncf(
     val: tuple[list[np.ndarray], np.ndarray] | None = None,
     max_drop: float | None = None,
     fast_bias_correction: bool = True,
+    metric: str = "top-1 accuracy",
 ) -> NncfResult:
     """NNCF post-training INT8 of an FP32 IR; with ``val``+``max_drop``, accuracy-aware (mixed precision).
 
@@ -180,9 +181,11 @@ def quantize_nncf(
         fp32_xml: the FP32 IR (from export).
         calib: preprocessed NCHW calibration batches.
         out_xml: the INT8 IR to write (sidecar copied from the FP32 one, plus the method).
-        val: (batches, labels) for accuracy control.
-        max_drop: absolute top-1 accuracy drop allowed (a fraction, 0.01 = 1 point): NNCF then
+        val: (batches, labels) for accuracy control. With the FP32 model's own top-1 as the
+            labels, the metric is top-1 agreement with it (``optimize --min-agreement``).
+        max_drop: absolute drop of the metric allowed (a fraction, 0.01 = 1 point): NNCF then
             returns the most sensitive layers to FP32 one by one until the drop is within it.
+        metric: what the labels make of the metric, for the method recorded in the sidecar.
     """
     import nncf
 
@@ -212,7 +215,7 @@ def quantize_nncf(
                 model, calib_ds, val_ds, lambda compiled, items: validate(compiled, items), max_drop=max_drop,
                 drop_type=nncf.DropType.ABSOLUTE, preset=preset, subset_size=min(300, sum(len(c) for c in calib)),
             )
-            method = f"nncf.quantize_with_accuracy_control (max drop {max_drop:.3f})"
+            method = f"nncf.quantize_with_accuracy_control ({metric}, max drop {max_drop:.3f})"
     fp32 = fp32_layers(q)
     side = {**info.meta, "quantization": {"engine": "openvino", "method": method, "fp32_layers": fp32}}
     save_ir(q, out_xml, side)

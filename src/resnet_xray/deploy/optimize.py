@@ -5,7 +5,10 @@ on every engine (ONNX Runtime QDQ, NNCF, OpenVINO on the QDQ file, PyTorch FX) -
 accuracy on the val split -> latency, every candidate timed round-robin in this process
 after warm-up -> the fastest candidate within ``max_drop`` points of the FP32
 checkpoint. When plain INT8 loses more than that, NNCF's accuracy control keeps the
-most sensitive layers in FP32 (mixed precision) and the report names them.
+most sensitive layers in FP32 (mixed precision) and the report names them. INT8 must also
+agree with its own FP32 model on control images (``--min-agreement``, 99.5%): the would-be
+winner, where it falls short, is repaired (:mod:`.winner_repair`) and timed again with the
+rest, and the report names each layer it returned to float and why.
 
 Every artefact is written atomically and recorded in ``optimize_state.json``, so a
 killed run resumes where it stopped (``--resume``); timings are never reused, because
@@ -40,6 +43,7 @@ from ..pruning.importance import CRITERIA
 from ..units import pct, table
 from .artefact import sidecar_path
 from .bench import machine_info
+from .candidates import Candidate, pick
 from .charts import pareto_front, save_optimize_chart
 from .data import image_batches, list_images, spread
 from .fuse import fuse_model
@@ -51,6 +55,7 @@ from .runtime import (THROUGHPUT_BATCH, THROUGHPUT_METHOD, deployed_throughput, 
 from .search import Step, search_depth
 from .timing import time_models, torch_threads
 from .torch_int8 import quantize_torch_fx
+from .winner_repair import Inputs, agreement, repair_candidate, top1
 
 ENGINES = ("ort", "openvino", "torch")
 OBJECTIVES = ("latency", "throughput")
@@ -93,11 +98,9 @@ class OptimizeOptions:
                                        "throughput mode)")
     rounds: int = 5
     mixed_precision: bool = option(True, "try NNCF accuracy control when INT8 loses too much")
-    # off by default until its cost is measured against the 45-minute budget of a searched run: on a random
-    # ResNet-50 at 96 px, its first step alone (six calibration settings) took about 4 minutes a variant
-    min_agreement: float = option(0.0, "top-1 agreement with its FP32 parent that ONNX Runtime INT8 repairs itself towards, "
-                                       "e.g. 0.995 (chosen on --control, scored on val/; 0: no repair)")
-    control: str | None = option(None, "images the INT8 repair chooses on, drawn like val/, e.g. make-dataset --seed 1's val/ "
+    min_agreement: float = option(0.995, "top-1 agreement INT8 must reach with its own FP32 model on --control; the would-be "
+                                         "winner is repaired towards it (layers back to float), scored on val/ (0: no target)")
+    control: str | None = option(None, "images INT8 is judged and repaired on, drawn like val/, e.g. make-dataset --seed 1's val/ "
                                        "(default: train/ images outside calibration)")
     batch_size: int = 32
     workers: int = 0
@@ -142,33 +145,6 @@ class OptimizeOptions:
             raise OptionError("data", self.data, "no such folder")
         if self.control is not None:
             list_images(Path(self.control), "--control")  # now, not after the search
-
-
-@dataclass
-class Candidate:
-    name: str  # e.g. "pruned openvino int8 (nncf)"
-    engine: str  # eager | onnxruntime | openvino | torch
-    precision: str  # fp32 | int8 | int8+fp32 (mixed)
-    pruned: bool
-    macs_rel: float  # MACs against the unpruned model
-    path: str | None  # the artefact (None: not deployable as a file, e.g. eager or torch FX)
-    accuracy: float | None = None  # top-1 on the val images
-    agreement: float | None = None  # top-1 agreement with the FP32 checkpoint
-    check: dict[str, Any] | None = None  # compare() against the FP32 checkpoint
-    latency_ms: float | None = None  # median batch-1
-    iqr_ms: float | None = None
-    speedup: float | None = None  # vs the eager FP32 checkpoint, same rounds
-    throughput_img_s: float | None = None  # images/s in the engine's throughput mode (measured for --objective throughput)
-    fp32_layers: list[str] = field(default_factory=list)  # layers mixed precision left in FP32
-    kept_float: list[str] = field(default_factory=list)  # layers ONNX Runtime's INT8 repair left in float (QDQ files)
-    repair: dict[str, Any] | None = None  # that repair's target, agreement reached, and each kept layer's measured gain
-    disagreements: list[str] = field(default_factory=list)  # val images whose top-1 differs from the checkpoint's (the first 20)
-    status: str = "pending"  # winner | kept | dropped
-    reason: str = ""
-
-    @property
-    def deployable(self) -> bool:
-        return self.path is not None and self.engine in ("onnxruntime", "openvino")
 
 
 @dataclass
@@ -241,6 +217,7 @@ class _Run:
         self.state: dict[str, Any] = {"done": {}, "options": _result_options(opts)}
         self.stage_no = 0
         self.t0 = time.perf_counter()
+        self.control: _Control | None = None  # --min-agreement's images, once measured
 
     def stage(self, what: str) -> None:
         self.stage_no += 1
@@ -345,6 +322,8 @@ def _optimize(checkpoint: str, options: OptimizeOptions, *, log: Callable[[str],
         _time(run, cands, runners, tsize)
         if opts.objective == "throughput":
             _throughput(run, cands, runners, size)
+        if opts.min_agreement:
+            _repair_winner(run, cands, runners, val, size, tsize)
     return _finish(run, cands, val.base_acc, meta, tsize, time.perf_counter() - t_start, steps)
 
 
@@ -414,13 +393,85 @@ def _candidates(run: _Run, variants: list[tuple[str, Any, float]], meta: Any, va
     _score(cands, runners, val)
     if run.opts.mixed_precision and "openvino" in run.opts.engines:
         _mixed(run, variants, cands, runners, val)
+    if run.opts.min_agreement and images.control:
+        run.control = _control(run, variants, images, meta.preprocessing)
+        for c in cands:
+            _judge(run.control, c, runners[c.name])
     return cands, runners
+
+
+@dataclass
+class _Control:
+    """--min-agreement's images: what INT8 is judged and repaired on, and each FP32 model's top-1 there."""
+
+    images: _Images
+    x: list[np.ndarray]  # the control images, preprocessed, in batches
+    parent_top1: dict[bool, np.ndarray]  # pruned or not -> that FP32 model's top-1 on them
+
+
+def _control(run: _Run, variants: list[tuple[str, Any, float]], images: _Images, pre: Any) -> _Control:
+    run.stage(f"INT8 against its own FP32 model on {len(images.control)} control images "
+              f"(target {pct(run.opts.min_agreement)} top-1 agreement)")
+    x = [b for _, b in image_batches(images.control, pre, 16, [], "control", False)]
+    with torch.inference_mode():
+        parents = {bool(prefix): top1(lambda b, m=m: m(torch.from_numpy(b)), x) for prefix, m, _ in variants}
+    return _Control(images, x, parents)
+
+
+def _judge(ctl: _Control, c: Candidate, run_fn: Callable[[np.ndarray], Any]) -> None:
+    if "int8" in c.precision:
+        with torch.inference_mode():
+            c.control_agreement = agreement(top1(run_fn, ctl.x), ctl.parent_top1[c.pruned])
+
+
+def _repair_winner(run: _Run, cands: list[Candidate], runners: dict[str, Any], val: _Val, size: int, tsize: int) -> None:
+    """The would-be winner, where it is INT8 short of --min-agreement, repaired; then everything is timed again with it."""
+    opts, ctl = run.opts, run.control
+    would = pick(cands, val.base_acc, opts.max_drop, opts.objective)  # without the target: the candidate to repair
+    if ctl is None or would is None or would.control_agreement is None or would.control_agreement >= opts.min_agreement:
+        return
+    prefix = "pruned " if would.pruned else ""
+    run.stage(f"repairing {would.name}: {pct(would.control_agreement)} top-1 agreement with its FP32 model on "
+              f"{len(ctl.images.control)} control images, target {pct(opts.min_agreement)}")
+    key = f"repair:{would.name}"
+    done = run.done(key)
+    if not done:
+        src = Inputs(run.work / f"{_tag(prefix)}.fp32.onnx", ctl.images.calib,
+                     [x for _, x in image_batches(ctl.images.calib, fp32_pre(would), 1, [], "calibrate", False)],
+                     ctl.images.held, ctl.images.control, ctl.x,
+                     ctl.parent_top1[would.pruned])
+        r = repair_candidate(would.name, would.engine, prefix, src, opts.min_agreement, run.work)
+        done = {"name": r.name, "engine": r.engine, "path": str(r.path), "kept_float": r.kept_float, "detail": r.detail}
+        run.mark(key, done)
+    c = Candidate(done["name"], done["engine"], "int8+fp32" if done["kept_float"] else "int8", would.pruned, would.macs_rel,
+                  done["path"], kept_float=list(done["kept_float"]))
+    runners[c.name] = load_deployed(c.path, opts.threads)[0].run
+    _score([c], runners, val)
+    _judge(ctl, c, runners[c.name])
+    xs = [x.numpy() for x in val.x]
+    with torch.inference_mode():
+        parent = top1(runners[f"{prefix}eager fp32"], xs)
+        before = agreement(top1(load_deployed(would.path, opts.threads)[0].run, xs), parent)
+        after = agreement(top1(runners[c.name], xs), parent)
+    c.repair = {"target": opts.min_agreement, "repaired": would.name, "control_images": len(ctl.images.control),
+                "control_agreement_before": would.control_agreement, "control_agreement": c.control_agreement,
+                "val_images": len(parent), "val_agreement_before": before, "val_agreement": after,
+                "kept_float": c.kept_float, **done["detail"]}
+    run.log(f"  {c.name}: {len(c.kept_float)} layer(s) in float ({', '.join(c.kept_float) or 'none'}); agreement "
+            f"{pct(would.control_agreement)} -> {pct(c.control_agreement)} on control, {pct(before)} -> {pct(after)} on val")
+    cands.append(c)
+    if tsize != size:
+        runners[c.name] = runner_at_size(c.path, tsize, opts.threads, run.work / "timing")
+    run.stage(f"timing {len(cands)} candidates again, the repaired one with them (latencies compare only within one timing)")
+    _time(run, cands, runners, tsize)
+    if opts.objective == "throughput":
+        _throughput(run, [c], runners, size)
 
 
 def _finish(run: _Run, cands: list[Candidate], base_acc: float, meta: Any, tsize: int, seconds: float, steps: list[Step]) -> OptimizeResult:
     """Pick and publish the winner, draw the chart, and write the report."""
     opts = run.opts
-    winner = _pick(cands, base_acc, opts.max_drop, opts.objective)
+    winner = pick(cands, base_acc, opts.max_drop, opts.objective, opts.min_agreement)
     winner_path = _publish(run, winner)
     chart = save_optimize_chart(cands, run.out / CHART_FILE, base_acc, opts.max_drop)
     res = OptimizeResult(run.out, base_acc, opts.max_drop, cands, winner, winner_path, chart, machine_info(opts.threads), opts,
@@ -467,13 +518,9 @@ def _variant(run: _Run, prefix: str, model: Any, meta: Any, macs_rel: float, ima
     runners[name] = eager
     onnx_path = _export(run, prefix, m, meta)
     files = {**_fp32_files(run, prefix, onnx_path), **_int8_files(run, prefix, onnx_path, images, meta.preprocessing)}
-    repair = run.done(f"{_tag(prefix)}.ort_int8")  # what ORT INT8's repair kept in float; OpenVINO's QDQ IR inherits it
     for name, (engine, precision, path) in files.items():
         dm, _ = load_deployed(path, run.opts.threads)
-        c = Candidate(name, engine, precision, pruned, macs_rel, str(path))
-        if isinstance(repair, dict) and name.endswith(("ort int8", "openvino int8 (qdq)")):
-            c.kept_float, c.repair = list(repair["kept_float"]), repair
-        cands.append(c)
+        cands.append(Candidate(name, engine, precision, pruned, macs_rel, str(path)))
         runners[name] = dm.run
     if "torch" in run.opts.engines:
         run.stage(f"{prefix or 'unpruned '}INT8: PyTorch FX (x86)")
@@ -522,11 +569,8 @@ def _int8_files(run: _Run, prefix: str, onnx_path: Path, images: _Images, pre: A
     run.stage(f"{prefix or 'unpruned '}INT8: ONNX Runtime QDQ" + (", NNCF, OpenVINO on QDQ" if want_ov else ""))
     ort_int8, calib = run.work / f"{tag}.int8.onnx", images.calib
     if not run.done(f"{tag}.ort_int8"):
-        repair = quantize_from_files(onnx_path, images.calib, images.held, ort_int8, run.opts.min_agreement, control=images.control)
-        if repair["kept_float"] or not repair["reached"]:
-            run.log(f"  ORT INT8 repair: {len(repair['kept_float'])} layer(s) kept in float, agreement "
-                    f"{pct(repair['agreement'])} on val (target {pct(repair['target'])})")
-        run.mark(f"{tag}.ort_int8", repair if run.opts.min_agreement else True)  # no target: nothing was repaired
+        quantize_from_files(onnx_path, images.calib, images.held, ort_int8, 0.0)  # plain: only a would-be winner is repaired
+        run.mark(f"{tag}.ort_int8")
     files: Files = {}
     if "ort" in engines:
         files[f"{prefix}ort int8"] = ("onnxruntime", "int8", ort_int8)
@@ -620,60 +664,6 @@ def _throughput(run: _Run, cands: list[Candidate], runners: dict[str, Any], size
             with torch.inference_mode():
                 c.throughput_img_s = images_per_second(lambda x, fn=runners[c.name]: fn(x), x)
         run.log(f"  {c.name}: {c.throughput_img_s:.1f} img/s")
-
-
-# Latencies closer than this are a tie: the NNCF and QDQ OpenVINO INT8 files of one model swapped places by 1-3%
-# between reruns of the same timing. A tie goes to the candidate that agrees more with the FP32 model.
-LATENCY_TIE = 0.03
-
-
-def cost_ms(c: Candidate, objective: str = "latency") -> float:
-    """What ``objective`` minimises: batch-1 latency, or time per image in throughput mode (ms; 1e9 when unmeasured)."""
-    if objective == "throughput":
-        return 1e3 / c.throughput_img_s if c.throughput_img_s else 1e9
-    return c.latency_ms or 1e9
-
-
-def fastest(cands: list[Candidate], objective: str = "latency") -> Candidate:
-    """The fastest candidate, where a tie (:data:`LATENCY_TIE`) goes to the best top-1 agreement, then accuracy."""
-    best = min(cost_ms(c, objective) for c in cands)
-    tied = [c for c in cands if cost_ms(c, objective) <= best * (1 + LATENCY_TIE)]
-    return max(tied, key=lambda c: (c.agreement or 0.0, c.accuracy or 0.0, -cost_ms(c, objective)))
-
-
-def _pick(cands: list[Candidate], base_acc: float, max_drop: float, objective: str = "latency") -> Candidate | None:
-    floor = base_acc - max_drop / 100
-    ok: list[Candidate] = []
-    fp32_best: dict[str, float] = {}
-    for c in cands:
-        if c.precision == "fp32" and cost_ms(c, objective) < 1e9:
-            fp32_best[str(c.pruned)] = min(fp32_best.get(str(c.pruned), 1e9), cost_ms(c, objective))
-    for c in cands:
-        if c.check and not c.check.get("finite", True):
-            c.status, c.reason = "dropped", "non-finite outputs"
-        elif c.accuracy is None or c.accuracy < floor - 1e-12:
-            c.status, c.reason = "dropped", f"loses {(base_acc - (c.accuracy or 0)) * 100:.1f} points (budget {max_drop})"
-        elif not c.deployable:
-            c.status, c.reason = "kept", "for comparison: no file classify --model can load"
-        elif c.precision != "fp32" and cost_ms(c, objective) < 1e9 and cost_ms(c, objective) >= fp32_best.get(str(c.pruned), 1e9):
-            # INT8 slower than FP32 on this machine is never recommended
-            c.status, c.reason = "dropped", "INT8 slower than FP32 on this CPU"
-        else:
-            c.status, c.reason = "kept", "within budget"
-            ok.append(c)
-    if not ok:
-        return None
-    win = fastest(ok, objective)
-    quickest = min(ok, key=lambda c: cost_ms(c, objective))
-    win.status, win.reason = "winner", "fastest within budget"
-    if win is not quickest:
-        win.reason = (f"within {LATENCY_TIE:.0%} of the fastest ({quickest.name}) and agrees more with FP32 "
-                      f"({pct(win.agreement)} against {pct(quickest.agreement)})")
-    for c in ok:
-        if c is not win:
-            what = "latency" if objective == "latency" else "time per image in throughput mode"
-            c.reason = f"within budget, {cost_ms(c, objective) / cost_ms(win, objective):.2f}x the winner's {what}"
-    return win
 
 
 def _publish(run: _Run, win: Candidate | None) -> Path | None:
