@@ -90,3 +90,27 @@ def test_explore_in_chromium(url, tmp_path):
         other.click('#layer-map [data-layer="layer3.1.conv2"]')
         idle(other)
         assert other.wait_for_function(LOADED, arg="#feature-grid")
+
+
+def test_a_deployed_table_in_chromium_opens_its_layers(tmp_path):
+    import json
+
+    m = rx.load_model("resnet18", weights="random")
+    m = rx.LoadedModel(m.module, dataclasses.replace(m.meta, preprocessing=Preprocessing(resize=72, crop=64)))
+    res = rx.layers(m, engines=("torch",), runs=2, warmup=1, threads=1, progress=False)
+    path = tmp_path / "r18.layers.json"
+    path.write_text(json.dumps(res.to_dict()))
+    with rx.explore(m, browser=False, port=0, layers=[path]).running() as u, chromium(1400, 1000) as s:
+        page = s.page
+        page.goto(u)
+        idle(page)
+        assert page.is_visible("#deployed-panel")
+        rows = page.eval_on_selector_all("#deployed-tables tbody tr", "rs => rs.map(r => r.dataset.layer)")
+        assert rows == [r.name for r in res.rows]
+        assert "r18.layers.json" in page.inner_text("#deployed-tables h3")
+        page.click('#deployed-tables tr[data-layer="layer3.1.conv2"]')
+        idle(page)
+        assert "layer3.1.conv2" in page.inner_text("#detail-title")
+        row = next(r for r in res.rows if r.name == "layer3.1.conv2")
+        assert f"torch-fp32 {row.times_ms['torch-fp32']:.3f} ms" in page.inner_text("#detail-caption")
+        assert s.errors == [], s.errors

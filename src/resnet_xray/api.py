@@ -320,16 +320,19 @@ def evaluate_batch(model: Model, data: PathLike, out: PathLike, options: BatchOp
 
 
 def explore(model: Model, options: ExploreOptions | None = None, *, compare: Sequence[Model] = (),
-            artefacts: Sequence[PathLike] = (), **overrides: Any) -> Explorer:
-    """The local explorer's app over ``model``, ``compare`` models (layer by layer) and deployed ``artefacts`` (at the
-    output only): ``.serve()`` runs it."""
+            artefacts: Sequence[PathLike] = (), layers: Sequence[PathLike] = (), **overrides: Any) -> Explorer:
+    """The local explorer's app over ``model``, ``compare`` models (layer by layer), deployed ``artefacts`` (at the
+    output only) and per-layer tables ``layers --json`` wrote: ``.serve()`` runs it."""
+    from .deploy.layerchart import read_layers_doc
     from .deploy.runtime import load_deployed
     from .explorer.server import open_explorer
     from .explorer.workspace import ExploreOptions
     from .model import LoadedModel
 
     opts = configure(ExploreOptions, options, overrides)  # a bad port is refused before any model is loaded
-    return open_explorer([as_model(model), *(as_model(c) for c in compare)], [LoadedModel(*load_deployed(p)) for p in artefacts], opts)
+    tables = [{"file": str(p), **read_layers_doc(p, "--layers")} for p in layers]
+    return open_explorer([as_model(model), *(as_model(c) for c in compare)], [LoadedModel(*load_deployed(p)) for p in artefacts], opts,
+                         tables)
 
 
 def layers(model: Model, options: LayersOptions | None = None, *, against: Model | None = None, output: PathLike | None = None,

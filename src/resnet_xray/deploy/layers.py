@@ -120,8 +120,10 @@ class LayersResult:
         return list(self.rows)
 
     def to_dict(self) -> dict[str, Any]:
+        index = {id(r): i for i, r in enumerate(self.rows)}  # the position in the network, whatever the sort
         return {
-            "model": self.model, "reference": self.reference, "rows": [r.to_dict() for r in self.sorted_rows()],
+            "model": self.model, "reference": self.reference,
+            "rows": [{**r.to_dict(), "index": index[id(r)]} for r in self.sorted_rows()],
             "end_to_end_ms": self.end_to_end_ms, "sum_check": self.sum_check, "keys": self.keys,
             "error_engine": self.error_engine, "images": self.images, "machine": self.machine,
             "options": asdict(self.options), "weights": self.weights.to_dict() if self.weights else None,
@@ -421,7 +423,7 @@ def run_layers(model: Any, reference: Any, opts: LayersOptions, output: str | os
     with tempfile.TemporaryDirectory(prefix="rx-layers-") as tmp:
         res = profile_layers(_model_or_file(model), None if reference is None else _model_or_file(reference), opts, Path(tmp))
     if output:
-        res.chart = save_layers_chart(res, output)
+        res.chart = save_layers_chart(res.to_dict(), output)
     return res
 
 

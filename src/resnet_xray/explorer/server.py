@@ -123,6 +123,10 @@ def _page_routes(app: FastAPI, ws: Workspace) -> None:
     def session() -> dict[str, Any]:
         return views.session_doc(ws)
 
+    @app.get("/api/layers")
+    def layer_tables() -> dict[str, Any]:
+        return views.tables_doc(ws)
+
     @app.post("/api/photos")
     async def upload(request: Request, name: str = "") -> Any:
         limit = ws.options.max_upload_mb * 10**6
@@ -386,7 +390,8 @@ class Explorer:
 __all__ = ["Explorer", "create_app", "bind"]
 
 
-def open_explorer(models: list[Any], deployed: list[Any], opts: Any) -> Explorer:
-    """The explorer over PyTorch ``models`` (the first is the main one) and ``deployed`` artefacts (LoadedModels)."""
-    ws = Workspace(models, deployed, opts)
+def open_explorer(models: list[Any], deployed: list[Any], opts: Any, tables: list[dict[str, Any]] | None = None) -> Explorer:
+    """The explorer over PyTorch ``models`` (the first is the main one), ``deployed`` artefacts (LoadedModels) and
+    per-layer ``tables`` (``layers --json`` documents)."""
+    ws = Workspace(models, deployed, opts, tables)
     return Explorer(ws, create_app(ws))

@@ -8,10 +8,12 @@ page writes it with ``textContent``, never as markup.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..deploy.layerchart import network_rows
 from ..dissect import LayerRow
 from ..pruning.kept import pruned_channels
 from ..tracing import LayerStats
@@ -44,7 +46,15 @@ def model_doc(s: Slot) -> dict[str, Any]:
 def session_doc(ws: Workspace) -> dict[str, Any]:
     return {"models": [model_doc(s) for s in ws.slots],
             "photos": [{"key": p.key, "name": p.name, "size": list(p.size)} for p in ws.photos.values()],
-            "stages": list(STAGES), "max_upload_bytes": ws.options.max_upload_mb * 10**6, "topk": ws.options.topk}
+            "stages": list(STAGES), "max_upload_bytes": ws.options.max_upload_mb * 10**6, "topk": ws.options.topk,
+            "tables": len(ws.tables)}
+
+
+def tables_doc(ws: Workspace) -> dict[str, Any]:
+    """The per-layer tables of deployed models, rows in network order, with what the page needs to read them."""
+    keep = ("model", "reference", "keys", "end_to_end_ms", "sum_check", "error_engine", "images")
+    return {"tables": [{**{k: t.get(k) for k in keep}, "file": Path(t["file"]).name, "cpu": (t.get("machine") or {}).get("cpu"),
+                        "rows": network_rows(t)} for t in ws.tables]}
 
 
 def input_doc(ws: Workspace, slot: Slot, photo: Photo) -> dict[str, Any]:

@@ -138,8 +138,10 @@ def display_name(name: str | None) -> str:
 
 
 class Workspace:
-    def __init__(self, models: list[LoadedModel], artefacts: list[LoadedModel], options: ExploreOptions | None = None):
+    def __init__(self, models: list[LoadedModel], artefacts: list[LoadedModel], options: ExploreOptions | None = None,
+                 tables: list[dict[str, Any]] | None = None):
         self.options = options or ExploreOptions()
+        self.tables = tables or []  # per-layer tables of deployed models (``layers --json``), shown as they are
         roles = ["main"] + ["compare"] * (len(models) - 1)
         self.slots = [self._slot(i, role, m) for i, (role, m) in enumerate(zip(roles, models))]
         self.slots += [Slot(len(self.slots) + i, "artefact", a) for i, a in enumerate(artefacts)]

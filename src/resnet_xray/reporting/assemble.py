@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from ..atomic import StagedFiles, jsonable, writable_dir
+from ..deploy.layerchart import layers_figure, network_rows, read_layers_doc
 from ..dissect import AnatomyOptions, analyze
 from ..errors import XrayError
 from ..image import load_image
@@ -62,7 +63,9 @@ class ReportOptions:
     gradflow: bool = option(True, "the gradient-flow section (its slowest part)")
     gradflow_batch: int = option(2, "a small batch keeps the report fast on two cores")
     gradflow_size: int = option(64, "input side for the gradient-flow measurement (its cost grows with the square)")
-    sections: tuple[str, ...] | None = option(None, "comma-separated subset, kept in the article's order: input,kernel,channels,conv1,bottleneck,shortcuts,stages,residual,gradflow,cost,cam,conclusion (default: all)")
+    sections: tuple[str, ...] | None = option(None, "comma-separated subset, kept in the article's order: input,kernel,channels,conv1,bottleneck,shortcuts,stages,residual,gradflow,cost,deployed,cam,conclusion (default: all)")
+    layers: str | None = option(None, "a file `resnet-xray layers --json` wrote: the deployed section shows each layer's time "
+                                      "on each engine and its INT8 error (without it, that section is left out)")
     quiet: bool = option(False, "no progress display on stderr")
 
     def __post_init__(self) -> None:
@@ -76,6 +79,8 @@ class ReportOptions:
         batch_fits("gradflow_batch", self.gradflow_batch, self.gradflow_size, training=True)
         if self.sections is not None:
             self.sections = check_sections(tuple(self.sections))
+        if self.layers is not None:
+            read_layers_doc(self.layers, "--layers")  # now, not after the forward pass
 
 
 @dataclass
@@ -160,6 +165,8 @@ def build_report(image: str | os.PathLike, model: nn.Module, meta: ModelMeta, op
     chosen = check_sections(opts.sections)
     if not opts.gradflow:
         chosen = tuple(s for s in chosen if s != "gradflow")
+    if not opts.layers:
+        chosen = tuple(s for s in chosen if s != "deployed")
     out_dir = writable_dir(opts.out_dir)  # fail before any compute if it cannot be written
     if opts.cam_class is not None:
         check_class_index(opts.cam_class, len(meta.class_names))
@@ -388,6 +395,18 @@ def _cost_section(page: _Page) -> None:
         page.pics["cost"] = png_uri(story.cost_figure(page.data["anatomy"]["breakdown"]["by_stage"], STAGE_LABELS, page.wlabel))
 
 
+def _deployed_section(page: _Page) -> None:
+    with page.clock.section("deployed"):
+        doc = read_layers_doc(page.opts.layers, "--layers")
+        keep = ("model", "reference", "keys", "end_to_end_ms", "sum_check", "error_engine", "images", "machine")
+        page.data["deployed"] = {**{k: doc.get(k) for k in keep}, "file": str(page.opts.layers), "rows": network_rows(doc)}
+        import matplotlib.pyplot as plt
+
+        fig = layers_figure(doc)
+        page.pics["deployed"] = png_uri(fig)
+        plt.close(fig)
+
+
 def _conclusion_section(page: _Page) -> None:
     with page.clock.section("conclusion"):
         if "stages" in page.data:
@@ -400,7 +419,7 @@ _SECTIONS = (
     ("input", _input_section), ("kernel", _kernel_section), ("channels", _channels_section), ("conv1", _conv1_section),
     ("bottleneck", _bottleneck_section), ("shortcuts", _shortcuts_section), ("stages", _stages_section),
     ("residual", _residual_section), ("gradflow", _gradflow_section), ("cam", _cam_section), ("cost", _cost_section),
-    ("conclusion", _conclusion_section),
+    ("deployed", _deployed_section), ("conclusion", _conclusion_section),
 )
 assert {sid for sid, _ in _SECTIONS} == set(SECTION_IDS)
 

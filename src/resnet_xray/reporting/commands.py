@@ -13,9 +13,9 @@ def _flags() -> Flags:
     from .assemble import ReportOptions
 
     return Flags(
-        ReportOptions, ("out_dir", "cam_class", "gradflow", "sections", "quiet"),
+        ReportOptions, ("out_dir", "cam_class", "gradflow", "sections", "layers", "quiet"),
         spelling={"out_dir": ("-o", "--output"), "cam_class": "--class"},
-        metavar={"sections": "IDS", "out_dir": "OUTPUT"},
+        metavar={"sections": "IDS", "out_dir": "OUTPUT", "layers": "LAYERS.json"},
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from html import escape
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from ..units import below, count_of, num, of_count, pct, si
@@ -78,7 +79,7 @@ def render_html(doc: dict[str, Any], pics: dict[str, Any]) -> str:
     renderers = {
         "input": _input, "kernel": _kernel, "channels": _channels, "conv1": _conv1, "bottleneck": _walkthrough,
         "shortcuts": _shortcuts, "stages": _stages, "residual": _residual, "gradflow": _gradflow, "cost": _cost,
-        "cam": _cam, "conclusion": _conclusion,
+        "deployed": _deployed, "cam": _cam, "conclusion": _conclusion,
     }
     titles = dict(SECTIONS)
     chosen = doc["sections"]
@@ -313,6 +314,44 @@ def _cost(doc: dict[str, Any], pics: dict[str, Any]) -> str:
                + "</details>" if rows else "")
             + f'<p class="note">* {escape(a["conventions"]["macs"])}. RF: {escape(a["conventions"]["receptive_field"])}.</p>')
     return section("cost", "Where are the parameters and the FLOPs?", body, lead)
+
+
+def _deployed(doc: dict[str, Any], pics: dict[str, Any]) -> str:
+    """``layers``' table of a deployed model: each layer's time per engine, INT8 error, and the kernel the engine chose."""
+    d = doc.get("deployed")
+    if not d:
+        return ""
+    keys = list(d["keys"])
+    model_keys = [k for k, who in d["keys"].items() if who == "model"]
+    first = model_keys[0] if model_keys else keys[0]
+    rows = d["rows"]
+    has_err = any(r.get("error") for r in rows)
+    e2e = "; ".join(f"{escape(k)} {d['end_to_end_ms'][k]:.2f} ms" for k in keys if k in d["end_to_end_ms"])
+    sums = "; ".join(f"{escape(k)} {c['sum_ratio']:.0%}" for k, c in (d.get("sum_check") or {}).items() if c.get("sum_ratio"))
+    lead = (f"<code>resnet-xray layers</code> profiled {escape(Path(str(d['model'])).name)}"
+            + (f" against {escape(Path(str(d['reference'])).name)}" if d.get("reference") else "")
+            + f" with each engine's own profiler ({escape(str((d.get('machine') or {}).get('cpu', 'this CPU')))}). End to end: {e2e}."
+            + (f" The layers' times add up to {sums} of it." if sums else "")
+            + " A row is a PyTorch layer, or a group an engine fuses, named after its conv; the slowest first.")
+
+    def err(r: dict[str, Any], k: str, fmt: str) -> str:
+        v = (r.get("error") or {}).get(k)
+        return "" if v is None else format(v, fmt)
+
+    speed = list(dict.fromkeys(e for r in rows for e in r.get("speedup", {})))  # engines timed on both model and reference
+    head = ["layer", "MACs", *(f"{k} ms" for k in keys), *(f"{e} ×" for e in speed)]
+    head += (["rel L2", "cosine"] if has_err else []) + [f"{first} kernel"]
+    slowest = sorted(rows, key=lambda r: -r["times_ms"].get(first, 0.0))
+    table_rows = [[escape(r["name"]), si(r["macs"]) if r.get("macs") else "", *(_num(r["times_ms"].get(k), ".3f") for k in keys),
+                   *(_num(r.get("speedup", {}).get(e), ".2f") for e in speed),
+                   *([err(r, "rel_l2", ".3g"), err(r, "cosine", ".5f")] if has_err else []),
+                   escape(str(r.get("kernels", {}).get(first, "")))] for r in slowest]
+    cols = len(head)
+    body = (_fig(pics["deployed"], "time per layer on each engine, and the error against the reference, along the network",
+                 escape(f"From {d['file']}.")) + _table(head, table_rows[:12], left=(0, cols - 1))
+            + (f"<details><summary>Every row: {len(table_rows)}</summary>" + _table(head, table_rows, left=(0, cols - 1)) + "</details>"
+               if len(table_rows) > 12 else ""))
+    return section("deployed", "Where does the time go once deployed? Each layer on each engine", body, lead)
 
 
 def _cam(doc: dict[str, Any], pics: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("residual", "How much does each block change its input?"),
     ("gradflow", "Why do residual connections help? Gradient flow"),
     ("cost", "Where are the parameters and the FLOPs?"),
+    ("deployed", "Where does the time go once deployed? Each layer on each engine"),
     ("cam", "What does it predict, and where does the evidence lie?"),
     ("conclusion", "Conclusion: kernels, channels and layers on this image"),
 )

@@ -78,6 +78,7 @@ async function init() {
   $("label-search").addEventListener("input", searchLabels);
   $("feature-grid").addEventListener("click", gridClick);
   await act(showPhoto("cat"));
+  if (state.session.tables) await act(showTables());
   window.__xray.ready = true;
 }
 
@@ -271,7 +272,7 @@ async function showLayer(name) {
   const d = await api(`/api/m/${m.key}/p/${state.photo}/layer/${encodeURIComponent(name)}`);
   if (state.layer !== name) return;
   $("detail-title").textContent = `4. Feature maps of ${d.name} (${d.type})`;
-  $("detail-caption").textContent = `${d.caption}. RF ${d.rf} px, jump ${d.jump} px, ${si(d.macs)} MACs.`;
+  $("detail-caption").textContent = `${d.caption}. RF ${d.rf} px, jump ${d.jump} px, ${si(d.macs)} MACs.${deployedLine(name)}`;
   state.grid = d.grid || null;
   $("channel-detail").hidden = true;
   $("value-list").replaceChildren();
@@ -285,6 +286,46 @@ async function showLayer(name) {
     $("value-list").replaceChildren(...d.channels.slice(0, 20).map((c) =>
       el("li", {}, `#${c.c}${c.label ? " " + c.label : ""}: ${num(c.max, 4)}`)));
   }
+}
+
+// --- deployed models: the per-layer tables of `layers --json` ---
+
+async function showTables() {
+  const d = await api("/api/layers");
+  state.tables = d.tables;
+  $("deployed-panel").hidden = !d.tables.length;
+  $("deployed-tables").replaceChildren(...d.tables.map(tableView));
+  if (state.layer) $("detail-caption").textContent += deployedLine(state.layer);
+}
+
+function tableView(t) {
+  const keys = Object.keys(t.keys);
+  const first = keys.find((k) => t.keys[k] === "model") || keys[0];
+  const hasErr = t.rows.some((r) => r.error);
+  const head = ["layer", "MACs", ...keys.map((k) => `${k} ms`), ...(hasErr ? ["rel L2", "cosine"] : []), `${first} kernel`];
+  const known = (name) => document.querySelector(`[data-layer="${CSS.escape(name)}"]`);
+  const rows = t.rows.map((r) => el("tr", { dataset: { layer: r.name }, class: known(r.name) ? "link" : "",
+    onclick: () => { if (known(r.name)) act(showLayer(r.name)); } },
+    el("td", {}, r.name), el("td", {}, r.macs ? si(r.macs) : ""),
+    ...keys.map((k) => el("td", {}, r.times_ms[k] === undefined ? "" : r.times_ms[k].toFixed(3))),
+    ...(hasErr ? [el("td", {}, r.error ? num(r.error.rel_l2) : ""), el("td", {}, r.error ? num(r.error.cosine, 6) : "")] : []),
+    el("td", {}, (r.kernels || {})[first] || "")));
+  const e2e = keys.filter((k) => t.end_to_end_ms[k]).map((k) => `${k} ${t.end_to_end_ms[k].toFixed(2)} ms`).join("; ");
+  const caption = `${t.file}: ${t.model}${t.reference ? " against " + t.reference : ""}, on ${t.cpu || "an unnamed CPU"}. End to end: ${e2e}.`;
+  return el("div", { class: "deployed" }, el("h3", {}, caption),
+    el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, el("tr", {}, ...head.map((h) => el("th", {}, h)))),
+      el("tbody", {}, ...rows))));
+}
+
+function deployedLine(name) {
+  const parts = [];
+  for (const t of state.tables || []) {
+    const r = t.rows.find((x) => x.name === name);
+    if (!r) continue;
+    const times = Object.entries(r.times_ms).map(([k, v]) => `${k} ${v.toFixed(3)} ms`).join(", ");
+    parts.push(`${t.file}: ${times}${r.error ? `; rel L2 ${num(r.error.rel_l2)} against the reference` : ""}`);
+  }
+  return parts.length ? ` Deployed: ${parts.join(" · ")}.` : "";
 }
 
 function gridClick(ev) {
