@@ -124,3 +124,28 @@ def test_a_kept_work_dir_never_times_an_earlier_models_nncf_file(tmp_path) -> No
         res = run_bench(model, meta, opts)
         nncf = next(r for r in res.rows if r.path == "openvino int8 (nncf)")
         assert nncf.status == "ok" and nncf.check["images"] >= 1, (classes, nncf.note)
+
+
+@pytest.mark.slow
+def test_the_openvino_bf16_row_is_labelled_with_what_ran(monkeypatch) -> None:
+    from resnet_xray.deploy import bench as bench_mod
+    from resnet_xray.deploy.openvino import native_bf16
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=6).eval()
+    meta = ModelMeta("resnet18", "random", [str(i) for i in range(6)], Preprocessing(resize=72, crop=64), False)
+    opts = BenchOptions(threads=1, warmup=1, repeats=2, rounds=1, min_time_s=0.0, compile=False, paths=("eager fp32", "openvino bf16"),
+                        progress=False)
+
+    def bf16_row():
+        return next(r for r in run_bench(model, meta, opts).rows if r.path == "openvino bf16")
+
+    row = bf16_row()
+    if native_bf16():
+        assert row.status == "ok" and row.check is not None
+    else:
+        assert row.status == "skipped" and "no native bf16" in row.note
+        # told the CPU has it, OpenVINO still compiles f32 here: the row says so instead of showing f32 as bf16
+        monkeypatch.setattr(bench_mod, "native_bf16", lambda: True)
+        row = bf16_row()
+        assert row.status == "skipped" and "compiled it in f32, not bf16" in row.note

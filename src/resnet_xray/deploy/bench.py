@@ -37,7 +37,7 @@ from ..interface import ClassLogits, unwrap
 from .data import image_batches, list_images
 from .fuse import fuse_model
 from .onnx import ExportOptions, export_onnx, inspect_onnx, ort_session
-from .openvino import quantize_nncf, write_ir
+from .openvino import compiled_precision, native_bf16, quantize_nncf, write_ir
 from .peak import Peak, measure_fp32_peak
 from .runtime import OpenVinoThroughput, images_per_second
 from .quantize import QuantizeOptions, detect_cpu_int8, quantize_onnx
@@ -378,7 +378,8 @@ class _Bench:
     # --- artefacts shared by several rows ---
 
     def _prepare_onnx(self) -> None:
-        need_fp32 = any(self.wanted(n) for n in ("ort fp32", "ort int8", "openvino fp32", "openvino int8", "tensorrt fp16", "tensorrt int8"))
+        need_fp32 = any(self.wanted(n) for n in ("ort fp32", "ort int8", "openvino fp32", "openvino int8", "openvino bf16",
+                                                 "tensorrt fp16", "tensorrt int8"))
         need_int8 = any(self.wanted(n) for n in ("ort int8", "openvino int8"))
         if not need_fp32:
             return
@@ -440,6 +441,7 @@ class _Bench:
         self.add("openvino fp32", b, "cpu", lambda: self._openvino(self.onnx_fp32, x, "f32", "openvino fp32"))
         self.add("openvino int8", b, "cpu", lambda: self._openvino(self._int8(), x, "f32", "openvino int8"))
         self.add("openvino int8 (nncf)", b, "cpu", lambda: self._openvino(self._nncf_ir(), x, "f32", "openvino int8 (nncf)"))
+        self.add("openvino bf16", b, "cpu", lambda: self._openvino(self.onnx_fp32, x, "bf16", "openvino bf16"))
 
     def _int8(self) -> Path | None:
         if self.int8_failed:
@@ -497,6 +499,8 @@ class _Bench:
             raise _Skip("openvino not installed (it is a default dependency: pip install -e .)") from None
         if path is None:
             raise _Skip("no model (an earlier step failed or was not requested)")
+        if precision == "bf16" and not native_bf16():
+            raise _Skip("this CPU has no native bf16 (avx512_bf16 or AMX), where OpenVINO runs a bf16 hint in f32")
         self.ov_files[name] = path
         core = ov.Core()
         m = core.read_model(str(path))
@@ -505,6 +509,9 @@ class _Bench:
         if self.opts.threads:
             config["INFERENCE_NUM_THREADS"] = self.opts.threads
         compiled = core.compile_model(m, "CPU", config)
+        got = compiled_precision(compiled)
+        if got != precision:
+            raise _Skip(f"OpenVINO compiled it in {got}, not {precision}: a row is labelled with what ran")
         request = compiled.create_infer_request()
         arr = x.numpy()
         return lambda: request.infer({0: arr})

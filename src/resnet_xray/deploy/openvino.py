@@ -103,6 +103,16 @@ def inspect_ir(path: str | os.PathLike, flag: str = "") -> tuple[Any, IrInfo]:
     return model, IrInfo(p, dims, num_classes, meta)
 
 
+def native_bf16() -> bool:
+    """Whether OpenVINO computes bf16 natively on this CPU (avx512_bf16 or AMX); elsewhere a bf16 hint runs f32."""
+    return "BF16" in require_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def compiled_precision(compiled: Any) -> str:
+    """The precision OpenVINO compiled for, read back (``bf16``, ``f32``): what a row is labelled with, never what was asked."""
+    return str(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
+
+
 def compile_cpu(model: Any, threads: int | None = None, batch: int | None = None, *, perf_count: bool = False):
     """A compiled CPU model tuned for latency, FP32 arithmetic (no silent bf16 on AVX-512 BF16 CPUs).
 
