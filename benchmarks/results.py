@@ -111,23 +111,6 @@ def int8_time_rows(rec: dict[str, Any]) -> Iterable[Row]:
                _pct(share.get("other", 0)), kernels]
 
 
-def repair_rows(rec: dict[str, Any]) -> Iterable[Row]:
-    """optimize's INT8 repair of its would-be winner: what went back to float, and agreement and speed before and after."""
-    cands = {c["name"]: c for c in rec["figures"]["candidates"]}
-    for c in cands.values():
-        r = c.get("repair")
-        if not r or "repaired" not in r:  # records from before the would-be winner was repaired
-            continue
-        plain = cands[r["repaired"]]
-        prefix = "pruned " if c["name"].startswith("pruned ") else ""
-        fp32 = cands.get(f"{prefix}{c['name'][len(prefix):].split(' ')[0]} fp32")  # the same engine's FP32 of the same model
-        best = fp32["latency_ms"] if fp32 else None
-        yield [f"{plain['name']} -> {c['name']}", ", ".join(r["kept_float"]) or "none",
-               f"{_pct(r['control_agreement_before'])} -> {_pct(r['control_agreement'])} ({r['control_images']})",
-               f"{_pct(r['val_agreement_before'])} -> {_pct(r['val_agreement'])} ({r['val_images']})", _pct(r["target"]),
-               _ms(c["latency_ms"]), _x(c["latency_ms"] / plain["latency_ms"]), _x(best / c["latency_ms"] if best else None), c["status"]]
-
-
 def optimize_candidate_rows(rec: dict[str, Any]) -> Iterable[Row]:
     for c in rec["figures"]["candidates"]:
         ctl = c.get("control_agreement")
@@ -254,10 +237,6 @@ TABLES: dict[str, Table] = {
                               distill_rows, ("python benchmarks/bench_optimize.py --distill-ablation",)),
     "int8-time": Table(("bench_int8_time",), ("model", "MACs", "ms", "vs unpruned", "conv GMAC/s", "conv", "fc", "pooling",
                                               "other", "top kernels"), int8_time_rows, ("python benchmarks/bench_int8_time.py",)),
-    "optimize-repair": Table(("bench_optimize",), ("repaired", "kept in float", "agreement with its FP32, control (images)",
-                                                   "on val (images)", "target", "ms", "vs the plain INT8", "vs same engine FP32",
-                                                   "status"), repair_rows,
-                             ("python benchmarks/bench_optimize.py --checkpoint out/reference/resnet50/best.pt --data out/reference/data",)),
     "prune": Table(("bench_prune",), ("run", "MACs kept", "accuracy, pruned FP32 (points)", "ORT FP32 pruned vs unpruned",
                                       "pruned ORT INT8 vs unpruned eager", "accuracy, pruned INT8 (points)"), prune_rows,
                    ("python benchmarks/bench_prune.py --weights out/reference/resnet50/best.pt --data out/reference/data",)),

@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from resnet_xray.cli import main
+from resnet_xray.deploy import optimize as optimize_mod
+from resnet_xray.deploy.candidates import Candidate, to_repair
 from resnet_xray.deploy.optimize import OptimizeOptions, optimize
 from resnet_xray.image import ImageStream, Preprocessing
 from resnet_xray.model import ModelMeta, build_model, save_checkpoint
@@ -46,25 +48,54 @@ def spiky(tmp_path_factory):
     return root, save_checkpoint(root / "r18.pt", model, ModelMeta("resnet18", "trained in test", names, pre, True))
 
 
+def cand(name: str, ms: float, agree: float | None, precision: str = "int8") -> Candidate:
+    return Candidate(name, "openvino", precision, True, 0.5, f"{name}.xml", accuracy=0.9, agreement=0.9, latency_ms=ms,
+                     control_agreement=agree)
+
+
+def test_only_a_would_be_winner_short_of_the_target_and_faster_than_any_that_meets_it_is_repaired() -> None:
+    fp32 = cand("openvino fp32", 10.0, None, "fp32")
+    # the fastest meets the target: nothing to repair
+    assert to_repair([fp32, cand("a", 5.0, 0.996), cand("b", 5.05, 0.99)], 0.9, 1.0, "latency", 0.995) is None
+    # the fastest misses it, but one that meets it is within the 3% tie: that one wins as it is
+    assert to_repair([fp32, cand("a", 5.0, 0.99), cand("b", 5.1, 0.996)], 0.9, 1.0, "latency", 0.995) is None
+    # the fastest misses it and the next that meets it is slower: the fastest is repaired
+    fast = cand("a", 5.0, 0.99)
+    assert to_repair([fp32, fast, cand("b", 6.0, 0.996)], 0.9, 1.0, "latency", 0.995) is fast
+    assert to_repair([fp32, fast], 0.9, 1.0, "latency", 0.995) is fast
+
+
 @pytest.fixture(scope="module")
 def repaired_run(spiky, tmp_path_factory):
     root, ckpt = spiky
     out = tmp_path_factory.mktemp("run") / "opt"
     opts = OptimizeOptions(data=str(root / "data"), out=str(out), max_drop=100.0, engines=("ort", "openvino"), min_agreement=TARGET,
                            calib_images=8, repeats=3, rounds=1, threads=1, batch_size=4, progress=False)
-    return optimize(str(ckpt), opts, log=lambda s: None), out
+    # NNCF's plain INT8 flips 2 of 16 control images and OpenVINO on the QDQ file none: which of the two (all but tied)
+    # would win is a matter of timing, so NNCF's is named the one to repair here; the choice itself is tested above
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(optimize_mod, "to_repair", lambda cands, *a: next(c for c in cands if c.name == "openvino int8 (nncf)"))
+        return optimize(str(ckpt), opts, log=lambda s: None), out
 
 
 def test_the_would_be_winner_is_repaired_and_timed_with_the_rest(repaired_run) -> None:
     res, out = repaired_run
-    fixed = next(c for c in res.candidates if c.repair)  # which INT8 would win is a matter of timing: either route
+    fixed = next(c for c in res.candidates if c.repair)
     plain = next(c for c in res.candidates if c.name == fixed.repair["repaired"])
     # judged on the 16 train images outside calibration, never on val
     assert plain.control_agreement < TARGET <= fixed.control_agreement
     assert plain.status == "dropped" and "under the 95.0% target" in plain.reason
-    # the repair returned layers to float, named as PyTorch names them, and says how and why
-    assert fixed.kept_float and all(n.startswith(("conv1", "layer", "fc")) for n in fixed.kept_float)
-    assert fixed.precision == "int8+fp32" and fixed.name.endswith("repaired)") and fixed.engine == plain.engine
+    # NNCF's other settings first, each measured; then layers back to float, named as PyTorch names them
+    tried = fixed.repair["tried"]
+    assert [t["setting"] for t in tried] == ["full bias correction", "mixed preset"][: len(tried)]
+    assert all(t["control_agreement"] < TARGET for t in tried[:-1])  # each setting is measured, the first that reaches it kept
+    if fixed.kept_float:
+        assert len(tried) == 2 and tried[-1]["control_agreement"] < TARGET
+    else:
+        assert tried[-1]["control_agreement"] == fixed.control_agreement >= TARGET
+    assert all(n.startswith(("conv1", "layer", "fc")) for n in fixed.kept_float)
+    assert fixed.precision == ("int8+fp32" if fixed.kept_float else "int8")
+    assert fixed.name == "openvino int8 (nncf, repaired)" and fixed.engine == plain.engine
     r = fixed.repair
     assert r["control_images"] == 16 and r["target"] == TARGET and r["kept_float"] == fixed.kept_float
     assert r["control_agreement_before"] == plain.control_agreement and r["control_agreement"] == fixed.control_agreement
@@ -91,12 +122,17 @@ def test_nncf_accuracy_control_on_agreement_returns_layers_to_float(spiky, repai
     parent = top1(load_deployed(work / "base.fp32.xml")[0].run, kx)
     src = Inputs(work / "base.fp32.onnx", calib, [x for _, x in image_batches(calib, pre, 1, [], "calib", False)], [], control, kx, parent)
     r = repair_candidate("openvino int8 (nncf)", "openvino", "", src, TARGET, tmp_path)
-    assert r.name == "openvino int8 (nncf, repaired)" and r.path == tmp_path / "base.int8_repaired.xml"
     before = agreement(top1(load_deployed(work / "base.int8_nncf.xml")[0].run, kx), parent)
     after = agreement(top1(load_deployed(r.path)[0].run, kx), parent)
-    assert before < TARGET <= after
-    assert r.kept_float and "returned them to float" in r.detail["why"]
-    assert "top-1 agreement" in json.loads((tmp_path / "base.int8_repaired.xml.json").read_text())["quantization"]["method"]
+    assert r.name == "openvino int8 (nncf, repaired)" and before < TARGET <= after
+    tried = {t["setting"]: t["control_agreement"] for t in r.detail["tried"]}
+    if r.kept_float:  # no setting was enough: accuracy control on agreement returned layers to float
+        assert all(a < TARGET for a in tried.values()) and r.path == tmp_path / "base.int8_repaired.xml"
+        assert "returned them to float" in r.detail["why"]
+        method = json.loads((tmp_path / "base.int8_repaired.xml.json").read_text())["quantization"]["method"]
+        assert "accuracy_control" in method and "top-1 agreement" in method
+    else:  # a setting was: the first that reached the target, every layer in INT8
+        assert list(tried.values())[-1] >= TARGET and "reached the target" in r.detail["why"]
 
 
 def test_no_target_means_no_control_stage_and_no_repair(spiky, tmp_path) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+import resnet_xray as rx
 from resnet_xray.image import Preprocessing, bundled_cat
 from resnet_xray.model import load_model
 from resnet_xray.reporting import ReportOptions, build_report
@@ -27,7 +29,12 @@ def report_html(tmp_path_factory):
     model, meta = load_model("resnet18", "random")
     meta = dataclasses.replace(meta, preprocessing=Preprocessing(resize=64, crop=64))
     out = tmp_path_factory.mktemp("browser_report")
-    return build_report(bundled_cat(), model, meta, ReportOptions(out_dir=out, gradflow_batch=2, gradflow_size=64)).html
+    # every section, the deployed one too: a table `layers --json` would write, profiled here on the PyTorch engine
+    table = out / "layers.json"
+    table.write_text(json.dumps(rx.layers(rx.LoadedModel(model, meta), engines=("torch",), runs=2, warmup=1, threads=1,
+                                          progress=False).to_dict()))
+    return build_report(bundled_cat(), model, meta, ReportOptions(out_dir=out, gradflow_batch=2, gradflow_size=64,
+                                                                  layers=str(table))).html
 
 
 def page_url(html) -> str:

@@ -106,3 +106,20 @@ def pick(cands: list[Candidate], base_acc: float, max_drop: float, objective: st
             what = "latency" if objective == "latency" else "time per image in throughput mode"
             c.reason = f"within budget, {cost_ms(c, objective) / cost_ms(win, objective):.2f}x the winner's {what}"
     return win
+
+
+def to_repair(cands: list[Candidate], base_acc: float, max_drop: float, objective: str, min_agreement: float) -> Candidate | None:
+    """The INT8 candidate ``optimize`` repairs, or None.
+
+    It is the winner without the agreement target, where it misses that target on the control
+    images and no candidate that meets the target is as fast (within :data:`LATENCY_TIE`).
+    Marks statuses as :func:`pick` does; the final pick marks them again.
+    """
+    would = pick(cands, base_acc, max_drop, objective)
+    if would is None or would.control_agreement is None or would.control_agreement >= min_agreement:
+        return None
+    held = pick(cands, base_acc, max_drop, objective, min_agreement)
+    if held is not None and cost_ms(held, objective) <= cost_ms(would, objective) * (1 + LATENCY_TIE):
+        return None
+    return would
+

@@ -24,6 +24,7 @@ from ..atomic import temp_path, write_json
 from ..errors import XrayError
 from ..options import check_declared_side
 from .artefact import merge_meta, openvino_embedded, read_sidecar, set_openvino_embedded, sidecar_path
+from .graphmap import group_nodes, openvino_nodes
 
 
 def require_openvino():
@@ -171,7 +172,7 @@ class _Stderr:
 @dataclass
 class NncfResult:
     path: Path
-    fp32_layers: list[str]  # layers left in FP32 (accuracy control, or ignored by choice)
+    fp32_layers: list[str]  # PyTorch layers left in FP32 (accuracy control, or ignored by choice)
     method: str
 
 
@@ -183,7 +184,9 @@ def quantize_nncf(
     val: tuple[list[np.ndarray], np.ndarray] | None = None,
     max_drop: float | None = None,
     fast_bias_correction: bool = True,
+    preset: str = "performance",
     metric: str = "top-1 accuracy",
+    max_float_layers: int | None = None,
 ) -> NncfResult:
     """NNCF post-training INT8 of an FP32 IR; with ``val``+``max_drop``, accuracy-aware (mixed precision).
 
@@ -195,41 +198,88 @@ def quantize_nncf(
             labels, the metric is top-1 agreement with it (``optimize --min-agreement``).
         max_drop: absolute drop of the metric allowed (a fraction, 0.01 = 1 point): NNCF then
             returns the most sensitive layers to FP32 one by one until the drop is within it.
+        fast_bias_correction, preset: NNCF's PTQ settings (``performance`` or ``mixed`` preset).
         metric: what the labels make of the metric, for the method recorded in the sidecar.
+        max_float_layers: stop accuracy control after returning this many layers to FP32.
     """
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     model, info = inspect_ir(fp32_xml)
     calib_ds = nncf.Dataset(list(calib))
-    preset = nncf.QuantizationPreset.PERFORMANCE
+    ptq = {"preset": {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[preset],
+           "subset_size": min(300, sum(len(c) for c in calib)), "fast_bias_correction": fast_bias_correction}
+    settings = f"{preset} preset, {'fast' if fast_bias_correction else 'full'} bias correction"
     with quiet_nncf():
         if val is None or max_drop is None:
-            q = nncf.quantize(model, calib_ds, preset=preset, subset_size=min(300, sum(len(c) for c in calib)),
-                              fast_bias_correction=fast_bias_correction)
-            method = "nncf.quantize (PTQ, performance preset)"
+            q = nncf.quantize(model, calib_ds, **ptq)
+            method = f"nncf.quantize (PTQ, {settings})"
         else:
             xs, ys = val
             # one image per item: exported IRs have a fixed batch of 1
             val_items = [(x[i : i + 1], y[i : i + 1]) for x, y in zip(xs, _split_labels(xs, ys)) for i in range(len(x))]
 
-            def validate(compiled: Any, items: Iterable[Any]) -> float:
-                hits = total = 0
-                for x, y in items:
-                    z = np.array(compiled(x)[0])
-                    hits += int((z.argmax(1) == y).sum())
-                    total += len(y)
-                return hits / max(1, total)
-
             val_ds = nncf.Dataset(val_items, lambda item: item[0])
+            restorer = AdvancedAccuracyRestorerParameters(**({"max_num_iterations": max_float_layers} if max_float_layers else {}))
             q = nncf.quantize_with_accuracy_control(
-                model, calib_ds, val_ds, lambda compiled, items: validate(compiled, items), max_drop=max_drop,
-                drop_type=nncf.DropType.ABSOLUTE, preset=preset, subset_size=min(300, sum(len(c) for c in calib)),
-            )
-            method = f"nncf.quantize_with_accuracy_control ({metric}, max drop {max_drop:.3f})"
+                model, calib_ds, val_ds, _top1_hits, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
+                advanced_accuracy_restorer_parameters=restorer, **ptq)
+            method = f"nncf.quantize_with_accuracy_control ({metric}, max drop {max_drop:.3f}, {settings})"
     fp32 = fp32_layers(q)
     side = {**info.meta, "quantization": {"engine": "openvino", "method": method, "fp32_layers": fp32}}
     save_ir(q, out_xml, side)
     return NncfResult(out_xml, fp32, method)
+
+
+# NNCF's own settings, tried before any layer goes back to float: settings first, then layers.
+NNCF_SETTINGS = (("full bias correction", {"fast_bias_correction": False}), ("mixed preset", {"preset": "mixed"}))
+# At most this many layers back to float: past it INT8 has little speed left over FP32, and on near-tie flips
+# NNCF's accuracy control returned 33 of 53 convolutions to reach 99.5% (docs/deploy.md).
+MAX_FLOAT_LAYERS = 8
+
+
+@dataclass
+class NncfRepair:
+    path: Path
+    kept_float: list[str]  # PyTorch layers left in float
+    agreement: float  # top-1 agreement with the FP32 model on the control images
+    detail: dict[str, Any]  # method, each setting tried with its agreement, and why
+
+
+def repair_nncf(fp32_xml: Path, calib: list[np.ndarray], control: list[np.ndarray], parent_top1: np.ndarray, target: float,
+                work: Path, tag: str) -> NncfRepair:
+    """NNCF INT8 of ``fp32_xml`` that agrees with it on ``target`` of the control images' top-1, or the closest tried.
+
+    NNCF's other settings first (:data:`NNCF_SETTINGS`); then its accuracy control with that
+    agreement as the metric, returning at most :data:`MAX_FLOAT_LAYERS` layers to float.
+    """
+    def agrees(path: Path) -> float:
+        run = openvino_runner(path)
+        return float((np.concatenate([run(x).argmax(1) for x in control]) == parent_top1).mean())
+
+    tried = []
+    for label, kw in NNCF_SETTINGS:
+        res = quantize_nncf(fp32_xml, calib, work / f"{tag}.int8_nncf_{label.replace(' ', '_')}.xml", **kw)
+        got = agrees(res.path)
+        tried.append({"setting": label, "control_agreement": got})
+        if got >= target:
+            return NncfRepair(res.path, [], got, {"method": res.method, "tried": tried,
+                                                  "why": f"{label} reached the target with every layer in INT8"})
+    res = quantize_nncf(fp32_xml, calib, work / f"{tag}.int8_repaired.xml", val=(control, parent_top1), max_drop=1.0 - target,
+                        metric="top-1 agreement with the FP32 model", max_float_layers=MAX_FLOAT_LAYERS)
+    why = ("no NNCF setting reached the target; NNCF accuracy control ranked every quantised layer by the agreement on "
+           f"the control images with it in float, and returned them to float in that order (at most {MAX_FLOAT_LAYERS})")
+    return NncfRepair(res.path, res.fp32_layers, agrees(res.path), {"method": res.method, "tried": tried, "why": why})
+
+
+def _top1_hits(compiled: Any, items: Iterable[Any]) -> float:
+    """Accuracy control's metric: the share of items whose top-1 is their label."""
+    hits = total = 0
+    for x, y in items:
+        z = np.array(compiled(x)[0])
+        hits += int((z.argmax(1) == y).sum())
+        total += len(y)
+    return hits / max(1, total)
 
 
 def _split_labels(xs: list[np.ndarray], ys: np.ndarray) -> list[np.ndarray]:
@@ -241,7 +291,7 @@ def _split_labels(xs: list[np.ndarray], ys: np.ndarray) -> list[np.ndarray]:
 
 
 def fp32_layers(model: Any) -> list[str]:
-    """Convolutions and MatMuls whose weights are not quantised (no FakeQuantize/int8 on their weight path)."""
+    """Convolutions and MatMuls whose weights are not quantised, as the PyTorch layers they compute, in network order."""
     ov = require_openvino()
     low = (ov.Type.i8, ov.Type.u8, ov.Type.i4, ov.Type.u4)
     names = []
@@ -261,7 +311,10 @@ def fp32_layers(model: Any) -> list[str]:
             seen += 1
         if not quantised:
             names.append(op.get_friendly_name())
-    return names
+    if not names:
+        return []
+    row = group_nodes(openvino_nodes(model)).row  # OpenVINO's op names -> the PyTorch layer each computes
+    return list(dict.fromkeys(row.get(n, n) for n in names))
 
 
 def qdq_to_ir(qdq_onnx: Path, out_xml: Path, side: dict[str, Any]) -> Path:

@@ -43,7 +43,7 @@ from ..pruning.importance import CRITERIA
 from ..units import pct, table
 from .artefact import sidecar_path
 from .bench import machine_info
-from .candidates import Candidate, pick
+from .candidates import Candidate, pick, to_repair
 from .charts import pareto_front, save_optimize_chart
 from .data import image_batches, list_images, spread
 from .fuse import fuse_model
@@ -427,8 +427,8 @@ def _judge(ctl: _Control, c: Candidate, run_fn: Callable[[np.ndarray], Any]) -> 
 def _repair_winner(run: _Run, cands: list[Candidate], runners: dict[str, Any], val: _Val, size: int, tsize: int) -> None:
     """The would-be winner, where it is INT8 short of --min-agreement, repaired; then everything is timed again with it."""
     opts, ctl = run.opts, run.control
-    would = pick(cands, val.base_acc, opts.max_drop, opts.objective)  # without the target: the candidate to repair
-    if ctl is None or would is None or would.control_agreement is None or would.control_agreement >= opts.min_agreement:
+    would = to_repair(cands, val.base_acc, opts.max_drop, opts.objective, opts.min_agreement) if ctl else None
+    if would is None:
         return
     prefix = "pruned " if would.pruned else ""
     run.stage(f"repairing {would.name}: {pct(would.control_agreement)} top-1 agreement with its FP32 model on "

@@ -33,7 +33,7 @@ from ..provenance import WeightsInfo
 from .artefact import artefact_bytes, set_onnx_embedded
 from .data import folder_labels, image_batches, list_images, split_holdout, spread
 from .onnx import OnnxInfo, check_writable, inspect_onnx, ort_runner, sidecar_path
-from .openvino import openvino_runner, quantize_nncf, write_ir
+from .openvino import openvino_runner, quantize_nncf, repair_nncf, write_ir
 from .qdq import METHODS, QdqSettings, calibration_ranges, calibration_reader, pre_process, quantize_qdq
 from .repair import Repair, repair_int8
 from .timing import time_models
@@ -44,9 +44,6 @@ VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 # Control images the repair chooses on, at most: enough to see a 0.5% flip rate a few times over.
 CONTROL_IMAGES = 512
-
-# The top-1 agreement with FP32 each engine's INT8 must reach unless told otherwise (see min_agreement).
-DEFAULT_AGREEMENT = {"ort": 0.995, "openvino": 0.9}
 
 
 @dataclass
@@ -69,11 +66,11 @@ class QuantizeOptions:
     batch_size: int = option(8, "images per calibration/evaluation forward (only with a dynamic batch)")
     progress: bool = option(True, "progress bars on stderr")
     # INT8 moves logits by design; what must hold is the decision. Below this top-1 agreement with
-    # FP32 on the held-out images the INT8 model is not written and the command exits 1. ORT INT8
-    # repairs itself towards it, so its default is strict; OpenVINO's route has no repair yet.
-    min_agreement: float | None = option(None, "top-1 agreement with FP32 to reach on the held-out images: below it ORT INT8 "
-                                         "repairs itself (settings, then the most sensitive layers in float); still below, "
-                                         "nothing is written and exit 1 (default: 0.995 for ort, 0.9 for openvino)")
+    # FP32 on the held-out images INT8 repairs itself towards it; still below, the INT8 model is not
+    # written and the command exits 1.
+    min_agreement: float = option(0.995, "top-1 agreement with FP32 to reach on the held-out images: below it INT8 repairs "
+                                         "itself (ort: settings, then the most sensitive layers in float; openvino: NNCF "
+                                         "accuracy control on that agreement); still below, nothing is written and exit 1")
     engine: str = option("ort", "ort: ONNX Runtime QDQ .onnx; openvino: NNCF post-training INT8 .xml (often faster on CPUs)")
     time_check: bool = option(True, "time FP32 against INT8 on this CPU")
     # optimize judges every INT8 model by its own val accuracy against --max-drop, so it keeps a repair that fell
@@ -85,8 +82,6 @@ class QuantizeOptions:
         one_of("activation_type", self.activation_type, ("uint8", "int8"))
         one_of("engine", self.engine, ("ort", "openvino"))
         at_least("max_calib_images", self.max_calib_images, 1, allow_none=True)
-        if self.min_agreement is None:
-            self.min_agreement = DEFAULT_AGREEMENT[self.engine]
         within("min_agreement", self.min_agreement, 0.0, 1.0)
         if self.holdout_every != 0:  # 0 is "hold none out" (optimize scores on its own val split)
             at_least("holdout_every", self.holdout_every, 2)
@@ -224,18 +219,17 @@ def _quantize_locked(fp32_path: str | os.PathLike, calib_dir: str | os.PathLike,
         labels_list, label_note = folder_labels(eval_files, plan.eval_root, plan.info.class_names, _num_classes(plan.info))
         labels = dict(zip(eval_files, labels_list)) if labels_list else None
         agree = agreement(runners, eval_files, plan.info, plan.batch, opts.progress, labels, opts.min_agreement)
-        repair = _repair(plan, opts, workdir) if not agree["passed"] and opts.engine == "ort" else None
-        if repair is not None:  # below the target: the repaired model, scored afresh on the held-out images
-            tmp_out = repair.path
+        fixed = None if agree["passed"] else _repaired(plan, opts, workdir, fp32_ir)
+        if fixed is not None:  # below the target: the repaired model, scored afresh on the held-out images
+            tmp_out = fixed.path
             runners, torch_report = _runners(plan, tmp_out, fp32_ir, opts, torch_model)
             agree = agreement(runners, eval_files, plan.info, plan.batch, opts.progress, labels, opts.min_agreement)
         speed = _time_fp32_int8(runners, plan.info, plan.batch) if opts.time_check else None
         report = _report(plan, opts, tmp_out, calib_used, calib_skipped, agree, speed,
                          label_note if labels is None else f"ImageFolder: {label_note}")
-        report["kept_float"] = list(repair.chosen.kept_float) if repair is not None else []  # PyTorch layer names
-        if repair is not None:
-            report["choices"].update(method=repair.chosen.method, per_channel=repair.chosen.per_channel,
-                                     kept_float=repair.chosen.kept_float, repair=repair.to_dict())
+        report["kept_float"] = list(fixed.kept_float) if fixed is not None else []  # PyTorch layer names
+        if fixed is not None:
+            report["choices"].update(fixed.choices)
         if torch_report:
             report["torch_int8"] = torch_report
         finite = all(r.get("check", {}).get("finite", True) for r in agree["paths"].values())
@@ -274,6 +268,41 @@ def quantize_from_files(fp32: Path, calib: list[Path], held: list[Path], out: Pa
     return {"target": target, "reached": rep["passed"], "kept_float": kept, "sensitivity": gains,
             "agreement": next(r["top1_agreement"] for r in rep["agreement"]["paths"].values() if "check" in r),
             "chosen_on_images": repair.get("control_images"), "tried": len(repair.get("candidates", []))}
+
+
+@dataclass
+class _Fixed:
+    """A repaired INT8 model: its file, the layers it keeps in float, and what the report's choices gain."""
+
+    path: Path
+    kept_float: list[str]
+    choices: dict[str, Any]
+
+
+def _repaired(plan: _Plan, opts: QuantizeOptions, workdir: Path, fp32_ir: Path | None) -> _Fixed | None:
+    if opts.engine == "openvino":
+        return _repair_nncf(plan, opts, workdir, fp32_ir)
+    r = _repair(plan, opts, workdir)
+    if r is None:
+        return None
+    return _Fixed(r.path, list(r.chosen.kept_float), {"method": r.chosen.method, "per_channel": r.chosen.per_channel,
+                                                      "kept_float": r.chosen.kept_float, "repair": r.to_dict()})
+
+
+def _repair_nncf(plan: _Plan, opts: QuantizeOptions, workdir: Path, fp32_ir: Path | None) -> _Fixed | None:
+    """NNCF's other settings, then its accuracy control on top-1 agreement with FP32, chosen on the control images."""
+    calib, control = (plan.calib, plan.control) if plan.control else split_holdout(plan.calib, 4)
+    if not plan.held or not control or fp32_ir is None:
+        return None
+    info = plan.info
+    cx = [x for _, x in image_batches(calib, info.preprocessing, 1, [], "calibrate", False)]
+    kx = [x for _, x in image_batches(control, info.preprocessing, 1, [], "control", opts.progress)]
+    run = openvino_runner(fp32_ir)
+    parent = np.concatenate([run(x).argmax(1) for x in kx])
+    fix = repair_nncf(fp32_ir, cx, kx, parent, opts.min_agreement, workdir, "repair")
+    repair = {"target": opts.min_agreement, **fix.detail, "kept_float": fix.kept_float, "control_images": len(parent),
+              "calibration_images": len(calib), "agreement": fix.agreement, "reached": fix.agreement >= opts.min_agreement}
+    return _Fixed(fix.path, list(fix.kept_float), {"kept_float": fix.kept_float, "repair": repair})
 
 
 def _repair(plan: _Plan, opts: QuantizeOptions, workdir: Path) -> Repair | None:
