@@ -109,9 +109,10 @@ def test_the_would_be_winner_is_repaired_and_timed_with_the_rest(repaired_run) -
 
 
 def test_nncf_accuracy_control_on_agreement_returns_layers_to_float(spiky, repaired_run, tmp_path) -> None:
+    from resnet_xray.compare import agreement, top1
     from resnet_xray.deploy.data import image_batches, list_images, spread
     from resnet_xray.deploy.runtime import load_deployed
-    from resnet_xray.deploy.winner_repair import Inputs, agreement, repair_candidate, top1
+    from resnet_xray.deploy.winner_repair import Inputs, repair_candidate
 
     (root, _), (_, out) = spiky, repaired_run
     work, pre = out / "work", Preprocessing(resize=72, crop=64)

@@ -100,6 +100,16 @@ def as_logits(out: Any) -> np.ndarray:
     return np.asarray(out, dtype=np.float64).reshape(np.shape(out)[0], -1)
 
 
+def top1(run: Callable[[Any], Any], batches: Iterable[Any]) -> np.ndarray:
+    """Each image's top-1 class from ``run`` (a batch in, what :func:`as_logits` reads out) over ``batches``."""
+    return np.concatenate([as_logits(run(x)).argmax(1) for x in batches])
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """The share of images whose top-1 classes agree."""
+    return float((np.asarray(a) == np.asarray(b)).mean())
+
+
 def _run(fn: Callable[[Any], Any], batches: list[Any]) -> np.ndarray:
     import torch
 
@@ -203,7 +213,7 @@ def compare_many(runners: dict[str, Callable[[Any], Any]], batches: Iterable[Any
     return cat, eqs
 
 
-__all__ = ["Equivalence", "Tolerance", "as_logits", "compare", "compare_many"]
+__all__ = ["Equivalence", "Tolerance", "agreement", "as_logits", "compare", "compare_many", "top1"]
 
 
 def output_error(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:

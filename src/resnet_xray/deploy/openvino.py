@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import temp_path, write_json
+from ..compare import agreement, top1
 from ..errors import XrayError
 from ..options import check_declared_side
 from .artefact import merge_meta, openvino_embedded, read_sidecar, set_openvino_embedded, sidecar_path
@@ -254,8 +255,7 @@ def repair_nncf(fp32_xml: Path, calib: list[np.ndarray], control: list[np.ndarra
     agreement as the metric, returning at most :data:`MAX_FLOAT_LAYERS` layers to float.
     """
     def agrees(path: Path) -> float:
-        run = openvino_runner(path)
-        return float((np.concatenate([run(x).argmax(1) for x in control]) == parent_top1).mean())
+        return agreement(top1(openvino_runner(path), control), parent_top1)
 
     tried = []
     for label, kw in NNCF_SETTINGS:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..atomic import StagedFiles, check_writable, earlier_output, refuse_inputs, write_json
-from ..compare import Tolerance, as_logits, compare
+from ..compare import Tolerance, agreement, as_logits, compare, top1
 from ..errors import XrayError
 from ..locks import output_lock
 from ..model import load_model
@@ -55,7 +55,7 @@ from .runtime import (THROUGHPUT_BATCH, THROUGHPUT_METHOD, deployed_throughput, 
 from .search import Step, search_depth
 from .timing import time_models, torch_threads
 from .torch_int8 import quantize_torch_fx
-from .winner_repair import Inputs, agreement, repair_candidate, top1
+from .winner_repair import Inputs, repair_candidate
 
 ENGINES = ("ort", "openvino", "torch")
 OBJECTIVES = ("latency", "throughput")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..atomic import StagedFiles, remove_stale_dirs, write_json
-from ..compare import Tolerance, compare
+from ..compare import Tolerance, compare, top1
 from ..errors import XrayError
 from ..image import Skipped
 from ..locks import file_lock
@@ -297,8 +297,7 @@ def _repair_nncf(plan: _Plan, opts: QuantizeOptions, workdir: Path, fp32_ir: Pat
     info = plan.info
     cx = [x for _, x in image_batches(calib, info.preprocessing, 1, [], "calibrate", False)]
     kx = [x for _, x in image_batches(control, info.preprocessing, 1, [], "control", opts.progress)]
-    run = openvino_runner(fp32_ir)
-    parent = np.concatenate([run(x).argmax(1) for x in kx])
+    parent = top1(openvino_runner(fp32_ir), kx)
     fix = repair_nncf(fp32_ir, cx, kx, parent, opts.min_agreement, workdir, "repair")
     repair = {"target": opts.min_agreement, **fix.detail, "kept_float": fix.kept_float, "control_images": len(parent),
               "calibration_images": len(calib), "agreement": fix.agreement, "reached": fix.agreement >= opts.min_agreement}

@@ -18,25 +18,15 @@ The repaired file is a candidate of its own, timed with all the others.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..compare import as_logits
 from .openvino import qdq_to_ir, repair_nncf
 from .onnx import inspect_onnx
 from .quantize import quantize_from_files
-
-
-def top1(run: Callable[[np.ndarray], Any], xs: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate([as_logits(run(x)).argmax(1) for x in xs])
-
-
-def agreement(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a == b).mean())
 
 
 @dataclass
@@ -78,4 +68,4 @@ def repair_candidate(name: str, engine: str, prefix: str, src: Inputs, target: f
     return Repaired(f"{prefix}openvino int8 (qdq, repaired)", engine, xml, list(rep["kept_float"]), detail)
 
 
-__all__ = ["Inputs", "Repaired", "agreement", "repair_candidate", "top1"]
+__all__ = ["Inputs", "Repaired", "repair_candidate"]
