@@ -40,7 +40,6 @@ import argparse
 import fnmatch
 import hashlib
 import io
-import json
 import os
 import re
 import resource

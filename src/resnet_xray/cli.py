@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from . import __version__
 from .errors import XrayError
@@ -216,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         inner = _subparsers(parser, args)[0]
         inner.error(f"unrecognized arguments: {' '.join(extras)}")
     refuse_empty_values(parser, args)
+    _one_line_warnings()
     try:
         with verbose_mode(args.verbose):
             if getattr(args, "json", False):
@@ -237,6 +239,23 @@ def main(argv: list[str] | None = None) -> int:
         # `resnet-xray anatomy | head` closed the pipe early; that is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _one_line_warnings() -> None:
+    """The library's own warnings (:class:`~resnet_xray.errors.XrayWarning`) as one ``resnet-xray: warning:`` line each."""
+    import warnings
+
+    from .errors import XrayWarning
+
+    shown = warnings.showwarning
+
+    def show(message: Any, category: type, *a: Any, **k: Any) -> None:
+        if issubclass(category, XrayWarning):
+            print(f"resnet-xray: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, *a, **k)
+
+    warnings.showwarning = show
 
 
 if __name__ == "__main__":

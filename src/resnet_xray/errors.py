@@ -10,3 +10,7 @@ class XrayError(Exception):
     """
 
     exit_code = 2
+
+
+class XrayWarning(UserWarning):
+    """Something the user should know that does not stop the work; the CLI prints it as one line."""

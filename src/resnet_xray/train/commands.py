@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..cliutil import add_model_args, print_json, print_result
 from ..options import Flags
@@ -94,17 +93,8 @@ def cmd_make_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
-def _one_line_warnings() -> None:
-    """Library warnings (an empty class folder left out) as one ``resnet-xray: warning:`` line each."""
-    import warnings
-
-    warnings.showwarning = lambda message, *a, **k: print(f"resnet-xray: warning: {message}", file=sys.stderr)
-
-
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .. import api
-
-    _one_line_warnings()
 
     multitask = args.multitask_default or args.multitask
     options = {**finetune_flags(args.multitask_default).values(args), "multitask": multitask}

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from ..errors import XrayError
+from ..errors import XrayError, XrayWarning
 from ..image import IMAGE_EXTENSIONS, Preprocessing, Skipped, folder_images, load_image
 from .boxes import box_to_crop
 
@@ -85,7 +85,7 @@ def scan_split(root: Path, class_names: list[str] | None = None, *,
     return samples, names
 
 
-class EmptyClassWarning(UserWarning):
+class EmptyClassWarning(XrayWarning):
     """A class folder with no images was left out of the class list."""
 
 
