@@ -24,12 +24,14 @@ ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}  # histogram search
 
 @dataclass(frozen=True)
 class QdqSettings:
-    """What one QDQ quantisation is: calibration method, per-channel weights, activation type, 7-bit weights."""
+    """What one QDQ quantisation is: calibration method, per-channel weights, activation type, 7-bit weights,
+    and whether the FP32 model is cross-layer equalised first (:mod:`.equalize`)."""
 
     method: str  # minmax | entropy | percentile
     per_channel: bool
     activation_type: str  # uint8 | int8
     reduce_range: bool
+    equalize: bool = False
 
     @classmethod
     def of(cls, opts: Any, reduce_range: bool) -> QdqSettings:
@@ -37,7 +39,8 @@ class QdqSettings:
         return cls(opts.method, bool(opts.per_channel), opts.activation_type, bool(reduce_range))
 
     def describe(self) -> str:
-        return f"{self.method}, {'per-channel' if self.per_channel else 'per-tensor'} weights"
+        return f"{self.method}, {'per-channel' if self.per_channel else 'per-tensor'} weights" + (
+            ", cross-layer equalised" if self.equalize else "")
 
 
 class ImageCalibrationReader:

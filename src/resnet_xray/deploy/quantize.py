@@ -286,6 +286,7 @@ def _repaired(plan: _Plan, opts: QuantizeOptions, workdir: Path, fp32_ir: Path |
     if r is None:
         return None
     return _Fixed(r.path, list(r.chosen.kept_float), {"method": r.chosen.method, "per_channel": r.chosen.per_channel,
+                                                      "equalized": r.chosen.equalized,
                                                       "kept_float": r.chosen.kept_float, "repair": r.to_dict()})
 
 

@@ -5,7 +5,8 @@ calibration folder; never calibrated on, and never the held-out images the final
 is reported on):
 
 1. the calibration method and per-channel weights, every combination measured;
-2. range handling: NNCF's quantizer placement with bias correction (:mod:`~.nncf_onnx`), which
+2. range handling: cross-layer equalisation of the FP32 model (:mod:`~.equalize`) under step 1's
+   best settings; then NNCF's quantizer placement with bias correction (:mod:`~.nncf_onnx`), which
    corrects the mean shift INT8 rounding puts into each layer, with NNCF's default activation
    ranges and with ranges from per-image quantiles that ignore outliers;
 3. the most sensitive layers kept in float (ONNX Runtime ``nodes_to_exclude``), one more at a
@@ -14,8 +15,8 @@ is reported on):
    make each variant cheap.
 
 Every candidate tried is kept, with its latency here, so a miss can be shown as a Pareto
-front of agreement against speed. SmoothQuant-style scaling and cross-layer equalisation are
-not among the steps: NNCF applies SmoothQuant to transformers' MatMuls, not to convolutions.
+front of agreement against speed. SmoothQuant-style scaling is not among the steps: NNCF
+applies it to transformers' MatMuls, not to convolutions.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Candidate:
     agreement: float  # top-1 agreement with FP32 on the control images
     kl: float  # mean KL(FP32 || INT8) on them
     latency_ms: float  # batch 1, median, on this machine
+    equalized: bool = False  # quantised from the cross-layer equalised FP32 model
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +84,7 @@ def _measure(v: Variants, settings: QdqSettings, kept: list[str], threads: int |
         latency = time_callable(lambda: sess.run(None, {name: x}), warmup=2, repeats=10).median_ms
     finally:
         path.unlink(missing_ok=True)
-    return Candidate(settings.method, settings.per_channel, list(kept), agree, kl, latency)
+    return Candidate(settings.method, settings.per_channel, list(kept), agree, kl, latency, settings.equalize)
 
 
 def repair_int8(fp32: str | os.PathLike, calib: list[Path], control: list[Path], target: float, base: QdqSettings, work: Path,
@@ -106,9 +108,14 @@ def repair_int8(fp32: str | os.PathLike, calib: list[Path], control: list[Path],
     best = max(tried, key=lambda c: (c.agreement, -c.kl))
     settings = replace(base, method=best.method, per_channel=best.per_channel)
     if best.agreement < target:
+        tried.append(_measure(v, replace(settings, equalize=True), [], threads))
+        say(f"{settings.describe()}, cross-layer equalised: agreement {tried[-1].agreement:.1%}")
+        if (tried[-1].agreement, -tried[-1].kl) > (best.agreement, -best.kl):  # step 3 ranks layers under the better one
+            best, settings = tried[-1], replace(settings, equalize=True)
+    if best.agreement < target:
         for method in NNCF_METHODS:
             try:
-                tried.append(_measure(v, replace(base, method=method, per_channel=True), [], threads))
+                tried.append(_measure(v, replace(settings, method=method, per_channel=True), [], threads))
             except Exception as e:  # noqa: BLE001 - a third-party quantizer failing on a graph leaves the other steps
                 failed[method] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
                 say(f"{method}: failed ({failed[method]})")
@@ -130,5 +137,6 @@ def repair_int8(fp32: str | os.PathLike, calib: list[Path], control: list[Path],
     # the fewest float layers, then the closest to FP32 (latencies of one kernel mix differ only by noise)
     chosen = min(meeting, key=lambda c: (len(c.kept_float), -c.agreement, c.kl)) if meeting else max(
         tried, key=lambda c: (c.agreement, -c.kl))
-    path = v.make(replace(base, method=chosen.method, per_channel=chosen.per_channel), chosen.kept_float, work / "repaired.onnx")
+    path = v.make(replace(base, method=chosen.method, per_channel=chosen.per_channel, equalize=chosen.equalized),
+                  chosen.kept_float, work / "repaired.onnx")
     return Repair(target, chosen, bool(meeting), len(v.xs), v.calibration_images, tried, ranking, path, failed)

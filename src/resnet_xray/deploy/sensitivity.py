@@ -23,6 +23,7 @@ from ..errors import XrayError
 from ..image import Skipped
 from ..quiet import stdout_silenced
 from .data import image_batches
+from .equalize import equalize_onnx
 from .graphmap import LayerGroups, group_nodes, onnx_nodes
 from .nncf_onnx import NNCF_METHODS, quantize_nncf_onnx
 from .onnx import OnnxInfo, inspect_onnx, ort_session
@@ -97,18 +98,27 @@ class Variants:
         self.groups = group_nodes(onnx_nodes(onnx.load(str(self.prep), load_external_data=False)))
         self.xs = load_arrays(score, self.info, "scoring")
         self.reference = logits_of(self.info.path, self.xs, threads)
-        self._ranges: dict[tuple[str, str], Path] = {}
+        self._ranges: dict[tuple[str, str, bool], Path] = {}
+        self._equalized: Path | None = None
         self.calibration_images = 0
         self._made = 0
 
+    def source(self, settings: QdqSettings) -> Path:
+        """The pre-processed FP32 graph these settings quantise: as it is, or cross-layer equalised (made once)."""
+        if not settings.equalize:
+            return self.prep
+        if self._equalized is None:
+            self._equalized = equalize_onnx(self.prep, self.work / "equalized.onnx")[0]
+        return self._equalized
+
     def ranges(self, settings: QdqSettings) -> Path:
-        key = (settings.method, settings.activation_type)  # what the ranges depend on
+        key = (settings.method, settings.activation_type, settings.equalize)  # what the ranges depend on
         if key not in self._ranges:
-            folder = self.work / f"ranges-{'-'.join(key)}"
+            folder = self.work / f"ranges-{settings.method}-{settings.activation_type}{'-equalized' if settings.equalize else ''}"
             folder.mkdir(exist_ok=True)
             reader = calibration_reader(self.calib, self.info, settings, self.info.fixed_batch or 1)
             with stdout_silenced():
-                self._ranges[key] = calibration_ranges(self.prep, folder, reader, settings)
+                self._ranges[key] = calibration_ranges(self.source(settings), folder, reader, settings)
             self.calibration_images = reader.used
         return self._ranges[key]
 
@@ -121,11 +131,11 @@ class Variants:
         out = out or self.work / f"variant-{self._made}.onnx"
         if settings.method in NNCF_METHODS:  # NNCF calibrates anew: its bias correction needs the images, not saved ranges
             self.calibration_images = self.calibration_images or len(self.calib)
-            return quantize_nncf_onnx(self.prep, out, self.calib, self.info, settings.method, settings.reduce_range,
+            return quantize_nncf_onnx(self.source(settings), out, self.calib, self.info, settings.method, settings.reduce_range,
                                       self.nodes(float_rows))
         ranges = self.ranges(settings)
         with stdout_silenced():
-            return quantize_qdq(self.prep, out, None, ranges, settings, self.nodes(float_rows))
+            return quantize_qdq(self.source(settings), out, None, ranges, settings, self.nodes(float_rows))
 
     def score(self, path: Path) -> tuple[float, float]:
         """(top-1 agreement, mean KL) with the FP32 model on the scoring images."""
