@@ -102,6 +102,33 @@ def goal_rows(res) -> list[tuple[str, str, str, str]]:
                      (f"on {ours.check['images']} val images; per-image logit error median {ours.check['median_input_diff']:.3g}, "
                       f"max {ours.check['max_abs_diff']:.3g}") if ours.check and ours.check.get("finite") else ""))
     rows += repair_rows(res)
+    rows += engine_rows(res)
+    return rows
+
+
+def engine_rows(res) -> list[tuple[str, str, str, str]]:
+    """Per model (unpruned, pruned) and engine, the fastest INT8 file that meets the agreement target on control: its val
+    agreement with its FP32 model and its speed against the same engine's best FP32 (99.5% and 1.8x, side by side)."""
+    rows = []
+    target = res.options.min_agreement
+    for pruned in (False, True):
+        for engine in ("onnxruntime", "openvino"):
+            mine = [c for c in res.candidates if c.pruned == pruned and c.engine == engine and c.latency_ms]
+            fp32 = [c for c in mine if c.precision == "fp32"]
+            int8 = [c for c in mine if "int8" in c.precision and (c.control_agreement or 0) >= target]
+            if not fp32:
+                continue
+            best = min(fp32, key=lambda c: c.latency_ms)
+            model = "pruned" if pruned else "unpruned"
+            if not int8:
+                rows.append((f"{model} {engine} INT8 at >= {target:.1%} control agreement", "none", f">= {target:.1%}, >= 1.8x",
+                             "no INT8 file of this engine reached the target"))
+                continue
+            c = min(int8, key=lambda c: c.latency_ms)
+            rows.append((f"{c.name} vs {best.name}", f"{best.latency_ms / c.latency_ms:.2f}x", ">= 1.8x",
+                         f"agrees with its FP32 model on {c.val_agreement:.1%} of {(c.check or {}).get('images', '?')} val "
+                         f"images and {c.control_agreement:.1%} of the control images (target {target:.1%}); "
+                         f"{len(c.kept_float)} layer(s) in float"))
     return rows
 
 
@@ -132,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="out/reference/resnet50/best.pt")
+    ap.add_argument("--record", default=None, help="the results record's name (default: bench_optimize, or "
+                    "bench_optimize_agreement_T for another --min-agreement)")
     ap.add_argument("--distill-ablation", action="store_true",
                     help="prune down the ladder the run in --out tried, without distillation (accuracy only), into OUT_no_distill")
     # the optimize command's own flags, from OptimizeOptions, with this benchmark's defaults: the reference model and
@@ -151,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_optimize: {args.checkpoint} not found; train the reference model (docs/train.md) or pass --checkpoint", file=sys.stderr)
         return 2
     options = flags.values(args)
-    if options["target_macs"] is not None:
+    if options["target_macs"] is not None or not options["search"]:  # --search '': the unpruned model alone
         options["search"] = None
     if args.distill_ablation:
         return distill_ablation(args, options)
@@ -186,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     figures["batch16_img_s"] = {k: v for _, k_v in batch16 for k, v in k_v.items()}
     # the record is of optimize as it ships; another agreement target is its own record
     default = OptimizeOptions(data=args.data).min_agreement
-    write_record("bench_optimize" if res.options.min_agreement == default else f"bench_optimize_agreement_{res.options.min_agreement:g}",
-                 figures)
+    write_record(args.record or ("bench_optimize" if res.options.min_agreement == default
+                                 else f"bench_optimize_agreement_{res.options.min_agreement:g}"), figures)
     return 0
 
 
@@ -297,7 +326,7 @@ def optimize_figures(res, checkpoint: str) -> dict:
         "unpruned_int8_vs_fp32": ratio(best_fp32, ours), "unpruned_int8_agreement": ours.agreement if ours else None,
         "winner_macs_rel": win.macs_rel if win else None, "search": res.search,
         "candidates": [{"name": c.name, "latency_ms": c.latency_ms, "accuracy": c.accuracy, "agreement": c.agreement,
-                        "control_agreement": c.control_agreement, "status": c.status, "kept_float": c.kept_float,
+                        "val_agreement": c.val_agreement, "control_agreement": c.control_agreement, "status": c.status, "kept_float": c.kept_float,
                         "repair": c.repair} for c in res.candidates],
         "min_agreement": res.options.min_agreement,
     }

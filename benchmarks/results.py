@@ -118,6 +118,37 @@ def optimize_candidate_rows(rec: dict[str, Any]) -> Iterable[Row]:
                c["status"]]
 
 
+def int8_engine_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    """Each INT8 file of an optimize run against the same engine's FP32 file of the same model (unpruned or pruned)."""
+    f = rec["figures"]
+    by = {c["name"]: c for c in f["candidates"]}
+    kept = [s["macs_rel"] for s in f.get("search") or [] if s["within_budget"]]  # the deepest pruned model within budget
+    for prefix in ("", "pruned "):
+        for engine in ("ort", "openvino"):
+            fp32 = by.get(f"{prefix}{engine} fp32")
+            if not fp32 or not fp32["latency_ms"]:
+                continue
+            for name, c in by.items():
+                if not name.startswith(f"{prefix}{engine} int8") or not c["latency_ms"]:
+                    continue
+                # val agreement with its own FP32 model (records before val_agreement: the checkpoint's, for the unpruned model)
+                val = c.get("val_agreement", c["agreement"] if not prefix else None)
+                yield [f"{f['checkpoint']}, " + (f"pruned to {kept[-1]:.0%} of the MACs" if prefix and kept else prefix.strip() or "unpruned"),
+                       name, _x(fp32["latency_ms"] / c["latency_ms"]), _pct(val) if val is not None else "not measured",
+                       _pct(c.get("control_agreement")) if c.get("control_agreement") is not None else "", c["status"]]
+
+
+def equalize_rows(rec: dict[str, Any]) -> Iterable[Row]:
+    """One row per model and INT8 route: agreement on control and on val, plain and cross-layer equalised."""
+    got: dict[tuple[str, str], dict[bool, dict[str, Any]]] = {}
+    for r in rec["figures"]["rows"]:
+        got.setdefault((r["model"], r["route"]), {})[r["equalized"]] = r
+    for (model, route), pair in got.items():
+        plain, eq = pair.get(False, {}), pair.get(True, {})
+        yield [model, route, _pct(plain.get("control_agreement")), _pct(eq.get("control_agreement")),
+               _pct(plain.get("val_agreement")), _pct(eq.get("val_agreement"))]
+
+
 def prune_rows(rec: dict[str, Any]) -> Iterable[Row]:
     f = rec["figures"]
     yield [f"{f['arch']} {f['input_size']} px, {f['importance']}, {f['steps']} x {f['finetune_epochs']} epochs", _pct(f["macs_kept"]),
@@ -230,6 +261,16 @@ TABLES: dict[str, Table] = {
                                                        "INT8 agreement with its FP32 (control)", "status"),
                                  optimize_candidate_rows,
                                  ("python benchmarks/bench_optimize.py --checkpoint out/reference/resnet50/best.pt --data out/reference/data",)),
+    "int8-engines": Table(("bench_optimize", "bench_optimize_10epoch"),
+                          ("model", "INT8 file", "vs the same engine's FP32", "agreement with its FP32 (val)",
+                           "agreement with its FP32 (control)", "status in optimize"), int8_engine_rows,
+                          ("python benchmarks/bench_optimize.py --checkpoint out/reference/resnet50/best.pt --data out/reference/data "
+                           "--control out/control/val",
+                           "python benchmarks/bench_optimize.py --checkpoint out/reference10/resnet50/best.pt --search '' "
+                           "--control out/control/val --out out/bench_optimize10 --record bench_optimize_10epoch")),
+    "equalize": Table(("bench_equalize",), ("model", "INT8 route", "control, plain", "control, equalised", "val, plain",
+                                            "val, equalised"), equalize_rows,
+                      ("python benchmarks/bench_equalize.py --work out/bench_optimize/work --control out/control/val",)),
     "optimize-search": Table(("bench_optimize",), ("MACs asked", "MACs reached", "accuracy", "change (points)", "distilled", "budget",
                                                    "time"), optimize_search_rows,
                              ("python benchmarks/bench_optimize.py --checkpoint out/reference/resnet50/best.pt --data out/reference/data",)),

@@ -48,6 +48,10 @@ def test_optimize_end_to_end_with_pruning_then_resume(task, tmp_path, capsys) ->
         assert all((root / "data" / f).is_file() and f.startswith("val") for f in c.disagreements)
     pruned = [c for c in res.candidates if c.pruned]
     assert all(0.3 < c.macs_rel < 0.7 for c in pruned)
+    # on val, each candidate is also held to its own FP32 model: the pruned eager one for a pruned file
+    parent = next(c for c in pruned if c.name == "pruned eager fp32")
+    assert parent.val_agreement == 1.0
+    assert all(0.0 <= c.val_agreement <= 1.0 for c in res.candidates)
     # optimize ranks channels by gradients on its data unless told otherwise
     assert json.loads((out / "prune" / "macs_0.50" / "prune_options.json").read_text())["options"]["importance"] == "taylor"
     assert_winner_follows_the_rule(res)

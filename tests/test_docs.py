@@ -381,7 +381,8 @@ def _written_figures(name: str) -> dict:
 
 def test_every_table_renders_records_shaped_as_the_benchmarks_write_them(tmp_path, capsys):
     records, results = _module("records"), _module("results")
-    written = ("bench_batch", "bench_explore", "bench_layers", "bench_optimize", "bench_optimize_distill", "bench_int8_time")
+    written = ("bench_batch", "bench_equalize", "bench_explore", "bench_layers", "bench_optimize", "bench_optimize_10epoch",
+               "bench_optimize_distill", "bench_int8_time")
     every = {**FAKE_FIGURES, **{name: _written_figures(name) for name in written}}
     cpu = records.cpu_info(XEON, {})
     for name, figures in every.items():
@@ -406,7 +407,7 @@ def test_bench_optimize_figures_fill_the_optimize_tables(tmp_path, capsys):
 
     def cand(name, engine, precision, pruned, ms, path="m.xml", status="kept"):
         return Candidate(name, engine, precision, pruned, 0.5 if pruned else 1.0, path, accuracy=0.99, agreement=1.0,
-                         latency_ms=ms, status=status)
+                         val_agreement=1.0, latency_ms=ms, status=status)
 
     cands = [cand("eager fp32", "eager", "fp32", False, 80.0, path=None), cand("openvino fp32", "openvino", "fp32", False, 40.0),
              cand("openvino int8 (nncf)", "openvino", "int8", False, 20.0),
@@ -422,5 +423,9 @@ def test_bench_optimize_figures_fill_the_optimize_tables(tmp_path, capsys):
     table = results.render("optimize", records.load_records(tmp_path))
     # no batch-16 figures: optimize_figures leaves them to the benchmark's own timing
     assert "| AMD EPYC, AVX2 | pruned openvino int8 (nncf) | 50.0% | 10.0 | 2.00x | 8.00x | -0.5 | n/a | 2.00x | 100.0% |" in table
+    # each INT8 file against its own engine's FP32 file of the same model; no pruned FP32 file here, so no pruned rows
+    engines = results.render("int8-engines", records.load_records(tmp_path))
+    assert "| AMD EPYC, AVX2 | best.pt, unpruned | openvino int8 (nncf) | 2.00x | 100.0% |  | kept |" in engines
+    assert "pruned openvino" not in engines
     search_table = results.render("optimize-search", records.load_records(tmp_path))
     assert "| AMD EPYC, AVX2 | 50.0% | 50.0% | 99.0% | -0.5 | yes | within | 1.5 min |" in search_table

@@ -23,7 +23,7 @@ import numpy as np
 from ..classification import check_scores
 from ..deploy.fuse import fuse_model
 from ..deploy.onnx import inspect_onnx, ort_session, run_ort
-from ..deploy.openvino import inspect_ir
+from ..deploy.openvino import asked_precision, inspect_ir
 from ..deploy.runtime import ENGINES, OpenVinoThroughput, free_batch_session, in_batches_of, load_deployed
 from ..deploy.timing import torch_threads
 from ..errors import XrayError
@@ -107,10 +107,10 @@ class OpenVinoEngine:
     """THROUGHPUT hint + AsyncInferQueue: every stream busy, one image (or the file's fixed batch) per request."""
 
     def __init__(self, path: Path, threads: int | None = None, pixels: Any = None):
-        model, _ = inspect_ir(path, "--model")
+        model, info = inspect_ir(path, "--model")
         if pixels is not None:
             model = _pixel_input(model, pixels)
-        self.run = OpenVinoThroughput(model, threads)
+        self.run = OpenVinoThroughput(model, threads, precision=asked_precision(info.meta))
         self.name = f"openvino throughput ({self.run.requests} async requests{', uint8 input' if pixels is not None else ''})"
 
     def infer(self, x: np.ndarray) -> np.ndarray:

@@ -21,7 +21,11 @@ from ..errors import XrayError
 from ..image import Preprocessing
 
 META_KEY = "resnet_xray"  # ONNX metadata_props key; OpenVINO rt_info path [META_KEY, "meta"]
-META_FIELDS = ("arch", "weights", "class_names", "preprocessing", "num_classes", "pretrained", "trained", "trained_evidence", "training")
+META_FIELDS = ("arch", "weights", "class_names", "preprocessing", "num_classes", "pretrained", "trained", "trained_evidence", "training",
+               "inference_precision")
+# An OpenVINO IR may ask for the arithmetic its float layers run in; OpenVINO grants bf16 only on CPUs that have it.
+PRECISION_KEY = "inference_precision"
+FLOAT_PRECISIONS = ("f32", "bf16")
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 
 
@@ -142,6 +146,8 @@ def check_meta(d: Any, where: str, *, image_size: int | None, num_classes: int |
     for key in ("arch", "weights"):
         if key in d and d[key] is not None and not isinstance(d[key], str):
             raise XrayError(f"{where}: '{key}' must be a string")
+    if d.get(PRECISION_KEY) is not None and d[PRECISION_KEY] not in FLOAT_PRECISIONS:
+        raise XrayError(f"{where}: '{PRECISION_KEY}' must be one of {', '.join(FLOAT_PRECISIONS)}, not {d[PRECISION_KEY]!r}")
     return out
 
 

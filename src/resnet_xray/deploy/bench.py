@@ -37,7 +37,7 @@ from ..interface import ClassLogits, unwrap
 from .data import image_batches, list_images
 from .fuse import fuse_model
 from .onnx import ExportOptions, export_onnx, inspect_onnx, ort_session
-from .openvino import compiled_precision, native_bf16, quantize_nncf, write_ir
+from .openvino import compile_cpu, compiled_precision, native_bf16, quantize_nncf, write_ir
 from .peak import Peak, measure_fp32_peak
 from .runtime import OpenVinoThroughput, images_per_second
 from .quantize import QuantizeOptions, detect_cpu_int8, quantize_onnx
@@ -269,7 +269,7 @@ class _Bench:
         self.int8_failed: str | None = None  # why there is no INT8 model to time, when quantisation refused one
         self.pre = meta.preprocessing.scaled_to(size)
         self.pending: list[tuple[BenchRow, Callable[[], Any], bool]] = []
-        self.ov_files: dict[str, Path] = {}  # OpenVINO rows' model files, timed again in throughput mode
+        self.ov_files: dict[str, tuple[Path, str]] = {}  # OpenVINO rows' model files and precisions, timed again in throughput mode
         self.nncf_xml: Path | None = None  # made once per run, for every batch size
 
     def wanted(self, name: str) -> bool:
@@ -352,14 +352,14 @@ class _Bench:
             r.throughput_img_s = best[r.path]
             if r.path in self.ov_files:
                 self.log(f"timing {r.path}, batch {r.batch}, in throughput mode (async requests)")
-                r.throughput_img_s = self._async_img_s(self.ov_files[r.path], r.batch)
+                r.throughput_img_s = self._async_img_s(*self.ov_files[r.path], r.batch)
         if best:
             self.notes.append(THROUGHPUT_NOTE)
 
-    def _async_img_s(self, path: Path, batch: int) -> float:
+    def _async_img_s(self, path: Path, precision: str, batch: int) -> float:
         import openvino as ov
 
-        run = OpenVinoThroughput(ov.Core().read_model(str(path)), self.opts.threads, batch)
+        run = OpenVinoThroughput(ov.Core().read_model(str(path)), self.opts.threads, batch, precision)
         x = np.random.default_rng(0).standard_normal((2 * run.requests * batch, 3, self.size, self.size)).astype(np.float32)
         return images_per_second(run, x, max(self.opts.min_time_s, 0.2))
 
@@ -501,14 +501,10 @@ class _Bench:
             raise _Skip("no model (an earlier step failed or was not requested)")
         if precision == "bf16" and not native_bf16():
             raise _Skip("this CPU has no native bf16 (avx512_bf16 or AMX), where OpenVINO runs a bf16 hint in f32")
-        self.ov_files[name] = path
-        core = ov.Core()
-        m = core.read_model(str(path))
+        self.ov_files[name] = (path, precision)
+        m = ov.Core().read_model(str(path))
         m.reshape({m.inputs[0].get_any_name(): list(x.shape)})
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
-        if self.opts.threads:
-            config["INFERENCE_NUM_THREADS"] = self.opts.threads
-        compiled = core.compile_model(m, "CPU", config)
+        compiled = compile_cpu(m, self.opts.threads, precision=precision)
         got = compiled_precision(compiled)
         if got != precision:
             raise _Skip(f"OpenVINO compiled it in {got}, not {precision}: a row is labelled with what ran")

@@ -18,7 +18,7 @@ from ..units import pct
 class Candidate:
     name: str  # e.g. "pruned openvino int8 (nncf)"
     engine: str  # eager | onnxruntime | openvino | torch
-    precision: str  # fp32 | int8 | int8+fp32 (mixed)
+    precision: str  # fp32 | bf16 | int8 | int8+fp32 (mixed) | int8+bf16 (float layers in bf16)
     pruned: bool
     macs_rel: float  # MACs against the unpruned model
     path: str | None  # the artefact (None: not deployable as a file, e.g. eager or torch FX)
@@ -32,6 +32,7 @@ class Candidate:
     fp32_layers: list[str] = field(default_factory=list)  # layers mixed precision left in FP32
     # top-1 agreement with its own FP32 model (pruned or not) on the control images: what --min-agreement judges INT8 by
     control_agreement: float | None = None
+    val_agreement: float | None = None  # the same on the val images: what the result is reported by
     kept_float: list[str] = field(default_factory=list)  # PyTorch layers the INT8 repair left in float
     repair: dict[str, Any] | None = None  # that repair: target, method, agreement before and after, and why each layer
     disagreements: list[str] = field(default_factory=list)  # val images whose top-1 differs from the checkpoint's (the first 20)
@@ -68,8 +69,8 @@ def pick(cands: list[Candidate], base_acc: float, max_drop: float, objective: st
     """Mark every candidate winner, kept or dropped, with why; return the winner (None: nothing within budget).
 
     The winner is the fastest deployable candidate within ``max_drop`` accuracy points of the FP32
-    checkpoint. With ``min_agreement``, INT8 must also agree that well with its own FP32 model on the
-    control images, where that was measured.
+    checkpoint. With ``min_agreement``, INT8 and bf16 must also agree that well with their own FP32
+    model on the control images, where that was measured.
     """
     floor = base_acc - max_drop / 100
     ok: list[Candidate] = []
@@ -88,8 +89,8 @@ def pick(cands: list[Candidate], base_acc: float, max_drop: float, objective: st
         elif not c.deployable:
             c.status, c.reason = "kept", "for comparison: no file classify --model can load"
         elif c.precision != "fp32" and cost_ms(c, objective) < 1e9 and cost_ms(c, objective) >= fp32_best.get(str(c.pruned), 1e9):
-            # INT8 slower than FP32 on this machine is never recommended
-            c.status, c.reason = "dropped", "INT8 slower than FP32 on this CPU"
+            # INT8 (or bf16) slower than FP32 on this machine is never recommended
+            c.status, c.reason = "dropped", f"{'INT8' if 'int8' in c.precision else c.precision} slower than FP32 on this CPU"
         else:
             c.status, c.reason = "kept", "within budget"
             ok.append(c)
@@ -116,7 +117,8 @@ def to_repair(cands: list[Candidate], base_acc: float, max_drop: float, objectiv
     Marks statuses as :func:`pick` does; the final pick marks them again.
     """
     would = pick(cands, base_acc, max_drop, objective)
-    if would is None or would.control_agreement is None or would.control_agreement >= min_agreement:
+    if (would is None or "int8" not in would.precision or would.control_agreement is None
+            or would.control_agreement >= min_agreement):
         return None
     held = pick(cands, base_acc, max_drop, objective, min_agreement)
     if held is not None and cost_ms(held, objective) <= cost_ms(would, objective) * (1 + LATENCY_TIE):

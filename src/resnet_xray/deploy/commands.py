@@ -66,7 +66,7 @@ OPTIMIZE_FLAGS = ("data", "out", "max_drop", "target_macs", "search", "prune_ste
 
 def optimize_flags(names: tuple[str, ...] = OPTIMIZE_FLAGS) -> Flags:
     from ..pruning.importance import CRITERIA
-    from .optimize import OBJECTIVES, OptimizeOptions
+    from .optimize_spec import OBJECTIVES, OptimizeOptions
 
     return Flags(
         OptimizeOptions, names, spelling={"out": ("-o", "--output")}, required=("data", "out"),
@@ -171,7 +171,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     c = rep["choices"]
     if args.engine == "ort":
         print(c["reduce_range_reason"])
-    route = (f"QDQ, {c['method']} calibration, {'per-channel' if c['per_channel'] else 'per-tensor'} weights, "
+    route = (f"QDQ, {c['method']} calibration, {_weights(c)} weights, "
              f"U8S8 reduce_range={c['reduce_range']}") if args.engine == "ort" else c["format"]
     print(f"{route}; calibrated on {rep['calibration']['images_used']} image(s), {len(rep['calibration']['skipped'])} skipped")
     print(f"size: {si(rep['size_fp32_bytes'])}B -> {si(rep['size_int8_bytes'])}B ({rep['compression']:.2f}x smaller)")
@@ -205,13 +205,18 @@ def _print_repair(r: dict) -> None:
     ch = r["chosen"]
     kept = ", ".join(ch["kept_float"]) or "none"
     print(f"repair: below {pct(r['target'])} agreement, so chosen on {r['control_images']} control image(s) (calibrated on "
-          f"{r['calibration_images']} others): {ch['method']}, {'per-channel' if ch['per_channel'] else 'per-tensor'} weights, "
+          f"{r['calibration_images']} others): {ch['method']}, {_weights(ch)} weights, "
           f"kept in float: {kept}; control agreement {pct(ch['agreement'])}")
     if not r["reached"]:
         print("repair: no candidate met the target; agreement against speed (Pareto front):")
         for p in r["pareto"]:
-            print(f"  {pct(p['agreement'])} at {p['latency_ms']:.2f} ms: {p['method']}, "
-                  f"{'per-channel' if p['per_channel'] else 'per-tensor'}, {len(p['kept_float'])} layer(s) in float")
+            print(f"  {pct(p['agreement'])} at {p['latency_ms']:.2f} ms: {p['method']}, {_weights(p)}, "
+                  f"{len(p['kept_float'])} layer(s) in float")
+
+
+def _weights(choice: dict) -> str:
+    """How a QDQ choice quantised the weights, e.g. ``per-channel`` or ``per-tensor (cross-layer equalised)``."""
+    return ("per-channel" if choice["per_channel"] else "per-tensor") + (" (cross-layer equalised)" if choice.get("equalized") else "")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

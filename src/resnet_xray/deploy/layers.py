@@ -178,7 +178,7 @@ class Subject:
     """One model to profile: a deployed file, or a PyTorch module (exported for ONNX Runtime and OpenVINO on demand)."""
 
     label: str
-    precision: str  # fp32 | int8
+    precision: str  # fp32 | int8 | bf16 | int8+bf16 (as load_deployed labels what ran)
     pre: Preprocessing
     path: Path | None = None  # the .onnx or .xml given
     module: Any = None  # the nn.Module, for the torch engine
@@ -188,6 +188,11 @@ class Subject:
     @property
     def size(self) -> int:
         return self.pre.crop
+
+    @property
+    def float_precision(self) -> str:
+        """What OpenVINO is asked to compute float layers in: as the file ran on loading (bf16 only where granted)."""
+        return "bf16" if "bf16" in self.precision else "f32"
 
     @property
     def own_engine(self) -> str:
@@ -257,7 +262,7 @@ def _layer_times(engine: str, s: Subject, key: str, x: np.ndarray, opts: LayersO
     if engine == "openvino":
         model = s.openvino_model(work)
         _, rows = tag_openvino(model)
-        return openvino_layer_times(model, rows, x, key, **kw)
+        return openvino_layer_times(model, rows, x, key, precision=s.float_precision, **kw)
     import onnx
 
     proto = onnx.load(str(s.onnx_file(work)))
@@ -273,7 +278,7 @@ def _probe(engine: str, s: Subject, opts: LayersOptions, work: Path, key: str) -
     if engine == "openvino":
         model = s.openvino_model(work)
         groups, _ = tag_openvino(model)
-        return openvino_probe(model, groups, opts.threads)
+        return openvino_probe(model, groups, opts.threads, s.float_precision)
     import onnx
 
     proto = onnx.load(str(s.onnx_file(work)))

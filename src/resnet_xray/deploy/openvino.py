@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +23,9 @@ import numpy as np
 
 from ..atomic import temp_path, write_json
 from ..compare import agreement, top1
-from ..errors import XrayError
+from ..errors import XrayError, XrayWarning
 from ..options import check_declared_side
-from .artefact import merge_meta, openvino_embedded, read_sidecar, set_openvino_embedded, sidecar_path
+from .artefact import PRECISION_KEY, merge_meta, openvino_embedded, read_sidecar, set_openvino_embedded, sidecar_path
 from .graphmap import group_nodes, openvino_nodes
 
 
@@ -115,16 +116,18 @@ def compiled_precision(compiled: Any) -> str:
     return str(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
 
 
-def compile_cpu(model: Any, threads: int | None = None, batch: int | None = None, *, perf_count: bool = False):
-    """A compiled CPU model tuned for latency, FP32 arithmetic (no silent bf16 on AVX-512 BF16 CPUs).
+def compile_cpu(model: Any, threads: int | None = None, batch: int | None = None, *, perf_count: bool = False,
+                precision: str = "f32", hint: str = "LATENCY"):
+    """A compiled CPU model: the ``hint`` (LATENCY or THROUGHPUT), float layers in ``precision``.
 
+    ``f32`` is asked for explicitly, so a CPU with AVX-512 BF16 does not silently run bf16.
     ``perf_count``: keep per-node counters (``request.get_profiling_info()``), for ``layers``.
     """
     ov = require_openvino()
     if batch is not None:
         shape = list(model.inputs[0].get_partial_shape())
         model.reshape({model.inputs[0].get_any_name(): [batch, *[d.get_length() for d in shape[1:]]]})
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    config: dict[str, Any] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     if perf_count:
@@ -132,10 +135,33 @@ def compile_cpu(model: Any, threads: int | None = None, batch: int | None = None
     return ov.Core().compile_model(model, "CPU", config)
 
 
-def openvino_runner(path: str | os.PathLike, threads: int | None = None, batch: int | None = 1) -> Callable[[np.ndarray], np.ndarray]:
-    """A function NCHW float32 -> logits over an IR file; batches of any size go through one image at a time when fixed."""
+class PrecisionWarning(XrayWarning):
+    """A file asked for bf16 and this CPU runs it in f32."""
+
+
+def asked_precision(meta: dict[str, Any]) -> str:
+    """The float arithmetic an IR's description asks for (``f32`` unless it says ``bf16``)."""
+    return str(meta.get(PRECISION_KEY) or "f32")
+
+
+def check_granted(compiled: Any, asked: str, where: str) -> str:
+    """The precision OpenVINO compiled in; a warning naming the file when it is not what the file asked for."""
+    ran = compiled_precision(compiled)
+    if ran != asked:
+        warnings.warn(f"{where}: asks for {asked} arithmetic; this CPU has no native {asked} (avx512_bf16 or AMX), "
+                      f"so OpenVINO runs it in {ran}", PrecisionWarning, stacklevel=3)
+    return ran
+
+
+def open_ir(path: str | os.PathLike, threads: int | None = None, batch: int | None = 1) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """A function NCHW float32 -> logits over an IR file, and the precision it runs in (what OpenVINO granted).
+
+    Batches of any size go through one image at a time when the batch is fixed.
+    """
     model, info = inspect_ir(path)
-    compiled = compile_cpu(model, threads, batch)
+    asked = asked_precision(info.meta)
+    compiled = compile_cpu(model, threads, batch, precision=asked)
+    ran = check_granted(compiled, asked, str(path))
     request = compiled.create_infer_request()
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -144,7 +170,18 @@ def openvino_runner(path: str | os.PathLike, threads: int | None = None, batch: 
             return np.array(request.infer({0: x})[0])
         return np.concatenate([np.array(request.infer({0: x[i : i + 1]})[0]) for i in range(x.shape[0])])
 
-    return run
+    return run, ran
+
+
+def openvino_runner(path: str | os.PathLike, threads: int | None = None, batch: int | None = 1) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`open_ir`'s runner alone."""
+    return open_ir(path, threads, batch)[0]
+
+
+def with_precision(xml: Path, out_xml: Path, precision: str) -> Path:
+    """A copy of an IR whose description asks OpenVINO for ``precision`` in its float layers."""
+    model, info = inspect_ir(xml)
+    return save_ir(model, out_xml, {**info.meta, PRECISION_KEY: precision})
 
 
 @contextlib.contextmanager

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 import sys
-import textwrap
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,10 +35,8 @@ from ..compare import Tolerance, agreement, as_logits, compare, top1
 from ..errors import XrayError
 from ..locks import output_lock
 from ..model import load_model
-from ..options import OptionError, at_least, batch_fits, image_side, one_of, option, seed_in_range, thread_count, within
 from ..provenance import WeightsInfo
-from ..pruning.importance import CRITERIA
-from ..units import pct, table
+from ..units import pct
 from .artefact import sidecar_path
 from .bench import machine_info
 from .candidates import Candidate, pick, to_repair
@@ -48,7 +44,8 @@ from .charts import pareto_front, save_optimize_chart
 from .data import image_batches, list_images, spread
 from .fuse import fuse_model
 from .onnx import ExportOptions, export_onnx, inspect_onnx
-from .openvino import qdq_to_ir, quantize_nncf
+from .openvino import native_bf16, qdq_to_ir, quantize_nncf, with_precision
+from .optimize_spec import ENGINES, OBJECTIVES, OptimizeOptions, OptimizeResult
 from .quantize import CONTROL_IMAGES, quantize_from_files
 from .runtime import (THROUGHPUT_BATCH, THROUGHPUT_METHOD, deployed_throughput, images_per_second, labelled_batches,
                       load_deployed, runner_at_size)
@@ -57,153 +54,11 @@ from .timing import time_models, torch_threads
 from .torch_int8 import quantize_torch_fx
 from .winner_repair import Inputs, repair_candidate
 
-ENGINES = ("ort", "openvino", "torch")
-OBJECTIVES = ("latency", "throughput")
 STATE_FILE = "optimize_state.json"
 REPORT_FILE = "optimize.json"
 CHART_FILE = "latency_accuracy.png"
 # The winner, as classify --model takes it: one of these sets, never pieces of two.
 PUBLISHED = ("model.onnx", "model.onnx.json", "model.xml", "model.bin", "model.xml.json")
-
-
-@dataclass
-class OptimizeOptions:
-    """How to search; every field maps onto a ``resnet-xray optimize`` flag."""
-
-    data: str = option(help="ImageFolder dataset (train/ for calibration and fine-tuning, val/ for the budget)")
-    out: str = option("out/optimize", "output folder (the winner is OUT/model.onnx or OUT/model.xml)")
-    max_drop: float = option(1.0, "accuracy points (top-1, val) a candidate may lose against the FP32 checkpoint")
-    target_macs: float | None = option(None, "also prune to this share of MACs, e.g. 0.5 (default: no pruning)")
-    search: tuple[float, ...] | None = option(None, "prune down these shares of MACs in turn, e.g. 0.5,0.33,0.22,0.15, and keep the "
-                                                    "deepest that loses at most --max-drop (instead of --target-macs)")
-    prune_steps: int = option(2, "pruning rounds to reach target_macs (or the first share of --search; each later one takes one)")
-    # fine-tuning epochs after each pruning round: on a 92.2% reference ResNet-50, 2 rounds x 3 epochs ended 3.2 points
-    # down and 2 x 5 ended 0.8 points up (docs/deploy.md); 1 epoch had left another one 11 points down
-    finetune_epochs: int = 5
-    # taylor, not prune's l1 default: optimize always has data for gradients, and on the reference ResNet-50 a
-    # 23% MAC cut kept 45% accuracy before fine-tuning against l1's 22% (docs/deploy.md)
-    importance: str = option("taylor", "channel criterion for --target-macs; taylor ranks channels by gradients on --data")
-    distill: bool = option(True, "fine-tune pruned models against the unpruned model's softened outputs as well as the labels")
-    engines: tuple[str, ...] = option(ENGINES, "comma-separated: ort, openvino, torch")
-    calib_images: int = option(128, "training images used to calibrate INT8")
-    eval_images: int | None = option(None, "val images to score on (default: all)")
-    input_size: int | None = option(None, "square side (None: the checkpoint's crop)")
-    # Latency is a property of the architecture, accuracy of the weights: a model trained at 64 px
-    # can be scored at 64 px and timed at the 224 px it would be deployed at (None: input_size).
-    timing_size: int | None = option(None, "time every candidate at this square side, e.g. 224 (default: the accuracy size)")
-    threads: int | None = option(None, "intra-op threads for every engine's timing (None: their defaults)")
-    repeats: int = option(30, "timed batch-1 calls per candidate, spread over rounds")
-    # latency serves one request at a time; throughput a whole collection (classify --out runs the winner so)
-    objective: str = option("latency", "pick the winner by latency (batch 1) or throughput (images/s in its engine's "
-                                       "throughput mode)")
-    rounds: int = 5
-    mixed_precision: bool = option(True, "try NNCF accuracy control when INT8 loses too much")
-    min_agreement: float = option(0.995, "top-1 agreement INT8 must reach with its own FP32 model on --control; the would-be "
-                                         "winner is repaired towards it (layers back to float), scored on val/ (0: no target)")
-    control: str | None = option(None, "images INT8 is judged and repaired on, drawn like val/, e.g. make-dataset --seed 1's val/ "
-                                       "(default: train/ images outside calibration)")
-    batch_size: int = 32
-    workers: int = 0
-    resume: bool = option(False, "continue a killed run in OUT (same options)")
-    overwrite: bool = option(False, "replace an earlier optimize run in OUT (only what optimize wrote; never an input)")
-    seed: int = 0
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        within("max_drop", self.max_drop, 0.0, 100.0)  # accuracy points
-        within("min_agreement", self.min_agreement, 0.0, 1.0)
-        if self.target_macs is not None:
-            within("target_macs", self.target_macs, 0.0, 1.0, open_low=True, open_high=True)  # the share of MACs to keep
-        if self.search is not None:
-            self.search = tuple(self.search)
-            if self.target_macs is not None:
-                raise OptionError("search", ",".join(map(str, self.search)), "and --target-macs: choose one")
-            for r in self.search:
-                within("search", r, 0.0, 1.0, open_low=True, open_high=True)
-            if not self.search or any(b >= a for a, b in zip(self.search, self.search[1:])):
-                raise OptionError("search", ",".join(map(str, self.search)), "must be shares of MACs that fall, e.g. 0.5,0.4,0.3")
-        self.engines = tuple(self.engines)
-        if not self.engines:
-            raise OptionError("engines", "", f"choose from {','.join(ENGINES)}")
-        for e in self.engines:
-            one_of("engines", e, ENGINES)
-        for name in ("prune_steps", "calib_images", "repeats", "rounds", "batch_size"):
-            at_least(name, getattr(self, name), 1)
-        at_least("finetune_epochs", self.finetune_epochs, 0)
-        one_of("importance", self.importance, CRITERIA)
-        one_of("objective", self.objective, OBJECTIVES)
-        thread_count("workers", self.workers, low=0, allow_none=False)
-        at_least("eval_images", self.eval_images, 1, allow_none=True)
-        image_side("input_size", self.input_size, allow_none=True)
-        image_side("timing_size", self.timing_size, allow_none=True)
-        batch_fits("batch_size", self.batch_size, self.input_size, training=True)
-        thread_count("threads", self.threads)
-        seed_in_range("seed", self.seed)
-        if self.resume and self.overwrite:
-            raise OptionError("resume", True, "and overwrite: choose one")
-        if not Path(self.data).is_dir():
-            raise OptionError("data", self.data, "no such folder")
-        if self.control is not None:
-            list_images(Path(self.control), "--control")  # now, not after the search
-
-
-@dataclass
-class OptimizeResult:
-    out: Path
-    baseline_accuracy: float
-    max_drop: float
-    candidates: list[Candidate]
-    winner: Candidate | None
-    winner_path: Path | None
-    chart: Path | None
-    machine: dict[str, Any]
-    options: OptimizeOptions
-    seconds: float
-    weights: dict[str, Any] | None = None  # provenance of the checkpoint the chain started from
-    timing_size: int | None = None  # the square side every candidate was timed at
-    search: list[dict[str, Any]] = field(default_factory=list)  # the MAC shares pruning tried, in order (search.Step)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "out": str(self.out),
-            "baseline_accuracy": self.baseline_accuracy,
-            "max_drop_points": self.max_drop,
-            "winner": self.winner.name if self.winner else None,
-            "winner_path": str(self.winner_path) if self.winner_path else None,
-            "chart": str(self.chart) if self.chart else None,
-            "candidates": [_clean(asdict(c)) for c in self.candidates],
-            "machine": self.machine,
-            "options": asdict(self.options),
-            "timing_method": "batch 1, every candidate timed round-robin in one process after warm-up; median"
-                             + (f"; {THROUGHPUT_METHOD}" if self.options.objective == "throughput" else ""),
-            "objective": self.options.objective,
-            "timing_size": self.timing_size,
-            "seconds": self.seconds,
-            "weights": self.weights,
-            "search": self.search,
-        }
-
-    def table(self, why_width: int = 48) -> str:
-        """One row per candidate, fastest first; a long "why" goes on to further lines, broken between words."""
-        rows = []
-        for c in sorted(self.candidates, key=lambda c: (c.latency_ms is None, c.latency_ms or 0)):
-            why = textwrap.wrap(c.reason, why_width, break_long_words=False) or [""]
-            rows.append([c.name, f"{c.macs_rel:.2f}", pct(c.accuracy) if c.accuracy is not None else "",
-                         pct(c.agreement) if c.agreement is not None else "",
-                         f"{c.latency_ms:.2f}" if c.latency_ms else "", f"{c.speedup:.2f}x" if c.speedup else "",
-                         f"{c.throughput_img_s:.1f}" if c.throughput_img_s else "", c.status, why[0]])
-            rows += [[""] * 8 + [more] for more in why[1:]]
-        return table(["candidate", "MACs", "accuracy", "agree", "ms", "speed-up", "img/s", "status", "why"], rows, "lrrrrrrll")
-
-
-def _clean(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _clean(v) for k, v in d.items()}
-    if isinstance(d, list):
-        return [_clean(v) for v in d]
-    if isinstance(d, float) and not math.isfinite(d):
-        return None
-    return d
 
 
 class _Run:
@@ -365,6 +220,7 @@ class _Val:
     names: list[str]  # the images, relative to --data
     ref_logits: np.ndarray  # the FP32 checkpoint's
     base_acc: float  # the FP32 checkpoint's top-1: the budget is counted from it
+    parent_top1: dict[bool, np.ndarray] = field(default_factory=dict)  # pruned or not -> that eager FP32 model's top-1
 
 
 def _val_split(run: _Run, model: Any, meta: Any) -> _Val:
@@ -419,7 +275,7 @@ def _control(run: _Run, variants: list[tuple[str, Any, float]], images: _Images,
 
 
 def _judge(ctl: _Control, c: Candidate, run_fn: Callable[[np.ndarray], Any]) -> None:
-    if "int8" in c.precision:
+    if c.precision != "fp32":  # INT8 and bf16 alike: arithmetic that can flip a near-tie
         with torch.inference_mode():
             c.control_agreement = agreement(top1(run_fn, ctl.x), ctl.parent_top1[c.pruned])
 
@@ -430,42 +286,54 @@ def _repair_winner(run: _Run, cands: list[Candidate], runners: dict[str, Any], v
     would = to_repair(cands, val.base_acc, opts.max_drop, opts.objective, opts.min_agreement) if ctl else None
     if would is None:
         return
-    prefix = "pruned " if would.pruned else ""
     run.stage(f"repairing {would.name}: {pct(would.control_agreement)} top-1 agreement with its FP32 model on "
               f"{len(ctl.images.control)} control images, target {pct(opts.min_agreement)}")
+    fixed, detail = _repaired(run, would)
+    for c in list(fixed):
+        dm = load_deployed(c.path, opts.threads)[0]
+        # a bf16 copy that ran f32 is not a candidate (load_deployed labels a file with float layers in f32 plain int8)
+        if dm.precision != c.precision.replace("int8+fp32", "int8"):
+            run.log(f"  {c.name}: OpenVINO runs it in {dm.precision}, not {c.precision}; left out")
+            fixed.remove(c)
+            continue
+        runners[c.name] = dm.run
+        _score([c], runners, val)
+        _judge(ctl, c, runners[c.name])
+        c.repair = {"target": opts.min_agreement, "repaired": would.name, "control_images": len(ctl.images.control),
+                    "control_agreement_before": would.control_agreement, "control_agreement": c.control_agreement,
+                    "val_images": len(val.y), "val_agreement_before": would.val_agreement, "val_agreement": c.val_agreement,
+                    "kept_float": c.kept_float, **detail}
+        run.log(f"  {c.name}: {len(c.kept_float)} layer(s) in float ({', '.join(c.kept_float) or 'none'}); agreement "
+                f"{pct(would.control_agreement)} -> {pct(c.control_agreement)} on control, "
+                f"{pct(would.val_agreement)} -> {pct(c.val_agreement)} on val")
+        cands.append(c)
+        if tsize != size:
+            runners[c.name] = runner_at_size(c.path, tsize, opts.threads, run.work / "timing")
+    run.stage(f"timing {len(cands)} candidates again, the repaired one with them (latencies compare only within one timing)")
+    _time(run, cands, runners, tsize)
+    if opts.objective == "throughput":
+        _throughput(run, fixed, runners, size)
+
+
+def _repaired(run: _Run, would: Candidate) -> tuple[list[Candidate], dict[str, Any]]:
+    """The repaired file as a candidate (once per run), and its float layers in bf16 as another where this CPU has bf16."""
+    ctl, prefix = run.control, "pruned " if would.pruned else ""
     key = f"repair:{would.name}"
     done = run.done(key)
     if not done:
         src = Inputs(run.work / f"{_tag(prefix)}.fp32.onnx", ctl.images.calib,
                      [x for _, x in image_batches(ctl.images.calib, fp32_pre(would), 1, [], "calibrate", False)],
-                     ctl.images.held, ctl.images.control, ctl.x,
-                     ctl.parent_top1[would.pruned])
-        r = repair_candidate(would.name, would.engine, prefix, src, opts.min_agreement, run.work)
+                     ctl.images.held, ctl.images.control, ctl.x, ctl.parent_top1[would.pruned])
+        r = repair_candidate(would.name, would.engine, prefix, src, run.opts.min_agreement, run.work)
         done = {"name": r.name, "engine": r.engine, "path": str(r.path), "kept_float": r.kept_float, "detail": r.detail}
         run.mark(key, done)
-    c = Candidate(done["name"], done["engine"], "int8+fp32" if done["kept_float"] else "int8", would.pruned, would.macs_rel,
-                  done["path"], kept_float=list(done["kept_float"]))
-    runners[c.name] = load_deployed(c.path, opts.threads)[0].run
-    _score([c], runners, val)
-    _judge(ctl, c, runners[c.name])
-    xs = [x.numpy() for x in val.x]
-    with torch.inference_mode():
-        parent = top1(runners[f"{prefix}eager fp32"], xs)
-        before = agreement(top1(load_deployed(would.path, opts.threads)[0].run, xs), parent)
-        after = agreement(top1(runners[c.name], xs), parent)
-    c.repair = {"target": opts.min_agreement, "repaired": would.name, "control_images": len(ctl.images.control),
-                "control_agreement_before": would.control_agreement, "control_agreement": c.control_agreement,
-                "val_images": len(parent), "val_agreement_before": before, "val_agreement": after,
-                "kept_float": c.kept_float, **done["detail"]}
-    run.log(f"  {c.name}: {len(c.kept_float)} layer(s) in float ({', '.join(c.kept_float) or 'none'}); agreement "
-            f"{pct(would.control_agreement)} -> {pct(c.control_agreement)} on control, {pct(before)} -> {pct(after)} on val")
-    cands.append(c)
-    if tsize != size:
-        runners[c.name] = runner_at_size(c.path, tsize, opts.threads, run.work / "timing")
-    run.stage(f"timing {len(cands)} candidates again, the repaired one with them (latencies compare only within one timing)")
-    _time(run, cands, runners, tsize)
-    if opts.objective == "throughput":
-        _throughput(run, [c], runners, size)
+    kept = list(done["kept_float"])
+    out = [Candidate(done["name"], done["engine"], "int8+fp32" if kept else "int8", would.pruned, would.macs_rel,
+                     done["path"], kept_float=kept)]
+    if kept and done["engine"] == "openvino" and native_bf16():  # "float" can mean bf16: timed and judged as its own candidate
+        out.append(dataclasses.replace(out[0], name=f"{done['name']} + bf16", precision="int8+bf16",
+                                       path=str(_bf16_copy(run, Path(done["path"]))), kept_float=list(kept)))
+    return out, done["detail"]
 
 
 def _finish(run: _Run, cands: list[Candidate], base_acc: float, meta: Any, tsize: int, seconds: float, steps: list[Step]) -> OptimizeResult:
@@ -520,6 +388,9 @@ def _variant(run: _Run, prefix: str, model: Any, meta: Any, macs_rel: float, ima
     files = {**_fp32_files(run, prefix, onnx_path), **_int8_files(run, prefix, onnx_path, images, meta.preprocessing)}
     for name, (engine, precision, path) in files.items():
         dm, _ = load_deployed(path, run.opts.threads)
+        if dm.precision != precision:  # a file that asked for bf16 and ran f32 is not a bf16 candidate
+            run.log(f"  {name}: OpenVINO runs it in {dm.precision}, not {precision}; left out")
+            continue
         cands.append(Candidate(name, engine, precision, pruned, macs_rel, str(path)))
         runners[name] = dm.run
     if "torch" in run.opts.engines:
@@ -557,7 +428,18 @@ def _fp32_files(run: _Run, prefix: str, onnx_path: Path) -> Files:
         files[f"{prefix}ort fp32"] = ("onnxruntime", "fp32", onnx_path)
     if "openvino" in run.opts.engines:
         files[f"{prefix}openvino fp32"] = ("openvino", "fp32", onnx_path.with_suffix(".xml"))
+        if native_bf16():  # OpenVINO's default precision on such CPUs: a candidate of its own, never labelled fp32
+            files[f"{prefix}openvino bf16"] = ("openvino", "bf16", _bf16_copy(run, onnx_path.with_suffix(".xml")))
     return files
+
+
+def _bf16_copy(run: _Run, xml: Path) -> Path:
+    """The IR at ``xml``, its description asking OpenVINO for bf16 float layers; once per run."""
+    out = xml.with_name(xml.name.replace(".xml", ".bf16.xml"))
+    if not run.done(out.name):
+        with_precision(xml, out, "bf16")
+        run.mark(out.name)
+    return out
 
 
 def _int8_files(run: _Run, prefix: str, onnx_path: Path, images: _Images, pre: Any) -> Files:
@@ -600,6 +482,9 @@ def _score(cands: list[Candidate], runners: dict[str, Any], val: _Val) -> None:
         eq = compare(val.ref_logits, z, tolerance=tol, names=("fp32 checkpoint", c.name))
         c.agreement, c.check = eq.top1_agreement, eq.to_dict()
         c.disagreements = [val.names[i] for i in eq.disagreements[:20]]
+        if c.engine == "eager" and c.precision == "fp32":  # scored first of its variant: the parent of the rest
+            val.parent_top1[c.pruned] = z.argmax(1)
+        c.val_agreement = agreement(z.argmax(1), val.parent_top1[c.pruned])
 
 
 def _mixed(run: _Run, variants: list, cands: list[Candidate], runners: dict[str, Any], val: _Val) -> None:
@@ -687,4 +572,4 @@ def _publish(run: _Run, win: Candidate | None) -> Path | None:
     return dest
 
 
-__all__ = ["Candidate", "OptimizeOptions", "OptimizeResult", "optimize", "pareto_front"]
+__all__ = ["ENGINES", "OBJECTIVES", "Candidate", "OptimizeOptions", "OptimizeResult", "optimize", "pareto_front"]

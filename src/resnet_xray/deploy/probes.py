@@ -56,7 +56,7 @@ def ort_probe(proto: Any, groups: LayerGroups, work: Path, threads: int | None =
     return run
 
 
-def openvino_probe(model: Any, groups: LayerGroups, threads: int | None = None) -> Probe:
+def openvino_probe(model: Any, groups: LayerGroups, threads: int | None = None, precision: str = "f32") -> Probe:
     """The tagged, uncompiled OpenVINO ``model`` with each row's output added as a model output."""
     results = {}
     for row, node in groups.exit.items():
@@ -65,7 +65,7 @@ def openvino_probe(model: Any, groups: LayerGroups, threads: int | None = None) 
         results[row] = out.get_node().get_friendly_name()
     order = [o.get_node().get_friendly_name() for o in model.outputs]
     index = {row: order.index(name) for row, name in results.items()}
-    request = compile_cpu(model, threads).create_infer_request()
+    request = compile_cpu(model, threads, precision=precision).create_infer_request()
 
     def run(x: np.ndarray) -> dict[str, np.ndarray]:
         request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})

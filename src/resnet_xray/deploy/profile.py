@@ -149,9 +149,9 @@ def _ort_rows(events: list[dict[str, Any]], rows: dict[str, str], skip: int
 
 
 def openvino_layer_times(model: Any, rows: dict[str, str], x: np.ndarray, key: str, *, threads: int | None = None,
-                         runs: int = 20, warmup: int = 5) -> LayerTimes:
+                         runs: int = 20, warmup: int = 5, precision: str = "f32") -> LayerTimes:
     """Profile the tagged, uncompiled OpenVINO ``model`` with ``PERF_COUNT``: each executed node's time, per run."""
-    request = compile_cpu(model, threads, perf_count=True).create_infer_request()
+    request = compile_cpu(model, threads, perf_count=True, precision=precision).create_infer_request()
     feed = {0: np.ascontiguousarray(x, dtype=np.float32)}
     for _ in range(warmup):
         request.infer(feed)

@@ -32,7 +32,7 @@ from ..provenance import WeightsInfo, described_provenance
 from .artefact import check_preprocessing
 from .data import folder_labels, image_batches, list_images
 from .onnx import CAM_NAME, inspect_onnx, ort_runner, ort_session, run_ort
-from .openvino import compile_cpu, inspect_ir, openvino_runner, require_openvino
+from .openvino import asked_precision, check_granted, compile_cpu, inspect_ir, open_ir, require_openvino
 
 ENGINES = {".onnx": "onnxruntime", ".xml": "openvino"}
 
@@ -98,16 +98,27 @@ def load_deployed(path: str | os.PathLike, threads: int | None = None, flag: str
     thread_count("threads", threads)  # ONNX Runtime takes 0 as "default" and crashes on < 0; libgomp dies on 100000
     p = Path(path)
     engine = engine_of(p, flag)
-    run, desc, size, n_out, fixed, pre = _open(p, engine, flag, threads)
-    precision = "int8" if desc.get("quantization") else "fp32"
+    run, desc, size, n_out, fixed, pre, ran = _open(p, engine, flag, threads)
+    precision = precision_label(bool(desc.get("quantization")), ran)
     model = DeployedModel(run, engine, p, precision, fixed).eval()
     n = _class_count(model, size, n_out or desc.get("num_classes") or len(desc.get("class_names") or []), f"{flag} {p}")
     return model, _deployed_meta(p, engine, precision, desc, n, pre)
 
 
+def precision_label(quantized: bool, ran: str) -> str:
+    """What a deployed file computes in: ``fp32``, ``int8``, ``bf16``, or ``int8+bf16`` (its float layers in bf16)."""
+    if ran == "bf16":
+        return "int8+bf16" if quantized else "bf16"
+    return "int8" if quantized else "fp32"
+
+
 def _open(p: Path, engine: str, flag: str, threads: int | None
-          ) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any], int, int | None, int | None, Preprocessing]:
-    """Read the file's description and open it: (runner, description, side, declared classes, fixed batch, preprocessing)."""
+          ) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any], int, int | None, int | None, Preprocessing, str]:
+    """Read the file's description and open it.
+
+    Returns (runner, description, side, declared classes, fixed batch, preprocessing, the float
+    precision the engine granted: ``f32`` or ``bf16``).
+    """
     if engine == "onnxruntime":
         info = inspect_onnx(p, flag)
         desc, size, n_out, declared = info.sidecar, info.image_size, None, info.input_shape[0]
@@ -120,10 +131,10 @@ def _open(p: Path, engine: str, flag: str, threads: int | None
     if isinstance(declared, int) and declared < 1:
         raise XrayError(f"{flag} {p}: declares a batch of {declared} images; export it with a batch of 1 or --dynamic-batch")
     fixed = declared if isinstance(declared, int) else None
-    run = ort_runner(p, info, threads) if engine == "onnxruntime" else openvino_runner(p, threads, batch=fixed)
+    run, ran = (ort_runner(p, info, threads), "f32") if engine == "onnxruntime" else open_ir(p, threads, batch=fixed)
     if fixed and fixed > 1:  # the engines refuse any other batch: pad to it
         run = in_batches_of(run, fixed)
-    return run, desc, size, n_out, fixed, pre
+    return run, desc, size, n_out, fixed, pre, ran
 
 
 def cam_runner(path: str | os.PathLike, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -134,7 +145,7 @@ def cam_runner(path: str | os.PathLike, threads: int | None = None) -> Callable[
         if not any(CAM_NAME in o.get_names() for o in model.outputs):
             return None
         fixed = info.input_shape[0] if isinstance(info.input_shape[0], int) else None
-        request = compile_cpu(model, threads, fixed).create_infer_request()
+        request = compile_cpu(model, threads, fixed, precision=asked_precision(info.meta)).create_infer_request()
 
         def run(x: np.ndarray) -> np.ndarray:
             request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
@@ -294,9 +305,12 @@ def runner_at_size(path: str | os.PathLike, size: int, threads: int | None, work
     """
     p = Path(path)
     if engine_of(p) == "openvino":
-        model, _ = inspect_ir(p)
+        model, info = inspect_ir(p)
         model.reshape({model.inputs[0].get_any_name(): [1, 3, size, size]})
-        request = compile_cpu(model, threads).create_infer_request()
+        asked = asked_precision(info.meta)
+        compiled = compile_cpu(model, threads, precision=asked)
+        check_granted(compiled, asked, str(p))
+        request = compiled.create_infer_request()
         return lambda x: np.array(request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})[0])
     import onnx
 
@@ -324,20 +338,18 @@ class OpenVinoThroughput:
 
     The hint makes several streams; the queue keeps the engine's optimal number of requests in
     flight, ``batch`` images each (the model's fixed batch, or 1), as OpenVINO's ``benchmark_app``
-    runs a model. ``model``: an ``openvino.Model`` (read from ``.xml`` or ``.onnx``).
+    runs a model. ``model``: an ``openvino.Model`` (read from ``.xml`` or ``.onnx``); ``precision``:
+    its float layers' arithmetic (``f32``, or ``bf16`` where the CPU has it).
     """
 
-    def __init__(self, model: Any, threads: int | None = None, batch: int | None = None):
+    def __init__(self, model: Any, threads: int | None = None, batch: int | None = None, precision: str = "f32"):
         ov = require_openvino()
         shape = model.inputs[0].get_partial_shape()
         fixed = shape[0].get_length() if shape[0].is_static else None
         self.per = batch or fixed or 1
         if self.per != fixed:
             model.reshape({model.inputs[0].get_any_name(): [self.per, *[d.get_length() for d in list(shape)[1:]]]})
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        compiled = ov.Core().compile_model(model, "CPU", config)
+        compiled = compile_cpu(model, threads, precision=precision, hint="THROUGHPUT")
         self.requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.classes = int(compiled.outputs[0].get_partial_shape()[-1].get_length())
         self.queue = ov.AsyncInferQueue(compiled, self.requests)
@@ -417,7 +429,7 @@ def deployed_throughput(path: str | os.PathLike, threads: int | None = None, sec
     p = Path(path)
     if engine_of(p) == "openvino":
         model, info = inspect_ir(p)
-        run: Callable[[np.ndarray], Any] = OpenVinoThroughput(model, threads)
+        run: Callable[[np.ndarray], Any] = OpenVinoThroughput(model, threads, precision=asked_precision(info.meta))
         n, size = 2 * run.requests * run.per, info.image_size
     else:
         info = inspect_onnx(p)
