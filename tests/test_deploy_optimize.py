@@ -59,9 +59,9 @@ def test_optimize_end_to_end_with_pruning_then_resume(task, tmp_path, capsys) ->
     report = json.loads((out / "optimize.json").read_text())
     assert report["winner"] == res.winner.name and len(report["candidates"]) == len(res.candidates)
     assert report == json.loads(json.dumps(res.to_dict()))
-    # every INT8 candidate is judged against its own FP32 model (pruned or not) on the control images
+    # every INT8 (and bf16) candidate is judged against its own FP32 model (pruned or not) on the control images
     for c in report["candidates"]:
-        assert (c["control_agreement"] is not None) == ("int8" in c["precision"])
+        assert (c["control_agreement"] is not None) == (c["precision"] != "fp32")
         if c["control_agreement"] is not None and c["control_agreement"] < 0.995:
             assert c["status"] == "dropped" and "control images" in c["reason"]
     assert (out / "latency_accuracy.png").read_bytes()[:4] == b"\x89PNG"

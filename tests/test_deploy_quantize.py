@@ -35,13 +35,13 @@ def one_thread():
         yield
 
 
-def write_dataset(root: Path, seed: int) -> Path:
+def write_dataset(root: Path, seed: int, per_class: int = PER_CLASS) -> Path:
     """Four classes told apart by colour and stripe direction, with noise: separable but not trivial."""
     rng = np.random.default_rng(seed)
     for k, colour in enumerate(COLOURS):
         d = root / f"class_{k}"
         d.mkdir(parents=True, exist_ok=True)
-        for i in range(PER_CLASS):
+        for i in range(per_class):
             img = np.array(colour, np.float32) * rng.uniform(0.6, 1.0) + rng.normal(0, 25, (40, 40, 3))
             stripes = (np.arange(40) // 4) % 2 == 0
             if k % 2:

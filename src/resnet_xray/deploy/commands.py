@@ -31,9 +31,10 @@ def quantize_flags() -> Flags:
     return Flags(
         QuantizeOptions,
         ("method", "per_channel", "reduce_range", "eval_dir", "control_dir", "max_calib_images", "engine", "min_agreement",
-         "time_check"),
+         "float_layers", "time_check"),
         spelling={"eval_dir": "--eval", "control_dir": "--control", "max_calib_images": "--max-images"},
-        choices={"method": METHODS, "engine": ("ort", "openvino"), "reduce_range": {"auto": None, "on": True, "off": False}},
+        choices={"method": METHODS, "engine": ("ort", "openvino"), "reduce_range": {"auto": None, "on": True, "off": False},
+                 "float_layers": ("auto", "f32", "bf16")},
     )
 
 
@@ -202,11 +203,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def _print_repair(r: dict) -> None:
     """What the INT8 repair tried and kept: settings, then layers in float, chosen on control images."""
-    ch = r["chosen"]
+    ch = r.get("chosen") or r  # ONNX Runtime's repair names its chosen candidate; NNCF's is the repair itself
     kept = ", ".join(ch["kept_float"]) or "none"
+    how = f"{ch['method']}, {_weights(ch)} weights" if "per_channel" in ch else r["why"]
     print(f"repair: below {pct(r['target'])} agreement, so chosen on {r['control_images']} control image(s) (calibrated on "
-          f"{r['calibration_images']} others): {ch['method']}, {_weights(ch)} weights, "
-          f"kept in float: {kept}; control agreement {pct(ch['agreement'])}")
+          f"{r['calibration_images']} others): {how}; kept in float: {kept}; control agreement {pct(ch['agreement'])}")
+    if r.get("float_layers"):
+        print(f"repair: float layers in {r['float_layers']['precision']} ({r['float_layers']['why']})")
     if not r["reached"]:
         print("repair: no candidate met the target; agreement against speed (Pareto front):")
         for p in r["pareto"]:

@@ -27,6 +27,7 @@ from ..errors import XrayError, XrayWarning
 from ..options import check_declared_side
 from .artefact import PRECISION_KEY, merge_meta, openvino_embedded, read_sidecar, set_openvino_embedded, sidecar_path
 from .graphmap import group_nodes, openvino_nodes
+from .timing import time_models
 
 
 def require_openvino():
@@ -307,6 +308,31 @@ def repair_nncf(fp32_xml: Path, calib: list[np.ndarray], control: list[np.ndarra
     why = ("no NNCF setting reached the target; NNCF accuracy control ranked every quantised layer by the agreement on "
            f"the control images with it in float, and returned them to float in that order (at most {MAX_FLOAT_LAYERS})")
     return NncfRepair(res.path, res.fp32_layers, agrees(res.path), {"method": res.method, "tried": tried, "why": why})
+
+
+def float_layers_in(path: Path, asked: str, control: list[np.ndarray], parent_top1: np.ndarray, target: float) -> tuple[Path, dict[str, Any]]:
+    """The repaired IR at ``path`` with its float layers in the arithmetic ``asked`` for (auto | f32 | bf16).
+
+    ``auto`` takes bf16 only where this CPU computes it natively, the copy still agrees with the FP32
+    model on ``target`` of the control images, and it runs faster than f32 float layers here.
+    Returns the file and what was measured.
+    """
+    if asked == "f32" or (asked == "auto" and not native_bf16()):
+        why = "asked for f32" if asked == "f32" else "this CPU has no native bf16 (avx512_bf16 or AMX)"
+        return path, {"precision": "f32", "why": why}
+    bf16 = with_precision(path, path.with_name(path.name.replace(".xml", ".bf16.xml")), "bf16")
+    if asked == "bf16":
+        return bf16, {"precision": "bf16", "why": "asked for bf16"}
+    runs = {p: open_ir(f)[0] for p, f in (("f32", path), ("bf16", bf16))}
+    got = agreement(top1(runs["bf16"], control), parent_top1)
+    x = control[0][:1]
+    ms = {p: s.median_ms for p, s in time_models({p: (lambda r=r: r(x)) for p, r in runs.items()}, warmup=3, repeats=20,
+                                                  rounds=4).items()}
+    keep = got >= target and ms["bf16"] < ms["f32"]
+    why = (f"bf16 float layers agree on {got:.1%} of the control images and run {ms['f32'] / ms['bf16']:.2f}x f32's speed"
+           + ("" if keep else (": under the target, so f32" if got < target else ": no faster, so f32")))
+    return (bf16 if keep else path), {"precision": "bf16" if keep else "f32", "why": why, "bf16_control_agreement": got,
+                                      "latency_ms": ms}
 
 
 def _top1_hits(compiled: Any, items: Iterable[Any]) -> float:

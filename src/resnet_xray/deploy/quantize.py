@@ -30,10 +30,10 @@ from ..locks import file_lock
 from ..quiet import stdout_silenced
 from ..options import at_least, batch_fits, one_of, option, within
 from ..provenance import WeightsInfo
-from .artefact import artefact_bytes, set_onnx_embedded
+from .artefact import FLOAT_PRECISIONS, PRECISION_KEY, artefact_bytes, set_onnx_embedded
 from .data import folder_labels, image_batches, list_images, split_holdout, spread
 from .onnx import OnnxInfo, check_writable, inspect_onnx, ort_runner, sidecar_path
-from .openvino import openvino_runner, quantize_nncf, repair_nncf, write_ir
+from .openvino import float_layers_in, openvino_runner, quantize_nncf, repair_nncf, write_ir
 from .qdq import METHODS, QdqSettings, calibration_ranges, calibration_reader, pre_process, quantize_qdq
 from .repair import Repair, repair_int8
 from .timing import time_models
@@ -72,6 +72,10 @@ class QuantizeOptions:
                                          "itself (ort: settings, then the most sensitive layers in float; openvino: NNCF "
                                          "accuracy control on that agreement); still below, nothing is written and exit 1")
     engine: str = option("ort", "ort: ONNX Runtime QDQ .onnx; openvino: NNCF post-training INT8 .xml (often faster on CPUs)")
+    # on CPUs with native bf16 the layers a repair returns to float can run in bf16 at about twice f32's speed
+    float_layers: str = option("auto", "arithmetic of the layers the openvino repair keeps in float: auto (bf16 where this CPU "
+                                       "has it natively, the target still holds on the control images and it is faster; "
+                                       "else f32) | f32 | bf16")
     time_check: bool = option(True, "time FP32 against INT8 on this CPU")
     # optimize judges every INT8 model by its own val accuracy against --max-drop, so it keeps a repair that fell
     # short of min_agreement (and records it as such); only a non-finite model is never written
@@ -81,6 +85,7 @@ class QuantizeOptions:
         one_of("method", self.method, METHODS)
         one_of("activation_type", self.activation_type, ("uint8", "int8"))
         one_of("engine", self.engine, ("ort", "openvino"))
+        one_of("float_layers", self.float_layers, ("auto",) + FLOAT_PRECISIONS)
         at_least("max_calib_images", self.max_calib_images, 1, allow_none=True)
         within("min_agreement", self.min_agreement, 0.0, 1.0)
         if self.holdout_every != 0:  # 0 is "hold none out" (optimize scores on its own val split)
@@ -302,7 +307,11 @@ def _repair_nncf(plan: _Plan, opts: QuantizeOptions, workdir: Path, fp32_ir: Pat
     fix = repair_nncf(fp32_ir, cx, kx, parent, opts.min_agreement, workdir, "repair")
     repair = {"target": opts.min_agreement, **fix.detail, "kept_float": fix.kept_float, "control_images": len(parent),
               "calibration_images": len(calib), "agreement": fix.agreement, "reached": fix.agreement >= opts.min_agreement}
-    return _Fixed(fix.path, list(fix.kept_float), {"kept_float": fix.kept_float, "repair": repair})
+    path, chosen = fix.path, "f32"
+    if fix.kept_float:
+        path, repair["float_layers"] = float_layers_in(fix.path, opts.float_layers, kx, parent, opts.min_agreement)
+        chosen = repair["float_layers"]["precision"]
+    return _Fixed(path, list(fix.kept_float), {"kept_float": fix.kept_float, "float_layers": chosen, "repair": repair})
 
 
 def _repair(plan: _Plan, opts: QuantizeOptions, workdir: Path) -> Repair | None:
@@ -420,6 +429,8 @@ def _publish(tmp_out: Path, plan: _Plan, engine: str, report: dict[str, Any]) ->
     """Swap the checked INT8 model and its sidecar (and .bin) in for any earlier ones, as one set."""
     out, info = plan.out, plan.info
     side = {**info.sidecar, "quantization": report}
+    if report["choices"].get("float_layers") == "bf16":  # as the IR's own description asks
+        side[PRECISION_KEY] = "bf16"
     side.setdefault("preprocessing", info.preprocessing.to_dict())
     targets = [out, sidecar_path(out)] + ([out.with_suffix(".bin")] if engine == "openvino" else [])
     with StagedFiles(targets) as stage:
