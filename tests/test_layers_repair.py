@@ -94,7 +94,7 @@ def test_where_no_setting_is_enough_the_repair_keeps_one_layer_of_the_outlier_bl
     assert rep["agreement"]["paths"]["ort_int8"]["top1_agreement"] >= TARGET and rep["passed"]
 
 
-def test_openvino_int8_repairs_itself_through_nncf_accuracy_control(outlier, tmp_path) -> None:
+def test_openvino_int8_repairs_itself_through_nncf_accuracy_control(outlier, tmp_path, capsys) -> None:
     out = tmp_path / "int8.xml"
     target = 0.99  # NNCF's plain INT8 of this model agrees on 96.7% of the held-out images: over TARGET, under this
     rep = quantize_onnx(outlier["fp32"], outlier["data"], out, QuantizeOptions(
@@ -110,6 +110,14 @@ def test_openvino_int8_repairs_itself_through_nncf_accuracy_control(outlier, tmp
     assert rep["agreement"]["paths"]["openvino_int8"]["top1_agreement"] >= target and rep["passed"] and out.exists()
     side = json.loads(sidecar_path(out).read_text())
     assert side["quantization"]["kept_float"] == rep["kept_float"]  # the file says what it keeps in float
+    # had it fallen short, the command would say what each step reached (NNCF's repair has no Pareto front)
+    from resnet_xray.deploy.commands import _print_repair
+
+    capsys.readouterr()
+    _print_repair({**r, "reached": False})
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("repair: no candidate met the target; control agreement of each: full bias correction ")
+    assert last.endswith(f"{len(rep['kept_float'])} layer(s) in float {r['agreement']:.1%}")
 
 
 @pytest.mark.parametrize("asked", ["auto", "bf16"])

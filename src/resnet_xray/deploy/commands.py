@@ -210,11 +210,15 @@ def _print_repair(r: dict) -> None:
           f"{r['calibration_images']} others): {how}; kept in float: {kept}; control agreement {pct(ch['agreement'])}")
     if r.get("float_layers"):
         print(f"repair: float layers in {r['float_layers']['precision']} ({r['float_layers']['why']})")
-    if not r["reached"]:
+    if not r["reached"] and "pareto" in r:
         print("repair: no candidate met the target; agreement against speed (Pareto front):")
         for p in r["pareto"]:
             print(f"  {pct(p['agreement'])} at {p['latency_ms']:.2f} ms: {p['method']}, {_weights(p)}, "
                   f"{len(p['kept_float'])} layer(s) in float")
+    elif not r["reached"]:  # NNCF's: each setting, then accuracy control with at most its float layers
+        tried = "; ".join(f"{t['setting']} {pct(t['control_agreement'])}" for t in r["tried"])
+        print(f"repair: no candidate met the target; control agreement of each: {tried}; "
+              f"{len(r['kept_float'])} layer(s) in float {pct(r['agreement'])}")
 
 
 def _weights(choice: dict) -> str:
