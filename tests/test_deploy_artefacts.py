@@ -170,3 +170,21 @@ def test_export_of_nan_model_leaves_nothing_behind(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "DIVERGES" in err[0] and "non-finite" in err[0]
     assert not out.exists()  # not even the folder -o named: a failed command leaves no half-made folder
+
+
+def test_openvino_converts_an_onnx_file_whose_path_has_a_comma(tmp_path) -> None:
+    """OpenVINO's convert_model reads "a, b" as two paths; the file must still convert and compute the same logits."""
+    import numpy as np
+
+    from resnet_xray.deploy.onnx import inspect_onnx, ort_runner
+    from resnet_xray.deploy.openvino import open_ir, write_ir
+
+    torch.manual_seed(0)
+    folder = tmp_path / "runs, december"
+    folder.mkdir()
+    meta = ModelMeta("resnet18", "random (seed 0)", [f"class_{k}" for k in range(4)], PRE, False)
+    fp32 = export_onnx(TinyResNet(4).eval(), folder / "tiny, fp32.onnx", ExportOptions(exporter="torchscript"), meta)
+    run, precision = open_ir(write_ir(fp32, folder / "tiny, fp32.xml", {}))
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    assert precision == "f32"
+    np.testing.assert_allclose(run(x), ort_runner(fp32, inspect_onnx(fp32))(x), rtol=1e-4, atol=1e-4)

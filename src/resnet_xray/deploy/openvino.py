@@ -62,7 +62,8 @@ def write_ir(onnx_path: Path, xml_path: Path, side: dict[str, Any]) -> Path:
     """Convert an ONNX file (FP32, or a QDQ INT8 one) to OpenVINO IR beside it."""
     ov = require_openvino()
     try:
-        model = ov.convert_model(str(onnx_path))
+        # read_model, not convert_model: convert_model takes a path with a comma for a list of paths
+        model = ov.Core().read_model(str(onnx_path))
     except Exception as e:  # noqa: BLE001 - the converter's message names the unsupported op
         raise XrayError(f"{onnx_path}: OpenVINO cannot convert it ({str(e).splitlines()[0][:150]})") from None
     return save_ir(model, xml_path, {**side, "format": "resnet-xray openvino sidecar", "openvino": ov.__version__})
