@@ -381,8 +381,8 @@ def _written_figures(name: str) -> dict:
 
 def test_every_table_renders_records_shaped_as_the_benchmarks_write_them(tmp_path, capsys):
     records, results = _module("records"), _module("results")
-    written = ("bench_batch", "bench_equalize", "bench_explore", "bench_layers", "bench_optimize", "bench_optimize_10epoch",
-               "bench_optimize_distill", "bench_int8_time")
+    written = ("bench_batch", "bench_equalize", "bench_explore", "bench_int8_pareto", "bench_layers", "bench_optimize",
+               "bench_optimize_10epoch", "bench_optimize_distill", "bench_int8_time")
     every = {**FAKE_FIGURES, **{name: _written_figures(name) for name in written}}
     cpu = records.cpu_info(XEON, {})
     for name, figures in every.items():
