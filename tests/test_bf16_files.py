@@ -111,3 +111,21 @@ def test_a_bf16_file_computes_what_its_f32_twin_does_within_bf16_rounding(bf16_f
         a, b = load_deployed(fp32)[0](x), load_deployed(bf16)[0](x)
     # f32 here: the same numbers; bf16 keeps 8 bits of mantissa, so a few parts in a hundred of the logits' spread
     assert torch.allclose(a, b, atol=0.0 if not HAS_BF16 else 0.05 * float(a.abs().max()))
+
+
+def test_held_below_bf16_by_onednn_a_bf16_file_runs_f32_and_says_why(bf16_file, monkeypatch) -> None:
+    """Held to AVX2 kernels, OpenVINO still lists BF16 (from cpuid), but a bf16 hint fails to compile on a bf16 CPU."""
+    import os
+    import subprocess
+    import sys
+
+    bf16, _, data = bf16_file
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert not native_bf16()
+    # a fresh process, so that oneDNN reads the cap before its first kernel
+    run = subprocess.run([sys.executable, "-m", "resnet_xray", "evaluate", str(data), "--model", str(bf16), "--json"],
+                         env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout)["models"][0]["precision"] == "fp32"
+    assert (f"resnet-xray: warning: {bf16}: asks for bf16 arithmetic; ONEDNN_MAX_CPU_ISA=AVX2 holds the kernels below bf16, "
+            "so OpenVINO runs it in f32") in run.stderr

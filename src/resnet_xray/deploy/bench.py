@@ -37,7 +37,7 @@ from ..interface import ClassLogits, unwrap
 from .data import image_batches, list_images
 from .fuse import fuse_model
 from .onnx import ExportOptions, export_onnx, inspect_onnx, ort_session
-from .openvino import compile_cpu, compiled_precision, native_bf16, quantize_nncf, write_ir
+from .openvino import compile_cpu, compiled_precision, native_bf16, no_bf16_reason, quantize_nncf, write_ir
 from .peak import Peak, measure_fp32_peak
 from .runtime import OpenVinoThroughput, images_per_second
 from .quantize import QuantizeOptions, detect_cpu_int8, quantize_onnx
@@ -500,7 +500,7 @@ class _Bench:
         if path is None:
             raise _Skip("no model (an earlier step failed or was not requested)")
         if precision == "bf16" and not native_bf16():
-            raise _Skip("this CPU has no native bf16 (avx512_bf16 or AMX), where OpenVINO runs a bf16 hint in f32")
+            raise _Skip(f"{no_bf16_reason()}, where OpenVINO runs a bf16 hint in f32")
         self.ov_files[name] = (path, precision)
         m = ov.Core().read_model(str(path))
         m.reshape({m.inputs[0].get_any_name(): list(x.shape)})

@@ -108,9 +108,27 @@ def inspect_ir(path: str | os.PathLike, flag: str = "") -> tuple[Any, IrInfo]:
     return model, IrInfo(p, dims, num_classes, meta)
 
 
+# oneDNN ISA caps below AVX512_CORE_BF16: under one, OpenVINO still lists BF16 (it reads cpuid) but its bf16 kernels
+# refuse to compile ("Supported primitive descriptors list is empty", measured on a Zen 5 EPYC with OpenVINO 2026.4)
+BELOW_BF16_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def _isa_cap() -> str:
+    return (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+
+
 def native_bf16() -> bool:
-    """Whether OpenVINO computes bf16 natively on this CPU (avx512_bf16 or AMX); elsewhere a bf16 hint runs f32."""
+    """Whether OpenVINO computes bf16 natively here (avx512_bf16 or AMX, and no oneDNN ISA cap below it)."""
+    if _isa_cap() in BELOW_BF16_ISAS:
+        return False
     return "BF16" in require_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def no_bf16_reason() -> str:
+    """Why OpenVINO does not compute bf16 here, for messages."""
+    if _isa_cap() in BELOW_BF16_ISAS:
+        return f"ONEDNN_MAX_CPU_ISA={_isa_cap()} holds the kernels below bf16"
+    return "this CPU has no native bf16 (avx512_bf16 or AMX)"
 
 
 def compiled_precision(compiled: Any) -> str:
@@ -129,6 +147,8 @@ def compile_cpu(model: Any, threads: int | None = None, batch: int | None = None
     if batch is not None:
         shape = list(model.inputs[0].get_partial_shape())
         model.reshape({model.inputs[0].get_any_name(): [batch, *[d.get_length() for d in shape[1:]]]})
+    if precision == "bf16" and not native_bf16():  # f32 is what would run; under an ISA cap, a bf16 hint fails to compile
+        precision = "f32"
     config: dict[str, Any] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -150,8 +170,8 @@ def check_granted(compiled: Any, asked: str, where: str) -> str:
     """The precision OpenVINO compiled in; a warning naming the file when it is not what the file asked for."""
     ran = compiled_precision(compiled)
     if ran != asked:
-        warnings.warn(f"{where}: asks for {asked} arithmetic; this CPU has no native {asked} (avx512_bf16 or AMX), "
-                      f"so OpenVINO runs it in {ran}", PrecisionWarning, stacklevel=3)
+        warnings.warn(f"{where}: asks for {asked} arithmetic; {no_bf16_reason()}, so OpenVINO runs it in {ran}",
+                      PrecisionWarning, stacklevel=3)
     return ran
 
 
@@ -319,7 +339,7 @@ def float_layers_in(path: Path, asked: str, control: list[np.ndarray], parent_to
     Returns the file and what was measured.
     """
     if asked == "f32" or (asked == "auto" and not native_bf16()):
-        why = "asked for f32" if asked == "f32" else "this CPU has no native bf16 (avx512_bf16 or AMX)"
+        why = "asked for f32" if asked == "f32" else no_bf16_reason()
         return path, {"precision": "f32", "why": why}
     bf16 = with_precision(path, path.with_name(path.name.replace(".xml", ".bf16.xml")), "bf16")
     if asked == "bf16":
