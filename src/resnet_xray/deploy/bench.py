@@ -318,7 +318,7 @@ class _Bench:
             if row.path == "eager fp32":
                 ref = out
             if ref is not None and out is not None and row.path != "eager fp32":
-                tol = Tolerance.reduced_precision(0.0) if ("int8" in row.path or "fp16" in row.path) else Tolerance(atol=1e-2, rtol=1e-3)
+                tol = Tolerance.reduced_precision(0.0) if _reduced(row.path) else Tolerance(atol=1e-2, rtol=1e-3)
                 row.check = compare(ref, out, tolerance=tol, names=("eager fp32", row.path)).to_dict()
         self.pending = []
 
@@ -365,8 +365,8 @@ class _Bench:
 
     def _peak_shares(self) -> None:
         """Each CPU FP32 row's share of the peak, after raising the peak to any row measured above it."""
-        # INT8 rows do other arithmetic than the FP32 peak measures; a share of it would mislead
-        fp32 = [r for r in self.rows if r.status == "ok" and r.device == "cpu" and "int8" not in r.path]
+        # INT8 and bf16 rows do other arithmetic than the FP32 peak measures; a share of it would mislead
+        fp32 = [r for r in self.rows if r.status == "ok" and r.device == "cpu" and not _reduced(r.path)]
         if not fp32:
             return
         top = max(fp32, key=lambda r: r.gflops)
@@ -585,6 +585,11 @@ class _Bench:
             return out
 
         return fn
+
+
+def _reduced(path: str) -> bool:
+    """A path that computes in less than FP32 (int8, fp16, bf16): checked by decisions, never a share of the FP32 peak."""
+    return any(p in path for p in ("int8", "fp16", "bf16"))
 
 
 def _host_logits(out: Any) -> np.ndarray | None:
