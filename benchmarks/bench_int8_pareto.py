@@ -12,7 +12,9 @@ FP32 export ``bench_optimize.py`` left in ``--work``:
   bf16, against OpenVINO FP32, timed round-robin.
 
     python benchmarks/bench_optimize.py --control out/control/val      # makes OUT/work/base.fp32.onnx
-    python benchmarks/bench_int8_pareto.py --work out/bench_optimize/work --control out/control/val
+    resnet-xray make-dataset --seed 2 --per-class 1 --val-per-class 300 out/control3k
+    python benchmarks/bench_int8_pareto.py --work out/bench_optimize/work --control out/control/val \
+        --control-large out/control3k/val
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="out/bench_optimize/work")
     ap.add_argument("--data", default="out/reference/data")
     ap.add_argument("--control", default="out/control/val")
+    ap.add_argument("--control-large", default=None,
+                    help="a second, larger control folder (e.g. make-dataset --seed 2 --val-per-class 300 out/control3k "
+                         "--per-class 1) whose agreement tells flip rates of 0.2% and 0.5% apart")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
 
@@ -73,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
             on_val = Variants(fp32, spread(train, n), val, work / str(n), args.threads)
             on_control = Variants(fp32, spread(train, n), control, work / str(n), args.threads)
             on_control._ranges = on_val._ranges  # one calibration serves both: the ranges depend on the images, not the scoring
+            on_large = None
+            if args.control_large and n == 256:
+                on_large = Variants(fp32, spread(train, n), list_images(args.control_large, "--control-large"), work / str(n),
+                                    args.threads)
+                on_large._ranges = on_val._ranges
             if not parent:
                 run = open_ir(parent_ir)[0]
                 parent = {"val": top1(run, on_val.xs)}
@@ -84,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"calibration_images": n, "float": name, "float_layers": len(rows),
                        "ort_control": on_control.score(path)[0], "ort_val": on_val.score(path)[0],
                        "openvino_val": agreement(top1(open_ir(ir)[0], on_val.xs), parent["val"])}
+                if on_large is not None:
+                    row["ort_control_large"], row["control_large_images"] = on_large.score(path)[0], len(on_large.xs)
+                large = f", control {row['ort_control_large']:.2%} of {row['control_large_images']}" if on_large else ""
                 print(f"{n:5d} calibration images, float {name:20s} ({len(rows):2d} layers): ONNX Runtime control "
-                      f"{row['ort_control']:.1%}, val {row['ort_val']:.1%}; OpenVINO val {row['openvino_val']:.1%}", flush=True)
+                      f"{row['ort_control']:.1%}{large}, val {row['ort_val']:.1%}; OpenVINO val {row['openvino_val']:.1%}", flush=True)
                 if name == "none":
                     calibration_rows.append(row)
                 if n == 256:

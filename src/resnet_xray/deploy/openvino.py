@@ -10,6 +10,7 @@ the faster one that holds accuracy. Every IR carries the model's description in
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -62,8 +63,8 @@ def write_ir(onnx_path: Path, xml_path: Path, side: dict[str, Any]) -> Path:
     """Convert an ONNX file (FP32, or a QDQ INT8 one) to OpenVINO IR beside it."""
     ov = require_openvino()
     try:
-        # read_model, not convert_model: convert_model takes a path with a comma for a list of paths
-        model = ov.Core().read_model(str(onnx_path))
+        # convert_model takes a path with a comma for a list of paths: such a file goes in as bytes (the same model)
+        model = ov.convert_model(io.BytesIO(Path(onnx_path).read_bytes()) if "," in str(onnx_path) else str(onnx_path))
     except Exception as e:  # noqa: BLE001 - the converter's message names the unsupported op
         raise XrayError(f"{onnx_path}: OpenVINO cannot convert it ({str(e).splitlines()[0][:150]})") from None
     return save_ir(model, xml_path, {**side, "format": "resnet-xray openvino sidecar", "openvino": ov.__version__})
