@@ -119,3 +119,22 @@ def test_demo_falls_back_to_random_loudly(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "RANDOM weights" in r.stderr and "meaningless" in r.stderr
     assert "Top-5" in r.stdout and "Table 1" in r.stdout
+
+
+def test_library_warnings_are_one_line_however_many_commands_one_process_runs(capsys) -> None:
+    """Each main() installs the one-line display; nesting it once per call overflowed the stack after ~1000 calls."""
+    import warnings
+
+    from resnet_xray import cli
+    from resnet_xray.errors import XrayWarning
+
+    others: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *a, **k: others.append(str(message))  # the display before any main()
+        for _ in range(1500):
+            cli._one_line_warnings()
+        warnings.warn("left out an empty class folder", XrayWarning)
+        warnings.warn("a third-party deprecation", UserWarning)
+    assert capsys.readouterr().err == "resnet-xray: warning: left out an empty class folder\n"
+    assert others == ["a third-party deprecation"]  # other warnings keep the display they had

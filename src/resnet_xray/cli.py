@@ -248,6 +248,8 @@ def _one_line_warnings() -> None:
     from .errors import XrayWarning
 
     shown = warnings.showwarning
+    if getattr(shown, "one_line", False):  # installed by an earlier main() in this process: wrapping again would nest
+        return
 
     def show(message: Any, category: type, *a: Any, **k: Any) -> None:
         if issubclass(category, XrayWarning):
@@ -255,6 +257,7 @@ def _one_line_warnings() -> None:
         else:
             shown(message, category, *a, **k)
 
+    show.one_line = True  # type: ignore[attr-defined]
     warnings.showwarning = show
 
 
