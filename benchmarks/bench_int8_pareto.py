@@ -47,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from resnet_xray.compare import agreement, top1
     from resnet_xray.deploy.data import list_images, spread
+    from resnet_xray.deploy.onnx import inspect_onnx
     from resnet_xray.deploy.openvino import compile_cpu, inspect_ir, native_bf16, open_ir, write_ir
     from resnet_xray.deploy.qdq import QdqSettings
-    from resnet_xray.deploy.sensitivity import Variants
+    from resnet_xray.deploy.sensitivity import Variants, load_arrays, logits_of
     from resnet_xray.deploy.timing import time_models
 
     fp32 = Path(args.work) / "base.fp32.onnx"
@@ -68,35 +69,35 @@ def main(argv: list[str] | None = None) -> int:
         request = compile_cpu(model, args.threads, None, precision=precision).create_infer_request()
         return lambda: request.infer({0: x224})
 
+    # val and the larger control set are scored against FP32 once; each calibration size is one Variants on the control images
+    info = inspect_onnx(fp32)
+    vx = load_arrays(val, info, "val")
+    ref_val = logits_of(fp32, vx, args.threads).argmax(1)
+    large_x = load_arrays(list_images(args.control_large, "--control-large"), info, "larger control") if args.control_large else None
+    ref_large = logits_of(fp32, large_x, args.threads).argmax(1) if large_x else None
+
+    def ort_agreement(path: Path, xs: list, ref) -> float:
+        return agreement(logits_of(path, xs, args.threads).argmax(1), ref)
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         parent_ir = write_ir(fp32, work / "fp32.xml", {})
-        parent = {}
+        parent_val = top1(open_ir(parent_ir)[0], vx)
         calibration_rows, float_rows, timers = [], [], {"openvino fp32": at_224(parent_ir, "f32")}
         for n in CALIBRATION:
             (work / str(n)).mkdir()
-            on_val = Variants(fp32, spread(train, n), val, work / str(n), args.threads)
-            on_control = Variants(fp32, spread(train, n), control, work / str(n), args.threads)
-            on_control._ranges = on_val._ranges  # one calibration serves both: the ranges depend on the images, not the scoring
-            on_large = None
-            if args.control_large and n == 256:
-                on_large = Variants(fp32, spread(train, n), list_images(args.control_large, "--control-large"), work / str(n),
-                                    args.threads)
-                on_large._ranges = on_val._ranges
-            if not parent:
-                run = open_ir(parent_ir)[0]
-                parent = {"val": top1(run, on_val.xs)}
+            v = Variants(fp32, spread(train, n), control, work / str(n), args.threads)
             sets = FLOAT_SETS if n == 256 else {"none": ()}
             for name, prefixes in sets.items():
-                rows = [r for r in on_val.groups.order if on_val.groups.kind[r] in ("conv", "fc") and r.startswith(prefixes)]
-                path = on_val.make(settings, rows, work / str(n) / f"{name.replace(', ', '_')}.onnx")
+                rows = [r for r in v.groups.order if v.groups.kind[r] in ("conv", "fc") and r.startswith(prefixes)]
+                path = v.make(settings, rows, work / str(n) / f"{name.replace(', ', '_')}.onnx")
                 ir = write_ir(path, path.with_suffix(".xml"), {})
-                row = {"calibration_images": n, "float": name, "float_layers": len(rows),
-                       "ort_control": on_control.score(path)[0], "ort_val": on_val.score(path)[0],
-                       "openvino_val": agreement(top1(open_ir(ir)[0], on_val.xs), parent["val"])}
-                if on_large is not None:
-                    row["ort_control_large"], row["control_large_images"] = on_large.score(path)[0], len(on_large.xs)
-                large = f", control {row['ort_control_large']:.2%} of {row['control_large_images']}" if on_large else ""
+                row = {"calibration_images": n, "float": name, "float_layers": len(rows), "ort_control": v.score(path)[0],
+                       "ort_val": ort_agreement(path, vx, ref_val), "openvino_val": agreement(top1(open_ir(ir)[0], vx), parent_val)}
+                large = ""
+                if large_x and n == 256:
+                    row["ort_control_large"], row["control_large_images"] = ort_agreement(path, large_x, ref_large), len(large_x)
+                    large = f", control {row['ort_control_large']:.2%} of {row['control_large_images']}"
                 print(f"{n:5d} calibration images, float {name:20s} ({len(rows):2d} layers): ONNX Runtime control "
                       f"{row['ort_control']:.1%}{large}, val {row['ort_val']:.1%}; OpenVINO val {row['openvino_val']:.1%}", flush=True)
                 if name == "none":

@@ -127,8 +127,9 @@ def native_bf16() -> bool:
 
 def no_bf16_reason() -> str:
     """Why OpenVINO does not compute bf16 here, for messages."""
-    if _isa_cap() in BELOW_BF16_ISAS:
-        return f"ONEDNN_MAX_CPU_ISA={_isa_cap()} holds the kernels below bf16"
+    cap = _isa_cap()
+    if cap in BELOW_BF16_ISAS:
+        return f"ONEDNN_MAX_CPU_ISA={cap} holds the kernels below bf16"
     return "this CPU has no native bf16 (avx512_bf16 or AMX)"
 
 
@@ -199,6 +200,11 @@ def open_ir(path: str | os.PathLike, threads: int | None = None, batch: int | No
 def openvino_runner(path: str | os.PathLike, threads: int | None = None, batch: int | None = 1) -> Callable[[np.ndarray], np.ndarray]:
     """:func:`open_ir`'s runner alone."""
     return open_ir(path, threads, batch)[0]
+
+
+def bf16_path(xml: Path) -> Path:
+    """Where the copy of an IR that asks for bf16 lies: beside it, ``model.bf16.xml``."""
+    return xml.with_name(xml.name.replace(".xml", ".bf16.xml"))
 
 
 def with_precision(xml: Path, out_xml: Path, precision: str) -> Path:
@@ -342,7 +348,7 @@ def float_layers_in(path: Path, asked: str, control: list[np.ndarray], parent_to
     if asked == "f32" or (asked == "auto" and not native_bf16()):
         why = "asked for f32" if asked == "f32" else no_bf16_reason()
         return path, {"precision": "f32", "why": why}
-    bf16 = with_precision(path, path.with_name(path.name.replace(".xml", ".bf16.xml")), "bf16")
+    bf16 = with_precision(path, bf16_path(path), "bf16")
     if asked == "bf16":
         return bf16, {"precision": "bf16", "why": "asked for bf16"}
     runs = {p: open_ir(f)[0] for p, f in (("f32", path), ("bf16", bf16))}

@@ -44,7 +44,7 @@ from .charts import pareto_front, save_optimize_chart
 from .data import image_batches, list_images, spread
 from .fuse import fuse_model
 from .onnx import ExportOptions, export_onnx, inspect_onnx
-from .openvino import native_bf16, qdq_to_ir, quantize_nncf, with_precision
+from .openvino import bf16_path, native_bf16, qdq_to_ir, quantize_nncf, with_precision
 from .optimize_spec import ENGINES, OBJECTIVES, OptimizeOptions, OptimizeResult
 from .quantize import CONTROL_IMAGES, quantize_from_files
 from .runtime import (THROUGHPUT_BATCH, THROUGHPUT_METHOD, deployed_throughput, images_per_second, labelled_batches,
@@ -435,7 +435,7 @@ def _fp32_files(run: _Run, prefix: str, onnx_path: Path) -> Files:
 
 def _bf16_copy(run: _Run, xml: Path) -> Path:
     """The IR at ``xml``, its description asking OpenVINO for bf16 float layers; once per run."""
-    out = xml.with_name(xml.name.replace(".xml", ".bf16.xml"))
+    out = bf16_path(xml)
     if not run.done(out.name):
         with_precision(xml, out, "bf16")
         run.mark(out.name)
